@@ -104,15 +104,21 @@ _TEXT_WRAP = re.compile(r"\\(?:text|mathrm|textbf|mathbf)\{([^{}]*)\}")
 def _last_box(text: str) -> tuple[int, int] | None:
     """(start, end) of the content of the last balanced \\boxed{…}: the one that opens last.
 
-    One linear pass with a brace stack, so megabyte strings and deep nesting stay fast."""
-    stack, best = [], None            # stack entries: (opens a box?, content start)
-    for m in _BOX_TOKEN.finditer(text):
+    One linear pass keeping a brace depth and a stack of the open boxes only, so megabyte strings and
+    deep nesting stay fast. A stray '}' at depth 0 is ignored. Braces before the first box cannot change
+    which boxes balance, so the scan starts there."""
+    depth, open_boxes, best = 0, [], None          # open_boxes: (depth at its opening, content start)
+    for m in _BOX_TOKEN.finditer(text, max(0, text.find("\\boxed{"))):
         if m.group() != "}":
-            stack.append((m.group() != "{", m.end()))
-        elif stack:
-            is_box, start = stack.pop()
-            if is_box and (best is None or start > best[0]):
-                best = (start, m.start())
+            if m.group() != "{":
+                open_boxes.append((depth, m.end()))
+            depth += 1
+        elif depth > 0:
+            depth -= 1
+            if open_boxes and open_boxes[-1][0] == depth:
+                start = open_boxes.pop()[1]
+                if best is None or start > best[0]:
+                    best = (start, m.start())
     return best
 
 
@@ -138,7 +144,7 @@ def format_ok(response: str) -> bool:
 
 def _clean(content: str) -> str:
     """Drop harmless wrappers: \\text{…}, one pair of outer brackets, a trailing full stop."""
-    s = _TEXT_WRAP.sub(r"\1", content).strip()
+    s = _TEXT_WRAP.sub(r"\1", content).strip().rstrip(".").strip()
     if len(s) >= 2 and s[0] + s[-1] in ("[]", "()", "{}"):
         s = s[1:-1].strip()
     return s.rstrip(".").strip()
