@@ -1,0 +1,925 @@
+"""Cold-start SFT for Spatial-SSRL, and the model plumbing every stage shares.
+
+Stage 2 of Spatial-SSRL (arXiv 2510.27606, §3.2): a short supervised fine-tune on ~3.6k CoT answers so the
+model learns the answer format (<think>…</think> then \\boxed{…}); without it GRPO rollouts earn almost no
+reward. This file is also the one home of the plumbing grpo.py and evaluate.py import (see README):
+setup_dist, load_model, build_messages, encode, shard_model, generate, save_hf.
+
+    python sft.py --model tiny --data data/sft.jsonl --out runs/sft-tiny --epochs 20 --lr 1e-3
+    torchrun --nproc_per_node 8 sft.py --model Qwen/Qwen2.5-VL-7B-Instruct --data data/sft.jsonl --out runs/sft7b
+    python sft.py --benchmark                      # step time, tokens/s, peak memory (tiny and ~6M model)
+
+Paper → code (cold start = official training/SFT-coldstart, LLaMA-Factory configs)
+  prompt = problem + " " + CoT prompt, <image> items   → build_messages() (tasks.with_cot)
+  chat template + image tokens + M-RoPE inputs          → encode(), tokenize_conversation(), collate()
+  loss on response tokens only, token mean              → sft_loss(), train_step()
+  5 epochs, lr 1e-5, cosine, 10% warmup                 → Config, lr_at()
+  global batch 256 = 4 per device × 8 accum × 8 GPUs    → Config, micro_batches()
+  cutoff 4096 tokens, images ≤ 512² px                  → Config.max_length, Config.max_pixels, prepare_records()
+  vision tower + projector frozen                       → freeze_vision()
+  bf16 training                                          → shard_model() (FSDP2 MixedPrecisionPolicy)
+  merged HF checkpoint for GRPO                          → save_hf()
+
+Deviations
+  1. Full-parameter fine-tune of the language model (embeddings, decoder, lm_head); the official run trained
+     LoRA r=128 adapters on the language model's linear layers and merged them (peft is not a dependency).
+  2. Images are bounded by the image processor's smart resize (min/max pixels, multiples of 28) instead of
+     LLaMA-Factory's PIL pre-resize followed by the processor; sizes can differ by one 28-px step.
+  3. The training target is the response followed by <|im_end|>; LLaMA-Factory also trains the "\\n" after it.
+  4. bf16 parameters with fp32 master weights and fp32 gradient reduction (FSDP2) on GPU, plain fp32 on CPU;
+     the official run used bf16 LoRA through DeepSpeed/accelerate.
+  5. The last, partial global batch of an epoch is kept (like the HF Trainer); ranks left without samples
+     run a zero-weight copy so every rank joins the collectives.
+  6. Resumable state (model + optimizer + step) is a torch.distributed.checkpoint folder; there is no RNG
+     state to restore because the data order is a pure function of (seed, epoch) and Qwen has no dropout.
+  7. Our own run configuration goes to sft_config.json, because config.json is the HF model config.
+"""
+import argparse
+import dataclasses
+import datetime
+import json
+import math
+import os
+import random
+import resource
+import shutil
+import subprocess
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from PIL import Image
+from tqdm import tqdm
+
+import tasks
+
+IGNORE_INDEX = -100
+IMAGE_PLACEHOLDER = "<image>"
+QWEN_SPECIAL_TOKENS = (  # ids 0..13 in the tiny tokenizer; same order as the real Qwen2.5 vocab (151643 + i)
+    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>", "<|box_start|>",
+    "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>",
+    "<|image_pad|>", "<|video_pad|>")
+VISION_TOKENS = ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")
+# Chat templates of the tiny models: they render exactly like the official Qwen2-VL/2.5-VL template (default
+# system prompt) and the Qwen3-VL template (no default system prompt) for image/text user turns.
+_TEMPLATE_BODY = (
+    "{%- for m in messages -%}"
+    "{{- '<|im_start|>' + m['role'] + '\\n' -}}"
+    "{%- if m['content'] is string -%}{{- m['content'] -}}{%- else -%}{%- for c in m['content'] -%}"
+    "{%- if c['type'] == 'image' -%}{{- '<|vision_start|><|image_pad|><|vision_end|>' -}}"
+    "{%- elif c['type'] == 'video' -%}{{- '<|vision_start|><|video_pad|><|vision_end|>' -}}"
+    "{%- elif 'text' in c -%}{{- c['text'] -}}{%- endif -%}{%- endfor -%}{%- endif -%}"
+    "{{- '<|im_end|>\\n' -}}{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}")
+QWEN2_VL_TEMPLATE = ("{%- if messages[0]['role'] != 'system' -%}"
+                     "{{- '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' -}}{%- endif -%}"
+                     + _TEMPLATE_BODY)
+QWEN3_VL_TEMPLATE = _TEMPLATE_BODY
+TINY_CORPUS = (  # the tiny tokenizer's BPE training text: the phrases our prompts and answers are made of
+    "Look at the image. The image is split into tiles labelled 1, 2, 3 and 4. Which tile is flipped?",
+    "<think>The top left tile is upside down, so tile 3 is flipped vertically.</think> \\boxed{3, vertical}",
+    "<think>Marker 2 is nearest and marker 1 is farthest from the camera.</think> The answer is \\boxed{2, 3, 1}",
+    "Options: A. Left B. Right C. Front D. Back. Left-Front Right-Front Left-Back Right-Back horizontal",
+    "Which patch fills the black square? Reading the tiles in raster order restores the original picture.",
+    "Assume a camera at region 1 facing the left of the image. Where is region 2? 0 1 2 3 4 5 6 7 8 9",
+    "You are a helpful assistant. <|im_start|>system user assistant The answer is A B C D E.")
+
+
+# ----------------------------------------------------------------------------- config
+def _f(default, help):
+    """A dataclass field with a one-line --help text."""
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class Config:
+    model: str = _f("tiny", "HF id or local HF dir (Qwen2.5-VL / Qwen3-VL), or 'tiny' / 'tiny-qwen3'")
+    data: str = _f("", "sft.jsonl with id, task, problem, answer, images, response")
+    out: str = _f("runs/sft", "output folder: the HF checkpoint, metrics.jsonl, checkpoints/")
+    epochs: int = _f(5, "passes over the data (paper: 5)")
+    max_steps: int = _f(0, "stop after this many optimizer steps (0: epochs decide)")
+    lr: float = _f(1e-5, "peak learning rate (paper: 1e-5)")
+    warmup_ratio: float = _f(0.1, "fraction of steps with linear warmup before the cosine decay")
+    weight_decay: float = _f(0.0, "AdamW weight decay (LLaMA-Factory default 0)")
+    adam_betas: tuple = _f((0.9, 0.999), "AdamW betas")
+    global_batch_size: int = _f(256, "samples per optimizer step over all ranks (paper: 256)")
+    micro_batch_size: int = _f(4, "samples per forward/backward on one rank")
+    max_length: int = _f(4096, "max tokens per sample, prompt + image tokens + response (paper: 4096)")
+    min_pixels: int = _f(56 * 56, "smallest image area after resizing, in pixels")
+    max_pixels: int = _f(512 * 512, "largest image area after resizing, in pixels (paper: 512²)")
+    max_grad_norm: float = _f(1.0, "gradient-norm clip")
+    freeze_vision: bool = _f(True, "freeze the vision tower and projector (paper: frozen)")
+    activation_checkpointing: bool = _f(True, "non-reentrant activation checkpointing of every block")
+    bf16: bool = _f(True, "bf16 compute with fp32 master weights and reduction (GPU only; CPU stays fp32)")
+    fsdp: bool = _f(False, "shard with FSDP2 even in a single CPU process (always on for GPU or >1 rank)")
+    shuffle: bool = _f(True, "shuffle the records every epoch (seeded)")
+    seed: int = _f(42, "seed for the data order and the per-rank RNGs")
+    skip_bad_records: bool = _f(False, "skip and count bad records instead of stopping with an error")
+    save_every: int = _f(0, "write a resumable checkpoint every N steps (0: only at the end)")
+    keep_checkpoints: int = _f(1, "resumable checkpoints kept on disk")
+    resume: bool = _f(False, "continue from the newest complete checkpoint in OUT/checkpoints")
+    save_dtype: str = _f("bfloat16", "dtype of the exported HF weights (bfloat16 or float32)")
+    attn_implementation: str = _f("sdpa", "attention kernel passed to transformers")
+    stop_after_steps: int = _f(0, "stop (as if killed) after this many steps, keeping the full schedule; "
+                               "for testing --resume")
+    benchmark: bool = _f(False, "print a table of SFT step time, tokens/s and peak memory, then exit")
+
+    def __post_init__(self):
+        if self.global_batch_size < 1 or self.micro_batch_size < 1:
+            raise ValueError("--global-batch-size and --micro-batch-size must be positive")
+        if self.save_dtype not in ("bfloat16", "float32"):
+            raise ValueError("--save-dtype must be bfloat16 or float32")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """argparse options generated from Config: --dash-names, defaults shown in --help."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    for f in dataclasses.fields(Config):
+        name, kw = "--" + f.name.replace("_", "-"), {"default": f.default, "help": f.metadata["help"]}
+        if f.type is bool:
+            kw["action"] = argparse.BooleanOptionalAction
+        elif f.type is tuple:
+            kw.update(type=float, nargs=len(f.default))
+        else:
+            kw["type"] = f.type
+        p.add_argument(name, **kw)
+    return p
+
+
+# ----------------------------------------------------------------------------- pure math
+def sft_loss(logits: torch.Tensor, labels: torch.Tensor, normalizer: float) -> tuple:
+    """Next-token cross entropy on the response tokens, summed and divided by a fixed normalizer.
+
+    L = Σ_{b,t: y[b,t+1] ≠ -100} −log softmax(z[b,t])[y[b,t+1]] / normalizer
+    logits z: (B, T, V); labels y: (B, T) with -100 on prompt, image and pad tokens. To get the token mean
+    over a global batch split into micro-batches and ranks, pass normalizer = N_global / world_size: the sum
+    of the per-micro-batch losses then equals Σ tokens / N_global on every rank, and FSDP's gradient mean
+    over ranks restores the global token mean exactly (independent of the split).
+    Returns (loss, {"loss_sum": detached Σ, "tokens": number of supervised tokens}).
+    """
+    z = logits[:, :-1].float()                                     # (B, T-1, V)
+    y = labels[:, 1:]                                              # (B, T-1)
+    tok_loss = F.cross_entropy(z.reshape(-1, z.shape[-1]), y.reshape(-1), ignore_index=IGNORE_INDEX,
+                               reduction="sum")
+    return tok_loss / normalizer, {"loss_sum": tok_loss.detach(), "tokens": int((y != IGNORE_INDEX).sum())}
+
+
+def lr_at(step: int, total_steps: int, peak_lr: float, warmup_ratio: float) -> float:
+    """Cosine schedule with linear warmup (as transformers' get_cosine_schedule_with_warmup).
+
+    w = ⌈warmup_ratio · T⌉;  lr(s) = peak · s / w for s < w,  else peak · ½ (1 + cos(π (s − w) / (T − w))),
+    for optimizer step s = 0 … T−1 (so the first warmup step has lr 0, as in the HF Trainer).
+    """
+    warmup = math.ceil(warmup_ratio * total_steps)
+    if step < warmup:
+        return peak_lr * step / warmup
+    progress = (step - warmup) / max(1, total_steps - warmup)
+    return peak_lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def micro_batches(batch: list, rank: int, world_size: int, micro_batch_size: int) -> list:
+    """This rank's micro-batches of one global batch; every rank gets the same number of them.
+
+    The global batch is cut into world_size contiguous shares of ⌈B / world⌉; each share is cut into
+    micro-batches of micro_batch_size. An empty micro-batch (the tail of a short last batch) is returned as
+    [] and the caller runs a zero-weight sample in its place, so all ranks issue the same collectives.
+    """
+    share = math.ceil(len(batch) / world_size)
+    mine = batch[rank * share:(rank + 1) * share]
+    n_micro = math.ceil(share / micro_batch_size)
+    return [mine[i * micro_batch_size:(i + 1) * micro_batch_size] for i in range(n_micro)]
+
+
+def epoch_order(n: int, epoch: int, seed: int, shuffle: bool) -> list:
+    """Record order of one epoch: a permutation seeded by (seed, epoch), identical on every rank."""
+    if not shuffle:
+        return list(range(n))
+    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    return torch.randperm(n, generator=g).tolist()
+
+
+# ----------------------------------------------------------------------------- distributed
+@dataclass
+class Dist:
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_dist(seed: int = 0) -> Dist:
+    """torchrun contract (RANK, LOCAL_RANK, WORLD_SIZE) or one local process; NCCL on GPU, gloo on CPU.
+
+    Seeds python, numpy and torch with seed + rank."""
+    cuda = torch.cuda.is_available()
+    d = Dist()
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+        d.rank, d.world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        d.local_rank = int(os.environ.get("LOCAL_RANK", 0))
+        if cuda:
+            torch.cuda.set_device(d.local_rank)
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(minutes=30))
+    d.device = torch.device(f"cuda:{d.local_rank}" if cuda else "cpu")
+    random.seed(seed + d.rank)
+    np.random.seed(seed + d.rank)
+    torch.manual_seed(seed + d.rank)
+    return d
+
+
+def cleanup_dist() -> None:
+    """Barrier then destroy the process group (if one was created)."""
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def is_main() -> bool:
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
+def print0(*args) -> None:
+    """print on rank 0 only, without breaking a tqdm bar."""
+    if is_main():
+        tqdm.write(" ".join(str(a) for a in args), file=sys.stdout)
+        sys.stdout.flush()
+
+
+def all_reduce_sum(x: float, device: torch.device) -> float:
+    """Sum a Python number over ranks (no-op in one process)."""
+    if not dist.is_initialized():
+        return float(x)
+    t = torch.tensor([float(x)], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return float(t.item())
+
+
+def barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+# ----------------------------------------------------------------------------- tiny models and loading
+def build_tiny_tokenizer(chat_template: str = QWEN2_VL_TEMPLATE):
+    """Byte-level BPE (≤ 1024 tokens) trained on TINY_CORPUS, wrapped in transformers' Qwen2Tokenizer.
+
+    The 14 Qwen special tokens get ids 0..13 (<|endoftext|>=0 pad, <|im_end|>=2 eos, <|image_pad|>=12)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import Qwen2Tokenizer
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=1024, special_tokens=list(QWEN_SPECIAL_TOKENS), show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    bpe.train_from_iterator(list(TINY_CORPUS) + [tasks.COT_PROMPT] * 4, trainer)
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m)
+              for m in json.loads(bpe.to_str())["model"]["merges"]]
+    return Qwen2Tokenizer(vocab=bpe.get_vocab(), merges=merges, unk_token=None, bos_token=None,
+                          eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                          additional_special_tokens=list(QWEN_SPECIAL_TOKENS[1:]), chat_template=chat_template)
+
+
+def build_tiny(kind: str = "tiny", hidden: int = 64, layers: int = 2, heads: int = 4, vision_hidden: int = 32,
+               vision_depth: int = 2, seed: int = 0, out_dir: str | None = None):
+    """A randomly initialised tiny Qwen2.5-VL ('tiny') or Qwen3-VL ('tiny-qwen3'), offline, in < 1 s.
+
+    Returns (model, tokenizer, image_processor); the same seed gives the same weights on every rank.
+    With out_dir, it is also saved there as a normal HF directory."""
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen3VLConfig
+    from transformers import Qwen3VLForConditionalGeneration
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+    qwen3 = kind == "tiny-qwen3"
+    head_dim = hidden // heads
+    rope = {"rope_type": "default", "rope_theta": 1e6,
+            "mrope_section": [head_dim // 4, head_dim // 8, head_dim // 8]}   # sums to head_dim / 2
+    text = dict(vocab_size=1024, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+                num_attention_heads=heads, num_key_value_heads=max(1, heads // 2), max_position_embeddings=8192,
+                rope_parameters=rope, pad_token_id=0, bos_token_id=0, eos_token_id=2)
+    vision = dict(depth=vision_depth, hidden_size=vision_hidden, intermediate_size=2 * vision_hidden,
+                  num_heads=2, out_hidden_size=hidden, spatial_merge_size=2, temporal_patch_size=2)
+    ids = dict(image_token_id=12, video_token_id=13, vision_start_token_id=9, vision_end_token_id=10,
+               tie_word_embeddings=False)
+    if qwen3:
+        text.update(head_dim=head_dim, rope_parameters={**rope, "mrope_interleaved": True})
+        vision.update(patch_size=16, num_position_embeddings=64, deepstack_visual_indexes=[0])
+        cfg, cls = Qwen3VLConfig(text_config=text, vision_config=vision, **ids), Qwen3VLForConditionalGeneration
+        ip = Qwen2VLImageProcessorPil(patch_size=16, image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    else:
+        vision.update(patch_size=14, window_size=112, fullatt_block_indexes=[vision_depth - 1])
+        cfg, cls = Qwen2_5_VLConfig(text_config=text, vision_config=vision, **ids), Qwen2_5_VLForConditionalGeneration
+        ip = Qwen2VLImageProcessorPil()
+    cfg._attn_implementation = "sdpa"
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = cls(cfg)
+    tok = build_tiny_tokenizer(QWEN3_VL_TEMPLATE if qwen3 else QWEN2_VL_TEMPLATE)
+    model.generation_config.pad_token_id, model.generation_config.eos_token_id = 0, 2
+    if out_dir:
+        model.save_pretrained(out_dir)
+        tok.save_pretrained(out_dir)
+        ip.save_pretrained(out_dir)
+    return model, tok, ip
+
+
+def load_model(name: str, *, min_pixels: int = 56 * 56, max_pixels: int = 512 * 512,
+               attn_implementation: str = "sdpa", dtype: torch.dtype = torch.float32):
+    """(model, tokenizer, image_processor) for 'tiny', 'tiny-qwen3', a HF id or a local HF directory.
+
+    The image processor is the PIL backend (identical pixels with or without torchvision) with its
+    smart-resize bounds set to [min_pixels, max_pixels]."""
+    from transformers import AutoImageProcessor, AutoModelForImageTextToText, AutoTokenizer
+    if name in ("tiny", "tiny-qwen3"):
+        model, tok, ip = build_tiny(name)
+        model.to(dtype)
+    else:
+        model = AutoModelForImageTextToText.from_pretrained(name, dtype=dtype,
+                                                            attn_implementation=attn_implementation)
+        tok = AutoTokenizer.from_pretrained(name)
+        ip = AutoImageProcessor.from_pretrained(name, backend="pil")
+        if tok.chat_template is None:
+            raise ValueError(f"{name}: the tokenizer has no chat template (need tokenizer_config.json or "
+                             "chat_template.jinja with the Qwen-VL template)")
+    ip.size = {"shortest_edge": min_pixels, "longest_edge": max_pixels}
+    return model, tok, ip
+
+
+def freeze_vision(model) -> int:
+    """Freeze the vision tower incl. its projector (merger, and Qwen3-VL's deepstack mergers).
+
+    Returns the number of trainable parameters left."""
+    model.model.visual.requires_grad_(False)
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+# ----------------------------------------------------------------------------- encoding
+def build_messages(problem: str, response: str | None = None) -> list:
+    """Chat messages for one record: with_cot(problem) split on <image> into image/text items (empty text
+    dropped), one user turn, no system turn; plus an assistant turn when a response is given."""
+    content = []
+    for i, part in enumerate(tasks.with_cot(problem).split(IMAGE_PLACEHOLDER)):
+        if i > 0:
+            content.append({"type": "image"})
+        if part:
+            content.append({"type": "text", "text": part})
+    messages = [{"role": "user", "content": content}]
+    if response is not None:
+        messages.append({"role": "assistant", "content": [{"type": "text", "text": response}]})
+    return messages
+
+
+def tokenize_conversation(messages: list, image_token_counts: list, tokenizer) -> tuple:
+    """(prompt_ids, target_ids) for one conversation.
+
+    The prompt is every message except a final assistant turn, rendered with the tokenizer's chat template
+    and the generation prompt; each <|image_pad|> is expanded to its image's token count. The target is the
+    final assistant text followed by <|im_end|> (empty when the conversation ends with a user turn)."""
+    has_target = messages[-1]["role"] == "assistant"
+    prompt = messages[:-1] if has_target else messages
+    text = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+    image_id = tokenizer.convert_tokens_to_ids("<|image_pad|>")
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    n_pads = sum(1 for t in ids if t == image_id)
+    if n_pads != len(image_token_counts):
+        raise ValueError(f"prompt has {n_pads} image placeholders but {len(image_token_counts)} images")
+    counts = iter(image_token_counts)
+    prompt_ids = [t for tok in ids for t in ([tok] * next(counts) if tok == image_id else [tok])]
+    target_ids = []
+    if has_target:
+        content = messages[-1]["content"]
+        answer = content if isinstance(content, str) else "".join(c.get("text", "") for c in content)
+        target_ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
+        target_ids.append(tokenizer.convert_tokens_to_ids("<|im_end|>"))
+    return prompt_ids, target_ids
+
+
+def image_token_count(size: tuple, image_processor) -> int:
+    """Image tokens for a (width, height) image after smart resize: patches / merge_size²."""
+    w, h = size
+    patches = image_processor.get_number_of_image_patches(h, w, {})
+    return patches // image_processor.merge_size ** 2
+
+
+def collate(samples: list, pad_id: int, image_id: int, padding_side: str = "right") -> dict:
+    """Pad (prompt_ids, target_ids) pairs into a batch.
+
+    input_ids, attention_mask, mm_token_type_ids (1 on image tokens: M-RoPE needs it), labels (-100 on the
+    prompt and the padding): all (B, T) long tensors."""
+    rows = [p + t for p, t in samples]
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    labels = torch.full_like(ids, IGNORE_INDEX)
+    for i, ((p, t), r) in enumerate(zip(samples, rows)):
+        s = width - len(r) if padding_side == "left" else 0
+        ids[i, s:s + len(r)] = torch.tensor(r)
+        mask[i, s:s + len(r)] = 1
+        if t:
+            labels[i, s + len(p):s + len(r)] = torch.tensor(t)
+    return {"input_ids": ids, "attention_mask": mask, "mm_token_type_ids": (ids == image_id).long(),
+            "labels": labels}
+
+
+def encode(conversations: list, images: list, tokenizer, image_processor, padding_side: str = "right") -> dict:
+    """The one encoder of every stage: chat conversations + their PIL images → model inputs.
+
+    conversations[i] is a message list (build_messages); images[i] its images in placeholder order. Returns
+    input_ids, attention_mask, mm_token_type_ids, labels (B, T); pixel_values (Σ patches, C·t·p·p) and
+    image_grid_thw (num_images, 3) when there are images. Use padding_side="left" for generation."""
+    flat = [im for ims in images for im in ims]
+    vision = {}
+    if flat:
+        vision = dict(image_processor(images=flat, return_tensors="pt"))
+    grid = vision.get("image_grid_thw", torch.zeros((0, 3), dtype=torch.long))
+    counts = (grid.prod(-1) // image_processor.merge_size ** 2).tolist()
+    samples, k = [], 0
+    for msgs, ims in zip(conversations, images):
+        samples.append(tokenize_conversation(msgs, counts[k:k + len(ims)], tokenizer))
+        k += len(ims)
+    batch = collate(samples, tokenizer.pad_token_id, tokenizer.convert_tokens_to_ids("<|image_pad|>"),
+                    padding_side)
+    batch.update({k: v for k, v in vision.items() if k in ("pixel_values", "image_grid_thw")})
+    return batch
+
+
+# ----------------------------------------------------------------------------- data
+class BadRecord(ValueError):
+    """A dataset record that cannot be trained on; the message names the record."""
+
+
+def read_jsonl(path: str) -> list:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def load_images(record: dict, root: Path) -> list:
+    """The record's images as RGB PIL images (paths relative to the jsonl folder)."""
+    out = []
+    for rel in record["images"]:
+        with Image.open(root / rel) as im:
+            out.append(im.convert("RGB"))
+    return out
+
+
+def check_record(record: dict, root: Path, tokenizer, image_processor, max_length: int) -> int:
+    """Validate one SFT record and return its token length; raise BadRecord naming it otherwise."""
+    rid = record.get("id", "?")
+    if not isinstance(record.get("response"), str) or not record["response"].strip():
+        raise BadRecord(f"record {rid}: no response")
+    images = record.get("images") or []
+    if record.get("problem", "").count(IMAGE_PLACEHOLDER) != len(images):
+        raise BadRecord(f"record {rid}: {record.get('problem', '').count(IMAGE_PLACEHOLDER)} <image> "
+                        f"placeholders but {len(images)} images")
+    counts = []
+    for rel in images:
+        try:
+            with Image.open(root / rel) as im:
+                counts.append(image_token_count(im.size, image_processor))
+        except (OSError, ValueError) as e:
+            raise BadRecord(f"record {rid}: cannot read image {root / rel}: {e}") from None
+    p, t = tokenize_conversation(build_messages(record["problem"], record["response"]), counts, tokenizer)
+    if len(p) + len(t) > max_length:
+        raise BadRecord(f"record {rid}: {len(p) + len(t)} tokens > --max-length {max_length}")
+    return len(p) + len(t)
+
+
+def prepare_records(records: list, root: Path, tokenizer, image_processor, max_length: int,
+                    skip_bad: bool) -> tuple:
+    """Validate all records up front: (kept records, number skipped). Without skip_bad the first bad
+    record stops the run with its error; with it, bad records are dropped and counted (never silently)."""
+    kept, skipped = [], 0
+    for rec in records:
+        try:
+            check_record(rec, root, tokenizer, image_processor, max_length)
+            kept.append(rec)
+        except BadRecord as e:
+            if not skip_bad:
+                raise
+            skipped += 1
+            print0(f"skipping bad record: {e}")
+    if not kept:
+        raise BadRecord("no usable records")
+    return kept, skipped
+
+
+def encode_records(records: list, root: Path, tokenizer, image_processor) -> dict:
+    """SFT batch (right padded, labels on the responses) for a list of records."""
+    convs = [build_messages(r["problem"], r["response"]) for r in records]
+    return encode(convs, [load_images(r, root) for r in records], tokenizer, image_processor, "right")
+
+
+# ----------------------------------------------------------------------------- model setup
+def enable_activation_checkpointing(model) -> None:
+    """Non-reentrant activation checkpointing on every vision block and decoder layer (HF layers)."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
+def shard_model(model, device: torch.device, bf16: bool = True):
+    """FSDP2: fully_shard each vision block, the vision tower, each decoder layer, then the root.
+
+    The vision tower is its own unit because transformers 5.x generate() computes image features outside
+    the root forward (platform-notes §5). bf16 params with fp32 reduction on GPU, fp32 on CPU. A one-token
+    forward right after sharding initialises the FSDP root, so generate() may be the first call."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    if not dist.is_initialized():  # FSDP2 needs a process group even for one rank
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(29500 + os.getpid() % 1000))
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=0, world_size=1)
+    mesh = init_device_mesh(device.type, (world,))
+    mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) \
+        if (bf16 and device.type == "cuda") else MixedPrecisionPolicy()
+    visual, lm = model.model.visual, model.model.language_model
+    for block in visual.blocks:
+        fully_shard(block, mesh=mesh, mp_policy=mp)
+    fully_shard(visual, mesh=mesh, mp_policy=mp)
+    for layer in lm.layers:
+        fully_shard(layer, mesh=mesh, mp_policy=mp)
+    fully_shard(model, mesh=mesh, mp_policy=mp)
+    with torch.no_grad():
+        model(input_ids=torch.zeros((1, 1), dtype=torch.long, device=device), use_cache=False)
+    return model
+
+
+def is_fsdp(model) -> bool:
+    from torch.distributed.fsdp import FSDPModule
+    return isinstance(model, FSDPModule)
+
+
+@torch.no_grad()
+def generate(model, batch: dict, tokenizer, max_new_tokens: int = 256, do_sample: bool = False,
+             temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0, num_return_sequences: int = 1):
+    """Completion ids (B·n, ≤ max_new_tokens) for a left-padded encode() batch, padded after <|im_end|>.
+
+    The image/video/vision tokens are suppressed (a sampled <|image_pad|> would break the next forward).
+    A fresh GenerationConfig overrides the checkpoint's sampling defaults. On an FSDP2 model every unit is
+    kept unsharded for the whole call (one all-gather per unit, not per token) and resharded afterwards."""
+    from transformers import GenerationConfig
+    sampling = dict(temperature=temperature, top_p=top_p, top_k=top_k) if do_sample else {}
+    gc = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=do_sample, **sampling,
+                          num_return_sequences=num_return_sequences,
+                          eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
+                          pad_token_id=tokenizer.pad_token_id,
+                          suppress_tokens=tokenizer.convert_tokens_to_ids(list(VISION_TOKENS)))
+    inputs = {k: v.to(next(model.parameters()).device) for k, v in batch.items() if k != "labels"}
+    units = [m for m in model.modules() if is_fsdp(m)]
+    for m in units:
+        m.set_reshard_after_forward(False, recurse=False)
+    was_training = model.training
+    model.eval()
+    try:
+        out = model.generate(**inputs, generation_config=gc,
+                             synced_gpus=bool(units) and dist.is_initialized() and dist.get_world_size() > 1)
+    finally:
+        model.train(was_training)
+        for m in units:
+            m.reshard()
+            m.set_reshard_after_forward(m is not model, recurse=False)
+    return out[:, inputs["input_ids"].shape[1]:]
+
+
+# ----------------------------------------------------------------------------- checkpoints
+def save_hf(model, tokenizer, image_processor, out_dir: str, dtype: torch.dtype = torch.bfloat16) -> None:
+    """Consolidated HF directory from rank 0: model.safetensors, config.json, generation_config.json,
+    tokenizer and image-processor files; loadable with AutoModelForImageTextToText.from_pretrained.
+
+    Collective (every rank calls it). Files go to a temporary folder first and are moved in with the
+    weights last, so a folder with weights always has its config and tokenizer."""
+    from safetensors.torch import save_file
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    sd = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if is_main():
+        out, seen = Path(out_dir), set()
+        tmp = out / ".export.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        weights = {}
+        for k, v in sd.items():  # tied weights share storage: keep the first name only
+            if v.data_ptr() in seen and model.config.get_text_config().tie_word_embeddings:
+                continue
+            seen.add(v.data_ptr())
+            weights[k] = v.detach().to(dtype).contiguous()
+        save_file(weights, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        config = model.config
+        config.dtype = dtype
+        config.use_cache = True
+        config.save_pretrained(tmp)
+        model.generation_config.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        image_processor.save_pretrained(tmp)
+        names = sorted(p.name for p in tmp.iterdir())
+        for name in [n for n in names if n != "model.safetensors"] + ["model.safetensors"]:
+            os.replace(tmp / name, out / name)
+        tmp.rmdir()
+    barrier()
+
+
+def _state_dicts(model, optimizer) -> dict:
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
+    return {"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, optimizer)}
+
+
+def save_state(model, optimizer, trainer_state: dict, out_dir: str, keep: int = 1) -> Path:
+    """Resumable checkpoint OUT/checkpoints/step_XXXXXXXX: sharded model + optimizer
+    (torch.distributed.checkpoint) and trainer_state.json (step, data position).
+
+    Atomic: written to step_X.tmp, then renamed by rank 0 after every rank finished; a folder without the
+    .tmp suffix is always complete. Older checkpoints beyond `keep` are deleted afterwards."""
+    import torch.distributed.checkpoint as dcp
+    root = Path(out_dir) / "checkpoints"
+    final = root / f"step_{trainer_state['step']:08d}"
+    tmp = final.with_name(final.name + ".tmp")
+    if is_main():
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    barrier()
+    with warnings.catch_warnings():  # "assuming the intent is to save in a single process": yes
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        dcp.save(_state_dicts(model, optimizer), checkpoint_id=str(tmp))
+    barrier()
+    if is_main():
+        with open(tmp / "trainer_state.json", "w") as f:
+            json.dump(trainer_state, f, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        for old in sorted(p for p in root.glob("step_*") if p.suffix != ".tmp")[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    barrier()
+    return final
+
+
+def latest_checkpoint(out_dir: str) -> Path | None:
+    """The newest complete checkpoint folder in OUT/checkpoints (ignores unfinished *.tmp folders)."""
+    done = sorted(p for p in (Path(out_dir) / "checkpoints").glob("step_*")
+                  if p.suffix != ".tmp" and (p / "trainer_state.json").exists())
+    return done[-1] if done else None
+
+
+def load_state(model, optimizer, ckpt: Path) -> dict:
+    """Load a save_state() folder into the (possibly sharded) model and optimizer; returns trainer_state."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
+    sd = _state_dicts(model, optimizer)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        dcp.load(sd, checkpoint_id=str(ckpt))
+    set_model_state_dict(model, sd["model"])
+    set_optimizer_state_dict(model, optimizer, sd["optim"])
+    with open(ckpt / "trainer_state.json") as f:
+        return json.load(f)
+
+
+# ----------------------------------------------------------------------------- training
+def train_step(model, optimizer, batches: list, lr: float, max_grad_norm: float, device: torch.device) -> dict:
+    """One optimizer step over this rank's micro-batches (encoded, labels included).
+
+    The supervised-token count is all-reduced first, so every micro-batch loss is normalised by the
+    global count (sft_loss): the update does not depend on how the global batch is split."""
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    n_local = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in batches)
+    n_global = max(1.0, all_reduce_sum(n_local, device))
+    fsdp, loss_sum, seen = is_fsdp(model), 0.0, 0
+    for i, b in enumerate(batches):
+        if fsdp:  # reduce-scatter gradients only after the last micro-batch
+            model.set_requires_gradient_sync(i == len(batches) - 1)
+        b = {k: v.to(device) for k, v in b.items()}
+        labels = b.pop("labels")
+        logits = model(**b, use_cache=False).logits                # (B, T, V)
+        loss, m = sft_loss(logits, labels, n_global / world)
+        loss.backward()
+        loss_sum += float(m["loss_sum"])
+        seen += int(b["attention_mask"].sum())
+    params = [p for p in model.parameters() if p.grad is not None]
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+    grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    if math.isfinite(grad_norm):  # skip the update on a non-finite gradient (as EasyR1 does)
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return {"loss": all_reduce_sum(loss_sum, device) / n_global, "grad_norm": grad_norm,
+            "tokens": all_reduce_sum(seen, device), "sup_tokens": n_global}
+
+
+def rank_batches(batch: list, root: Path, tokenizer, image_processor, d: Dist, micro_batch_size: int) -> list:
+    """Encode this rank's micro-batches of a global batch; an empty one becomes a zero-weight sample."""
+    out = []
+    for mb in micro_batches(batch, d.rank, d.world_size, micro_batch_size):
+        enc = encode_records(mb or batch[:1], root, tokenizer, image_processor)
+        if not mb:
+            enc["labels"].fill_(IGNORE_INDEX)
+        out.append(enc)
+    return out
+
+
+def write_run_info(cfg: Config, out: Path) -> None:
+    """sft_config.json: our Config, the command line and the git commit (rank 0)."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                                cwd=Path(__file__).parent, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    info = {"config": dataclasses.asdict(cfg), "argv": sys.argv, "git_commit": commit}
+    (out / "sft_config.json").write_text(json.dumps(info, indent=1))
+
+
+def setup_training(cfg: Config, d: Dist) -> dict:
+    """Model (frozen vision, checkpointing, FSDP2), tokenizer, image processor, validated records, AdamW."""
+    model, tok, ip = load_model(cfg.model, min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels,
+                                attn_implementation=cfg.attn_implementation)
+    root = Path(cfg.data).resolve().parent
+    records, skipped = prepare_records(read_jsonl(cfg.data), root, tok, ip, cfg.max_length,
+                                       cfg.skip_bad_records)
+    trainable = freeze_vision(model) if cfg.freeze_vision else sum(p.numel() for p in model.parameters())
+    model.config.use_cache = False
+    if cfg.activation_checkpointing:
+        enable_activation_checkpointing(model)
+    model.train()
+    if cfg.fsdp or d.world_size > 1 or d.device.type == "cuda":
+        model = shard_model(model, d.device, cfg.bf16)
+    else:
+        model.to(d.device)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
+                                  betas=tuple(cfg.adam_betas), weight_decay=cfg.weight_decay)
+    print0(f"model {cfg.model} | trainable params {trainable / 1e6:.2f}M | records {len(records)} "
+           f"(skipped {skipped}) | world {d.world_size} | device {d.device}")
+    return dict(model=model, tok=tok, ip=ip, optimizer=optimizer, records=records, root=root, skipped=skipped)
+
+
+def resume_step(cfg: Config, s: dict, num_records: int) -> int:
+    """Load the newest complete checkpoint when --resume is given; returns the first step to run."""
+    ckpt = latest_checkpoint(cfg.out) if cfg.resume else None
+    if ckpt is None:
+        if cfg.resume:
+            print0(f"--resume: no complete checkpoint in {cfg.out}/checkpoints, starting from scratch")
+        return 0
+    state = load_state(s["model"], s["optimizer"], ckpt)
+    if (state["global_batch_size"], state["num_records"]) != (cfg.global_batch_size, num_records):
+        raise ValueError(f"{ckpt}: saved with global batch {state['global_batch_size']} and "
+                         f"{state['num_records']} records; this run has {cfg.global_batch_size} and {num_records}")
+    metrics = Path(cfg.out) / "metrics.jsonl"
+    if is_main() and metrics.exists():  # drop rows logged after the checkpoint we continue from
+        rows = [r for r in metrics.read_text().splitlines() if r and json.loads(r)["step"] <= state["step"]]
+        metrics.write_text("".join(r + "\n" for r in rows))
+    print0(f"resumed from {ckpt} (step {state['step']}, epoch {state['epoch']}, "
+           f"record {state['index_in_epoch']} of the epoch)")
+    return state["step"]
+
+
+def train(cfg: Config) -> None:
+    """The SFT loop: global batch → micro-batches → train_step → log → periodic resumable checkpoint →
+    final resumable state and consolidated HF export in cfg.out."""
+    d = setup_dist(cfg.seed)
+    try:
+        out = Path(cfg.out)
+        if d.is_main:
+            out.mkdir(parents=True, exist_ok=True)
+            write_run_info(cfg, out)
+        s = setup_training(cfg, d)
+        model, records, G = s["model"], s["records"], cfg.global_batch_size
+        steps_per_epoch = math.ceil(len(records) / G)
+        total = cfg.max_steps if cfg.max_steps > 0 else cfg.epochs * steps_per_epoch
+        step = resume_step(cfg, s, len(records))
+        bar = tqdm(total=total, initial=step, desc="sft", disable=not d.is_main, file=sys.stderr)
+        while step < total:
+            if cfg.stop_after_steps and step >= cfg.stop_after_steps:
+                print0(f"stopping after step {step} (--stop-after-steps)")
+                return
+            epoch, k = divmod(step, steps_per_epoch)
+            order = epoch_order(len(records), epoch, cfg.seed, cfg.shuffle)
+            batch = [records[i] for i in order[k * G:(k + 1) * G]]
+            t0 = time.perf_counter()
+            enc = rank_batches(batch, s["root"], s["tok"], s["ip"], d, cfg.micro_batch_size)
+            lr = lr_at(step, total, cfg.lr, cfg.warmup_ratio)
+            m = train_step(model, s["optimizer"], enc, lr, cfg.max_grad_norm, d.device)
+            dt = time.perf_counter() - t0
+            step += 1
+            row = {"step": step, "epoch": epoch, "loss": m["loss"], "lr": lr, "grad_norm": m["grad_norm"],
+                   "tokens": m["tokens"], "tok_per_s": m["tokens"] / dt, "dt": dt}
+            print0(f"step {step:05d} | epoch {epoch} | loss {m['loss']:.4f} | lr {lr:.2e} | "
+                   f"grad_norm {m['grad_norm']:.3f} | tok/s {m['tokens'] / dt:.0f} | dt {dt * 1000:.0f}ms")
+            if d.is_main:
+                with open(out / "metrics.jsonl", "a") as f:
+                    f.write(json.dumps(row) + "\n")
+            bar.update(1)
+            if (cfg.save_every and step % cfg.save_every == 0) or step == total:
+                ep, k2 = divmod(step, steps_per_epoch)
+                save_state(model, s["optimizer"], {"step": step, "epoch": ep, "index_in_epoch": k2 * G,
+                                                   "global_batch_size": G, "num_records": len(records)},
+                           cfg.out, cfg.keep_checkpoints)
+        bar.close()
+        save_hf(model, s["tok"], s["ip"], cfg.out, getattr(torch, cfg.save_dtype))
+        print0(f"saved HF checkpoint to {cfg.out}")
+    finally:
+        cleanup_dist()
+
+
+# ----------------------------------------------------------------------------- benchmark
+BENCH_MODELS = (("tiny", {}),
+                ("~6M", dict(hidden=256, layers=4, heads=4, vision_hidden=128, vision_depth=4)))
+
+
+def synthetic_records(folder: Path, n: int, image_px: int, seed: int = 0) -> list:
+    """n SFT records with random-noise images of image_px², written to folder (benchmarks and tests)."""
+    rng = np.random.default_rng(seed)
+    records = []
+    for i in range(n):
+        name = f"img_{i}.png"
+        Image.fromarray(rng.integers(0, 256, (image_px, image_px, 3), dtype=np.uint8)).save(folder / name)
+        records.append({"id": f"syn-{i}", "task": "flip", "images": [name], "answer": f"{i % 4 + 1}, vertical",
+                        "problem": "<image>The image is split into tiles labelled 1, 2, 3 and 4. Which tile is "
+                                   "flipped? Answer with the tile and the direction.",
+                        "response": "<think>Tile " + str(i % 4 + 1) + " is upside down. " * 4 + "</think> "
+                                    f"\\boxed{{{i % 4 + 1}, vertical}}", "meta": {}})
+    return records
+
+
+def peak_memory_gb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20   # KiB on Linux
+
+
+def bench_one(kind: dict, records: list, root: Path, device: torch.device, ckpt: bool, steps: int) -> dict:
+    """Median step time, tokens/s and peak memory of SFT steps on one model (one process)."""
+    model, tok, ip = build_tiny("tiny", **kind)
+    ip.size = {"shortest_edge": 56 * 56, "longest_edge": 512 * 512}
+    freeze_vision(model)
+    if ckpt:
+        enable_activation_checkpointing(model)
+    model.to(device).train()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+    batch = encode_records(records, root, tok, ip)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    times, tokens = [], 0
+    for i in range(steps + 2):  # two warm-up steps
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        m = train_step(model, opt, [batch], 1e-5, 1.0, device)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if i >= 2:
+            times.append(time.perf_counter() - t0)
+        tokens = m["tokens"]
+    dt = float(np.median(times))
+    return {"params_M": sum(p.numel() for p in model.parameters()) / 1e6, "seq_len": batch["input_ids"].shape[1],
+            "step_s": dt, "tok_per_s": tokens / dt, "peak_gb": peak_memory_gb(device)}
+
+
+def benchmark(cfg: Config, steps: int = 5, batch_size: int = 8, image_px: int = 224) -> list:
+    """Print a markdown table: SFT step time, tokens/s and peak memory for the tiny and ~6M models,
+    with and without activation checkpointing (single process, AdamW, vision frozen)."""
+    import tempfile
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        records = synthetic_records(Path(tmp), batch_size, image_px)
+        for name, kind in BENCH_MODELS:
+            for ckpt in (True, False):
+                r = bench_one(kind, records, Path(tmp), device, ckpt, steps)
+                rows.append({"model": name, "act_ckpt": ckpt, **r})
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else \
+        f"CPU, {torch.get_num_threads()} threads"
+    print(f"SFT benchmark: batch {batch_size} samples, {image_px}px images, fp32, {where}; median of {steps} steps")
+    print("| model | params | act. ckpt | seq len | step (s) | tokens/s | peak mem (GB) |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['model']} | {r['params_M']:.2f}M | {'on' if r['act_ckpt'] else 'off'} | {r['seq_len']} | "
+              f"{r['step_s']:.3f} | {r['tok_per_s']:.0f} | {r['peak_gb']:.2f} |")
+    if device.type == "cpu":
+        print("peak mem on CPU = the process's max RSS so far (rows run in order, so it never decreases)")
+    return rows
+
+
+def main(argv: list | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    cfg = Config(**{**vars(args), "adam_betas": tuple(args.adam_betas)})
+    if cfg.benchmark:
+        benchmark(cfg)
+    else:
+        if not cfg.data:
+            raise SystemExit("--data is required (a sft.jsonl file)")
+        train(cfg)
+
+
+if __name__ == "__main__":
+    main()
