@@ -60,7 +60,7 @@ DEPTH_SUFFIXES = ("_depth", "_mask", "_depth_mask")  # stems ending like this ar
 DEFAULT_TASKS = "shuffle,flip,crop,depth,position"
 SCENE_SALT, SFT_SALT, SPLIT_SALT = 0x5CE7E, 0x5F7, 0x7E57
 # Settings that only change speed or reporting; everything else defines the dataset and must match on resume.
-RUN_ONLY_KEYS = ("workers", "preview", "progress", "benchmark", "bench_seconds")
+RUN_ONLY_KEYS = ("out", "workers", "preview", "progress", "benchmark", "bench_seconds")
 
 
 # --------------------------------------------------------------------------------------------
@@ -293,8 +293,8 @@ def _corners(obj):
 
 def _hit_room(o, d, room):
     """Exit distance of rays from inside the room box and the face index hit (ROOM_FACES order)."""
-    lo = np.array([-room["w"] / 2, 0.0, -0.5])
-    hi = np.array([room["w"] / 2, room["h"], room["d"]])
+    lo = np.array([-room["w"] / 2, 0.0, -0.5], np.float32)
+    hi = np.array([room["w"] / 2, room["h"], room["d"]], np.float32)
     best = np.full(d.shape[:2], np.inf, np.float32)
     face = np.zeros(d.shape[:2], np.int8)
     for ax, neg, pos in ((1, 0, 1), (0, 2, 3), (2, 4, 5)):  # y: floor/ceiling, x: left/right, z
