@@ -83,8 +83,8 @@ class Config:
     min_side: int = 64  # skip sources whose shorter side is below this
     per_source: int = 1  # at most this many examples of each task per source image (passes over a folder)
     depth_png_scale: float = 1000.0  # 16-bit depth PNG units per metre (1000 = millimetres)
-    image_format: str = "jpg"  # jpg (quality --jpeg-quality, fast) or png (lossless, ~5x slower to write)
-    jpeg_quality: int = 95
+    image_format: str = "jpg"  # jpg or png (lossless, ~8x slower to encode and ~4x larger at 1024x768)
+    jpeg_quality: int = 95  # JPEG quality of the saved task images
     progress: bool = True  # tqdm progress bar
     benchmark: bool = False  # print samples/s per task on one core and exit (writes nothing to --out)
     bench_seconds: float = 1.0  # time budget per benchmark cell
@@ -973,6 +973,10 @@ def parse_tasks(spec, have_depth):
             raise SystemExit(f"make_data: task weight must be > 0 in {item!r}")
     if not weights:
         raise SystemExit("make_data: --tasks selects no task")
+    if not have_depth and set(weights) & set(tasks.DEPTH_TASKS):
+        raise SystemExit("make_data: the depth and position tasks need depth maps: give --rgbd DIR with depth files "
+                         "(see the naming rule in `python make_data.py --help` / the module docstring) or no source "
+                         "flag at all (built-in RGB-D scenes), or select only shuffle,flip,crop")
     return {t: weights[t] for t in tasks.TASKS if t in weights}
 
 
@@ -1113,6 +1117,7 @@ def build(cfg):
     """Build (or resume) the dataset in cfg.out; returns the stats dict written to stats.json."""
     from tqdm import tqdm
     t0 = time.time()
+    _check_config(cfg)
     sources, notes = (None, Counter()) if not (cfg.rgb or cfg.rgbd) else discover_sources(cfg.rgb, cfg.rgbd)
     if sources is not None and not sources:
         raise SystemExit(f"make_data: no image files ({', '.join(IMAGE_EXTS)}) under {cfg.rgb or ''} {cfg.rgbd or ''}")
@@ -1127,6 +1132,7 @@ def build(cfg):
     done = sum(builder.counts.values())
     if done:
         print(f"make_data: resuming {cfg.out} at job {out.resume_at} ({done} examples already there)")
+    tqdm.monitor_interval = 0  # no monitor thread: the worker pool is forked after the bar exists
     builder.bar = tqdm(total=cfg.n, initial=done, unit="ex", disable=not cfg.progress, desc="examples")
     try:
         run_all(plan_jobs(cfg, sources, quotas, builder.counts, out.resume_at, ctx), workers, builder.handle)
@@ -1140,6 +1146,17 @@ def build(cfg):
     _atomic_write(out.root / "stats.json", (json.dumps(stats, indent=1) + "\n").encode())
     stats["seconds"], stats["workers"] = time.time() - t0, workers
     return stats
+
+
+def _check_config(cfg):
+    problems = [msg for bad, msg in [
+        (cfg.n < 1, "--n must be >= 1"), (not 0 <= cfg.test_fraction < 1, "--test-fraction must be in [0, 1)"),
+        (cfg.per_source < 1, "--per-source must be >= 1"), (cfg.workers < 0, "--workers must be >= 0"),
+        (cfg.image_format not in ("jpg", "png"), "--image-format must be jpg or png"),
+        (not 1 <= cfg.jpeg_quality <= 100, "--jpeg-quality must be in 1..100"), (cfg.sft_size < 0, "--sft-size must be >= 0"),
+        (cfg.depth_png_scale <= 0, "--depth-png-scale must be > 0")] if bad]
+    if problems:
+        raise SystemExit("make_data: " + "; ".join(problems))
 
 
 def write_stats(cfg, out, builder, sources, notes):
@@ -1247,10 +1264,15 @@ def print_summary(cfg, stats, preview):
               + (", ".join(f"{k} {v}" for k, v in rej) or "-"))
     if stats["skipped_sources"]:
         print("skipped sources: " + ", ".join(f"{k} {v}" for k, v in stats["skipped_sources"].items()))
+    errors = {k: v for t in stats["rejected"].values() for k, v in t.items() if k.startswith("generator-error")}
+    if errors:
+        print(f"WARNING: tasks.generate raised or returned a malformed example: {errors} (a bug in tasks.py)")
     if stats["shortfall"]:
         print("SHORT of quota (sources exhausted or too many rejections): "
               + ", ".join(f"{k} {v}" for k, v in stats["shortfall"].items()))
-    print(f"files: train.jsonl test.jsonl sft.jsonl stats.json images/" + (f"  preview: {preview}" if preview else ""))
+    if sum(stats["sft"].values()) < cfg.sft_size:
+        print(f"sft.jsonl: {sum(stats['sft'].values())} examples (--sft-size {cfg.sft_size} capped by the train split)")
+    print("files: train.jsonl test.jsonl sft.jsonl stats.json images/" + (f"  preview: {preview}" if preview else ""))
 
 
 def _bench(fn, seconds, min_reps=3):

@@ -277,6 +277,8 @@ def test_quota_split_and_task_weights():
     assert tuple(make_data.parse_tasks("auto", have_depth=False)) == tasks.RGB_TASKS
     with pytest.raises(SystemExit):
         make_data.parse_tasks("rotate", have_depth=True)
+    with pytest.raises(SystemExit, match="need depth maps"):
+        make_data.parse_tasks("shuffle,depth", have_depth=False)
 
 
 def test_import_has_no_side_effects(tmp_path):
