@@ -59,7 +59,7 @@ IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 DEPTH_SUFFIXES = ("_depth", "_mask", "_depth_mask")  # stems ending like this are depth/mask files, not images
 SCENE_SALT, SFT_SALT, SPLIT_SALT = 0x5CE7E, 0x5F7, 0x7E57
 # Settings that only change speed or reporting; everything else defines the dataset and must match on resume.
-RUN_ONLY_KEYS = ("out", "workers", "preview", "progress", "benchmark", "bench_seconds")
+RUN_ONLY_KEYS = ("out", "workers", "preview", "progress", "benchmark", "bench_seconds", "sync_seconds")
 
 
 # --------------------------------------------------------------------------------------------
@@ -85,6 +85,7 @@ class Config:
     depth_png_scale: float = 1000.0  # 16-bit depth PNG units per metre (1000 = millimetres)
     image_format: str = "jpg"  # jpg or png (lossless, ~8x slower to encode and ~4x larger at 1024x768)
     jpeg_quality: int = 95  # JPEG quality of the saved task images
+    sync_seconds: float = 2.0  # fsync records and journal at most this often (0 = after every job)
     progress: bool = True  # tqdm progress bar
     benchmark: bool = False  # print samples/s per task on one core and exit (writes nothing to --out)
     bench_seconds: float = 1.0  # time budget per benchmark cell
@@ -874,8 +875,8 @@ class OutputFolder:
     the records they list are fsync'ed. On resume everything after the first job that is not fully on disk
     is rolled back, so the folder always holds an exact prefix of the uninterrupted run."""
 
-    def __init__(self, root, dataset_config):
-        self.root = Path(root)
+    def __init__(self, root, dataset_config, sync_seconds=2.0):
+        self.root, self.sync_seconds = Path(root), sync_seconds
         self.root.mkdir(parents=True, exist_ok=True)
         self._check_config(dataset_config)
         self.resume_at, self.records, self.journal = self._repair()
@@ -937,7 +938,7 @@ class OutputFolder:
 
     def end_job(self, entry, force_sync=False):
         self.pending.append((json.dumps(entry, sort_keys=True) + "\n").encode())
-        if force_sync or time.monotonic() - self.last_sync > 2.0:
+        if force_sync or time.monotonic() - self.last_sync >= self.sync_seconds:
             self.sync()
 
     def sync(self):
@@ -1126,7 +1127,7 @@ def build(cfg):
     ext = "png" if cfg.image_format == "png" else "jpg"
     ctx = Context(cfg.seed, parse_size(cfg.scene_size), parse_grids(cfg.shuffle_grids), cfg.max_side,
                   cfg.min_side, cfg.depth_png_scale, cfg.image_format, cfg.jpeg_quality)
-    out = OutputFolder(cfg.out, dataset_config(cfg))
+    out = OutputFolder(cfg.out, dataset_config(cfg), cfg.sync_seconds)
     builder = Builder(cfg, out, quotas, ext)
     workers = cfg.workers or os.cpu_count() or 1
     done = sum(builder.counts.values())

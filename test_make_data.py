@@ -4,8 +4,10 @@ and the command line. Run: python -m pytest -q test_make_data.py  (about 20 s on
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -124,6 +126,29 @@ def test_resume_after_interrupted_run_gives_the_same_output(scene_build, tmp_pat
     assert folder_bytes(out) == folder_bytes(scene_build)
 
 
+def test_resume_after_sigkill_gives_the_same_output(tmp_path):
+    args = ["--n", "150", "--workers", "2", "--seed", "1", "--sync-seconds", "0"]
+    reference = tmp_path / "reference"
+    assert build(reference, *args) == 0
+    out = tmp_path / "killed"
+    cmd = [sys.executable, str(HERE / "make_data.py"), "--out", str(out), *SMALL, *args]
+    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and proc.poll() is None:
+            journal = out / "progress.jsonl"
+            if journal.exists() and journal.read_bytes().count(b"\n") >= 8:
+                break
+            time.sleep(0.02)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)  # the builder and its pool workers, mid-run
+        proc.wait()
+    assert not (out / "stats.json").exists(), "the run finished before it could be killed"
+    assert build(out, *args) == 0
+    assert folder_bytes(out) == folder_bytes(reference)
+
+
 def test_rerun_with_other_settings_is_an_error(scene_build, tmp_path):
     out = tmp_path / "other"
     shutil.copytree(scene_build, out)
@@ -235,8 +260,8 @@ def test_odd_folder_skips_bad_inputs_by_reason(odd_folders, tmp_path):
     used = {r["source"] for r in records}
     expected = {str(rgb_dir / n) for n in good_rgb} | {str(rgbd_dir / n) for n in good_rgbd | {"nodepth.png"}}
     assert used == expected
-    depth_sources = {r["source"] for r in records if r["task"] in tasks.DEPTH_TASKS}
-    assert depth_sources and depth_sources <= {str(rgbd_dir / n) for n in good_rgbd}
+    for task in tasks.DEPTH_TASKS:  # .npy (HxW, HxWx1 + mask) and 16-bit PNG depth all work
+        assert {r["source"] for r in records if r["task"] == task} == {str(rgbd_dir / n) for n in good_rgbd}
     assert stats["shortfall"]  # 11 usable images cannot fill 200 examples: reported, not an error
     for r in records:
         for p in r["images"]:
@@ -256,6 +281,19 @@ def test_nothing_usable_is_a_clear_error(odd_folders, tmp_path):
     cmd[3] = str(empty)
     run = subprocess.run(cmd + ["--out", str(tmp_path / "o2")], capture_output=True, text=True, timeout=120)
     assert run.returncode != 0 and "no image files" in run.stderr
+
+
+def test_h5_depth_without_h5py_says_how_to_install(tmp_path):
+    try:
+        import h5py  # noqa: F401
+        pytest.skip("h5py is installed")
+    except ImportError:
+        pass
+    rgb, _ = make_data.render_scene(0, 96, 128)
+    Image.fromarray(rgb).save(tmp_path / "x.jpg")
+    (tmp_path / "x.h5").write_bytes(b"not really hdf5")
+    with pytest.raises(SystemExit, match="pip install h5py"):
+        make_data.discover_sources("", str(tmp_path))
 
 
 # ---------------------------------------------------------------------------------------- command line
