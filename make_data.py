@@ -20,7 +20,7 @@ progress.jsonl (resume journal) and preview.png. Records: {"id", "task", "proble
 "source", "meta"} (+ "response" in sft.jsonl); `images` are relative to --out.
 
 Paper → code
-  §3.1 pretext tasks from raw RGB / RGB-D images   → tasks.generate(), called by run_job()
+  five pretext tasks from raw RGB / RGB-D images   → tasks.generate(), called by run_job()
   81k-sample training set, split into tasks        → build() (quotas from --n and --tasks weights)
   cold-start SFT subset (~3.6k) with reasoning      → write_sft() (tasks.reasoning_trace)
   DIODE .npy + mask / MegaDepth .h5 depth sources  → load_depth(), find_depth()
@@ -834,9 +834,13 @@ def run_job(job):
         if isinstance(ex, str):
             result["examples"][task] = ex
             continue
-        result["examples"][task] = {
-            "problem": ex.problem, "answer": str(ex.answer), "meta": _json_safe(ex.meta),
-            "images": [_encode(im, ctx.image_format, ctx.jpeg_quality) for im in ex.images]}
+        try:
+            images = [_encode(im, ctx.image_format, ctx.jpeg_quality) for im in ex.images]
+            meta = json.loads(json.dumps(_json_safe(ex.meta), allow_nan=False))
+        except (TypeError, ValueError, OSError, AttributeError) as e:  # not a PIL image / not JSON-able metadata
+            result["examples"][task] = f"generator-error:{type(e).__name__}"
+            continue
+        result["examples"][task] = {"problem": ex.problem, "answer": str(ex.answer), "meta": meta, "images": images}
     return result
 
 
@@ -1229,7 +1233,7 @@ def make_preview(records, root, path, row_height=260, text_width=560):
         for para in rec["problem"].split("\n"):
             lines += textwrap.wrap(para, 64) or [""]
         lines = lines[:14] + (["..."] if len(lines) > 14 else [])
-        row = Image.new("RGB", (text_width + sum(im.width + 8 for im in ims) + 8, max(row_height, 40 + 18 * len(lines) + 40)), "white")
+        row = Image.new("RGB", (text_width + sum(im.width + 8 for im in ims) + 8, max(row_height + 8, 40 + 18 * len(lines) + 40)), "white")
         draw = ImageDraw.Draw(row)
         draw.text((10, 8), f"{task}   ({rec['id']})", fill=(0, 0, 0), font=bold)
         for i, line in enumerate(lines):
