@@ -71,7 +71,7 @@ class Config:
     rgb: str = ""  # folder of RGB images (recursive) for shuffle/flip/crop
     rgbd: str = ""  # folder of RGB + depth pairs (naming rule in the module docstring) for all five tasks
     n: int = 500  # total number of examples (train + test), shared between tasks by their weights
-    tasks: str = "auto"  # comma list, optional weights "shuffle:2,depth"; auto = all five, or the RGB tasks for --rgb only
+    tasks: str = "auto"  # comma list with optional weights ("shuffle:2,depth"); auto = all five (RGB tasks if no depth)
     sft_size: int = 3600  # cold-start examples drawn from train (capped by the train size)
     test_fraction: float = 0.1  # fraction of source images whose examples go to test.jsonl
     seed: int = 0  # the dataset is a pure function of the seed and the settings (not of --workers)
@@ -98,10 +98,8 @@ def parse_config(argv=None):
     comments = _field_comments()
     for f in dataclasses.fields(Config):
         flag = "--" + f.name.replace("_", "-")
-        if f.type in (bool, "bool"):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=comments.get(f.name, " "))
-        else:
-            parser.add_argument(flag, type=type(f.default), default=f.default, help=comments.get(f.name, " "))
+        kind = {"action": argparse.BooleanOptionalAction} if f.type in (bool, "bool") else {"type": type(f.default)}
+        parser.add_argument(flag, default=f.default, help=comments.get(f.name, " "), **kind)
     return Config(**vars(parser.parse_args(argv)))
 
 
@@ -410,7 +408,8 @@ def _wall_albedo(s, y, face, room):
             frame = np.float32(0.95)
         else:
             v = _sample(p["tex"], (s - p["s"]) * 40.0, (y - p["y"]) * 40.0)
-            pic = np.where((v < 0.45)[:, None], p["colors"][0], np.where((v < 0.6)[:, None], p["colors"][1], p["colors"][2]))
+            c0, c1, c2 = p["colors"]
+            pic = np.where((v < 0.45)[:, None], c0, np.where((v < 0.6)[:, None], c1, c2))
             frame = np.float32(0.15)
         col = np.where(inner[:, None], pic, np.where(inside[:, None], frame, col))
     return col
@@ -805,7 +804,8 @@ def generate_one(task, rgb, depth, key, k, ctx):
     if task == "shuffle":
         options["grid"] = ctx.grids[int(ss.generate_state(1)[0]) % len(ctx.grids)]
     try:
-        ex = tasks.generate(task, rgb, depth if task in tasks.DEPTH_TASKS else None, np.random.default_rng(ss), **options)
+        depth = depth if task in tasks.DEPTH_TASKS else None
+        ex = tasks.generate(task, rgb, depth, np.random.default_rng(ss), **options)
     except Exception as e:  # a generator bug must not kill a long build; it is counted and reported
         return f"generator-error:{type(e).__name__}"
     if isinstance(ex, tasks.Rejected):
@@ -1158,7 +1158,8 @@ def _check_config(cfg):
         (cfg.n < 1, "--n must be >= 1"), (not 0 <= cfg.test_fraction < 1, "--test-fraction must be in [0, 1)"),
         (cfg.per_source < 1, "--per-source must be >= 1"), (cfg.workers < 0, "--workers must be >= 0"),
         (cfg.image_format not in ("jpg", "png"), "--image-format must be jpg or png"),
-        (not 1 <= cfg.jpeg_quality <= 100, "--jpeg-quality must be in 1..100"), (cfg.sft_size < 0, "--sft-size must be >= 0"),
+        (not 1 <= cfg.jpeg_quality <= 100, "--jpeg-quality must be in 1..100"),
+        (cfg.sft_size < 0, "--sft-size must be >= 0"),
         (cfg.depth_png_scale <= 0, "--depth-png-scale must be > 0")] if bad]
     if problems:
         raise SystemExit("make_data: " + "; ".join(problems))
@@ -1233,7 +1234,8 @@ def make_preview(records, root, path, row_height=260, text_width=560):
         for para in rec["problem"].split("\n"):
             lines += textwrap.wrap(para, 64) or [""]
         lines = lines[:14] + (["..."] if len(lines) > 14 else [])
-        row = Image.new("RGB", (text_width + sum(im.width + 8 for im in ims) + 8, max(row_height + 8, 40 + 18 * len(lines) + 40)), "white")
+        size = (text_width + sum(im.width + 8 for im in ims) + 8, max(row_height + 8, 80 + 18 * len(lines)))
+        row = Image.new("RGB", size, "white")
         draw = ImageDraw.Draw(row)
         draw.text((10, 8), f"{task}   ({rec['id']})", fill=(0, 0, 0), font=bold)
         for i, line in enumerate(lines):
@@ -1339,7 +1341,8 @@ def main(argv=None):
     print_summary(cfg, stats, preview)
     if not sum(sum(v.values()) for v in stats["counts"].values()):
         print(f"make_data: error: nothing usable: no example could be made from the given sources "
-              f"(skipped: {stats['skipped_sources'] or 'none'}; rejected: {stats['rejected'] or 'none'})", file=sys.stderr)
+              f"(skipped: {stats['skipped_sources'] or 'none'}; rejected: {stats['rejected'] or 'none'})",
+              file=sys.stderr)
         return 1
     return 0
 

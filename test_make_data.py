@@ -153,7 +153,8 @@ def test_rerun_with_other_settings_is_an_error(scene_build, tmp_path):
     out = tmp_path / "other"
     shutil.copytree(scene_build, out)
     with pytest.raises(SystemExit, match="different settings.*seed"):
-        build(out, "--n", "40", "--seed", "4", "--test-fraction", "0.3", "--sft-size", "10", "--shuffle-grids", "2x2,3x3")
+        build(out, "--n", "40", "--seed", "4", "--test-fraction", "0.3", "--sft-size", "10",
+              "--shuffle-grids", "2x2,3x3")
     (tmp_path / "stranger").mkdir()
     (tmp_path / "stranger" / "notes.txt").write_text("mine")
     with pytest.raises(SystemExit, match="no config.json"):
@@ -238,7 +239,8 @@ def test_depth_follows_exif_rotation_and_mask(tmp_path):
     mask = np.ones_like(depth)
     mask[:, :10] = 0
     np.save(tmp_path / "r_mask.npy", mask)
-    src = make_data.Source("rgbd:r.jpg", str(tmp_path / "r.jpg"), *make_data.find_depth(str(tmp_path / "r.jpg")), "rgbd")
+    path = str(tmp_path / "r.jpg")
+    src = make_data.Source("rgbd:r.jpg", path, *make_data.find_depth(path), "rgbd")
     assert src.mask.endswith("r_mask.npy")
     img, d = make_data.load_source(src, True, max_side=1024, min_side=16)
     assert img.shape[:2] == d.shape == (80, 60)
