@@ -260,11 +260,11 @@ def _sample_camera(rng, room, height, width):
 
 
 def _camera_rays(cam, height, width):
-    """(H, W, 3) world ray directions scaled so that the ray parameter t equals z-depth."""
-    xs = (np.arange(width, dtype=np.float32) + 0.5 - width / 2) / cam["focal"]
-    ys = -(np.arange(height, dtype=np.float32) + 0.5 - height / 2) / cam["focal"]
-    basis = np.stack([cam["right"], cam["up"], cam["fwd"]]).astype(np.float32)  # rows: r, u, f
-    return (xs[None, :, None] * basis[0] + ys[:, None, None] * basis[1] + basis[2]).astype(np.float32)
+    """World ray directions as three (H, W) planes, scaled so that the ray parameter t equals z-depth."""
+    xs = (np.arange(width, dtype=np.float32) + 0.5 - width / 2) / np.float32(cam["focal"])
+    ys = -(np.arange(height, dtype=np.float32) + 0.5 - height / 2) / np.float32(cam["focal"])
+    r, u, f = (cam[k].astype(np.float32) for k in ("right", "up", "fwd"))
+    return tuple(xs[None, :] * r[i] + (ys[:, None] * u[i] + f[i]) for i in range(3))
 
 
 def _screen_box(cam, corners, height, width):
@@ -291,14 +291,14 @@ def _corners(obj):
 
 def _hit_room(o, d, room):
     """Exit distance of rays from inside the room box and the face index hit (ROOM_FACES order)."""
-    lo = np.array([-room["w"] / 2, 0.0, -0.5], np.float32)
-    hi = np.array([room["w"] / 2, room["h"], room["d"]], np.float32)
-    best = np.full(d.shape[:2], np.inf, np.float32)
-    face = np.zeros(d.shape[:2], np.int8)
-    for ax, neg, pos in ((1, 0, 1), (0, 2, 3), (2, 4, 5)):  # y: floor/ceiling, x: left/right, z
-        da = d[..., ax]
+    lo = (-room["w"] / 2, 0.0, -0.5)
+    hi = (room["w"] / 2, room["h"], room["d"])
+    best = np.full(d[0].shape, np.inf, np.float32)
+    face = np.zeros(d[0].shape, np.int8)
+    for ax, neg, pos in ((1, 0, 1), (0, 2, 3), (2, 4, 5)):  # y: floor/ceiling, x: left/right, z: front/back
+        da = d[ax]
         with np.errstate(divide="ignore", invalid="ignore"):
-            t = np.where(da > 0, (hi[ax] - o[ax]) / da, (lo[ax] - o[ax]) / da)
+            t = np.where(da > 0, (hi[ax] - float(o[ax])) / da, (lo[ax] - float(o[ax])) / da)
         t = np.where(np.abs(da) < 1e-9, np.inf, t)
         closer = t < best
         best = np.where(closer, t, best)
@@ -307,56 +307,68 @@ def _hit_room(o, d, room):
 
 
 def _hit_sphere(o, d, obj):
-    oc = (o - obj["c"]).astype(np.float32)
-    a = np.einsum("...i,...i->...", d, d)
-    b = d @ oc
-    disc = b * b - a * (oc @ oc - obj["half"][0] ** 2)
+    """Ray-sphere: nearest positive root of |o + t d - c|^2 = r^2; returns t and the normal planes."""
+    (ox, oy, oz), r = (o - obj["c"]).tolist(), float(obj["half"][0])
+    dx, dy, dz = d
+    a = dx * dx + dy * dy + dz * dz
+    b = dx * ox + dy * oy + dz * oz
+    disc = b * b - a * (ox * ox + oy * oy + oz * oz - r * r)
     t = (-b - np.sqrt(np.maximum(disc, 0))) / a
     t = np.where((disc > 0) & (t > EPS), t, np.inf)
-    n = (o + t[..., None] * d - obj["c"]) / obj["half"][0]
-    return t, n
+    with np.errstate(invalid="ignore"):
+        return t, ((ox + t * dx) / r, (oy + t * dy) / r, (oz + t * dz) / r)
 
 
 def _hit_box(o, d, obj):
     """Slab test in the box frame (rotated by yaw about the vertical axis)."""
     c, s = np.cos(obj["yaw"]), np.sin(obj["yaw"])
-    rot = np.array([[c, 0, -s], [0, 1, 0], [s, 0, c]], np.float32)  # world -> local
-    ol = rot @ (o - obj["c"])
-    dl = d @ rot.T
-    with np.errstate(divide="ignore", invalid="ignore"):
-        inv = 1.0 / np.where(np.abs(dl) < 1e-9, 1e-9, dl)
-    t1, t2 = (-obj["half"] - ol) * inv, (obj["half"] - ol) * inv
-    tmin, tmax = np.minimum(t1, t2), np.maximum(t1, t2)
-    axis = np.argmax(tmin, axis=-1)
-    tnear, tfar = np.take_along_axis(tmin, axis[..., None], -1)[..., 0], tmax.min(-1)
-    t = np.where((tnear < tfar) & (tnear > EPS), tnear, np.inf).astype(np.float32)
-    nl = np.zeros(d.shape, np.float32)
-    np.put_along_axis(nl, axis[..., None], -np.sign(np.take_along_axis(dl, axis[..., None], -1)), -1)
-    return t, nl @ rot
+    rx, ry, rz = (o - obj["c"]).tolist()
+    origin = (c * rx - s * rz, ry, s * rx + c * rz)
+    dl = (c * d[0] - s * d[2], d[1], s * d[0] + c * d[2])
+    tmin, tmax = [], []
+    for i in range(3):
+        h = float(obj["half"][i])
+        inv = 1.0 / np.where(np.abs(dl[i]) < 1e-9, np.float32(1e-9), dl[i])
+        t1, t2 = (-h - origin[i]) * inv, (h - origin[i]) * inv
+        tmin.append(np.minimum(t1, t2))
+        tmax.append(np.maximum(t1, t2))
+    tnear = np.maximum(np.maximum(tmin[0], tmin[1]), tmin[2])
+    tfar = np.minimum(np.minimum(tmax[0], tmax[1]), tmax[2])
+    t = np.where((tnear < tfar) & (tnear > EPS), tnear, np.inf)
+    nl = [np.where(tmin[i] == tnear, -np.sign(dl[i]), np.float32(0)) for i in range(3)]  # the entry face
+    return t, (c * nl[0] + s * nl[2], nl[1], -s * nl[0] + c * nl[2])
 
 
 def _hit_cylinder(o, d, obj):
-    """Upright capped cylinder: side quadratic in the x-z plane plus top and bottom discs."""
-    r, (cx, cy, cz), hh = obj["half"][0], obj["c"], obj["half"][1]
-    ox, oz = o[0] - cx, o[2] - cz
-    dx, dy, dz = d[..., 0], d[..., 1], d[..., 2]
-    a = np.maximum(dx * dx + dz * dz, 1e-12)
+    """Upright capped cylinder: side quadratic in the x-z plane plus the top or bottom disc."""
+    r, hh = float(obj["half"][0]), float(obj["half"][1])
+    (ox, oy, oz) = (o - obj["c"]).tolist()
+    dx, dy, dz = d
+    a = np.maximum(dx * dx + dz * dz, np.float32(1e-12))
     b = dx * ox + dz * oz
     disc = b * b - a * (ox * ox + oz * oz - r * r)
     ts = (-b - np.sqrt(np.maximum(disc, 0))) / a
-    ys = o[1] + ts * dy
-    ts = np.where((disc > 0) & (ts > EPS) & (np.abs(ys - cy) <= hh), ts, np.inf)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        cap_y = np.where(o[1] > cy, cy + hh, cy - hh)
-        tc = (cap_y - o[1]) / np.where(np.abs(dy) < 1e-9, 1e-9, dy)
+    ts = np.where((disc > 0) & (ts > EPS) & (np.abs(oy + ts * dy) <= hh), ts, np.inf)
+    cap = hh if oy > 0 else -hh  # the disc facing the camera
+    tc = (cap - oy) / np.where(np.abs(dy) < 1e-9, np.float32(1e-9), dy)
     inside = (ox + tc * dx) ** 2 + (oz + tc * dz) ** 2 <= r * r
     tc = np.where(inside & (tc > EPS), tc, np.inf)
-    t = np.minimum(ts, tc).astype(np.float32)
+    t = np.minimum(ts, tc)
     side = ts <= tc
-    p = o + t[..., None] * d
-    n = np.stack([np.where(side, (p[..., 0] - cx) / r, 0), np.where(side, 0, np.sign(o[1] - cy)),
-                  np.where(side, (p[..., 2] - cz) / r, 0)], -1)
-    return t, n.astype(np.float32)
+    with np.errstate(invalid="ignore"):
+        nx = np.where(side, (ox + t * dx) / r, np.float32(0))
+        nz = np.where(side, (oz + t * dz) / r, np.float32(0))
+    return t, (nx, np.where(side, np.float32(0), np.float32(np.sign(oy))), nz)
+
+
+def _rgb(color, factor):
+    """A colour (3,) times a scalar field -> three channel planes."""
+    return tuple(np.float32(color[i]) * factor for i in range(3))
+
+
+def _pick(mask, a, b):
+    """Per channel: a where mask else b (a, b: channel planes or constant colours)."""
+    return tuple(np.where(mask, a[i], b[i]) for i in range(3))
 
 
 def _floor_albedo(x, z, mat, noise):
@@ -368,32 +380,31 @@ def _floor_albedo(x, z, mat, noise):
         j = np.floor(zz / length)
         fx, fz = x / w - i, zz / length - j
         grain = _sample(noise, x * 45.0 + 37 * i, zz * 7.0)
-        tint = (0.82 + 0.3 * _hash_u01(i, j))[:, None]
-        col = mat["color"] * tint * (0.7 + 0.55 * grain)[:, None]
+        factor = (0.82 + 0.3 * _hash_u01(i, j)) * (0.7 + 0.55 * grain)
         seam = (fx < 0.035) | (fz < 0.006 / length * 30)
-        return np.where(seam[:, None], col * 0.55, col)
+        return _rgb(mat["color"], np.where(seam, factor * 0.55, factor))
     if kind == "tiles":
         s = size + 0.15
         i, j = np.floor(x / s), np.floor(z / s)
         fx, fz = x / s - i, z / s - j
+        factor = (0.9 + 0.15 * _hash_u01(i, j)) * (0.92 + 0.12 * _sample(noise, x * 30, z * 30))
         alt = ((i + j) % 2 == 1) & mat["checker"]
-        base = np.where(alt[:, None], mat["color2"], np.clip(mat["color"] + 0.25, 0, 1))
-        col = base * (0.9 + 0.15 * _hash_u01(i, j))[:, None] * (0.92 + 0.12 * _sample(noise, x * 30, z * 30))[:, None]
+        col = _pick(alt, _rgb(mat["color2"], factor), _rgb(np.clip(mat["color"] + 0.25, 0, 1), factor))
         grout = np.minimum(np.minimum(fx, 1 - fx), np.minimum(fz, 1 - fz)) < 0.02 / s
-        return np.where(grout[:, None], np.float32(0.55), col)
+        return _pick(grout, (0.55, 0.55, 0.55), col)
     fine = _sample(noise, x * 90.0, z * 90.0) * 0.6 + _sample(noise, x * 9.0 + 50, z * 9.0) * 0.4
-    return mat["color2"] * (0.75 + 0.45 * fine)[:, None]
+    return _rgb(mat["color2"], 0.75 + 0.45 * fine)
 
 
 def _wall_albedo(s, y, face, room):
     """Painted walls with a skirting board, optional two-tone wallpaper, framed pictures and windows."""
-    col = room["wall"] * (0.93 + 0.1 * _sample(room["noise"], s * 25.0, y * 25.0))[:, None]
+    col = _rgb(room["wall"], 0.93 + 0.1 * _sample(room["noise"], s * 25.0, y * 25.0))
     if room["stripes"]:
         stripe = (np.floor(s / 0.18) % 2 == 0) & (y > 1.0)
-        col = np.where(stripe[:, None], col * 0.9 + room["wall2"] * 0.1, col)
-        col = np.where((y <= 1.0)[:, None], room["wall2"] * 0.85, col)
-        col = np.where((np.abs(y - 1.0) < 0.025)[:, None], np.float32(0.92), col)
-    col = np.where((y < 0.09)[:, None], np.float32(0.9) * np.clip(room["wall2"] + 0.3, 0, 1), col)
+        col = _pick(stripe, [c * 0.9 + 0.1 * float(w) for c, w in zip(col, room["wall2"])], col)
+        col = _pick(y <= 1.0, room["wall2"] * 0.85, col)
+        col = _pick(np.abs(y - 1.0) < 0.025, (0.92, 0.92, 0.92), col)
+    col = _pick(y < 0.09, 0.9 * np.clip(room["wall2"] + 0.3, 0, 1), col)
     for p in room["posters"]:
         if p["face"] != face:
             continue
@@ -401,57 +412,56 @@ def _wall_albedo(s, y, face, room):
         inside = (du < p["hw"]) & (dv < p["hh"])
         inner = (du < p["hw"] - 0.045) & (dv < p["hh"] - 0.045)
         if p["window"]:
-            t = np.clip((y - p["y"] + p["hh"]) / (2 * p["hh"]), 0, 1)[:, None]
-            pic = np.array([0.55, 0.75, 1.0], np.float32) * (1 - 0.4 * t) + 0.4 * t
-            cross = (du < 0.025) | (dv < 0.025)
-            pic = np.where(cross[:, None], np.float32(0.95), pic)
-            frame = np.float32(0.95)
+            t = np.clip((y - p["y"] + p["hh"]) / (2 * p["hh"]), 0, 1)
+            pic = tuple(sky * (1 - 0.4 * t) + 0.4 * t for sky in (0.55, 0.75, 1.0))
+            pic = _pick((du < 0.025) | (dv < 0.025), (0.95, 0.95, 0.95), pic)
+            frame = (0.95, 0.95, 0.95)
         else:
             v = _sample(p["tex"], (s - p["s"]) * 40.0, (y - p["y"]) * 40.0)
             c0, c1, c2 = p["colors"]
-            pic = np.where((v < 0.45)[:, None], c0, np.where((v < 0.6)[:, None], c1, c2))
-            frame = np.float32(0.15)
-        col = np.where(inner[:, None], pic, np.where(inside[:, None], frame, col))
+            pic = _pick(v < 0.45, c0, _pick(v < 0.6, c1, c2))
+            frame = (0.15, 0.15, 0.15)
+        col = _pick(inner, pic, _pick(inside, frame, col))
     return col
 
 
-def _room_albedo(p, face, room):
-    """Albedo of room-surface hit points p (N, 3) given their face indices (N,)."""
-    order = np.argsort(face, kind="stable")  # group the pixels by face: one gather, one scatter
-    q_all, bounds = p[order], np.searchsorted(face[order], np.arange(7))
-    col = np.empty(p.shape, np.float32)
+def _room_albedo(px, py, pz, face, room):
+    """Albedo channel planes of room-surface hit points (1-D coordinate arrays) given their faces."""
+    out = [np.empty(px.shape, np.float32) for _ in range(3)]
     for f in range(6):
-        q = q_all[bounds[f]:bounds[f + 1]]
-        if not len(q):
+        idx = np.flatnonzero(face == f)
+        if not len(idx):
             continue
+        x, y, z = px[idx], py[idx], pz[idx]
         if f == 0:
-            c = _floor_albedo(q[:, 0], q[:, 2], room["floor"], room["noise"])
+            col = _floor_albedo(x, z, room["floor"], room["noise"])
         elif f == 1:
-            c = np.float32(0.93) * (0.96 + 0.04 * _sample(room["noise"], q[:, 0] * 10, q[:, 2] * 10))[:, None]
+            col = _rgb((0.93, 0.93, 0.93), 0.96 + 0.04 * _sample(room["noise"], x * 10, z * 10))
         else:
-            c = _wall_albedo(q[:, 2] if f in (2, 3) else q[:, 0], q[:, 1], f, room)
-        col[bounds[f]:bounds[f + 1]] = c
-    out = np.empty_like(col)
-    out[order] = col
+            col = _wall_albedo(z if f in (2, 3) else x, y, f, room)
+        for o, c in zip(out, col):
+            o[idx] = c
     return out
 
 
-def _object_albedo(p, obj, noise):
-    q = p - obj["c"]
+def _object_albedo(px, py, pz, obj, noise):
+    """Albedo channel planes on an object, patterned in its own frame (plain, stripes, 3D checker, noise)."""
+    cx, cy, cz = obj["c"].tolist()
+    qx, qy, qz = px - cx, py - cy, pz - cz
     if obj["kind"] == "box":
         c, s = np.cos(obj["yaw"]), np.sin(obj["yaw"])
-        q = np.stack([q[:, 0] * c - q[:, 2] * s, q[:, 1], q[:, 0] * s + q[:, 2] * c], 1)
+        qx, qz = qx * c - qz * s, qx * s + qz * c
     k, sc = obj["pattern"], obj["scale"]
     if k == 1:
-        sel = np.floor((q[:, 1] + obj["half"][1]) * sc) % 2 == 0
+        sel = np.floor((qy + float(obj["half"][1])) * sc) % 2 == 0
     elif k == 2:
-        sel = np.floor(q[:, 0] * sc + 100) + np.floor(q[:, 1] * sc + 100) + np.floor(q[:, 2] * sc + 100)
-        sel = sel % 2 == 0
+        sel = (np.floor(qx * sc + 100) + np.floor(qy * sc + 100) + np.floor(qz * sc + 100)) % 2 == 0
     else:
-        sel = np.ones(len(q), bool)
-    col = np.where(sel[:, None], obj["color"], obj["color2"])
+        sel = np.ones(qx.shape, bool)
+    col = _pick(sel, obj["color"], obj["color2"])
     if k == 3:
-        col = col * (0.65 + 0.6 * _sample(noise, (q[:, 0] + q[:, 2]) * 30.0 + 64, q[:, 1] * 30.0))[:, None]
+        factor = 0.65 + 0.6 * _sample(noise, (qx + qz) * 30.0 + 64, qy * 30.0)
+        col = tuple(ch * factor for ch in col)
     return col
 
 
@@ -487,29 +497,30 @@ def _shadow_map(room, objects, size=128):
 
 def _shade(p, n, albedo, floor, room, objects):
     """Lambert shading from one ceiling point light plus a sky-like ambient term, with cheap soft
-    shadows: ambient occlusion along the room's edges and shadows on the floor (_shadow_map)."""
-    px, py, pz = (np.ascontiguousarray(p[:, i]) for i in range(3))
+    shadows: ambient occlusion along the room's edges and shadows on the floor (_shadow_map).
+    p, n, albedo: three (H, W) planes each; floor: (H, W) bool. Returns (H, W, 3) uint8."""
+    (px, py, pz), (nx, ny, nz) = p, n
     lx, ly, lz = room["light"].tolist()
     tx, ty, tz = lx - px, ly - py, lz - pz
     dist = np.sqrt(tx * tx + ty * ty + tz * tz)
-    ndotl = np.maximum((n[:, 0] * tx + n[:, 1] * ty + n[:, 2] * tz) / dist, 0)
-    direct = ndotl * 1.7 / (1 + (dist / 4.5) ** 2)
+    direct = np.maximum((nx * tx + ny * ty + nz * tz) / dist, 0) * 1.7 / (1 + (dist / 4.5) ** 2)
     w2 = room["w"] / 2
     g0 = np.minimum(px + w2, w2 - px)
     g1 = np.minimum(py, room["h"] - py)
     g2 = np.minimum(pz + 0.5, room["d"] - pz)
     edge = np.maximum(np.minimum(g0, g1), np.minimum(np.maximum(g0, g1), g2))  # 2nd smallest: nearest edge
-    occl = (1 - 0.4 * np.exp(-edge / 0.3)) * (0.22 + 0.1 * n[:, 1])
+    ambient = (1 - 0.4 * np.exp(-edge / 0.3)) * (0.22 + 0.1 * ny)
     size = 128
-    smap = _shadow_map(room, objects, size)
     u = (px[floor] + w2) / room["w"] * size - 0.5
     v = (pz[floor] + 0.5) / (room["d"] + 0.5) * size - 0.5
-    shadow = _sample(smap, np.clip(u, 0, size - 1.001), np.clip(v, 0, size - 1.001))
+    shadow = _sample(_shadow_map(room, objects, size), np.clip(u, 0, size - 1.001), np.clip(v, 0, size - 1.001))
     direct[floor] *= shadow
-    occl[floor] *= 0.5 + 0.5 * shadow
-    light = occl[:, None] + direct[:, None] * room["light_color"]
-    idx = np.clip(albedo * light * 4095, 0, 4095).astype(np.int32)
-    return TONE_LUT[idx]
+    ambient[floor] *= 0.5 + 0.5 * shadow
+    out = []
+    for a, tint in zip(albedo, room["light_color"].tolist()):
+        idx = np.clip(a * (ambient + direct * tint) * 4095, 0, 4095).astype(np.int32)
+        out.append(TONE_LUT[idx])
+    return np.stack(out, axis=-1)
 
 
 def render_scene(seed, height=384, width=512):
@@ -524,28 +535,32 @@ def render_scene(seed, height=384, width=512):
     o = cam["pos"].astype(np.float32)
     d = _camera_rays(cam, height, width)
     depth, face = _hit_room(o, d, room)
-    normal = ROOM_NORMALS[face]
+    normal = [ROOM_NORMALS[:, i][face] for i in range(3)]
     obj_id = np.full((height, width), -1, np.int16)
     hit = {"box": _hit_box, "sphere": _hit_sphere, "cylinder": _hit_cylinder}
     boxes = [_screen_box(cam, _corners(obj), height, width) for obj in objects]
     for k, (obj, (r0, r1, c0, c1)) in enumerate(zip(objects, boxes)):
         if r0 < r1 and c0 < c1:
-            tk, nk = hit[obj["kind"]](o, d[r0:r1, c0:c1], obj)
-            closer = tk < depth[r0:r1, c0:c1]
-            depth[r0:r1, c0:c1][closer] = tk[closer]
-            normal[r0:r1, c0:c1][closer] = nk[closer]
-            obj_id[r0:r1, c0:c1][closer] = k
-    p = o + depth[..., None] * d
-    albedo = np.empty(p.shape, np.float32)
+            win = (slice(r0, r1), slice(c0, c1))
+            tk, nk = hit[obj["kind"]](o, tuple(di[win] for di in d), obj)
+            closer = tk < depth[win]
+            depth[win][closer] = tk[closer]
+            for plane, ni in zip(normal, nk):
+                plane[win][closer] = ni[closer]
+            obj_id[win][closer] = k
+    p = tuple(float(o[i]) + depth * d[i] for i in range(3))
+    albedo = [np.empty((height, width), np.float32) for _ in range(3)]
     on_room = obj_id < 0
-    albedo[on_room] = _room_albedo(p[on_room], face[on_room], room)
+    for plane, col in zip(albedo, _room_albedo(*(pi[on_room] for pi in p), face[on_room], room)):
+        plane[on_room] = col
     for k, (obj, (r0, r1, c0, c1)) in enumerate(zip(objects, boxes)):
-        m = obj_id[r0:r1, c0:c1] == k
+        win = (slice(r0, r1), slice(c0, c1))
+        m = obj_id[win] == k
         if m.any():
-            albedo[r0:r1, c0:c1][m] = _object_albedo(p[r0:r1, c0:c1][m], obj, room["noise"])
-    rgb = _shade(p.reshape(-1, 3), normal.reshape(-1, 3), albedo.reshape(-1, 3),
-                 (on_room & (face == 0)).reshape(-1), room, objects)
-    return rgb.reshape(height, width, 3), depth
+            for plane, col in zip(albedo, _object_albedo(*(pi[win][m] for pi in p), obj, room["noise"])):
+                plane[win][m] = col
+    rgb = _shade(p, normal, albedo, on_room & (face == 0), room, objects)
+    return rgb, depth.astype(np.float32)
 
 
 # --------------------------------------------------------------------------------------------
