@@ -533,7 +533,8 @@ def shard_model(model, device: torch.device, bf16: bool = True):
 
     The vision tower is its own unit because transformers 5.x generate() computes image features outside
     the root forward (platform-notes §5). bf16 params with fp32 reduction on GPU, fp32 on CPU. A one-token
-    forward right after sharding initialises the FSDP root, so generate() may be the first call."""
+    forward right after sharding initialises the FSDP root, so generate() may be the first call; the root is
+    resharded after it, so model.parameters() are the sharded DTensors the optimizer must hold."""
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
     world = dist.get_world_size() if dist.is_initialized() else 1
@@ -553,6 +554,7 @@ def shard_model(model, device: torch.device, bf16: bool = True):
     fully_shard(model, mesh=mesh, mp_policy=mp)
     with torch.no_grad():
         model(input_ids=torch.zeros((1, 1), dtype=torch.long, device=device), use_cache=False)
+    model.reshard()  # the root stays unsharded after a forward; the optimizer must see the sharded params
     return model
 
 

@@ -1,0 +1,304 @@
+"""Tests of sft.py: encoding, loss math, learning, FSDP2 equivalence, checkpoints, resume.
+
+    python -m pytest -q test_train.py
+
+Everything runs on CPU with tiny random Qwen-VL models (a few hundred thousand parameters) and tiny images.
+One test launches `torch.distributed.run` with 2 gloo ranks; this file is also that launch's worker
+(`python test_train.py fsdp-worker DIR`).
+"""
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+from transformers.utils import logging as hf_logging
+
+import sft
+import tasks
+
+hf_logging.disable_progress_bar()
+HERE = Path(__file__).resolve().parent
+FSDP_TOL = 1e-5   # max |Δw| between 2-rank FSDP2 and 1 process after 3 AdamW steps at lr 1e-3 (fp32)
+
+
+# ----------------------------------------------------------------------------- fixtures
+def two_colour_records(folder: Path, n: int = 8, px: int = 56) -> list:
+    """Records whose answer depends on the image (bright → A, dark → B), with short CoT responses."""
+    records = []
+    for i in range(n):
+        bright = i % 2 == 0
+        name = f"im{i}.png"
+        value = 220 - 3 * i if bright else 30 + 3 * i
+        Image.new("RGB", (px, px + 28 * (i % 3)), (value, value, value)).save(folder / name)
+        answer = "A" if bright else "B"
+        records.append({"id": f"r{i}", "task": "flip", "images": [name], "answer": answer, "meta": {},
+                        "problem": "<image>Is the image bright or dark? A. bright B. dark",
+                        "response": f"<think>The image is {'bright' if bright else 'dark'}.</think> "
+                                    f"The answer is \\boxed{{{answer}}}"})
+    return records
+
+
+def write_jsonl(path: Path, records: list) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("data")
+    return write_jsonl(folder / "sft.jsonl", two_colour_records(folder))
+
+
+def run_cfg(data: Path, out: Path, **kw) -> sft.Config:
+    base = dict(model="tiny", data=str(data), out=str(out), max_steps=3, lr=1e-3, warmup_ratio=0.0,
+                global_batch_size=4, micro_batch_size=2, save_dtype="float32", save_every=0)
+    return sft.Config(**{**base, **kw})
+
+
+def weights(folder: Path) -> dict:
+    return load_file(str(folder / "model.safetensors"))
+
+
+def max_diff(a: dict, b: dict) -> float:
+    assert a.keys() == b.keys()
+    return max(float((a[k] - b[k]).abs().max()) for k in a)
+
+
+# ----------------------------------------------------------------------------- pure functions
+def test_sft_loss_hand_computed():
+    """Only response tokens count, shifted by one, divided by the given normalizer."""
+    logits = torch.zeros(1, 3, 4)
+    logits[0, 0, 2] = math.log(3.0)          # p(2 | t0) = 3/6
+    labels = torch.tensor([[-100, 2, 1]])    # targets: token 2 after t0, token 1 after t1
+    loss, m = sft.sft_loss(logits, labels, normalizer=2.0)
+    expected = (-math.log(0.5) - math.log(0.25)) / 2
+    assert m["tokens"] == 2 and abs(float(loss) - expected) < 1e-6
+
+
+def test_sft_loss_masked_tokens_get_no_gradient():
+    logits = torch.randn(2, 5, 7, requires_grad=True)
+    labels = torch.full((2, 5), -100)
+    labels[0, 3] = 4
+    sft.sft_loss(logits, labels, 1.0)[0].backward()
+    nonzero = (logits.grad.abs().sum(-1) > 0).nonzero().tolist()
+    assert nonzero == [[0, 2]]   # only the position that predicts the one supervised token
+
+
+def test_lr_schedule_matches_cosine_with_warmup():
+    """10% linear warmup from 0, then a half cosine to 0 (HF get_cosine_schedule_with_warmup)."""
+    lrs = [sft.lr_at(s, 20, 1e-5, 0.1) for s in range(20)]
+    assert lrs[0] == 0 and lrs[1] == pytest.approx(0.5e-5) and lrs[2] == pytest.approx(1e-5)
+    assert lrs[11] == pytest.approx(0.5e-5) and all(a >= b for a, b in zip(lrs[2:], lrs[3:]))
+
+
+def test_micro_batches_cover_the_batch_with_equal_counts():
+    """Every rank gets the same number of micro-batches (collectives must match); nothing is lost."""
+    batch = list(range(7))
+    per_rank = [sft.micro_batches(batch, r, 2, 2) for r in range(2)]
+    assert len(per_rank[0]) == len(per_rank[1]) == 2
+    assert sorted(x for mbs in per_rank for mb in mbs for x in mb) == batch
+    assert sft.micro_batches([0], 1, 2, 4) == [[]]   # the rank left without samples runs one empty slot
+
+
+def test_help_exits_zero():
+    r = subprocess.run([sys.executable, str(HERE / "sft.py"), "--help"], capture_output=True, text=True)
+    assert r.returncode == 0 and "--global-batch-size" in r.stdout and "--resume" in r.stdout
+
+
+# ----------------------------------------------------------------------------- encoding
+def image_only_processor(tok, ip):
+    """transformers' own Qwen2.5-VL processor without its video half (needs torchvision in 5.x)."""
+    from transformers import Qwen2_5_VLProcessor
+    from transformers.processing_utils import ProcessorMixin
+
+    class ImageOnlyQwen2_5_VLProcessor(Qwen2_5_VLProcessor):
+        def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
+            self.image_token, self.video_token = "<|image_pad|>", "<|video_pad|>"
+            self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)
+            self.video_token_id = tokenizer.convert_tokens_to_ids(self.video_token)
+            ProcessorMixin.__init__(self, image_processor, tokenizer, chat_template=chat_template)
+
+    return ImageOnlyQwen2_5_VLProcessor(image_processor=ip, tokenizer=tok, chat_template=tok.chat_template)
+
+
+def test_encoding_equals_hf_processor():
+    """Our encoder (used by SFT, GRPO and eval) gives the same model inputs as transformers' processor:
+    image-token expansion, pixel patches, grids, mm_token_type_ids and left padding."""
+    _, tok, ip = sft.load_model("tiny", min_pixels=28 * 28 * 4, max_pixels=28 * 28 * 64)
+    rng = np.random.default_rng(0)
+    noise = lambda h, w: Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+    images = [[noise(84, 112)], [noise(150, 200), noise(60, 60)]]
+    convs = [sft.build_messages("<image>Which tile is flipped?"),
+             sft.build_messages("Compare <image> and <image>: which one is closer?")]
+    ours = sft.encode(convs, images, tok, ip, padding_side="left")
+    texts = [tok.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in convs]
+    tok.padding_side = "left"
+    ref = image_only_processor(tok, ip)(text=texts, images=[i for ims in images for i in ims],
+                                        padding=True, return_tensors="pt")
+    for key in ("input_ids", "attention_mask", "mm_token_type_ids", "pixel_values", "image_grid_thw"):
+        assert torch.equal(ours[key], ref[key]), key
+    assert ours["image_grid_thw"].tolist() == [[1, 6, 8], [1, 10, 14], [1, 4, 4]]
+
+
+def test_prompt_text_and_labels():
+    """Prompt = with_cot(problem) with an image item per <image>; labels = response + <|im_end|> only."""
+    _, tok, ip = sft.load_model("tiny")
+    msgs = sft.build_messages("<image> Which is closer?", "<think>x</think> \\boxed{A}")
+    assert msgs[0]["content"][0] == {"type": "image"}
+    assert msgs[0]["content"][1]["text"] == tasks.with_cot("<image> Which is closer?")[len("<image>"):]
+    im = Image.new("RGB", (56, 56))
+    right = sft.encode([msgs, msgs[:1]], [[im], [im]], tok, ip, padding_side="right")
+    left = sft.encode([msgs], [[im]], tok, ip, padding_side="left")
+    lab = right["labels"][0]
+    target = lab[lab != -100].tolist()
+    assert tok.decode(target) == "<think>x</think> \\boxed{A}<|im_end|>"
+    assert (right["labels"][1] == -100).all()          # no assistant turn → nothing supervised
+    n = int(right["attention_mask"][0].sum())
+    assert torch.equal(right["input_ids"][0, :n], left["input_ids"][0, -n:])
+    text = tok.decode(right["input_ids"][1][right["attention_mask"][1].bool()])
+    assert text.startswith("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
+                           "<|vision_start|><|image_pad|>") and text.endswith("<|im_start|>assistant\n")
+
+
+def test_bad_records_error_or_skip(tmp_path):
+    """Missing image, no response, over-long sample: an error naming the record, or skip-and-count."""
+    good = two_colour_records(tmp_path, n=2)
+    bad = [dict(good[0], id="no-image", images=["missing.png"]), dict(good[0], id="no-response", response=""),
+           dict(good[0], id="too-long", response="word " * 300)]
+    _, tok, ip = sft.load_model("tiny")
+    for rec in bad:
+        with pytest.raises(sft.BadRecord, match=rec["id"]):
+            sft.prepare_records(good + [rec], tmp_path, tok, ip, max_length=256, skip_bad=False)
+    kept, skipped = sft.prepare_records(good + bad, tmp_path, tok, ip, max_length=256, skip_bad=True)
+    assert [r["id"] for r in kept] == ["r0", "r1"] and skipped == 3
+
+
+# ----------------------------------------------------------------------------- training
+def test_micro_batch_invariance(data):
+    """One global batch as 1 micro-batch or as 2 gives the same gradient (token mean over the global
+    batch, not a mean of micro-batch means). SGD with lr 1 makes the update equal to −gradient."""
+    _, tok, ip = sft.load_model("tiny")
+    recs = sft.read_jsonl(data)[:4]
+    recs[1] = dict(recs[1], response=recs[1]["response"] + " Done, it is dark indeed.")   # unequal lengths
+    updates = []
+    for split in ([recs], [recs[:1], recs[1:]]):
+        model, _, _ = sft.load_model("tiny")
+        before = [p.detach().clone() for p in model.parameters()]
+        opt = torch.optim.SGD(model.parameters(), lr=1.0)
+        batches = [sft.encode_records(mb, data.parent, tok, ip) for mb in split]
+        m = sft.train_step(model, opt, batches, 1.0, 1e9, torch.device("cpu"))
+        updates.append(([p.detach() - b for p, b in zip(model.parameters(), before)], m["loss"]))
+    (u1, l1), (u2, l2) = updates
+    assert abs(l1 - l2) < 1e-6
+    assert max(float((a - b).abs().max()) for a, b in zip(u1, u2)) < 1e-6
+
+
+def greedy_answers(model_dir: str, records: list, root: Path) -> list:
+    from transformers import AutoModelForImageTextToText
+    from transformers import AutoImageProcessor, AutoTokenizer
+    model = AutoModelForImageTextToText.from_pretrained(model_dir)
+    tok, ip = AutoTokenizer.from_pretrained(model_dir), AutoImageProcessor.from_pretrained(model_dir)
+    batch = sft.encode([sft.build_messages(r["problem"]) for r in records],
+                       [sft.load_images(r, root) for r in records], tok, ip, padding_side="left")
+    out = sft.generate(model, batch, tok, max_new_tokens=24)
+    return tok.batch_decode(out, skip_special_tokens=True)
+
+
+def test_tiny_model_learns_the_format(data, tmp_path):
+    """SFT drives the loss down and greedy decoding of the saved checkpoint then answers in the
+    <think>…</think> … \\boxed{…} format (what the cold start is for)."""
+    out = tmp_path / "run"
+    sft.train(run_cfg(data, out, max_steps=60, lr=1e-2, warmup_ratio=0.1, global_batch_size=8,
+                      micro_batch_size=8, activation_checkpointing=False))
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 60 and rows[-1]["loss"] < 0.1 * rows[0]["loss"]
+    recs = sft.read_jsonl(data)
+    answers = greedy_answers(str(out), recs[:4], data.parent)
+    assert all(tasks.format_ok(a) for a in answers), answers
+
+
+def test_save_load_round_trip(data, tmp_path):
+    """save_hf writes a folder AutoModelForImageTextToText loads back to the same weights."""
+    from transformers import AutoModelForImageTextToText
+    model, tok, ip = sft.load_model("tiny")
+    sft.save_hf(model, tok, ip, str(tmp_path), dtype=torch.float32)
+    loaded = AutoModelForImageTextToText.from_pretrained(str(tmp_path))
+    a, b = model.state_dict(), loaded.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert not list(tmp_path.glob("*.tmp")) and (tmp_path / "preprocessor_config.json").exists()
+
+
+def test_resume_equals_uninterrupted(data, tmp_path):
+    """A run stopped after step 2 and resumed ends with the same weights as a run that never stopped;
+    unfinished (.tmp) checkpoint folders are ignored."""
+    kw = dict(max_steps=4, save_every=2, global_batch_size=3, micro_batch_size=2, warmup_ratio=0.5)
+    sft.train(run_cfg(data, tmp_path / "full", **kw))
+    sft.train(run_cfg(data, tmp_path / "cut", stop_after_steps=2, **kw))
+    assert not (tmp_path / "cut" / "model.safetensors").exists()
+    (tmp_path / "cut" / "checkpoints" / "step_00000004.tmp").mkdir()      # a crash mid-save
+    assert sft.latest_checkpoint(str(tmp_path / "cut")).name == "step_00000002"
+    sft.train(run_cfg(data, tmp_path / "cut", resume=True, **kw))
+    assert max_diff(weights(tmp_path / "full"), weights(tmp_path / "cut")) == 0.0
+    steps = [json.loads(line)["step"] for line in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]
+
+
+# ----------------------------------------------------------------------------- FSDP2 (one torchrun launch)
+def fsdp_worker(folder: Path) -> None:
+    """Runs under torchrun with 2 ranks: (a) the SFT CLI path with FSDP2, (b) tiny Qwen3-VL sharded:
+    generate (ranks stop at different lengths) equals the unsharded model, then a train step, then save."""
+    data = folder / "sft.jsonl"
+    sft.train(run_cfg(data, folder / "fsdp", micro_batch_size=1))
+    d = sft.setup_dist(0)
+    try:
+        ref, tok, ip = sft.load_model("tiny-qwen3")
+        model, _, _ = sft.load_model("tiny-qwen3")
+        recs = sft.read_jsonl(data)[d.rank * 2:d.rank * 2 + 2]
+        batch = sft.encode([sft.build_messages(r["problem"]) for r in recs],
+                           [sft.load_images(r, folder) for r in recs], tok, ip, padding_side="left")
+        n_new = 6 if d.rank == 0 else 10
+        expected = sft.generate(ref, batch, tok, max_new_tokens=n_new)
+        sft.enable_activation_checkpointing(model)
+        model = sft.shard_model(model, d.device)
+        got = sft.generate(model, batch, tok, max_new_tokens=n_new)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        m = sft.train_step(model, opt, [sft.encode_records(recs, folder, tok, ip)], 1e-3, 1.0, d.device)
+        sft.save_hf(model, tok, ip, str(folder / "qwen3"), dtype=torch.float32)
+        result = {"generate_equal": torch.equal(expected, got), "loss": m["loss"],
+                  "units": sum(sft.is_fsdp(x) for x in model.modules())}
+        (folder / f"rank{d.rank}.json").write_text(json.dumps(result))
+    finally:
+        sft.cleanup_dist()
+
+
+def test_fsdp2_two_ranks_equal_one_process(data, tmp_path):
+    """2 gloo ranks with FSDP2 reach the same weights as one process on the same global batches
+    (tolerance FSDP_TOL: only the summation order differs); generation on the sharded Qwen3-VL matches."""
+    folder = data.parent
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(HERE)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(HERE / "test_train.py"), "fsdp-worker", str(folder)]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    sft.train(run_cfg(data, tmp_path / "single", micro_batch_size=1))
+    assert max_diff(weights(folder / "fsdp"), weights(tmp_path / "single")) < FSDP_TOL
+    for rank in range(2):
+        res = json.loads((folder / f"rank{rank}.json").read_text())
+        assert res["generate_equal"] and math.isfinite(res["loss"])
+        assert res["units"] == 2 + 1 + 2 + 1   # vision blocks, vision tower, decoder layers, root
+    from transformers import AutoModelForImageTextToText
+    assert type(AutoModelForImageTextToText.from_pretrained(str(folder / "qwen3"))).__name__ \
+        == "Qwen3VLForConditionalGeneration"
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["fsdp-worker"]:
+    fsdp_worker(Path(sys.argv[2]))
