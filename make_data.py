@@ -764,6 +764,7 @@ class Context:
     png_scale: float
     image_format: str
     jpeg_quality: int
+    out_dir: str  # workers write the task images here themselves (in parallel); the main process writes records
 
 
 def _key_words(key):
@@ -830,9 +831,21 @@ def generate_one(task, rgb, depth, key, k, ctx):
     return ex
 
 
+def _save_images(images, task, index, ctx):
+    """Write one example's images (each atomically) as images/<task>/<task>-<job>_<i>.<ext>; returns the
+    paths relative to the output folder. Nothing references them until the main process writes the record."""
+    ext = "png" if ctx.image_format == "png" else "jpg"
+    rels = [f"images/{task}/{task}-{index:07d}_{i}.{ext}" for i in range(len(images))]
+    Path(ctx.out_dir, "images", task).mkdir(parents=True, exist_ok=True)
+    for rel, data in zip(rels, images):
+        _atomic_write(Path(ctx.out_dir, rel), data)
+    return rels
+
+
 def run_job(job):
     """Worker entry point. job = (index, source, k, task tuple, Context). Returns a picklable dict with the
-    source-level skip reason (or None) and, per attempted task, a rejection reason or the encoded example."""
+    source-level skip reason (or None) and, per attempted task, a rejection reason or the example (its
+    images already saved by _save_images)."""
     index, src, k, todo, ctx = job
     result = {"index": index, "key": src.key, "skip": None, "examples": {}}
     need_depth = any(t in tasks.DEPTH_TASKS for t in todo)
@@ -855,7 +868,8 @@ def run_job(job):
         except (TypeError, ValueError, OSError, AttributeError) as e:  # not a PIL image / not JSON-able metadata
             result["examples"][task] = f"generator-error:{type(e).__name__}"
             continue
-        result["examples"][task] = {"problem": ex.problem, "answer": str(ex.answer), "meta": meta, "images": images}
+        result["examples"][task] = {"problem": ex.problem, "answer": str(ex.answer), "meta": meta,
+                                    "images": _save_images(images, task, index, ctx)}
     return result
 
 
@@ -936,24 +950,31 @@ class OutputFolder:
             lines = [(raw, r) for raw, r in lines if job_of(r["id"]) < resume]
             _atomic_write(self.root / f"{split}.jsonl", b"".join(raw for raw, _ in lines))
             kept[split] = [r for _, r in lines]
-        referenced = {p for split in kept for r in kept[split] for p in r["images"]}
+        self.records = kept
+        self.prune_images()
+        return resume, kept, [e for _, e in kept_journal]
+
+    def prune_images(self):
+        """Delete every file under images/ that no record references (and any *.tmp)."""
+        referenced = {p for split in self.records for r in self.records[split] for p in r["images"]}
         for dirpath, _, names in os.walk(self.root / "images"):
             for name in names:
                 path = Path(dirpath) / name
                 if path.relative_to(self.root).as_posix() not in referenced:
                     path.unlink()
-        return resume, kept, [e for _, e in kept_journal]
 
     def _images_ok(self, rec):
         return all((self.root / p).is_file() and (self.root / p).stat().st_size > 0 for p in rec["images"])
 
-    def write_record(self, split, record, images, ext):
-        """Images first (each atomically), then the complete JSON line."""
-        for rel, data in zip(record["images"], images):
-            path = self.root / rel
-            path.parent.mkdir(parents=True, exist_ok=True)
-            _atomic_write(path, data)
+    def write_record(self, split, record):
+        """Append one complete JSON line (its images are already on disk, written by the worker)."""
+        self.last_record = record
         self.files[split].write((json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8"))
+
+    def discard(self, example):
+        """Delete the images of an example that does not become a record (its task's quota filled up)."""
+        for rel in example["images"]:
+            (self.root / rel).unlink(missing_ok=True)
 
     def end_job(self, entry, force_sync=False):
         self.pending.append((json.dumps(entry, sort_keys=True) + "\n").encode())
@@ -1087,8 +1108,8 @@ def run_all(jobs, workers, handle):
 class Builder:
     """Main-process side of a build: decides, strictly in job order, which results become records."""
 
-    def __init__(self, cfg, out, quotas, ext):
-        self.cfg, self.out, self.quotas, self.ext = cfg, out, quotas, ext
+    def __init__(self, cfg, out, quotas):
+        self.cfg, self.out, self.quotas = cfg, out, quotas
         self.counts = Counter(r["task"] for s in out.records for r in out.records[s])
         self.rejected = {t: Counter() for t in quotas}
         self.skipped = Counter()
@@ -1103,32 +1124,31 @@ class Builder:
         so the outcome does not depend on how far ahead the workers ran."""
         index, src, k, todo, _ = job
         live = [t for t in todo if self.counts[t] < self.quotas[t]]
+        for task, ex in result["examples"].items():
+            if task not in live and isinstance(ex, dict):
+                self.out.discard(ex)
         if not live:
             return False
         entry = {"job": index, "key": src.key, "skip": None, "rejected": {}, "accepted": []}
-        if result["skip"]:
-            if k == 0:
-                entry["skip"] = result["skip"]
-                self.skipped[result["skip"]] += 1
+        if result["skip"] and k == 0:
+            entry["skip"] = result["skip"]
+            self.skipped[result["skip"]] += 1
         split = "test" if is_test(self.cfg.seed, src.key, self.cfg.test_fraction) else "train"
         for task in live:
             ex = result["examples"].get(task)
-            if ex is None:
-                continue
             if isinstance(ex, str):
                 entry["rejected"][task] = ex
                 self.rejected[task][ex] += 1
-                continue
-            rid = f"{task}-{index:07d}"
-            record = {"id": rid, "task": task, "problem": ex["problem"], "answer": ex["answer"],
-                      "images": [f"images/{task}/{rid}_{i}.{self.ext}" for i in range(len(ex["images"]))],
-                      "source": src.label, "meta": ex["meta"]}
-            self.out.write_record(split, record, ex["images"], self.ext)
-            self.out.records[split].append(record)
-            entry["accepted"].append(rid)
-            self.counts[task] += 1
-            if self.bar is not None:
-                self.bar.update(1)
+            elif ex is not None:
+                rid = f"{task}-{index:07d}"
+                self.out.write_record(split, {"id": rid, "task": task, "problem": ex["problem"],
+                                              "answer": ex["answer"], "images": ex["images"],
+                                              "source": src.label, "meta": ex["meta"]})
+                self.out.records[split].append(self.out.last_record)
+                entry["accepted"].append(rid)
+                self.counts[task] += 1
+                if self.bar is not None:
+                    self.bar.update(1)
         self.out.end_job(entry)
         return all(self.counts[t] >= self.quotas[t] for t in self.quotas)
 
@@ -1143,11 +1163,10 @@ def build(cfg):
         raise SystemExit(f"make_data: no image files ({', '.join(IMAGE_EXTS)}) under {cfg.rgb or ''} {cfg.rgbd or ''}")
     have_depth = sources is None or any(s.kind == "rgbd" for s in sources)
     quotas = split_quota(cfg.n, parse_tasks(cfg.tasks, have_depth))
-    ext = "png" if cfg.image_format == "png" else "jpg"
     ctx = Context(cfg.seed, parse_size(cfg.scene_size), parse_grids(cfg.shuffle_grids), cfg.max_side,
-                  cfg.min_side, cfg.depth_png_scale, cfg.image_format, cfg.jpeg_quality)
+                  cfg.min_side, cfg.depth_png_scale, cfg.image_format, cfg.jpeg_quality, str(Path(cfg.out).resolve()))
     out = OutputFolder(cfg.out, dataset_config(cfg), cfg.sync_seconds)
-    builder = Builder(cfg, out, quotas, ext)
+    builder = Builder(cfg, out, quotas)
     workers = cfg.workers or os.cpu_count() or 1
     done = sum(builder.counts.values())
     if done:
@@ -1161,6 +1180,7 @@ def build(cfg):
         raise SystemExit("make_data: interrupted; run the same command again to resume") from None
     builder.bar.close()
     out.close()
+    out.prune_images()  # results of jobs still in flight when the quotas filled up
     stats = write_stats(cfg, out, builder, sources, notes)
     stats["sft"] = write_sft(cfg, out.root, out.records["train"], quotas)
     _atomic_write(out.root / "stats.json", (json.dumps(stats, indent=1) + "\n").encode())
