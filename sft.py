@@ -12,7 +12,7 @@ setup_dist, load_model, build_messages, encode, shard_model, generate, save_hf.
 Paper → code (cold start = official training/SFT-coldstart, LLaMA-Factory configs)
   prompt = problem + " " + CoT prompt, <image> items   → build_messages() (tasks.with_cot)
   chat template + image tokens + M-RoPE inputs          → encode(), tokenize_conversation(), collate()
-  loss on response tokens only, token mean              → sft_loss(), train_step()
+  loss on response tokens only, token mean              → sft_loss(), supervised_positions(), train_step()
   5 epochs, lr 1e-5, cosine, 10% warmup                 → Config, lr_at()
   global batch 256 = 4 per device × 8 accum × 8 GPUs    → Config, micro_batches()
   cutoff 4096 tokens, images ≤ 512² px                  → Config.max_length, Config.max_pixels, prepare_records()
@@ -154,21 +154,34 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # ----------------------------------------------------------------------------- pure math
-def sft_loss(logits: torch.Tensor, labels: torch.Tensor, normalizer: float) -> tuple:
-    """Next-token cross entropy on the response tokens, summed and divided by a fixed normalizer.
+def sft_loss(logits: torch.Tensor, targets: torch.Tensor, normalizer: float) -> tuple:
+    """Cross entropy of the supervised (response) tokens, summed and divided by a fixed normalizer.
 
-    L = Σ_{b,t: y[b,t+1] ≠ -100} −log softmax(z[b,t])[y[b,t+1]] / normalizer
-    logits z: (B, T, V); labels y: (B, T) with -100 on prompt, image and pad tokens. To get the token mean
-    over a global batch split into micro-batches and ranks, pass normalizer = N_global / world_size: the sum
-    of the per-micro-batch losses then equals Σ tokens / N_global on every rank, and FSDP's gradient mean
-    over ranks restores the global token mean exactly (independent of the split).
+    L = Σ_{i: y_i ≠ -100} −log softmax(z_i)[y_i] / normalizer
+    logits z: (..., V) where z_i predicts target y_i; targets y: (...) with -100 = not supervised. To get the
+    token mean over a global batch split into micro-batches and ranks, pass normalizer = N_global / world:
+    the micro-batch losses of a rank then sum to Σ_rank / N_global · world, and FSDP's gradient mean over
+    ranks gives exactly the global token mean, independent of the split.
     Returns (loss, {"loss_sum": detached Σ, "tokens": number of supervised tokens}).
     """
-    z = logits[:, :-1].float()                                     # (B, T-1, V)
-    y = labels[:, 1:]                                              # (B, T-1)
-    tok_loss = F.cross_entropy(z.reshape(-1, z.shape[-1]), y.reshape(-1), ignore_index=IGNORE_INDEX,
-                               reduction="sum")
+    z = logits.reshape(-1, logits.shape[-1]).float()                # (N, V)
+    y = targets.reshape(-1)                                         # (N,)
+    tok_loss = F.cross_entropy(z, y, ignore_index=IGNORE_INDEX, reduction="sum")
     return tok_loss / normalizer, {"loss_sum": tok_loss.detach(), "tokens": int((y != IGNORE_INDEX).sum())}
+
+
+def supervised_positions(labels: torch.Tensor) -> tuple:
+    """(keep, targets): the positions whose next token is supervised, and those next tokens.
+
+    keep[b, t] = labels[b, t+1] ≠ -100, a (B, T) bool mask passed to the model as logits_to_keep, so the
+    LM head (vocab 152k on real models) only runs on response positions; targets = labels[b, t+1] at the
+    kept positions, (N,). A batch without supervised tokens keeps position (0, 0) with target -100, so the
+    loss is 0 but still connected to every parameter (FSDP needs the backward)."""
+    keep = torch.zeros_like(labels, dtype=torch.bool)               # (B, T)
+    keep[:, :-1] = labels[:, 1:] != IGNORE_INDEX
+    if not keep.any():
+        keep[0, 0] = True
+    return keep, labels.roll(-1, dims=1)[keep]                      # (B, T), (N,)
 
 
 def lr_at(step: int, total_steps: int, peak_lr: float, warmup_ratio: float) -> float:
@@ -702,9 +715,9 @@ def train_step(model, optimizer, batches: list, lr: float, max_grad_norm: float,
         if fsdp:  # reduce-scatter gradients only after the last micro-batch
             model.set_requires_gradient_sync(i == len(batches) - 1)
         b = {k: v.to(device) for k, v in b.items()}
-        labels = b.pop("labels")
-        logits = model(**b, use_cache=False).logits                # (B, T, V)
-        loss, m = sft_loss(logits, labels, n_global / world)
+        keep, targets = supervised_positions(b.pop("labels"))        # (B, T), (N,)
+        logits = model(**b, use_cache=False, logits_to_keep=keep).logits    # (N, V)
+        loss, m = sft_loss(logits, targets, n_global / world)
         loss.backward()
         loss_sum += float(m["loss_sum"])
         seen += int(b["attention_mask"].sum())

@@ -75,22 +75,36 @@ def max_diff(a: dict, b: dict) -> float:
 
 # ----------------------------------------------------------------------------- pure functions
 def test_sft_loss_hand_computed():
-    """Only response tokens count, shifted by one, divided by the given normalizer."""
-    logits = torch.zeros(1, 3, 4)
-    logits[0, 0, 2] = math.log(3.0)          # p(2 | t0) = 3/6
-    labels = torch.tensor([[-100, 2, 1]])    # targets: token 2 after t0, token 1 after t1
-    loss, m = sft.sft_loss(logits, labels, normalizer=2.0)
+    """Mean −log p over the supervised targets only, divided by the given normalizer."""
+    logits = torch.zeros(3, 4)
+    logits[0, 2] = math.log(3.0)             # p(2) = 3/6 at position 0; uniform 1/4 elsewhere
+    targets = torch.tensor([2, 1, -100])
+    loss, m = sft.sft_loss(logits, targets, normalizer=2.0)
     expected = (-math.log(0.5) - math.log(0.25)) / 2
     assert m["tokens"] == 2 and abs(float(loss) - expected) < 1e-6
 
 
-def test_sft_loss_masked_tokens_get_no_gradient():
-    logits = torch.randn(2, 5, 7, requires_grad=True)
-    labels = torch.full((2, 5), -100)
-    labels[0, 3] = 4
-    sft.sft_loss(logits, labels, 1.0)[0].backward()
-    nonzero = (logits.grad.abs().sum(-1) > 0).nonzero().tolist()
-    assert nonzero == [[0, 2]]   # only the position that predicts the one supervised token
+def test_supervised_positions_shift_by_one():
+    """Position t is kept when token t+1 is a response token; its target is that token."""
+    labels = torch.tensor([[-100, -100, 7, 8, -100], [-100, 5, -100, -100, -100]])
+    keep, targets = sft.supervised_positions(labels)
+    assert keep.nonzero().tolist() == [[0, 1], [0, 2], [1, 0]] and targets.tolist() == [7, 8, 5]
+    keep, targets = sft.supervised_positions(torch.full((2, 3), -100))
+    assert keep.nonzero().tolist() == [[0, 0]] and targets.tolist() == [-100]
+
+
+def test_sft_loss_equals_full_logits_shifted_cross_entropy():
+    """Computing the LM head only at the kept positions gives the ordinary shifted-label loss."""
+    torch.manual_seed(0)
+    full = torch.randn(2, 5, 7, requires_grad=True)
+    labels = torch.tensor([[-100, -100, 3, 4, -100], [-100, 1, 2, -100, -100]])
+    keep, targets = sft.supervised_positions(labels)
+    loss, _ = sft.sft_loss(full[keep], targets, 1.0)
+    ref = torch.nn.functional.cross_entropy(full[:, :-1].reshape(-1, 7), labels[:, 1:].reshape(-1),
+                                            ignore_index=-100, reduction="sum")
+    assert torch.allclose(loss, ref)
+    loss.backward()
+    assert (full.grad.abs().sum(-1) > 0).nonzero().tolist() == keep.nonzero().tolist()
 
 
 def test_lr_schedule_matches_cosine_with_warmup():
