@@ -903,9 +903,9 @@ def _atomic_write(path, data):
 
 
 class OutputFolder:
-    """Append-only record files plus a journal (progress.jsonl, one line per finished job). Images are
-    written (tmp + rename) before the record that references them; journal lines are written only after
-    the records they list are fsync'ed. On resume everything after the first job that is not fully on disk
+    """Append-only record files plus a journal (progress.jsonl, one line per finished job). Workers write
+    images (tmp + rename) before the main process appends the record that references them; journal lines
+    are written only after the records they list are fsync'ed. On resume everything after the first job that is not fully on disk
     is rolled back, so the folder always holds an exact prefix of the uninterrupted run."""
 
     def __init__(self, root, dataset_config, sync_seconds=2.0):

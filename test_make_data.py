@@ -314,6 +314,13 @@ def test_help_lists_every_knob_and_exits_zero():
     assert "default" in run.stdout
 
 
+def test_benchmark_prints_every_task_and_the_renderer(capsys):
+    assert make_data.main(["--benchmark", "--bench-seconds", "0.001"]) == 0
+    text = capsys.readouterr().out
+    for word in (*tasks.TASKS, "512x512", "1024x768", "renders/s", "target < 20 ms"):
+        assert word in text
+
+
 def test_quota_split_and_task_weights():
     w = make_data.parse_tasks("shuffle:2,depth", have_depth=True)
     assert w == {"shuffle": 2.0, "depth": 1.0}
