@@ -1169,6 +1169,9 @@ def build(cfg):
     builder = Builder(cfg, out, quotas)
     workers = cfg.workers or os.cpu_count() or 1
     done = sum(builder.counts.values())
+    what = "built-in RGB-D scenes" if sources is None else \
+        f"{len(sources)} images ({sum(s.kind == 'rgbd' for s in sources)} with depth)"
+    print(f"make_data: {cfg.n} examples ({', '.join(f'{t} {q}' for t, q in quotas.items())}) from {what} -> {cfg.out}")
     if done:
         print(f"make_data: resuming {cfg.out} at job {out.resume_at} ({done} examples already there)")
     tqdm.monitor_interval = 0  # no monitor thread: the worker pool is forked after the bar exists
