@@ -132,7 +132,7 @@ def test_resume_after_interrupted_run_gives_the_same_output(scene_build, tmp_pat
 
 
 def test_resume_after_sigkill_gives_the_same_output(tmp_path):
-    args = ["--n", "150", "--workers", "2", "--seed", "1", "--sync-seconds", "0"]
+    args = ["--n", "250", "--workers", "2", "--seed", "1", "--sync-seconds", "0"]
     reference = tmp_path / "reference"
     assert build(reference, *args) == 0
     out = tmp_path / "killed"
