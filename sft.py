@@ -304,7 +304,7 @@ def build_tiny_tokenizer(chat_template: str = QWEN2_VL_TEMPLATE):
 
 
 def build_tiny(kind: str = "tiny", hidden: int = 64, layers: int = 2, heads: int = 4, vision_hidden: int = 32,
-               vision_depth: int = 2, seed: int = 0, out_dir: str | None = None):
+               vision_depth: int = 2, ffn_mult: int = 2, seed: int = 0, out_dir: str | None = None):
     """A randomly initialised tiny Qwen2.5-VL ('tiny') or Qwen3-VL ('tiny-qwen3'), offline, in < 1 s.
 
     Returns (model, tokenizer, image_processor); the same seed gives the same weights on every rank.
@@ -316,10 +316,10 @@ def build_tiny(kind: str = "tiny", hidden: int = 64, layers: int = 2, heads: int
     head_dim = hidden // heads
     rope = {"rope_type": "default", "rope_theta": 1e6,
             "mrope_section": [head_dim // 4, head_dim // 8, head_dim // 8]}   # sums to head_dim / 2
-    text = dict(vocab_size=1024, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+    text = dict(vocab_size=1024, hidden_size=hidden, intermediate_size=ffn_mult * hidden, num_hidden_layers=layers,
                 num_attention_heads=heads, num_key_value_heads=max(1, heads // 2), max_position_embeddings=8192,
                 rope_parameters=rope, pad_token_id=0, bos_token_id=0, eos_token_id=2)
-    vision = dict(depth=vision_depth, hidden_size=vision_hidden, intermediate_size=2 * vision_hidden,
+    vision = dict(depth=vision_depth, hidden_size=vision_hidden, intermediate_size=ffn_mult * vision_hidden,
                   num_heads=2, out_hidden_size=hidden, spatial_merge_size=2, temporal_patch_size=2)
     ids = dict(image_token_id=12, video_token_id=13, vision_start_token_id=9, vision_end_token_id=10,
                tie_word_embeddings=False)
@@ -848,7 +848,7 @@ def train(cfg: Config) -> None:
 
 # ----------------------------------------------------------------------------- benchmark
 BENCH_MODELS = (("tiny", {}),
-                ("~6M", dict(hidden=256, layers=4, heads=4, vision_hidden=128, vision_depth=4)))
+                ("~6M", dict(hidden=256, layers=4, heads=4, vision_hidden=128, vision_depth=4, ffn_mult=4)))
 
 
 def synthetic_records(folder: Path, n: int, image_px: int, seed: int = 0) -> list:

@@ -9,6 +9,7 @@ One test launches `torch.distributed.run` with 2 gloo ranks; this file is also t
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -249,6 +250,10 @@ def test_save_load_round_trip(data, tmp_path):
     a, b = model.state_dict(), loaded.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert not list(tmp_path.glob("*.tmp")) and (tmp_path / "preprocessor_config.json").exists()
+    _, tok2, ip2 = sft.load_model(str(tmp_path))     # tokenizer + image processor come back identical
+    conv, ims = [sft.build_messages("<image>Which?", "<think>a</think> \\boxed{B}")], [[Image.new("RGB", (90, 60))]]
+    a, b = sft.encode(conv, ims, tok, ip), sft.encode(conv, ims, tok2, ip2)
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_resume_equals_uninterrupted(data, tmp_path):
@@ -268,42 +273,43 @@ def test_resume_equals_uninterrupted(data, tmp_path):
 
 # ----------------------------------------------------------------------------- FSDP2 (one torchrun launch)
 def fsdp_worker(folder: Path) -> None:
-    """Runs under torchrun with 2 ranks: (a) the SFT CLI path with FSDP2, (b) tiny Qwen3-VL sharded:
-    generate (ranks stop at different lengths) equals the unsharded model, then a train step, then save."""
+    """Runs under torchrun with 2 ranks: (a) tiny Qwen3-VL sharded: generate (ranks stop at different
+    lengths) equals the unsharded model, then a train step and a consolidated save; (b) the SFT CLI path
+    (sft.train) with FSDP2. One process group for both: re-creating a group under torchrun can race."""
+    import faulthandler
+    faulthandler.dump_traceback_later(int(os.environ.get("FSDP_WORKER_TIMEOUT", "240")), exit=True)  # no hangs
     data = folder / "sft.jsonl"
-    sft.train(run_cfg(data, folder / "fsdp", micro_batch_size=1))
     d = sft.setup_dist(0)
-    try:
-        ref, tok, ip = sft.load_model("tiny-qwen3")
-        model, _, _ = sft.load_model("tiny-qwen3")
-        recs = sft.read_jsonl(data)[d.rank * 2:d.rank * 2 + 2]
-        batch = sft.encode([sft.build_messages(r["problem"]) for r in recs],
-                           [sft.load_images(r, folder) for r in recs], tok, ip, padding_side="left")
-        n_new = 6 if d.rank == 0 else 10
-        expected = sft.generate(ref, batch, tok, max_new_tokens=n_new)
-        sft.enable_activation_checkpointing(model)
-        model = sft.shard_model(model, d.device)
-        got = sft.generate(model, batch, tok, max_new_tokens=n_new)
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-        m = sft.train_step(model, opt, [sft.encode_records(recs, folder, tok, ip)], 1e-3, 1.0, d.device)
-        sft.save_hf(model, tok, ip, str(folder / "qwen3"), dtype=torch.float32)
-        result = {"generate_equal": torch.equal(expected, got), "loss": m["loss"],
-                  "units": sum(sft.is_fsdp(x) for x in model.modules())}
-        (folder / f"rank{d.rank}.json").write_text(json.dumps(result))
-    finally:
-        sft.cleanup_dist()
+    ref, tok, ip = sft.load_model("tiny-qwen3")
+    model, _, _ = sft.load_model("tiny-qwen3")
+    recs = sft.read_jsonl(data)[d.rank * 2:d.rank * 2 + 2]
+    batch = sft.encode([sft.build_messages(r["problem"]) for r in recs],
+                       [sft.load_images(r, folder) for r in recs], tok, ip, padding_side="left")
+    n_new = 6 if d.rank == 0 else 10
+    expected = sft.generate(ref, batch, tok, max_new_tokens=n_new)
+    sft.enable_activation_checkpointing(model)
+    model = sft.shard_model(model, d.device)
+    got = sft.generate(model, batch, tok, max_new_tokens=n_new)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    m = sft.train_step(model, opt, [sft.encode_records(recs, folder, tok, ip)], 1e-3, 1.0, d.device)
+    sft.save_hf(model, tok, ip, str(folder / "qwen3"), dtype=torch.float32)
+    result = {"generate_equal": torch.equal(expected, got), "loss": m["loss"],
+              "units": sum(sft.is_fsdp(x) for x in model.modules())}
+    (folder / f"rank{d.rank}.json").write_text(json.dumps(result))
+    sft.train(run_cfg(data, folder / "fsdp", global_batch_size=3, micro_batch_size=1))   # destroys the group
 
 
 def test_fsdp2_two_ranks_equal_one_process(data, tmp_path):
     """2 gloo ranks with FSDP2 reach the same weights as one process on the same global batches
-    (tolerance FSDP_TOL: only the summation order differs); generation on the sharded Qwen3-VL matches."""
+    (tolerance FSDP_TOL: only the summation order differs); generation on the sharded Qwen3-VL matches.
+    A global batch of 3 gives rank 1 one sample and one zero-weight filler micro-batch."""
     folder = data.parent
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(HERE)}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            str(HERE / "test_train.py"), "fsdp-worker", str(folder)]
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    sft.train(run_cfg(data, tmp_path / "single", micro_batch_size=1))
+    sft.train(run_cfg(data, tmp_path / "single", global_batch_size=3, micro_batch_size=1))
     assert max_diff(weights(folder / "fsdp"), weights(tmp_path / "single")) < FSDP_TOL
     for rank in range(2):
         res = json.loads((folder / f"rank{rank}.json").read_text())
@@ -312,6 +318,12 @@ def test_fsdp2_two_ranks_equal_one_process(data, tmp_path):
     from transformers import AutoModelForImageTextToText
     assert type(AutoModelForImageTextToText.from_pretrained(str(folder / "qwen3"))).__name__ \
         == "Qwen3VLForConditionalGeneration"
+    # the sharded 2-rank training state resumes in one process (resharding) like the 1-process state does
+    shutil.copytree(folder / "fsdp", tmp_path / "fsdp")
+    for name in ("fsdp", "single"):
+        sft.train(run_cfg(data, tmp_path / name, global_batch_size=3, micro_batch_size=1, max_steps=4,
+                          resume=True))
+    assert max_diff(weights(tmp_path / "fsdp"), weights(tmp_path / "single")) < FSDP_TOL
 
 
 if __name__ == "__main__" and sys.argv[1:2] == ["fsdp-worker"]:
