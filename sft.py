@@ -812,7 +812,8 @@ def train(cfg: Config) -> None:
         steps_per_epoch = math.ceil(len(records) / G)
         total = cfg.max_steps if cfg.max_steps > 0 else cfg.epochs * steps_per_epoch
         step = resume_step(cfg, s, len(records))
-        bar = tqdm(total=total, initial=step, desc="sft", disable=not d.is_main, file=sys.stderr)
+        bar = tqdm(total=total, initial=step, desc="sft", file=sys.stderr,  # logs to a file stay clean
+                   disable=not (d.is_main and sys.stderr.isatty()))
         while step < total:
             if cfg.stop_after_steps and step >= cfg.stop_after_steps:
                 print0(f"stopping after step {step} (--stop-after-steps)")

@@ -184,6 +184,16 @@ def test_prompt_text_and_labels():
                            "<|vision_start|><|image_pad|>") and text.endswith("<|im_start|>assistant\n")
 
 
+def test_image_pixel_bounds_and_token_count():
+    """Images are resized into [min_pixels, max_pixels] (paper: ≤ 512² px for SFT), and the token count
+    predicted from the image size (used to check lengths up front) equals the processed grid's."""
+    _, tok, ip = sft.load_model("tiny", min_pixels=56 * 56, max_pixels=512 * 512)
+    for size in [(1000, 800), (30, 20), (333, 777)]:
+        grid = ip(images=[Image.new("RGB", size)], return_tensors="pt")["image_grid_thw"][0]
+        assert 56 * 56 <= int(grid.prod()) * 14 * 14 <= 512 * 512
+        assert sft.image_token_count(size, ip) == int(grid.prod()) // 4
+
+
 def test_bad_records_error_or_skip(tmp_path):
     """Missing image, no response, over-long sample: an error naming the record, or skip-and-count."""
     good = two_colour_records(tmp_path, n=2)
