@@ -35,6 +35,7 @@ Deviations
   7. Our own run configuration goes to sft_config.json, because config.json is the HF model config.
 """
 import argparse
+import copy
 import dataclasses
 import datetime
 import json
@@ -630,7 +631,7 @@ def save_hf(model, tokenizer, image_processor, out_dir: str, dtype: torch.dtype 
             seen.add(v.data_ptr())
             weights[k] = v.detach().to(dtype).contiguous()
         save_file(weights, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        config = model.config
+        config = copy.deepcopy(model.config)   # the live model keeps its training settings
         config.dtype = dtype
         config.use_cache = True
         config.save_pretrained(tmp)
@@ -785,10 +786,13 @@ def resume_step(cfg: Config, s: dict, num_records: int) -> int:
         if cfg.resume:
             print0(f"--resume: no complete checkpoint in {cfg.out}/checkpoints, starting from scratch")
         return 0
+    with open(ckpt / "trainer_state.json") as f:
+        saved = json.load(f)
+    ours = {"model": cfg.model, "global_batch_size": cfg.global_batch_size, "num_records": num_records}
+    if any(saved.get(k) != v for k, v in ours.items()):  # the data position would mean something else
+        raise ValueError(f"{ckpt} does not match this run: saved {[saved.get(k) for k in ours]}, "
+                         f"now {list(ours.values())} (model, global batch size, records)")
     state = load_state(s["model"], s["optimizer"], ckpt)
-    if (state["global_batch_size"], state["num_records"]) != (cfg.global_batch_size, num_records):
-        raise ValueError(f"{ckpt}: saved with global batch {state['global_batch_size']} and "
-                         f"{state['num_records']} records; this run has {cfg.global_batch_size} and {num_records}")
     metrics = Path(cfg.out) / "metrics.jsonl"
     if is_main() and metrics.exists():  # drop rows logged after the checkpoint we continue from
         rows = [r for r in metrics.read_text().splitlines() if r and json.loads(r)["step"] <= state["step"]]
@@ -838,7 +842,8 @@ def train(cfg: Config) -> None:
             if (cfg.save_every and step % cfg.save_every == 0) or step == total:
                 ep, k2 = divmod(step, steps_per_epoch)
                 save_state(model, s["optimizer"], {"step": step, "epoch": ep, "index_in_epoch": k2 * G,
-                                                   "global_batch_size": G, "num_records": len(records)},
+                                                   "global_batch_size": G, "num_records": len(records),
+                                                   "model": cfg.model},
                            cfg.out, cfg.keep_checkpoints)
         bar.close()
         save_hf(model, s["tok"], s["ip"], cfg.out, getattr(torch, cfg.save_dtype))
