@@ -719,3 +719,33 @@ def test_import_has_no_side_effects(tmp_path):
     code = "import sys; sys.path.insert(0, sys.argv[1]); import make_data"
     subprocess.run([sys.executable, "-c", code, str(HERE)], cwd=tmp_path, check=True, timeout=120)
     assert not list(tmp_path.iterdir())
+
+
+# =============================================================================================
+# project conventions (README "Standards"): checked, not just promised
+# =============================================================================================
+SCRIPTS = [p for p in ("tasks.py", "make_data.py", "sft.py", "grpo.py", "evaluate.py") if (HERE / p).exists()]
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_script_conventions(script):
+    """Each stage script opens with a paper → code map and a deviations list, keeps functions short, and
+    does nothing at import time beyond defining constants, classes and functions."""
+    import ast
+    tree = ast.parse((HERE / script).read_text())
+    doc = ast.get_docstring(tree) or ""
+    assert "Paper → code" in doc and "Deviations" in doc, script
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            assert node.end_lineno - node.lineno + 1 <= 80, f"{script}:{node.lineno} {node.name}() is too long"
+    for node in tree.body:
+        if isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names = [n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name)]
+            assert all(n.isupper() or n.startswith("_") and n[1:].isupper() for n in names), (script, names)
+        elif isinstance(node, ast.If):
+            assert ast.unparse(node.test) == "__name__ == '__main__'", script
+        else:
+            docstring = isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant)
+            assert docstring or isinstance(node, (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.ClassDef)), \
+                f"{script}:{node.lineno} runs code at import time"
