@@ -130,25 +130,30 @@ def test_help_exits_zero():
 
 
 # ----------------------------------------------------------------------------- encoding
-def image_only_processor(tok, ip):
-    """transformers' own Qwen2.5-VL processor without its video half (needs torchvision in 5.x)."""
-    from transformers import Qwen2_5_VLProcessor
+def image_only_processor(kind: str, tok, ip):
+    """transformers' own Qwen2.5-VL / Qwen3-VL processor without its video half (which needs torchvision
+    in transformers 5.x): a subclass whose __init__ has no video_processor argument (platform-notes §2a)."""
+    from transformers import Qwen2_5_VLProcessor, Qwen3VLProcessor
     from transformers.processing_utils import ProcessorMixin
+    base = Qwen3VLProcessor if kind == "tiny-qwen3" else Qwen2_5_VLProcessor
 
-    class ImageOnlyQwen2_5_VLProcessor(Qwen2_5_VLProcessor):
+    class ImageOnlyProcessor(base):
         def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
             self.image_token, self.video_token = "<|image_pad|>", "<|video_pad|>"
-            self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)
-            self.video_token_id = tokenizer.convert_tokens_to_ids(self.video_token)
+            self.vision_start_token, self.vision_end_token = "<|vision_start|>", "<|vision_end|>"
+            for name in ("image", "video", "vision_start", "vision_end"):
+                setattr(self, f"{name}_token_id", tokenizer.convert_tokens_to_ids(getattr(self, f"{name}_token")))
             ProcessorMixin.__init__(self, image_processor, tokenizer, chat_template=chat_template)
 
-    return ImageOnlyQwen2_5_VLProcessor(image_processor=ip, tokenizer=tok, chat_template=tok.chat_template)
+    return ImageOnlyProcessor(image_processor=ip, tokenizer=tok, chat_template=tok.chat_template)
 
 
-def test_encoding_equals_hf_processor():
+@pytest.mark.parametrize("kind,grids", [("tiny", [[1, 6, 8], [1, 10, 14], [1, 4, 4]]),
+                                        ("tiny-qwen3", [[1, 6, 8], [1, 10, 12], [1, 4, 4]])])
+def test_encoding_equals_hf_processor(kind, grids):
     """Our encoder (used by SFT, GRPO and eval) gives the same model inputs as transformers' processor:
     image-token expansion, pixel patches, grids, mm_token_type_ids and left padding."""
-    _, tok, ip = sft.load_model("tiny", min_pixels=28 * 28 * 4, max_pixels=28 * 28 * 64)
+    _, tok, ip = sft.load_model(kind, min_pixels=28 * 28 * 4, max_pixels=28 * 28 * 64)
     rng = np.random.default_rng(0)
     noise = lambda h, w: Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
     images = [[noise(84, 112)], [noise(150, 200), noise(60, 60)]]
@@ -157,11 +162,11 @@ def test_encoding_equals_hf_processor():
     ours = sft.encode(convs, images, tok, ip, padding_side="left")
     texts = [tok.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in convs]
     tok.padding_side = "left"
-    ref = image_only_processor(tok, ip)(text=texts, images=[i for ims in images for i in ims],
-                                        padding=True, return_tensors="pt")
+    ref = image_only_processor(kind, tok, ip)(text=texts, images=[i for ims in images for i in ims],
+                                              padding=True, return_tensors="pt")
     for key in ("input_ids", "attention_mask", "mm_token_type_ids", "pixel_values", "image_grid_thw"):
         assert torch.equal(ours[key], ref[key]), key
-    assert ours["image_grid_thw"].tolist() == [[1, 6, 8], [1, 10, 14], [1, 4, 4]]
+    assert ours["image_grid_thw"].tolist() == grids
 
 
 def test_prompt_text_and_labels():
@@ -205,6 +210,22 @@ def test_bad_records_error_or_skip(tmp_path):
             sft.prepare_records(good + [rec], tmp_path, tok, ip, max_length=256, skip_bad=False)
     kept, skipped = sft.prepare_records(good + bad, tmp_path, tok, ip, max_length=256, skip_bad=True)
     assert [r["id"] for r in kept] == ["r0", "r1"] and skipped == 3
+
+
+def test_generate_never_emits_vision_tokens():
+    """generate() suppresses <|image_pad|> & co. even when the model prefers them (a sampled image token
+    would break the next log-prob forward); sampling returns n rows per prompt."""
+    model, tok, ip = sft.load_model("tiny")
+    vision_ids = tok.convert_tokens_to_ids(list(sft.VISION_TOKENS))
+    bias = torch.zeros(model.config.get_text_config().vocab_size)
+    bias[vision_ids] = 50.0
+    model.lm_head.register_forward_hook(lambda mod, inp, out: out + bias)
+    batch = sft.encode([sft.build_messages("<image>Which?"), sft.build_messages("Why <image>?")],
+                       [[Image.new("RGB", (56, 56))], [Image.new("RGB", (84, 56))]], tok, ip, "left")
+    greedy = sft.generate(model, batch, tok, max_new_tokens=5)
+    sampled = sft.generate(model, batch, tok, max_new_tokens=5, do_sample=True, num_return_sequences=3)
+    assert greedy.shape == (2, 5) and sampled.shape == (6, 5)
+    assert not any(t in vision_ids for t in greedy.flatten().tolist() + sampled.flatten().tolist())
 
 
 # ----------------------------------------------------------------------------- training
