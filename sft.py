@@ -122,7 +122,7 @@ class Config:
     shuffle: bool = _f(True, "shuffle the records every epoch (seeded)")
     seed: int = _f(42, "seed for the data order and the per-rank RNGs")
     skip_bad_records: bool = _f(False, "skip and count bad records instead of stopping with an error")
-    save_every: int = _f(0, "write a resumable checkpoint every N steps (0: only at the end)")
+    save_every: int = _f(15, "write a resumable checkpoint every N steps, and at the end (0: only at the end)")
     keep_checkpoints: int = _f(1, "resumable checkpoints kept on disk")
     resume: bool = _f(False, "continue from the newest complete checkpoint in OUT/checkpoints")
     save_dtype: str = _f("bfloat16", "dtype of the exported HF weights (bfloat16 or float32)")
@@ -134,6 +134,8 @@ class Config:
     def __post_init__(self):
         if self.global_batch_size < 1 or self.micro_batch_size < 1:
             raise ValueError("--global-batch-size and --micro-batch-size must be positive")
+        if self.keep_checkpoints < 1:
+            raise ValueError("--keep-checkpoints must be at least 1")
         if self.save_dtype not in ("bfloat16", "float32"):
             raise ValueError("--save-dtype must be bfloat16 or float32")
 
