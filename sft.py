@@ -7,7 +7,7 @@ setup_dist, load_model, build_messages, encode, shard_model, generate, save_hf.
 
     python sft.py --model tiny --data data/sft.jsonl --out runs/sft-tiny --epochs 20 --lr 1e-3
     torchrun --nproc_per_node 8 sft.py --model Qwen/Qwen2.5-VL-7B-Instruct --data data/sft.jsonl --out runs/sft7b
-    python sft.py --benchmark                      # step time, tokens/s, peak memory (tiny and ~6M model)
+    python sft.py --benchmark     # step time, tokens/s, peak memory: tiny, ~6M; on a GPU also a 3B shape + MFU
 
 Paper → code (cold start = official training/SFT-coldstart, LLaMA-Factory configs)
   prompt = problem + " " + CoT prompt, <image> items   → build_messages() (tasks.with_cot)
@@ -857,6 +857,45 @@ def train(cfg: Config) -> None:
 # ----------------------------------------------------------------------------- benchmark
 BENCH_MODELS = (("tiny", {}),
                 ("~6M", dict(hidden=256, layers=4, heads=4, vision_hidden=128, vision_depth=4, ffn_mult=4)))
+QWEN25_VL_3B_SHAPE = {  # published config.json values of Qwen/Qwen2.5-VL-3B-Instruct (weights stay random)
+    "text": dict(vocab_size=151936, hidden_size=2048, intermediate_size=11008, num_hidden_layers=36,
+                 num_attention_heads=16, num_key_value_heads=2, max_position_embeddings=128000, rms_norm_eps=1e-6,
+                 rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [16, 24, 24]}),
+    "vision": dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, out_hidden_size=2048,
+                   patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=112,
+                   fullatt_block_indexes=[7, 15, 23, 31]),
+    "tie_word_embeddings": True}
+PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}   # dense tensor-core peak per GPU
+
+
+def build_qwen25_vl_shape(shape: dict, device: str = "cpu"):
+    """A random Qwen2.5-VL with the given config values, created directly on `device` ('meta' to count).
+
+    Token ids follow the tiny tokenizer (image 12, video 13, vision start/end 9/10), so it runs with it."""
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+    cfg = Qwen2_5_VLConfig(text_config={**shape["text"], "pad_token_id": 0, "bos_token_id": 0, "eos_token_id": 2},
+                           vision_config=shape["vision"], image_token_id=12, video_token_id=13,
+                           vision_start_token_id=9, vision_end_token_id=10,
+                           tie_word_embeddings=shape["tie_word_embeddings"])
+    cfg._attn_implementation = "sdpa"
+    with torch.device(device):
+        return Qwen2_5_VLForConditionalGeneration(cfg)
+
+
+def sft_step_flops(model, batch: dict) -> float:
+    """Model FLOPs of one SFT step on `batch` (matmuls only; attention scores and recomputation not counted).
+
+    F = 6·N_dec·T + 6·V·H·S + 2·N_vis·P: decoder (non-embedding) params trained on all T tokens, the LM head
+    only at the S supervised positions, the frozen vision tower forward-only over P patches (its merger,
+    which really sees P/4 tokens, is over-counted; it is ~5% of the tower)."""
+    lm, visual = model.model.language_model, model.model.visual
+    n_dec = sum(p.numel() for n, p in lm.named_parameters() if "embed_tokens" not in n)
+    n_vis = sum(p.numel() for p in visual.parameters())
+    vocab, hidden = model.lm_head.weight.shape
+    tokens = int(batch["attention_mask"].sum())
+    supervised = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+    patches = int(batch["image_grid_thw"].prod(-1).sum()) if "image_grid_thw" in batch else 0
+    return 6 * n_dec * tokens + 6 * vocab * hidden * supervised + 2 * n_vis * patches
 
 
 def synthetic_records(folder: Path, n: int, image_px: int, seed: int = 0) -> list:
@@ -880,16 +919,16 @@ def peak_memory_gb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20   # KiB on Linux
 
 
-def bench_one(kind: dict, records: list, root: Path, device: torch.device, ckpt: bool, steps: int) -> dict:
-    """Median step time, tokens/s and peak memory of SFT steps on one model (one process)."""
-    model, tok, ip = build_tiny("tiny", **kind)
-    ip.size = {"shortest_edge": 56 * 56, "longest_edge": 512 * 512}
+def bench_one(model, tok, ip, batch: dict, device: torch.device, ckpt: bool, steps: int) -> dict:
+    """Median step time, tokens/s, MFU and peak memory of SFT steps on one model (one process; on GPU
+    sharded by FSDP2 with bf16 compute, as in training)."""
     freeze_vision(model)
     if ckpt:
         enable_activation_checkpointing(model)
-    model.to(device).train()
+    model.train()
+    flops, n_params = sft_step_flops(model, batch), sum(p.numel() for p in model.parameters())
+    model = shard_model(model, device) if device.type == "cuda" else model.to(device)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
-    batch = encode_records(records, root, tok, ip)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     times, tokens = [], 0
@@ -904,33 +943,65 @@ def bench_one(kind: dict, records: list, root: Path, device: torch.device, ckpt:
             times.append(time.perf_counter() - t0)
         tokens = m["tokens"]
     dt = float(np.median(times))
-    return {"params_M": sum(p.numel() for p in model.parameters()) / 1e6, "seq_len": batch["input_ids"].shape[1],
-            "step_s": dt, "tok_per_s": tokens / dt, "peak_gb": peak_memory_gb(device)}
+    peak = next((v for k, v in PEAK_BF16_FLOPS.items() if device.type == "cuda"
+                 and k in torch.cuda.get_device_name(device)), None)
+    return {"params_M": n_params / 1e6, "seq_len": batch["input_ids"].shape[1], "step_s": dt,
+            "tok_per_s": tokens / dt, "mfu": flops / dt / peak if peak else None, "peak_gb": peak_memory_gb(device)}
+
+
+def bench_cases(tmp: Path, device: torch.device, batch_size: int, image_px: int) -> list:
+    """(name, build, batch size, image px) rows: tiny and ~6M everywhere, the 3B shape on a GPU."""
+    cases = [(name, lambda kind=kind: build_tiny("tiny", **kind), batch_size, image_px)
+             for name, kind in BENCH_MODELS]
+    if device.type == "cuda":
+        tiny_tok_ip = lambda: build_tiny("tiny")[1:]
+        cases.append(("Qwen2.5-VL-3B shape", lambda: (build_qwen25_vl_shape(QWEN25_VL_3B_SHAPE, "cuda"),
+                                                      *tiny_tok_ip()), 4, 512))
+    return cases
 
 
 def benchmark(cfg: Config, steps: int = 5, batch_size: int = 8, image_px: int = 224) -> list:
-    """Print a markdown table: SFT step time, tokens/s and peak memory for the tiny and ~6M models,
-    with and without activation checkpointing (single process, AdamW, vision frozen)."""
+    """Print a markdown table: SFT step time, tokens/s, MFU (GPU) and peak memory, with and without
+    activation checkpointing (one process, AdamW, vision frozen; CPU fp32, GPU FSDP2 bf16)."""
     import tempfile
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        records = synthetic_records(Path(tmp), batch_size, image_px)
-        for name, kind in BENCH_MODELS:
+        for name, build, n, px in bench_cases(Path(tmp), device, batch_size, image_px):
+            folder = Path(tmp) / f"{n}x{px}"
+            folder.mkdir(exist_ok=True)
+            records = synthetic_records(folder, n, px)
             for ckpt in (True, False):
-                r = bench_one(kind, records, Path(tmp), device, ckpt, steps)
-                rows.append({"model": name, "act_ckpt": ckpt, **r})
-    where = torch.cuda.get_device_name(device) if device.type == "cuda" else \
-        f"CPU, {torch.get_num_threads()} threads"
-    print(f"SFT benchmark: batch {batch_size} samples, {image_px}px images, fp32, {where}; median of {steps} steps")
-    print("| model | params | act. ckpt | seq len | step (s) | tokens/s | peak mem (GB) |")
-    print("|---|---|---|---|---|---|---|")
+                model, tok, ip = build()
+                ip.size = {"shortest_edge": 56 * 56, "longest_edge": 512 * 512}
+                batch = encode_records(records, folder, tok, ip)
+                try:
+                    r = bench_one(model, tok, ip, batch, device, ckpt, steps)
+                except torch.OutOfMemoryError:
+                    r = {"params_M": float("nan"), "seq_len": batch["input_ids"].shape[1], "step_s": float("nan"),
+                         "tok_per_s": float("nan"), "mfu": None, "peak_gb": float("nan")}
+                rows.append({"model": name, "act_ckpt": ckpt, "batch": n, **r})
+                del model
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+    cleanup_dist()
+    print_bench_table(rows, device, image_px, steps)
+    return rows
+
+
+def print_bench_table(rows: list, device: torch.device, image_px: int, steps: int) -> None:
+    where = torch.cuda.get_device_name(device) + ", FSDP2 bf16" if device.type == "cuda" else \
+        f"CPU ({torch.get_num_threads()} threads), fp32"
+    print(f"SFT benchmark on {where}: {image_px}px images for the small models, 512px for the 3B shape; "
+          f"median of {steps} steps after 2 warm-up steps")
+    print("| model | params | batch | act. ckpt | seq len | step (s) | tokens/s | MFU | peak mem (GB) |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['model']} | {r['params_M']:.2f}M | {'on' if r['act_ckpt'] else 'off'} | {r['seq_len']} | "
-              f"{r['step_s']:.3f} | {r['tok_per_s']:.0f} | {r['peak_gb']:.2f} |")
+        mfu = f"{r['mfu']:.1%}" if r["mfu"] is not None else "n/a"
+        print(f"| {r['model']} | {r['params_M']:.2f}M | {r['batch']} | {'on' if r['act_ckpt'] else 'off'} | "
+              f"{r['seq_len']} | {r['step_s']:.3f} | {r['tok_per_s']:.0f} | {mfu} | {r['peak_gb']:.2f} |")
     if device.type == "cpu":
         print("peak mem on CPU = the process's max RSS so far (rows run in order, so it never decreases)")
-    return rows
 
 
 def main(argv: list | None = None) -> None:

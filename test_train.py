@@ -228,6 +228,15 @@ def test_generate_never_emits_vision_tokens():
     assert not any(t in vision_ids for t in greedy.flatten().tolist() + sampled.flatten().tolist())
 
 
+def test_benchmark_3b_shape_has_the_published_size():
+    """The GPU benchmark's random Qwen2.5-VL-3B is built from the published config: 3.75B parameters,
+    0.67B of them in the vision tower (counted on the meta device, no memory used)."""
+    model = sft.build_qwen25_vl_shape(sft.QWEN25_VL_3B_SHAPE, "meta")
+    total = sum(p.numel() for p in model.parameters())
+    vision = sum(p.numel() for p in model.model.visual.parameters())
+    assert abs(total / 1e9 - 3.75) < 0.01 and abs(vision / 1e9 - 0.67) < 0.01
+
+
 # ----------------------------------------------------------------------------- training
 def test_micro_batch_invariance(data):
     """One global batch as 1 micro-batch or as 2 gives the same gradient (token mean over the global
