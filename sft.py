@@ -237,7 +237,8 @@ class Dist:
 def setup_dist(seed: int = 0) -> Dist:
     """torchrun contract (RANK, LOCAL_RANK, WORLD_SIZE) or one local process; NCCL on GPU, gloo on CPU.
 
-    Seeds python, numpy and torch with seed + rank."""
+    Seeds python, numpy and torch with seed + rank. Creates the process group once per process and reuses
+    it on later calls (re-creating a group under torchrun after destroying it can race)."""
     cuda = torch.cuda.is_available()
     d = Dist()
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
@@ -781,6 +782,12 @@ def setup_training(cfg: Config, d: Dist) -> dict:
     return dict(model=model, tok=tok, ip=ip, optimizer=optimizer, records=records, root=root, skipped=skipped)
 
 
+def run_identity(cfg: Config, num_records: int) -> dict:
+    """What a resumed run must share with the saved one for the step → data position map to hold."""
+    return {"model": cfg.model, "global_batch_size": cfg.global_batch_size, "num_records": num_records,
+            "seed": cfg.seed, "shuffle": cfg.shuffle}
+
+
 def resume_step(cfg: Config, s: dict, num_records: int) -> int:
     """Load the newest complete checkpoint when --resume is given; returns the first step to run."""
     ckpt = latest_checkpoint(cfg.out) if cfg.resume else None
@@ -790,10 +797,10 @@ def resume_step(cfg: Config, s: dict, num_records: int) -> int:
         return 0
     with open(ckpt / "trainer_state.json") as f:
         saved = json.load(f)
-    ours = {"model": cfg.model, "global_batch_size": cfg.global_batch_size, "num_records": num_records}
+    ours = run_identity(cfg, num_records)
     if any(saved.get(k) != v for k, v in ours.items()):  # the data position would mean something else
         raise ValueError(f"{ckpt} does not match this run: saved {[saved.get(k) for k in ours]}, "
-                         f"now {list(ours.values())} (model, global batch size, records)")
+                         f"now {list(ours.values())} ({', '.join(ours)})")
     state = load_state(s["model"], s["optimizer"], ckpt)
     metrics = Path(cfg.out) / "metrics.jsonl"
     if is_main() and metrics.exists():  # drop rows logged after the checkpoint we continue from
@@ -844,8 +851,7 @@ def train(cfg: Config) -> None:
             if (cfg.save_every and step % cfg.save_every == 0) or step == total:
                 ep, k2 = divmod(step, steps_per_epoch)
                 save_state(model, s["optimizer"], {"step": step, "epoch": ep, "index_in_epoch": k2 * G,
-                                                   "global_batch_size": G, "num_records": len(records),
-                                                   "model": cfg.model},
+                                                   **run_identity(cfg, len(records))},
                            cfg.out, cfg.keep_checkpoints)
         bar.close()
         save_hf(model, s["tok"], s["ip"], cfg.out, getattr(torch, cfg.save_dtype))
