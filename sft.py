@@ -7,6 +7,7 @@ setup_dist, load_model, build_messages, encode, shard_model, generate, save_hf.
 
     python sft.py --model tiny --data data/sft.jsonl --out runs/sft-tiny --epochs 20 --lr 1e-3
     torchrun --nproc_per_node 8 sft.py --model Qwen/Qwen2.5-VL-7B-Instruct --data data/sft.jsonl --out runs/sft7b
+    python sft.py --smoke --out runs/smoke   # CPU smoke run: tiny model, synthetic data, 2 steps
     python sft.py --benchmark     # step time, tokens/s, peak memory: tiny, ~6M; on a GPU also a 3B shape + MFU
 
 Paper → code (cold start = official training/SFT-coldstart, LLaMA-Factory configs)
@@ -130,6 +131,7 @@ class Config:
     stop_after_steps: int = _f(0, "stop (as if killed) after this many steps, keeping the full schedule; "
                                "for testing --resume")
     benchmark: bool = _f(False, "print a table of SFT step time, tokens/s and peak memory, then exit")
+    smoke: bool = _f(False, "CPU smoke run: tiny model, 8 synthetic records (unless --data), 2 steps")
 
     def __post_init__(self):
         if self.global_batch_size < 1 or self.micro_batch_size < 1:
@@ -910,7 +912,9 @@ def synthetic_records(folder: Path, n: int, image_px: int, seed: int = 0) -> lis
     records = []
     for i in range(n):
         name = f"img_{i}.png"
-        Image.fromarray(rng.integers(0, 256, (image_px, image_px, 3), dtype=np.uint8)).save(folder / name)
+        tmp = folder / f".{name}.{os.getpid()}.tmp"   # atomic: ranks of a --smoke run write the same files
+        Image.fromarray(rng.integers(0, 256, (image_px, image_px, 3), dtype=np.uint8)).save(tmp, format="PNG")
+        os.replace(tmp, folder / name)
         records.append({"id": f"syn-{i}", "task": "flip", "images": [name], "answer": f"{i % 4 + 1}, vertical",
                         "problem": "<image>The image is split into tiles labelled 1, 2, 3 and 4. Which tile is "
                                    "flipped? Answer with the tile and the direction.",
@@ -1015,10 +1019,28 @@ def main(argv: list | None = None) -> None:
     cfg = Config(**{**vars(args), "adam_betas": tuple(args.adam_betas)})
     if cfg.benchmark:
         benchmark(cfg)
-    else:
-        if not cfg.data:
-            raise SystemExit("--data is required (a sft.jsonl file)")
-        train(cfg)
+        return
+    if cfg.smoke:
+        cfg = smoke_config(cfg)
+    if not cfg.data:
+        raise SystemExit("--data is required (a sft.jsonl file)")
+    train(cfg)
+
+
+def smoke_config(cfg: Config) -> Config:
+    """--smoke: the tiny model for 2 steps of 4 samples, on synthetic records written to OUT/smoke_data
+    when no --data is given (works under torchrun too)."""
+    data = cfg.data
+    if not data:  # every rank writes the same files atomically (no process group exists yet)
+        folder = Path(cfg.out) / "smoke_data"
+        folder.mkdir(parents=True, exist_ok=True)
+        records = synthetic_records(folder, 8, 56)
+        tmp = folder / f".sft.jsonl.{os.getpid()}.tmp"
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
+        os.replace(tmp, folder / "sft.jsonl")
+        data = str(folder / "sft.jsonl")
+    return dataclasses.replace(cfg, model="tiny", data=data, max_steps=2, global_batch_size=4,
+                               micro_batch_size=2, lr=1e-3, warmup_ratio=0.0)
 
 
 if __name__ == "__main__":

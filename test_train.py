@@ -124,6 +124,15 @@ def test_micro_batches_cover_the_batch_with_equal_counts():
     assert sft.micro_batches([0], 1, 2, 4) == [[]]   # the rank left without samples runs one empty slot
 
 
+def test_cli_smoke_run(tmp_path):
+    """`python sft.py --smoke` wires the command line to the loop and writes the documented outputs."""
+    sft.main(["--smoke", "--out", str(tmp_path)])
+    for name in ("model.safetensors", "config.json", "tokenizer.json", "preprocessor_config.json",
+                 "metrics.jsonl", "sft_config.json", "checkpoints/step_00000002/trainer_state.json"):
+        assert (tmp_path / name).exists(), name
+    assert json.loads((tmp_path / "sft_config.json").read_text())["config"]["max_steps"] == 2
+
+
 def test_help_exits_zero():
     r = subprocess.run([sys.executable, str(HERE / "sft.py"), "--help"], capture_output=True, text=True)
     assert r.returncode == 0 and "--global-batch-size" in r.stdout and "--resume" in r.stdout
