@@ -959,7 +959,7 @@ def bench_one(model, tok, ip, batch: dict, device: torch.device, ckpt: bool, ste
             "tok_per_s": tokens / dt, "mfu": flops / dt / peak if peak else None, "peak_gb": peak_memory_gb(device)}
 
 
-def bench_cases(tmp: Path, device: torch.device, batch_size: int, image_px: int) -> list:
+def bench_cases(device: torch.device, batch_size: int, image_px: int) -> list:
     """(name, build, batch size, image px) rows: tiny and ~6M everywhere, the 3B shape on a GPU."""
     cases = [(name, lambda kind=kind: build_tiny("tiny", **kind), batch_size, image_px)
              for name, kind in BENCH_MODELS]
@@ -977,7 +977,7 @@ def benchmark(cfg: Config, steps: int = 5, batch_size: int = 8, image_px: int = 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for name, build, n, px in bench_cases(Path(tmp), device, batch_size, image_px):
+        for name, build, n, px in bench_cases(device, batch_size, image_px):
             folder = Path(tmp) / f"{n}x{px}"
             folder.mkdir(exist_ok=True)
             records = synthetic_records(folder, n, px)
@@ -1014,19 +1014,6 @@ def print_bench_table(rows: list, device: torch.device, image_px: int, steps: in
         print("peak mem on CPU = the process's max RSS so far (rows run in order, so it never decreases)")
 
 
-def main(argv: list | None = None) -> None:
-    args = build_parser().parse_args(argv)
-    cfg = Config(**{**vars(args), "adam_betas": tuple(args.adam_betas)})
-    if cfg.benchmark:
-        benchmark(cfg)
-        return
-    if cfg.smoke:
-        cfg = smoke_config(cfg)
-    if not cfg.data:
-        raise SystemExit("--data is required (a sft.jsonl file)")
-    train(cfg)
-
-
 def smoke_config(cfg: Config) -> Config:
     """--smoke: the tiny model for 2 steps of 4 samples, on synthetic records written to OUT/smoke_data
     when no --data is given (works under torchrun too)."""
@@ -1041,6 +1028,19 @@ def smoke_config(cfg: Config) -> Config:
         data = str(folder / "sft.jsonl")
     return dataclasses.replace(cfg, model="tiny", data=data, max_steps=2, global_batch_size=4,
                                micro_batch_size=2, lr=1e-3, warmup_ratio=0.0)
+
+
+def main(argv: list | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    cfg = Config(**{**vars(args), "adam_betas": tuple(args.adam_betas)})
+    if cfg.benchmark:
+        benchmark(cfg)
+        return
+    if cfg.smoke:
+        cfg = smoke_config(cfg)
+    if not cfg.data:
+        raise SystemExit("--data is required (a sft.jsonl file)")
+    train(cfg)
 
 
 if __name__ == "__main__":
