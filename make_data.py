@@ -1034,7 +1034,7 @@ def split_quota(total, weights):
 def parse_grids(spec):
     try:
         grids = tuple(tuple(int(v) for v in g.lower().split("x")) for g in spec.split(",") if g.strip())
-        assert grids and all(len(g) == 2 and min(g) >= 1 for g in grids)
+        assert grids and all(len(g) == 2 and min(g) >= 1 and g[0] * g[1] >= 2 for g in grids)
     except (ValueError, AssertionError):
         raise SystemExit(f"make_data: --shuffle-grids wants ROWSxCOLS[,ROWSxCOLS...], got {spec!r}") from None
     return grids

@@ -270,6 +270,8 @@ def make_shuffle(rgb: np.ndarray, rng: np.random.Generator, grid: tuple = (2, 2)
     position i of the original image."""
     rows, cols = grid
     k = rows * cols
+    if rows < 1 or cols < 1 or k < 2:
+        raise ValueError(f"shuffle needs a grid of at least two tiles, got {rows}x{cols}")
     if rgb.shape[0] // rows < MIN_TILE or rgb.shape[1] // cols < MIN_TILE:
         return Rejected("too-small")
     tiles = _split_tiles(rgb, rows, cols)

@@ -351,6 +351,8 @@ def test_rejections_say_why():
         tasks.generate("depth", rgb, None, rng)
     with pytest.raises(ValueError):
         tasks.generate("flip", rgb.astype(np.float32), rng=rng)
+    with pytest.raises(ValueError):
+        tasks.generate("shuffle", rgb, rng=rng, grid=(1, 1))
 
 
 # ----------------------------------------------------------------------------- fuzz
