@@ -1034,8 +1034,9 @@ def split_quota(total, weights):
 def parse_grids(spec):
     try:
         grids = tuple(tuple(int(v) for v in g.lower().split("x")) for g in spec.split(",") if g.strip())
-        assert grids and all(len(g) == 2 and min(g) >= 1 and g[0] * g[1] >= 2 for g in grids)
-    except (ValueError, AssertionError):
+        if not grids or not all(len(g) == 2 and min(g) >= 1 and g[0] * g[1] >= 2 for g in grids):
+            raise ValueError(spec)
+    except ValueError:
         raise SystemExit(f"make_data: --shuffle-grids wants ROWSxCOLS[,ROWSxCOLS...], got {spec!r}") from None
     return grids
 
