@@ -1044,8 +1044,9 @@ def parse_grids(spec):
 def parse_size(spec):
     try:
         w, h = (int(v) for v in spec.lower().split("x"))
-        assert w >= 16 and h >= 16
-    except (ValueError, AssertionError):
+        if w < 16 or h < 16:
+            raise ValueError(spec)
+    except ValueError:
         raise SystemExit(f"make_data: --scene-size wants WxH (e.g. 512x384), got {spec!r}") from None
     return h, w
 
