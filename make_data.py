@@ -1221,14 +1221,10 @@ def write_stats(cfg, out, builder, sources, notes):
     }
 
 
-def _trace(rec, root):
-    """tasks.reasoning_trace for a stored record (metadata first; the images are loaded only if needed)."""
-    ex = tasks.Example(task=rec["task"], images=[], problem=rec["problem"], answer=rec["answer"], meta=rec["meta"])
-    try:
-        return tasks.reasoning_trace(ex)
-    except Exception:
-        ex.images = [Image.open(root / p).convert("RGB") for p in rec["images"]]
-        return tasks.reasoning_trace(ex)
+def _trace(rec):
+    """tasks.reasoning_trace for a stored record: the trace is built from the record's metadata alone."""
+    return tasks.reasoning_trace(tasks.Example(task=rec["task"], images=[], problem=rec["problem"],
+                                               answer=rec["answer"], meta=rec["meta"]))
 
 
 def write_sft(cfg, root, train, quotas):
@@ -1244,7 +1240,7 @@ def write_sft(cfg, root, train, quotas):
     chosen.update(int(i) for i in rest[:shortage])
     lines = []
     for i in sorted(chosen):
-        lines.append(json.dumps({**train[i], "response": _trace(train[i], root)}, ensure_ascii=False) + "\n")
+        lines.append(json.dumps({**train[i], "response": _trace(train[i])}, ensure_ascii=False) + "\n")
     _atomic_write(root / "sft.jsonl", "".join(lines).encode("utf-8"))
     return dict(Counter(train[i]["task"] for i in sorted(chosen)))
 
