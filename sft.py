@@ -3,7 +3,9 @@
 Stage 2 of Spatial-SSRL (arXiv 2510.27606, §3.2): a short supervised fine-tune on ~3.6k CoT answers so the
 model learns the answer format (<think>…</think> then \\boxed{…}); without it GRPO rollouts earn almost no
 reward. This file is also the one home of the plumbing grpo.py and evaluate.py import (see README):
-setup_dist, load_model, build_messages, encode, shard_model, generate, save_hf.
+setup_dist, load_model, build_messages, encode, shard_model, generate, save_hf. Multi-rank runs read the
+weights on rank 0 only: the other ranks build the model on the meta device and receive their shards and
+the buffers from rank 0 (load_model(meta=True), shard_model(broadcast_from_rank0=True)).
 
     python sft.py --model tiny --data data/sft.jsonl --out runs/sft-tiny --epochs 20 --lr 1e-3
     torchrun --nproc_per_node 8 sft.py --model Qwen/Qwen2.5-VL-7B-Instruct --data data/sft.jsonl --out runs/sft7b
@@ -310,11 +312,13 @@ def build_tiny_tokenizer(chat_template: str = QWEN2_VL_TEMPLATE):
 
 
 def build_tiny(kind: str = "tiny", hidden: int = 64, layers: int = 2, heads: int = 4, vision_hidden: int = 32,
-               vision_depth: int = 2, ffn_mult: int = 2, seed: int = 0, out_dir: str | None = None):
+               vision_depth: int = 2, ffn_mult: int = 2, seed: int = 0, out_dir: str | None = None,
+               device: str = "cpu"):
     """A randomly initialised tiny Qwen2.5-VL ('tiny') or Qwen3-VL ('tiny-qwen3'), offline, in < 1 s.
 
     Returns (model, tokenizer, image_processor); the same seed gives the same weights on every rank.
-    With out_dir, it is also saved there as a normal HF directory."""
+    With out_dir, it is also saved there as a normal HF directory. device='meta' builds the same
+    architecture without weights (load_model(meta=True))."""
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen3VLConfig
     from transformers import Qwen3VLForConditionalGeneration
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
@@ -339,7 +343,7 @@ def build_tiny(kind: str = "tiny", hidden: int = 64, layers: int = 2, heads: int
         cfg, cls = Qwen2_5_VLConfig(text_config=text, vision_config=vision, **ids), Qwen2_5_VLForConditionalGeneration
         ip = Qwen2VLImageProcessorPil()
     cfg._attn_implementation = "sdpa"
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), torch.device(device):
         torch.manual_seed(seed)
         model = cls(cfg)
     tok = build_tiny_tokenizer(QWEN3_VL_TEMPLATE if qwen3 else QWEN2_VL_TEMPLATE)
@@ -352,18 +356,31 @@ def build_tiny(kind: str = "tiny", hidden: int = 64, layers: int = 2, heads: int
 
 
 def load_model(name: str, *, min_pixels: int = 56 * 56, max_pixels: int = 512 * 512,
-               attn_implementation: str = "sdpa", dtype: torch.dtype = torch.float32):
+               attn_implementation: str = "sdpa", dtype: torch.dtype = torch.float32, meta: bool = False):
     """(model, tokenizer, image_processor) for 'tiny', 'tiny-qwen3', a HF id or a local HF directory.
 
     The image processor is the PIL backend (identical pixels with or without torchvision) with its
-    smart-resize bounds set to [min_pixels, max_pixels]."""
-    from transformers import AutoImageProcessor, AutoModelForImageTextToText, AutoTokenizer
+    smart-resize bounds set to [min_pixels, max_pixels]. meta=True builds the same model from the same
+    config on the meta device and reads no weights: the ranks > 0 of a multi-rank run, which
+    shard_model(..., broadcast_from_rank0=True) then fills from rank 0 (no full copy per rank)."""
+    from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageTextToText, AutoTokenizer
+    from transformers import GenerationConfig
     if name in ("tiny", "tiny-qwen3"):
-        model, tok, ip = build_tiny(name)
+        model, tok, ip = build_tiny(name, device="meta" if meta else "cpu")
         model.to(dtype)
     else:
-        model = AutoModelForImageTextToText.from_pretrained(name, dtype=dtype,
-                                                            attn_implementation=attn_implementation)
+        if meta:
+            with torch.device("meta"):
+                model = AutoModelForImageTextToText.from_config(
+                    AutoConfig.from_pretrained(name), dtype=dtype, attn_implementation=attn_implementation)
+            model.eval()   # as from_pretrained leaves it
+            try:           # from_pretrained reads generation_config.json when there is one
+                model.generation_config = GenerationConfig.from_pretrained(name)
+            except OSError:
+                pass
+        else:
+            model = AutoModelForImageTextToText.from_pretrained(name, dtype=dtype,
+                                                                attn_implementation=attn_implementation)
         tok = AutoTokenizer.from_pretrained(name)
         ip = AutoImageProcessor.from_pretrained(name, backend="pil")
         if tok.chat_template is None:
@@ -547,13 +564,15 @@ def enable_activation_checkpointing(model) -> None:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
-def shard_model(model, device: torch.device, bf16: bool = True):
+def shard_model(model, device: torch.device, bf16: bool = True, broadcast_from_rank0: bool = False):
     """FSDP2: fully_shard each vision block, the vision tower, each decoder layer, then the root.
 
     The vision tower is its own unit because transformers 5.x generate() computes image features outside
     the root forward (platform-notes §5). bf16 params with fp32 reduction on GPU, fp32 on CPU. A one-token
     forward right after sharding initialises the FSDP root, so generate() may be the first call; the root is
-    resharded after it, so model.parameters() are the sharded DTensors the optimizer must hold."""
+    resharded after it, so model.parameters() are the sharded DTensors the optimizer must hold.
+    broadcast_from_rank0: only rank 0's model holds the weights, the others may be on the meta device
+    (load_model(meta=True)); every rank ends with its shard of rank 0's weights and rank 0's buffers."""
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
     world = dist.get_world_size() if dist.is_initialized() else 1
@@ -564,6 +583,7 @@ def shard_model(model, device: torch.device, bf16: bool = True):
     mesh = init_device_mesh(device.type, (world,))
     mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) \
         if (bf16 and device.type == "cuda") else MixedPrecisionPolicy()
+    full_sd = model.state_dict() if broadcast_from_rank0 and is_main() else {}   # before it is sharded
     visual, lm = model.model.visual, model.model.language_model
     for block in visual.blocks:
         fully_shard(block, mesh=mesh, mp_policy=mp)
@@ -571,10 +591,28 @@ def shard_model(model, device: torch.device, bf16: bool = True):
     for layer in lm.layers:
         fully_shard(layer, mesh=mesh, mp_policy=mp)
     fully_shard(model, mesh=mesh, mp_policy=mp)
+    if broadcast_from_rank0:
+        fill_from_rank0(model, full_sd, device)
     with torch.no_grad():
         model(input_ids=torch.zeros((1, 1), dtype=torch.long, device=device), use_cache=False)
     model.reshard()  # the root stays unsharded after a forward; the optimizer must see the sharded params
     return model
+
+
+def fill_from_rank0(model, full_sd: dict, device: torch.device) -> None:
+    """Materialise a sharded model on ranks > 0 and copy rank 0's weights and buffers into every rank.
+
+    Parameters and persistent buffers come from rank 0's full state dict (`full_sd`, {} elsewhere), each
+    rank keeping only its shard. Non-persistent buffers (the rotary inv_freq of the text and vision
+    towers) are not in any state dict and are garbage after to_empty, so every buffer (FSDP2 does not
+    shard buffers) is broadcast from rank 0, whose model was never emptied."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+    if not is_main():
+        model.to_empty(device=device)
+    set_model_state_dict(model, full_sd, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+    with torch.no_grad():
+        for buf in model.buffers():
+            dist.broadcast(buf, src=0)
 
 
 def is_fsdp(model) -> bool:
@@ -763,8 +801,9 @@ def write_run_info(cfg: Config, out: Path) -> None:
 
 def setup_training(cfg: Config, d: Dist) -> dict:
     """Model (frozen vision, checkpointing, FSDP2), tokenizer, image processor, validated records, AdamW."""
+    from_rank0 = d.world_size > 1   # only rank 0 reads the weights; the others build on the meta device
     model, tok, ip = load_model(cfg.model, min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels,
-                                attn_implementation=cfg.attn_implementation)
+                                attn_implementation=cfg.attn_implementation, meta=from_rank0 and not d.is_main)
     root = Path(cfg.data).resolve().parent
     records, skipped = prepare_records(read_jsonl(cfg.data), root, tok, ip, cfg.max_length,
                                        cfg.skip_bad_records)
@@ -774,7 +813,7 @@ def setup_training(cfg: Config, d: Dist) -> dict:
         enable_activation_checkpointing(model)
     model.train()
     if cfg.fsdp or d.world_size > 1 or d.device.type == "cuda":
-        model = shard_model(model, d.device, cfg.bf16)
+        model = shard_model(model, d.device, cfg.bf16, broadcast_from_rank0=from_rank0)
     else:
         model.to(d.device)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,

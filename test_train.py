@@ -321,28 +321,60 @@ def test_resume_equals_uninterrupted(data, tmp_path):
 
 
 # ----------------------------------------------------------------------------- FSDP2 (one torchrun launch)
+def save_tiny_source(folder: Path, kind: str, seed: int, tie: bool) -> Path:
+    """A saved tiny HF directory with non-default random weights (and tied embeddings if `tie`)."""
+    model, tok, ip = sft.build_tiny(kind, seed=seed)
+    if tie:
+        model.config.tie_word_embeddings = True
+        model.tie_weights()
+    for x in (model, tok, ip):
+        x.save_pretrained(folder / f"src-{kind}")
+    return folder / f"src-{kind}"
+
+
+def load_through_rank0(src: Path, d) -> tuple:
+    """(plain 1-process load, the same loaded the multi-rank way: rank 0 reads the weights, rank 1 builds on
+    the meta device, fully_shard, fill from rank 0) and a dict of checks that they are the same model."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    ref, tok, ip = sft.load_model(str(src))
+    model, _, _ = sft.load_model(str(src), meta=d.rank > 0)
+    on_meta = all(p.is_meta for p in model.parameters()) == (d.rank > 0)
+    for m in (ref, model):
+        sft.freeze_vision(m)
+    sft.enable_activation_checkpointing(model)
+    model = sft.shard_model(model, d.device, broadcast_from_rank0=True)
+    full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))   # on every rank
+    same = lambda a, b: a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    tied = lambda m: m.lm_head.weight is m.model.language_model.embed_tokens.weight
+    grads = lambda m: {n: p.requires_grad for n, p in m.named_parameters()}
+    checks = {"built_on_meta": on_meta, "state_dict": same(full, ref.state_dict()),
+              "buffers": same(dict(model.named_buffers()), dict(ref.named_buffers())),
+              "inv_freq": sum("inv_freq" in n for n, _ in model.named_buffers()) >= 2,
+              "requires_grad": grads(model) == grads(ref), "tied": tied(model) == tied(ref)}
+    return ref, model, tok, ip, checks
+
+
 def fsdp_worker(folder: Path) -> None:
-    """Runs under torchrun with 2 ranks: (a) tiny Qwen3-VL sharded: generate (ranks stop at different
-    lengths) equals the unsharded model, then a train step and a consolidated save; (b) the SFT CLI path
-    (sft.train) with FSDP2. One process group for both: re-creating a group under torchrun can race."""
+    """Runs under torchrun with 2 ranks: (a) saved tiny Qwen2.5-VL and tied Qwen3-VL loaded the multi-rank
+    way equal a plain load (weights, buffers, flags); the sharded Qwen3-VL generates (ranks stop at different
+    lengths) like the plain one, then a train step and a consolidated save; (b) the SFT CLI path (sft.train)
+    with FSDP2. One process group for all: re-creating a group under torchrun can race."""
     import faulthandler
     faulthandler.dump_traceback_later(int(os.environ.get("FSDP_WORKER_TIMEOUT", "240")), exit=True)  # no hangs
     data = folder / "sft.jsonl"
     d = sft.setup_dist(0)
-    ref, tok, ip = sft.load_model("tiny-qwen3")
-    model, _, _ = sft.load_model("tiny-qwen3")
+    checks = {"qwen25": load_through_rank0(folder / "src-tiny", d)[-1]}
+    ref, model, tok, ip, checks["qwen3"] = load_through_rank0(folder / "src-tiny-qwen3", d)
     recs = sft.read_jsonl(data)[d.rank * 2:d.rank * 2 + 2]
     batch = sft.encode([sft.build_messages(r["problem"]) for r in recs],
                        [sft.load_images(r, folder) for r in recs], tok, ip, padding_side="left")
     n_new = 6 if d.rank == 0 else 10
     expected = sft.generate(ref, batch, tok, max_new_tokens=n_new)
-    sft.enable_activation_checkpointing(model)
-    model = sft.shard_model(model, d.device)
     got = sft.generate(model, batch, tok, max_new_tokens=n_new)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     m = sft.train_step(model, opt, [sft.encode_records(recs, folder, tok, ip)], 1e-3, 1.0, d.device)
     sft.save_hf(model, tok, ip, str(folder / "qwen3"), dtype=torch.float32)
-    result = {"generate_equal": torch.equal(expected, got), "loss": m["loss"],
+    result = {"generate_equal": torch.equal(expected, got), "loss": m["loss"], "checks": checks,
               "units": sum(sft.is_fsdp(x) for x in model.modules())}
     (folder / f"rank{d.rank}.json").write_text(json.dumps(result))
     sft.train(run_cfg(data, folder / "fsdp", global_batch_size=3, micro_batch_size=1))   # destroys the group
@@ -351,22 +383,28 @@ def fsdp_worker(folder: Path) -> None:
 def test_fsdp2_two_ranks_equal_one_process(data, tmp_path):
     """2 gloo ranks with FSDP2 reach the same weights as one process on the same global batches
     (tolerance FSDP_TOL: only the summation order differs); generation on the sharded Qwen3-VL matches.
-    A global batch of 3 gives rank 1 one sample and one zero-weight filler micro-batch."""
+    A global batch of 3 gives rank 1 one sample and one zero-weight filler micro-batch. Both runs and the
+    sharded Qwen3-VL load the weights on rank 0 only (rank 1 on the meta device), which must give exactly
+    the weights, buffers (rotary inv_freq), requires_grad flags and tying of a plain load."""
     folder = data.parent
+    save_tiny_source(folder, "tiny", seed=2, tie=False)
+    save_tiny_source(folder, "tiny-qwen3", seed=1, tie=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(HERE)}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            str(HERE / "test_train.py"), "fsdp-worker", str(folder)]
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    sft.train(run_cfg(data, tmp_path / "single", global_batch_size=3, micro_batch_size=1))
-    assert max_diff(weights(folder / "fsdp"), weights(tmp_path / "single")) < FSDP_TOL
     for rank in range(2):
         res = json.loads((folder / f"rank{rank}.json").read_text())
+        assert all(ok for c in res["checks"].values() for ok in c.values()), (rank, res["checks"])
         assert res["generate_equal"] and math.isfinite(res["loss"])
         assert res["units"] == 2 + 1 + 2 + 1   # vision blocks, vision tower, decoder layers, root
+    sft.train(run_cfg(data, tmp_path / "single", global_batch_size=3, micro_batch_size=1))
+    assert max_diff(weights(folder / "fsdp"), weights(tmp_path / "single")) < FSDP_TOL
     from transformers import AutoModelForImageTextToText
-    assert type(AutoModelForImageTextToText.from_pretrained(str(folder / "qwen3"))).__name__ \
-        == "Qwen3VLForConditionalGeneration"
+    qwen3 = AutoModelForImageTextToText.from_pretrained(str(folder / "qwen3"))
+    assert type(qwen3).__name__ == "Qwen3VLForConditionalGeneration"
+    assert qwen3.lm_head.weight is qwen3.model.language_model.embed_tokens.weight   # its source was tied
     # the sharded 2-rank training state resumes in one process (resharding) like the 1-process state does
     shutil.copytree(folder / "fsdp", tmp_path / "fsdp")
     for name in ("fsdp", "single"):
