@@ -51,7 +51,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageDraw, ImageOps, UnidentifiedImageError
 
 import tasks
 
@@ -912,7 +912,7 @@ class OutputFolder:
         self.root, self.sync_seconds = Path(root), sync_seconds
         self.root.mkdir(parents=True, exist_ok=True)
         self._check_config(dataset_config)
-        self.resume_at, self.records, self.journal = self._repair()
+        self.resume_at, self.journal = self._repair()   # also sets self.records (the kept records)
         self.files = {name: open(self.root / f"{name}.jsonl", "ab") for name in ("train", "test", "progress")}
         self.pending, self.last_sync = [], time.monotonic()
 
@@ -932,7 +932,7 @@ class OutputFolder:
 
     def _repair(self):
         """Find the first job that is not completely on disk, roll every file back to before it, and delete
-        images that no kept record references. Returns (resume index, kept records by split, journal)."""
+        images that no kept record references. Sets self.records; returns (resume index, kept journal)."""
         journal = _read_jsonl(self.root / "progress.jsonl")
         recs = {s: _read_jsonl(self.root / f"{s}.jsonl") for s in ("train", "test")}
         by_id = {obj["id"]: obj for s in recs for _, obj in recs[s]}
@@ -952,7 +952,7 @@ class OutputFolder:
             kept[split] = [r for _, r in lines]
         self.records = kept
         self.prune_images()
-        return resume, kept, [e for _, e in kept_journal]
+        return resume, [e for _, e in kept_journal]
 
     def prune_images(self):
         """Delete every file under images/ that no record references (and any *.tmp)."""
@@ -968,7 +968,7 @@ class OutputFolder:
 
     def write_record(self, split, record):
         """Append one complete JSON line (its images are already on disk, written by the worker)."""
-        self.last_record = record
+        self.records[split].append(record)
         self.files[split].write((json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8"))
 
     def discard(self, example):
@@ -1146,7 +1146,6 @@ class Builder:
                 self.out.write_record(split, {"id": rid, "task": task, "problem": ex["problem"],
                                               "answer": ex["answer"], "images": ex["images"],
                                               "source": src.label, "meta": ex["meta"]})
-                self.out.records[split].append(self.out.last_record)
                 entry["accepted"].append(rid)
                 self.counts[task] += 1
                 if self.bar is not None:
@@ -1248,19 +1247,12 @@ def write_sft(cfg, root, train, quotas):
 # --------------------------------------------------------------------------------------------
 # Preview contact sheet, summary, benchmark
 # --------------------------------------------------------------------------------------------
-def _font(size):
-    try:
-        return ImageFont.load_default(size=size)
-    except (TypeError, OSError):  # Pillow built without FreeType: fixed-size bitmap font
-        return ImageFont.load_default()
-
-
 def make_preview(records, root, path, row_height=260, text_width=560):
     """One row per task: its images (scaled to row_height) next to the wrapped question and the answer."""
     first = {}
     for rec in records:
         first.setdefault(rec["task"], rec)
-    rows, font, bold = [], _font(15), _font(20)
+    rows, font, bold = [], tasks.font(15), tasks.font(20)
     for task in [t for t in tasks.TASKS if t in first]:
         rec = first[task]
         ims = [Image.open(root / p).convert("RGB") for p in rec["images"]]

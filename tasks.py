@@ -208,14 +208,18 @@ def reward(response: str, answer: str, task: str) -> float:
 
 # ----------------------------------------------------------------------------- drawing
 @functools.lru_cache(maxsize=64)
-def _font(size: int) -> ImageFont.FreeTypeFont:
-    return ImageFont.load_default(size=max(8, int(size)))
+def font(size: float) -> ImageFont.ImageFont:
+    """Pillow's bundled scalable font at `size` px (a fixed bitmap font if Pillow lacks FreeType)."""
+    try:
+        return ImageFont.load_default(size=max(8, int(size)))
+    except (TypeError, OSError):
+        return ImageFont.load_default()
 
 
 def _draw_tile_label(draw: ImageDraw.ImageDraw, x: int, y: int, text: str, size: int) -> None:
     """White label with a black outline at the top-left corner (x, y) of a tile: legible on any content."""
     pad = max(2, size // 4)
-    draw.text((x + pad, y + pad), text, font=_font(size), fill=(255, 255, 255),
+    draw.text((x + pad, y + pad), text, font=font(size), fill=(255, 255, 255),
               stroke_width=max(1, size // 8), stroke_fill=(0, 0, 0))
 
 
@@ -223,7 +227,7 @@ def _draw_marker(draw: ImageDraw.ImageDraw, cx: float, cy: float, text: str, rad
     """A numbered marker: white disc with a black rim and a black number, centred on (cx, cy)."""
     draw.ellipse((cx - radius, cy - radius, cx + radius, cy + radius), fill=(255, 255, 255),
                  outline=(0, 0, 0), width=max(1, int(radius / 6)))
-    draw.text((cx, cy), text, font=_font(radius * 1.4), fill=(0, 0, 0), anchor="mm")
+    draw.text((cx, cy), text, font=font(radius * 1.4), fill=(0, 0, 0), anchor="mm")
 
 
 def _grid_image(tiles: list, rows: int, cols: int, labels: list[str]) -> Image.Image:
@@ -256,7 +260,7 @@ def _split_tiles(rgb: np.ndarray, rows: int, cols: int) -> list:
 
 
 def _has_look_alikes(tiles: list) -> bool:
-    """True if two tiles are (nearly) the same picture, so the tile order would not be unique."""
+    """True if two tiles are (nearly) the same picture, so the answer would not be unique."""
     thumbs = np.stack([_thumb(t) for t in tiles]).reshape(len(tiles), -1)
     diffs = np.abs(thumbs[:, None] - thumbs[None]).mean(-1)
     return bool((diffs[~np.eye(len(tiles), dtype=bool)] < SAME_THRESHOLD).any())
@@ -350,9 +354,7 @@ def make_crop(rgb: np.ndarray, rng: np.random.Generator) -> Example | Rejected:
     slot = int(rng.integers(4))
     kinds.insert(slot, "true")
     patches = [rgb[y:y + s, x:x + s] if k == "true" else crop_distractor(rgb, x, y, s, k) for k in kinds]
-    thumbs = np.stack([_thumb(p) for p in patches]).reshape(4, -1)
-    diffs = np.abs(thumbs[:, None] - thumbs[None]).mean(-1)
-    if (diffs[~np.eye(4, dtype=bool)] < SAME_THRESHOLD).any():
+    if _has_look_alikes(patches):
         return Rejected("look-alike-candidates")
     masked = rgb.copy()
     masked[y:y + s, x:x + s] = 0
