@@ -15,7 +15,7 @@ the buffers from rank 0 (load_model(meta=True), shard_model(broadcast_from_rank0
 Paper → code (cold start = official training/SFT-coldstart, LLaMA-Factory configs)
   prompt = problem + " " + CoT prompt, <image> items   → build_messages() (tasks.with_cot)
   chat template + image tokens + M-RoPE inputs          → encode(), tokenize_conversation(), collate()
-  loss on response tokens only, token mean              → sft_loss(), supervised_positions(), train_step()
+  loss on response tokens only, token mean              → sft_loss(), token_logprobs(), train_step()
   5 epochs, lr 1e-5, cosine, 10% warmup                 → Config, lr_at()
   global batch 256 = 4 per device × 8 accum × 8 GPUs    → Config, micro_batches()
   cutoff 4096 tokens, images ≤ 512² px                  → Config.max_length, Config.max_pixels, prepare_records()
@@ -161,34 +161,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # ----------------------------------------------------------------------------- pure math
-def sft_loss(logits: torch.Tensor, targets: torch.Tensor, normalizer: float) -> tuple:
+def sft_loss(logp: torch.Tensor, labels: torch.Tensor, normalizer: float) -> tuple:
     """Cross entropy of the supervised (response) tokens, summed and divided by a fixed normalizer.
 
-    L = Σ_{i: y_i ≠ -100} −log softmax(z_i)[y_i] / normalizer
-    logits z: (..., V) where z_i predicts target y_i; targets y: (...) with -100 = not supervised. To get the
-    token mean over a global batch split into micro-batches and ranks, pass normalizer = N_global / world:
-    the micro-batch losses of a rank then sum to Σ_rank / N_global · world, and FSDP's gradient mean over
-    ranks gives exactly the global token mean, independent of the split.
-    Returns (loss, {"loss_sum": detached Σ, "tokens": number of supervised tokens}).
+    L = Σ_{t: y_t ≠ -100} −log p(y_t) / normalizer, with logp = token_logprobs(model, batch, labels) (B, T)
+    and labels y (B, T), -100 = not supervised. To get the token mean over a global batch split into
+    micro-batches and ranks, pass normalizer = N_global / world: the micro-batch losses of a rank then sum
+    to Σ_rank / N_global · world, and FSDP's gradient mean over ranks gives exactly the global token mean,
+    independent of the split. Returns (loss, {"loss_sum": detached Σ, "tokens": supervised tokens}).
     """
-    z = logits.reshape(-1, logits.shape[-1]).float()                # (N, V)
-    y = targets.reshape(-1)                                         # (N,)
-    tok_loss = F.cross_entropy(z, y, ignore_index=IGNORE_INDEX, reduction="sum")
-    return tok_loss / normalizer, {"loss_sum": tok_loss.detach(), "tokens": int((y != IGNORE_INDEX).sum())}
-
-
-def supervised_positions(labels: torch.Tensor) -> tuple:
-    """(keep, targets): the positions whose next token is supervised, and those next tokens.
-
-    keep[b, t] = labels[b, t+1] ≠ -100, a (B, T) bool mask passed to the model as logits_to_keep, so the
-    LM head (vocab 152k on real models) only runs on response positions; targets = labels[b, t+1] at the
-    kept positions, (N,). A batch without supervised tokens keeps position (0, 0) with target -100, so the
-    loss is 0 but still connected to every parameter (FSDP needs the backward)."""
-    keep = torch.zeros_like(labels, dtype=torch.bool)               # (B, T)
-    keep[:, :-1] = labels[:, 1:] != IGNORE_INDEX
-    if not keep.any():
-        keep[0, 0] = True
-    return keep, labels.roll(-1, dims=1)[keep]                      # (B, T), (N,)
+    tok_loss = -logp.sum()              # token_logprobs is 0 where labels = -100
+    return tok_loss / normalizer, {"loss_sum": tok_loss.detach(), "tokens": int((labels != IGNORE_INDEX).sum())}
 
 
 def lr_at(step: int, total_steps: int, peak_lr: float, warmup_ratio: float) -> float:
@@ -620,36 +603,141 @@ def is_fsdp(model) -> bool:
     return isinstance(model, FSDPModule)
 
 
-@torch.no_grad()
-def generate(model, batch: dict, tokenizer, max_new_tokens: int = 256, do_sample: bool = False,
-             temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0, num_return_sequences: int = 1):
-    """Completion ids (B·n, ≤ max_new_tokens) for a left-padded encode() batch, padded after <|im_end|>.
+# ----------------------------------------------------------------------------- log-probs
+def _head_logprobs(h: torch.Tensor, weight: torch.Tensor, bias, targets: torch.Tensor, temperature: float,
+                   with_entropy: bool) -> tuple:
+    """log p(target) and entropy for rows of hidden states h (n, H): z = (h Wᵀ + b) / τ in fp32,
+    log p = z[y] − logsumexp(z), entropy = −Σ softmax(z) log softmax(z) (detached)."""
+    z = F.linear(h, weight, bias).float() / temperature                    # (n, V) fp32
+    logz = torch.logsumexp(z, dim=-1)                                       # (n,)
+    logp = z.gather(-1, targets[:, None]).squeeze(-1) - logz               # (n,)
+    ent = torch.zeros_like(logp)
+    if with_entropy:
+        with torch.no_grad():
+            lsm = z.detach() - logz.detach()[:, None]
+            ent = -(lsm.exp() * lsm).sum(-1)
+    return logp, ent
 
-    The image/video/vision tokens are suppressed (a sampled <|image_pad|> would break the next forward).
-    A fresh GenerationConfig overrides the checkpoint's sampling defaults. On an FSDP2 model every unit is
-    kept unsharded for the whole call (one all-gather per unit, not per token) and resharded afterwards."""
+
+def chunked_head_logprobs(h: torch.Tensor, weight: torch.Tensor, bias, targets: torch.Tensor,
+                          temperature: float = 1.0, chunk_size: int = 1024, with_entropy: bool = False) -> tuple:
+    """(log p, entropy) of `targets` (n,) under the LM head applied to hidden rows h (n, H), chunk_size rows
+    at a time, so at most chunk_size × V fp32 logits exist at once. With grad enabled every chunk is
+    activation-checkpointed: its logits are recomputed in the backward instead of kept (n × V never lives)."""
+    from torch.utils.checkpoint import checkpoint
+    grad = torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad)
+    logps, ents = [], []
+    for i in range(0, h.shape[0], chunk_size):
+        args = (h[i:i + chunk_size], weight, bias, targets[i:i + chunk_size], temperature, with_entropy)
+        lp, ent = checkpoint(_head_logprobs, *args, use_reentrant=False) if grad else _head_logprobs(*args)
+        logps.append(lp)
+        ents.append(ent.detach())
+    return torch.cat(logps), torch.cat(ents)
+
+
+def token_logprobs(model, batch: dict, labels: torch.Tensor, temperature: float = 1.0, chunk_size: int = 1024,
+                   with_entropy: bool = False):
+    """Per-token log-probs of `labels` under the model: (B, T) fp32, 0 where labels = -100.
+
+    logp[b, t] = log_softmax(lm_head(h[b, t−1]) / τ)[labels[b, t]], h = the last hidden states of one forward
+    of the model body on `batch` (an encode() batch; its "labels" key is ignored). The LM head runs only at
+    the supervised positions (logits_to_keep mask), in chunks (chunked_head_logprobs), with an fp32
+    log-softmax: no (B, T, V) logits tensor. It runs inside the model's own forward (the head's forward is
+    swapped for the call), so it works on an FSDP2-sharded model (root parameters unsharded by its hooks)
+    and a plain one, and is differentiable when grad is enabled. with_entropy=True also returns the
+    (detached) entropy of each of those distributions, (B, T). A batch without supervised tokens still
+    runs the head on one position with weight 0 (every rank's backward must reach every FSDP unit)."""
+    device = next(model.parameters()).device
+    labels = labels.to(device)
+    keep = torch.zeros_like(labels, dtype=torch.bool)                      # keep[b, t]: h[b, t] predicts t+1
+    keep[:, :-1] = labels[:, 1:] != IGNORE_INDEX
+    empty = not bool(keep.any())
+    if empty:
+        keep[0, 0] = True
+    targets = labels[:, 1:][keep[:, :-1]] if not empty else torch.zeros(1, dtype=torch.long, device=device)
+    head, extra = model.get_output_embeddings(), {}
+
+    def head_forward(h):                                                    # h: (N, H) at kept positions
+        logp, extra["entropy"] = chunked_head_logprobs(h, head.weight, head.bias, targets, temperature,
+                                                       chunk_size, with_entropy)
+        return logp
+    inputs = {k: v.to(device) for k, v in batch.items() if k != "labels"}
+    head.forward = head_forward
+    try:
+        logp = model(**inputs, use_cache=False, logits_to_keep=keep).logits                      # (N,)
+    finally:
+        del head.forward
+    shifted = torch.zeros_like(keep)
+    shifted[:, 1:] = keep[:, :-1]
+    if empty:
+        logp, shifted = logp * 0.0, keep                                   # connected to the graph, all zero
+    out = torch.zeros(labels.shape, dtype=torch.float32, device=device).masked_scatter(shifted, logp)
+    if not with_entropy:
+        return out
+    ent = torch.zeros(labels.shape, dtype=torch.float32, device=device).masked_scatter(shifted, extra["entropy"])
+    return out, (ent * 0.0 if empty else ent)
+
+
+def generation_config(tokenizer, max_new_tokens: int = 1024, do_sample: bool = False, temperature: float = 1.0,
+                      top_p: float = 1.0, top_k: int = 0, num_return_sequences: int = 1):
+    """A GenerationConfig with every decoding field set: plain greedy (do_sample=False) or plain sampling
+    with the given temperature / top-p / top-k (0 = off); no repetition penalty, n-gram ban, min-p, typical-p,
+    ε/η cutoffs, length constraints or forced tokens; stops at <|im_end|>; vision tokens suppressed.
+    generate() also swaps it in as model.generation_config for the call, so no field a checkpoint's
+    generation_config.json sets (Qwen2.5-VL: repetition_penalty 1.05, top_k 1, ...) is inherited."""
     from transformers import GenerationConfig
-    sampling = dict(temperature=temperature, top_p=top_p, top_k=top_k) if do_sample else {}
-    gc = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=do_sample, **sampling,
-                          num_return_sequences=num_return_sequences,
-                          eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
-                          pad_token_id=tokenizer.pad_token_id,
-                          suppress_tokens=tokenizer.convert_tokens_to_ids(list(VISION_TOKENS)))
+    eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    return GenerationConfig(
+        max_new_tokens=max_new_tokens, min_new_tokens=0, min_length=0, do_sample=do_sample, num_beams=1,
+        num_return_sequences=num_return_sequences, temperature=temperature if do_sample else 1.0,
+        top_p=top_p if do_sample else 1.0, top_k=top_k if do_sample else 0, min_p=0.0, typical_p=1.0,
+        epsilon_cutoff=0.0, eta_cutoff=0.0, repetition_penalty=1.0, encoder_repetition_penalty=1.0,
+        no_repeat_ngram_size=0, encoder_no_repeat_ngram_size=0, length_penalty=1.0, renormalize_logits=False,
+        bad_words_ids=None, sequence_bias=None, forced_bos_token_id=None, forced_eos_token_id=None,
+        exponential_decay_length_penalty=None, begin_suppress_tokens=None, remove_invalid_values=False,
+        suppress_tokens=tokenizer.convert_tokens_to_ids(list(VISION_TOKENS)), eos_token_id=eos,
+        pad_token_id=tokenizer.pad_token_id, bos_token_id=None, use_cache=True,
+        output_scores=False, return_dict_in_generate=False)
+
+
+def completion_mask(ids: torch.Tensor, eos_id: int, pad_id: int) -> tuple:
+    """(ids, mask) for completions (N, L): mask[r, j] is True up to and including the first eos (all of
+    the row when it has none); ids after it are set to pad_id. The pad token itself may be sampled, so the
+    mask comes from the eos position, never from `ids != pad`."""
+    is_eos = ids == eos_id
+    after = (is_eos.long().cumsum(1) - is_eos.long()) > 0                 # strictly after the first eos
+    return ids.masked_fill(after, pad_id), ~after
+
+
+@torch.no_grad()
+def generate(model, batch: dict, tokenizer, *, max_new_tokens: int = 1024, do_sample: bool = False,
+             temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0, num_return_sequences: int = 1):
+    """Completions of a left-padded encode() batch: (ids (N, L), mask (N, L)), N = B · num_return_sequences,
+    rows grouped by prompt (rows i·n … i·n+n−1 are prompt i's), L ≤ max_new_tokens.
+
+    mask marks the completion up to and including the first <|im_end|> (completion_mask); ids after it are
+    the pad id. Every sampling field is explicit (generation_config()), nothing comes from the checkpoint;
+    vision tokens are never generated. On an FSDP2 model every unit is kept unsharded for the whole call
+    (one all-gather per unit, not per token) and resharded afterwards; ranks stay in step (synced_gpus).
+    This is the simple path (CPU, tests); on CUDA use RolloutEngine for rollouts and evaluation."""
+    gc = generation_config(tokenizer, max_new_tokens, do_sample, temperature, top_p, top_k, num_return_sequences)
     inputs = {k: v.to(next(model.parameters()).device) for k, v in batch.items() if k != "labels"}
     units = [m for m in model.modules() if is_fsdp(m)]
     for m in units:
         m.set_reshard_after_forward(False, recurse=False)
-    was_training = model.training
+    was_training, saved_gc = model.training, model.generation_config
     model.eval()
+    model.generation_config = gc
     try:
         out = model.generate(**inputs, generation_config=gc,
                              synced_gpus=bool(units) and dist.is_initialized() and dist.get_world_size() > 1)
     finally:
+        model.generation_config = saved_gc
         model.train(was_training)
         for m in units:
             m.reshard()
             m.set_reshard_after_forward(m is not model, recurse=False)
-    return out[:, inputs["input_ids"].shape[1]:]
+    return completion_mask(out[:, inputs["input_ids"].shape[1]:], gc.eos_token_id, tokenizer.pad_token_id)
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -759,9 +847,8 @@ def train_step(model, optimizer, batches: list, lr: float, max_grad_norm: float,
         if fsdp:  # reduce-scatter gradients only after the last micro-batch
             model.set_requires_gradient_sync(i == len(batches) - 1)
         b = {k: v.to(device) for k, v in b.items()}
-        keep, targets = supervised_positions(b.pop("labels"))        # (B, T), (N,)
-        logits = model(**b, use_cache=False, logits_to_keep=keep).logits    # (N, V)
-        loss, m = sft_loss(logits, targets, n_global / world)
+        labels = b.pop("labels")
+        loss, m = sft_loss(token_logprobs(model, b, labels), labels, n_global / world)
         loss.backward()
         loss_sum += float(m["loss_sum"])
         seen += int(b["attention_mask"].sum())

@@ -76,36 +76,59 @@ def max_diff(a: dict, b: dict) -> float:
 
 # ----------------------------------------------------------------------------- pure functions
 def test_sft_loss_hand_computed():
-    """Mean −log p over the supervised targets only, divided by the given normalizer."""
-    logits = torch.zeros(3, 4)
-    logits[0, 2] = math.log(3.0)             # p(2) = 3/6 at position 0; uniform 1/4 elsewhere
-    targets = torch.tensor([2, 1, -100])
-    loss, m = sft.sft_loss(logits, targets, normalizer=2.0)
+    """Minus the sum of the supervised tokens' log-probs, divided by the given normalizer."""
+    logp = torch.tensor([[0.0, math.log(0.5), math.log(0.25), 0.0]])
+    labels = torch.tensor([[-100, 7, 8, -100]])
+    loss, m = sft.sft_loss(logp, labels, normalizer=2.0)
     expected = (-math.log(0.5) - math.log(0.25)) / 2
     assert m["tokens"] == 2 and abs(float(loss) - expected) < 1e-6
 
 
-def test_supervised_positions_shift_by_one():
-    """Position t is kept when token t+1 is a response token; its target is that token."""
-    labels = torch.tensor([[-100, -100, 7, 8, -100], [-100, 5, -100, -100, -100]])
-    keep, targets = sft.supervised_positions(labels)
-    assert keep.nonzero().tolist() == [[0, 1], [0, 2], [1, 0]] and targets.tolist() == [7, 8, 5]
-    keep, targets = sft.supervised_positions(torch.full((2, 3), -100))
-    assert keep.nonzero().tolist() == [[0, 0]] and targets.tolist() == [-100]
+def full_logits_logprobs(model, batch: dict, labels: torch.Tensor, temperature: float) -> tuple:
+    """The plain reference: full (B, T, V) logits, shifted by one, log_softmax(z / τ) gathered at the labels."""
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    z = model(**inputs, use_cache=False).logits.float() / temperature          # (B, T, V)
+    lsm = torch.log_softmax(z[:, :-1], -1)                                      # position t-1 predicts t
+    mask = labels[:, 1:] != -100
+    got = lsm.gather(-1, labels[:, 1:].clamp(min=0)[..., None]).squeeze(-1) * mask
+    ent = -(lsm.exp() * lsm).sum(-1) * mask
+    pad = torch.zeros(labels.shape[0], 1)
+    return torch.cat([pad, got], 1), torch.cat([pad, ent], 1)
 
 
-def test_sft_loss_equals_full_logits_shifted_cross_entropy():
-    """Computing the LM head only at the kept positions gives the ordinary shifted-label loss."""
-    torch.manual_seed(0)
-    full = torch.randn(2, 5, 7, requires_grad=True)
-    labels = torch.tensor([[-100, -100, 3, 4, -100], [-100, 1, 2, -100, -100]])
-    keep, targets = sft.supervised_positions(labels)
-    loss, _ = sft.sft_loss(full[keep], targets, 1.0)
-    ref = torch.nn.functional.cross_entropy(full[:, :-1].reshape(-1, 7), labels[:, 1:].reshape(-1),
-                                            ignore_index=-100, reduction="sum")
-    assert torch.allclose(loss, ref)
-    loss.backward()
-    assert (full.grad.abs().sum(-1) > 0).nonzero().tolist() == keep.nonzero().tolist()
+@pytest.mark.parametrize("kind", ["tiny", "tiny-qwen3"])
+def test_token_logprobs_equal_full_logits(data, kind):
+    """token_logprobs (LM head at supervised positions only, chunked, fp32) equals log_softmax of the full
+    logits, with a temperature, entropy included, and so do the gradients; unsupervised positions are 0."""
+    model, tok, ip = sft.load_model(kind)
+    recs = sft.read_jsonl(data)[:3]
+    recs[1] = dict(recs[1], response=recs[1]["response"] + " Done, it is dark indeed.")   # unequal lengths
+    batch = sft.encode_records(recs, data.parent, tok, ip)
+    labels = batch["labels"]
+    for tau in (1.0, 0.7):
+        ref, ref_ent = full_logits_logprobs(model, batch, labels, tau)
+        ref.sum().backward()
+        ref_grads = [p.grad.clone() for p in model.parameters()]
+        model.zero_grad()
+        got, ent = sft.token_logprobs(model, batch, labels, temperature=tau, chunk_size=7, with_entropy=True)
+        got.sum().backward()
+        assert got.shape == labels.shape and got.dtype == torch.float32 and not ent.requires_grad
+        assert bool((got[labels == -100] == 0).all()) and bool((got[labels != -100] < 0).all())
+        assert torch.allclose(got, ref, atol=1e-5) and torch.allclose(ent, ref_ent, atol=1e-5)
+        for p, g in zip(model.parameters(), ref_grads):
+            assert torch.allclose(p.grad, g, atol=1e-5)
+        model.zero_grad()
+
+
+def test_token_logprobs_without_supervised_tokens_is_zero_but_connected(data):
+    """A batch without supervised tokens (a zero-weight filler) gives all zeros and still back-propagates to
+    the LM head (every FSDP unit must take part in the backward)."""
+    model, tok, ip = sft.load_model("tiny")
+    batch = sft.encode_records(sft.read_jsonl(data)[:1], data.parent, tok, ip)
+    logp = sft.token_logprobs(model, batch, torch.full_like(batch["labels"], -100))
+    assert bool((logp == 0).all())
+    logp.sum().backward()
+    assert model.lm_head.weight.grad is not None and float(model.lm_head.weight.grad.abs().sum()) == 0.0
 
 
 def test_lr_schedule_matches_cosine_with_warmup():
@@ -221,6 +244,11 @@ def test_bad_records_error_or_skip(tmp_path):
     assert [r["id"] for r in kept] == ["r0", "r1"] and skipped == 3
 
 
+def prompt_batch(tok, ip) -> dict:
+    return sft.encode([sft.build_messages("<image>Which?"), sft.build_messages("Why <image>?")],
+                      [[Image.new("RGB", (56, 56))], [Image.new("RGB", (84, 56), (200, 10, 10))]], tok, ip, "left")
+
+
 def test_generate_never_emits_vision_tokens():
     """generate() suppresses <|image_pad|> & co. even when the model prefers them (a sampled image token
     would break the next log-prob forward); sampling returns n rows per prompt."""
@@ -229,12 +257,62 @@ def test_generate_never_emits_vision_tokens():
     bias = torch.zeros(model.config.get_text_config().vocab_size)
     bias[vision_ids] = 50.0
     model.lm_head.register_forward_hook(lambda mod, inp, out: out + bias)
-    batch = sft.encode([sft.build_messages("<image>Which?"), sft.build_messages("Why <image>?")],
-                       [[Image.new("RGB", (56, 56))], [Image.new("RGB", (84, 56))]], tok, ip, "left")
-    greedy = sft.generate(model, batch, tok, max_new_tokens=5)
-    sampled = sft.generate(model, batch, tok, max_new_tokens=5, do_sample=True, num_return_sequences=3)
+    batch = prompt_batch(tok, ip)
+    greedy, _ = sft.generate(model, batch, tok, max_new_tokens=5)
+    sampled, _ = sft.generate(model, batch, tok, max_new_tokens=5, do_sample=True, num_return_sequences=3)
     assert greedy.shape == (2, 5) and sampled.shape == (6, 5)
     assert not any(t in vision_ids for t in greedy.flatten().tolist() + sampled.flatten().tolist())
+
+
+def test_completion_mask_runs_through_the_first_im_end():
+    """The mask covers the completion up to and including the first <|im_end|> (2); a sampled pad token (0)
+    before it is part of the completion; everything after it is masked and set to pad."""
+    ids = torch.tensor([[5, 0, 2, 7, 2], [5, 6, 7, 8, 9], [2, 4, 0, 0, 0]])
+    out, mask = sft.completion_mask(ids, eos_id=2, pad_id=0)
+    assert mask.tolist() == [[True, True, True, False, False], [True] * 5, [True, False, False, False, False]]
+    assert out.tolist() == [[5, 0, 2, 0, 0], [5, 6, 7, 8, 9], [2, 0, 0, 0, 0]]
+
+
+def manual_greedy(model, batch: dict, n: int, banned: list) -> torch.Tensor:
+    """Independent greedy decoding: full forward each step, argmax of the last logits (banned ids masked)."""
+    b = {k: v for k, v in batch.items() if k != "labels"}
+    out = []
+    for _ in range(n):
+        z = model(**b, use_cache=False).logits[:, -1]
+        z[:, banned] = -float("inf")
+        nxt = z.argmax(-1, keepdim=True)
+        out.append(nxt)
+        b["input_ids"] = torch.cat([b["input_ids"], nxt], 1)
+        for key in ("attention_mask", "mm_token_type_ids"):
+            b[key] = torch.cat([b[key], torch.full_like(nxt, 1 if key == "attention_mask" else 0)], 1)
+    return torch.cat(out, 1)
+
+
+def test_generate_ignores_the_checkpoints_sampling_settings():
+    """Sampling fields planted in model.generation_config (as a checkpoint's generation_config.json would set
+    them: Qwen2.5-VL ships repetition_penalty 1.05) change nothing: greedy equals an independent argmax loop,
+    and seeded sampling is the same with and without them. Without the guard the plant does change the
+    output (so this test can fail)."""
+    from transformers import GenerationConfig
+    model, tok, ip = sft.load_model("tiny")
+    batch = prompt_batch(tok, ip)
+    banned = tok.convert_tokens_to_ids(list(sft.VISION_TOKENS))
+    clean_greedy, mask = sft.generate(model, batch, tok, max_new_tokens=12)
+    torch.manual_seed(0)
+    clean_sampled, _ = sft.generate(model, batch, tok, max_new_tokens=12, do_sample=True, num_return_sequences=2)
+    assert torch.equal(clean_greedy[mask], manual_greedy(model, batch, 12, banned)[mask])
+    plant = dict(repetition_penalty=5.0, no_repeat_ngram_size=2, top_k=1, temperature=0.05, min_new_tokens=12,
+                 do_sample=True, typical_p=0.5, min_p=0.9)
+    for k, v in plant.items():
+        setattr(model.generation_config, k, v)
+    planted_greedy, _ = sft.generate(model, batch, tok, max_new_tokens=12)
+    torch.manual_seed(0)
+    planted_sampled, _ = sft.generate(model, batch, tok, max_new_tokens=12, do_sample=True, num_return_sequences=2)
+    assert torch.equal(planted_greedy, clean_greedy) and torch.equal(planted_sampled, clean_sampled)
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    naive = model.generate(**inputs, generation_config=GenerationConfig(max_new_tokens=12, do_sample=False,
+                                                                        pad_token_id=0, eos_token_id=2))
+    assert not torch.equal(naive[:, batch["input_ids"].shape[1]:], clean_greedy)   # the plant bites there
 
 
 def test_benchmark_3b_shape_has_the_published_size():
@@ -273,7 +351,7 @@ def greedy_answers(model_dir: str, records: list, root: Path) -> list:
     tok, ip = AutoTokenizer.from_pretrained(model_dir), AutoImageProcessor.from_pretrained(model_dir)
     batch = sft.encode([sft.build_messages(r["problem"]) for r in records],
                        [sft.load_images(r, root) for r in records], tok, ip, padding_side="left")
-    out = sft.generate(model, batch, tok, max_new_tokens=24)
+    out, _ = sft.generate(model, batch, tok, max_new_tokens=24)
     return tok.batch_decode(out, skip_special_tokens=True)
 
 
@@ -371,10 +449,15 @@ def fsdp_worker(folder: Path) -> None:
     n_new = 6 if d.rank == 0 else 10
     expected = sft.generate(ref, batch, tok, max_new_tokens=n_new)
     got = sft.generate(model, batch, tok, max_new_tokens=n_new)
+    train_batch = sft.encode_records(recs, folder, tok, ip)
+    ref_logp = sft.token_logprobs(ref, train_batch, train_batch["labels"], temperature=0.7, chunk_size=5)
+    logp = sft.token_logprobs(model, train_batch, train_batch["labels"], temperature=0.7, chunk_size=5)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    m = sft.train_step(model, opt, [sft.encode_records(recs, folder, tok, ip)], 1e-3, 1.0, d.device)
+    m = sft.train_step(model, opt, [train_batch], 1e-3, 1.0, d.device)
     sft.save_hf(model, tok, ip, str(folder / "qwen3"), dtype=torch.float32)
-    result = {"generate_equal": torch.equal(expected, got), "loss": m["loss"], "checks": checks,
+    result = {"generate_equal": all(torch.equal(a, b) for a, b in zip(expected, got)),
+              "logprobs_equal": torch.allclose(logp.detach(), ref_logp.detach(), atol=1e-5),
+              "loss": m["loss"], "checks": checks,
               "units": sum(sft.is_fsdp(x) for x in model.modules())}
     (folder / f"rank{d.rank}.json").write_text(json.dumps(result))
     sft.train(run_cfg(data, folder / "fsdp", global_batch_size=3, micro_batch_size=1))   # destroys the group
@@ -397,7 +480,7 @@ def test_fsdp2_two_ranks_equal_one_process(data, tmp_path):
     for rank in range(2):
         res = json.loads((folder / f"rank{rank}.json").read_text())
         assert all(ok for c in res["checks"].values() for ok in c.values()), (rank, res["checks"])
-        assert res["generate_equal"] and math.isfinite(res["loss"])
+        assert res["generate_equal"] and res["logprobs_equal"] and math.isfinite(res["loss"])
         assert res["units"] == 2 + 1 + 2 + 1   # vision blocks, vision tower, decoder layers, root
     sft.train(run_cfg(data, tmp_path / "single", global_batch_size=3, micro_batch_size=1))
     assert max_diff(weights(folder / "fsdp"), weights(tmp_path / "single")) < FSDP_TOL
