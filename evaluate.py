@@ -276,8 +276,8 @@ def mra(pred: float | None, gt: float) -> float:
     """Mean relative accuracy (VSI-Bench): mean over θ ∈ {0.50, …, 0.95} of 1[|pred − gt| / gt < 1 − θ]."""
     if pred is None or gt == 0 or not math.isfinite(pred):
         return 0.0
-    rel = abs(pred - gt) / abs(gt)
-    return sum(rel < 1 - t for t in MRA_THRESHOLDS) / len(MRA_THRESHOLDS)
+    r20 = 20 * abs(pred - gt) / abs(gt)   # θ_k = 0.50 + 0.05k: rel < 1 - θ_k ⇔ 20·rel < 10 - k (exact in floats)
+    return sum(r20 < 10 - k for k in range(len(MRA_THRESHOLDS))) / len(MRA_THRESHOLDS)
 
 
 def first_number(text: str) -> float | None:

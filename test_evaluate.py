@@ -1,0 +1,367 @@
+"""Tests of evaluate.py: every scoring rule against hand-computed cases, each benchmark's released file format
+(built here: tiny images, a few rows, the odd cases) end to end on the tiny model, resume, bad input.
+
+    python -m pytest -q test_evaluate.py
+"""
+import base64
+import csv
+import importlib.util
+import io
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+import evaluate as ev
+
+TINY_PIXELS = [f"{b}=784:3136" for b in ev.BENCH_NAMES]
+
+
+def cfg(tmp_path, **kw):
+    base = dict(model="tiny", bench=["pretext"], data=[], out=str(tmp_path / "out"), max_new_tokens=3,
+                batch_size=4, pixels=TINY_PIXELS, progress=False, plot=False)
+    base.update(kw)
+    return ev.Config(**base)
+
+
+def png_bytes(color=(200, 30, 30), size=(28, 28), fmt="PNG") -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", size, color).save(buf, fmt)
+    return buf.getvalue()
+
+
+def b64(color=(200, 30, 30)) -> str:
+    return base64.b64encode(png_bytes(color)).decode()
+
+
+def write_tsv(path: Path, header: list, rows: list) -> Path:
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f, delimiter="\t")
+        w.writerow(header)
+        w.writerows(rows)
+    return path
+
+
+# ----------------------------------------------------------------------------- scoring rules
+@pytest.mark.parametrize("text,expected", [
+    ("B", "B"), ("(B)", "B"), ("B. right", "B"), ("\\text{C}", "C"), ("Answer: D.", "D"),
+    ("A or B", None),                  # several letters name no option
+    ("the object is on the right", "B"),   # no letter: the one option text that occurs
+    ("left or right", None),           # two option texts
+    ("a", None), ("", None), ("E", None)])
+def test_match_option(text, expected):
+    assert ev.match_option(text, {"A": "left", "B": "right", "C": "front", "D": "back"}) == expected
+
+
+def test_answer_text_takes_last_box_for_cot():
+    assert ev.answer_text("<think>\\boxed{A}</think> so \\boxed{B}", cot=True) == "B"
+    assert ev.answer_text("  no box here ", cot=True) == "no box here"
+    assert ev.answer_text("\\boxed{B}", cot=False) == "\\boxed{B}"
+
+
+@pytest.mark.parametrize("gt,pred,ok", [
+    ("3", "three", True), ("3", "Three.", True), ("No", "0", True), ("No", "none", True), ("Yes", "2", True),
+    ("Yes", "0", False), ("Yes", "no", False), ("red", "Red", True), ("red", "blue", False),
+    ("suv", "sedan", True), ("school bus", "bus", True), ("suv", "airliner", False), ("4", "5", False)])
+def test_spatial457_correct(gt, pred, ok):
+    assert ev.spatial457_correct(gt, pred) is ok
+
+
+@pytest.mark.parametrize("text,cm", [
+    ("so \\scalar{1-2} \\distance_unit{meters}", 150.0),      # range → mean 1.5 m
+    ("\\scalar{3} \\distance_unit{feet}", 3 * 30.48),
+    ("1.5 meters", 150.0), ("about 30 cm", 30.0), ("12 inches", 12 * 2.54), ("2 \\text{m}", 200.0),
+    ("no idea", None), ("3 parsecs", None)])
+def test_parse_quantity(text, cm):
+    got = ev.parse_quantity(text)
+    assert (got is None and cm is None) or got == pytest.approx(cm)
+
+
+def test_delta_thresholds():
+    assert ev.delta_ok(150, 100) and not ev.delta_ok(150, 100, 1.5)     # ratio 1.5: δ₂ yes, δ₁.₅ no (strict)
+    assert not ev.delta_ok(200, 100)                                     # ratio exactly 2 fails
+    assert ev.delta_ok(60, 100) and not ev.delta_ok(60, 100, 1.5)        # 100/60 = 1.67
+    assert not ev.delta_ok(None, 100) and not ev.delta_ok(0, 100)
+    assert ev.to_cm(2, "Feet") == pytest.approx(60.96) and ev.to_cm(1, "parsec") is None
+
+
+@pytest.mark.parametrize("pred,gt,score", [
+    (10, 10, 1.0),    # rel 0: all ten thresholds
+    (12, 10, 0.6),    # rel .2 < 1-θ for θ = .50 … .75
+    (13, 10, 0.4),    # rel .3: θ = .50 … .65 (θ = .70 is a tie, strict)
+    (8, 10, 0.6), (15, 10, 0.0), (None, 10, 0.0), (3, 0, 0.0)])
+def test_mra(pred, gt, score):
+    assert ev.mra(pred, gt) == pytest.approx(score)
+
+
+def test_vsi_macro_and_micro():
+    rows = [("object_counting", 1.0), ("object_counting", 0.5), ("object_rel_direction_easy", 1.0),
+            ("object_rel_direction_hard", 0.0), ("route_planning", 0.0)]
+    got = ev.vsi_averages(rows)
+    assert got["micro"] == pytest.approx(100 * 2.5 / 5)
+    assert got["macro"] == pytest.approx(100 * (0.75 + 0.5 + 0.0) / 3)   # easy/hard merged first
+
+
+def test_3dsrbench_circular_and_flip():
+    rows = [("VIN6MS3J", True), ("VIN6MS3J-1", True), ("VIN6MS3J-flip", True), ("VIN6MS3J-flip-1", False),
+            ("ABCDEFGH", True)]
+    got = ev.dsr_group_scores(rows)
+    assert got["vanilla"] == pytest.approx(80.0)
+    assert got["flip"] == pytest.approx(100 * 2 / 3)           # {base, flip}, {-1, flip-1}✗, {ABCDEFGH}
+    assert got["circular"] == pytest.approx(100 * 2 / 3)       # {base, -1}, {flip, flip-1}✗, {ABCDEFGH}
+    assert got["flip_circular"] == pytest.approx(50.0)         # {all four}✗, {ABCDEFGH}
+
+
+def test_whatsup_both_modes():
+    truth = {"answer": "C", "options": {"A": "a cup under a table", "B": "a cup left of a table",
+                                        "C": "a cup on a table", "D": "a cup right of a table"}}
+    strict, quirks = ev.Config(bench=["whatsup"]), ev.Config(bench=["whatsup"], paper_quirks=True)
+    assert ev.score_whatsup("<think>x</think> \\boxed{C}", truth, strict)["correct"] == 1.0
+    assert ev.score_whatsup("<think>x</think> \\boxed{A}", truth, strict)["correct"] == 0.0
+    assert ev.score_whatsup("\\boxed{A or C}", truth, strict)["correct"] == 0.0
+    # official scoring: gold is always A, any "A" inside the last boxed{} is a hit; no box → ''
+    assert ev.score_whatsup("<think>x</think> \\boxed{A}", truth, quirks)["correct"] == 1.0
+    assert ev.score_whatsup("\\boxed{(A) a cup}", truth, quirks)["correct"] == 1.0
+    assert ev.score_whatsup("A is my answer", truth, quirks)["correct"] == 0.0
+    no_cot = ev.Config(bench=["whatsup"], paper_quirks=True, cot=False)
+    assert ev.score_whatsup("A cup on a table", truth, no_cot)["correct"] == 1.0   # lenient substring
+
+
+def test_vsibench_scoring_modes():
+    mc = {"answer": "B", "options": {"A": "left", "B": "right"}}
+    assert ev.score_vsibench("B.", mc, ev.Config(bench=["vsibench"]))["correct"] == 1.0
+    assert ev.score_vsibench("B.", mc, ev.Config(bench=["vsibench"], paper_quirks=True))["correct"] == 0.0
+    assert ev.score_vsibench("b", mc, ev.Config(bench=["vsibench"], paper_quirks=True))["correct"] == 1.0
+    num = {"answer": "10", "options": {}}
+    assert ev.score_vsibench("about 12 m", num, ev.Config(bench=["vsibench"]))["correct"] == pytest.approx(0.6)
+
+
+def test_sample_indices_uniform():
+    assert ev.sample_indices(5, 8) == [0, 1, 2, 3, 4]
+    assert ev.sample_indices(10, 4) == [0, 3, 6, 9]
+
+
+# ----------------------------------------------------------------------------- fixtures in the released formats
+def make_fixtures(root: Path) -> dict:
+    """One small dataset per benchmark in its real file format, each with an odd case."""
+    root.mkdir(parents=True, exist_ok=True)
+    data = {}
+    # pretext: make_data's test.jsonl layout; one record's image is missing
+    (root / "pre").mkdir()
+    Image.new("RGB", (40, 30), (10, 200, 10)).save(root / "pre" / "a.jpg")
+    recs = [{"id": "crop-1", "task": "crop", "problem": "<image>\nWhich patch? Options: A B C D", "answer": "B",
+             "images": ["a.jpg"]},
+            {"id": "depth-1", "task": "depth", "problem": "<image>\nOrder markers 1-3.", "answer": "2, 3, 1",
+             "images": ["a.jpg"]},
+            {"id": "flip-1", "task": "flip", "problem": "<image>\nWhich tile?", "answer": "3, horizontal",
+             "images": ["missing.jpg"]}]
+    (root / "pre" / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    data["pretext"] = root / "pre" / "test.jsonl"
+    # Spatial457 TSV: base64, an index reference to row 0, a quoted question, one corrupt row
+    data["spatial457"] = write_tsv(root / "Spatial457.tsv", ["index", "image", "question", "answer", "category"], [
+        ["0", b64(), "How many red buses?", "1", "L1_single"],
+        ["1", "0", 'Is there a "large" bus?', "Yes", "L2_objects"],
+        ["2", b64((0, 0, 255)), "What color is the suv?", "blue", "L4_pose"],
+        ["3", "broken row"]])
+    # 3DSRBench circular TSV: qid suffixes, 2 options (C/D empty), a multi-image row
+    hdr = ["index", "qid", "question", "A", "B", "C", "D", "answer", "category", "image"]
+    data["3dsrbench"] = write_tsv(root / "3DSRBench.tsv", hdr, [
+        ["0", "VIN6MS3J", "Which is higher?", "glove", "hat", "", "", "B", "height_higher", b64()],
+        ["1", "VIN6MS3J-1", "Which is higher?", "hat", "glove", "", "", "A", "height_higher", "0"],
+        ["2", "VIN6MS3J-flip", "Which is higher?", "glove", "hat", "", "", "B", "height_higher", b64((9, 9, 9))],
+        ["3", "VIN6MS3J-flip-1", "Which is higher?", "hat", "glove", "", "", "A", "height_higher",
+         str([b64(), b64((0, 90, 0))])]])
+    # SpatialEval TSV: A-D options, a bad base64 image (skipped, not fatal)
+    hdr = ["index", "image", "question", "A", "B", "C", "D", "answer", "category"]
+    data["spatialeval"] = write_tsv(root / "SpatialEval.tsv", hdr, [
+        ["10", b64(), "Where is X?", "Northeast", "Northwest", "Southwest", "Southeast", "A", "spatialmap"],
+        ["11", "bm90IGFuIGltYWdl", "Where is Y?", "Northeast", "Northwest", "Southwest", "Southeast", "C",
+         "mazenav"]])
+    # What'sUp: folder with both JSONs (paths as released: data/controlled_images/...) and a missing image
+    for sub, name in (("controlled_images", "controlled_images_dataset.json"),
+                      ("controlled_clevr", "controlled_clevr_dataset.json")):
+        (root / "whatsup" / sub).mkdir(parents=True)
+        Image.new("RGB", (30, 30), (50, 50, 50)).save(root / "whatsup" / sub / "cup_on_table.jpeg")
+        items = [{"image_path": f"data/{sub}/cup_on_table.jpeg",
+                  "caption_options": ["A cup on a table", "A cup under a table", "A cup to the left of a table",
+                                      "A cup to the right of a table"]},
+                 {"image_path": f"data/{sub}/gone.jpeg", "caption_options": ["a", "b", "c", "d"]}]
+        (root / "whatsup" / name).write_text(json.dumps(items))
+    data["whatsup"] = root / "whatsup"
+    # ViewSpatial: JSON inside ViewSpatial-Bench/, image paths relative to its parent; one 2-image item
+    vs = root / "vs" / "ViewSpatial-Bench"
+    (vs / "val2017").mkdir(parents=True)
+    (vs / "scannetv2_val" / "scene0011_00" / "original_images").mkdir(parents=True)
+    Image.new("RGB", (64, 48), (1, 2, 3)).save(vs / "val2017" / "000000000285.jpg")
+    for k in (1, 2):
+        Image.new("RGB", (64, 48), (k, 2, 3)).save(vs / "scannetv2_val" / "scene0011_00" / "original_images" / f"{k}.jpg")
+    items = [{"question_type": "Person perspective - Object View Orientation",
+              "image_path": ["ViewSpatial-Bench/val2017/000000000285.jpg"],
+              "question": "As the bear, where do you face?", "answer": "C. front",
+              "choices": "A. back\nB. back-left\nC. front\nD. back-right"},
+             {"question_type": "Person perspective - Scene Simulation Relative Direction",
+              "image_path": [f"ViewSpatial-Bench/scannetv2_val/scene0011_00/original_images/{k}.jpg" for k in (1, 2)],
+              "question": "Where is the counter?", "answer": "A. right", "choices": "A. right\nB. left"}]
+    (vs / "ViewSpatial-Bench.json").write_text(json.dumps(items))
+    data["viewspatial"] = vs / "ViewSpatial-Bench.json"
+    # VSI-Bench: Spatial-SSRL's JSON (cluster paths remapped), frames pre-extracted; one video missing
+    frames = root / "vsi" / "arkitscenes" / "41069025"
+    frames.mkdir(parents=True)
+    for k in range(6):
+        Image.new("RGB", (32, 32), (k * 40, 0, 0)).save(frames / f"{k:05d}.jpg")
+    items = [{"mp4_path": "/cluster/VSIBench/arkitscenes/41069025.mp4", "question_type": "object_rel_direction_hard",
+              "question": "Is the tv to my front-left or back-right?", "answer": "A", "A": "A. front-left",
+              "B": "B. back-right", "C": None, "D": None},
+             {"mp4_path": "/cluster/VSIBench/arkitscenes/41069025.mp4", "question_type": "room_size_estimation",
+              "question": "What is the size of this room (in square meters)?", "answer": "26.4", "A": None,
+              "B": None, "C": None, "D": None},
+             {"mp4_path": "/cluster/VSIBench/scannet/nope.mp4", "question_type": "object_counting",
+              "question": "How many chairs?", "answer": "4", "A": None, "B": None, "C": None, "D": None}]
+    (root / "vsi" / "vsi_bench.json").write_text(json.dumps(items))
+    data["vsibench"] = root / "vsi" / "vsi_bench.json"
+    return data
+
+
+def test_loaders_read_the_odd_cases(tmp_path):
+    data = make_fixtures(tmp_path / "d")
+    c = ev.Config(bench=["all"], pixels=TINY_PIXELS)
+    s457 = ev.load_bench("spatial457", str(data["spatial457"]), c)
+    assert [it.id for it in s457] == ["0", "1", "2", "3"] and "malformed" in s457[3].error
+    assert s457[1].images == s457[0].images                                # index reference resolved
+    assert s457[1].texts[1] == 'Is there a "large" bus?' and s457[0].image_slots == [1]
+    assert s457[0].texts[-1].endswith(ev.tasks.COT_PROMPT) and sum(t.count("MUST BE") for t in s457[0].texts) == 2
+    quirk = ev.load_bench("spatial457", str(data["spatial457"]), ev.Config(bench=["all"], paper_quirks=True))
+    assert all(t.endswith(ev.tasks.COT_PROMPT) for t in quirk[0].texts)   # VLMEvalKit: every text segment
+    dsr = ev.load_bench("3dsrbench", str(data["3dsrbench"]), c)
+    assert len(dsr[3].images) == 2 and dsr[0].truth["options"] == {"A": "glove", "B": "hat"}
+    assert "C." not in dsr[0].texts[0] and dsr[2].truth["qid"] == "VIN6MS3J-flip"
+    wu = ev.load_bench("whatsup", str(data["whatsup"]), c)
+    assert len(wu) == 4 and {it.category for it in wu} == {"Controlled_Images_A", "Controlled_Images_B"}
+    again = ev.load_bench("whatsup", str(data["whatsup"]), c)
+    assert [it.truth["answer"] for it in wu] == [it.truth["answer"] for it in again]   # seeded shuffle
+    for it in wu:
+        assert it.truth["options"][it.truth["answer"]] in ("A cup on a table", "a")
+    assert all(it.truth["answer"] == "A" for it in
+               ev.load_bench("whatsup", str(data["whatsup"]), ev.Config(bench=["all"], paper_quirks=True)))
+    vs = ev.load_bench("viewspatial", str(data["viewspatial"]), c)
+    ims, slots = ev.load_item_images(vs[1], c)
+    assert [im.size for im in ims] == [(420, 280)] * 2 and vs[0].truth["answer"] == "C"
+    vsi = ev.load_bench("vsibench", str(data["vsibench"]), c)
+    frames, _ = ev.load_item_images(vsi[0], ev.Config(bench=["all"], vsi_frames=4))
+    assert len(frames) == 4 and frames[-1].getpixel((0, 0))[0] > 180    # frames 0, 2, 3, 5 of 6
+    assert "A. A." not in vsi[0].texts[0] and "A. front-left" in vsi[0].texts[0]
+
+
+def test_end_to_end_all_benchmarks_on_tiny_model(tmp_path, capsys):
+    data = make_fixtures(tmp_path / "d")
+    c = cfg(tmp_path, bench=["all"], data=[f"{k}={v}" for k, v in data.items()])
+    results = ev.evaluate(c)
+    assert set(results) == set(data)
+    skipped = {b: r["skipped"] for b, r in results.items()}
+    assert skipped == {"pretext": 1, "spatial457": 1, "3dsrbench": 0, "spatialeval": 1, "whatsup": 2,
+                       "viewspatial": 0, "vsibench": 1}
+    for b, r in results.items():
+        assert 0.0 <= r["score"] <= 100.0 and r["n"] + r["skipped"] > 0
+        lines = (tmp_path / "out" / b / "predictions.jsonl").read_text().splitlines()
+        recs = [json.loads(x) for x in lines]
+        assert len(recs) == r["n"] + r["skipped"]
+        assert all({"id", "prompt"} <= set(x) for x in recs)
+        assert all({"raw", "extracted", "correct"} <= set(x) for x in recs if not x.get("skipped"))
+    assert set(results["3dsrbench"]["settings"]) == {"vanilla", "flip", "circular", "flip_circular"}
+    assert results["spatial457"]["paper"]["Spatial-SSRL-7B"] == 53.34
+    saved = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert saved["vsibench"]["n"] == 2 and "macro" in saved["vsibench"]["settings"]
+    assert "| spatial457 |" in (tmp_path / "out" / "results.md").read_text()
+    # rerun: everything is done, nothing is asked again
+    capsys.readouterr()
+    ev.evaluate(c)
+    assert "0 to ask" in capsys.readouterr().out
+
+
+def test_resume_after_kill_drops_half_line(tmp_path, capsys):
+    data = make_fixtures(tmp_path / "d")
+    c = cfg(tmp_path, data=[f"pretext={data['pretext']}"])
+    ev.evaluate(c)
+    preds = tmp_path / "out" / "pretext" / "predictions.jsonl"
+    lines = preds.read_text().splitlines(keepends=True)
+    assert len(lines) == 3
+    preds.write_text("".join(lines[:2]) + lines[2][: len(lines[2]) // 2])     # kill -9 mid-line
+    assert len(ev.read_predictions(preds)) == 2 and preds.read_text() == "".join(lines[:2])
+    preds.write_text("".join(lines[:2]) + lines[2][:-1])                      # complete JSON, no newline
+    capsys.readouterr()
+    ev.evaluate(c)
+    assert "1 to ask" in capsys.readouterr().out
+    assert len(preds.read_text().splitlines()) == 3
+    with pytest.raises(ev.DataError, match="other settings"):
+        ev.evaluate(cfg(tmp_path, data=[f"pretext={data['pretext']}"], cot=False))
+
+
+def test_pretext_scored_with_tasks_verifiers(tmp_path):
+    data = make_fixtures(tmp_path / "d")
+    c = ev.Config(bench=["pretext"])
+    item = ev.load_bench("pretext", str(data["pretext"]), c)[1]
+    got = ev.score_item("pretext", item, "<think>2 is nearest</think> \\boxed{2, 3, 1}", c)
+    assert (got["correct"], got["format"], got["reward"]) == (1.0, 1.0, 1.0)
+    got = ev.score_item("pretext", item, "\\boxed{1, 2, 3}", c)
+    assert (got["correct"], got["format"], got["reward"]) == (0.0, 0.0, 0.0)
+    assert item.prompt_text().startswith("<image>\nOrder markers") and item.texts[-1].endswith("\\boxed{}.")
+
+
+def test_bad_files_give_one_line_errors(tmp_path, capsys):
+    with pytest.raises(ev.DataError, match="nope.tsv: no such file"):
+        ev.load_bench("spatial457", str(tmp_path / "nope.tsv"), ev.Config(bench=["spatial457"]))
+    bad = write_tsv(tmp_path / "x.tsv", ["index", "question"], [["0", "q"]])
+    with pytest.raises(ev.DataError, match=r"x.tsv: not a VLMEvalKit TSV .*missing \['image'"):
+        ev.load_bench("spatial457", str(bad), ev.Config(bench=["spatial457"]))
+    (tmp_path / "v.json").write_text("{not json")
+    with pytest.raises(ev.DataError, match="v.json: not valid JSON"):
+        ev.load_bench("viewspatial", str(tmp_path / "v.json"), ev.Config(bench=["viewspatial"]))
+    with pytest.raises(ev.DataError, match="controlled_images_dataset.json"):
+        ev.load_bench("whatsup", str(tmp_path), ev.Config(bench=["whatsup"]))
+    with pytest.raises(SystemExit) as e:
+        ev.main(["--bench", "spatial457", "--data", "pretext=x.jsonl"])
+    assert e.value.code == 2 and "no --data for ['spatial457']" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        ev.main(["--data", "nonsense"])
+
+
+def test_video_without_pyav_or_frames(tmp_path):
+    (tmp_path / "scannet").mkdir()
+    (tmp_path / "scannet" / "s.mp4").write_bytes(b"\x00" * 16)
+    if importlib.util.find_spec("av") is None:
+        with pytest.raises(ev.DataError, match="pip install av"):
+            ev.video_frames(tmp_path / "scannet" / "s.mp4", 4)
+    with pytest.raises(ev.MissingImage):
+        ev.video_frames(tmp_path / "scannet" / "none.mp4", 4)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("pyarrow") is not None, reason="pyarrow is installed")
+def test_parquet_without_pyarrow_names_the_package(tmp_path):
+    (tmp_path / "q.parquet").write_bytes(b"PAR1")
+    with pytest.raises(ev.DataError, match="pip install pyarrow"):
+        ev.load_bench("qspatial_plus", str(tmp_path / "q.parquet"), ev.Config(bench=["qspatial_plus"]))
+
+
+@pytest.mark.skipif(importlib.util.find_spec("pyarrow") is None, reason="needs pyarrow")
+def test_parquet_benchmarks_end_to_end(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    img = {"bytes": png_bytes(), "path": None}
+    pq.write_table(pa.Table.from_pylist([
+        {"question": "Distance between the mugs?", "answer_value": 96.0, "answer_unit": "cm",
+         "question_type": "distance", "image_path": "QSpatial_plus/a.jpg", "image": img},
+        {"question": "Height of the door?", "answer_value": 2.0, "answer_unit": "m",
+         "question_type": "height", "image_path": "QSpatial_plus/b.jpg", "image": img}]), tmp_path / "qs.parquet")
+    pq.write_table(pa.Table.from_pylist([
+        {"id": "spatialmap.vqa.2000.0", "text": "Where?\nAvailable options:\nA. Northeast\nB. Northwest",
+         "image": img, "oracle_answer": "Northeast", "oracle_option": "A", "oracle_full_answer": "A. Northeast"}]),
+        tmp_path / "se.parquet")
+    c = cfg(tmp_path, bench=["qspatial_plus", "spatialeval"],
+            data=[f"qspatial_plus={tmp_path / 'qs.parquet'}", f"spatialeval={tmp_path / 'se.parquet'}"])
+    items = ev.load_bench("qspatial_plus", str(tmp_path / "qs.parquet"), c)
+    assert items[1].truth["answer_cm"] == pytest.approx(200.0) and items[0].texts[0].startswith(ev.QSPATIAL_SYSTEM)
+    se = ev.load_bench("spatialeval", str(tmp_path / "se.parquet"), c)
+    assert se[0].category == "spatialmap" and se[0].truth["options"] == {"A": "Northeast", "B": "Northwest"}
+    results = ev.evaluate(c)
+    assert results["qspatial_plus"]["n"] == 2 and results["spatialeval"]["n"] == 1
