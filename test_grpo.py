@@ -1,0 +1,292 @@
+"""Tests of grpo.py: the GRPO math against hand-computed values, the rollout batch against plain full logits,
+micro-batch and world-size invariance of the update, edge cases, the CLI, resume, and that it learns.
+
+    python -m pytest -q test_grpo.py
+
+CPU only, tiny random Qwen2.5-VL (0.29M parameters), 56-px images. One test launches `torch.distributed.run`
+with 2 gloo ranks; this file is also that launch's worker (`python test_grpo.py grpo-worker DIR`).
+"""
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from safetensors.torch import load_file
+from transformers.utils import logging as hf_logging
+
+import grpo
+import sft
+import tasks
+
+hf_logging.disable_progress_bar()
+hf_logging.set_verbosity_error()
+HERE = Path(__file__).resolve().parent
+CPU = torch.device("cpu")
+
+
+# ----------------------------------------------------------------------------- fixtures
+def letter_records(folder: Path, n: int, answer_of=lambda i: "A", px: int = 56) -> list:
+    """Records asking for a letter about a grey image (task 'position': answer A..D); record 1 has two images."""
+    records = []
+    for i in range(n):
+        names = [f"im{i}_{j}.png" for j in range(2 if i == 1 else 1)]
+        for j, name in enumerate(names):
+            Image.new("RGB", (px, px + 28 * (j % 2)), (90 + 7 * i, 120, 60 + 5 * j)).save(folder / name)
+        records.append({"id": f"q{i}", "task": "position", "images": names, "answer": answer_of(i), "meta": {},
+                        "problem": "<image>" * len(names) + "Which option? A. Left B. Right C. Front D. Back"})
+    return records
+
+
+def write_jsonl(path: Path, records: list) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("grpo_data")
+    return write_jsonl(folder / "train.jsonl", letter_records(folder, 8))
+
+
+def cfg_for(data: Path, out: Path, **kw) -> grpo.Config:
+    base = dict(model="tiny", data=str(data), out=str(out), max_steps=2, group_size=4, rollout_batch_size=4,
+                update_batch_size=2, micro_batch_size=4, max_new_tokens=12, min_pixels=56 * 56,
+                max_pixels=56 * 84, lr=1e-3, save_every=0, save_dtype="float32", activation_checkpointing=False)
+    return grpo.Config(**{**base, **kw})
+
+
+def fake_rollout(data: Path, records: list, tok, ip, group_size: int = 3, seed: int = 0) -> grpo.Rollout:
+    """A Rollout with random completions of different lengths (some end with <|im_end|>, some do not)."""
+    prompts, n_images = grpo.encode_prompts(records, data.parent, tok, ip)
+    g = torch.Generator().manual_seed(seed)
+    n, width = len(records) * group_size, 7
+    ids = torch.randint(20, 400, (n, width), generator=g)
+    lengths = torch.randint(1, width + 1, (n,), generator=g)
+    lengths[0] = width
+    mask = torch.arange(width)[None] < lengths[:, None]
+    ids[torch.arange(n), lengths - 1] = torch.where(lengths % 2 == 0, 2, ids[torch.arange(n), lengths - 1])
+    ids[~mask] = tok.pad_token_id
+    ro = grpo.Rollout(records, prompts, n_images, group_size, ids, mask)
+    ro.advantages = torch.randn(n, generator=g)
+    return ro
+
+
+# ----------------------------------------------------------------------------- pure math
+def test_group_advantages_hand_computed():
+    """All-equal groups give exactly 0; one success among 5: +0.8/√0.2 and −0.2/√0.2 (unbiased std √0.2)."""
+    a = grpo.group_advantages(torch.tensor([0.1, 0.1, 0.1, 0.1, 0.1, 1.0, 0.0, 0.0, 0.0, 0.0]), 5)
+    assert torch.equal(a[:5], torch.zeros(5))
+    s = math.sqrt(0.2)
+    expected = torch.tensor([0.8 / s, -0.2 / s, -0.2 / s, -0.2 / s, -0.2 / s])
+    assert torch.allclose(a[5:], expected, atol=1e-5)
+    two = grpo.group_advantages(torch.tensor([1.0, 0.0]), 2, eps=0.0)   # mean 0.5, unbiased std √0.5
+    assert torch.allclose(two, torch.tensor([0.5, -0.5]) / math.sqrt(0.5))
+    with pytest.raises(ValueError):
+        grpo.group_advantages(torch.ones(5), 2)
+
+
+def test_loss_at_ratio_one_without_kl_is_minus_mean_advantage():
+    """logp = old_logp, β = 0: L = −Σ A·m / Σ m, and ∂L/∂logp_t = −A·m_t / Σ m (vanilla policy gradient)."""
+    g = torch.Generator().manual_seed(0)
+    logp = (-torch.rand(3, 5, generator=g)).requires_grad_()
+    adv, mask = torch.tensor([1.5, -0.5, 0.25]), torch.rand(3, 5, generator=g) > 0.3
+    loss, m = grpo.policy_loss(logp, logp.detach(), None, adv, mask, kl_coef=0.0)
+    expected = -(adv[:, None] * mask).sum() / mask.sum()
+    assert torch.allclose(loss, expected, atol=1e-6)
+    loss.backward()
+    assert torch.allclose(logp.grad, -adv[:, None] * mask / mask.sum(), atol=1e-6)
+    assert m["tokens"] == int(mask.sum()) and m["ratio"] == pytest.approx(1.0) and m["clip_high"] == 0.0
+
+
+def test_clip_and_dual_clip_switch_exactly():
+    """Per-token values and gradients on both sides of 1−0.2, 1+0.3 and the dual clip 3 (sum, normalizer 1).
+
+    A > 0: pg = −A·min(r, 1.3) (zero gradient above 1.3);  A < 0: pg = −A·max(r, 0.8), capped at −A·3
+    (zero gradient below 0.8 and above 3). ∂r/∂logp = r."""
+    r = torch.tensor([0.70, 0.79, 0.81, 1.00, 1.29, 1.31, 2.90, 3.10])
+    for a in (2.0, -2.0):
+        old = torch.zeros(1, 8)
+        logp = r.log()[None].clone().requires_grad_()
+        loss, m = grpo.policy_loss(logp, old, None, torch.tensor([a]), torch.ones(1, 8, dtype=torch.bool),
+                                   kl_coef=0.0, normalizer=1.0)
+        loss.backward()
+        if a > 0:
+            value = -a * torch.minimum(r, torch.tensor(1.3))
+            grad = torch.where(r > 1.3, 0.0, -a * r)
+            assert m["clip_high"] == pytest.approx(3 / 8) and m["clip_low"] == 0 and m["clip_dual"] == 0
+        else:
+            value = torch.clamp(-a * torch.maximum(r, torch.tensor(0.8)), max=-a * 3.0)
+            grad = torch.where((r < 0.8) | (r > 3.0), 0.0, -a * r)
+            assert m["clip_low"] == pytest.approx(2 / 8) and m["clip_dual"] == pytest.approx(1 / 8)
+        assert torch.allclose(loss, value.sum(), atol=1e-5), a
+        assert torch.allclose(logp.grad[0], grad, atol=1e-5), (a, logp.grad, grad)
+
+
+def test_kl_k3_values_clamps_and_zero_at_reference():
+    """k3 = e^d − d − 1 with d = ref − logp (0.5 → 0.14872); d clamped to ±20 and k3 to ≤ 10; the KL term and
+    its gradient vanish when the policy equals the reference."""
+    logp = torch.tensor([[0.0, 0.0, -1.0]], requires_grad=True)
+    ref = torch.tensor([[0.5, 30.0, -1.0]])
+    mask, zero = torch.ones(1, 3, dtype=torch.bool), torch.zeros(1)
+    loss, m = grpo.policy_loss(logp, logp.detach(), ref, zero, mask, kl_coef=1.0, normalizer=1.0)
+    assert loss.item() == pytest.approx(math.exp(0.5) - 1.5 + 10.0, abs=1e-5)
+    loss.backward()
+    assert logp.grad[0, 0].item() == pytest.approx(1 - math.exp(0.5), abs=1e-5)   # ∂k3/∂logp = 1 − e^d
+    assert logp.grad[0, 1] == 0 and logp.grad[0, 2] == 0                         # clamped, at the reference
+    same = torch.randn(2, 4).requires_grad_()
+    loss, m = grpo.policy_loss(same, same.detach(), same.detach().clone(), torch.zeros(2), torch.ones(2, 4),
+                               kl_coef=0.5)
+    loss.backward()
+    assert loss.item() == 0.0 and m["kl"] == 0.0 and torch.equal(same.grad, torch.zeros(2, 4))
+
+
+def test_masked_tokens_get_zero_gradient():
+    g = torch.Generator().manual_seed(1)
+    logp = (-3 * torch.rand(4, 6, generator=g)).requires_grad_()
+    old, ref = -3 * torch.rand(4, 6, generator=g), -3 * torch.rand(4, 6, generator=g)
+    mask = torch.rand(4, 6, generator=g) > 0.5
+    loss, _ = grpo.policy_loss(logp, old, ref, torch.randn(4, generator=g), mask)
+    loss.backward()
+    assert torch.equal(logp.grad[~mask], torch.zeros(int((~mask).sum())))
+    assert (logp.grad[mask] != 0).all()
+
+
+def test_batch_sizes_scale_to_data_and_world():
+    cfg = grpo.Config(data="x")
+    assert grpo.batch_sizes(cfg, 10_000, 8) == (256, 128)
+    assert grpo.batch_sizes(cfg, 100, 8) == (96, 96)           # rollout = records rounded to the world
+    assert grpo.batch_sizes(grpo.Config(data="x", update_batch_size=40), 100, 8) == (96, 32)
+    with pytest.raises(grpo.BadRecord):
+        grpo.batch_sizes(cfg, 3, 4)
+
+
+# ----------------------------------------------------------------------------- rollout batches on the tiny model
+def plain_logprobs(model, ro: grpo.Rollout, row: int) -> torch.Tensor:
+    """Log-probs of one completion from full logits of the unpadded prompt + completion, its own images only."""
+    p = row // ro.group_size
+    keep = ro.prompts["attention_mask"][p].bool()
+    ids_p, mm_p = ro.prompts["input_ids"][p][keep], ro.prompts["mm_token_type_ids"][p][keep]
+    comp = ro.completions[row][ro.mask[row]]
+    grid = ro.prompts["image_grid_thw"]
+    i0 = sum(ro.images_per_prompt[:p])
+    r0 = int(grid[:i0].prod(-1).sum())
+    r1 = r0 + int(grid[i0:i0 + ro.images_per_prompt[p]].prod(-1).sum())
+    ids = torch.cat([ids_p, comp])[None]
+    logits = model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False,
+                   mm_token_type_ids=torch.cat([mm_p, torch.zeros_like(comp)])[None],
+                   pixel_values=ro.prompts["pixel_values"][r0:r1],
+                   image_grid_thw=grid[i0:i0 + ro.images_per_prompt[p]]).logits[0]
+    lp = F.log_softmax(logits.float(), -1)[len(ids_p) - 1:-1]
+    return lp.gather(-1, comp[:, None])[:, 0]
+
+
+def test_rollout_logprobs_equal_plain_full_logits(data):
+    """The prompt + completion batch (left-padded prompts, right-padded completions, pixels repeated per
+    sample, a two-image prompt, micro-batches sorted by length) gives each completion the log-probs of a
+    plain unpadded forward with full logits; 0 outside the completion mask."""
+    model, tok, ip = sft.load_model("tiny", max_pixels=56 * 84)
+    recs = sft.read_jsonl(data)[:3]
+    ro = fake_rollout(data, recs, tok, ip)
+    assert ro.images_per_prompt == [1, 2, 1] and len(set(ro.mask.sum(1).tolist())) > 2
+    cfg = cfg_for(data, data.parent / "unused", logprob_micro_batch_size=4)
+    logp, ent = grpo.rollout_logprobs(model, ro, cfg, CPU, with_entropy=True)
+    with torch.no_grad():
+        for row in range(len(ro.completions)):
+            n = int(ro.mask[row].sum())
+            assert torch.allclose(logp[row, :n], plain_logprobs(model, ro, row), atol=2e-5), row
+    assert torch.equal(logp[~ro.mask], torch.zeros(int((~ro.mask).sum()))) and (ent[ro.mask] > 0).all()
+
+
+def sgd_update(ro: grpo.Rollout, micro: int, data: Path) -> tuple:
+    """Parameter change of one update() with SGD lr 1 (= −gradient) and the loss metrics."""
+    model, tok, ip = sft.load_model("tiny", max_pixels=56 * 84)
+    cfg = cfg_for(data, data.parent / "unused", micro_batch_size=micro, logprob_micro_batch_size=micro,
+                  max_grad_norm=1e9)
+    ro.old_logp = grpo.rollout_logprobs(model, ro, cfg, CPU, False)[0] + 0.4 * torch.randn(
+        ro.mask.shape, generator=torch.Generator().manual_seed(3)) * ro.mask    # ratios ≠ 1: clipping active
+    ro.ref_logp = ro.old_logp - 0.05 * ro.mask
+    before = [p.detach().clone() for p in model.parameters()]
+    m = grpo.update(model, torch.optim.SGD(model.parameters(), lr=1.0), ro, list(range(len(ro.mask))), cfg, CPU)
+    return [p.detach() - b for p, b in zip(model.parameters(), before)], m
+
+
+def test_micro_batch_split_gives_the_same_update(data):
+    """One micro-batch or micro-batches of 1 and of 5 sequences: the same gradient (global token mean)."""
+    _, tok, ip = sft.load_model("tiny", max_pixels=56 * 84)
+    ro = fake_rollout(data, sft.read_jsonl(data)[:3], tok, ip)
+    results = [sgd_update(ro, micro, data) for micro in (9, 1, 5)]
+    (u0, m0) = results[0]
+    for u, m in results[1:]:
+        assert max(float((a - b).abs().max()) for a, b in zip(u0, u)) < 1e-6
+        assert m["tokens"] == m0["tokens"] and abs(m["pg_loss"] - m0["pg_loss"]) < 1e-5
+    assert m0["clip_high"] + m0["clip_low"] > 0 and max(float(a.abs().max()) for a in u0) > 0
+
+
+def test_score_edge_cases(data):
+    """Right answer → 1.0; the same text cut by the length limit (no <|im_end|>) → format 0, reward 0.9;
+    an empty completion (only <|im_end|>) → 0; right format, wrong answer → 0.1."""
+    _, tok, ip = sft.load_model("tiny", max_pixels=56 * 84)
+    texts = ["<think>It is on the left.</think> \\boxed{A}", "<think>It is on the left.</think> \\boxed{A}",
+             "", "<think>Right.</think> \\boxed{B}"]
+    rows = [tok(t, add_special_tokens=False)["input_ids"] + ([] if i == 1 else [2]) for i, t in enumerate(texts)]
+    width = max(map(len, rows))
+    ids = torch.tensor([r + [0] * (width - len(r)) for r in rows])
+    mask = torch.tensor([[j < len(r) for j in range(width)] for r in rows])
+    ro = grpo.Rollout(sft.read_jsonl(data)[:1], {}, [1], 4, ids, mask)
+    grpo.score(ro, tok)
+    assert ro.rewards.tolist() == pytest.approx([1.0, 0.9, 0.0, 0.1])
+    assert ro.truncated.tolist() == [False, True, False, False] and ro.texts[2] == ""
+    adv = grpo.group_advantages(ro.rewards, 4)
+    assert adv[0] > adv[1] > 0 > adv[3] > adv[2]
+
+
+def test_non_finite_gradient_skips_the_step():
+    model, _, _ = sft.load_model("tiny")
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    before = [p.detach().clone() for p in model.parameters()]
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    next(model.parameters()).grad[0] = float("nan")
+    m = grpo.optimizer_step(model, opt, 1.0)
+    assert m["skipped"] == 1 and not math.isfinite(m["grad_norm"])
+    assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before))
+    assert all(p.grad is None for p in model.parameters()) and not opt.state
+
+
+# ----------------------------------------------------------------------------- command line
+def test_help_lists_every_knob():
+    r = subprocess.run([sys.executable, str(HERE / "grpo.py"), "--help"], capture_output=True, text=True)
+    assert r.returncode == 0
+    for name in ("--group-size", "--rollout-batch-size", "--update-batch-size", "--kl-coef", "--clip-high",
+                 "--max-new-tokens", "--resume", "paper: 5", "paper: 0.3"):
+        assert name in r.stdout.replace("\n", " "), name
+
+
+def test_bad_input_is_one_line_and_writes_nothing(data, tmp_path, capsys):
+    out = tmp_path / "out"
+    bad = [([], "--data is required"),
+           (["--data", str(tmp_path / "nope.jsonl")], "no such file"),
+           (["--data", str(data), "--model", "no-such-model"], "unknown --model"),
+           (["--data", str(data), "--group-size", "1"], "--group-size"),
+           (["--data", str(data), "--min-pixels", "5000", "--max-pixels", "3000"], "--min-pixels")]
+    for args, message in bad:
+        with pytest.raises(SystemExit) as e:
+            grpo.main(["--out", str(out)] + args)
+        assert message in str(e.value) and "\n" not in str(e.value), (args, e.value)
+        assert not out.exists()
+    missing = write_jsonl(data.parent / "missing.jsonl", [dict(sft.read_jsonl(data)[0], id="lost", images=["x.png"])])
+    with pytest.raises(SystemExit, match="record lost: image .*x.png not found"):
+        grpo.main(["--out", str(out), "--data", str(missing)])
+    out.mkdir()
+    (out / "metrics.jsonl").write_text("")
+    with pytest.raises(SystemExit, match="already exists"):
+        grpo.main(["--out", str(out), "--data", str(data)])
+    assert [p.name for p in out.iterdir()] == ["metrics.jsonl"]
