@@ -50,6 +50,7 @@ import shutil
 import subprocess
 import sys
 import time
+import types
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -101,10 +102,15 @@ def _f(default, help):
     return field(default=default, metadata={"help": help})
 
 
+class SetupError(ValueError):
+    """A bad command line, model name, data file or output folder: reported in one line, nothing written."""
+
+
 @dataclass
 class Config:
     model: str = _f("tiny", "HF id or local HF dir (Qwen2.5-VL / Qwen3-VL), or 'tiny' / 'tiny-qwen3'")
-    data: str = _f("", "sft.jsonl with id, task, problem, answer, images, response")
+    data: str = _f("", "REQUIRED (except with --smoke): the cold-start file make_data.py writes, sft.jsonl "
+                       "(records with id, task, problem, answer, images, response)")
     out: str = _f("runs/sft", "output folder: the HF checkpoint, metrics.jsonl, checkpoints/")
     epochs: int = _f(5, "passes over the data (paper: 5)")
     max_steps: int = _f(0, "stop after this many optimizer steps (0: epochs decide)")
@@ -115,8 +121,10 @@ class Config:
     global_batch_size: int = _f(256, "samples per optimizer step over all ranks (paper: 256)")
     micro_batch_size: int = _f(4, "samples per forward/backward on one rank")
     max_length: int = _f(4096, "max tokens per sample, prompt + image tokens + response (paper: 4096)")
-    min_pixels: int = _f(56 * 56, "smallest image area after resizing, in pixels")
-    max_pixels: int = _f(512 * 512, "largest image area after resizing, in pixels (paper: 512²)")
+    min_pixels: int | None = _f(None, "smallest image area after resizing, in pixels (default: the model's "
+                                      "own bound)")
+    max_pixels: int | None = _f(None, "largest image area after resizing, in pixels (default: the model's own "
+                                      "bound, at most 512² = 262144 as in the paper)")
     max_grad_norm: float = _f(1.0, "gradient-norm clip")
     freeze_vision: bool = _f(True, "freeze the vision tower and projector (paper: frozen)")
     activation_checkpointing: bool = _f(True, "non-reentrant activation checkpointing of every block")
@@ -127,35 +135,75 @@ class Config:
     skip_bad_records: bool = _f(False, "skip and count bad records instead of stopping with an error")
     save_every: int = _f(15, "write a resumable checkpoint every N steps, and at the end (0: only at the end)")
     keep_checkpoints: int = _f(1, "resumable checkpoints kept on disk")
-    resume: bool = _f(False, "continue from the newest complete checkpoint in OUT/checkpoints")
+    resume: bool = _f(False, "continue the run in OUT from its newest complete checkpoint (refused when a "
+                             "setting that defines the schedule or the data differs)")
+    overwrite: bool = _f(False, "delete the earlier run in OUT (an sft.py output folder) and start over")
     save_dtype: str = _f("bfloat16", "dtype of the exported HF weights (bfloat16 or float32)")
     attn_implementation: str = _f("sdpa", "attention kernel passed to transformers")
     stop_after_steps: int = _f(0, "stop (as if killed) after this many steps, keeping the full schedule; "
                                "for testing --resume")
     benchmark: bool = _f(False, "print a table of SFT step time, tokens/s and peak memory, then exit")
-    smoke: bool = _f(False, "CPU smoke run: tiny model, 8 synthetic records (unless --data), 2 steps")
+    smoke: bool = _f(False, "CPU smoke run; overrides --model tiny, --max-steps 2, --global-batch-size 4, "
+                            "--micro-batch-size 2, --lr 1e-3, --warmup-ratio 0 and, without --data, uses 8 "
+                            "synthetic records written to OUT/smoke_data")
 
     def __post_init__(self):
         if self.global_batch_size < 1 or self.micro_batch_size < 1:
-            raise ValueError("--global-batch-size and --micro-batch-size must be positive")
+            raise SetupError("--global-batch-size and --micro-batch-size must be positive")
         if self.keep_checkpoints < 1:
-            raise ValueError("--keep-checkpoints must be at least 1")
+            raise SetupError("--keep-checkpoints must be at least 1")
         if self.save_dtype not in ("bfloat16", "float32"):
-            raise ValueError("--save-dtype must be bfloat16 or float32")
+            raise SetupError("--save-dtype must be bfloat16 or float32")
+        if self.resume and self.overwrite:
+            raise SetupError("--resume and --overwrite exclude each other")
+        for name in ("min_pixels", "max_pixels"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise SetupError(f"--{name.replace('_', '-')} must be positive")
+
+
+USAGE_EXAMPLES = """examples:
+  python sft.py --smoke --out runs/smoke            # CPU check: tiny model, synthetic data, 2 steps
+  python make_data.py && python sft.py --model tiny --data data/ssrl/sft.jsonl --out runs/sft-tiny \\
+      --global-batch-size 8 --lr 3e-3 --max-steps 400 --max-pixels 12544
+  torchrun --nproc_per_node 8 sft.py --model Qwen/Qwen2.5-VL-7B-Instruct --data data/ssrl/sft.jsonl --out runs/sft7b
+  python sft.py ... --out runs/sft7b --resume       # continue a stopped run from OUT/checkpoints
+
+--data is the cold-start file (sft.jsonl, records with a "response"); train.jsonl is for GRPO. An existing
+run in --out is never mixed with a new one: pass --resume to continue it or --overwrite to start over."""
+
+
+class OneLineErrorParser(argparse.ArgumentParser):
+    """argparse whose errors are one line ("sft.py: error: ..."), not the whole usage block."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Shows "(default: X)" only where a default means something (not for "", None or off switches)."""
+
+    def _get_help_string(self, action):
+        if any(action.default is x for x in ("", None, False, argparse.SUPPRESS)):
+            return action.help
+        return action.help + " (default: %(default)s)"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """argparse options generated from Config: --dash-names, defaults shown in --help."""
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    """argparse options generated from Config: --dash-names, defaults shown in --help; switches that are
+    off by default are plain flags (store_true), those on by default get a --no- form."""
+    p = OneLineErrorParser(prog="sft.py", description=__doc__.split("\n")[0], epilog=USAGE_EXAMPLES,
+                           formatter_class=HelpFormatter)
     for f in dataclasses.fields(Config):
         name, kw = "--" + f.name.replace("_", "-"), {"default": f.default, "help": f.metadata["help"]}
-        if f.type is bool:
-            kw["action"] = argparse.BooleanOptionalAction
-        elif f.type is tuple:
+        typ = next((t for t in getattr(f.type, "__args__", ()) if t is not type(None)), f.type)  # int | None
+        if typ is bool:
+            kw["action"] = argparse.BooleanOptionalAction if f.default else "store_true"
+        elif typ is tuple:
             kw.update(type=float, nargs=len(f.default))
         else:
-            kw["type"] = f.type
+            kw["type"] = typ
+        if f.name == "data":
+            kw["metavar"] = "SFT_JSONL"
         p.add_argument(name, **kw)
     return p
 
@@ -338,38 +386,101 @@ def build_tiny(kind: str = "tiny", hidden: int = 64, layers: int = 2, heads: int
     return model, tok, ip
 
 
-def load_model(name: str, *, min_pixels: int = 56 * 56, max_pixels: int = 512 * 512,
+TINY_MODELS = ("tiny", "tiny-qwen3")
+PAPER_MAX_PIXELS = 512 * 512        # cold-start SFT images ≤ 512² px (official LLaMA-Factory config)
+TINY_PIXELS = (56 * 56, PAPER_MAX_PIXELS)   # the tiny models' own image bounds
+
+
+def model_source(name: str) -> dict:
+    """from_pretrained keyword arguments for a local HF folder or a Hub id, or a SetupError at once.
+
+    A local folder is used as it is. A Hub id is looked up in the local HF cache first; with HF_HUB_OFFLINE=1,
+    or when the Hub is unreachable, a cached model loads with local_files_only=True. Otherwise one quick
+    request (no retries) tells an unknown name from a missing connection, instead of transformers' half a
+    minute of retries ending in a traceback."""
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise SetupError(f"--model {name}: the folder has no config.json (not a Hugging Face model folder)")
+        return {"local_files_only": True}
+    from huggingface_hub import constants, model_info, try_to_load_from_cache
+    from huggingface_hub.errors import GatedRepoError, HFValidationError, RepositoryNotFoundError
+    unknown = f"--model {name}: not a local folder, not a tiny model ({', '.join(TINY_MODELS)})"
+    try:
+        cached = isinstance(try_to_load_from_cache(name, "config.json"), str)
+    except HFValidationError:
+        raise SetupError(f"{unknown}, and not a Hugging Face id (org/name)") from None
+    if constants.HF_HUB_OFFLINE:
+        if cached:
+            return {"local_files_only": True}
+        raise SetupError(f"{unknown}, and not in the Hugging Face cache ({constants.HF_HUB_CACHE}) "
+                         "while HF_HUB_OFFLINE=1")
+    try:
+        model_info(name, timeout=10)
+    except GatedRepoError:
+        return {}   # from_pretrained says how to get access
+    except RepositoryNotFoundError:
+        if cached:
+            return {"local_files_only": True}
+        raise SetupError(f"{unknown}, and no such model on the Hugging Face Hub (a typo? private or gated "
+                         "models need `hf auth login`)") from None
+    except Exception as e:   # no connection: httpx errors are not OSErrors
+        if cached:
+            return {"local_files_only": True}
+        reason = " ".join(str(e).split()) or type(e).__name__
+        raise SetupError(f"{unknown}, not in the Hugging Face cache ({constants.HF_HUB_CACHE}), and the Hub "
+                         f"is unreachable ({reason})") from None
+    return {}
+
+
+def set_pixel_bounds(image_processor, min_pixels: int | None = None, max_pixels: int | None = None) -> None:
+    """Set the smart-resize bounds [min_pixels, max_pixels] of a Qwen-VL image processor; None keeps the
+    bound it has (the one its preprocessor_config.json saved)."""
+    size = image_processor.size
+    lo = min_pixels if min_pixels is not None else size["shortest_edge"]
+    hi = max_pixels if max_pixels is not None else size["longest_edge"]
+    if lo > hi:
+        raise SetupError(f"image bounds: min pixels {lo} > max pixels {hi} (--min-pixels / --max-pixels)")
+    image_processor.size = {"shortest_edge": lo, "longest_edge": hi}
+
+
+def load_model(name: str, *, min_pixels: int | None = None, max_pixels: int | None = None,
                attn_implementation: str = "sdpa", dtype: torch.dtype = torch.float32, meta: bool = False):
     """(model, tokenizer, image_processor) for 'tiny', 'tiny-qwen3', a HF id or a local HF directory.
 
-    The image processor is the PIL backend (identical pixels with or without torchvision) with its
-    smart-resize bounds set to [min_pixels, max_pixels]. meta=True builds the same model from the same
-    config on the meta device and reads no weights: the ranks > 0 of a multi-rank run, which
-    shard_model(..., broadcast_from_rank0=True) then fills from rank 0 (no full copy per rank)."""
+    The image processor is the PIL backend (identical pixels with or without torchvision). Its smart-resize
+    bounds are the saved ones (a checkpoint keeps what it was trained with; the tiny models have 56²…512²)
+    unless min_pixels / max_pixels override them. An unknown name fails at once with a SetupError
+    (model_source). meta=True builds the same model from the same config on the meta device and reads no
+    weights: the ranks > 0 of a multi-rank run, which shard_model(..., broadcast_from_rank0=True) then fills
+    from rank 0 (no full copy per rank)."""
     from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageTextToText, AutoTokenizer
     from transformers import GenerationConfig
-    if name in ("tiny", "tiny-qwen3"):
+    if name in TINY_MODELS:
         model, tok, ip = build_tiny(name, device="meta" if meta else "cpu")
         model.to(dtype)
+        set_pixel_bounds(ip, *TINY_PIXELS)
     else:
+        src = model_source(name)
         if meta:
             with torch.device("meta"):
                 model = AutoModelForImageTextToText.from_config(
-                    AutoConfig.from_pretrained(name), dtype=dtype, attn_implementation=attn_implementation)
+                    AutoConfig.from_pretrained(name, **src), dtype=dtype, attn_implementation=attn_implementation)
             model.eval()   # as from_pretrained leaves it
             try:           # from_pretrained reads generation_config.json when there is one
-                model.generation_config = GenerationConfig.from_pretrained(name)
+                model.generation_config = GenerationConfig.from_pretrained(name, **src)
             except OSError:
                 pass
         else:
-            model = AutoModelForImageTextToText.from_pretrained(name, dtype=dtype,
+            model = AutoModelForImageTextToText.from_pretrained(name, dtype=dtype, **src,
                                                                 attn_implementation=attn_implementation)
-        tok = AutoTokenizer.from_pretrained(name)
-        ip = AutoImageProcessor.from_pretrained(name, backend="pil")
+        tok = AutoTokenizer.from_pretrained(name, **src)
+        ip = AutoImageProcessor.from_pretrained(name, backend="pil", **src)
         if tok.chat_template is None:
-            raise ValueError(f"{name}: the tokenizer has no chat template (need tokenizer_config.json or "
-                             "chat_template.jinja with the Qwen-VL template)")
-    ip.size = {"shortest_edge": min_pixels, "longest_edge": max_pixels}
+            raise SetupError(f"--model {name}: the tokenizer has no chat template (need tokenizer_config.json "
+                             "or chat_template.jinja with the Qwen-VL template)")
+    set_pixel_bounds(ip, min_pixels, max_pixels)
+    fast_vision_attention(model)   # one batched attention call per window size, not a Python loop per window
     return model, tok, ip
 
 
@@ -472,13 +583,25 @@ def encode(conversations: list, images: list, tokenizer, image_processor, paddin
 
 
 # ----------------------------------------------------------------------------- data
-class BadRecord(ValueError):
+class BadRecord(SetupError):
     """A dataset record that cannot be trained on; the message names the record."""
 
 
 def read_jsonl(path: str) -> list:
+    """The JSON objects of a .jsonl file, one a line (blank lines skipped); a line that is not a JSON
+    object raises BadRecord naming the file and line."""
+    out = []
     with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+        for i, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise BadRecord(f"{path} line {i}: not valid JSON ({e.msg}); a cut-off file?") from None
+            if not isinstance(out[-1], dict):
+                raise BadRecord(f"{path} line {i}: a JSON {type(out[-1]).__name__}, not a record object")
+    return out
 
 
 def load_images(record: dict, root: Path) -> list:
@@ -493,18 +616,28 @@ def load_images(record: dict, root: Path) -> list:
 def check_record(record: dict, root: Path, tokenizer, image_processor, max_length: int) -> int:
     """Validate one SFT record and return its token length; raise BadRecord naming it otherwise."""
     rid = record.get("id", "?")
-    if not isinstance(record.get("response"), str) or not record["response"].strip():
-        raise BadRecord(f"record {rid}: no response")
-    images = record.get("images") or []
-    if record.get("problem", "").count(IMAGE_PLACEHOLDER) != len(images):
-        raise BadRecord(f"record {rid}: {record.get('problem', '').count(IMAGE_PLACEHOLDER)} <image> "
+    if "response" not in record:
+        raise BadRecord(f'record {rid}: no "response" field; sft.py trains on the cold-start file sft.jsonl '
+                        "that make_data.py writes (train.jsonl and test.jsonl have no responses: they are for "
+                        "GRPO and evaluation)")
+    if not isinstance(record["response"], str) or not record["response"].strip():
+        raise BadRecord(f"record {rid}: empty response")
+    if not isinstance(record.get("problem"), str):
+        raise BadRecord(f'record {rid}: "problem" is {json.dumps(record.get("problem"))}, not a string')
+    images = record.get("images")
+    if not isinstance(images, list) or not all(isinstance(x, str) for x in images):
+        raise BadRecord(f'record {rid}: "images" is {json.dumps(images)}, not a list of paths '
+                        "(use [] for a text-only record)")
+    if record["problem"].count(IMAGE_PLACEHOLDER) != len(images):
+        raise BadRecord(f"record {rid}: {record['problem'].count(IMAGE_PLACEHOLDER)} <image> "
                         f"placeholders but {len(images)} images")
     counts = []
     for rel in images:
         try:
             with Image.open(root / rel) as im:
+                im.load()   # decode it all: a truncated file has a valid header
                 counts.append(image_token_count(im.size, image_processor))
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
             raise BadRecord(f"record {rid}: cannot read image {root / rel}: {e}") from None
     p, t = tokenize_conversation(build_messages(record["problem"], record["response"]), counts, tokenizer)
     if len(p) + len(t) > max_length:
@@ -516,7 +649,7 @@ def prepare_records(records: list, root: Path, tokenizer, image_processor, max_l
                     skip_bad: bool) -> tuple:
     """Validate all records up front: (kept records, number skipped). Without skip_bad the first bad
     record stops the run with its error; with it, bad records are dropped and counted (never silently)."""
-    kept, skipped = [], 0
+    kept, skipped, first = [], 0, ""
     for rec in records:
         try:
             check_record(rec, root, tokenizer, image_processor, max_length)
@@ -525,9 +658,11 @@ def prepare_records(records: list, root: Path, tokenizer, image_processor, max_l
             if not skip_bad:
                 raise
             skipped += 1
+            first = first or str(e)
             print0(f"skipping bad record: {e}")
     if not kept:
-        raise BadRecord("no usable records")
+        raise BadRecord(f"no usable records: all {skipped} are bad, the first: {first}" if skipped
+                        else "no records: the data file is empty")
     return kept, skipped
 
 
@@ -538,6 +673,57 @@ def encode_records(records: list, root: Path, tokenizer, image_processor) -> dic
 
 
 # ----------------------------------------------------------------------------- model setup
+def segment_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor,
+                      scale: float) -> torch.Tensor:
+    """Bidirectional softmax attention inside each segment [cu_seqlens[i], cu_seqlens[i+1]) of a packed
+    sequence, nothing across segments: out_s = Σ_{s' in seg(s)} softmax_s'(q_s·k_s' · scale) v_s'.
+
+    q, k: (S, heads, d); v, out: (S, heads, d_v). The segments (the vision tower's attention windows, or
+    whole images in its full-attention blocks) are grouped by length and each group runs as one batched
+    scaled_dot_product_attention call: a handful of calls instead of one per window, the same arithmetic."""
+    lengths = cu_seqlens[1:] - cu_seqlens[:-1]
+    starts = cu_seqlens[:-1]
+    out = q.new_empty(*q.shape[:-1], v.shape[-1])
+    if bool((lengths == lengths[0]).all()):          # one length (e.g. one image): a view, no gather
+        n = int(lengths[0])
+        qs, ks, vs = (x.unflatten(0, (-1, n)).transpose(1, 2) for x in (q, k, v))              # (w, h, n, d)
+        return F.scaled_dot_product_attention(qs, ks, vs, scale=scale).transpose(1, 2).flatten(0, 1)
+    for n in torch.unique(lengths).tolist():
+        if n == 0:
+            continue
+        idx = (starts[lengths == n][:, None] + torch.arange(n, device=q.device)).reshape(-1)   # (w·n,)
+        qs, ks, vs = (x[idx].unflatten(0, (-1, n)).transpose(1, 2) for x in (q, k, v))        # (w, h, n, d)
+        o = F.scaled_dot_product_attention(qs, ks, vs, scale=scale)
+        out = out.index_copy(0, idx, o.transpose(1, 2).flatten(0, 1))
+    return out
+
+
+def _batched_vision_attention_forward(self, hidden_states: torch.Tensor, cu_seqlens: torch.Tensor,
+                                      position_embeddings: tuple | None = None, max_seqlen=None, **kwargs):
+    """Qwen2.5-VL / Qwen3-VL vision attention (qkv → 2-D rotary → attention per window → proj), with the
+    per-window Python loop of transformers' non-flash path replaced by segment_attention()."""
+    rotary = sys.modules[type(self).__module__].apply_rotary_pos_emb_vision
+    s = hidden_states.shape[0]
+    q, k, v = self.qkv(hidden_states).reshape(s, 3, self.num_heads, -1).permute(1, 0, 2, 3).unbind(0)
+    cos, sin = position_embeddings
+    q, k = rotary(q, k, cos, sin)
+    return self.proj(segment_attention(q, k, v, cu_seqlens, self.scaling).reshape(s, -1))
+
+
+def fast_vision_attention(model) -> int:
+    """Install the batched vision attention on every vision attention module of a Qwen2.5-VL / Qwen3-VL
+    model (instance-level forward; nothing changes with flash-attention, which already runs varlen).
+    Returns how many modules were patched. load_model() calls it."""
+    from transformers.utils.generic import is_flash_attention_requested
+    n = 0
+    for m in model.model.visual.modules():
+        if type(m).__name__ in ("Qwen2_5_VLVisionAttention", "Qwen3VLVisionAttention") \
+                and not is_flash_attention_requested(m.config):
+            m.forward = types.MethodType(_batched_vision_attention_forward, m)
+            n += 1
+    return n
+
+
 def enable_activation_checkpointing(model) -> None:
     """Non-reentrant activation checkpointing on every vision block and decoder layer (HF layers)."""
     kwargs = {"use_reentrant": False}
@@ -891,6 +1077,8 @@ def setup_training(cfg: Config, d: Dist) -> dict:
     from_rank0 = d.world_size > 1   # only rank 0 reads the weights; the others build on the meta device
     model, tok, ip = load_model(cfg.model, min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels,
                                 attn_implementation=cfg.attn_implementation, meta=from_rank0 and not d.is_main)
+    if cfg.max_pixels is None and ip.size["longest_edge"] > PAPER_MAX_PIXELS:   # a base model's 12.8M px
+        set_pixel_bounds(ip, None, PAPER_MAX_PIXELS)
     root = Path(cfg.data).resolve().parent
     records, skipped = prepare_records(read_jsonl(cfg.data), root, tok, ip, cfg.max_length,
                                        cfg.skip_bad_records)
@@ -910,32 +1098,110 @@ def setup_training(cfg: Config, d: Dist) -> dict:
     return dict(model=model, tok=tok, ip=ip, optimizer=optimizer, records=records, root=root, skipped=skipped)
 
 
-def run_identity(cfg: Config, num_records: int) -> dict:
-    """What a resumed run must share with the saved one for the step → data position map to hold."""
+RUN_MARKERS = ("sft_config.json", "metrics.jsonl", "checkpoints")   # written by sft.py only
+SMOKE_DATA = "smoke_data"                                           # --smoke's records, kept across runs
+
+
+def out_dir_mode(cfg: Config) -> str:
+    """How this run may use OUT: 'fresh' (new or empty), 'resume' or 'overwrite'. Read-only; raises a
+    SetupError instead of mixing two runs (an earlier run without --resume/--overwrite) or writing into a
+    non-empty folder that holds no sft.py run."""
+    out = Path(cfg.out)
+    if out.exists() and not out.is_dir():
+        raise SetupError(f"--out {out} is a file, not a folder")
+    entries = sorted(p.name for p in out.iterdir() if p.name != SMOKE_DATA) if out.is_dir() else []
+    ours = [e for e in entries if e in RUN_MARKERS]
+    if entries and not ours:
+        raise SetupError(f"--out {out} is not empty and holds no sft.py run ({', '.join(entries[:4])}"
+                         f"{', …' if len(entries) > 4 else ''}): choose a new or empty folder")
+    if cfg.resume:
+        return "resume"
+    if not entries:
+        return "fresh"
+    if cfg.overwrite:
+        return "overwrite"
+    raise SetupError(f"--out {out} already holds a run ({', '.join(ours)}): add --resume to continue it or "
+                     "--overwrite to delete it and start over")
+
+
+def start_out_dir(out: Path, mode: str) -> None:
+    """Create OUT; with mode 'overwrite' first delete everything in it but --smoke's data (rank 0)."""
+    if mode == "overwrite":
+        for p in out.iterdir():
+            if p.name != SMOKE_DATA:
+                shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def run_identity(cfg: Config, num_records: int, total_steps: int, image_processor) -> dict:
+    """The settings a resumed run must share with the saved one: those that fix the step → data position
+    map (model, batch, records, seed, shuffle), the lr schedule (lr, warmup, total steps) and the update."""
+    size = image_processor.size
     return {"model": cfg.model, "global_batch_size": cfg.global_batch_size, "num_records": num_records,
-            "seed": cfg.seed, "shuffle": cfg.shuffle}
+            "seed": cfg.seed, "shuffle": cfg.shuffle, "total_steps": total_steps, "lr": cfg.lr,
+            "warmup_ratio": cfg.warmup_ratio, "weight_decay": cfg.weight_decay, "adam_betas": list(cfg.adam_betas),
+            "max_grad_norm": cfg.max_grad_norm, "freeze_vision": cfg.freeze_vision, "max_length": cfg.max_length,
+            "pixels": [size["shortest_edge"], size["longest_edge"]]}
 
 
-def resume_step(cfg: Config, s: dict, num_records: int) -> int:
-    """Load the newest complete checkpoint when --resume is given; returns the first step to run."""
-    ckpt = latest_checkpoint(cfg.out) if cfg.resume else None
+IDENTITY_LABELS = {"num_records": "usable records in --data", "total_steps": "total steps (--max-steps, or "
+                   "--epochs × steps per epoch)", "pixels": "image bounds (--min-pixels, --max-pixels)"}
+
+
+def checked_checkpoint(cfg: Config, ident: dict) -> Path | None:
+    """The newest complete checkpoint to resume from (None: there is none), or a SetupError naming every
+    setting that differs from the run that saved it (resuming would silently change the schedule)."""
+    ckpt = latest_checkpoint(cfg.out)
     if ckpt is None:
-        if cfg.resume:
-            print0(f"--resume: no complete checkpoint in {cfg.out}/checkpoints, starting from scratch")
-        return 0
-    with open(ckpt / "trainer_state.json") as f:
-        saved = json.load(f)
-    ours = run_identity(cfg, num_records)
-    if any(saved.get(k) != v for k, v in ours.items()):  # the data position would mean something else
-        raise ValueError(f"{ckpt} does not match this run: saved {[saved.get(k) for k in ours]}, "
-                         f"now {list(ours.values())} ({', '.join(ours)})")
-    state = load_state(s["model"], s["optimizer"], ckpt)
+        return None
+    try:
+        saved = json.loads((ckpt / "trainer_state.json").read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise SetupError(f"--resume: cannot read {ckpt / 'trainer_state.json'}: {e}") from None
+    diff = [f"{IDENTITY_LABELS.get(k, '--' + k.replace('_', '-'))} {saved.get(k, 'not saved')} (now {v})"
+            for k, v in ident.items() if saved.get(k) != v]
+    if diff:
+        raise SetupError(f"--resume: {ckpt} was saved by a run with other settings: {'; '.join(diff)}. "
+                         "Resume with the same settings, or start over with --overwrite")
+    return ckpt
+
+
+def read_metrics(path: Path) -> list:
+    """The rows of metrics.jsonl; a cut-off last line (a run killed while writing it) is dropped."""
+    rows = []
+    lines = path.read_text().splitlines() if path.exists() else []
+    for i, line in enumerate(lines):
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i < len(lines) - 1 and line.strip():
+                raise SetupError(f"{path} line {i + 1} is not JSON (only the last line may be cut off)") from None
+    return rows
+
+
+def append_metrics(path: Path, row: dict) -> None:
+    """Append one row to metrics.jsonl in one write, flushed (a kill can cut off at most this line)."""
+    with open(path, "a") as f:
+        f.write(json.dumps(row) + "\n")
+        f.flush()
+
+
+def resume_step(cfg: Config, s: dict, ckpt: Path | None) -> int:
+    """Load the checkpoint (from checked_checkpoint) into the model and optimizer and keep the metrics rows
+    up to its step; returns the first step to run (0 without a checkpoint)."""
+    if cfg.resume and ckpt is None:
+        print0(f"--resume: no complete checkpoint in {cfg.out}/checkpoints, starting from scratch")
+    state = load_state(s["model"], s["optimizer"], ckpt) if ckpt is not None else {"step": 0}
     metrics = Path(cfg.out) / "metrics.jsonl"
-    if is_main() and metrics.exists():  # drop rows logged after the checkpoint we continue from
-        rows = [r for r in metrics.read_text().splitlines() if r and json.loads(r)["step"] <= state["step"]]
-        metrics.write_text("".join(r + "\n" for r in rows))
-    print0(f"resumed from {ckpt} (step {state['step']}, epoch {state['epoch']}, "
-           f"record {state['index_in_epoch']} of the epoch)")
+    if is_main() and metrics.exists():  # drop rows logged after the checkpoint (and a cut-off last row)
+        rows = [r for r in read_metrics(metrics) if r["step"] <= state["step"]]
+        tmp = metrics.with_name(metrics.name + ".tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        os.replace(tmp, metrics)
+    barrier()
+    if ckpt is not None:
+        print0(f"resumed from {ckpt} (step {state['step']}, epoch {state['epoch']}, "
+               f"record {state['index_in_epoch']} of the epoch)")
     return state["step"]
 
 
@@ -944,15 +1210,19 @@ def train(cfg: Config) -> None:
     final resumable state and consolidated HF export in cfg.out."""
     d = setup_dist(cfg.seed)
     try:
-        out = Path(cfg.out)
-        if d.is_main:
-            out.mkdir(parents=True, exist_ok=True)
-            write_run_info(cfg, out)
+        out, mode = Path(cfg.out), out_dir_mode(cfg)   # checks only: nothing is written before the data,
+        barrier()                                      # the model and a resumed run's settings are checked
         s = setup_training(cfg, d)
         model, records, G = s["model"], s["records"], cfg.global_batch_size
         steps_per_epoch = math.ceil(len(records) / G)
         total = cfg.max_steps if cfg.max_steps > 0 else cfg.epochs * steps_per_epoch
-        step = resume_step(cfg, s, len(records))
+        ident = run_identity(cfg, len(records), total, s["ip"])
+        ckpt = checked_checkpoint(cfg, ident) if mode == "resume" else None
+        if d.is_main:
+            start_out_dir(out, mode)
+            write_run_info(cfg, out)
+        barrier()
+        step = resume_step(cfg, s, ckpt)
         bar = tqdm(total=total, initial=step, desc="sft", file=sys.stderr,  # logs to a file stay clean
                    disable=not (d.is_main and sys.stderr.isatty()))
         while step < total:
@@ -973,13 +1243,11 @@ def train(cfg: Config) -> None:
             print0(f"step {step:05d} | epoch {epoch} | loss {m['loss']:.4f} | lr {lr:.2e} | "
                    f"grad_norm {m['grad_norm']:.3f} | tok/s {m['tokens'] / dt:.0f} | dt {dt * 1000:.0f}ms")
             if d.is_main:
-                with open(out / "metrics.jsonl", "a") as f:
-                    f.write(json.dumps(row) + "\n")
+                append_metrics(out / "metrics.jsonl", row)
             bar.update(1)
             if (cfg.save_every and step % cfg.save_every == 0) or step == total:
                 ep, k2 = divmod(step, steps_per_epoch)
-                save_state(model, s["optimizer"], {"step": step, "epoch": ep, "index_in_epoch": k2 * G,
-                                                   **run_identity(cfg, len(records))},
+                save_state(model, s["optimizer"], {"step": step, "epoch": ep, "index_in_epoch": k2 * G, **ident},
                            cfg.out, cfg.keep_checkpoints)
         bar.close()
         save_hf(model, s["tok"], s["ip"], cfg.out, getattr(torch, cfg.save_dtype))
@@ -1140,9 +1408,17 @@ def print_bench_table(rows: list, device: torch.device, image_px: int, steps: in
         print("peak mem on CPU = the process's max RSS so far (rows run in order, so it never decreases)")
 
 
+SMOKE_OVERRIDES = dict(model="tiny", max_steps=2, global_batch_size=4, micro_batch_size=2, lr=1e-3, warmup_ratio=0.0)
+
+
 def smoke_config(cfg: Config) -> Config:
-    """--smoke: the tiny model for 2 steps of 4 samples, on synthetic records written to OUT/smoke_data
-    when no --data is given (works under torchrun too)."""
+    """--smoke: the tiny model for 2 steps of 4 samples (SMOKE_OVERRIDES replace those settings, and it says
+    so), on synthetic records written to OUT/smoke_data when no --data is given (works under torchrun too)."""
+    if os.environ.get("RANK", "0") == "0":   # no process group yet
+        said = ", ".join(f"--{k.replace('_', '-')} {v}" + (f" (not {getattr(cfg, k)})" if getattr(cfg, k) != v
+                                                            and getattr(cfg, k) != Config.__dataclass_fields__[k].default
+                                                            else "") for k, v in SMOKE_OVERRIDES.items())
+        print(f"--smoke: using {said}" + ("" if cfg.data else f", and 8 synthetic records in {cfg.out}/{SMOKE_DATA}"))
     data = cfg.data
     if not data:  # every rank writes the same files atomically (no process group exists yet)
         folder = Path(cfg.out) / "smoke_data"
@@ -1152,21 +1428,31 @@ def smoke_config(cfg: Config) -> Config:
         tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
         os.replace(tmp, folder / "sft.jsonl")
         data = str(folder / "sft.jsonl")
-    return dataclasses.replace(cfg, model="tiny", data=data, max_steps=2, global_batch_size=4,
-                               micro_batch_size=2, lr=1e-3, warmup_ratio=0.0)
+    return dataclasses.replace(cfg, data=data, **SMOKE_OVERRIDES)
 
 
 def main(argv: list | None = None) -> None:
-    args = build_parser().parse_args(argv)
-    cfg = Config(**{**vars(args), "adam_betas": tuple(args.adam_betas)})
-    if cfg.benchmark:
-        benchmark(cfg)
-        return
-    if cfg.smoke:
-        cfg = smoke_config(cfg)
-    if not cfg.data:
-        raise SystemExit("--data is required (a sft.jsonl file)")
-    train(cfg)
+    """The command line: every error about the input (flags, model, data, OUT, a resume that does not
+    match) is one line "sft.py: error: …" with a non-zero exit, and nothing is written before the checks."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not (args.data or args.smoke or args.benchmark):
+        parser.error("--data is required: the cold-start file make_data.py writes, e.g. --data data/ssrl/sft.jsonl")
+    try:
+        cfg = Config(**{**vars(args), "adam_betas": tuple(args.adam_betas)})
+        if cfg.benchmark:
+            benchmark(cfg)
+            return
+        if cfg.data and not Path(cfg.data).is_file():
+            raise SetupError(f"--data {cfg.data}: no such file (python make_data.py writes data/ssrl/sft.jsonl)")
+        out_dir_mode(cfg)   # before --smoke writes its data into OUT
+        if cfg.smoke:
+            cfg = smoke_config(cfg)
+        train(cfg)
+    except SetupError as e:   # BadRecord too
+        if os.environ.get("RANK", "0") == "0":
+            print(f"sft.py: error: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":
