@@ -315,6 +315,45 @@ def test_generate_ignores_the_checkpoints_sampling_settings():
     assert not torch.equal(naive[:, batch["input_ids"].shape[1]:], clean_greedy)   # the plant bites there
 
 
+@pytest.mark.parametrize("kind", ["tiny", "tiny-qwen3"])
+def test_fast_vision_attention_equals_transformers_loop(kind):
+    """The batched vision attention (segment_attention: one sdpa call per window length) gives the vision
+    tower's output and input gradient of transformers' per-window loop within 1e-5 (fp32), on images whose
+    sizes make windows of several lengths; load_model installs it on every vision attention module."""
+    fast, _, ip = sft.load_model(kind)
+    plain = sft.build_tiny(kind)[0]                                   # same seed, transformers' own forward
+    assert all("forward" in vars(b.attn) for b in fast.model.visual.blocks)
+    assert not any("forward" in vars(b.attn) for b in plain.model.visual.blocks)
+    rng = np.random.default_rng(0)
+    ims = [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for w, h in [(224, 168), (140, 308),
+                                                                                          (112, 112), (224, 168)]]
+    px = ip(images=ims, return_tensors="pt")
+    outs = []
+    for model in (plain, fast):
+        x = px["pixel_values"].clone().requires_grad_(True)
+        y = model.model.visual(x, grid_thw=px["image_grid_thw"]).pooler_output
+        (y * torch.linspace(-1, 1, y.numel()).view_as(y)).sum().backward()
+        outs.append((y.detach(), x.grad))
+    (y0, g0), (y1, g1) = outs
+    assert torch.allclose(y0, y1, atol=1e-5) and torch.allclose(g0, g1, atol=1e-5)
+
+
+def test_segment_attention_hand_computed():
+    """Attention never crosses a segment: with v = one-hot segment ids, every output row is its own
+    segment's one-hot; with equal scores each output is its segment's mean of v."""
+    cu = torch.tensor([0, 2, 5, 7, 8])
+    q, k = torch.zeros(8, 1, 2), torch.zeros(8, 1, 2)
+    seg = torch.tensor([0, 0, 1, 1, 1, 2, 2, 3])
+    v = torch.nn.functional.one_hot(seg, 4).float()[:, None, :]       # (8, 1, 4)
+    out = sft.segment_attention(q, k, v, cu, scale=1.0)
+    assert torch.allclose(out, v)
+    v2 = torch.arange(8.0).view(8, 1, 1)
+    out2 = sft.segment_attention(q, k, v2, cu, scale=1.0).flatten()
+    assert torch.allclose(out2, torch.tensor([0.5, 0.5, 3, 3, 3, 5.5, 5.5, 7]))
+    out3 = sft.segment_attention(q, k, v2, torch.tensor([0, 4, 8]), scale=1.0).flatten()   # equal lengths
+    assert torch.allclose(out3, torch.tensor([1.5] * 4 + [5.5] * 4))
+
+
 def test_benchmark_3b_shape_has_the_published_size():
     """The GPU benchmark's random Qwen2.5-VL-3B is built from the published config: 3.75B parameters,
     0.67B of them in the vision tower (counted on the meta device, no memory used)."""
