@@ -365,3 +365,27 @@ def test_parquet_benchmarks_end_to_end(tmp_path):
     assert se[0].category == "spatialmap" and se[0].truth["options"] == {"A": "Northeast", "B": "Northwest"}
     results = ev.evaluate(c)
     assert results["qspatial_plus"]["n"] == 2 and results["spatialeval"]["n"] == 1
+
+
+def test_two_ranks_shard_and_gather(tmp_path):
+    """torchrun ×2 (gloo): each rank answers its shard, rank 0 writes every item exactly once, and the answers
+    equal one process's (greedy, fp32; left padding makes them independent of the batch)."""
+    import os
+    import subprocess
+    import sys
+    data = make_fixtures(tmp_path / "d")
+    common = ["--bench", "pretext", "spatial457", "--data", f"pretext={data['pretext']}",
+              f"spatial457={data['spatial457']}", "--max-new-tokens", "3", "--batch-size", "1", "--pixels",
+              *TINY_PIXELS, "--no-progress", "--no-plot"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    here = Path(ev.__file__).parent
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(here / "evaluate.py"), *common, "--out", str(tmp_path / "two")]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, cwd=here)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    ev.main([*common, "--out", str(tmp_path / "one")])
+    for bench in ("pretext", "spatial457"):
+        two = [json.loads(x) for x in (tmp_path / "two" / bench / "predictions.jsonl").read_text().splitlines()]
+        one = ev.read_predictions(tmp_path / "one" / bench / "predictions.jsonl")
+        assert sorted(x["id"] for x in two) == sorted(one)
+        assert all(x.get("raw") == one[x["id"]].get("raw") for x in two)
