@@ -1,0 +1,310 @@
+"""Tests of sft.py as a new user meets it: the command line, its errors, bad data, the output folder, resume.
+
+    python -m pytest -q test_sft_cli.py
+
+Every error about the input must be one line ("sft.py: error: …"), exit non-zero and leave nothing behind;
+a run folder never mixes two runs; a resumed run has the saved run's schedule. Tiny model, tiny images,
+in-process calls of sft.main()/sft.train(); one subprocess checks the real command line (a typo'd --model
+must fail in seconds, without network retries or a traceback).
+"""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import huggingface_hub
+import huggingface_hub.constants
+import pytest
+from PIL import Image
+from transformers.utils import logging as hf_logging
+
+import sft
+
+hf_logging.disable_progress_bar()
+HERE = Path(__file__).resolve().parent
+
+
+# ----------------------------------------------------------------------------- fixtures
+def records(folder: Path, n: int = 4) -> list:
+    """n valid SFT records with 56×56 PNGs (bright → A, dark → B)."""
+    out = []
+    for i in range(n):
+        Image.new("RGB", (56, 56), (200 - 40 * (i % 2) * 4,) * 3).save(folder / f"im{i}.png")
+        answer = "AB"[i % 2]
+        out.append({"id": f"r{i}", "task": "flip", "images": [f"im{i}.png"], "answer": answer, "meta": {},
+                    "problem": "<image>Is the image bright or dark? A. bright B. dark",
+                    "response": f"<think>It is {'bright' if answer == 'A' else 'dark'}.</think> \\boxed{{{answer}}}"})
+    return out
+
+
+def write_jsonl(path: Path, recs: list) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    return path
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("data")
+    return write_jsonl(folder / "sft.jsonl", records(folder))
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return sft.load_model("tiny")
+
+
+def cfg(data: Path, out: Path, **kw) -> sft.Config:
+    base = dict(model="tiny", data=str(data), out=str(out), max_steps=3, lr=1e-3, warmup_ratio=0.0,
+                global_batch_size=2, micro_batch_size=2, save_dtype="float32", save_every=1,
+                activation_checkpointing=False)
+    return sft.Config(**{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def stopped_run(data, tmp_path_factory) -> Path:
+    """A 3-step run stopped after step 2 (checkpoint step_00000002, metrics rows 1 and 2)."""
+    out = tmp_path_factory.mktemp("runs") / "stopped"
+    sft.train(cfg(data, out, stop_after_steps=2))
+    return out
+
+
+def steps(out: Path) -> list:
+    return [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def snapshot(folder: Path) -> dict:
+    """{relative path: bytes} of every file in folder (to prove a refused command wrote nothing)."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def cli_error(capsys, argv: list) -> str:
+    """Run sft.main(argv), expect a non-zero exit and return its one stderr line."""
+    with pytest.raises(SystemExit) as e:
+        sft.main(argv)
+    assert e.value.code not in (0, None)
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("sft.py: error: "), err
+    return err
+
+
+# ----------------------------------------------------------------------------- --model
+def test_model_typo_fails_at_once_with_one_line(monkeypatch, tmp_path, tiny):
+    """An unknown --model fails in well under a second (once transformers is imported: the `tiny` fixture)
+    with a message saying why, whether the Hub is unreachable, says 'no such model', or HF_HUB_OFFLINE=1;
+    no transformers retries."""
+    def unreachable(*a, **k):
+        raise ConnectionError("[Errno -2] Name or service not known")
+
+    def not_found(*a, **k):   # what model_info raises for an unknown name (huggingface_hub's own HTTP client)
+        import httpx2
+        response = httpx2.Response(404, request=httpx2.Request("GET", "https://huggingface.co/api/models/x"))
+        raise huggingface_hub.errors.RepositoryNotFoundError("404 Client Error", response=response)
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    for lookup, expected in ((unreachable, "the Hub is unreachable"), (not_found, "no such model on the Hugging Face Hub")):
+        monkeypatch.setattr(huggingface_hub, "model_info", lookup)
+        for name in ("tiny2", "Qwen/Qwen2.5-VL-7B-Instuct"):
+            t0 = time.perf_counter()
+            with pytest.raises(sft.SetupError, match=expected) as e:
+                sft.load_model(name)
+            assert time.perf_counter() - t0 < 1.0
+            assert f"--model {name}: not a local folder, not a tiny model" in str(e.value)
+            assert "\n" not in str(e.value)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(sft.SetupError, match="not in the Hugging Face cache .* while HF_HUB_OFFLINE=1"):
+        sft.load_model("Qwen/Qwen2.5-VL-7B-Instuct")
+    with pytest.raises(sft.SetupError, match="not a Hugging Face id"):
+        sft.load_model("runs/sft-tiny/typo")             # a mistyped path is no Hub id either
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(sft.SetupError, match="has no config.json"):
+        sft.load_model(str(tmp_path / "empty"))
+
+
+def test_cached_hub_model_loads_without_network(monkeypatch, tmp_path):
+    """A real name still works for a user who has it: from the HF cache, offline or with the Hub unreachable."""
+    snapshot_dir = tmp_path / "models--someorg--tiny-vl" / "snapshots" / ("a" * 40)
+    sft.build_tiny("tiny", out_dir=str(snapshot_dir))
+    (tmp_path / "models--someorg--tiny-vl" / "refs").mkdir()
+    (tmp_path / "models--someorg--tiny-vl" / "refs" / "main").write_text("a" * 40)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    for offline in (True, False):
+        monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", offline)
+        monkeypatch.setattr(huggingface_hub, "model_info", lambda *a, **k: (_ for _ in ()).throw(OSError("down")))
+        model, tok, ip = sft.load_model("someorg/tiny-vl")
+        assert type(model).__name__ == "Qwen2_5_VLForConditionalGeneration" and tok.chat_template
+
+
+def test_cli_model_typo_subprocess(tmp_path, data):
+    """The real command line with a typo'd model and the Hub unreachable (online mode, the endpoint a closed
+    local port; no real network use): one line on stderr, exit 1, seconds (not 30–50 s of retries), no
+    traceback, no output folder."""
+    env = {**{k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}, "HF_ENDPOINT": "http://127.0.0.1:9"}
+    t0 = time.perf_counter()
+    r = subprocess.run([sys.executable, str(HERE / "sft.py"), "--model", "Qwen/Qwen2.5-VL-7B-Instuct",
+                        "--data", str(data), "--out", str(tmp_path / "out")],
+                       capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 1 and time.perf_counter() - t0 < 30
+    err = r.stderr.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("sft.py: error: --model Qwen/Qwen2.5-VL-7B-Instuct: not a local "
+                                                "folder, not a tiny model"), r.stderr
+    assert not (tmp_path / "out").exists()
+
+
+# ----------------------------------------------------------------------------- --data
+def test_data_missing_or_the_grpo_file_is_one_line_and_writes_nothing(capsys, tmp_path, data):
+    out = tmp_path / "out"
+    assert "--data is required" in cli_error(capsys, ["--out", str(out)])
+    assert "no such file" in cli_error(capsys, ["--data", str(tmp_path / "nope.jsonl"), "--out", str(out)])
+    train = write_jsonl(data.parent / "train.jsonl",        # what make_data.py writes for GRPO: no responses
+                        [{k: v for k, v in r.items() if k != "response"} for r in sft.read_jsonl(data)])
+    err = cli_error(capsys, ["--data", str(train), "--out", str(out)])
+    assert 'no "response" field' in err and "sft.jsonl" in err
+    err = cli_error(capsys, ["--data", str(train), "--out", str(out), "--skip-bad-records"])
+    assert "no usable records: all 4 are bad" in err and "sft.jsonl" in err
+    assert not out.exists()
+    assert "--resume and --overwrite" in cli_error(capsys, ["--data", str(data), "--out", str(out),
+                                                            "--resume", "--overwrite"])
+    assert not out.exists()
+
+
+# ----------------------------------------------------------------------------- bad records
+def test_bad_records_error_naming_them_or_counted_skip(tmp_path, tiny):
+    """A truncated PNG (valid header, cut data), problem: null, no images, images: null, a non-JSON line:
+    each an error that names the record (and the file), or a counted skip with --skip-bad-records."""
+    _, tok, ip = tiny
+    good = records(tmp_path, n=2)
+    Image.new("RGB", (56, 56), (90, 20, 200)).save(tmp_path / "whole.png")
+    raw = (tmp_path / "whole.png").read_bytes()
+    (tmp_path / "cut.png").write_bytes(raw[:len(raw) // 2])
+    with Image.open(tmp_path / "cut.png") as im:
+        assert im.size == (56, 56)                           # the header alone looks fine
+    no_images = {k: v for k, v in good[0].items() if k != "images"}
+    bad = [dict(good[0], id="cut-png", images=["cut.png"]), dict(good[0], id="null-problem", problem=None),
+           dict(no_images, id="no-images"), dict(good[0], id="null-images", images=None)]
+    messages = {"cut-png": "cut.png", "null-problem": '"problem" is null', "no-images": '"images" is null',
+                "null-images": '"images" is null'}
+    for rec in bad:
+        with pytest.raises(sft.BadRecord, match=f"record {rec['id']}: .*{messages[rec['id']]}"):
+            sft.prepare_records(good + [rec], tmp_path, tok, ip, max_length=512, skip_bad=False)
+    kept, skipped = sft.prepare_records(good + bad, tmp_path, tok, ip, max_length=512, skip_bad=True)
+    assert [r["id"] for r in kept] == ["r0", "r1"] and skipped == 4
+    path = tmp_path / "cut.jsonl"
+    path.write_text(json.dumps(good[0]) + "\n" + json.dumps(good[1])[:40] + "\n")
+    with pytest.raises(sft.BadRecord, match="cut.jsonl line 2: not valid JSON"):
+        sft.read_jsonl(str(path))
+
+
+def test_truncated_image_run_fails_before_writing(capsys, tmp_path):
+    """Through the CLI: a truncated PNG stops the run up front (not after 2 steps), and nothing is written."""
+    recs = records(tmp_path)
+    raw = (tmp_path / "im1.png").read_bytes()
+    (tmp_path / "im1.png").write_bytes(raw[:len(raw) // 2])
+    data = write_jsonl(tmp_path / "sft.jsonl", recs)
+    err = cli_error(capsys, ["--data", str(data), "--out", str(tmp_path / "out"), "--max-steps", "2"])
+    assert "record r1: cannot read image" in err and "im1.png" in err
+    assert not (tmp_path / "out").exists()
+
+
+# ----------------------------------------------------------------------------- output folder and resume
+def test_out_never_mixes_two_runs(capsys, data, stopped_run, tmp_path):
+    """Re-running into a folder with a run: refused (nothing changes) unless --resume or --overwrite;
+    --overwrite starts clean (metrics 1…n only). A non-empty folder without a run is refused too."""
+    out = tmp_path / "run"
+    shutil.copytree(stopped_run, out)
+    before = snapshot(out)
+    err = cli_error(capsys, ["--data", str(data), "--out", str(out)])
+    assert "already holds a run" in err and "--resume" in err and "--overwrite" in err
+    assert snapshot(out) == before
+    sft.train(cfg(data, out, max_steps=2, save_every=0, overwrite=True))
+    assert steps(out) == [1, 2]
+    assert json.loads((out / "sft_config.json").read_text())["config"]["max_steps"] == 2
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["step_00000002"]
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    for flags in ([], ["--overwrite"], ["--resume"]):
+        assert "holds no sft.py run" in cli_error(capsys, ["--data", str(data), "--out", str(other), *flags])
+    assert [p.name for p in other.iterdir()] == ["notes.txt"]
+
+
+def test_resume_refuses_another_schedule(capsys, data, stopped_run, tmp_path):
+    """--resume with a different --max-steps or --lr (or batch) is refused naming each differing setting,
+    and writes nothing."""
+    out = tmp_path / "run"
+    shutil.copytree(stopped_run, out)
+    before = snapshot(out)
+    for kw, named in ((dict(max_steps=5), "total steps (--max-steps, or --epochs × steps per epoch) 3 (now 5)"),
+                      (dict(lr=2e-3), "--lr 0.001 (now 0.002)"),
+                      (dict(lr=2e-3, global_batch_size=1), "--global-batch-size 2 (now 1)")):
+        with pytest.raises(sft.SetupError, match="other settings") as e:
+            sft.train(cfg(data, out, resume=True, **kw))
+        assert named in str(e.value), str(e.value)
+        assert snapshot(out) == before
+    err = cli_error(capsys, ["--model", "tiny", "--data", str(data), "--out", str(out), "--resume",
+                             "--max-steps", "4", "--lr", "1e-3", "--global-batch-size", "2"])
+    assert "--resume:" in err and "(now 4)" in err and "--warmup-ratio 0.0 (now 0.1)" in err
+
+
+def test_resume_after_a_cut_off_metrics_row(data, stopped_run, tmp_path):
+    """A run killed while writing metrics.jsonl leaves a partial last line; --resume drops it (and the rows
+    after the checkpoint) and continues: rows 1, 2, 3, each once."""
+    out = tmp_path / "run"
+    shutil.copytree(stopped_run, out)
+    with open(out / "metrics.jsonl", "a") as f:
+        f.write('{"step": 3, "epoch": 1, "lo')
+    sft.train(cfg(data, out, resume=True))
+    assert steps(out) == [1, 2, 3] and (out / "model.safetensors").exists()
+
+
+# ----------------------------------------------------------------------------- pixel bounds
+def test_checkpoint_keeps_its_pixel_bounds(data, tmp_path):
+    """load_model(checkpoint) keeps the saved image bounds unless told otherwise; SFT from a base model
+    whose processor allows 12.8M px uses the paper's 512², and a checkpoint's smaller bound is kept."""
+    for name, bounds in (("small", (3136, 12544)), ("base", (3136, 12845056))):
+        model, tok, ip = sft.build_tiny("tiny")
+        sft.set_pixel_bounds(ip, *bounds)
+        for x in (model, tok, ip):
+            x.save_pretrained(tmp_path / name)
+    size = lambda ip: (ip.size["shortest_edge"], ip.size["longest_edge"])
+    assert size(sft.load_model(str(tmp_path / "small"))[2]) == (3136, 12544)
+    assert size(sft.load_model(str(tmp_path / "small"), max_pixels=50176)[2]) == (3136, 50176)
+    assert size(sft.load_model("tiny")[2]) == (56 * 56, 512 * 512)
+    for name, expected in (("small", (3136, 12544)), ("base", (3136, 512 * 512))):
+        s = sft.setup_training(cfg(data, tmp_path / "unused", model=str(tmp_path / name)), sft.Dist())
+        assert size(s["ip"]) == expected, name
+    s = sft.setup_training(cfg(data, tmp_path / "unused", model=str(tmp_path / "base"), max_pixels=100352),
+                           sft.Dist())
+    assert size(s["ip"]) == (3136, 100352)
+    assert not (tmp_path / "unused").exists()
+
+
+# ----------------------------------------------------------------------------- --help and --smoke
+def test_help_reads_well():
+    """--data shows it is required (no "(default: )"), usage examples, --smoke names what it overrides,
+    off-by-default switches have no --no- form, on-by-default ones do."""
+    text = sft.build_parser().format_help()
+    assert "(default: )" not in text and "(default: None)" not in text
+    data_help = text[text.index("\n  --data SFT_JSONL"):text.index("\n  --out OUT")]
+    assert "REQUIRED" in data_help and "sft.jsonl" in data_help
+    assert "examples:" in text and "python sft.py --smoke" in text and "torchrun" in text
+    smoke_help = " ".join(text[text.index("  --smoke"):].split())
+    for flag in ("--model tiny", "--max-steps 2", "--global-batch-size 4", "--micro-batch-size 2", "--lr 1e-3"):
+        assert flag in smoke_help, flag
+    for odd in ("--no-smoke", "--no-benchmark", "--no-resume", "--no-overwrite", "--no-skip-bad-records"):
+        assert odd not in text, odd
+    assert "--no-freeze-vision" in text and "--no-shuffle" in text
+    assert "(default: 0)" in text and "(default: runs/sft)" in text
+
+
+def test_smoke_says_what_it_overrides(capsys, tmp_path):
+    c = sft.smoke_config(sft.Config(out=str(tmp_path), lr=5e-3, global_batch_size=64))
+    said = capsys.readouterr().out
+    assert "--smoke: using --model tiny" in said and "--lr 0.001 (not 0.005)" in said
+    assert "--global-batch-size 4 (not 64)" in said and "synthetic records" in said
+    assert (c.model, c.lr, c.global_batch_size, c.max_steps) == ("tiny", 1e-3, 4, 2)
+    assert Path(c.data).is_file()
