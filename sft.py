@@ -120,6 +120,8 @@ class Config:
     adam_betas: tuple = _f((0.9, 0.999), "AdamW betas")
     global_batch_size: int = _f(256, "samples per optimizer step over all ranks (paper: 256)")
     micro_batch_size: int = _f(4, "samples per forward/backward on one rank")
+    micro_batch_tokens: int = _f(0, "instead of --micro-batch-size: micro-batches of at most this many padded "
+                                    "tokens (count x longest), samples sorted by length (e.g. 16384 on a GPU)")
     max_length: int = _f(4096, "max tokens per sample, prompt + image tokens + response (paper: 4096)")
     min_pixels: int | None = _f(None, "smallest image area after resizing, in pixels (default: the model's "
                                       "own bound)")
@@ -235,13 +237,38 @@ def lr_at(step: int, total_steps: int, peak_lr: float, warmup_ratio: float) -> f
     return peak_lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-def micro_batches(batch: list, rank: int, world_size: int, micro_batch_size: int) -> list:
+def pack_by_tokens(lengths: list, max_tokens: int) -> list:
+    """Micro-batches (lists of indices into `lengths`) whose padded size, count × longest, stays within
+    max_tokens: indices sorted by length, longest first, filled greedily; a sample longer than the budget
+    gets a micro-batch of its own. Sorting keeps padding small (neighbours have similar lengths)."""
+    out, cur = [], []
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        if cur and (len(cur) + 1) * lengths[cur[0]] > max_tokens:
+            out.append(cur)
+            cur = []
+        cur.append(i)
+    return out + ([cur] if cur else [])
+
+
+def micro_batches(batch: list, rank: int, world_size: int, micro_batch_size: int, max_tokens: int = 0,
+                  lengths: list | None = None) -> list:
     """This rank's micro-batches of one global batch; every rank gets the same number of them.
 
-    The global batch is cut into world_size contiguous shares of ⌈B / world⌉; each share is cut into
-    micro-batches of micro_batch_size. An empty micro-batch (the tail of a short last batch) is returned as
-    [] and the caller runs a zero-weight sample in its place, so all ranks issue the same collectives.
+    By count (max_tokens = 0): the global batch is cut into world_size contiguous shares of ⌈B / world⌉,
+    each cut into micro-batches of micro_batch_size. By tokens (max_tokens > 0, lengths[i] = tokens of
+    batch[i]): the batch sorted by length is dealt round-robin to the ranks (similar token counts per rank)
+    and each share is packed by pack_by_tokens; the number of micro-batches is the largest over the ranks,
+    which every rank computes alike from the same batch. A missing micro-batch is returned as [] and the
+    caller runs a zero-weight sample in its place, so all ranks issue the same collectives. The loss
+    normalisation is global (train_step), so neither choice changes the update.
     """
+    if max_tokens > 0:
+        order = sorted(range(len(batch)), key=lambda i: -lengths[i])
+        shares = [order[r::world_size] for r in range(world_size)]
+        packs = [[[share[j] for j in mb] for mb in pack_by_tokens([lengths[i] for i in share], max_tokens)]
+                 for share in shares]
+        n_micro = max(len(p) for p in packs)
+        return [[batch[i] for i in mb] for mb in packs[rank]] + [[]] * (n_micro - len(packs[rank]))
     share = math.ceil(len(batch) / world_size)
     mine = batch[rank * share:(rank + 1) * share]
     n_micro = math.ceil(share / micro_batch_size)
@@ -269,20 +296,31 @@ class Dist:
         return self.rank == 0
 
 
+def use_cuda() -> bool:
+    """True when a GPU is visible, unless SPATIAL_SSRL_DEVICE=cpu (the tests set it, so they run the same
+    CPU/gloo code on a GPU machine, and a 2-rank launch works on a 1-GPU machine)."""
+    return torch.cuda.is_available() and os.environ.get("SPATIAL_SSRL_DEVICE", "").lower() != "cpu"
+
+
 def setup_dist(seed: int = 0) -> Dist:
     """torchrun contract (RANK, LOCAL_RANK, WORLD_SIZE) or one local process; NCCL on GPU, gloo on CPU.
 
     Seeds python, numpy and torch with seed + rank. Creates the process group once per process and reuses
-    it on later calls (re-creating a group under torchrun after destroying it can race)."""
-    cuda = torch.cuda.is_available()
+    it on later calls (re-creating a group under torchrun after destroying it can race). On GPU the
+    group is bound to this rank's device (device_id), and more local ranks than GPUs is a clear error."""
+    cuda = use_cuda()
     d = Dist()
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
         d.rank, d.world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
         d.local_rank = int(os.environ.get("LOCAL_RANK", 0))
+        if cuda and d.local_rank >= torch.cuda.device_count():
+            raise SetupError(f"local rank {d.local_rank} but only {torch.cuda.device_count()} GPU(s) here: use "
+                             f"--nproc_per_node {torch.cuda.device_count()} or fewer (or SPATIAL_SSRL_DEVICE=cpu)")
         if cuda:
             torch.cuda.set_device(d.local_rank)
         if not dist.is_initialized():
-            dist.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(minutes=30))
+            dist.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(minutes=30),
+                                    device_id=torch.device("cuda", d.local_rank) if cuda else None)
     d.device = torch.device(f"cuda:{d.local_rank}" if cuda else "cpu")
     random.seed(seed + d.rank)
     np.random.seed(seed + d.rank)
@@ -652,8 +690,7 @@ def prepare_records(records: list, root: Path, tokenizer, image_processor, max_l
     kept, skipped, first = [], 0, ""
     for rec in records:
         try:
-            check_record(rec, root, tokenizer, image_processor, max_length)
-            kept.append(rec)
+            kept.append({**rec, "num_tokens": check_record(rec, root, tokenizer, image_processor, max_length)})
         except BadRecord as e:
             if not skip_bad:
                 raise
@@ -724,13 +761,23 @@ def fast_vision_attention(model) -> int:
     return n
 
 
-def enable_activation_checkpointing(model) -> None:
-    """Non-reentrant activation checkpointing on every vision block and decoder layer (HF layers)."""
+def enable_activation_checkpointing(model) -> list:
+    """Non-reentrant activation checkpointing on the layers that train: every decoder layer, and the vision
+    blocks only when they have trainable parameters (call it after freeze_vision). Recomputing a frozen
+    block saves nothing worth its cost: its activations are not kept for a backward anyway (measured on an
+    H200, 3B shape: 4x slower steps). Returns the names of the checkpointed layers."""
+    from transformers.modeling_layers import GradientCheckpointingLayer
     kwargs = {"use_reentrant": False}
     if hasattr(model, "activation_checkpointing_enable"):
         model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
     else:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    names = []
+    for name, m in model.named_modules():
+        if isinstance(m, GradientCheckpointingLayer):
+            m.gradient_checkpointing = any(p.requires_grad for p in m.parameters())
+            names += [name] if m.gradient_checkpointing else []
+    return names
 
 
 def shard_model(model, device: torch.device, bf16: bool = True, broadcast_from_rank0: bool = False):
@@ -744,6 +791,11 @@ def shard_model(model, device: torch.device, bf16: bool = True, broadcast_from_r
     (load_model(meta=True)); every rank ends with its shard of rank 0's weights and rank 0's buffers."""
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+    # FSDP2 warns that the root "returned a view tensor": those views are the per-image vision features
+    # (image_outputs, split from one tensor) the model returns beside the logits. Only an in-place op on
+    # them could skip FSDP's pre-backward hook, and nothing writes to them; the 2-rank test shows the
+    # gradients equal a one-process run (test_fsdp2_two_ranks_equal_one_process).
+    warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module \(.*\) returned a view tensor")
     world = dist.get_world_size() if dist.is_initialized() else 1
     if not dist.is_initialized():  # FSDP2 needs a process group even for one rank
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
@@ -870,13 +922,14 @@ def generation_config(tokenizer, max_new_tokens: int = 1024, do_sample: bool = F
     with the given temperature / top-p / top-k (0 = off); no repetition penalty, n-gram ban, min-p, typical-p,
     ε/η cutoffs, length constraints or forced tokens; stops at <|im_end|>; vision tokens suppressed.
     generate() also swaps it in as model.generation_config for the call, so no field a checkpoint's
-    generation_config.json sets (Qwen2.5-VL: repetition_penalty 1.05, top_k 1, ...) is inherited."""
+    generation_config.json sets (Qwen2.5-VL: repetition_penalty 1.05, top_k 1, ...) is inherited; the
+    fields left None (top-k and min-p in greedy mode, where they are unused) take transformers' defaults."""
     from transformers import GenerationConfig
     eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
     return GenerationConfig(
-        max_new_tokens=max_new_tokens, min_new_tokens=0, min_length=0, do_sample=do_sample, num_beams=1,
+        max_new_tokens=max_new_tokens, min_new_tokens=0, do_sample=do_sample, num_beams=1,
         num_return_sequences=num_return_sequences, temperature=temperature if do_sample else 1.0,
-        top_p=top_p if do_sample else 1.0, top_k=top_k if do_sample else 0, min_p=0.0, typical_p=1.0,
+        top_p=top_p if do_sample else 1.0, top_k=top_k if do_sample else None, min_p=None, typical_p=1.0,
         epsilon_cutoff=0.0, eta_cutoff=0.0, repetition_penalty=1.0, encoder_repetition_penalty=1.0,
         no_repeat_ngram_size=0, encoder_no_repeat_ngram_size=0, length_penalty=1.0, renormalize_logits=False,
         bad_words_ids=None, sequence_bias=None, forced_bos_token_id=None, forced_eos_token_id=None,
@@ -1020,18 +1073,22 @@ def load_state(model, optimizer, ckpt: Path) -> dict:
 
 
 # ----------------------------------------------------------------------------- training
-def train_step(model, optimizer, batches: list, lr: float, max_grad_norm: float, device: torch.device) -> dict:
+def train_step(model, optimizer, batches: list, lr: float, max_grad_norm: float, device: torch.device,
+               sync_every_micro_batch: bool = True) -> dict:
     """One optimizer step over this rank's micro-batches (encoded, labels included).
 
     The supervised-token count is all-reduced first, so every micro-batch loss is normalised by the
-    global count (sft_loss): the update does not depend on how the global batch is split."""
+    global count (sft_loss): the update does not depend on how the global batch is split. On an FSDP2
+    model the gradients are reduce-scattered after every micro-batch (sync_every_micro_batch), so a rank
+    holds only its fp32 gradient shard between micro-batches; with False they are accumulated unsharded
+    (one full fp32 gradient per rank, ≈ 30 GB for 7B) and reduced once after the last micro-batch."""
     world = dist.get_world_size() if dist.is_initialized() else 1
     n_local = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in batches)
     n_global = max(1.0, all_reduce_sum(n_local, device))
     fsdp, loss_sum, seen = is_fsdp(model), 0.0, 0
     for i, b in enumerate(batches):
-        if fsdp:  # reduce-scatter gradients only after the last micro-batch
-            model.set_requires_gradient_sync(i == len(batches) - 1)
+        if fsdp:
+            model.set_requires_gradient_sync(sync_every_micro_batch or i == len(batches) - 1)
         b = {k: v.to(device) for k, v in b.items()}
         labels = b.pop("labels")
         loss, m = sft_loss(token_logprobs(model, b, labels), labels, n_global / world)
@@ -1050,10 +1107,13 @@ def train_step(model, optimizer, batches: list, lr: float, max_grad_norm: float,
             "tokens": all_reduce_sum(seen, device), "sup_tokens": n_global}
 
 
-def rank_batches(batch: list, root: Path, tokenizer, image_processor, d: Dist, micro_batch_size: int) -> list:
-    """Encode this rank's micro-batches of a global batch; an empty one becomes a zero-weight sample."""
+def rank_batches(batch: list, root: Path, tokenizer, image_processor, d: Dist, micro_batch_size: int,
+                 micro_batch_tokens: int = 0) -> list:
+    """Encode this rank's micro-batches of a global batch (by count, or by a token budget using the
+    records' num_tokens from prepare_records); an empty one becomes a zero-weight sample."""
     out = []
-    for mb in micro_batches(batch, d.rank, d.world_size, micro_batch_size):
+    lengths = [r["num_tokens"] for r in batch] if micro_batch_tokens else None
+    for mb in micro_batches(batch, d.rank, d.world_size, micro_batch_size, micro_batch_tokens, lengths):
         enc = encode_records(mb or batch[:1], root, tokenizer, image_processor)
         if not mb:
             enc["labels"].fill_(IGNORE_INDEX)
@@ -1233,7 +1293,7 @@ def train(cfg: Config) -> None:
             order = epoch_order(len(records), epoch, cfg.seed, cfg.shuffle)
             batch = [records[i] for i in order[k * G:(k + 1) * G]]
             t0 = time.perf_counter()
-            enc = rank_batches(batch, s["root"], s["tok"], s["ip"], d, cfg.micro_batch_size)
+            enc = rank_batches(batch, s["root"], s["tok"], s["ip"], d, cfg.micro_batch_size, cfg.micro_batch_tokens)
             lr = lr_at(step, total, cfg.lr, cfg.warmup_ratio)
             m = train_step(model, s["optimizer"], enc, lr, cfg.max_grad_norm, d.device)
             dt = time.perf_counter() - t0

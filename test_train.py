@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("SPATIAL_SSRL_DEVICE", "cpu")   # gloo/CPU also on a GPU machine (sft.use_cuda)
 
 import numpy as np
 import pytest
@@ -28,7 +29,8 @@ import tasks
 
 hf_logging.disable_progress_bar()
 HERE = Path(__file__).resolve().parent
-FSDP_TOL = 1e-5   # max |Δw| between 2-rank FSDP2 and 1 process after 3 AdamW steps at lr 1e-3 (fp32)
+TWO_RANK_RUN = dict(global_batch_size=3, micro_batch_size=1, max_steps=4, save_every=3)
+FSDP_TOL = 1e-5   # max |Δw| between 2-rank FSDP2 and 1 process after 4 AdamW steps at lr 1e-3 (fp32)
 
 
 # ----------------------------------------------------------------------------- fixtures
@@ -145,6 +147,43 @@ def test_micro_batches_cover_the_batch_with_equal_counts():
     assert len(per_rank[0]) == len(per_rank[1]) == 2
     assert sorted(x for mbs in per_rank for mb in mbs for x in mb) == batch
     assert sft.micro_batches([0], 1, 2, 4) == [[]]   # the rank left without samples runs one empty slot
+
+
+def test_pack_by_tokens_sorted_within_budget():
+    """Longest first; count × longest never exceeds the budget except for a lone over-long sample."""
+    lengths = [5, 30, 12, 7, 30, 100, 11]
+    packs = sft.pack_by_tokens(lengths, max_tokens=60)
+    assert packs == [[5], [1, 4], [2, 6, 3, 0]]                      # 100 alone; 2×30; 4×12 = 48 ≤ 60
+    assert sorted(i for p in packs for i in p) == list(range(7))
+
+
+def test_micro_batches_by_tokens_cover_the_batch_with_equal_counts():
+    """By a token budget, every sample lands on exactly one rank, ranks get the same number of
+    micro-batches (padded with []), and each micro-batch stays within the budget."""
+    batch = [f"r{i}" for i in range(9)]
+    lengths = [40, 10, 35, 12, 90, 20, 15, 11, 30]
+    per_rank = [sft.micro_batches(batch, r, 2, 0, max_tokens=64, lengths=lengths) for r in range(2)]
+    assert len(per_rank[0]) == len(per_rank[1])
+    assert sorted(x for mbs in per_rank for mb in mbs for x in mb) == sorted(batch)
+    for mbs in per_rank:
+        for mb in mbs:
+            ls = [lengths[batch.index(x)] for x in mb]
+            assert len(mb) <= 1 or len(mb) * max(ls) <= 64
+
+
+def test_setup_dist_more_local_ranks_than_gpus_is_a_clear_error(monkeypatch):
+    """On a 1-GPU machine local rank 1 fails with one line naming the fix (not "invalid device ordinal");
+    SPATIAL_SSRL_DEVICE=cpu forces the CPU/gloo path the tests use."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setenv("SPATIAL_SSRL_DEVICE", "cpu")
+    assert not sft.use_cuda()
+    monkeypatch.setenv("SPATIAL_SSRL_DEVICE", "")
+    assert sft.use_cuda()
+    for k, v in {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1"}.items():
+        monkeypatch.setenv(k, v)
+    with pytest.raises(sft.SetupError, match="only 1 GPU"):
+        sft.setup_dist(0)
 
 
 def test_cli_smoke_run(tmp_path):
@@ -354,6 +393,30 @@ def test_segment_attention_hand_computed():
     assert torch.allclose(out3, torch.tensor([1.5] * 4 + [5.5] * 4))
 
 
+@pytest.mark.parametrize("train_vision", [False, True])
+def test_activation_checkpointing_only_where_it_trains(data, train_vision):
+    """Decoder layers are always checkpointed (recomputed in the backward); the vision blocks only when the
+    vision tower trains (GRPO), never when it is frozen (SFT). Counted by the calls of each block's
+    attention during one forward + backward: 2 = recomputed, 1 = not."""
+    model, tok, ip = sft.load_model("tiny")
+    if not train_vision:
+        sft.freeze_vision(model)
+    names = sft.enable_activation_checkpointing(model)
+    model.train()
+    calls = {}
+    for name, m in model.named_modules():
+        if name.endswith(".attn") or name.endswith(".self_attn"):
+            m.register_forward_hook(lambda mod, i, o, name=name: calls.__setitem__(name, calls.get(name, 0) + 1))
+    batch = sft.encode_records(sft.read_jsonl(data)[:2], data.parent, tok, ip)
+    labels = batch.pop("labels")
+    sft.token_logprobs(model, batch, labels).sum().backward()
+    vision = {n: c for n, c in calls.items() if ".visual." in n}
+    text = {n: c for n, c in calls.items() if ".language_model." in n}
+    assert len(vision) == 2 and len(text) == 2
+    assert set(text.values()) == {2} and set(vision.values()) == {2 if train_vision else 1}
+    assert sum(".visual." in n for n in names) == (2 if train_vision else 0)
+
+
 def test_benchmark_3b_shape_has_the_published_size():
     """The GPU benchmark's random Qwen2.5-VL-3B is built from the published config: 3.75B parameters,
     0.67B of them in the vision tower (counted on the meta device, no memory used)."""
@@ -365,22 +428,26 @@ def test_benchmark_3b_shape_has_the_published_size():
 
 # ----------------------------------------------------------------------------- training
 def test_micro_batch_invariance(data):
-    """One global batch as 1 micro-batch or as 2 gives the same gradient (token mean over the global
-    batch, not a mean of micro-batch means). SGD with lr 1 makes the update equal to −gradient."""
+    """One global batch as 1 micro-batch, as 2, or packed by a token budget gives the same gradient (token
+    mean over the global batch, not a mean of micro-batch means). SGD with lr 1 makes the update −gradient."""
     _, tok, ip = sft.load_model("tiny")
     recs = sft.read_jsonl(data)[:4]
     recs[1] = dict(recs[1], response=recs[1]["response"] + " Done, it is dark indeed.")   # unequal lengths
+    lengths = [len(sft.encode_records([r], data.parent, tok, ip)["input_ids"][0]) for r in recs]
+    by_tokens = [[recs[i] for i in mb] for mb in sft.pack_by_tokens(lengths, 2 * max(lengths))]
+    assert [len(mb) for mb in by_tokens] == [2, 2]
     updates = []
-    for split in ([recs], [recs[:1], recs[1:]]):
+    for split in ([recs], [recs[:1], recs[1:]], by_tokens):
         model, _, _ = sft.load_model("tiny")
         before = [p.detach().clone() for p in model.parameters()]
         opt = torch.optim.SGD(model.parameters(), lr=1.0)
         batches = [sft.encode_records(mb, data.parent, tok, ip) for mb in split]
         m = sft.train_step(model, opt, batches, 1.0, 1e9, torch.device("cpu"))
         updates.append(([p.detach() - b for p, b in zip(model.parameters(), before)], m["loss"]))
-    (u1, l1), (u2, l2) = updates
-    assert abs(l1 - l2) < 1e-6
-    assert max(float((a - b).abs().max()) for a, b in zip(u1, u2)) < 1e-6
+    (u1, l1) = updates[0]
+    for u2, l2 in updates[1:]:
+        assert abs(l1 - l2) < 1e-6
+        assert max(float((a - b).abs().max()) for a, b in zip(u1, u2)) < 1e-6
 
 
 def greedy_answers(model_dir: str, records: list, root: Path) -> list:
@@ -499,7 +566,7 @@ def fsdp_worker(folder: Path) -> None:
               "loss": m["loss"], "checks": checks,
               "units": sum(sft.is_fsdp(x) for x in model.modules())}
     (folder / f"rank{d.rank}.json").write_text(json.dumps(result))
-    sft.train(run_cfg(data, folder / "fsdp", global_batch_size=3, micro_batch_size=1))   # destroys the group
+    sft.train(run_cfg(data, folder / "fsdp", **TWO_RANK_RUN, stop_after_steps=3))   # destroys the group
 
 
 def test_fsdp2_two_ranks_equal_one_process(data, tmp_path):
@@ -511,7 +578,7 @@ def test_fsdp2_two_ranks_equal_one_process(data, tmp_path):
     folder = data.parent
     save_tiny_source(folder, "tiny", seed=2, tie=False)
     save_tiny_source(folder, "tiny-qwen3", seed=1, tie=True)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(HERE)}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(HERE), "SPATIAL_SSRL_DEVICE": "cpu"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            str(HERE / "test_train.py"), "fsdp-worker", str(folder)]
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
@@ -521,17 +588,16 @@ def test_fsdp2_two_ranks_equal_one_process(data, tmp_path):
         assert all(ok for c in res["checks"].values() for ok in c.values()), (rank, res["checks"])
         assert res["generate_equal"] and res["logprobs_equal"] and math.isfinite(res["loss"])
         assert res["units"] == 2 + 1 + 2 + 1   # vision blocks, vision tower, decoder layers, root
-    sft.train(run_cfg(data, tmp_path / "single", global_batch_size=3, micro_batch_size=1))
-    assert max_diff(weights(folder / "fsdp"), weights(tmp_path / "single")) < FSDP_TOL
+    sft.train(run_cfg(data, tmp_path / "single", **TWO_RANK_RUN, stop_after_steps=3))
     from transformers import AutoModelForImageTextToText
     qwen3 = AutoModelForImageTextToText.from_pretrained(str(folder / "qwen3"))
     assert type(qwen3).__name__ == "Qwen3VLForConditionalGeneration"
     assert qwen3.lm_head.weight is qwen3.model.language_model.embed_tokens.weight   # its source was tied
-    # the sharded 2-rank training state resumes in one process (resharding) like the 1-process state does
+    # the sharded 2-rank state after 3 steps resumes in one process (resharding) for the 4th step and ends
+    # where the 1-process run does (any difference in the 2-rank steps would show here)
     shutil.copytree(folder / "fsdp", tmp_path / "fsdp")
     for name in ("fsdp", "single"):
-        sft.train(run_cfg(data, tmp_path / name, global_batch_size=3, micro_batch_size=1, max_steps=4,
-                          resume=True))
+        sft.train(run_cfg(data, tmp_path / name, **TWO_RANK_RUN, resume=True))
     assert max_diff(weights(tmp_path / "fsdp"), weights(tmp_path / "single")) < FSDP_TOL
 
 
