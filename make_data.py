@@ -5,7 +5,7 @@ self-supervised tasks of tasks.py (shuffle, flip, crop, depth, position) for the
 
     python make_data.py                                  # 500 examples from built-in rooms -> data/ssrl (+ preview.png)
     python make_data.py --out data/mine --rgb photos/ --rgbd diode/ --n 81000 --workers 8
-    python make_data.py --benchmark                      # samples/s per task on one core
+    python bench.py data                                 # generator / scene / builder speed (not here)
     python make_data.py --help                           # every knob with its default
 
 RGB-D naming rule (--rgbd DIR, searched recursively): an image <stem>.<jpg|png|...> takes its depth from the
@@ -53,13 +53,18 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageOps, UnidentifiedImageError
 
+import scenes
 import tasks
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 DEPTH_SUFFIXES = ("_depth", "_mask", "_depth_mask")  # stems ending like this are depth/mask files, not images
 SCENE_SALT, SFT_SALT, SPLIT_SALT = 0x5CE7E, 0x5F7, 0x7E57
 # Settings that only change speed or reporting; everything else defines the dataset and must match on resume.
-RUN_ONLY_KEYS = ("out", "workers", "preview", "progress", "benchmark", "bench_seconds", "sync_seconds")
+RUN_ONLY_KEYS = ("out", "workers", "preview", "progress", "sync_seconds")
+NAMING_RULE = ("Depth naming rule: an image <stem>.<jpg|png|...> takes its depth from the first of <stem>_depth.npy, "
+               "<stem>.npy, <stem>_depth.png (16-bit, millimetres), <stem>_depth.h5, <stem>.h5 or ../depths/<stem>.h5 "
+               "next to it.")
+SPLITS = ("train", "test", "sft")  # record files <split>.jsonl; sft.jsonl records also carry "response"
 
 
 # --------------------------------------------------------------------------------------------
@@ -72,7 +77,7 @@ class Config:
     rgbd: str = ""  # folder of RGB + depth pairs (naming rule in the module docstring) for all five tasks
     n: int = 500  # total number of examples (train + test), shared between tasks by their weights
     tasks: str = "auto"  # comma list with optional weights ("shuffle:2,depth"); auto = all five (RGB tasks if no depth)
-    sft_size: int = 3600  # cold-start examples drawn from train (capped by the train size)
+    sft_size: int = -1  # cold-start examples (sft.jsonl), from source images not used by train/test; -1 = auto: max(50, 4.4 % of --n)
     test_fraction: float = 0.1  # fraction of source images whose examples go to test.jsonl
     seed: int = 0  # the dataset is a pure function of the seed and the settings (not of --workers)
     workers: int = 0  # worker processes; 0 = all cores
@@ -87,8 +92,6 @@ class Config:
     jpeg_quality: int = 95  # JPEG quality of the saved task images
     sync_seconds: float = 2.0  # fsync records and journal at most this often (0 = after every job)
     progress: bool = True  # tqdm progress bar
-    benchmark: bool = False  # print samples/s per task on one core and exit (writes nothing to --out)
-    bench_seconds: float = 1.0  # time budget per benchmark cell
 
 
 def parse_config(argv=None):
@@ -116,451 +119,6 @@ def _field_comments():
         if sep and "#" in rest and name.isidentifier():
             out[name] = rest.split("#", 1)[1].strip().replace("%", "%%")
     return out
-
-
-# --------------------------------------------------------------------------------------------
-# Built-in source: procedural RGB-D rooms (seeded numpy ray casting)
-# --------------------------------------------------------------------------------------------
-ROOM_FACES = ("floor", "ceiling", "left", "right", "front", "back")
-EPS = 1e-4
-
-
-def _hash_u01(*ints):
-    """Integer hash of int arrays -> float32 in [0, 1); exact and machine-independent."""
-    h = np.uint32(2166136261)
-    for k, a in enumerate(ints):
-        a = np.asarray(a).astype(np.int64).astype(np.uint32)
-        h = (h ^ (a * np.uint32(0x9E3779B1 + 2 * k))) * np.uint32(16777619)
-        h = h ^ (h >> np.uint32(15))
-    h = h * np.uint32(0x2C1B3C6D)
-    h = h ^ (h >> np.uint32(12))
-    return (h >> np.uint32(8)).astype(np.float32) / np.float32(1 << 24)
-
-
-def _periodic_noise(rng, size=128, cells=(4, 8, 16, 32)):
-    """A tileable size x size noise texture in [0, 1] (sum of bilinear value-noise octaves)."""
-    out = np.zeros((size, size), np.float32)
-    for i, g in enumerate(cells):
-        grid = rng.random((g, g)).astype(np.float32)
-        c = np.arange(size, dtype=np.float32) * g / size
-        i0 = c.astype(np.int64)
-        f = c - i0
-        i1 = (i0 + 1) % g
-        rows = grid[i0] * (1 - f)[:, None] + grid[i1] * f[:, None]
-        out += (rows[:, i0] * (1 - f) + rows[:, i1] * f) / (i + 1)
-    out -= out.min()
-    return out / max(float(out.max()), 1e-6)
-
-
-def _sample(tex, u, v):
-    """Bilinear, wrapping lookup of a square power-of-two texture at texel coordinates (u, v)."""
-    n = tex.shape[0]
-    flat = tex.ravel()
-    u0, v0 = np.floor(u), np.floor(v)
-    fu, fv = (u - u0).astype(np.float32), (v - v0).astype(np.float32)
-    u0, v0 = u0.astype(np.int32) & (n - 1), v0.astype(np.int32) & (n - 1)
-    u1, r0, r1 = (u0 + 1) & (n - 1), v0 * n, ((v0 + 1) & (n - 1)) * n
-    top = flat[r0 + u0] * (1 - fu) + flat[r0 + u1] * fu
-    return top + (flat[r1 + u0] * (1 - fu) + flat[r1 + u1] * fu - top) * fv
-
-
-def _hsv(h, s, v):
-    """One HSV colour (all in [0, 1]) -> RGB float32 array."""
-    i = int(h * 6) % 6
-    f = h * 6 - int(h * 6)
-    p, q, t = v * (1 - s), v * (1 - s * f), v * (1 - s * (1 - f))
-    return np.array([(v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q)][i], np.float32)
-
-
-def _sample_room(rng):
-    """Room box, materials and the light; the camera stands near the front wall (z = 0)."""
-    room = {"w": rng.uniform(4.0, 8.0), "d": rng.uniform(5.0, 10.0), "h": rng.uniform(2.6, 3.3)}
-    room["floor"] = {"kind": rng.choice(["planks", "tiles", "carpet"], p=[0.45, 0.35, 0.2]),
-                     "color": _hsv(rng.uniform(0.02, 0.12), rng.uniform(0.3, 0.7), rng.uniform(0.35, 0.8)),
-                     "color2": _hsv(rng.random(), rng.uniform(0.0, 0.4), rng.uniform(0.3, 0.95)),
-                     "size": rng.uniform(0.12, 0.6), "checker": rng.random() < 0.4}
-    room["wall"] = _hsv(rng.random(), rng.uniform(0.05, 0.35), rng.uniform(0.6, 0.95))
-    room["wall2"] = _hsv(rng.random(), rng.uniform(0.05, 0.4), rng.uniform(0.5, 0.95))
-    room["stripes"] = rng.random() < 0.3
-    room["noise"] = _periodic_noise(rng)
-    room["light"] = np.array([rng.uniform(-0.25, 0.25) * room["w"], room["h"] - 0.25,
-                              rng.uniform(0.3, 0.7) * room["d"]])
-    room["light_color"] = np.array([1.0, rng.uniform(0.9, 1.0), rng.uniform(0.75, 0.95)], np.float32)
-    room["posters"] = []
-    for _ in range(int(rng.integers(1, 4))):
-        p = _sample_poster(rng, room)
-        if not any(q["face"] == p["face"] and abs(q["s"] - p["s"]) < q["hw"] + p["hw"] + 0.1 for q in room["posters"]):
-            room["posters"].append(p)
-    return room
-
-
-def _sample_poster(rng, room):
-    """A framed picture or window on one wall: face, centre along the wall, centre height, half sizes."""
-    face = int(rng.choice([2, 3, 5], p=[0.25, 0.25, 0.5]))
-    span = room["w"] if face == 5 else room["d"]
-    hw, hh = rng.uniform(0.3, 0.9), rng.uniform(0.25, 0.6)
-    lo = -span / 2 + hw + 0.2 if face == 5 else 2.0 + hw
-    hi = span / 2 - hw - 0.2 if face == 5 else span - hw - 0.2
-    centre = rng.uniform(lo, hi) if hi > lo else (lo + hi) / 2
-    return {"face": face, "s": centre, "y": rng.uniform(1.3, room["h"] - hh - 0.2), "hw": hw, "hh": hh,
-            "window": rng.random() < 0.35, "tex": _periodic_noise(rng, 64, (2, 4, 8)),
-            "colors": [_hsv(rng.random(), rng.uniform(0.3, 0.9), rng.uniform(0.3, 1.0)) for _ in range(3)]}
-
-
-def _sample_objects(rng, room, cam_z):
-    """Boxes (with a yaw), spheres and upright cylinders resting on the floor or on top of a box."""
-    objects, target = [], int(rng.integers(4, 10))
-    for _ in range(60):
-        if len(objects) >= target:
-            break
-        kind = rng.choice(["box", "sphere", "cylinder"], p=[0.5, 0.25, 0.25])
-        if kind == "box":
-            half = np.array([rng.uniform(0.15, 0.7), rng.uniform(0.15, 0.8), rng.uniform(0.15, 0.6)])
-            radius = float(np.hypot(half[0], half[2]))
-        elif kind == "sphere":
-            radius = rng.uniform(0.12, 0.5)
-            half = np.array([radius] * 3)
-        else:
-            radius = rng.uniform(0.08, 0.4)
-            half = np.array([radius, rng.uniform(0.15, 0.75), radius])
-        tables = [o for o in objects if o["kind"] == "box" and o["base"] == 0.0
-                  and min(o["half"][0], o["half"][2]) > radius + 0.03 and not o.get("loaded")]
-        if tables and kind != "box" and rng.random() < 0.5:
-            table = tables[0]
-            table["loaded"] = True
-            x, z, base = table["c"][0], table["c"][2], 2 * table["half"][1]
-        else:
-            x = rng.uniform(-room["w"] / 2 + radius + 0.05, room["w"] / 2 - radius - 0.05)
-            z = rng.uniform(cam_z + 1.2 + radius, room["d"] - radius - 0.05)
-            base = 0.0
-            if any(np.hypot(x - o["c"][0], z - o["c"][2]) < o["radius"] + radius + 0.05
-                   for o in objects if o["base"] == 0.0):
-                continue
-        objects.append({"kind": str(kind), "half": half.astype(np.float32), "yaw": float(rng.uniform(0, np.pi)),
-                        "c": np.array([x, base + half[1], z], np.float32), "base": float(base), "radius": float(radius),
-                        "color": _hsv(rng.random(), rng.uniform(0.2, 0.9), rng.uniform(0.3, 0.95)),
-                        "color2": _hsv(rng.random(), rng.uniform(0.1, 0.9), rng.uniform(0.2, 0.95)),
-                        "pattern": int(rng.choice(4, p=[0.45, 0.2, 0.2, 0.15])),
-                        "scale": rng.uniform(3.0, 10.0)})
-    return objects
-
-
-def _sample_camera(rng, room, height, width):
-    """Pinhole camera near the front wall, looking into the room slightly downwards."""
-    vfov = np.radians(rng.uniform(45.0, 60.0))
-    focal = (height / 2) / np.tan(vfov / 2)
-    half_hfov = np.arctan((width / 2) / focal)
-    max_yaw = max(0.0, min(np.radians(20.0), np.radians(72.0) - half_hfov))
-    yaw, pitch = rng.uniform(-max_yaw, max_yaw), np.radians(rng.uniform(8.0, 25.0))
-    pos = np.array([rng.uniform(-0.3, 0.3) * room["w"] / 2, rng.uniform(1.0, 2.0), rng.uniform(0.15, 0.8)], np.float32)
-    fwd = np.array([np.sin(yaw) * np.cos(pitch), -np.sin(pitch), np.cos(yaw) * np.cos(pitch)])
-    right = np.array([np.cos(yaw), 0.0, -np.sin(yaw)])
-    up = np.cross(fwd, right)
-    return {"pos": pos, "fwd": fwd, "right": right, "up": up, "focal": focal}
-
-
-def _camera_rays(cam, height, width):
-    """World ray directions as three (H, W) planes, scaled so that the ray parameter t equals z-depth."""
-    xs = (np.arange(width, dtype=np.float32) + 0.5 - width / 2) / np.float32(cam["focal"])
-    ys = -(np.arange(height, dtype=np.float32) + 0.5 - height / 2) / np.float32(cam["focal"])
-    r, u, f = (cam[k].astype(np.float32) for k in ("right", "up", "fwd"))
-    return tuple(xs[None, :] * r[i] + (ys[:, None] * u[i] + f[i]) for i in range(3))
-
-
-def _screen_box(cam, corners, height, width):
-    """Pixel bounding box (r0, r1, c0, c1) of 3D points, or the full frame if one is behind the camera."""
-    rel = corners - cam["pos"]
-    z = rel @ cam["fwd"]
-    if np.any(z < 0.05):
-        return 0, height, 0, width
-    cols = cam["focal"] * (rel @ cam["right"]) / z + width / 2
-    rows = height / 2 - cam["focal"] * (rel @ cam["up"]) / z
-    r0, r1 = max(int(rows.min()) - 1, 0), min(int(np.ceil(rows.max())) + 2, height)
-    c0, c1 = max(int(cols.min()) - 1, 0), min(int(np.ceil(cols.max())) + 2, width)
-    return r0, r1, c0, c1
-
-
-def _corners(obj):
-    """The 8 corners of an object's bounding box (the box's own corners when it is a yawed box)."""
-    s = np.array([[i, j, k] for i in (-1, 1) for j in (-1, 1) for k in (-1, 1)], np.float64) * obj["half"]
-    if obj["kind"] == "box":
-        c, s_ = np.cos(obj["yaw"]), np.sin(obj["yaw"])
-        s = np.stack([s[:, 0] * c + s[:, 2] * s_, s[:, 1], -s[:, 0] * s_ + s[:, 2] * c], 1)
-    return s + obj["c"]
-
-
-def _hit_room(o, d, room):
-    """Exit distance of rays from inside the room box and the face index hit (ROOM_FACES order)."""
-    lo = (-room["w"] / 2, 0.0, -0.5)
-    hi = (room["w"] / 2, room["h"], room["d"])
-    best = np.full(d[0].shape, np.inf, np.float32)
-    face = np.zeros(d[0].shape, np.int8)
-    for ax, neg, pos in ((1, 0, 1), (0, 2, 3), (2, 4, 5)):  # y: floor/ceiling, x: left/right, z: front/back
-        da = d[ax]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            t = np.where(da > 0, (hi[ax] - float(o[ax])) / da, (lo[ax] - float(o[ax])) / da)
-        t = np.where(np.abs(da) < 1e-9, np.inf, t)
-        closer = t < best
-        best = np.where(closer, t, best)
-        face = np.where(closer, np.where(da > 0, pos, neg), face).astype(np.int8)
-    return best, face
-
-
-def _hit_sphere(o, d, obj):
-    """Ray-sphere: nearest positive root of |o + t d - c|^2 = r^2; returns t and the normal planes."""
-    (ox, oy, oz), r = (o - obj["c"]).tolist(), float(obj["half"][0])
-    dx, dy, dz = d
-    a = dx * dx + dy * dy + dz * dz
-    b = dx * ox + dy * oy + dz * oz
-    disc = b * b - a * (ox * ox + oy * oy + oz * oz - r * r)
-    t = (-b - np.sqrt(np.maximum(disc, 0))) / a
-    t = np.where((disc > 0) & (t > EPS), t, np.inf)
-    with np.errstate(invalid="ignore"):
-        return t, ((ox + t * dx) / r, (oy + t * dy) / r, (oz + t * dz) / r)
-
-
-def _hit_box(o, d, obj):
-    """Slab test in the box frame (rotated by yaw about the vertical axis)."""
-    c, s = np.cos(obj["yaw"]), np.sin(obj["yaw"])
-    rx, ry, rz = (o - obj["c"]).tolist()
-    origin = (c * rx - s * rz, ry, s * rx + c * rz)
-    dl = (c * d[0] - s * d[2], d[1], s * d[0] + c * d[2])
-    tmin, tmax = [], []
-    for i in range(3):
-        h = float(obj["half"][i])
-        inv = 1.0 / np.where(np.abs(dl[i]) < 1e-9, np.float32(1e-9), dl[i])
-        t1, t2 = (-h - origin[i]) * inv, (h - origin[i]) * inv
-        tmin.append(np.minimum(t1, t2))
-        tmax.append(np.maximum(t1, t2))
-    tnear = np.maximum(np.maximum(tmin[0], tmin[1]), tmin[2])
-    tfar = np.minimum(np.minimum(tmax[0], tmax[1]), tmax[2])
-    t = np.where((tnear < tfar) & (tnear > EPS), tnear, np.inf)
-    nl = [np.where(tmin[i] == tnear, -np.sign(dl[i]), np.float32(0)) for i in range(3)]  # the entry face
-    return t, (c * nl[0] + s * nl[2], nl[1], -s * nl[0] + c * nl[2])
-
-
-def _hit_cylinder(o, d, obj):
-    """Upright capped cylinder: side quadratic in the x-z plane plus the top or bottom disc."""
-    r, hh = float(obj["half"][0]), float(obj["half"][1])
-    (ox, oy, oz) = (o - obj["c"]).tolist()
-    dx, dy, dz = d
-    a = np.maximum(dx * dx + dz * dz, np.float32(1e-12))
-    b = dx * ox + dz * oz
-    disc = b * b - a * (ox * ox + oz * oz - r * r)
-    ts = (-b - np.sqrt(np.maximum(disc, 0))) / a
-    ts = np.where((disc > 0) & (ts > EPS) & (np.abs(oy + ts * dy) <= hh), ts, np.inf)
-    cap = hh if oy > 0 else -hh  # the disc facing the camera
-    tc = (cap - oy) / np.where(np.abs(dy) < 1e-9, np.float32(1e-9), dy)
-    inside = (ox + tc * dx) ** 2 + (oz + tc * dz) ** 2 <= r * r
-    tc = np.where(inside & (tc > EPS), tc, np.inf)
-    t = np.minimum(ts, tc)
-    side = ts <= tc
-    with np.errstate(invalid="ignore"):
-        nx = np.where(side, (ox + t * dx) / r, np.float32(0))
-        nz = np.where(side, (oz + t * dz) / r, np.float32(0))
-    return t, (nx, np.where(side, np.float32(0), np.float32(np.sign(oy))), nz)
-
-
-def _rgb(color, factor):
-    """A colour (3,) times a scalar field -> three channel planes."""
-    return tuple(np.float32(color[i]) * factor for i in range(3))
-
-
-def _pick(mask, a, b):
-    """Per channel: a where mask else b (a, b: channel planes or constant colours)."""
-    return tuple(np.where(mask, a[i], b[i]) for i in range(3))
-
-
-def _floor_albedo(x, z, mat, noise):
-    kind, size = mat["kind"], mat["size"]
-    if kind == "planks":
-        w, length = float(np.clip(size * 0.5, 0.09, 0.25)), 1.3
-        i = np.floor(x / w)
-        zz = z + _hash_u01(i, 7) * length
-        j = np.floor(zz / length)
-        fx, fz = x / w - i, zz / length - j
-        grain = _sample(noise, x * 45.0 + 37 * i, zz * 7.0)
-        factor = (0.82 + 0.3 * _hash_u01(i, j)) * (0.7 + 0.55 * grain)
-        seam = (fx < 0.035) | (fz < 0.006 / length * 30)
-        return _rgb(mat["color"], np.where(seam, factor * 0.55, factor))
-    if kind == "tiles":
-        s = size + 0.15
-        i, j = np.floor(x / s), np.floor(z / s)
-        fx, fz = x / s - i, z / s - j
-        factor = (0.9 + 0.15 * _hash_u01(i, j)) * (0.92 + 0.12 * _sample(noise, x * 30, z * 30))
-        alt = ((i + j) % 2 == 1) & mat["checker"]
-        col = _pick(alt, _rgb(mat["color2"], factor), _rgb(np.clip(mat["color"] + 0.25, 0, 1), factor))
-        grout = np.minimum(np.minimum(fx, 1 - fx), np.minimum(fz, 1 - fz)) < 0.02 / s
-        return _pick(grout, (0.55, 0.55, 0.55), col)
-    fine = _sample(noise, x * 90.0, z * 90.0) * 0.6 + _sample(noise, x * 9.0 + 50, z * 9.0) * 0.4
-    return _rgb(mat["color2"], 0.75 + 0.45 * fine)
-
-
-def _wall_albedo(s, y, face, room):
-    """Painted walls with a skirting board, optional two-tone wallpaper, framed pictures and windows."""
-    col = _rgb(room["wall"], 0.93 + 0.1 * _sample(room["noise"], s * 25.0, y * 25.0))
-    if room["stripes"]:
-        stripe = (np.floor(s / 0.18) % 2 == 0) & (y > 1.0)
-        col = _pick(stripe, [c * 0.9 + 0.1 * float(w) for c, w in zip(col, room["wall2"])], col)
-        col = _pick(y <= 1.0, room["wall2"] * 0.85, col)
-        col = _pick(np.abs(y - 1.0) < 0.025, (0.92, 0.92, 0.92), col)
-    col = _pick(y < 0.09, 0.9 * np.clip(room["wall2"] + 0.3, 0, 1), col)
-    for p in room["posters"]:
-        if p["face"] != face:
-            continue
-        du, dv = np.abs(s - p["s"]), np.abs(y - p["y"])
-        inside = (du < p["hw"]) & (dv < p["hh"])
-        inner = (du < p["hw"] - 0.045) & (dv < p["hh"] - 0.045)
-        if p["window"]:
-            t = np.clip((y - p["y"] + p["hh"]) / (2 * p["hh"]), 0, 1)
-            pic = tuple(sky * (1 - 0.4 * t) + 0.4 * t for sky in (0.55, 0.75, 1.0))
-            pic = _pick((du < 0.025) | (dv < 0.025), (0.95, 0.95, 0.95), pic)
-            frame = (0.95, 0.95, 0.95)
-        else:
-            v = _sample(p["tex"], (s - p["s"]) * 40.0, (y - p["y"]) * 40.0)
-            c0, c1, c2 = p["colors"]
-            pic = _pick(v < 0.45, c0, _pick(v < 0.6, c1, c2))
-            frame = (0.15, 0.15, 0.15)
-        col = _pick(inner, pic, _pick(inside, frame, col))
-    return col
-
-
-def _room_albedo(px, py, pz, face, room):
-    """Albedo channel planes of room-surface hit points (1-D coordinate arrays) given their faces."""
-    out = [np.empty(px.shape, np.float32) for _ in range(3)]
-    for f in range(6):
-        idx = np.flatnonzero(face == f)
-        if not len(idx):
-            continue
-        x, y, z = px[idx], py[idx], pz[idx]
-        if f == 0:
-            col = _floor_albedo(x, z, room["floor"], room["noise"])
-        elif f == 1:
-            col = _rgb((0.93, 0.93, 0.93), 0.96 + 0.04 * _sample(room["noise"], x * 10, z * 10))
-        else:
-            col = _wall_albedo(z if f in (2, 3) else x, y, f, room)
-        for o, c in zip(out, col):
-            o[idx] = c
-    return out
-
-
-def _object_albedo(px, py, pz, obj, noise):
-    """Albedo channel planes on an object, patterned in its own frame (plain, stripes, 3D checker, noise)."""
-    cx, cy, cz = obj["c"].tolist()
-    qx, qy, qz = px - cx, py - cy, pz - cz
-    if obj["kind"] == "box":
-        c, s = np.cos(obj["yaw"]), np.sin(obj["yaw"])
-        qx, qz = qx * c - qz * s, qx * s + qz * c
-    k, sc = obj["pattern"], obj["scale"]
-    if k == 1:
-        sel = np.floor((qy + float(obj["half"][1])) * sc) % 2 == 0
-    elif k == 2:
-        sel = (np.floor(qx * sc + 100) + np.floor(qy * sc + 100) + np.floor(qz * sc + 100)) % 2 == 0
-    else:
-        sel = np.ones(qx.shape, bool)
-    col = _pick(sel, obj["color"], obj["color2"])
-    if k == 3:
-        factor = 0.65 + 0.6 * _sample(noise, (qx + qz) * 30.0 + 64, qy * 30.0)
-        col = tuple(ch * factor for ch in col)
-    return col
-
-
-TONE_LUT = (255 * (np.arange(4096) / 4095) ** (1 / 1.25) + 0.5).astype(np.uint8)
-ROOM_NORMALS = np.array([[0, 1, 0], [0, -1, 0], [1, 0, 0], [-1, 0, 0], [0, 0, 1], [0, 0, -1]], np.float32)
-
-
-def _shadow_map(room, objects, size=128):
-    """Floor light factor on a size x size grid over the room's floor: a soft blob pushed away from
-    the light under each object plus a tight contact shadow around its footprint."""
-    xs = (np.arange(size, dtype=np.float32) + 0.5) / size * room["w"] - room["w"] / 2
-    zs = (np.arange(size, dtype=np.float32) + 0.5) / size * (room["d"] + 0.5) - 0.5
-    gx, gz = np.meshgrid(xs, zs)
-    light = np.ones((size, size), np.float32)
-    lx, ly, lz = room["light"].tolist()
-    for obj in objects:
-        if obj["base"] > 0:
-            continue
-        (x, y, z), (hx, hy, hz) = obj["c"].tolist(), obj["half"].tolist()
-        lift = 0.5 * (y + hy) / max(ly - y - hy, 0.3)
-        r = obj["radius"] * (1.0 + lift) + 0.05
-        blob = ((gx - x - (x - lx) * lift) ** 2 + (gz - z - (z - lz) * lift) ** 2) / (r * r)
-        if obj["kind"] == "box":
-            c, s = np.cos(obj["yaw"]), np.sin(obj["yaw"])
-            u, v = (gx - x) * c - (gz - z) * s, (gx - x) * s + (gz - z) * c
-            gap = np.hypot(np.maximum(np.abs(u) - hx, 0), np.maximum(np.abs(v) - hz, 0))
-        else:
-            foot = 0.35 * hx if obj["kind"] == "sphere" else hx
-            gap = np.maximum(np.hypot(gx - x, gz - z) - foot, 0)
-        light *= (1 - 0.6 * np.exp(-1.5 * blob)) * (1 - 0.5 * np.exp(-gap / 0.06))
-    return light
-
-
-def _shade(p, n, albedo, floor, room, objects):
-    """Lambert shading from one ceiling point light plus a sky-like ambient term, with cheap soft
-    shadows: ambient occlusion along the room's edges and shadows on the floor (_shadow_map).
-    p, n, albedo: three (H, W) planes each; floor: (H, W) bool. Returns (H, W, 3) uint8."""
-    (px, py, pz), (nx, ny, nz) = p, n
-    lx, ly, lz = room["light"].tolist()
-    tx, ty, tz = lx - px, ly - py, lz - pz
-    dist = np.sqrt(tx * tx + ty * ty + tz * tz)
-    direct = np.maximum((nx * tx + ny * ty + nz * tz) / dist, 0) * 1.7 / (1 + (dist / 4.5) ** 2)
-    w2 = room["w"] / 2
-    g0 = np.minimum(px + w2, w2 - px)
-    g1 = np.minimum(py, room["h"] - py)
-    g2 = np.minimum(pz + 0.5, room["d"] - pz)
-    edge = np.maximum(np.minimum(g0, g1), np.minimum(np.maximum(g0, g1), g2))  # 2nd smallest: nearest edge
-    ambient = (1 - 0.4 * np.exp(-edge / 0.3)) * (0.22 + 0.1 * ny)
-    size = 128
-    u = (px[floor] + w2) / room["w"] * size - 0.5
-    v = (pz[floor] + 0.5) / (room["d"] + 0.5) * size - 0.5
-    shadow = _sample(_shadow_map(room, objects, size), np.clip(u, 0, size - 1.001), np.clip(v, 0, size - 1.001))
-    direct[floor] *= shadow
-    ambient[floor] *= 0.5 + 0.5 * shadow
-    out = []
-    for a, tint in zip(albedo, room["light_color"].tolist()):
-        idx = np.clip(a * (ambient + direct * tint) * 4095, 0, 4095).astype(np.int32)
-        out.append(TONE_LUT[idx])
-    return np.stack(out, axis=-1)
-
-
-def render_scene(seed, height=384, width=512):
-    """Render one procedural room: returns (rgb uint8 (H, W, 3), depth float32 (H, W) z-depth in metres).
-
-    `seed` is an int or a np.random.Generator; the same seed gives the same pixels. Every ray hits a
-    room surface, so the depth is finite and positive everywhere."""
-    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
-    room = _sample_room(rng)
-    cam = _sample_camera(rng, room, height, width)
-    objects = _sample_objects(rng, room, cam["pos"][2])
-    o = cam["pos"].astype(np.float32)
-    d = _camera_rays(cam, height, width)
-    depth, face = _hit_room(o, d, room)
-    normal = [ROOM_NORMALS[:, i][face] for i in range(3)]
-    obj_id = np.full((height, width), -1, np.int16)
-    hit = {"box": _hit_box, "sphere": _hit_sphere, "cylinder": _hit_cylinder}
-    boxes = [_screen_box(cam, _corners(obj), height, width) for obj in objects]
-    for k, (obj, (r0, r1, c0, c1)) in enumerate(zip(objects, boxes)):
-        if r0 < r1 and c0 < c1:
-            win = (slice(r0, r1), slice(c0, c1))
-            tk, nk = hit[obj["kind"]](o, tuple(di[win] for di in d), obj)
-            closer = tk < depth[win]
-            depth[win][closer] = tk[closer]
-            for plane, ni in zip(normal, nk):
-                plane[win][closer] = ni[closer]
-            obj_id[win][closer] = k
-    p = tuple(float(o[i]) + depth * d[i] for i in range(3))
-    albedo = [np.empty((height, width), np.float32) for _ in range(3)]
-    on_room = obj_id < 0
-    for plane, col in zip(albedo, _room_albedo(*(pi[on_room] for pi in p), face[on_room], room)):
-        plane[on_room] = col
-    for k, (obj, (r0, r1, c0, c1)) in enumerate(zip(objects, boxes)):
-        win = (slice(r0, r1), slice(c0, c1))
-        m = obj_id[win] == k
-        if m.any():
-            for plane, col in zip(albedo, _object_albedo(*(pi[win][m] for pi in p), obj, room["noise"])):
-                plane[win][m] = col
-    rgb = _shade(p, normal, albedo, on_room & (face == 0), room, objects)
-    return rgb, depth.astype(np.float32)
 
 
 # --------------------------------------------------------------------------------------------
@@ -742,7 +300,7 @@ def load_depth(path, mask_path, stored_size, orientation, out_size, png_scale=10
 def load_source(src, need_depth, scene_hw=(384, 512), max_side=1024, min_side=64, png_scale=1000.0):
     """(rgb, depth or None) for one source; raises BadSource with a reason."""
     if src.kind == "scene":
-        return render_scene(int(src.key.split(":", 1)[1]), *scene_hw)
+        return scenes.render_scene(int(src.key.split(":", 1)[1]), *scene_hw)
     rgb, stored, orientation = load_image(src.path, max_side, min_side)
     if not (need_depth and src.depth):
         return rgb, None
@@ -789,6 +347,24 @@ def is_test(seed, key, test_fraction):
     """Split by source: a deterministic per-source uniform draw, so no source feeds both splits."""
     u = np.random.SeedSequence([seed, SPLIT_SALT, *_key_words(key)]).generate_state(1)[0] / 2.0 ** 32
     return bool(u < test_fraction)
+
+
+def split_of(seed, key, test_fraction, sft_share):
+    """"test", "sft" or "train" for a source: test by is_test, then a second independent per-source draw
+    sends a share of the rest to the cold-start set, so SFT and GRPO never see the same source image."""
+    if is_test(seed, key, test_fraction):
+        return "test"
+    u = np.random.SeedSequence([seed, SFT_SALT, *_key_words(key)]).generate_state(1)[0] / 2.0 ** 32
+    return "sft" if u < sft_share else "train"
+
+
+def sft_plan(cfg, weights):
+    """(share of non-test sources reserved for SFT, per-task SFT quotas) for --sft-size."""
+    size = max(50, round(0.044 * cfg.n)) if cfg.sft_size < 0 else cfg.sft_size
+    if size == 0:
+        return 0.0, {t: 0 for t in weights}
+    main = cfg.n * (1 - cfg.test_fraction)
+    return size / (size + main), split_quota(size, weights)
 
 
 def _encode(img, image_format, quality):
@@ -913,7 +489,7 @@ class OutputFolder:
         self.root.mkdir(parents=True, exist_ok=True)
         self._check_config(dataset_config)
         self.resume_at, self.journal = self._repair()   # also sets self.records (the kept records)
-        self.files = {name: open(self.root / f"{name}.jsonl", "ab") for name in ("train", "test", "progress")}
+        self.files = {name: open(self.root / f"{name}.jsonl", "ab") for name in (*SPLITS, "progress")}
         self.pending, self.last_sync = [], time.monotonic()
 
     def _check_config(self, dataset_config):
@@ -934,7 +510,7 @@ class OutputFolder:
         """Find the first job that is not completely on disk, roll every file back to before it, and delete
         images that no kept record references. Sets self.records; returns (resume index, kept journal)."""
         journal = _read_jsonl(self.root / "progress.jsonl")
-        recs = {s: _read_jsonl(self.root / f"{s}.jsonl") for s in ("train", "test")}
+        recs = {s: _read_jsonl(self.root / f"{s}.jsonl") for s in SPLITS}
         by_id = {obj["id"]: obj for s in recs for _, obj in recs[s]}
         resume = journal[-1][1]["job"] + 1 if journal else 0
         for _, entry in journal:
@@ -983,7 +559,7 @@ class OutputFolder:
 
     def sync(self):
         """fsync the records, then journal the jobs whose records are now durable."""
-        for split in ("train", "test"):
+        for split in SPLITS:
             self.files[split].flush()
             os.fsync(self.files[split].fileno())
         self.files["progress"].write(b"".join(self.pending))
@@ -1016,8 +592,7 @@ def parse_tasks(spec, have_depth):
         raise SystemExit("make_data: --tasks selects no task")
     if not have_depth and set(weights) & set(tasks.DEPTH_TASKS):
         raise SystemExit("make_data: the depth and position tasks need depth maps: give --rgbd DIR with depth files "
-                         "(see the naming rule in `python make_data.py --help` / the module docstring) or no source "
-                         "flag at all (built-in RGB-D scenes), or select only shuffle,flip,crop")
+                         f"or no source flag at all (built-in RGB-D scenes), or select only shuffle,flip,crop. {NAMING_RULE}")
     return {t: weights[t] for t in tasks.TASKS if t in weights}
 
 
@@ -1059,22 +634,26 @@ def dataset_config(cfg):
     return d
 
 
-def plan_jobs(cfg, sources, quotas, counts, start, ctx):
-    """Lazily yield jobs in index order, skipping jobs whose tasks are all full already.
-    Folder: job i = source order[i % M], pass i // M. Built-in scenes: job i = scene i."""
+def plan_jobs(cfg, sources, builder, start, ctx):
+    """Lazily yield jobs in index order, skipping jobs whose tasks are all full already (for the split
+    their source belongs to). Folder: job i = source order[i % M], pass i // M. Built-in scenes: job i =
+    scene i."""
     if sources is None:
-        limit = 10 * max(quotas.values()) + 50
+        share = builder.sft_share * (1 - cfg.test_fraction)
+        need = max(max(builder.quotas.values()) / max(1 - share, 1e-3),
+                   max(builder.sft_quotas.values(), default=0) / max(share, 1e-3) if share else 0)
+        limit = int(10 * need) + 50
         plan = lambda i: (scene_source(cfg.seed, i), 0)  # noqa: E731
     else:
         order = sorted(sources, key=lambda s: hashlib.blake2b(f"{cfg.seed}:{s.key}".encode()).digest())
         limit = len(order) * cfg.per_source
         plan = lambda i: (order[i % len(order)], i // len(order))  # noqa: E731
     for index in range(start, limit):
-        if all(counts[t] >= quotas[t] for t in quotas):
+        if builder.done():
             return
         src, k = plan(index)
         usable = tasks.TASKS if src.kind in ("scene", "rgbd") else tasks.RGB_TASKS
-        todo = tuple(t for t in quotas if t in usable and counts[t] < quotas[t])
+        todo = tuple(t for t in builder.open_tasks(builder.split(src.key)) if t in usable)
         if todo:
             yield index, src, k, todo, ctx
 
@@ -1108,11 +687,13 @@ def run_all(jobs, workers, handle):
 
 
 class Builder:
-    """Main-process side of a build: decides, strictly in job order, which results become records."""
+    """Main-process side of a build: decides, strictly in job order, which results become records.
+    Quotas: `quotas` for train + test together, `sft_quotas` for the cold-start set (its own sources)."""
 
-    def __init__(self, cfg, out, quotas):
-        self.cfg, self.out, self.quotas = cfg, out, quotas
-        self.counts = Counter(r["task"] for s in out.records for r in out.records[s])
+    def __init__(self, cfg, out, quotas, sft_share, sft_quotas):
+        self.cfg, self.out, self.quotas, self.sft_share, self.sft_quotas = cfg, out, quotas, sft_share, sft_quotas
+        self.counts = Counter(r["task"] for s in ("train", "test") for r in out.records[s])
+        self.sft_counts = Counter(r["task"] for r in out.records["sft"])
         self.rejected = {t: Counter() for t in quotas}
         self.skipped = Counter()
         for entry in out.journal:
@@ -1121,11 +702,23 @@ class Builder:
                 self.rejected.setdefault(t, Counter())[reason] += 1
         self.bar = None
 
+    def split(self, key):
+        return split_of(self.cfg.seed, key, self.cfg.test_fraction, self.sft_share)
+
+    def open_tasks(self, split):
+        """Tasks whose quota for this split (sft, or train + test) is not full yet, in task order."""
+        counts, quotas = (self.sft_counts, self.sft_quotas) if split == "sft" else (self.counts, self.quotas)
+        return [t for t in quotas if counts[t] < quotas[t]]
+
+    def done(self):
+        return not self.open_tasks("train") and not self.open_tasks("sft")
+
     def handle(self, job, result):
         """Accept one job's results. A task counts (record or rejection) only while its quota is open,
         so the outcome does not depend on how far ahead the workers ran."""
         index, src, k, todo, _ = job
-        live = [t for t in todo if self.counts[t] < self.quotas[t]]
+        split = self.split(src.key)
+        live = [t for t in todo if t in self.open_tasks(split)]
         for task, ex in result["examples"].items():
             if task not in live and isinstance(ex, dict):
                 self.out.discard(ex)
@@ -1135,23 +728,28 @@ class Builder:
         if result["skip"] and k == 0:
             entry["skip"] = result["skip"]
             self.skipped[result["skip"]] += 1
-        split = "test" if is_test(self.cfg.seed, src.key, self.cfg.test_fraction) else "train"
         for task in live:
             ex = result["examples"].get(task)
             if isinstance(ex, str):
                 entry["rejected"][task] = ex
                 self.rejected[task][ex] += 1
             elif ex is not None:
-                rid = f"{task}-{index:07d}"
-                self.out.write_record(split, {"id": rid, "task": task, "problem": ex["problem"],
-                                              "answer": ex["answer"], "images": ex["images"],
-                                              "source": src.label, "meta": ex["meta"]})
-                entry["accepted"].append(rid)
-                self.counts[task] += 1
-                if self.bar is not None:
-                    self.bar.update(1)
+                self._accept(split, task, index, src, ex)
+                entry["accepted"].append(f"{task}-{index:07d}")
         self.out.end_job(entry)
-        return all(self.counts[t] >= self.quotas[t] for t in self.quotas)
+        return self.done()
+
+    def _accept(self, split, task, index, src, ex):
+        record = {"id": f"{task}-{index:07d}", "task": task, "problem": ex["problem"], "answer": ex["answer"],
+                  "images": ex["images"], "source": src.label, "meta": ex["meta"]}
+        if split == "sft":
+            record["response"] = _trace(record)
+            self.sft_counts[task] += 1
+        else:
+            self.counts[task] += 1
+        self.out.write_record(split, record)
+        if self.bar is not None:
+            self.bar.update(1)
 
 
 def build(cfg):
@@ -1163,22 +761,30 @@ def build(cfg):
     if sources is not None and not sources:
         raise SystemExit(f"make_data: no image files ({', '.join(IMAGE_EXTS)}) under {cfg.rgb or ''} {cfg.rgbd or ''}")
     have_depth = sources is None or any(s.kind == "rgbd" for s in sources)
-    quotas = split_quota(cfg.n, parse_tasks(cfg.tasks, have_depth))
+    if cfg.rgbd and not have_depth and cfg.tasks == "auto":
+        raise SystemExit(f"make_data: --rgbd {cfg.rgbd}: none of its images has a depth file, so the depth and "
+                         f"position tasks cannot be built. {NAMING_RULE} To build only the RGB tasks, pass "
+                         f"--tasks shuffle,flip,crop (or use --rgb).")
+    weights = parse_tasks(cfg.tasks, have_depth)
+    quotas = split_quota(cfg.n, weights)
+    sft_share, sft_quotas = sft_plan(cfg, weights)
     ctx = Context(cfg.seed, parse_size(cfg.scene_size), parse_grids(cfg.shuffle_grids), cfg.max_side,
                   cfg.min_side, cfg.depth_png_scale, cfg.image_format, cfg.jpeg_quality, str(Path(cfg.out).resolve()))
     out = OutputFolder(cfg.out, dataset_config(cfg), cfg.sync_seconds)
-    builder = Builder(cfg, out, quotas)
+    builder = Builder(cfg, out, quotas, sft_share, sft_quotas)
     workers = cfg.workers or os.cpu_count() or 1
-    done = sum(builder.counts.values())
+    done = sum(builder.counts.values()) + sum(builder.sft_counts.values())
+    total = cfg.n + sum(sft_quotas.values())
     what = "built-in RGB-D scenes" if sources is None else \
         f"{len(sources)} images ({sum(s.kind == 'rgbd' for s in sources)} with depth)"
-    print(f"make_data: {cfg.n} examples ({', '.join(f'{t} {q}' for t, q in quotas.items())}) from {what} -> {cfg.out}")
+    print(f"make_data: {cfg.n} examples ({', '.join(f'{t} {q}' for t, q in quotas.items())}) + "
+          f"{sum(sft_quotas.values())} cold-start examples from {what} -> {cfg.out}")
     if done:
         print(f"make_data: resuming {cfg.out} at job {out.resume_at} ({done} examples already there)")
     tqdm.monitor_interval = 0  # no monitor thread: the worker pool is forked after the bar exists
-    builder.bar = tqdm(total=cfg.n, initial=done, unit="ex", disable=not cfg.progress, desc="examples")
+    builder.bar = tqdm(total=total, initial=done, unit="ex", disable=not cfg.progress, desc="examples")
     try:
-        run_all(plan_jobs(cfg, sources, quotas, builder.counts, out.resume_at, ctx), workers, builder.handle)
+        run_all(plan_jobs(cfg, sources, builder, out.resume_at, ctx), workers, builder.handle)
     except KeyboardInterrupt:
         out.close()
         raise SystemExit("make_data: interrupted; run the same command again to resume") from None
@@ -1186,7 +792,6 @@ def build(cfg):
     out.close()
     out.prune_images()  # results of jobs still in flight when the quotas filled up
     stats = write_stats(cfg, out, builder, sources, notes)
-    stats["sft"] = write_sft(cfg, out.root, out.records["train"], quotas)
     _atomic_write(out.root / "stats.json", (json.dumps(stats, indent=1) + "\n").encode())
     stats["seconds"], stats["workers"] = time.time() - t0, workers
     return stats
@@ -1198,7 +803,7 @@ def _check_config(cfg):
         (cfg.per_source < 1, "--per-source must be >= 1"), (cfg.workers < 0, "--workers must be >= 0"),
         (cfg.image_format not in ("jpg", "png"), "--image-format must be jpg or png"),
         (not 1 <= cfg.jpeg_quality <= 100, "--jpeg-quality must be in 1..100"),
-        (cfg.sft_size < 0, "--sft-size must be >= 0"),
+        (cfg.sft_size < -1, "--sft-size must be >= 0 (or -1 = auto)"),
         (cfg.depth_png_scale <= 0, "--depth-png-scale must be > 0")] if bad]
     if problems:
         raise SystemExit("make_data: " + "; ".join(problems))
@@ -1206,46 +811,201 @@ def _check_config(cfg):
 
 def write_stats(cfg, out, builder, sources, notes):
     recs = out.records
-    counts = {t: {s: sum(r["task"] == t for r in recs[s]) for s in ("train", "test")} for t in builder.quotas}
+    counts = {t: {s: sum(r["task"] == t for r in recs[s]) for s in SPLITS} for t in builder.quotas}
+    made = {t: c["train"] + c["test"] for t, c in counts.items()}
+    everything = [r for s in SPLITS for r in recs[s]]
     return {
-        "counts": counts, "quota": builder.quotas,
-        "shortfall": {t: q - sum(counts[t].values()) for t, q in builder.quotas.items() if sum(counts[t].values()) < q},
+        "counts": counts, "quota": builder.quotas, "sft_quota": builder.sft_quotas,
+        "shortfall": {t: q - made[t] for t, q in builder.quotas.items() if made[t] < q},
+        "sft_shortfall": {t: q - counts[t]["sft"] for t, q in builder.sft_quotas.items() if counts[t]["sft"] < q},
+        "sources_per_split": {s: len({r["source"] for r in recs[s]}) for s in SPLITS},
         "rejected": {t: dict(sorted(c.items())) for t, c in builder.rejected.items() if c},
         "skipped_sources": dict(sorted(builder.skipped.items())),
         "sources": {"kind": "scenes" if sources is None else "folders",
                     "found": None if sources is None else len(sources),
                     "rgbd": None if sources is None else sum(s.kind == "rgbd" for s in sources),
-                    "used": len({r["source"] for s in recs for r in recs[s]}), **dict(notes)},
+                    "used": len({r["source"] for r in everything}), **dict(notes)},
         "jobs": len(_read_jsonl(out.root / "progress.jsonl")),
+        "shortcuts": shortcut_report(everything, out.root),
     }
 
 
 def _trace(rec):
-    """tasks.reasoning_trace for a stored record: the trace is built from the record's metadata alone."""
+    """tasks.reasoning_trace for a record: the cold-start response is built from the record's metadata alone."""
     return tasks.reasoning_trace(tasks.Example(task=rec["task"], images=[], problem=rec["problem"],
                                                answer=rec["answer"], meta=rec["meta"]))
 
 
-def write_sft(cfg, root, train, quotas):
-    """sft.jsonl: a task-balanced, seeded subset of train with templated reasoning traces ("response")."""
-    want = split_quota(min(cfg.sft_size, len(train)), {t: 1.0 for t in quotas}) if train else {}
-    rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, SFT_SALT]))
-    chosen = set()
-    for task in quotas:
-        idx = [i for i, r in enumerate(train) if r["task"] == task]
-        chosen.update(idx[j] for j in sorted(rng.permutation(len(idx))[: want.get(task, 0)]))
-    shortage = sum(want.values()) - len(chosen)  # tasks with too few train records: top up from the others
-    rest = [i for i in rng.permutation(len(train)) if i not in chosen]
-    chosen.update(int(i) for i in rest[:shortage])
-    lines = []
-    for i in sorted(chosen):
-        lines.append(json.dumps({**train[i], "response": _trace(train[i])}, ensure_ascii=False) + "\n")
-    _atomic_write(root / "sft.jsonl", "".join(lines).encode("utf-8"))
-    return dict(Counter(train[i]["task"] for i in sorted(chosen)))
+# --------------------------------------------------------------------------------------------
+# Shortcut report: how far known 2-D heuristics get on this dataset (a dataset card)
+# --------------------------------------------------------------------------------------------
+def _row(task, heuristic, hits, chance, threshold):
+    """One line of the shortcut report: accuracy of a heuristic over len(hits) questions."""
+    hits = np.asarray(hits, np.float64)
+    acc = float(hits.mean()) if len(hits) else None
+    ok = None if acc is None or threshold is None else bool(acc <= threshold)
+    return {"task": task, "heuristic": heuristic, "n": int(len(hits)), "accuracy": acc, "chance": chance,
+            "threshold": threshold, "ok": ok}
+
+
+def depth_shortcuts(records):
+    """"Lower in the picture = nearer" and "farther from the centre = nearer", full order and pairwise."""
+    xy = np.array([[r["center"] for r in rec["meta"]["regions"]] for rec in records]).reshape(-1, 3, 2)
+    if not len(records):
+        return []
+    sizes = np.array([rec["meta"].get("size", [0, 0]) for rec in records], np.float64)
+    lower, outer = zip(*(tasks.pair_agreement(p, *hw) for p, hw in zip(xy, sizes)))
+    lower, outer = np.array(lower), np.array(outer)
+    return [_row("depth", '"lower in the picture = nearer", full order', lower == 3, 1 / 6, 0.30),
+            _row("depth", '"lower in the picture = nearer", pairwise', lower / 3, 1 / 2, 0.60),
+            _row("depth", '"farther from the centre = nearer", full order', outer == 3, 1 / 6, 0.30),
+            _row("depth", '"farther from the centre = nearer", pairwise', outer / 3, 1 / 2, 0.60)]
+
+
+def position_shortcuts(records):
+    """The 2-D rule (image x + "higher = farther", turned by the facing), image x alone on simple-option
+    questions, and the text-only prior (the most common relation given the facing and the option style)."""
+    if not records:
+        return []
+    two_d, x_only, keys = [], [], []
+    for rec in records:
+        m = rec["meta"]
+        style = m.get("style", "compound" if "-" in m["relation"] else "simple")
+        code = tasks.RELATIONS.index(m["relation"])
+        vy = m.get("vy", (m["camera"]["center"][1] - m["target"]["center"][1]) / max(m.get("size", [1])[0], 1))
+        two_d.append(tasks.position_2d_guess(np.array([m["dx"]]), np.array([vy]), m["facing"], style)[0] == code)
+        if style == "simple":
+            x_only.append(tasks.position_x_guess(np.array([m["dx"]]), m["facing"])[0] == code)
+        keys.append(((m["facing"], style), m["relation"]))
+    prior = _held_out_majority(keys)
+    return [_row("position", "2-D rule: image x + \"higher = farther\", turned by the facing", two_d, 1 / 4, 0.45),
+            _row("position", "simple options answered from image x alone", x_only, 1 / 4, 0.45),
+            {**_row("position", "text only: most common relation given facing and option style (held out)", [], 1 / 4, 0.30),
+             "n": len(records), "accuracy": prior, "ok": bool(prior <= 0.30)}]
+
+
+def _held_out_majority(keys):
+    """Accuracy of "answer the most common label of my group" learned on one half of (group, label) pairs
+    and scored on the other half (2-fold, both ways): a text-only prior measured out of sample."""
+    hits = 0
+    for fold in (0, 1):
+        seen = {}
+        for group, label in keys[fold::2]:
+            seen.setdefault(group, Counter())[label] += 1
+        hits += sum(group in seen and seen[group].most_common(1)[0][0] == label for group, label in keys[1 - fold::2])
+    return hits / len(keys)
+
+
+TWIN_GREY = 0.75  # mean |Δ| of sorted grey values below which two candidates are pixel rearrangements of each other
+
+
+def _candidate_features(ims):
+    """Per-candidate image statistics (the masked picture is never used), centred within the question:
+    brightness, contrast, gradient energy, sharpness, colourfulness, 8-px JPEG blockiness, pixel-twin
+    score and thumbnail similarity to the other candidates; plus their squares."""
+    feats, sorted_gray, thumbs = [], [], []
+    for im in ims:
+        a = np.asarray(im, np.float32)
+        g = a.mean(-1)
+        gx, gy = np.abs(np.diff(g, axis=1)), np.abs(np.diff(g, axis=0))
+        grad = gx.mean() + gy.mean()
+        lap = np.abs(g[1:-1, 1:-1] * 4 - g[:-2, 1:-1] - g[2:, 1:-1] - g[1:-1, :-2] - g[1:-1, 2:]).mean()
+        cols = gx.mean(0)
+        block = cols[7::8].mean() / (cols.mean() + 1e-6) if len(cols) > 8 else 1.0
+        rg, yb = a[..., 0] - a[..., 1], (a[..., 0] + a[..., 1]) / 2 - a[..., 2]
+        feats.append([g.mean(), g.std(), grad, lap / (grad + 1e-6), rg.std() + yb.std(), block])
+        sorted_gray.append(np.sort(g.ravel()))
+        thumbs.append(np.asarray(Image.fromarray(a.astype(np.uint8)).resize((12, 12), Image.Resampling.BOX),
+                                 np.float32).ravel())
+    for i in range(len(ims)):
+        others = [k for k in range(len(ims)) if k != i]
+        twin = min(np.abs(sorted_gray[i] - sorted_gray[k]).mean() if sorted_gray[i].shape == sorted_gray[k].shape
+                   else np.inf for k in others)
+        sim = np.mean([np.abs(thumbs[i] - thumbs[k]).mean() for k in others])
+        feats[i] += [-twin, -sim]
+    f = np.nan_to_num(np.array(feats, np.float64), posinf=1e3, neginf=-1e3)
+    raw_twin = f[:, 6].copy()
+    f -= f.mean(0)
+    return np.concatenate([f, f ** 2], 1), raw_twin
+
+
+def _fit_choice_model(x, y, steps=300, l2=1e-2, lr=0.5):
+    """Conditional logit over the candidates of each question: p(k) = softmax_k(x_k · w); full-batch
+    gradient descent on the mean cross-entropy + l2·|w|². x: (Q, K, F) standardised, y: (Q,)."""
+    w = np.zeros(x.shape[2])
+    for _ in range(steps):
+        s = x @ w
+        p = np.exp(s - s.max(1, keepdims=True))
+        p /= p.sum(1, keepdims=True)
+        p[np.arange(len(y)), y] -= 1
+        w -= lr * (np.einsum("qk,qkf->f", p, x) / len(y) + 2 * l2 * w)
+    return w
+
+
+def crop_shortcuts(records, load):
+    """A 5-fold cross-validated choice model on candidate statistics only, the share of questions whose
+    true crop has a pixel twin among the candidates, and "the most JPEG-blocky candidate"."""
+    if len(records) < 10:
+        return []
+    xs, ys, twins, block = [], [], [], []
+    for rec in records:
+        f, twin = _candidate_features([load(p) for p in rec["images"][1:]])
+        xs.append(f)
+        ys.append(tasks.LETTERS.index(rec["answer"]))
+        twins.append(twin[ys[-1]] > -TWIN_GREY)   # its sorted pixel values match another candidate's
+        block.append(int(np.argmax(f[:, 5])) == ys[-1])
+    x, y = np.array(xs), np.array(ys)
+    x = x / (x.reshape(-1, x.shape[2]).std(0) + 1e-9)
+    folds, hits = np.arange(len(y)) % 5, np.zeros(len(y), bool)
+    for k in range(5):
+        w = _fit_choice_model(x[folds != k], y[folds != k])
+        hits[folds == k] = (x[folds == k] @ w).argmax(1) == y[folds == k]
+    return [_row("crop", "candidate statistics only, 5-fold cross-validated choice model", hits, 1 / 4, 0.35),
+            _row("crop", "true crop has a pixel-for-pixel twin among the candidates", twins, 0.0, 0.05),
+            _row("crop", "most JPEG-blocky candidate (8-px grid)", block, 1 / 4, 0.35)]
+
+
+def answer_priors(records):
+    """Per task: the share of the most common answer next to 1/(number of possible answers); threshold =
+    chance + 4 standard errors of a uniform draw (a skewed answer distribution is a text-only shortcut)."""
+    rows = []
+    for task in tasks.TASKS:
+        answers = Counter(r["answer"] for r in records if r["task"] == task)
+        n = sum(answers.values())
+        if not n:
+            continue
+        if task in ("shuffle",):
+            sizes = Counter(len(a.split(",")) for a in answers.elements())
+            space = math.factorial(max(sizes)) - 1
+        else:
+            space = {"flip": 8, "crop": 4, "depth": 6, "position": 4}[task]
+        p = 1 / space
+        row = _row(task, "most common answer (text-only prior)", [], p, round(p + 4 * math.sqrt(p * (1 - p) / n), 3))
+        row.update(n=n, accuracy=answers.most_common(1)[0][1] / n)
+        row["ok"] = row["accuracy"] <= row["threshold"]
+        rows.append(row)
+    return rows
+
+
+def shortcut_report(records, root):
+    """Every known shortcut heuristic's accuracy on these records next to chance and its threshold."""
+    by = {t: [r for r in records if r["task"] == t] for t in tasks.TASKS}
+    load = lambda rel: Image.open(Path(root) / rel).convert("RGB")  # noqa: E731
+    return (answer_priors(records) + depth_shortcuts(by["depth"]) + position_shortcuts(by["position"])
+            + crop_shortcuts(by["crop"], load))
+
+
+def print_shortcuts(rows):
+    print(f"\n{'task':<10}{'shortcut heuristic':<74}{'n':>6}{'acc':>8}{'chance':>8}{'limit':>7}")
+    for r in rows:
+        acc = "-" if r["accuracy"] is None else f"{r['accuracy']:.1%}"
+        flag = "" if r["ok"] in (True, None) else "  ABOVE LIMIT"
+        limit = "-" if r["threshold"] is None else f"{r['threshold']:.0%}"
+        print(f"{r['task']:<10}{r['heuristic'][:72]:<74}{r['n']:>6}{acc:>8}{r['chance']:>8.1%}{limit:>7}{flag}")
 
 
 # --------------------------------------------------------------------------------------------
-# Preview contact sheet, summary, benchmark
+# Preview contact sheet, summary
 # --------------------------------------------------------------------------------------------
 def make_preview(records, root, path, row_height=260, text_width=560):
     """One row per task: its images (scaled to row_height) next to the wrapped question and the answer."""
@@ -1287,68 +1047,30 @@ def make_preview(records, root, path, row_height=260, text_width=560):
 
 
 def print_summary(cfg, stats, preview):
-    c, q = stats["counts"], stats["quota"]
-    train = sum(v["train"] for v in c.values())
-    test = sum(v["test"] for v in c.values())
-    print(f"\nmake_data: {cfg.out}: {train} train + {test} test examples from {stats['sources']['used']} sources "
-          f"({stats['jobs']} jobs) in {stats['seconds']:.1f} s with {stats['workers']} workers")
+    c, q, sq = stats["counts"], stats["quota"], stats["sft_quota"]
+    n = {s: sum(v[s] for v in c.values()) for s in SPLITS}
+    per = stats["sources_per_split"]
+    print(f"\nmake_data: {cfg.out}: {n['train']} train + {n['test']} test + {n['sft']} cold-start examples from "
+          f"{per['train']} + {per['test']} + {per['sft']} different sources ({stats['jobs']} jobs) in "
+          f"{stats['seconds']:.1f} s with {stats['workers']} workers")
     print(f"{'task':<10}{'quota':>7}{'train':>7}{'test':>6}{'sft':>6}  rejected (top reasons)")
     for t in q:
         rej = sorted(stats["rejected"].get(t, {}).items(), key=lambda kv: -kv[1])[:3]
-        print(f"{t:<10}{q[t]:>7}{c[t]['train']:>7}{c[t]['test']:>6}{stats['sft'].get(t, 0):>6}  "
+        print(f"{t:<10}{q[t]:>7}{c[t]['train']:>7}{c[t]['test']:>6}{c[t]['sft']:>6}  "
               + (", ".join(f"{k} {v}" for k, v in rej) or "-"))
     if stats["skipped_sources"]:
         print("skipped sources: " + ", ".join(f"{k} {v}" for k, v in stats["skipped_sources"].items()))
     errors = {k: v for t in stats["rejected"].values() for k, v in t.items() if k.startswith("generator-error")}
     if errors:
         print(f"WARNING: tasks.generate raised or returned a malformed example: {errors} (a bug in tasks.py)")
-    if stats["shortfall"]:
-        print("SHORT of quota (sources exhausted or too many rejections): "
-              + ", ".join(f"{k} {v}" for k, v in stats["shortfall"].items()))
-    if sum(stats["sft"].values()) < cfg.sft_size:
-        print(f"sft.jsonl: {sum(stats['sft'].values())} examples (--sft-size {cfg.sft_size} capped by the train split)")
+    for name, short, quota in (("train + test", stats["shortfall"], q), ("sft.jsonl", stats["sft_shortfall"], sq)):
+        if short:
+            print(f"SHORT of the request ({name}; sources exhausted or too many rejections): "
+                  + ", ".join(f"{t} {quota[t] - k} of {quota[t]} ({k} short)" for t, k in short.items()))
+    if stats["sources"]["kind"] == "folders" and set(stats["shortfall"]) & set(tasks.DEPTH_TASKS):
+        print(f"  only {stats['sources']['rgbd']} of {stats['sources']['found']} images have a depth file. {NAMING_RULE}")
+    print_shortcuts(stats["shortcuts"])
     print("files: train.jsonl test.jsonl sft.jsonl stats.json images/" + (f"  preview: {preview}" if preview else ""))
-
-
-def _bench(fn, seconds, min_reps=3):
-    """Mean seconds per call of fn(i), repeated for about `seconds`."""
-    t0, reps = time.perf_counter(), 0
-    while reps < min_reps or time.perf_counter() - t0 < seconds:
-        fn(reps)
-        reps += 1
-    return (time.perf_counter() - t0) / reps
-
-
-def benchmark(cfg):
-    """Per-task generation speed on this process's single core, then scene-render speed."""
-    grids, rows = parse_grids(cfg.shuffle_grids), []
-    with tempfile.TemporaryDirectory() as tmp:
-        for w, h in ((512, 512), (1024, 768)):
-            scenes = [render_scene(s, h, w) for s in range(4)]
-            for task in tasks.TASKS:
-                accepted = []
-
-                def gen(i, save=False):
-                    rgb, depth = scenes[i % len(scenes)]
-                    opts = {"grid": grids[0]} if task == "shuffle" else {}
-                    ex = tasks.generate(task, rgb, depth if task in tasks.DEPTH_TASKS else None,
-                                        np.random.default_rng(i), **opts)
-                    accepted.append(isinstance(ex, tasks.Example))
-                    for j, im in enumerate(ex.images if save and accepted[-1] else []):
-                        Path(tmp, f"{i}_{j}.jpg").write_bytes(_encode(im, cfg.image_format, cfg.jpeg_quality))
-                g = _bench(gen, cfg.bench_seconds)
-                ok = float(np.mean(accepted))
-                s = _bench(lambda i: gen(i, True), cfg.bench_seconds)
-                rows.append((f"{w}x{h}", task, g, s, ok))
-    print(f"{'input':<10}{'task':<10}{'gen ms':>9}{'gen/s':>8}{'gen+save ms':>13}{'gen+save/s':>12}{'accepted':>10}")
-    for size, task, g, s, ok in rows:
-        print(f"{size:<10}{task:<10}{g * 1e3:>9.1f}{1 / g:>8.1f}{s * 1e3:>13.1f}{1 / s:>12.1f}{ok:>10.0%}")
-    print(f"\n{'scene':<10}{'ms':>9}{'renders/s':>11}")
-    for w, h in ((256, 256), (512, 384), (512, 512)):
-        r = _bench(lambda i: render_scene(i, h, w), cfg.bench_seconds)
-        print(f"{f'{w}x{h}':<10}{r * 1e3:>9.1f}{1 / r:>11.1f}")
-    slow = [t for size, t, g, _, _ in rows if g > 0.020 and size == "1024x768"]
-    print("target < 20 ms/sample at 1024x768 (generation): " + ("met" if not slow else "MISSED by " + ", ".join(slow)))
 
 
 # --------------------------------------------------------------------------------------------
@@ -1356,9 +1078,6 @@ def benchmark(cfg):
 # --------------------------------------------------------------------------------------------
 def main(argv=None):
     cfg = parse_config(argv)
-    if cfg.benchmark:
-        benchmark(cfg)
-        return 0
     stats = build(cfg)
     preview = None
     if cfg.preview.lower() != "none":

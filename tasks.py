@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import functools
 import re
+import unicodedata
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -59,11 +60,15 @@ COT_PROMPT = ("You FIRST think about the reasoning process as an internal monolo
 MIN_TILE = 24            # px: smallest tile side for shuffle / flip
 MIN_CROP = 32            # px: smallest masked square for crop
 SAME_THRESHOLD = 3.0     # mean |Δ| on 0..255 below which two patches count as the same picture
-FLIP_DIRECTIONS = ("horizontal", "vertical")   # horizontal = mirrored left-right, vertical = upside down
-CROP_DISTRACTORS = ("rotate_left", "rotate_right", "zoom_in", "expand_quarter", "expand_half")
+FLIP_DIRECTIONS = ("horizontal", "vertical")   # mirrored left-to-right, mirrored top-to-bottom
+CROP_DISTRACTORS = ("near_shift", "far_shift", "zoom_in", "zoom_out")
+CROP_PATTERN_NAMES = ("cluster", "two-pairs", "scattered")
+CROP_PATTERNS = (0.3, 0.35, 0.35)   # how the four candidate squares relate (see crop_layout)
+CROP_DISPLAY = 0.7       # candidates are shown at this fraction of the hole's side (all downsampled alike)
 DEPTH_BANDS = ((0.0, 0.3), (0.35, 0.65), (0.7, 1.0))   # normalised depth bands: near, middle, far
 REGION_MAX_RANGE = 0.15  # a marked region is flat: normalised depth range below this
 REGION_MIN_GAP = 0.05    # depth regions: gap between their depth intervals above this
+DEPTH_TRIES = 64         # random marker triples scored per depth example (pick the one matching the targets)
 POSITION_X_BIG = 0.15    # |Δx| / width above this is a clear left/right offset (official: 150 px)
 POSITION_Z_BIG = 0.25    # |Δz| (normalised) above this is a clear front/back offset (official: 0.25)
 POSITION_SMALL = 0.5     # an offset counts as negligible below POSITION_SMALL · threshold (dead band between)
@@ -71,6 +76,12 @@ FACINGS = ("left", "right", "toward", "away")
 FACING_WEIGHTS = (0.3, 0.3, 0.3, 0.1)
 SIMPLE_RELATIONS = ("Left", "Right", "Front", "Back")
 COMPOUND_RELATIONS = ("Left-Front", "Right-Front", "Right-Back", "Left-Back")
+RELATIONS = SIMPLE_RELATIONS + COMPOUND_RELATIONS
+POSITION_DOMINANCE = 2.0  # simple options: the dominant offset is at least this many times the other (in threshold units)
+POSITION_Y_2D = 0.1      # the 2-D shortcut's unit of "higher in the picture" (fraction of the image height)
+POSITION_TRIES = 2048    # random region pairs scored per position example
+POSITION_DEPTH_SHARE = 0.62  # simple options: share of answers set by the depth offset (the rest by image x)
+POSITION_FOOL = 0.75     # probability of preferring a pair the 2-D shortcuts get wrong
 LETTERS = "ABCD"
 MAX_ANSWER_CHARS = 200   # no valid boxed answer is longer; longer content is rejected without parsing
 
@@ -101,25 +112,46 @@ _BOX_TOKEN = re.compile(r"\\boxed\{|[{}]")
 _TEXT_WRAP = re.compile(r"\\(?:text|mathrm|textbf|mathbf)\{([^{}]*)\}")
 
 
-def _last_box(text: str) -> tuple[int, int] | None:
-    """(start, end) of the content of the last balanced \\boxed{…}: the one that opens last.
+class _Boxes:
+    """One linear scan of all \\boxed{…} in a text (see _scan_boxes)."""
+    __slots__ = ("last", "leaves", "open_after_last")
 
-    One linear pass keeping a brace depth and a stack of the open boxes only, so megabyte strings and
-    deep nesting stay fast. A stray '}' at depth 0 is ignored. Braces before the first box cannot change
-    which boxes balance, so the scan starts there."""
-    depth, open_boxes, best = 0, [], None          # open_boxes: (depth at its opening, content start)
+    def __init__(self, last, leaves, open_after_last):
+        self.last, self.leaves, self.open_after_last = last, leaves, open_after_last
+
+
+def _scan_boxes(text: str) -> _Boxes:
+    """Spans (content start, end) of the balanced boxes of `text`, in one linear pass keeping a brace depth
+    and a stack of the open boxes only (megabyte strings and deep nesting stay fast).
+
+    last: the last balanced box (the one that opens last) or None; leaves: every balanced box with no box
+    inside it, in closing order; open_after_last: a box opened after `last` ended never closes (a cut-off
+    answer switch). A stray '}' at depth 0 is ignored. Braces before the first box cannot change which
+    boxes balance, so the scan starts there."""
+    depth, stack, last, leaves = 0, [], None, []    # stack entries: [depth at opening, content start, has child]
     for m in _BOX_TOKEN.finditer(text, max(0, text.find("\\boxed{"))):
-        if m.group() != "}":
-            if m.group() != "{":
-                open_boxes.append((depth, m.end()))
+        tok = m.group()
+        if tok != "}":
+            if tok != "{":
+                if stack:
+                    stack[-1][2] = True
+                stack.append([depth, m.end(), False])
             depth += 1
         elif depth > 0:
             depth -= 1
-            if open_boxes and open_boxes[-1][0] == depth:
-                start = open_boxes.pop()[1]
-                if best is None or start > best[0]:
-                    best = (start, m.start())
-    return best
+            if stack and stack[-1][0] == depth:
+                _, start, has_child = stack.pop()
+                if not has_child:
+                    leaves.append((start, m.start()))
+                if last is None or start > last[0]:
+                    last = (start, m.start())
+    open_after = last is not None and any(start > last[1] for _, start, _ in stack)
+    return _Boxes(last, leaves, open_after)
+
+
+def _last_box(text: str) -> tuple[int, int] | None:
+    """(start, end) of the content of the last balanced \\boxed{…}: the one that opens last."""
+    return _scan_boxes(text).last
 
 
 def extract_boxed(text: str) -> str | None:
@@ -142,9 +174,15 @@ def format_ok(response: str) -> bool:
     return span is not None and span[0] > close
 
 
+_WIDE_PUNCT = str.maketrans({"\u3002": ".", "\u3001": ",", "\u2010": "-", "\u2011": "-", "\u2012": "-",
+                             "\u2013": "-", "\u2014": "-", "\u2212": "-", "\u00a0": " "})
+
+
 def _clean(content: str) -> str:
-    """Drop harmless wrappers: \\text{…}, one pair of outer brackets, a trailing full stop."""
-    s = _TEXT_WRAP.sub(r"\1", content).strip().rstrip(".").strip()
+    """Normalise full-width characters (NFKC: 'Ｂ' -> 'B', '，' -> ','; '。' -> '.'; dashes -> '-') and drop
+    harmless wrappers: \\text{…}, one pair of outer brackets, a trailing full stop."""
+    s = unicodedata.normalize("NFKC", content).translate(_WIDE_PUNCT)
+    s = _TEXT_WRAP.sub(r"\1", s).strip().rstrip(".").strip()
     if len(s) >= 2 and s[0] + s[-1] in ("[]", "()", "{}"):
         s = s[1:-1].strip()
     return s.rstrip(".").strip()
@@ -174,36 +212,78 @@ def parse_flip(content: str) -> tuple | None:
     return int(numbers[0]), dirs[0]
 
 
-def parse_letter(content: str) -> str | None:
-    """'B' / '(B)' / 'B.' / 'Option B' / '\\text{B}' -> 'B'; anything naming more than a letter -> None."""
-    m = re.fullmatch(r"(?:option\s*)?([a-d])\s*[.:)]?", _clean(content), flags=re.IGNORECASE)
-    return m.group(1).upper() if m else None
+_LETTER = re.compile(r"(?:option\s*)?\(?([a-d])\)?(?:\s*[.:)]\s*|\s+)?(.*)", re.IGNORECASE | re.DOTALL)
+_OPTION_LINE = re.compile(r"^([A-D])\. (.+)$", re.MULTILINE)
 
 
-def _parse(task: str, content: str, answer: str):
+def _option_words(text: str) -> tuple:
+    """'Right-Front' / 'front right' / 'the Right' -> ('front', 'right'): an option text as sorted words."""
+    return tuple(sorted(w for w in re.split(r"[\s\-_/,]+", text.lower()) if w and w != "the"))
+
+
+def options_from_problem(problem: str | None) -> dict:
+    """{'A': 'Left', ...}: the lettered text options listed in a problem ("A. Left" lines); image options
+    ("A. <image>") are not text and are left out."""
+    if not isinstance(problem, str):
+        return {}
+    return {k: v.strip() for k, v in _OPTION_LINE.findall(problem) if "<image>" not in v}
+
+
+def parse_letter(content: str, options: dict | None = None) -> str | None:
+    """'B' / '(B)' / 'B.' / 'Option B' / '\\text{B}' -> 'B'. With the question's text options also
+    'B. Right' / 'B) Right-Front' (the letter followed by its own option text) and 'Right' alone when
+    exactly one option reads so. Anything else (two letters, a letter with another option's text) -> None."""
+    s = _clean(content)
+    options = options or {}
+    m = _LETTER.fullmatch(s)
+    if m:
+        letter, rest = m.group(1).upper(), m.group(2).strip().rstrip(".").strip()
+        if not rest:
+            return letter
+        if letter in options and _option_words(rest) == _option_words(options[letter]):
+            return letter
+    words = _option_words(s)
+    hits = [k for k, v in options.items() if words and _option_words(v) == words]
+    return hits[0] if len(hits) == 1 else None
+
+
+def _parse(task: str, content: str, answer: str, options: dict | None = None):
     if task in ("shuffle", "depth"):
         return parse_sequence(content, len(answer.split(",")))
     if task == "flip":
         return parse_flip(content)
     if task in ("crop", "position"):
-        return parse_letter(content)
+        return parse_letter(content, options)
     raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
 
 
-def accuracy(response: str, answer: str, task: str) -> float:
-    """1.0 if the last \\boxed{} parses to the same answer as the ground truth for this task, else 0.0."""
-    truth = _parse(task, answer, answer)
+def accuracy(response: str, answer: str, task: str, problem: str | None = None) -> float:
+    """1.0 if the response commits to the ground truth, else 0.0. Committing means: the last balanced
+    \\boxed{} parses to the truth for this task; no \\boxed{ opened after it is left unclosed (a cut-off
+    answer switch); and every box after the last </think> (the whole text if there is none) gives that same
+    answer (several different boxed answers are hedging). `problem` (optional) supplies the text options so
+    that 'B. Right' and 'Right' are read as option B. Linear time; never raises on any response."""
+    options = options_from_problem(problem) if task == "position" else {}
+    truth = _parse(task, answer, answer, options)
     if truth is None:
         raise ValueError(f"ground truth {answer!r} is not a valid {task} answer")
-    content = extract_boxed(response)
-    if content is None or len(content) > MAX_ANSWER_CHARS:
+    if not isinstance(response, str) or "\\boxed{" not in response:
         return 0.0
-    return float(_parse(task, content, answer) == truth)
+    boxes = _scan_boxes(response)
+    if boxes.last is None or boxes.open_after_last:
+        return 0.0
+    close = response.rfind("</think>")
+    contents = {response[a:b].strip() for a, b in boxes.leaves if a > close}
+    contents.add(response[boxes.last[0]:boxes.last[1]].strip())
+    for content in contents:
+        if len(content) > MAX_ANSWER_CHARS or _parse(task, content, answer, options) != truth:
+            return 0.0
+    return 1.0
 
 
-def reward(response: str, answer: str, task: str) -> float:
+def reward(response: str, answer: str, task: str, problem: str | None = None) -> float:
     """Spatial-SSRL reward: r = 0.9·accuracy + 0.1·format ∈ {0, 0.1, 0.9, 1.0}."""
-    return 0.9 * accuracy(response, answer, task) + 0.1 * float(format_ok(response))
+    return 0.9 * accuracy(response, answer, task, problem) + 0.1 * float(format_ok(response))
 
 
 # ----------------------------------------------------------------------------- drawing
@@ -289,20 +369,28 @@ def make_shuffle(rgb: np.ndarray, rng: np.random.Generator, grid: tuple = (2, 2)
     shown[white] = np.full_like(tiles[0], 255)
     img = _grid_image(shown, rows, cols, [str(i + 1) for i in range(k)])
     order = [int(i) + 1 for i in np.argsort(perm)]
+    example = _worked_example(k)
     problem = (f"<image>\nThis picture was cut into a grid of {rows} rows and {cols} columns, the tiles were "
                f"shuffled, and each tile got a number label from 1 to {k}. One tile was painted plain white, so it "
                f"has to be placed by elimination. Restore the original picture: reading it row by row from the "
                f"top-left corner, which label belongs at each position? Give the {k} labels in that order, "
-               f"separated by commas.")
+               f"separated by commas. For example, the answer {', '.join(map(str, example))} would mean that tile "
+               f"{example[0]} belongs at the top-left position, tile {example[1]} at the next position to its "
+               f"right, and so on.")
     meta = {"grid": [rows, cols], "tile_size": [int(tiles[0].shape[0]), int(tiles[0].shape[1])],
             "perm": [int(p) for p in perm], "white_label": white + 1, "order": order}
     return Example("shuffle", [img], problem, ", ".join(map(str, order)), meta)
 
 
+def _worked_example(k: int) -> list:
+    """The fixed example order quoted in the shuffle question: the labels from k down to 1."""
+    return list(range(k, 0, -1))
+
+
 # ----------------------------------------------------------------------------- task 2: flip
 def make_flip(rgb: np.ndarray, rng: np.random.Generator) -> Example | Rejected:
-    """Flipped patch recognition: one tile of a 2×2 grid is mirrored left-right (horizontal) or turned
-    upside down (vertical), each with probability 1/2. Answer = "tile, direction"."""
+    """Flipped patch recognition: one tile of a 2×2 grid is mirrored left-to-right (horizontal) or
+    top-to-bottom (vertical), each with probability 1/2. Answer = "tile, direction"."""
     if rgb.shape[0] // 2 < MIN_TILE or rgb.shape[1] // 2 < MIN_TILE:
         return Rejected("too-small")
     tiles = _split_tiles(rgb, 2, 2)
@@ -316,53 +404,123 @@ def make_flip(rgb: np.ndarray, rng: np.random.Generator) -> Example | Rejected:
     img = _grid_image(shown, 2, 2, ["1", "2", "3", "4"])
     problem = ("<image>\nThis picture is split into four numbered tiles: 1 top-left, 2 top-right, 3 bottom-left, "
                "4 bottom-right. Exactly one tile has been flipped, either mirrored left-to-right (horizontal) or "
-               "turned upside down (vertical). Which tile is flipped, and how? Answer with the tile number, a "
+               "mirrored top-to-bottom (vertical). Which tile is flipped, and how? Answer with the tile number, a "
                "comma, and the word horizontal or vertical.")
     meta = {"tile": tile + 1, "direction": direction, "tile_size": [int(tiles[0].shape[0]), int(tiles[0].shape[1])]}
     return Example("flip", [img], problem, f"{tile + 1}, {direction}", meta)
 
 
 # ----------------------------------------------------------------------------- task 3: crop
-def _resize(a: np.ndarray, side: int) -> np.ndarray:
-    return np.asarray(Image.fromarray(a).resize((side, side), Image.Resampling.BILINEAR))
+def _far_box(rng: np.random.Generator, h: int, w: int, avoid: list, s: int) -> tuple | None:
+    """A same-size square elsewhere: overlapping each square in `avoid` by at most a quarter of its area."""
+    for _ in range(30):
+        fx, fy = int(rng.integers(0, w - s + 1)), int(rng.integers(0, h - s + 1))
+        if all(max(0, s - abs(fx - ax)) * max(0, s - abs(fy - ay)) <= s * s / 4 for ax, ay, *_ in avoid):
+            return fx, fy, s
+    return None
 
 
-def crop_distractor(rgb: np.ndarray, x: int, y: int, s: int, kind: str) -> np.ndarray:
-    """A hard negative for the s×s crop at (x, y): rotated ±90°, a 2× zoom into its centre, or the
-    region grown by s/4 or s/2 on every side (clipped to the image), each resized to s×s."""
-    crop = rgb[y:y + s, x:x + s]
-    if kind == "rotate_left":
-        return np.ascontiguousarray(np.rot90(crop, 1))
-    if kind == "rotate_right":
-        return np.ascontiguousarray(np.rot90(crop, -1))
+def crop_region(rng: np.random.Generator, h: int, w: int, x: int, y: int, s: int, kind: str,
+                avoid: tuple = ()) -> tuple | None:
+    """Source square (x, y, side) of one candidate for the hole (x, y, s); None if it cannot be placed.
+
+    true: the hole itself. near_shift: the same size, moved 30-60 % of a side (overlaps the hole: a hard
+    negative). far_shift: the same size from elsewhere (also away from the squares in `avoid`). zoom_in: a 3/4-size square inside the hole (shown
+    enlarged). zoom_out: a 4/3-size square containing the hole (shown shrunk). Squares stay inside the image."""
+    if kind == "true":
+        return x, y, s
+    if kind == "far_shift":
+        return _far_box(rng, h, w, [(x, y), *avoid], s)
+    if kind == "near_shift":
+        for _ in range(20):
+            dx, dy = (rng.uniform(0.3, 0.6) * s * rng.choice([-1, 1]) for _ in range(2))
+            if rng.random() < 0.5:                         # mostly along one axis
+                dx, dy = (dx, dy * rng.uniform(0, 0.3)) if rng.random() < 0.5 else (dx * rng.uniform(0, 0.3), dy)
+            nx, ny = int(np.clip(x + dx, 0, w - s)), int(np.clip(y + dy, 0, h - s))
+            if max(abs(nx - x), abs(ny - y)) >= 0.25 * s:
+                return nx, ny, s
+        return None
+    r = round(s * 0.75) if kind == "zoom_in" else min(round(s * 4 / 3), h, w)
     if kind == "zoom_in":
-        return _resize(crop[s // 4:s - s // 4, s // 4:s - s // 4], s)
-    grow = {"expand_quarter": s // 4, "expand_half": s // 2}[kind]
-    y0, x0 = max(0, y - grow), max(0, x - grow)
-    return _resize(rgb[y0:y + s + grow, x0:x + s + grow], s)
+        return x + int(rng.integers(0, s - r + 1)), y + int(rng.integers(0, s - r + 1)), r
+    lo_x, hi_x = max(0, x + s - r), min(x, w - r)
+    lo_y, hi_y = max(0, y + s - r), min(y, h - r)
+    if lo_x > hi_x or lo_y > hi_y:
+        return None
+    return int(rng.integers(lo_x, hi_x + 1)), int(rng.integers(lo_y, hi_y + 1)), r
+
+
+def resample_candidate(rgb: np.ndarray, region: tuple, side: int) -> np.ndarray:
+    """The one resampling path every crop candidate takes, the true one included: the source square is
+    resized (antialiased bilinear) to side × side, with side < every source side, so sharpness, aspect ratio
+    and the source's JPEG block grid are the same for all candidates and carry no signal."""
+    x, y, r = region
+    return np.asarray(Image.fromarray(rgb[y:y + r, x:x + r]).resize((side, side), Image.Resampling.BILINEAR))
+
+
+def crop_layout(rng: np.random.Generator, h: int, w: int, s: int, pattern: str) -> tuple | None:
+    """Four candidate squares and which one is the hole, placed so that no statistic of the candidates
+    alone singles the hole out. First 2 (or 4) mutually far same-size anchors are drawn, then:
+      scattered: the 4 anchors;  cluster: A, two squares derived from A (crop_region), B;
+      two-pairs: A, one derived from A, B, one derived from B.
+    The hole is a random anchor (any of the 4, or A / B), so "the odd one out", "the one most like the
+    others" and the anchors' positions in the frame are the same for the hole and for a distractor.
+    Returns (regions, index of the hole, kinds relative to the hole) or None if the squares don't fit."""
+    anchors = []
+    for _ in range(4 if pattern == "scattered" else 2):
+        anchors.append(_far_box(rng, h, w, anchors, s))
+        if anchors[-1] is None:
+            return None
+    if pattern == "scattered":
+        regions, owner, kind = anchors, [0, 1, 2, 3], ["anchor"] * 4
+    else:
+        extra = (["near_shift", str(rng.choice(["near_shift", "zoom_in", "zoom_out"]))] if pattern == "cluster" else
+                 [str(rng.choice(["near_shift", "zoom_in", "zoom_out"])) for _ in range(2)])
+        of = [0, 0] if pattern == "cluster" else [0, 1]
+        derived = [crop_region(rng, h, w, *anchors[o], k) for o, k in zip(of, extra)]
+        if any(d is None for d in derived):
+            return None
+        regions, owner, kind = anchors + derived, [0, 1] + of, ["anchor", "anchor"] + extra
+    hole = int(rng.integers(len(anchors)))
+    kinds = ["true" if i == hole else "far_shift" if k == "anchor" else k if o == hole else "decoy_" + k
+             for i, (k, o) in enumerate(zip(kind, owner))]
+    return regions, hole, kinds
 
 
 def make_crop(rgb: np.ndarray, rng: np.random.Generator) -> Example | Rejected:
-    """Cropped patch inpainting: a square of side min(H, W)/2 is blacked out; 4 candidates are the true
-    crop and 3 distinct distractor types. Answer = letter of the true crop."""
+    """Cropped patch inpainting: a square of side s = min(H, W)/2 is blacked out; the 4 candidates are the
+    true square and 3 distractors laid out by crop_layout, all resampled alike to CROP_DISPLAY·s pixels
+    (resample_candidate). Answer = letter of the true crop."""
     h, w = rgb.shape[:2]
     s = min(h, w) // 2
     if s < MIN_CROP:
         return Rejected("too-small")
-    x, y = int(rng.integers(0, w - s + 1)), int(rng.integers(0, h - s + 1))
-    kinds = [CROP_DISTRACTORS[i] for i in rng.choice(len(CROP_DISTRACTORS), 3, replace=False)]
-    slot = int(rng.integers(4))
-    kinds.insert(slot, "true")
-    patches = [rgb[y:y + s, x:x + s] if k == "true" else crop_distractor(rgb, x, y, s, k) for k in kinds]
+    layout = None
+    for _ in range(4):
+        pattern = CROP_PATTERN_NAMES[int(rng.choice(len(CROP_PATTERN_NAMES), p=CROP_PATTERNS))]
+        layout = crop_layout(rng, h, w, s, pattern)
+        if layout is not None and len(set(layout[0])) == 4:
+            break
+    else:
+        return Rejected("no-room-for-distractors")
+    regions, hole, kinds = layout
+    order = rng.permutation(4)
+    regions, kinds = [regions[k] for k in order], [kinds[k] for k in order]
+    slot = kinds.index("true")
+    x, y, _ = regions[slot]
+    side = max(16, round(s * CROP_DISPLAY))
+    patches = [resample_candidate(rgb, r, side) for r in regions]
     if _has_look_alikes(patches):
         return Rejected("look-alike-candidates")
     masked = rgb.copy()
     masked[y:y + s, x:x + s] = 0
-    images = [Image.fromarray(masked)] + [Image.fromarray(np.ascontiguousarray(p)) for p in patches]
+    images = [Image.fromarray(masked)] + [Image.fromarray(p) for p in patches]
     problem = ("<image>\nA square part of this picture has been blacked out. Which of these four patches is "
-               "exactly the missing part, at the same scale and orientation?\nA. <image>\nB. <image>\n"
+               "exactly the missing part, at the same scale and orientation? (The patches are shown smaller "
+               "than the hole; compare their content, not their size.)\nA. <image>\nB. <image>\n"
                "C. <image>\nD. <image>\nAnswer with the letter of the correct patch.")
-    meta = {"box": [x, y, s], "candidates": kinds, "slot": slot}
+    meta = {"box": [x, y, s], "candidates": kinds, "regions": [list(r) for r in regions], "slot": slot,
+            "display": side, "pattern": pattern}
     return Example("crop", images, problem, LETTERS[slot], meta)
 
 
@@ -424,20 +582,40 @@ def _marked_image(rgb: np.ndarray, regions: list, cell: int) -> Image.Image:
 
 
 # ----------------------------------------------------------------------------- task 4: depth
-def _pick_band_regions(cells: dict, min_dist: float, rng: np.random.Generator) -> list | Rejected:
+def pair_agreement(order_xy: np.ndarray, h: int, w: int) -> tuple:
+    """For markers listed near to far with centres (x, y): how many of the 3 pairs the two 2-D rules get
+    right: "lower in the picture = nearer" and "farther from the picture centre = nearer". Works on a
+    (..., 3, 2) array; returns two integer arrays."""
+    xy = np.asarray(order_xy, np.float64)
+    ys = xy[..., 1]
+    edge = np.hypot(xy[..., 0] - w / 2, xy[..., 1] - h / 2)
+    pairs = ((0, 1), (0, 2), (1, 2))                      # (nearer, farther)
+    lower = sum((ys[..., i] > ys[..., j]).astype(int) for i, j in pairs)
+    outer = sum((edge[..., i] > edge[..., j]).astype(int) for i, j in pairs)
+    return lower, outer
+
+
+def _pick_band_regions(cells: dict, min_dist: float, shape: tuple, rng: np.random.Generator) -> list | Rejected:
     """One flat region inside each depth band, their depth intervals > REGION_MIN_GAP apart and their
-    centres at least min_dist pixels apart. Returns the cell indices, near to far."""
+    centres at least min_dist pixels apart. Among DEPTH_TRIES random valid triples, take the one whose
+    agreement with the two 2-D rules (pair_agreement) is closest to random targets drawn uniformly from
+    0..3 pairs, so that over a dataset those rules are right about half the time pairwise and rarely in
+    full. Returns the cell indices, near to far."""
     in_band = [np.nonzero((cells["lo"] >= a) & (cells["hi"] <= b))[0] for a, b in DEPTH_BANDS]
     if any(len(idx) == 0 for idx in in_band):
         return Rejected("no-region-in-band")
-    xy = np.stack([cells["x0"], cells["y0"]], 1).astype(np.float64)
-    for _ in range(30):
-        pick = [int(rng.choice(idx)) for idx in in_band]
-        gaps_ok = all(cells["lo"][pick[i + 1]] - cells["hi"][pick[i]] > REGION_MIN_GAP for i in range(2))
-        dists = [np.hypot(*(xy[pick[i]] - xy[pick[j]])) for i, j in ((0, 1), (0, 2), (1, 2))]
-        if gaps_ok and min(dists) >= min_dist:
-            return pick
-    return Rejected("regions-too-close")
+    pick = np.stack([idx[rng.integers(0, len(idx), DEPTH_TRIES)] for idx in in_band], 1)     # (T, 3)
+    xy = np.stack([cells["x0"], cells["y0"]], 1).astype(np.float64)[pick]                    # (T, 3, 2)
+    gaps_ok = (cells["lo"][pick[:, 1]] - cells["hi"][pick[:, 0]] > REGION_MIN_GAP) & \
+              (cells["lo"][pick[:, 2]] - cells["hi"][pick[:, 1]] > REGION_MIN_GAP)
+    dist = np.stack([np.hypot(*(xy[:, i] - xy[:, j]).T) for i, j in ((0, 1), (0, 2), (1, 2))], 1).min(1)
+    ok = np.nonzero(gaps_ok & (dist >= min_dist))[0]
+    if len(ok) == 0:
+        return Rejected("regions-too-close")
+    lower, outer = pair_agreement(xy[ok], *shape)
+    target_lower, target_outer = rng.integers(0, 4, 2)
+    cost = np.abs(lower - target_lower) + 0.5 * np.abs(outer - target_outer) + rng.random(len(ok)) * 0.1
+    return [int(v) for v in pick[ok[int(np.argmin(cost))]]]
 
 
 def make_depth(rgb: np.ndarray, depth: np.ndarray, rng: np.random.Generator) -> Example | Rejected:
@@ -449,7 +627,7 @@ def make_depth(rgb: np.ndarray, depth: np.ndarray, rng: np.random.Generator) -> 
     h, w = dn.shape
     cell = region_size(h, w)
     cells = flat_regions(dn, cell)
-    pick = _pick_band_regions(cells, min(h, w) / 8, rng)
+    pick = _pick_band_regions(cells, min(h, w) / 8, (h, w), rng)
     if isinstance(pick, Rejected):
         return pick
     labels = [int(v) + 1 for v in rng.permutation(3)]
@@ -457,7 +635,7 @@ def make_depth(rgb: np.ndarray, depth: np.ndarray, rng: np.random.Generator) -> 
     problem = ("<image>\nThree points in this picture are marked with the numbers 1, 2 and 3. Order the marked "
                "points by their distance from the camera, from the nearest to the farthest. Answer with the "
                "three numbers in that order, separated by commas.")
-    meta = {"regions": regions, "cell": cell}       # regions listed near to far
+    meta = {"regions": regions, "cell": cell, "size": [h, w]}       # regions listed near to far
     return Example("depth", [_marked_image(rgb, regions, cell)], problem, ", ".join(map(str, labels)), meta)
 
 
@@ -467,21 +645,11 @@ FACING_TEXT = {"left": "the left side of the picture", "right": "the right side 
                "toward": "the camera that took the picture", "away": "away from the camera, into the scene"}
 
 
-def _offset_sign(v: float, big: float) -> int | None:
-    """+1 / −1 for a clear offset (|v| > big), 0 for a negligible one (|v| < POSITION_SMALL·big),
-    None inside the dead band between, where the answer would be ambiguous."""
-    if abs(v) > big:
-        return 1 if v > 0 else -1
-    return 0 if abs(v) < POSITION_SMALL * big else None
-
-
-def relation(dx: float, dz: float, facing: str) -> str | None:
-    """Where the target lies for a camera facing `facing`, in the top-down plane (x = picture right,
-    z = away from the viewer). With facing vector f and the camera's right vector r = (f_z, −f_x), the
-    target offset v = (sign Δx, sign Δz) is Front/Back by sign(v·f) and Right/Left by sign(v·r);
-    compound ("Left-Front") when both are clear. dx is a fraction of the image width, dz normalised depth."""
-    sx, sz = _offset_sign(dx, POSITION_X_BIG), _offset_sign(dz, POSITION_Z_BIG)
-    if sx is None or sz is None or sx == sz == 0:
+def turn(sx: int, sz: int, facing: str) -> str | None:
+    """The relation name of a top-down offset with signs (sx, sz) (x = picture right, z = away from the
+    viewer) for someone facing `facing`. With facing vector f and right vector r = (f_z, −f_x): Front/Back by
+    sign(v·f), Right/Left by sign(v·r), compound ("Left-Front") when both are non-zero."""
+    if sx == sz == 0:
         return None
     fx, fz = _FACING_VECTOR[facing]
     front, right = sx * fx + sz * fz, sx * fz - sz * fx
@@ -490,51 +658,148 @@ def relation(dx: float, dz: float, facing: str) -> str | None:
     return "-".join(p for p in (side, ahead) if p)
 
 
-def _pick_position_pair(cells: dict, dn: np.ndarray, cell: int, facing: str, rng: np.random.Generator):
-    """Random (camera, target) flat regions with an unambiguous relation, centres ≥ min(H, W)/8 apart."""
-    h, w = dn.shape
+def relation(dx: float, dz: float, facing: str, style: str | None = None) -> str | None:
+    """Where the target lies for a camera facing `facing`; dx is a fraction of the image width, dz
+    normalised depth, both measured in units of their thresholds (ux = dx / POSITION_X_BIG, uz = dz /
+    POSITION_Z_BIG). style "compound": both offsets clear (|u| > 1). style "simple": the dominant offset,
+    clear and at least POSITION_DOMINANCE times the other. style None (the official table): compound when
+    both are clear, simple when one is clear and the other negligible (|u| < POSITION_SMALL); else None."""
+    code = relation_codes(np.array([dx]), np.array([dz]), facing, style)[0]
+    return None if code < 0 else RELATIONS[code]
+
+
+@functools.lru_cache(maxsize=8)
+def _turn_table(facing: str) -> np.ndarray:
+    """RELATIONS index of turn(sx, sz, facing) at [(sx + 1) · 3 + sz + 1]; −1 for (0, 0)."""
+    return np.array([-1 if sx == sz == 0 else RELATIONS.index(turn(sx, sz, facing))
+                     for sx in (-1, 0, 1) for sz in (-1, 0, 1)])
+
+
+def relation_codes(dx: np.ndarray, dz: np.ndarray, facing: str, style: str | None) -> np.ndarray:
+    """Vectorised relation(): RELATIONS indices, −1 where the relation is not clear for that style."""
+    ux, uz = np.abs(dx) / POSITION_X_BIG, np.abs(dz) / POSITION_Z_BIG
+    if style == "compound":
+        xs, zs, ok = ux > 1, uz > 1, (ux > 1) & (uz > 1)
+    elif style == "simple":
+        xs = (ux > 1) & (ux >= POSITION_DOMINANCE * uz)
+        zs = (uz > 1) & (uz >= POSITION_DOMINANCE * ux)
+        ok = xs | zs
+    else:
+        xs, zs = ux > 1, uz > 1
+        ok = ((ux > 1) | (ux < POSITION_SMALL)) & ((uz > 1) | (uz < POSITION_SMALL)) & (xs | zs)
+    sx, sz = np.sign(dx).astype(int) * xs, np.sign(dz).astype(int) * zs
+    return np.where(ok, _turn_table(facing)[(sx + 1) * 3 + sz + 1], -1)
+
+
+def position_2d_guess(dx: np.ndarray, vy: np.ndarray, facing: str, style: str) -> np.ndarray:
+    """The 2-D shortcut for Position (never looks at depth): image-x for left/right and "higher in the
+    picture = farther" (vy = how much higher the target is, as a fraction of the image height) for
+    front/back, turned by the facing. Compound options: both signs; simple options: the larger of
+    |dx| / POSITION_X_BIG and |vy| / POSITION_Y_2D. Returns RELATIONS indices."""
+    ux, uy = np.abs(dx) / POSITION_X_BIG, np.abs(vy) / POSITION_Y_2D
+    sx, sz = np.where(dx >= 0, 1, -1), np.where(vy >= 0, 1, -1)
+    if style == "simple":
+        xdom = ux >= uy
+        sx, sz = sx * xdom, sz * ~xdom
+    return _turn_table(facing)[(sx + 1) * 3 + sz + 1]
+
+
+def position_x_guess(dx: np.ndarray, facing: str) -> np.ndarray:
+    """The image-x-only shortcut for simple options: the target's left/right side in the picture."""
+    return _turn_table(facing)[(np.where(dx >= 0, 1, -1) + 1) * 3 + 1]
+
+
+def _position_target(rng: np.random.Generator, facing: str) -> tuple:
+    """(style, relation index) to aim for: compound or simple options with probability 1/2; compound
+    relations uniform; simple ones from the depth offset with probability POSITION_DEPTH_SHARE (so the
+    picture's x alone is right less than half the time), each of its two directions alike."""
+    if rng.random() < 0.5:
+        return "compound", RELATIONS.index(COMPOUND_RELATIONS[int(rng.integers(4))])
+    sign = int(rng.choice([-1, 1]))
+    sx, sz = (0, sign) if rng.random() < POSITION_DEPTH_SHARE else (sign, 0)
+    return "simple", RELATIONS.index(turn(sx, sz, facing))
+
+
+def _pick_position_pair(cells: dict, med: np.ndarray, cell: int, shape: tuple, facing: str,
+                        rng: np.random.Generator):
+    """Random (camera, target) flat regions ≥ min(H, W)/8 apart with a clear relation. Of POSITION_TRIES
+    random pairs it keeps those with the drawn target relation (_position_target; other targets if none)
+    and among them, with probability POSITION_FOOL, keeps those the 2-D shortcuts (position_2d_guess and, for
+    simple options, position_x_guess) get wrong, where there are such."""
+    h, w = shape
     n = len(cells["x0"])
     if n < 2:
         return Rejected("no-flat-regions")
-    for _ in range(60):
-        i, j = (int(v) for v in rng.choice(n, 2, replace=False))
-        dist = np.hypot(cells["x0"][j] - cells["x0"][i], cells["y0"][j] - cells["y0"][i])
-        if dist < min(h, w) / 8:
+    cx, cy = cells["x0"] + cell / 2, cells["y0"] + cell / 2
+    i, j = rng.integers(0, n, POSITION_TRIES), rng.integers(0, n, POSITION_TRIES)
+    by_x = np.argsort(cx, kind="stable")                  # half the tries: pairs at a similar image x
+    rank = np.empty(n, int)
+    rank[by_x] = np.arange(n)
+    near = max(1, n // 12)
+    half = POSITION_TRIES // 2
+    j[:half] = by_x[np.clip(rank[i[:half]] + rng.integers(-near, near + 1, half), 0, n - 1)]
+    far = np.hypot(cx[j] - cx[i], cy[j] - cy[i]) >= min(h, w) / 8
+    dx, dz, vy = (cx[j] - cx[i]) / w, med[j] - med[i], (cy[i] - cy[j]) / h
+    style, target = _position_target(rng, facing)
+    for st in (style, "simple" if style == "compound" else "compound"):
+        codes = np.where(far, relation_codes(dx, dz, facing, st), -1)
+        order = [target] if st == style else []
+        order += [c for c in rng.permutation(len(RELATIONS)) if c not in order]
+        for code in order:
+            match = np.nonzero(codes == code)[0]
+            if len(match):
+                break
+        else:
             continue
-        zi, zj = (float(np.median(dn[cells["y0"][k]:cells["y0"][k] + cell, cells["x0"][k]:cells["x0"][k] + cell]))
-                  for k in (i, j))
-        rel = relation((cells["x0"][j] - cells["x0"][i]) / w, zj - zi, facing)
-        if rel is not None:
-            return i, j, rel
+        pool = match
+        if rng.random() < POSITION_FOOL:                 # else: any matching pair, at its natural rate
+            fooled = position_2d_guess(dx[match], vy[match], facing, st) != code
+            both = fooled & (position_x_guess(dx[match], facing) != code) if st == "simple" else fooled
+            pool = match[both] if both.any() else match[fooled] if fooled.any() else match
+        k = int(rng.choice(pool))
+        return int(i[k]), int(j[k]), RELATIONS[code], st
     return Rejected("no-clear-pair")
 
 
 def make_position(rgb: np.ndarray, depth: np.ndarray, rng: np.random.Generator) -> Example | Rejected:
-    """Relative 3D position: a camera stands at region a facing left / right / toward the viewer / away
-    (weights .3/.3/.3/.1). Answer = letter of where region b lies for it (4 lettered options)."""
+    """Relative 3D position: a viewer stands at region a facing left / right / toward the camera / away
+    (weights .3/.3/.3/.1). Answer = letter of where region b lies for it (4 lettered options, all simple
+    or all compound)."""
     dn = normalise_depth(depth)
     if isinstance(dn, Rejected):
         return dn
     cell = region_size(*dn.shape)
     cells = flat_regions(dn, cell)
+    med = _cell_medians(dn, cells, cell)
     facing = FACINGS[int(rng.choice(4, p=FACING_WEIGHTS))]
-    pair = _pick_position_pair(cells, dn, cell, facing, rng)
+    pair = _pick_position_pair(cells, med, cell, dn.shape, facing, rng)
     if isinstance(pair, Rejected):
         return pair
-    i, j, rel = pair
+    i, j, rel, style = pair
     a = int(rng.integers(1, 3))
     cam, tgt = (_region_info(depth, dn, cells["x0"][k], cells["y0"][k], cell, lab) for k, lab in ((i, a), (j, 3 - a)))
-    vocab = COMPOUND_RELATIONS if "-" in rel else SIMPLE_RELATIONS
+    vocab = COMPOUND_RELATIONS if style == "compound" else SIMPLE_RELATIONS
     options = [vocab[k] for k in rng.permutation(4)]
     listing = "\n".join(f"{LETTERS[k]}. {o}" for k, o in enumerate(options))
-    problem = (f"<image>\nTwo regions of this picture are marked 1 and 2. Imagine you stand at region {a} and face "
-               f"{FACING_TEXT[facing]}. From that viewpoint, where is region {3 - a}? Ignore any difference in "
-               f"height between the two regions.\n{listing}\nAnswer with the letter of the correct option.")
-    meta = {"camera": cam, "target": tgt, "facing": facing, "relation": rel, "options": options, "cell": cell,
-            "dx": float((tgt["box"][0] - cam["box"][0]) / dn.shape[1]),
-            "dz": tgt["depth_norm"] - cam["depth_norm"]}
+    note = (" If spot {b} lies diagonally, choose the direction it mostly lies in." if style == "simple"
+            else "").format(b=3 - a)
+    problem = (f"<image>\nTwo spots in this picture are marked 1 and 2. Imagine you stand at spot {a} (if it is "
+               f"on a wall or an object, stand on the ground right there) and face {FACING_TEXT[facing]}. From "
+               f"that viewpoint, where is spot {3 - a}? Ignore any difference in height between the two spots."
+               f"{note}\n{listing}\nAnswer with the letter of the correct option.")
+    meta = {"camera": cam, "target": tgt, "facing": facing, "relation": rel, "style": style, "options": options,
+            "cell": cell, "size": list(dn.shape), "dx": float((tgt["center"][0] - cam["center"][0]) / dn.shape[1]),
+            "dz": float(med[j] - med[i]), "vy": float((cam["center"][1] - tgt["center"][1]) / dn.shape[0])}
     img = _marked_image(rgb, [cam, tgt], cell)
     return Example("position", [img], problem, LETTERS[options.index(rel)], meta)
+
+
+def _cell_medians(dn: np.ndarray, cells: dict, cell: int) -> np.ndarray:
+    """Median normalised depth of each flat cell."""
+    if not len(cells["x0"]):
+        return np.zeros(0)
+    blocks = np.stack([dn[y:y + cell, x:x + cell] for x, y in zip(cells["x0"], cells["y0"])])
+    return np.median(blocks.reshape(len(blocks), -1), axis=1)
 
 
 # ----------------------------------------------------------------------------- entry point
@@ -566,14 +831,16 @@ def generate(task: str, rgb: np.ndarray, depth: np.ndarray | None = None,
 
 # ----------------------------------------------------------------------------- templated reasoning (cold start)
 _CANDIDATE_TEXT = {
-    "true": "continues the picture around the hole at the right scale and orientation",
-    "rotate_left": "has the right content but turned 90° to the left",
-    "rotate_right": "has the right content but turned 90° to the right",
-    "zoom_in": "shows only the middle of the missing part, enlarged",
-    "expand_quarter": "shows a wider area around the hole, shrunk to fit",
-    "expand_half": "shows a much wider area around the hole, shrunk to fit"}
+    "true": "continues the edges and textures around the hole at the same scale and orientation",
+    "near_shift": "shows a neighbouring part of the picture: its content is offset from what the hole's borders need",
+    "far_shift": "comes from another part of the picture and does not continue the hole's borders",
+    "zoom_in": "shows the right area but enlarged: its textures are too coarse for the surroundings",
+    "zoom_out": "shows a wider area shrunk to fit: its textures are too fine and it contains more than the hole",
+    "decoy_near_shift": "comes from another part of the picture and does not continue the hole's borders",
+    "decoy_zoom_in": "comes from another part of the picture, enlarged, and does not continue the hole's borders",
+    "decoy_zoom_out": "comes from another part of the picture, shrunk, and does not continue the hole's borders"}
 _SIDE_TEXT = {1: "to the right in the picture", -1: "to the left in the picture", 0: "at about the same left-right place"}
-_DEPTH_TEXT = {1: "farther from the camera", -1: "closer to the camera", 0: "at about the same depth"}
+_DEPTH_TEXT = {1: "farther from the camera", -1: "closer to the camera", 0: "at about the same distance from the camera"}
 _FRAME_TEXT = {"left": ("toward the left of the picture", "away from the camera"),
                "right": ("toward the right of the picture", "toward the camera"),
                "toward": ("toward the camera", "toward the left of the picture"),
@@ -590,33 +857,50 @@ def _trace_shuffle(m: dict) -> str:
 
 def _trace_flip(m: dict) -> str:
     others = ", ".join(str(k) for k in range(1, 5) if k != m["tile"])
-    how = ("its left and right sides are swapped, like a mirror image" if m["direction"] == "horizontal"
-           else "it is upside down: what should be at the top is at the bottom")
+    how = ("it is mirrored left-to-right: its content continues the neighbouring tiles only after swapping its "
+           "left and right sides" if m["direction"] == "horizontal" else
+           "it is mirrored top-to-bottom: what belongs at its top edge is at its bottom edge")
     return (f"I check whether each tile continues the scene naturally. Tiles {others} look right. Tile {m['tile']} "
             f"does not: {how}. So tile {m['tile']} is flipped {m['direction']}ly.")
 
 
 def _trace_crop(m: dict) -> str:
     parts = [f"candidate {LETTERS[k]} {_CANDIDATE_TEXT[kind]}" for k, kind in enumerate(m["candidates"])]
-    return (f"The black square is {m['box'][2]}×{m['box'][2]} pixels. Comparing each candidate with its "
-            f"surroundings: " + "; ".join(parts) + f". Only candidate {LETTERS[m['slot']]} fits exactly.")
+    return ("Comparing each candidate with the picture around the black square: " + "; ".join(parts)
+            + f". Only candidate {LETTERS[m['slot']]} fits exactly.")
 
 
 def _trace_depth(m: dict) -> str:
-    parts = [f"marker {r['label']} sits at depth ≈ {r['depth']:.3g}" for r in m["regions"]]
-    return ("Looking at the surfaces under the markers: " + ", ".join(parts) + ". From nearest to farthest: "
-            + ", ".join(str(r["label"]) for r in m["regions"]) + ".")
+    """Only relative cues a viewer can see: which marked surface is in front of which, and, where the
+    picture's height would mislead, that it does."""
+    regs = m["regions"]                                 # near to far
+    near, mid, far = (r["label"] for r in regs)
+    notes = []
+    for a, b in ((0, 1), (1, 2), (0, 2)):
+        ra, rb = regs[a], regs[b]
+        if ra["center"][1] < rb["center"][1]:           # the nearer one is higher in the picture
+            notes.append(f"marker {ra['label']} is higher in the picture than marker {rb['label']} but its surface "
+                         f"is nearer, so height in the picture is misleading here")
+    return (f"Following the surfaces under the markers and how they recede (their perspective, texture scale and "
+            f"what stands in front of what): marker {near} is on the nearest surface, marker {mid} lies behind it, "
+            f"and marker {far} is the farthest away. " + ("; ".join(notes).capitalize() + ". " if notes else "")
+            + f"From nearest to farthest: {near}, {mid}, {far}.")
 
 
 def _trace_position(m: dict) -> str:
-    sx = _offset_sign(m["dx"], POSITION_X_BIG)
-    sz = _offset_sign(m["dz"], POSITION_Z_BIG)
+    ux, uz = m["dx"] / POSITION_X_BIG, m["dz"] / POSITION_Z_BIG
+    sx = 0 if abs(ux) < POSITION_SMALL else int(np.sign(ux))
+    sz = 0 if abs(uz) < POSITION_SMALL else int(np.sign(uz))
     front, right = _FRAME_TEXT[m["facing"]]
     letter = LETTERS[m["options"].index(m["relation"])]
-    return (f"Region {m['target']['label']} is {_SIDE_TEXT[sx]} and {_DEPTH_TEXT[sz]} than region "
-            f"{m['camera']['label']}. Standing at region {m['camera']['label']} facing {FACING_TEXT[m['facing']]}, "
-            f"my front points {front} and my right hand points {right}. So region {m['target']['label']} is "
-            f"{m['relation']} of me, which is option {letter}.")
+    cam, tgt = m["camera"]["label"], m["target"]["label"]
+    dominant = ""
+    if m.get("style") == "simple" and sx and sz:
+        dominant = (" The offset is mostly " + ("sideways" if abs(ux) > abs(uz) else "in depth")
+                    + ", so I take that direction.")
+    return (f"Compared with spot {cam}, spot {tgt} is {_SIDE_TEXT[sx]} and {_DEPTH_TEXT[sz]}.{dominant} Standing at spot "
+            f"{cam} facing {FACING_TEXT[m['facing']]}, my front points {front} and my right hand points {right}. "
+            f"So spot {tgt} is {m['relation']} of me, which is option {letter}.")
 
 
 _TRACES = {"shuffle": _trace_shuffle, "flip": _trace_flip, "crop": _trace_crop,
