@@ -28,6 +28,82 @@ def machine() -> str:
 
 
 # ----------------------------------------------------------------------------- data
+def _per_call(fn, seconds: float, min_reps: int = 3) -> tuple:
+    """(CPU seconds, wall seconds) per call of fn(i), repeated for about `seconds` of wall time. CPU time
+    is this process's own: on a busy machine it still measures one core's work."""
+    import time
+    c0, t0, reps = time.process_time(), time.perf_counter(), 0
+    while reps < min_reps or time.perf_counter() - t0 < seconds:
+        fn(reps)
+        reps += 1
+    return (time.process_time() - c0) / reps, (time.perf_counter() - t0) / reps
+
+
+def _bench_generators(seconds: float) -> list:
+    """ms per example of every pretext generator (and with JPEG encoding of its images) on built-in scenes."""
+    import io
+    import numpy as np
+    import scenes
+    import tasks
+    rows = []
+    for w, h in ((512, 384), (1024, 768)):
+        renders = [scenes.render_scene(s, h, w) for s in range(6)]
+        for task in tasks.TASKS:
+            accepted = []
+
+            def gen(i, save=False):
+                rgb, depth = renders[i % len(renders)]
+                ex = tasks.generate(task, rgb, depth if task in tasks.DEPTH_TASKS else None, np.random.default_rng(i))
+                accepted.append(isinstance(ex, tasks.Example))
+                for im in ex.images if save and accepted[-1] else []:
+                    im.save(io.BytesIO(), format="JPEG", quality=95)
+            cpu, wall = _per_call(gen, seconds)
+            cpu_s, _ = _per_call(lambda i: gen(i, True), seconds)
+            rows.append((f"{w}x{h}", task, cpu * 1e3, wall * 1e3, cpu_s * 1e3, float(np.mean(accepted))))
+    return rows
+
+
+def bench_data(args) -> None:
+    """Pretext generators, scene renders and a small end-to-end build; markdown tables."""
+    import tempfile
+    import time
+    import make_data
+    import scenes
+    print(f"machine: {machine()}\n")
+    rows = _bench_generators(args.seconds)
+    print("| input | task | gen ms (CPU) | gen ms (wall) | gen + JPEG ms (CPU) | accepted |\n|---|---|---|---|---|---|")
+    for size, task, cpu, wall, cpu_s, ok in rows:
+        print(f"| {size} | {task} | {cpu:.1f} | {wall:.1f} | {cpu_s:.1f} | {ok:.0%} |")
+    slow = [t for size, t, cpu, *_ in rows if size == "1024x768" and cpu > 20]
+    print("\ntarget < 20 ms per sample at 1024x768: " + ("met" if not slow else "MISSED by " + ", ".join(slow)))
+    print("\n| scene size | ms (CPU) | scenes/s (one core) | ms (wall) |\n|---|---|---|---|")
+    renders = {}
+    for w, h in ((256, 192), (512, 384), (1024, 768)):
+        cpu, wall = _per_call(lambda i: scenes.render_scene(1000 + i, h, w), args.seconds)
+        renders[(w, h)] = 1 / cpu
+        print(f"| {w}x{h} | {cpu * 1e3:.1f} | {1 / cpu:.1f} | {wall * 1e3:.1f} |")
+    print("\ntarget >= 30 scenes/s at 512x384 on one core: " + ("met" if renders[(512, 384)] >= 30 else "MISSED"))
+    if args.build_n:
+        with tempfile.TemporaryDirectory() as tmp:
+            t0 = time.perf_counter()
+            make_data.main(["--out", tmp + "/d", "--n", str(args.build_n), "--workers", str(args.workers),
+                            "--no-progress", "--preview", "none"])
+            wall = time.perf_counter() - t0
+            made = sum(len(open(f"{tmp}/d/{s}.jsonl").readlines()) for s in make_data.SPLITS)
+        print(f"\n| build: make_data.py --n {args.build_n} --workers {args.workers} (512x384 scenes) | examples | "
+              f"seconds | examples/s |\n|---|---|---|---|\n| train + test + cold start, images, stats, shortcut "
+              f"report | {made} | {wall:.1f} | {made / wall:.1f} |")
+
+
+def add_data_parser(sub) -> None:
+    p = sub.add_parser("data", help="pretext generators, scene renders/s, builder throughput",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--seconds", type=float, default=1.0, help="time budget per timing cell")
+    p.add_argument("--build-n", type=int, default=300, help="examples in the end-to-end build (0 = skip)")
+    p.add_argument("--workers", type=int, default=1, help="worker processes of the end-to-end build")
+    p.set_defaults(run=bench_data)
+
+
 # ----------------------------------------------------------------------------- sft
 # ----------------------------------------------------------------------------- grpo
 # ----------------------------------------------------------------------------- eval
@@ -106,7 +182,7 @@ def add_eval_parser(sub) -> None:
 def main(argv: list | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="stage", required=True)
-    for add_parser in (add_eval_parser,):   # each stage section defines add_<stage>_parser(sub); list them here in stage order
+    for add_parser in (add_data_parser, add_eval_parser,):   # each stage section defines add_<stage>_parser(sub); list them here in stage order
         add_parser(sub)
     args = parser.parse_args(argv)
     args.run(args)

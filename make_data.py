@@ -1,9 +1,9 @@
-"""Spatial-SSRL dataset builder: image folders (or built-in procedural RGB-D rooms) -> pretext-task dataset.
+"""Spatial-SSRL dataset builder: image folders (or built-in procedural RGB-D scenes) -> pretext-task dataset.
 
 Stage 0 of Spatial-SSRL (arXiv 2510.27606): turn ordinary RGB or RGB-D images into the five verifiable
 self-supervised tasks of tasks.py (shuffle, flip, crop, depth, position) for the SFT cold start and GRPO.
 
-    python make_data.py                                  # 500 examples from built-in rooms -> data/ssrl (+ preview.png)
+    python make_data.py                                  # 500 examples (+ 50 cold-start) from scenes.py -> data/ssrl
     python make_data.py --out data/mine --rgb photos/ --rgbd diode/ --n 81000 --workers 8
     python bench.py data                                 # generator / scene / builder speed (not here)
     python make_data.py --help                           # every knob with its default
@@ -13,27 +13,37 @@ first of <stem>_depth.npy, <stem>.npy, <stem>_depth.png, <stem>_depth.h5, <stem>
 MegaDepth imgs/ + depths/ layout). .npy = metres, HxW or HxWx1; 16-bit PNG = millimetres (--depth-png-scale);
 .h5 = key "depth" (needs `pip install h5py`). Optional validity mask <stem>_mask.npy or <stem>_depth_mask.npy
 (DIODE). Depth <= 0, NaN, inf or masked out = invalid. Files named *_depth.* / *_mask.* are never RGB sources.
-The depth map must match the image's stored pixel grid; EXIF rotation is applied to both.
+The depth map must match the image's stored pixel grid; EXIF rotation is applied to both. --rgbd with no
+depth file at all is an error (unless --tasks names only RGB tasks); tasks that fall short are reported.
 
-Output (--out): train.jsonl, test.jsonl, sft.jsonl, images/<task>/<id>_<i>.jpg, stats.json, config.json,
-progress.jsonl (resume journal) and preview.png. Records: {"id", "task", "problem", "answer", "images",
-"source", "meta"} (+ "response" in sft.jsonl); `images` are relative to --out.
+Output (--out): train.jsonl (GRPO), test.jsonl (held out), sft.jsonl (cold start, with "response"): three
+disjoint sets of source images; images/<task>/<id>_<i>.jpg, stats.json (counts, rejections and the shortcut
+report), config.json, progress.jsonl (resume journal) and preview.png. Records: {"id", "task", "problem",
+"answer", "images", "source", "meta"} (+ "response" in sft.jsonl); `images` are relative to --out.
+
+Shortcut report (stats.json "shortcuts", and the end-of-run table): the accuracy of known 2-D heuristics
+that never look at depth or at the hole (depth: "lower = nearer", "edge = nearer"; position: image x +
+"higher = farther", image x alone, text-only priors; crop: a candidate-only classifier, pixel twins, JPEG
+grid), next to chance and a threshold; run it on your own photos to see whether they are shortcut-prone.
 
 Paper → code
   five pretext tasks from raw RGB / RGB-D images   → tasks.generate(), called by run_job()
   81k-sample training set, split into tasks        → build() (quotas from --n and --tasks weights)
-  cold-start SFT subset (~3.6k) with reasoning      → write_sft() (tasks.reasoning_trace)
+  cold-start SFT set (~3.6k) with reasoning         → Builder._accept() (tasks.reasoning_trace), sft_plan()
   DIODE .npy + mask / MegaDepth .h5 depth sources  → load_depth(), find_depth()
-  no source data on a fresh machine                 → render_scene() (procedural RGB-D rooms)
+  no source data on a fresh machine                 → scenes.render_scene() (procedural RGB-D scenes)
 
 Deviations from the official data scripts (data_process/*.py)
   1. One builder for all five tasks, deterministic per --seed whatever --workers, parallel and resumable;
      the official scripts are one-image demos that write no dataset records.
-  2. Train/test split by source image (the official validation set is the first 10k training rows).
+  2. Train/test split by source image (the official validation set is the first 10k training rows); the
+     cold-start set also has its own source images (split_of), so GRPO never rewards an SFT example.
   3. Cold-start traces are templates built from each example's metadata (tasks.reasoning_trace), not
-     LVLM-written; the SFT subset is drawn from the train split.
-  4. Built-in procedural rooms replace downloads; real folders are used when --rgb/--rgbd are given.
-  5. Sources are down-scaled to --max-side (default 1024) before generation; images are saved as JPEG q95.
+     LVLM-written.
+  4. Built-in procedural scenes (scenes.py) replace downloads; real folders are used when --rgb/--rgbd are given.
+  5. Sources are down-scaled to --max-side (default 1024) before generation, JPEG sources also by a random
+     per-file factor (jpeg_scale) so the 8×8 block grid carries no signal; images are saved as JPEG q95.
+  6. Every build reports its shortcut heuristics (shortcut_report); the paper reports none.
 """
 import argparse
 import dataclasses
@@ -85,6 +95,7 @@ class Config:
     scene_size: str = "512x384"  # WxH of the built-in procedural rooms
     shuffle_grids: str = "2x2"  # shuffle grids as ROWSxCOLS, comma list drawn uniformly per example ("2x2,3x3")
     max_side: int = 1024  # down-scale sources whose longer side exceeds this; 0 = keep full size
+    jpeg_rescale: bool = True  # resample JPEG sources by a per-file factor in [0.80, 0.95) (hides the 8x8 block grid)
     min_side: int = 64  # skip sources whose shorter side is below this
     per_source: int = 1  # at most this many examples of each task per source image (passes over a folder)
     depth_png_scale: float = 1000.0  # 16-bit depth PNG units per metre (1000 = millimetres)
@@ -219,11 +230,19 @@ def _to_rgb(im):
     return im.convert("RGB")
 
 
-def load_image(path, max_side, min_side):
-    """(rgb uint8 HxWx3, stored (W, H), EXIF orientation); raises BadSource for unusable files."""
+def jpeg_scale(path):
+    """A per-file factor in [0.80, 0.95) by which JPEG sources are resampled, so that their 8×8 compression
+    grid no longer lines up with pixel positions that a task could reveal (deterministic per file name)."""
+    h = hashlib.blake2b(os.path.basename(str(path)).encode("utf-8"), digest_size=4).digest()
+    return 0.80 + 0.15 * int.from_bytes(h, "little") / 2 ** 32
+
+
+def load_image(path, max_side, min_side, jpeg_rescale=True):
+    """(rgb uint8 HxWx3, stored (W, H), EXIF orientation); raises BadSource for unusable files. Sources
+    larger than max_side are scaled down; JPEG sources are also resampled by jpeg_scale()."""
     try:
         with Image.open(path) as im:
-            stored = im.size
+            stored, is_jpeg = im.size, im.format == "JPEG"
             orientation = int(im.getexif().get(0x0112, 1) or 1)
             if im.format == "JPEG" and max_side:
                 im.draft("RGB", (max_side, max_side))  # decode at 1/2, 1/4, 1/8 scale when that is enough
@@ -235,8 +254,9 @@ def load_image(path, max_side, min_side):
         raise BadSource("too-many-pixels") from None
     except (OSError, SyntaxError, ValueError, EOFError, TypeError) as e:
         raise BadSource("truncated" if "truncated" in str(e) else "unreadable") from None
-    if max_side and max(im.size) > max_side:
-        scale = max_side / max(im.size)
+    scale = min(1.0, max_side / max(im.size)) if max_side else 1.0
+    scale *= jpeg_scale(path) if is_jpeg and jpeg_rescale else 1.0
+    if scale < 1.0:
         im = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))), Image.Resampling.BICUBIC)
     if min(im.size) < min_side:
         raise BadSource("too-small")
@@ -297,11 +317,12 @@ def load_depth(path, mask_path, stored_size, orientation, out_size, png_scale=10
     return np.asarray(im, np.float32).copy()
 
 
-def load_source(src, need_depth, scene_hw=(384, 512), max_side=1024, min_side=64, png_scale=1000.0):
-    """(rgb, depth or None) for one source; raises BadSource with a reason."""
+def load_source(src, need_depth, scene_hw=(384, 512), max_side=1024, min_side=64, png_scale=1000.0,
+                jpeg_rescale=True):
+    """(rgb, depth or None) for one source, the depth resampled onto the RGB grid; raises BadSource."""
     if src.kind == "scene":
         return scenes.render_scene(int(src.key.split(":", 1)[1]), *scene_hw)
-    rgb, stored, orientation = load_image(src.path, max_side, min_side)
+    rgb, stored, orientation = load_image(src.path, max_side, min_side, jpeg_rescale)
     if not (need_depth and src.depth):
         return rgb, None
     size = (rgb.shape[1], rgb.shape[0])
@@ -323,6 +344,7 @@ class Context:
     image_format: str
     jpeg_quality: int
     out_dir: str  # workers write the task images here themselves (in parallel); the main process writes records
+    jpeg_rescale: bool = True
 
 
 def _key_words(key):
@@ -426,7 +448,8 @@ def run_job(job):
     result = {"index": index, "key": src.key, "skip": None, "examples": {}}
     need_depth = any(t in tasks.DEPTH_TASKS for t in todo)
     try:
-        rgb, depth = load_source(src, need_depth, ctx.scene_hw, ctx.max_side, ctx.min_side, ctx.png_scale)
+        rgb, depth = load_source(src, need_depth, ctx.scene_hw, ctx.max_side, ctx.min_side, ctx.png_scale,
+                                 ctx.jpeg_rescale)
     except BadSource as e:
         result["skip"] = e.reason
         return result
@@ -769,7 +792,8 @@ def build(cfg):
     quotas = split_quota(cfg.n, weights)
     sft_share, sft_quotas = sft_plan(cfg, weights)
     ctx = Context(cfg.seed, parse_size(cfg.scene_size), parse_grids(cfg.shuffle_grids), cfg.max_side,
-                  cfg.min_side, cfg.depth_png_scale, cfg.image_format, cfg.jpeg_quality, str(Path(cfg.out).resolve()))
+                  cfg.min_side, cfg.depth_png_scale, cfg.image_format, cfg.jpeg_quality, str(Path(cfg.out).resolve()),
+                  cfg.jpeg_rescale)
     out = OutputFolder(cfg.out, dataset_config(cfg), cfg.sync_seconds)
     builder = Builder(cfg, out, quotas, sft_share, sft_quotas)
     workers = cfg.workers or os.cpu_count() or 1
@@ -942,9 +966,11 @@ def _fit_choice_model(x, y, steps=300, l2=1e-2, lr=0.5):
     return w
 
 
-def crop_shortcuts(records, load):
+def crop_shortcuts(records, load, limit=2000):
     """A 5-fold cross-validated choice model on candidate statistics only, the share of questions whose
-    true crop has a pixel twin among the candidates, and "the most JPEG-blocky candidate"."""
+    true crop has a pixel twin among the candidates, and "the most JPEG-blocky candidate" (on the first
+    `limit` questions: enough for a ±2 % estimate, and fast on big builds)."""
+    records = records[:limit]
     if len(records) < 10:
         return []
     xs, ys, twins, block = [], [], [], []
@@ -996,12 +1022,16 @@ def shortcut_report(records, root):
 
 
 def print_shortcuts(rows):
-    print(f"\n{'task':<10}{'shortcut heuristic':<74}{'n':>6}{'acc':>8}{'chance':>8}{'limit':>7}")
+    """The shortcut report as a table; ±: two standard errors of the accuracy (small builds are noisy)."""
+    print(f"\n{'task':<10}{'shortcut heuristic (never looks at depth / the hole)':<74}{'n':>6}{'acc':>7}{'±':>6}"
+          f"{'chance':>8}{'limit':>7}")
     for r in rows:
         acc = "-" if r["accuracy"] is None else f"{r['accuracy']:.1%}"
+        se = "" if r["accuracy"] is None or not r["n"] else \
+            f"{2 * math.sqrt(max(r['accuracy'] * (1 - r['accuracy']), 1e-4) / r['n']):.1%}"
         flag = "" if r["ok"] in (True, None) else "  ABOVE LIMIT"
         limit = "-" if r["threshold"] is None else f"{r['threshold']:.0%}"
-        print(f"{r['task']:<10}{r['heuristic'][:72]:<74}{r['n']:>6}{acc:>8}{r['chance']:>8.1%}{limit:>7}{flag}")
+        print(f"{r['task']:<10}{r['heuristic'][:72]:<74}{r['n']:>6}{acc:>7}{se:>6}{r['chance']:>8.1%}{limit:>7}{flag}")
 
 
 # --------------------------------------------------------------------------------------------
