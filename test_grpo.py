@@ -50,6 +50,15 @@ def write_jsonl(path: Path, records: list) -> Path:
     return path
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run several times faster on one thread (no spin-waiting of a second one)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("grpo_data")
@@ -293,16 +302,7 @@ def test_bad_input_is_one_line_and_writes_nothing(data, tmp_path, capsys):
 
 
 # ----------------------------------------------------------------------------- runs
-@pytest.fixture
-def one_thread():
-    """Tiny models run several times faster on one thread (no spin-waiting of a second one)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def test_resume_equals_uninterrupted(data, tmp_path, one_thread):
+def test_resume_equals_uninterrupted(data, tmp_path):
     """A run stopped after step 2 and resumed ends with the weights of a run that never stopped (same data
     position and samples: the sampling seed is a function of the step); unfinished .tmp folders are ignored."""
     kw = dict(max_steps=3, save_every=2, exclude="none")
@@ -321,7 +321,7 @@ def test_resume_equals_uninterrupted(data, tmp_path, one_thread):
     assert {r["step"] for r in rows} == {1} and {"completion", "parsed", "reward", "advantage"} <= rows[0].keys()
 
 
-def test_grpo_raises_the_reward_after_a_cold_start(tmp_path, one_thread):
+def test_grpo_raises_the_reward_after_a_cold_start(tmp_path):
     """Cold start: SFT teaches the format with answers A and B half and half (the image does not tell which).
     GRPO on the same questions, where A is always right, must then raise the mean reward clearly within 15
     steps (fixed seeds: 0.25 → ~0.8 here)."""
@@ -399,7 +399,6 @@ def test_two_ranks_first_update_equals_one_process(data, tmp_path):
     ro.rewards = torch.tensor(sum((p["rewards"] for p in parts), []))
     before = {k: v.clone() for k, v in model.state_dict().items()}
     cfg = cfg_for(data, folder / "unused", max_grad_norm=1e9)
-    torch.set_num_threads(1)
     first_update(ro, model, ref, torch.optim.SGD(model.parameters(), lr=1.0), cfg)
     two = load_file(str(folder / "two_ranks" / "model.safetensors"))
     one = model.state_dict()
