@@ -18,10 +18,11 @@ hf/step_N/ (HF exports every --save-every steps), checkpoints/step_N/ (resumable
 (one row per step), samples.jsonl (prompts, completions, parsed answers, rewards), grpo_config.json.
 
 Paper → code (official code: training/GRPO, an EasyR1 fork; examples/config.yaml + spatial-ssrl_*.sh)
-  G = 5 samples per prompt, temperature 1, top-p 1, top-k off    → rollout() via sft.generate / rollout engine
+  G = 5 samples per prompt, temperature 1, top-p 1, top-k off    → rollout(), Sampler (sft.generate / RolloutEngine)
   reward r = 0.9·accuracy + 0.1·format (math.py img_score)        → score() via tasks.accuracy / format_ok
   A_i = (r_i − mean_g) / (std_g + 1e-6), unbiased std             → group_advantages()
   old log-probs recomputed by the actor, ref = frozen SFT init    → rollout_logprobs(), setup_models()
+    (one update per rollout: on-policy, old = current log-probs detached, the old pass is skipped)
   clipped ratio ε 0.2 / 0.3, dual clip 3, k3 KL · 0.01            → policy_loss()
   token mean over the mini-batch, all ranks (dp_actor.py)          → update() (normalizer = N_global / world)
   256 prompts per rollout, 128 per optimizer step, 1 PPO epoch    → Config, batch_sizes(), update()
@@ -105,7 +106,12 @@ class Config:
     activation_checkpointing: bool = _f(True, "non-reentrant activation checkpointing of the trained blocks")
     bf16: bool = _f(True, "bf16 compute with fp32 master weights (GPU only; CPU stays fp32)")
     fsdp: bool = _f(False, "shard with FSDP2 even in one CPU process (always on for GPU or >1 rank)")
-    rollout_engine: bool = _f(True, "on CUDA, sample from sft's fast rollout engine (bf16 copy, static cache)")
+    rollout_engine: str = _f("auto", "sampler: 'engine' = sft.RolloutEngine (plain copy of the policy, static KV "
+                             "cache, compiled on CUDA), 'generate' = sft.generate on the training model, 'auto' = "
+                             "engine on CUDA, generate on CPU")
+    rollout_prompts_per_call: int = _f(8, "prompts per RolloutEngine call (fixed shape: compiled once)")
+    keep_rollout_copy: bool = _f(True, "keep the engine's copy of the policy between rollouts (--no-...: free "
+                                 "it after each rollout to save memory; it is rebuilt at the next)")
     logprob_chunk_size: int = _f(1024, "rows of the LM head per chunk in the log-prob computation")
     shuffle: bool = _f(True, "shuffle the prompts every epoch (paper: true)")
     seed: int = _f(1, "seed of the data order and the sampling (paper: 1)")
@@ -132,6 +138,8 @@ class Config:
             raise ValueError("need --temperature > 0, 0 < --top-p ≤ 1, --top-k ≥ 0, --kl-coef ≥ 0")
         if not 0 < self.min_pixels <= self.max_pixels:
             raise ValueError(f"need 0 < --min-pixels ({self.min_pixels}) ≤ --max-pixels ({self.max_pixels})")
+        if self.rollout_engine not in ("auto", "engine", "generate"):
+            raise ValueError("--rollout-engine must be auto, engine or generate")
         if self.save_dtype not in ("bfloat16", "float32"):
             raise ValueError("--save-dtype must be bfloat16 or float32")
 
@@ -302,7 +310,6 @@ class Rollout:
     advantages: torch.Tensor = None  # (N,)
     old_logp: torch.Tensor = None   # (N, L)
     ref_logp: torch.Tensor = None   # (N, L) or None without KL
-    entropy: torch.Tensor = None    # (N, L)
 
 
 def sequence_batch(ro: Rollout, rows: list) -> tuple:
@@ -369,27 +376,23 @@ def score(ro: Rollout, tok) -> None:
 
 
 @torch.no_grad()
-def rollout_logprobs(model, ro: Rollout, cfg: Config, device: torch.device, with_entropy: bool) -> tuple:
-    """Per-token log-probs (N, L) of the sampled completions under `model` (logits / temperature, fp32),
-    plus their entropies when asked; 0 outside the completion mask."""
+def rollout_logprobs(model, ro: Rollout, cfg: Config, device: torch.device) -> torch.Tensor:
+    """Per-token log-probs (N, L) of the sampled completions under `model` (logits / temperature, fp32
+    log-softmax, LM head only at completion positions); 0 outside the completion mask."""
     n, width = ro.completions.shape
-    logp, ent = torch.zeros(n, width), torch.zeros(n, width)
+    logp = torch.zeros(n, width)
     for rows in micro_batches(ro, list(range(n)), cfg.logprob_micro_batch_size):
         batch, labels, start = sequence_batch(ro, rows)
-        out = sft.token_logprobs(model, {k: v.to(device) for k, v in batch.items()}, labels.to(device),
-                                 temperature=cfg.temperature, chunk_size=cfg.logprob_chunk_size,
-                                 with_entropy=with_entropy)
-        lp, e = out if with_entropy else (out, None)
-        w = labels.shape[1] - start
-        logp[rows, :w] = lp[:, start:].float().cpu()
-        if with_entropy:
-            ent[rows, :w] = e[:, start:].float().cpu()
-    return logp, (ent if with_entropy else None)
+        lp = sft.token_logprobs(model, {k: v.to(device) for k, v in batch.items()}, labels.to(device),
+                                temperature=cfg.temperature, chunk_size=cfg.logprob_chunk_size)
+        logp[rows, :labels.shape[1] - start] = lp[:, start:].float().cpu()
+    return logp
 
 
 # ----------------------------------------------------------------------------- update
 def update(model, optimizer, ro: Rollout, rows: list, cfg: Config, device: torch.device) -> dict:
-    """One optimizer step on the given rows (this rank's share of one mini-batch).
+    """One optimizer step on the given rows (this rank's share of one mini-batch). ro.old_logp None means
+    the policy has not changed since the rollout: old log-probs = the current ones, detached (ratio 1).
 
     The completion-token count of the whole mini-batch is all-reduced first; each micro-batch's loss is
     divided by N_global / world, so after FSDP's gradient mean over ranks the step follows the token mean
@@ -402,14 +405,16 @@ def update(model, optimizer, ro: Rollout, rows: list, cfg: Config, device: torch
         if fsdp:  # reduce-scatter gradients only after the last micro-batch
             model.set_requires_gradient_sync(i == len(chunks) - 1)
         batch, labels, start = sequence_batch(ro, mb)
-        logp = sft.token_logprobs(model, {k: v.to(device) for k, v in batch.items()}, labels.to(device),
-                                  temperature=cfg.temperature, chunk_size=cfg.logprob_chunk_size)[:, start:]
-        w = logp.shape[1]
+        logp, ent = sft.token_logprobs(model, {k: v.to(device) for k, v in batch.items()}, labels.to(device),
+                                       temperature=cfg.temperature, chunk_size=cfg.logprob_chunk_size,
+                                       with_entropy=True)
+        logp, ent, w = logp[:, start:], ent[:, start:], logp.shape[1] - start
         on = lambda x: None if x is None else x[mb, :w].to(device)
-        loss, m = policy_loss(logp, on(ro.old_logp), on(ro.ref_logp), ro.advantages[mb].to(device),
-                              on(ro.mask), cfg.clip_low, cfg.clip_high, cfg.dual_clip, cfg.kl_coef,
-                              normalizer=n_global / world)
+        old = logp.detach() if ro.old_logp is None else on(ro.old_logp)    # None: this update is on-policy
+        loss, m = policy_loss(logp, old, on(ro.ref_logp), ro.advantages[mb].to(device), on(ro.mask),
+                              cfg.clip_low, cfg.clip_high, cfg.dual_clip, cfg.kl_coef, normalizer=n_global / world)
         loss.backward()
+        m["entropy"] = float((ent * on(ro.mask)).sum()) / max(1, m["tokens"])
         for k, v in m.items():  # token-weighted sums, turned into means over the mini-batch in log_row()
             sums[k] = sums.get(k, 0.0) + (v if k == "tokens" else v * m["tokens"])
     sums.update(optimizer_step(model, optimizer, cfg.max_grad_norm))
@@ -442,12 +447,11 @@ def reduce_sums(sums: dict, device: torch.device) -> dict:
 
 def rollout_sums(ro: Rollout) -> dict:
     """This rank's rollout statistics as sums (reward / accuracy / format overall and per task, lengths,
-    truncations, groups with all-equal rewards, token entropy)."""
+    truncations, groups with all-equal rewards)."""
     lengths, r = ro.mask.sum(1).float(), ro.rewards.view(-1, ro.group_size)
     s = {"seqs": len(ro.rewards), "reward": ro.rewards.sum(), "accuracy": ro.accuracy.sum(),
          "format": ro.format.sum(), "truncated": ro.truncated.sum(), "length": lengths.sum(),
-         "groups": r.shape[0], "equal_groups": (r.max(1).values == r.min(1).values).sum(),
-         "entropy": (ro.entropy * ro.mask).sum()}
+         "groups": r.shape[0], "equal_groups": (r.max(1).values == r.min(1).values).sum()}
     task_of = [ro.records[i // ro.group_size]["task"] for i in range(len(ro.rewards))]
     for t in tasks.TASKS:
         sel = torch.tensor([x == t for x in task_of])
@@ -461,9 +465,8 @@ def log_row(step: int, epoch: int, ro_sums: dict, up_sums: dict, ups: list, time
     n, tok = max(1.0, ro_sums["seqs"]), max(1.0, up_sums["tokens"])
     row = {"step": step, "epoch": epoch, "reward": ro_sums["reward"] / n, "accuracy": ro_sums["accuracy"] / n,
            "format": ro_sums["format"] / n, "truncated": ro_sums["truncated"] / n,
-           "response_length": ro_sums["length"] / n, "equal_groups": ro_sums["equal_groups"] / ro_sums["groups"],
-           "entropy": ro_sums["entropy"] / max(1.0, ro_sums["length"])}
-    for k in ("kl", "pg_loss", "ratio", "ppo_kl", "clip_high", "clip_low", "clip_dual"):
+           "response_length": ro_sums["length"] / n, "equal_groups": ro_sums["equal_groups"] / ro_sums["groups"]}
+    for k in ("kl", "pg_loss", "ratio", "ppo_kl", "clip_high", "clip_low", "clip_dual", "entropy"):
         row[k] = up_sums[k] / tok
     row.update(grad_norm=sum(u["grad_norm"] for u in ups) / len(ups), skipped_updates=sum(u["skipped"] for u in ups),
                updates=len(ups), **{f"time_{k}": v for k, v in times.items()})
@@ -532,7 +535,7 @@ def setup_models(cfg: Config, d: sft.Dist) -> dict:
         sft.freeze_vision(model)
     model.config.use_cache = False
     if cfg.activation_checkpointing:
-        getattr(sft, "enable_trained_activation_checkpointing", sft.enable_activation_checkpointing)(model)
+        sft.enable_activation_checkpointing(model)   # the layers that train only (call after freeze_vision)
     model.train()
     model = sft.shard_model(model, d.device, cfg.bf16, broadcast_from_rank0=from_rank0) if shard \
         else model.to(d.device)
@@ -546,10 +549,24 @@ def setup_models(cfg: Config, d: sft.Dist) -> dict:
     return dict(model=model, ref=ref, tok=tok, ip=ip, optimizer=optimizer)
 
 
-def make_sampler(model, cfg: Config, d: sft.Dist):
-    """The rollout sampler: sft.generate (CPU, tests, --no-rollout-engine), or on CUDA sft's fast rollout
-    engine, whose bf16 copy of the policy is refreshed from the shards before every rollout."""
-    return sft.generate
+class Sampler:
+    """Rollout sampling with generate()'s contract: sft.generate on the (sharded) training model, or
+    sft.RolloutEngine, whose plain copy of the policy (bf16 on CUDA) is refreshed from the shards before every
+    rollout (a collective: every rank calls it) and, with --no-keep-rollout-copy, freed after it."""
+
+    def __init__(self, model, cfg: Config, device: torch.device):
+        use = cfg.rollout_engine == "engine" or (cfg.rollout_engine == "auto" and device.type == "cuda")
+        self.engine = sft.RolloutEngine(model, prompts_per_call=cfg.rollout_prompts_per_call) if use else None
+        self.keep, self.refresh_s = cfg.keep_rollout_copy, 0.0
+
+    def __call__(self, model, batch: dict, tok, **sampling) -> tuple:
+        if self.engine is None:
+            return sft.generate(model, batch, tok, **sampling)
+        self.refresh_s = self.engine.refresh(model)
+        out = self.engine.generate(batch, tok, **sampling)
+        if not self.keep:
+            self.engine.free()
+        return out
 
 
 def run_identity(cfg: Config, num_records: int, rollout_bs: int, update_bs: int) -> dict:
@@ -612,7 +629,8 @@ def setup_run(cfg: Config, d: sft.Dist) -> dict:
         (Path(cfg.out) / "grpo_config.json").write_text(json.dumps(info, indent=1))
     identity = run_identity(cfg, len(records), rollout_bs, update_bs)
     s.update(records=records, root=root, rollout_bs=rollout_bs, update_bs=update_bs, identity=identity,
-             step=resume_step(cfg, s, identity), sampler=make_sampler(s["model"], cfg, d))
+             step=resume_step(cfg, s, identity))
+    s["sampler"] = Sampler(s["model"], cfg, d.device)
     sft.print0(f"model {cfg.model} | prompts {len(records)} (left out {left_out} cold-start ids) | "
                f"rollout {rollout_bs} × G {cfg.group_size} | update {update_bs} prompts | world {d.world_size} | "
                f"reference {'yes' if s['ref'] is not None else 'no (kl_coef 0)'} | device {d.device}")
@@ -651,10 +669,10 @@ def train(cfg: Config) -> list:
             score(ro, tok)
             ro.advantages = group_advantages(ro.rewards, G, cfg.adv_eps)
             t1 = _now(dev)
-            # 4. log-probs before the update ("old") and under the frozen reference
-            ro.old_logp, ro.entropy = rollout_logprobs(model, ro, cfg, dev, with_entropy=True)
-            if ref is not None:
-                ro.ref_logp = rollout_logprobs(ref, ro, cfg, dev, with_entropy=False)[0]
+            # 4. log-probs before the update ("old"; not needed when one update uses the rollout: it is
+            #    on-policy) and under the frozen reference
+            ro.old_logp = rollout_logprobs(model, ro, cfg, dev) if R > U else None
+            ro.ref_logp = rollout_logprobs(ref, ro, cfg, dev) if ref is not None else None
             t2 = _now(dev)
             # 5. R / U optimizer steps, each on this rank's share of one mini-batch
             per = U // d.world_size * G
@@ -663,7 +681,8 @@ def train(cfg: Config) -> list:
             step += 1
             up_sums = reduce_sums({k: sum(u[k] for u in ups) for k in ups[0] if k not in ("grad_norm", "skipped")}, dev)
             row = log_row(step, epoch, reduce_sums(rollout_sums(ro), dev), up_sums, ups,
-                          {"gen": t1 - t0, "logprob": t2 - t1, "update": t3 - t2, "step": t3 - t0})
+                          {"gen": t1 - t0, "logprob": t2 - t1, "update": t3 - t2, "step": t3 - t0,
+                           "refresh": s["sampler"].refresh_s})
             rows_logged.append(row)
             sft.print0(format_row(row))
             if d.is_main:
