@@ -417,6 +417,49 @@ def test_activation_checkpointing_only_where_it_trains(data, train_vision):
     assert sum(".visual." in n for n in names) == (2 if train_vision else 0)
 
 
+def mixed_prompts(tok, ip) -> tuple:
+    """Four prompts with 1, 2, 0 and 1 images of different sizes (convs, images, left-padded batch)."""
+    rng = np.random.default_rng(0)
+    noise = lambda w, h: Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+    convs = [sft.build_messages("<image>Which?"), sft.build_messages("Why <image> and <image>?"),
+             sft.build_messages("Text only?"), sft.build_messages("<image>Last?")]
+    ims = [[noise(56, 56)], [noise(84, 56), noise(56, 112)], [], [noise(112, 84)]]
+    return convs, ims, sft.encode(convs, ims, tok, ip, "left")
+
+
+def test_prompt_slice_and_buckets():
+    """Slicing prompts out of a batch keeps exactly their images (pixel rows and grids), as encoding them
+    alone does; prompt lengths round up to the buckets."""
+    _, tok, ip = sft.load_model("tiny")
+    convs, ims, batch = mixed_prompts(tok, ip)
+    for lo, hi in [(0, 1), (1, 2), (1, 3), (2, 3), (3, 4), (0, 4)]:
+        part, ref = sft.prompt_slice(batch, lo, hi), sft.encode(convs[lo:hi], ims[lo:hi], tok, ip, "left")
+        assert torch.equal(part["input_ids"][:, -ref["input_ids"].shape[1]:], ref["input_ids"])
+        assert ("pixel_values" in part) == ("pixel_values" in ref)
+        for key in ("pixel_values", "image_grid_thw"):
+            assert key not in ref or torch.equal(part[key], ref[key])
+    assert [sft.bucket_length(n, (256, 512)) for n in (1, 256, 257, 512, 513, 1100)] == [256, 256, 512, 512,
+                                                                                         1024, 1536]
+
+
+def test_rollout_engine_equals_generate():
+    """The fast path (plain copy, static KV cache, bucketed prompts, fixed sequences per call; compiled only
+    on CUDA) returns what generate() returns: same greedy ids and masks, here over two calls (3 prompts per
+    call, the second one padded with filler rows); sampling keeps the rows grouped by prompt."""
+    model, tok, ip = sft.load_model("tiny")
+    _, _, batch = mixed_prompts(tok, ip)
+    engine = sft.RolloutEngine(model, prompts_per_call=3, prompt_buckets=(64, 128))
+    assert all(torch.equal(a, b) for a, b in zip(engine.copy.state_dict().values(), model.state_dict().values()))
+    ids, mask = sft.generate(model, batch, tok, max_new_tokens=6)
+    e_ids, e_mask = engine.generate(batch, tok, max_new_tokens=6)
+    assert torch.equal(ids, e_ids) and torch.equal(mask, e_mask) and engine.max_cache_len == 128 + 6
+    s_ids, s_mask = engine.generate(batch, tok, max_new_tokens=6, do_sample=True, num_return_sequences=2)
+    assert s_ids.shape[0] == 8 and torch.equal(s_mask, sft.completion_mask(s_ids, 2, 0)[1])
+    engine.free()
+    with pytest.raises(RuntimeError, match="refresh"):
+        engine.generate(batch, tok, max_new_tokens=6)
+
+
 def test_benchmark_3b_shape_has_the_published_size():
     """The GPU benchmark's random Qwen2.5-VL-3B is built from the published config: 3.75B parameters,
     0.67B of them in the vision tower (counted on the meta device, no memory used)."""
@@ -541,10 +584,14 @@ def load_through_rank0(src: Path, d) -> tuple:
 def fsdp_worker(folder: Path) -> None:
     """Runs under torchrun with 2 ranks: (a) saved tiny Qwen2.5-VL and tied Qwen3-VL loaded the multi-rank
     way equal a plain load (weights, buffers, flags); the sharded Qwen3-VL generates (ranks stop at different
-    lengths) like the plain one, then a train step and a consolidated save; (b) the SFT CLI path (sft.train)
-    with FSDP2. One process group for all: re-creating a group under torchrun can race."""
+    lengths) and gives the log-probs of the plain one, its RolloutEngine copy gathered from the shards equals
+    the weights (before and after a train step) and generates the same; a consolidated save; (b) the SFT CLI
+    path (sft.train) with FSDP2. One process group for all: re-creating a group under torchrun can race."""
     import faulthandler
     faulthandler.dump_traceback_later(int(os.environ.get("FSDP_WORKER_TIMEOUT", "240")), exit=True)  # no hangs
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    FULL = StateDictOptions(full_state_dict=True)
+    same = lambda a, b: a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     data = folder / "sft.jsonl"
     d = sft.setup_dist(0)
     checks = {"qwen25": load_through_rank0(folder / "src-tiny", d)[-1]}
@@ -558,11 +605,18 @@ def fsdp_worker(folder: Path) -> None:
     train_batch = sft.encode_records(recs, folder, tok, ip)
     ref_logp = sft.token_logprobs(ref, train_batch, train_batch["labels"], temperature=0.7, chunk_size=5)
     logp = sft.token_logprobs(model, train_batch, train_batch["labels"], temperature=0.7, chunk_size=5)
+    engine = sft.RolloutEngine(model, prompts_per_call=2, prompt_buckets=(64,))   # gathered from the shards
+    engine_equal = {"weights": same(engine.copy.state_dict(), ref.state_dict()),
+                    "generate": all(torch.equal(a, b) for a, b in
+                                    zip(expected, engine.generate(batch, tok, max_new_tokens=n_new)))}
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     m = sft.train_step(model, opt, [train_batch], 1e-3, 1.0, d.device)
+    engine.refresh(model)                                                             # after the update
+    engine_equal["refreshed"] = same(engine.copy.state_dict(), get_model_state_dict(model, options=FULL))
     sft.save_hf(model, tok, ip, str(folder / "qwen3"), dtype=torch.float32)
     result = {"generate_equal": all(torch.equal(a, b) for a, b in zip(expected, got)),
               "logprobs_equal": torch.allclose(logp.detach(), ref_logp.detach(), atol=1e-5),
+              "engine_equal": engine_equal,
               "loss": m["loss"], "checks": checks,
               "units": sum(sft.is_fsdp(x) for x in model.modules())}
     (folder / f"rank{d.rank}.json").write_text(json.dumps(result))
@@ -587,6 +641,7 @@ def test_fsdp2_two_ranks_equal_one_process(data, tmp_path):
         res = json.loads((folder / f"rank{rank}.json").read_text())
         assert all(ok for c in res["checks"].values() for ok in c.values()), (rank, res["checks"])
         assert res["generate_equal"] and res["logprobs_equal"] and math.isfinite(res["loss"])
+        assert all(res["engine_equal"].values()), res["engine_equal"]
         assert res["units"] == 2 + 1 + 2 + 1   # vision blocks, vision tower, decoder layers, root
     sft.train(run_cfg(data, tmp_path / "single", **TWO_RANK_RUN, stop_after_steps=3))
     from transformers import AutoModelForImageTextToText
