@@ -500,20 +500,25 @@ def load_model(name: str, *, min_pixels: int | None = None, max_pixels: int | No
         set_pixel_bounds(ip, *TINY_PIXELS)
     else:
         src = model_source(name)
-        if meta:
-            with torch.device("meta"):
-                model = AutoModelForImageTextToText.from_config(
-                    AutoConfig.from_pretrained(name, **src), dtype=dtype, attn_implementation=attn_implementation)
-            model.eval()   # as from_pretrained leaves it
-            try:           # from_pretrained reads generation_config.json when there is one
-                model.generation_config = GenerationConfig.from_pretrained(name, **src)
-            except OSError:
-                pass
-        else:
-            model = AutoModelForImageTextToText.from_pretrained(name, dtype=dtype, **src,
-                                                                attn_implementation=attn_implementation)
-        tok = AutoTokenizer.from_pretrained(name, **src)
-        ip = AutoImageProcessor.from_pretrained(name, backend="pil", **src)
+        try:   # a folder without weights, a text-only model, … : one line, not a traceback
+            if meta:
+                with torch.device("meta"):
+                    model = AutoModelForImageTextToText.from_config(
+                        AutoConfig.from_pretrained(name, **src), dtype=dtype, attn_implementation=attn_implementation)
+                model.eval()   # as from_pretrained leaves it
+                try:           # from_pretrained reads generation_config.json when there is one
+                    model.generation_config = GenerationConfig.from_pretrained(name, **src)
+                except OSError:
+                    pass
+            else:
+                model = AutoModelForImageTextToText.from_pretrained(name, dtype=dtype, **src,
+                                                                    attn_implementation=attn_implementation)
+            tok = AutoTokenizer.from_pretrained(name, **src)
+            ip = AutoImageProcessor.from_pretrained(name, backend="pil", **src)
+        except (OSError, ValueError) as e:
+            reason = " ".join(str(e).split())
+            raise SetupError(f"--model {name}: cannot load it as a Qwen-VL model: "
+                             f"{reason[:300]}{'…' if len(reason) > 300 else ''}") from e
         if tok.chat_template is None:
             raise SetupError(f"--model {name}: the tokenizer has no chat template (need tokenizer_config.json "
                              "or chat_template.jinja with the Qwen-VL template)")

@@ -125,6 +125,17 @@ def test_model_typo_fails_at_once_with_one_line(monkeypatch, tmp_path, tiny):
         sft.load_model(str(tmp_path / "empty"))
 
 
+def test_unloadable_model_folder_is_one_line(tmp_path):
+    """A folder with a config.json that is no image-text model, or one without weights: a SetupError."""
+    (tmp_path / "text-only").mkdir()
+    (tmp_path / "text-only" / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
+    sft.build_tiny("tiny")[0].config.save_pretrained(tmp_path / "no-weights")
+    for name, reason in (("text-only", "Unrecognized configuration class"), ("no-weights", "no file named")):
+        with pytest.raises(sft.SetupError, match=f"cannot load it as a Qwen-VL model: .*{reason}") as e:
+            sft.load_model(str(tmp_path / name))
+        assert "\n" not in str(e.value) and len(str(e.value)) < 500
+
+
 def test_cached_hub_model_loads_without_network(monkeypatch, tmp_path):
     """A real name still works for a user who has it: from the HF cache, offline or with the Hub unreachable."""
     snapshot_dir = tmp_path / "models--someorg--tiny-vl" / "snapshots" / ("a" * 40)
