@@ -903,7 +903,7 @@ def position_shortcuts(records):
         keys.append(((m["facing"], style), m["relation"]))
     prior = _held_out_majority(keys)
     return [_row("position", "2-D rule: image x + \"higher = farther\", turned by the facing", two_d, 1 / 4, 0.45),
-            _row("position", "simple options answered from image x alone", x_only, 1 / 4, 0.45),
+            _row("position", "simple options answered from image x alone", x_only, 1 / 4, 0.50),
             {**_row("position", "text only: most common relation given facing and option style (held out)", [], 1 / 4, 0.30),
              "n": len(records), "accuracy": prior, "ok": bool(prior <= 0.30)}]
 

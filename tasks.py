@@ -7,6 +7,7 @@ the templated reasoning traces, grpo.py and evaluate.py score responses with rew
 
     ex = generate("depth", rgb, depth, np.random.default_rng(0))   # -> Example | Rejected
     reward("<think>...</think> \\boxed{2, 3, 1}", ex.answer, "depth")  # 0.9·accuracy + 0.1·format
+    reward(response, record["answer"], "position", problem=record["problem"])  # also reads "B. Right"
 
 | task     | images shown                    | canonical answer (inside \\boxed{})             |
 |----------|---------------------------------|-------------------------------------------------|
@@ -33,9 +34,23 @@ Deviations from the paper / official data scripts (data_process/*.py)
   4. Depth/Position regions are flat grid cells found with vectorised block statistics, not per-pixel
      Python loops; Depth also requires a minimum pixel distance between the markers.
   5. Position thresholds are relative: |Δx| as a fraction of the image width, Δz in robust-normalised
-     depth, with a dead band around each threshold so that every answer is unambiguous (official: raw
-     150 px and min-max normalised depth). Robust percentiles are computed on a strided subsample.
-  6. Reasoning traces are templated from each example's metadata (the paper used LVLM-written traces).
+     depth (official: raw 150 px and min-max normalised depth). Compound options need both offsets clear;
+     simple options name the dominant offset (≥ POSITION_DOMINANCE × the other), and the question says so.
+  6. Reasoning traces are templated from each example's metadata (the paper used LVLM-written traces) and
+     state only relative cues a viewer can see, never metric depths.
+  7. Sampling defeats 2-D shortcuts (the official scripts sample uniformly): Depth picks, among random
+     valid marker triples, one whose agreement with "lower = nearer" / "edge = nearer" matches a random
+     target (_pick_band_regions); Position draws its answer first (uniform given the facing and option
+     style, depth-set answers slightly more often than image-x ones) and prefers region pairs the 2-D rule
+     gets wrong (_pick_position_pair).
+  8. Crop: no rotated distractors (a rotation is a pixel twin of the true crop: a candidate-only cue).
+     Distractors are same-size squares from elsewhere, near shifts and zooms, laid out symmetrically
+     around the hole or a decoy (crop_layout), and every candidate, the true one included, is resampled
+     the same way (resample_candidate), so sharpness, aspect ratio and JPEG grid carry no signal.
+  9. Verifier (official: exact match of the last box): full-width characters normalised; "B. Right" /
+     "B) Right-Front" / the option text alone accepted for Position when `problem` is given; accuracy 0
+     for an unclosed \\boxed{ after the last box (cut-off answer switch) and for different boxed answers
+     after </think> (hedging); the same answer boxed twice is fine.
 """
 from __future__ import annotations
 
@@ -614,7 +629,7 @@ def _pick_band_regions(cells: dict, min_dist: float, shape: tuple, rng: np.rando
         return Rejected("regions-too-close")
     lower, outer = pair_agreement(xy[ok], *shape)
     target_lower, target_outer = rng.integers(0, 4, 2)
-    cost = np.abs(lower - target_lower) + 0.5 * np.abs(outer - target_outer) + rng.random(len(ok)) * 0.1
+    cost = np.abs(lower - target_lower) + np.abs(outer - target_outer) + rng.random(len(ok)) * 0.1
     return [int(v) for v in pick[ok[int(np.argmin(cost))]]]
 
 
@@ -710,14 +725,15 @@ def position_x_guess(dx: np.ndarray, facing: str) -> np.ndarray:
 
 
 def _position_target(rng: np.random.Generator, facing: str) -> tuple:
-    """(style, relation index) to aim for: compound or simple options with probability 1/2; compound
+    """(style, relation index, index of its mirror image: the fallback) to aim for: compound or simple options with probability 1/2; compound
     relations uniform; simple ones from the depth offset with probability POSITION_DEPTH_SHARE (so the
     picture's x alone is right less than half the time), each of its two directions alike."""
     if rng.random() < 0.5:
-        return "compound", RELATIONS.index(COMPOUND_RELATIONS[int(rng.integers(4))])
+        sx, sz = (int(v) for v in rng.choice([-1, 1], 2))
+        return "compound", RELATIONS.index(turn(sx, sz, facing)), RELATIONS.index(turn(-sx, -sz, facing))
     sign = int(rng.choice([-1, 1]))
     sx, sz = (0, sign) if rng.random() < POSITION_DEPTH_SHARE else (sign, 0)
-    return "simple", RELATIONS.index(turn(sx, sz, facing))
+    return "simple", RELATIONS.index(turn(sx, sz, facing)), RELATIONS.index(turn(-sx, -sz, facing))
 
 
 def _pick_position_pair(cells: dict, med: np.ndarray, cell: int, shape: tuple, facing: str,
@@ -731,19 +747,20 @@ def _pick_position_pair(cells: dict, med: np.ndarray, cell: int, shape: tuple, f
     if n < 2:
         return Rejected("no-flat-regions")
     cx, cy = cells["x0"] + cell / 2, cells["y0"] + cell / 2
+    style, target, mirror = _position_target(rng, facing)
     i, j = rng.integers(0, n, POSITION_TRIES), rng.integers(0, n, POSITION_TRIES)
-    by_x = np.argsort(cx, kind="stable")                  # half the tries: pairs at a similar image x
+    by_x = np.argsort(cx, kind="stable")                  # some tries: pairs at a similar image x
     rank = np.empty(n, int)
     rank[by_x] = np.arange(n)
     near = max(1, n // 12)
-    half = POSITION_TRIES // 2
-    j[:half] = by_x[np.clip(rank[i[:half]] + rng.integers(-near, near + 1, half), 0, n - 1)]
+    depth_set = style == "simple" and RELATIONS[target] in (turn(0, 1, facing), turn(0, -1, facing))
+    part = POSITION_TRIES * 3 // 4 if depth_set else POSITION_TRIES // 4
+    j[:part] = by_x[np.clip(rank[i[:part]] + rng.integers(-near, near + 1, part), 0, n - 1)]
     far = np.hypot(cx[j] - cx[i], cy[j] - cy[i]) >= min(h, w) / 8
     dx, dz, vy = (cx[j] - cx[i]) / w, med[j] - med[i], (cy[i] - cy[j]) / h
-    style, target = _position_target(rng, facing)
     for st in (style, "simple" if style == "compound" else "compound"):
         codes = np.where(far, relation_codes(dx, dz, facing, st), -1)
-        order = [target] if st == style else []
+        order = [target, mirror] if st == style else []
         order += [c for c in rng.permutation(len(RELATIONS)) if c not in order]
         for code in order:
             match = np.nonzero(codes == code)[0]

@@ -6,6 +6,7 @@ reject cases and a fuzz of hostile strings. The builder is run end to end on bui
 of corrupt and odd files, across worker counts, and through interrupted and resumed runs.
 Run: python -m pytest -q test_tasks.py
 """
+import functools
 import itertools
 import json
 import os
@@ -22,6 +23,7 @@ import pytest
 from PIL import Image
 
 import make_data
+import scenes
 import tasks
 
 
@@ -43,6 +45,24 @@ def textured_scene(h=240, w=320, seed=0):
 @pytest.fixture(scope="module")
 def scene():
     return textured_scene()
+
+
+ROOM_SEED = next(s for s in range(100) if scenes.sample_scene(s)["kind"] == "room")
+
+
+@functools.lru_cache(maxsize=4)
+def depth_friendly_seeds(n, h=240, w=320):
+    """Scene seeds whose render gives depth and position examples for every one of a few rngs (not every
+    scene does: some have no flat region in one of the depth bands)."""
+    found = []
+    for seed in range(1000):
+        rgb, depth = scenes.render_scene(seed, h, w)
+        if all(isinstance(tasks.generate(t, rgb, depth, np.random.default_rng(k)), tasks.Example)
+               for t in tasks.DEPTH_TASKS for k in range(4)):
+            found.append(seed)
+            if len(found) == n:
+                return found
+    raise AssertionError("no depth-friendly scenes")
 
 
 def make(task, scene, seed, **kw):
@@ -121,6 +141,55 @@ def test_flip_answers(content, ok):
 ])
 def test_letter_answers(content, ok):
     assert (tasks.reward(boxed(content), "B", "position") == 1.0) is ok
+
+
+POSITION_PROBLEM = "<image>\nWhere is spot 2?\nA. Left\nB. Right-Front\nC. Back\nD. Front\nAnswer with the letter."
+
+
+@pytest.mark.parametrize("response,acc", [
+    ("<think>r</think> \\boxed{B}", 1.0),
+    ("<think>r</think> \\boxed{B} so again \\boxed{B}.", 1.0),               # the same answer repeated: fine
+    ("<think>r</think> \\boxed{B} or maybe \\boxed{C}", 0.0),                # hedging after </think>
+    ("<think>r</think> \\boxed{C} no wait \\boxed{B}", 0.0),                 # hedging, right answer last
+    ("<think>maybe \\boxed{C}</think> \\boxed{B}", 1.0),                     # boxes inside <think> are drafts
+    ("\\boxed{C} \\boxed{B}", 0.0),                                         # no </think>: all boxes count
+    ("<think>r</think> \\boxed{B} then \\boxed{C", 0.0),                     # cut-off answer switch
+    ("<think>r</think> \\boxed{B} then \\boxed{B", 0.0),                     # unclosed box after the last one
+    ("<think>r</think> \\boxed{\\boxed{B}}", 1.0),                             # nested: one answer
+    ("<think>r</think> \\boxed{Ｂ}", 1.0),                                     # full-width letter
+    ("<think>r</think> \\boxed{（B）}", 1.0),                                   # full-width brackets
+    ("<think>r</think> \\boxed{B. Right-Front}", 1.0),                          # letter + its own option text
+    ("<think>r</think> \\boxed{B) Right-Front}", 1.0),
+    ("<think>r</think> \\boxed{B: front right}", 1.0),                          # same words, other order
+    ("<think>r</think> \\boxed{Right-Front}", 1.0),                             # the option text alone
+    ("<think>r</think> \\boxed{\\text{Right–Front}}", 1.0),                      # en dash
+    ("<think>r</think> \\boxed{B. Back}", 0.0),                                 # letter + another option's text
+    ("<think>r</think> \\boxed{Right}", 0.0),                                   # not an option here
+    ("<think>r</think> \\boxed{Front}", 0.0),                                   # option D's text
+    ("<think>r</think> \\boxed{B or D}", 0.0),
+    (None, 0.0), ("", 0.0), (b"\\boxed{B}", 0.0),
+])
+def test_position_verifier_cases(response, acc):
+    assert tasks.accuracy(response, "B", "position", problem=POSITION_PROBLEM) == acc
+
+
+def test_option_text_needs_the_problem():
+    """Without the question's options only the letter forms are read (nothing to check 'Right' against)."""
+    assert tasks.accuracy("<think>r</think> \\boxed{B. Right-Front}", "B", "position") == 0.0
+    assert tasks.accuracy("<think>r</think> \\boxed{(B)}", "B", "position") == 1.0
+    assert tasks.options_from_problem(POSITION_PROBLEM) == {"A": "Left", "B": "Right-Front", "C": "Back", "D": "Front"}
+    assert tasks.options_from_problem("Q\nA. <image>\nB. <image>") == {}
+
+
+@pytest.mark.parametrize("content,answer,task,acc", [
+    ("２，４，１，３", "2, 4, 1, 3", "shuffle", 1.0),         # full-width digits and commas
+    ("2、4、1、3。", "2, 4, 1, 3", "shuffle", 1.0),           # ideographic comma and full stop
+    ("３，ｈｏｒｉｚｏｎｔａｌ", "3, horizontal", "flip", 1.0),
+    ("٢, ٤, ١, ٣", "2, 4, 1, 3", "shuffle", 0.0),             # other digit systems are not normalised
+    ("Ｃ", "C", "crop", 1.0), ("C. ", "C", "crop", 1.0),
+])
+def test_full_width_answers(content, answer, task, acc):
+    assert tasks.accuracy(f"<think>r</think> \\boxed{{{content}}}", answer, task) == acc
 
 
 def test_with_cot_appends_the_released_instruction():
@@ -216,8 +285,11 @@ def test_flip_unflipping_the_named_tile_restores_the_original(scene):
 
 
 def test_crop_true_candidate_is_the_masked_pixels(scene):
+    """The hole is blacked out and nothing else changes; the true candidate is exactly the hole's pixels
+    through the shared resampling path (re-derived here with Pillow directly); every other candidate differs."""
     rgb = scene[0]
-    for seed in range(6):
+    patterns = set()
+    for seed in range(12):
         ex = make("crop", scene, seed)
         x, y, s = ex.meta["box"]
         assert s == min(rgb.shape[:2]) // 2
@@ -226,20 +298,76 @@ def test_crop_true_candidate_is_the_masked_pixels(scene):
         outside = np.ones(rgb.shape[:2], bool)
         outside[y:y + s, x:x + s] = False
         assert np.array_equal(masked[outside], rgb[outside])
-        hole = rgb[y:y + s, x:x + s]
-        matches = [k for k, im in enumerate(ex.images[1:]) if np.array_equal(np.asarray(im), hole)]
-        assert matches == [tasks.LETTERS.index(ex.answer)]
-        assert sorted(ex.meta["candidates"]).count("true") == 1 and len(set(ex.meta["candidates"])) == 4
+        side = ex.meta["display"]
+        assert side == round(s * tasks.CROP_DISPLAY)
+        want = np.asarray(Image.fromarray(rgb[y:y + s, x:x + s]).resize((side, side), Image.Resampling.BILINEAR))
+        matches = [k for k, im in enumerate(ex.images[1:]) if np.array_equal(np.asarray(im), want)]
+        assert matches == [tasks.LETTERS.index(ex.answer)] == [ex.meta["slot"]]
+        assert ex.meta["candidates"].count("true") == 1 and ex.meta["regions"][ex.meta["slot"]] == [x, y, s]
+        assert len({tuple(r) for r in ex.meta["regions"]}) == 4
+        assert all(np.asarray(im).shape == (side, side, 3) for im in ex.images[1:])   # one size for all
+        assert any(k.endswith("shift") for k in ex.meta["candidates"])      # a same-size square from elsewhere
+        patterns.add(ex.meta["pattern"])
+    assert patterns == set(tasks.CROP_PATTERN_NAMES)
 
 
-def test_crop_distractors_are_what_they_claim():
-    rgb = textured_scene()[0]
-    x, y, s = 100, 60, 64
-    crop = rgb[y:y + s, x:x + s]
-    assert np.array_equal(tasks.crop_distractor(rgb, x, y, s, "rotate_left")[0, :], crop[:, -1])   # top row = old right column
-    assert np.array_equal(tasks.crop_distractor(rgb, x, y, s, "rotate_right")[:, -1], crop[0, :])  # right column = old top row
-    for kind in ("zoom_in", "expand_quarter", "expand_half"):
-        assert tasks.crop_distractor(rgb, x, y, s, kind).shape == (s, s, 3)
+def overlap(a, b):
+    """Intersection area of two squares (x, y, side)."""
+    return max(0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0])) * max(0, min(a[1] + a[2], b[1] + b[2]) - max(a[1], b[1]))
+
+
+def test_crop_regions_are_what_they_claim():
+    h, w, x, y, s = 240, 320, 100, 60, 100
+    for seed in range(20):
+        rng = np.random.default_rng(seed)
+        near = tasks.crop_region(rng, h, w, x, y, s, "near_shift")
+        far = tasks.crop_region(rng, h, w, x, y, s, "far_shift", avoid=((0, 0, s),))
+        zin = tasks.crop_region(rng, h, w, x, y, s, "zoom_in")
+        zout = tasks.crop_region(rng, h, w, x, y, s, "zoom_out")
+        for r in (near, far, zin, zout):
+            assert 0 <= r[0] and r[0] + r[2] <= w and 0 <= r[1] and r[1] + r[2] <= h    # inside the image
+        assert near[2] == s and max(abs(near[0] - x), abs(near[1] - y)) >= s / 4 and overlap(near, (x, y, s)) > 0
+        assert far[2] == s and overlap(far, (x, y, s)) <= s * s / 4 and overlap(far, (0, 0, s)) <= s * s / 4
+        assert zin[2] == round(0.75 * s) and overlap(zin, (x, y, s)) == zin[2] ** 2        # inside the hole
+        assert zout[2] == round(4 * s / 3) and overlap(zout, (x, y, s)) == s * s            # contains the hole
+        assert min(r[2] for r in (near, far, zin, zout)) > round(tasks.CROP_DISPLAY * s)  # all downsampled
+
+
+def test_crop_layout_puts_the_hole_on_a_random_anchor():
+    """In every pattern the hole is drawn among interchangeable anchors: each anchor role is the hole about
+    equally often, so no layout statistic singles it out."""
+    for pattern, anchors in (("scattered", 4), ("cluster", 2), ("two-pairs", 2)):
+        holes = []
+        for seed in range(200):
+            got = tasks.crop_layout(np.random.default_rng(seed), 240, 320, 120, pattern)
+            if got is None:
+                continue
+            regions, hole, kinds = got
+            assert kinds[hole] == "true" and len(kinds) == 4 and hole < anchors
+            holes.append(hole)
+        counts = np.bincount(holes, minlength=anchors)
+        assert len(holes) > 50 and counts.min() > 0.6 * len(holes) / anchors, (pattern, counts)
+
+
+def test_resample_path_hides_sharpness_and_the_jpeg_grid():
+    """All candidates pass through resample_candidate with a downscale, so the true crop is no sharper than
+    a same-size distractor, and a source's 8-px JPEG grid does not survive in it."""
+    yy, xx = np.mgrid[0:256, 0:256]
+    smooth = np.stack([128 + 60 * np.sin(xx / 13 + yy / 17), 128 + 60 * np.cos(xx / 9), 100 + 50 * np.sin(yy / 7)], -1)
+    smooth = np.clip(smooth + np.random.default_rng(0).normal(0, 6, smooth.shape), 0, 255).astype(np.uint8)
+    buf = __import__("io").BytesIO()
+    Image.fromarray(smooth).save(buf, format="JPEG", quality=30)
+    src = np.asarray(Image.open(buf).convert("RGB"))
+
+    def grid(a):                                          # mean |Δ| across every 8th column / mean |Δ|
+        g = np.abs(np.diff(a.astype(float).mean(-1), axis=1)).mean(0)
+        return g[7::8].mean() / g.mean()
+    assert grid(src[:128, :128]) > 1.4                     # the raw, grid-aligned crop shows the block grid
+    true = tasks.resample_candidate(src, (0, 0, 128), 90)
+    assert abs(grid(true) - 1) < 0.15                      # the resampled one does not
+    other = tasks.resample_candidate(src, (120, 120, 128), 90)
+    sharp = lambda a: np.abs(np.diff(a.astype(float), axis=1)).mean()  # noqa: E731
+    assert abs(sharp(true) - sharp(other)) < 0.05 * sharp(other)
 
 
 def marker_pixels(ex, rgb):
@@ -263,7 +391,7 @@ def check_markers(ex, rgb, regions):
 @pytest.mark.parametrize("source", ["textured", "room"])
 def test_depth_answer_matches_the_depth_map(source, scene):
     if source == "room":
-        scene = make_data.render_scene(3, 240, 320)
+        scene = scenes.render_scene(ROOM_SEED, 240, 320)
     rgb, depth = scene
     dn = tasks.normalise_depth(depth)
     for seed in range(6):
@@ -281,42 +409,53 @@ def test_depth_answer_matches_the_depth_map(source, scene):
         check_markers(ex, rgb, regions)
 
 
-def position_by_rotation(dx, dz, facing):
-    """Independent recomputation: rotate the target offset into the camera frame with a complex number
+def position_by_rotation(dx, dz, facing, style):
+    """Independent recomputation: pick the offset components the option style names (compound: both;
+    simple: the larger in threshold units), rotate into the viewer's frame with a complex number
     (forward = real axis, left = positive imaginary axis) and read the sectors off the signs."""
-    def sign(v, big):
-        return 0 if abs(v) < tasks.POSITION_SMALL * big else (1 if v > 0 else -1)
-    v = complex(sign(dx, tasks.POSITION_X_BIG), sign(dz, tasks.POSITION_Z_BIG))
+    ux, uz = dx / tasks.POSITION_X_BIG, dz / tasks.POSITION_Z_BIG
+    if style == "simple":
+        ux, uz = (ux, 0) if abs(ux) > abs(uz) else (0, uz)
+    v = complex(np.sign(ux), np.sign(uz))
     heading = {"left": 1j * 1j, "right": 1, "toward": -1j, "away": 1j}[facing]   # unit vector in the x-z plane
     local = v / heading
-    ahead = {1: "Front", -1: "Back", 0: ""}[int(np.sign(local.real))]
-    side = {1: "Left", -1: "Right", 0: ""}[int(np.sign(local.imag))]
+    ahead = {1: "Front", -1: "Back", 0: ""}[int(np.sign(round(local.real, 9)))]
+    side = {1: "Left", -1: "Right", 0: ""}[int(np.sign(round(local.imag, 9)))]
     return "-".join(p for p in (side, ahead) if p)
 
 
 def test_position_answer_agrees_with_geometry():
-    seen = set()
+    seen, styles = set(), set()
     for k in range(6):
-        rgb, depth = textured_scene(seed=k) if k < 3 else make_data.render_scene(k, 240, 320)
+        rgb, depth = textured_scene(seed=k) if k < 3 else scenes.render_scene(depth_friendly_seeds(3)[k - 3], 240, 320)
         dn = tasks.normalise_depth(depth)
         w = rgb.shape[1]
-        for seed in range(10):
+        for seed in range(16):
             ex = tasks.generate("position", rgb, depth, np.random.default_rng(seed))
             if isinstance(ex, tasks.Rejected):
                 continue
             m = ex.meta
             cam, tgt = m["camera"], m["target"]
-            med = lambda b, a: float(np.median(a[b[1]:b[3], b[0]:b[2]]))
+            med = lambda b, a: float(np.median(a[b[1]:b[3], b[0]:b[2]]))  # noqa: E731
             dx = (tgt["center"][0] - cam["center"][0]) / w
             dz = med(tgt["box"], dn) - med(cam["box"], dn)
             assert np.sign(dz) == np.sign(med(tgt["box"], depth) - med(cam["box"], depth)) or abs(dz) < 1e-6
-            rel = position_by_rotation(dx, dz, m["facing"])
+            ux, uz = abs(dx) / tasks.POSITION_X_BIG, abs(dz) / tasks.POSITION_Z_BIG
+            if m["style"] == "compound":
+                assert ux > 1 and uz > 1
+            else:
+                assert max(ux, uz) > 1 and max(ux, uz) >= tasks.POSITION_DOMINANCE * min(ux, uz)
+                assert "mostly lies in" in ex.problem
+            assert set(m["options"]) == set(tasks.COMPOUND_RELATIONS if m["style"] == "compound"
+                                             else tasks.SIMPLE_RELATIONS)
+            rel = position_by_rotation(dx, dz, m["facing"], m["style"])
             assert m["options"][tasks.LETTERS.index(ex.answer)] == rel
-            assert f"stand at region {cam['label']}" in ex.problem and f"where is region {tgt['label']}" in ex.problem
+            assert f"stand at spot {cam['label']}" in ex.problem and f"where is spot {tgt['label']}" in ex.problem
             assert np.hypot(*(np.subtract(tgt["center"], cam["center"]))) >= min(rgb.shape[:2]) / 8
             check_markers(ex, rgb, [cam, tgt])
             seen.add(m["relation"])
-    assert len(seen) >= 4, seen
+            styles.add(m["style"])
+    assert len(seen) >= 5 and styles == {"simple", "compound"}, seen
 
 
 def test_relation_table_matches_the_official_one():
@@ -328,6 +467,67 @@ def test_relation_table_matches_the_official_one():
     assert [tasks.relation(-b, -b, f) for f in tasks.FACINGS] == ["Left-Front", "Right-Back", "Right-Front", "Left-Back"]
     assert tasks.relation(0.01, 0.01, "left") is None                     # no clear offset
     assert tasks.relation(0.8 * tasks.POSITION_X_BIG, 0.5, "away") is None  # dead band: ambiguous
+
+
+# ----------------------------------------------------------------------------- 2-D shortcuts stay near chance
+SHORTCUT_SCENES = 300
+
+
+@pytest.fixture(scope="module")
+def shortcut_rows():
+    """The shortcut report on a few hundred depth / position / crop examples from built-in scenes (fixed
+    seeds, 256x192), images JPEG-encoded as the builder saves them."""
+    import io
+    records, store = [], {}
+    for seed in range(SHORTCUT_SCENES):
+        rgb, depth = scenes.render_scene(50_000 + seed, 192, 256)
+        for task in ("depth", "position", "crop"):
+            ex = tasks.generate(task, rgb, depth if task != "crop" else None, np.random.default_rng(seed))
+            if isinstance(ex, tasks.Rejected):
+                continue
+            keys = []
+            for i, im in enumerate(ex.images if task == "crop" else []):
+                buf = io.BytesIO()
+                im.save(buf, format="JPEG", quality=95)
+                keys.append(f"{task}{seed}_{i}")
+                store[keys[-1]] = Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+            meta = json.loads(json.dumps(make_data._json_safe(ex.meta)))
+            records.append({"task": task, "answer": ex.answer, "meta": meta, "images": keys})
+    by = {t: [r for r in records if r["task"] == t] for t in tasks.TASKS}
+    return (make_data.answer_priors(records) + make_data.depth_shortcuts(by["depth"])
+            + make_data.position_shortcuts(by["position"]) + make_data.crop_shortcuts(by["crop"], store.__getitem__))
+
+
+def test_shortcut_heuristics_stay_under_their_thresholds(shortcut_rows):
+    """Statistical test: each heuristic's accuracy must not exceed its threshold by more than two standard
+    errors (n ≈ 150-300 per task, so the tolerance is about 5-8 points). Fixed seeds: deterministic."""
+    names = {(r["task"], r["heuristic"]) for r in shortcut_rows}
+    assert len([n for n in names if n[0] == "depth"]) >= 5 and len([n for n in names if n[0] == "crop"]) >= 4
+    assert len([n for n in names if n[0] == "position"]) >= 4
+    for r in shortcut_rows:
+        assert r["n"] >= 100, r
+        se = np.sqrt(max(r["accuracy"] * (1 - r["accuracy"]), 0.01) / r["n"])
+        assert r["accuracy"] <= r["threshold"] + 2 * se, r
+
+
+def test_shortcut_report_catches_a_shortcut():
+    """The report is not blind: on depth questions ordered by image height it reports "lower = nearer" at
+    100 %, and a crop set whose true crop is always the sharpest is caught by the candidate-only model."""
+    rows = make_data.depth_shortcuts([{"meta": {"size": [100, 100], "regions": [
+        {"center": [50, 90]}, {"center": [20, 50]}, {"center": [70, 10]}]}}] * 20)
+    assert rows[0]["accuracy"] == 1.0 and not rows[0]["ok"] and rows[1]["accuracy"] == 1.0
+    rng = np.random.default_rng(0)
+    store, records = {}, []
+    for q in range(60):
+        truth = int(rng.integers(4))
+        for k in range(4):
+            img = rng.integers(0, 256, (24, 24, 3)).astype(np.uint8)
+            if k != truth:
+                img = np.asarray(Image.fromarray(img).resize((6, 6)).resize((24, 24), Image.Resampling.BILINEAR))
+            store[f"{q}_{k}"] = Image.fromarray(img)
+        records.append({"answer": tasks.LETTERS[truth], "images": ["masked"] + [f"{q}_{k}" for k in range(4)]})
+    rows = make_data.crop_shortcuts(records, store.__getitem__)
+    assert rows[0]["accuracy"] > 0.9 and not rows[0]["ok"]
 
 
 # ----------------------------------------------------------------------------- rejections
@@ -422,30 +622,44 @@ def folder_bytes(root):
 
 # ---------------------------------------------------------------------------------------- renderer
 def test_render_scene_is_deterministic_and_plausible():
-    rgb, depth = make_data.render_scene(7, 96, 128)
-    rgb2, depth2 = make_data.render_scene(np.random.default_rng(7), 96, 128)
+    rgb, depth = scenes.render_scene(7, 96, 128)
+    rgb2, depth2 = scenes.render_scene(np.random.default_rng(7), 96, 128)
     assert rgb.shape == (96, 128, 3) and rgb.dtype == np.uint8
     assert depth.shape == (96, 128) and depth.dtype == np.float32
-    assert np.array_equal(rgb, rgb2) and np.array_equal(depth, depth2)
-    assert np.isfinite(depth).all() and depth.min() > 0.05 and depth.max() < 30  # a closed room, metres
-    assert depth.max() / depth.min() > 1.5  # there is depth structure
-    assert rgb.std() > 10 and len(np.unique(rgb.reshape(-1, 3), axis=0)) > 100
-    other, _ = make_data.render_scene(8, 96, 128)
+    assert np.array_equal(rgb, rgb2) and np.array_equal(depth, depth2, equal_nan=True)
+    other, _ = scenes.render_scene(8, 96, 128)
     assert not np.array_equal(rgb, other)
+    kinds = {}
+    for seed in range(24):
+        kind = scenes.sample_scene(seed)["kind"]
+        rgb, depth = scenes.render_scene(seed, 48, 64)
+        valid = np.isfinite(depth)
+        assert valid.mean() > 0.2 and (depth[valid] > 0.01).all() and depth[valid].max() < 200
+        assert rgb.std() > 5
+        if kind != "open":
+            assert valid.all()                      # indoors every ray hits a surface
+        kinds[kind] = kinds.get(kind, 0) + 1
+    assert set(kinds) == set(scenes.SCENE_KINDS)
 
 
 def test_render_scene_depth_is_z_depth_not_ray_length():
-    """The camera has no roll, so a horizontal floor is at the same z-depth all along an image row (the ray
-    length would grow towards the row's ends); the floor also gets farther up the image."""
-    for seed in range(5):
-        _, depth = make_data.render_scene(seed, 120, 160)
-        row = depth[-1]
-        values, counts = np.unique(np.round(row, 4), return_counts=True)
-        floor = values[counts.argmax()]
-        assert counts.max() >= 40  # most of the bottom row is open floor
-        on_floor = row[np.abs(row - floor) < 1e-3]
-        assert on_floor.max() - on_floor.min() < 1e-5 * floor
-        assert np.median(depth[-1]) < np.median(depth[-20])
+    """Recompute each pixel's ray independently (pinhole with the sampled pose): floor pixels of a room,
+    found as those whose depth puts the hit point at height 0, must be many, and their depth is the
+    distance along the optical axis, which is shorter than the ray length off the image centre."""
+    h, w = 60, 80
+    rooms = [s for s in range(40) if scenes.sample_scene(s, h, w)["kind"] in ("room", "corridor")][:4]
+    for seed in rooms:
+        _, depth = scenes.render_scene(seed, h, w)
+        cam = scenes.sample_scene(seed, h, w)["cam"]
+        cols, rows = np.meshgrid(np.arange(w) + 0.5 - w / 2, -(np.arange(h) + 0.5 - h / 2))
+        rays = (cols[..., None] * cam["right"] + rows[..., None] * cam["up"]) / cam["focal"] + cam["fwd"]
+        assert np.allclose(rays @ cam["fwd"], 1)             # unit forward component: t is z-depth
+        y = cam["pos"][1] + depth * rays[..., 1]
+        floor = np.abs(y) < 1e-3
+        assert floor.sum() > 0.02 * h * w or cam["pitch"] > 0.2
+        length = depth * np.linalg.norm(rays, axis=-1)
+        assert (length >= depth - 1e-6).all() and (length[0, 0] > 1.05 * depth[0, 0])
+    assert rooms
 
 
 # ---------------------------------------------------------------------------------------- built-in scenes
@@ -473,7 +687,7 @@ def test_end_to_end_records_images_and_stats(scene_build):
             referenced.add(p)
         assert tasks.reward(f"<think>x</think> \\boxed{{{r['answer']}}}", r["answer"], r["task"]) == 1.0
     on_disk = {p.relative_to(out).as_posix() for p in (out / "images").rglob("*") if p.is_file()}
-    assert on_disk == referenced  # no orphan image, no missing image
+    assert on_disk == referenced | {p for r in sft for p in r["images"]}  # no orphan image, no missing image
     assert not {r["source"] for r in train} & {r["source"] for r in test}  # split by source image
     assert test, "test fraction 0.3 over 8+ scenes should give some test records"
     stats = json.loads((out / "stats.json").read_text())
@@ -481,12 +695,18 @@ def test_end_to_end_records_images_and_stats(scene_build):
         assert stats["counts"][t]["train"] == sum(r["task"] == t for r in train)
         assert stats["counts"][t]["test"] == sum(r["task"] == t for r in test)
     assert sum(stats["quota"].values()) == 40 and not stats["shortfall"]
-    # sft: a task-balanced subset of train with a templated trace that earns the full reward
-    train_ids = {r["id"]: r for r in train}
+    # sft: task-balanced cold-start records from their own source images, with a templated trace that
+    # earns the full reward and states no metric depth
     assert len(sft) == 10 and {r["task"] for r in sft} == set(tasks.TASKS)
+    assert not {r["source"] for r in sft} & {r["source"] for r in records}     # SFT and RL/test disjoint
+    assert not {r["id"] for r in sft} & {r["id"] for r in records}
     for r in sft:
-        assert {k: v for k, v in r.items() if k != "response"} == train_ids[r["id"]]
-        assert tasks.reward(r["response"], r["answer"], r["task"]) == pytest.approx(1.0)
+        assert set(r) == {"id", "task", "problem", "answer", "images", "source", "meta", "response"}
+        assert tasks.reward(r["response"], r["answer"], r["task"], problem=r["problem"]) == pytest.approx(1.0)
+        assert "depth ≈" not in r["response"] and "metre" not in r["response"]
+    assert stats["counts"]["depth"]["sft"] == 2 and stats["sources_per_split"]["sft"] >= 2
+    for row in stats["shortcuts"]:
+        assert {"task", "heuristic", "n", "accuracy", "chance", "threshold", "ok"} <= set(row)
     assert Image.open(out.parent / "sheet.png").size[0] > 500
 
 
@@ -565,8 +785,8 @@ def odd_folders(tmp_path_factory):
     rgb_dir, rgbd_dir = root / "rgb", root / "rgbd"
     (rgb_dir / "sub").mkdir(parents=True)
     rgbd_dir.mkdir()
-    scenes = [make_data.render_scene(s, 240, 320) for s in range(6)]
-    img = [Image.fromarray(s[0]) for s in scenes]
+    renders = [scenes.render_scene(s, 240, 320) for s in range(6)]
+    img = [Image.fromarray(s[0]) for s in renders]
     img[0].save(rgb_dir / "good.jpg", quality=90)
     data = (rgb_dir / "good.jpg").read_bytes()
     (rgb_dir / "truncated.jpg").write_bytes(data[: len(data) // 3])
@@ -579,12 +799,12 @@ def odd_folders(tmp_path_factory):
     rgba.save(rgb_dir / "rgba.png")
     Image.fromarray((np.asarray(img[4].convert("L"), np.uint16) * 257)).save(rgb_dir / "gray16.png")
     img[5].convert("CMYK").save(rgb_dir / "cmyk.jpg")
-    _jpeg_with_orientation(rgb_dir / "rotated.jpg", scenes[0][0], 6)
+    _jpeg_with_orientation(rgb_dir / "rotated.jpg", renders[0][0], 6)
     img[1].resize((20, 15)).save(rgb_dir / "tiny.png")
     good_rgb = {"good.jpg", "gray.png", "sub/palette.png", "rgba.png", "gray16.png", "cmyk.jpg", "rotated.jpg"}
     # RGB-D: .npy metres (HxW and HxWx1 + mask), 16-bit PNG millimetres, and three broken depth maps
-    for i, name in enumerate(["a", "b", "c", "wrongsize", "zeros", "badshape"]):
-        rgb, depth = make_data.render_scene(100 + i, 240, 320)
+    for seed, name in zip(depth_friendly_seeds(6), ["a", "b", "c", "wrongsize", "zeros", "badshape"]):
+        rgb, depth = scenes.render_scene(seed, 240, 320)
         Image.fromarray(rgb).save(rgbd_dir / f"{name}.png")
         if name == "a":
             np.save(rgbd_dir / "a_depth.npy", depth)
@@ -599,13 +819,13 @@ def odd_folders(tmp_path_factory):
             np.save(rgbd_dir / "zeros_depth.npy", np.zeros_like(depth))
         else:
             np.save(rgbd_dir / "badshape_depth.npy", np.stack([depth, depth], -1))
-    Image.fromarray(scenes[2][0]).save(rgbd_dir / "nodepth.png")  # no depth file: still an RGB source
+    Image.fromarray(renders[2][0]).save(rgbd_dir / "nodepth.png")  # no depth file: still an RGB source
     return rgb_dir, rgbd_dir, good_rgb, {"a.png", "b.png", "c.png"}
 
 
 @pytest.mark.parametrize("name", ["gray.png", "sub/palette.png", "rgba.png", "gray16.png", "cmyk.jpg", "rotated.jpg"])
 def test_load_image_handles_every_mode(odd_folders, name):
-    rgb, stored, orientation = make_data.load_image(odd_folders[0] / name, 1024, 64)
+    rgb, stored, orientation = make_data.load_image(odd_folders[0] / name, 1024, 64, jpeg_rescale=False)
     assert rgb.dtype == np.uint8 and rgb.ndim == 3 and rgb.shape[2] == 3 and rgb.std() > 5
     if name == "rotated.jpg":  # EXIF orientation 6: stored 320x240, shown 240 wide and 320 tall
         assert stored == (320, 240) and orientation == 6 and rgb.shape[:2] == (320, 240)
@@ -622,7 +842,7 @@ def test_load_image_rejects_bad_files(odd_folders, name, reason):
 
 
 def test_depth_follows_exif_rotation_and_mask(tmp_path):
-    rgb, depth = make_data.render_scene(1, 60, 80)
+    rgb, depth = scenes.render_scene(1, 60, 80)
     _jpeg_with_orientation(tmp_path / "r.jpg", rgb, 8)  # stored 80x60, rotated 90° counter-clockwise to show
     np.save(tmp_path / "r_depth.npy", depth)
     mask = np.ones_like(depth)
@@ -631,7 +851,7 @@ def test_depth_follows_exif_rotation_and_mask(tmp_path):
     path = str(tmp_path / "r.jpg")
     src = make_data.Source("rgbd:r.jpg", path, *make_data.find_depth(path), "rgbd")
     assert src.mask.endswith("r_mask.npy")
-    img, d = make_data.load_source(src, True, max_side=1024, min_side=16)
+    img, d = make_data.load_source(src, True, max_side=1024, min_side=16, jpeg_rescale=False)
     assert img.shape[:2] == d.shape == (80, 60)
     np.testing.assert_array_equal(d, np.rot90(np.where(mask > 0, depth, np.nan)))
 
@@ -640,7 +860,7 @@ def test_odd_folder_skips_bad_inputs_by_reason(odd_folders, tmp_path):
     rgb_dir, rgbd_dir, good_rgb, good_rgbd = odd_folders
     out = tmp_path / "odd"
     assert build(out, "--rgb", str(rgb_dir), "--rgbd", str(rgbd_dir), "--n", "200", "--workers", "2",
-                 "--test-fraction", "0") == 0
+                 "--test-fraction", "0", "--sft-size", "0") == 0
     stats = json.loads((out / "stats.json").read_text())
     skipped = stats["skipped_sources"]
     for reason in ("truncated", "not-an-image", "too-small", "depth-size-mismatch", "depth-no-valid-pixels",
@@ -657,6 +877,49 @@ def test_odd_folder_skips_bad_inputs_by_reason(odd_folders, tmp_path):
     for r in records:
         for p in r["images"]:
             assert Image.open(out / p).mode == "RGB"
+
+
+def test_jpeg_sources_are_resampled_with_their_depth(tmp_path):
+    """A JPEG source is resampled by jpeg_scale() (its 8-px block grid no longer sits on the pixel grid);
+    the depth map follows onto the same grid."""
+    rgb, depth = scenes.render_scene(ROOM_SEED, 120, 160)
+    Image.fromarray(rgb).save(tmp_path / "j.jpg", quality=75)
+    np.save(tmp_path / "j_depth.npy", depth)
+    path = str(tmp_path / "j.jpg")
+    f = make_data.jpeg_scale(path)
+    assert 0.8 <= f < 0.95 and f == make_data.jpeg_scale(path)
+    src = make_data.Source("rgbd:j.jpg", path, *make_data.find_depth(path), "rgbd")
+    img, d = make_data.load_source(src, True, max_side=1024, min_side=16)
+    assert img.shape[:2] == d.shape == (round(120 * f), round(160 * f))
+    want = np.asarray(Image.fromarray(depth).resize((d.shape[1], d.shape[0]), Image.Resampling.NEAREST))
+    np.testing.assert_array_equal(d, want)
+
+
+def test_rgbd_without_any_depth_is_a_clear_error(odd_folders, tmp_path):
+    """--rgbd whose images have no depth file stops with the naming rule (it used to build RGB tasks only);
+    asking only for RGB tasks is fine."""
+    only_rgb = tmp_path / "only_rgb"
+    only_rgb.mkdir()
+    shutil.copy(odd_folders[0] / "good.jpg", only_rgb / "good.jpg")
+    with pytest.raises(SystemExit, match="naming rule.*_depth.npy"):
+        build(tmp_path / "o1", "--rgbd", str(only_rgb), "--n", "5")
+    with pytest.raises(SystemExit, match="naming rule"):
+        build(tmp_path / "o2", "--rgbd", str(only_rgb), "--n", "5", "--tasks", "depth")
+    assert build(tmp_path / "o3", "--rgbd", str(only_rgb), "--n", "3", "--tasks", "shuffle,flip,crop",
+                 "--sft-size", "0", "--test-fraction", "0") == 0
+
+
+def test_partial_depth_says_per_task_how_many_fell_short(odd_folders, tmp_path, capsys):
+    rgbd_dir = odd_folders[1]
+    assert build(tmp_path / "p", "--rgbd", str(rgbd_dir), "--n", "40", "--tasks", "depth,position,shuffle",
+                 "--sft-size", "0", "--test-fraction", "0") == 0
+    text = capsys.readouterr().out
+    stats = json.loads((tmp_path / "p" / "stats.json").read_text())
+    for task in ("depth", "position"):                    # 3 usable depth maps cannot give 13 examples each
+        made = stats["counts"][task]["train"]
+        assert stats["shortfall"][task] == stats["quota"][task] - made > 0
+        assert f"{task} {made} of {stats['quota'][task]} ({stats['shortfall'][task]} short)" in text
+    assert "have a depth file" in text and "naming rule" in text
 
 
 def test_nothing_usable_is_a_clear_error(odd_folders, tmp_path):
@@ -680,7 +943,7 @@ def test_h5_depth_without_h5py_says_how_to_install(tmp_path):
         pytest.skip("h5py is installed")
     except ImportError:
         pass
-    rgb, _ = make_data.render_scene(0, 96, 128)
+    rgb, _ = scenes.render_scene(0, 96, 128)
     Image.fromarray(rgb).save(tmp_path / "x.jpg")
     (tmp_path / "x.h5").write_bytes(b"not really hdf5")
     with pytest.raises(SystemExit, match="pip install h5py"):
@@ -693,16 +956,20 @@ def test_help_lists_every_knob_and_exits_zero():
                          timeout=120)
     assert run.returncode == 0
     for flag in ("--out", "--rgb", "--rgbd", "--n", "--tasks", "--sft-size", "--test-fraction", "--seed",
-                 "--workers", "--preview", "--benchmark", "--no-progress"):
+                 "--workers", "--preview", "--no-jpeg-rescale", "--no-progress"):
         assert flag in run.stdout
     assert "default" in run.stdout
 
 
-def test_benchmark_prints_every_task_and_the_renderer(capsys):
-    assert make_data.main(["--benchmark", "--bench-seconds", "0.001"]) == 0
+def test_bench_data_prints_every_task_and_the_renderer(capsys):
+    """`python bench.py data` replaced `make_data.py --benchmark` (which is gone)."""
+    import bench
+    bench.main(["data", "--seconds", "0", "--sizes", "96x64", "--build-n", "0"])
     text = capsys.readouterr().out
-    for word in (*tasks.TASKS, "512x512", "1024x768", "renders/s", "target < 20 ms"):
+    for word in (*tasks.TASKS, "96x64", "512x384", "scenes/s", "target < 20 ms", "target >= 30 scenes/s"):
         assert word in text
+    with pytest.raises(SystemExit):
+        make_data.parse_config(["--benchmark"])
 
 
 def test_quota_split_and_task_weights():
