@@ -1,7 +1,8 @@
 """Every benchmark table of Spatial-SSRL, one subcommand per stage; each prints the markdown table README.md shows.
 
     python bench.py data     # pretext generators (ms/sample at 1024x768), scene renders/s, builder throughput
-    python bench.py sft      # SFT step: time, tokens/s, MFU, peak memory (tiny, ~6M on CPU; + 3B shape on a GPU)
+    python bench.py sft      # SFT step: time, tokens/s, MFU, peak memory (tiny, ~6M on CPU; 3B shape on a GPU)
+    python bench.py rollout  # rollout decode speed: sft.generate on FSDP2 vs sft.RolloutEngine (3B shape on a GPU)
     python bench.py grpo     # GRPO step split into generation / log-probs / update (+ rollout paths on a GPU)
     python bench.py eval     # greedy evaluation throughput
 
@@ -105,6 +106,253 @@ def add_data_parser(sub) -> None:
 
 
 # ----------------------------------------------------------------------------- sft
+PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}   # dense bf16 tensor-core peak per GPU
+SMALL_MODELS = (("tiny", {}), ("~6M", dict(hidden=256, layers=4, heads=4, vision_hidden=128, vision_depth=4,
+                                           ffn_mult=4)))
+
+
+def sft_step_flops(model, batch: dict, vision_trains: bool) -> float:
+    """Model FLOPs of one SFT step (no recomputation counted; the GPU's useful work).
+
+    F = 6·N_dec·T + 6·L·d·Σ_b T_b² + 6·V·H·S + (6 if the vision tower trains else 2)·N_vis·P:
+    decoder (non-embedding) parameters over all T tokens, causal attention scores (QKᵀ and AV, half the
+    square, forward + backward), the LM head at the S supervised positions only, the vision tower over
+    P patches (its merger, which sees P/4 tokens, is over-counted: ~5 % of the tower; window attention
+    scores are not counted: < 1 %)."""
+    lm, visual = model.model.language_model, model.model.visual
+    n_dec = sum(p.numel() for n, p in lm.named_parameters() if "embed_tokens" not in n)
+    n_vis = sum(p.numel() for p in visual.parameters())
+    vocab, hidden = model.lm_head.weight.shape
+    lengths = batch["attention_mask"].sum(1).double()
+    cfg = model.config.get_text_config()
+    attn = 6 * cfg.num_hidden_layers * cfg.hidden_size * float((lengths ** 2).sum())
+    supervised = int((batch["labels"][:, 1:] != -100).sum())
+    patches = int(batch["image_grid_thw"].prod(-1).sum()) if "image_grid_thw" in batch else 0
+    return (6 * n_dec * float(lengths.sum()) + attn + 6 * vocab * hidden * supervised
+            + (6 if vision_trains else 2) * n_vis * patches)
+
+
+def peak_memory_gb(device) -> float:
+    """Peak allocated GPU memory, or on CPU the process's max RSS so far (it never decreases)."""
+    import resource
+    import torch
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def sft_step_row(build, batch: dict, device, train_vision: bool, ckpt: bool, steps: int) -> dict:
+    """Median SFT step (train_step, AdamW) of a freshly built model: time, tokens/s, MFU, peak memory.
+    On a GPU the model is FSDP2-sharded with bf16 compute as in training; on CPU it stays plain fp32."""
+    import time
+    import numpy as np
+    import torch
+    import sft
+    model = build()
+    if not train_vision:
+        sft.freeze_vision(model)
+    if ckpt:
+        sft.enable_activation_checkpointing(model)
+    model.train()
+    flops = sft_step_flops(model, batch, train_vision)
+    model = sft.shard_model(model, device) if device.type == "cuda" else model.to(device)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    times, m = [], {}
+    try:
+        for i in range(steps + 2):                                  # two warm-up steps
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            t0 = time.perf_counter()
+            m = sft.train_step(model, opt, [batch], 1e-5, 1.0, device)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            times.append(time.perf_counter() - t0)
+    except torch.OutOfMemoryError:
+        return {"step_s": float("nan"), "tok_per_s": float("nan"), "mfu": None, "peak_gb": float("nan"), "oom": True}
+    finally:
+        del model, opt
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    dt = float(np.median(times[2:]))
+    peak = next((v for k, v in PEAK_BF16_FLOPS.items() if device.type == "cuda"
+                 and k in torch.cuda.get_device_name(device)), None)
+    return {"step_s": dt, "tok_per_s": m["tokens"] / dt, "mfu": flops / dt / peak if peak else None,
+            "peak_gb": peak_memory_gb(device), "oom": False}
+
+
+def synthetic_batch(tok, ip, n: int, px: int, max_pixels: int):
+    """An SFT micro-batch of n synthetic records (random-noise px² images), encoded as in training."""
+    import tempfile
+    from pathlib import Path
+    import sft
+    ip.size = {"shortest_edge": 56 * 56, "longest_edge": max_pixels}
+    with tempfile.TemporaryDirectory() as tmp:
+        records = sft.synthetic_records(Path(tmp), n, px)
+        return sft.encode_records(records, Path(tmp), tok, ip)
+
+
+def sft_cases(device, args) -> list:
+    """(model name, build(), tok, ip, records, image px, [(train_vision, ckpt), ...]) per measured model."""
+    import torch
+    import sft
+    tok, ip = sft.build_tiny("tiny")[1:]
+    if device.type == "cuda":
+        build = lambda: sft.build_qwen25_vl_shape(sft.QWEN25_VL_3B_SHAPE, "cuda")
+        settings = [(False, False), (False, True), (True, True), (True, False)]
+        return [("Qwen2.5-VL-3B shape", build, tok, ip, args.gpu_records, 512, settings)]
+    settings = [(False, False), (False, True), (True, True)]
+    return [(name, lambda kw=kw: sft.build_tiny("tiny", **kw)[0], tok, ip, args.records, args.px, settings)
+            for name, kw in SMALL_MODELS]
+
+
+def vision_attention_row(build, batch: dict, device, steps: int) -> dict:
+    """Vision tower forward + backward: transformers' per-window loop vs sft.fast_vision_attention (median s)."""
+    import time
+    import numpy as np
+    import torch
+    import sft
+    model = build().to(device)
+    visual, x, grid = model.model.visual, batch["pixel_values"].to(device), batch["image_grid_thw"].to(device)
+    if device.type == "cuda":
+        visual.to(torch.bfloat16)
+        x = x.to(torch.bfloat16)
+    out = {}
+    for name in ("loop", "batched"):
+        if name == "batched":
+            sft.fast_vision_attention(model)
+        times = []
+        for _ in range(steps + 1):
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            t0 = time.perf_counter()
+            visual(x, grid_thw=grid).pooler_output.float().sum().backward()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            times.append(time.perf_counter() - t0)
+        out[name] = float(np.median(times[1:]))
+    del model
+    return out
+
+
+def bench_sft(args) -> list:
+    """SFT step table (frozen / trained vision, with / without activation checkpointing) and the vision
+    attention table. CPU: tiny and ~6M fp32; GPU: the Qwen2.5-VL-3B shape, FSDP2 bf16, one micro-batch of
+    ≥ 8k tokens."""
+    import torch
+    import sft
+    device = torch.device("cuda" if sft.use_cuda() else "cpu")
+    print(f"machine: {machine()}\n")
+    rows = []
+    for name, build, tok, ip, n, px, settings in sft_cases(device, args):
+        batch = synthetic_batch(tok, ip, n, px, max(px * px, 56 * 56))
+        tokens = int(batch["attention_mask"].sum())
+        for train_vision, ckpt in settings:
+            r = sft_step_row(build, batch, device, train_vision, ckpt, args.steps)
+            rows.append({"model": name, "records": n, "tokens": tokens, "vision": "trained" if train_vision
+                         else "frozen", "ckpt": ckpt, **r})
+        print_sft_table([r for r in rows if r["model"] == name])
+        va = vision_attention_row(build, batch, device, args.steps)
+        patches = int(batch["image_grid_thw"].prod(-1).sum())
+        print(f"\n| vision tower fwd+bwd, {name}, {n} images {px}px ({patches} patches) | transformers loop (s) | "
+              f"batched (s) | speed-up |\n|---|---|---|---|\n| {'bf16' if device.type == 'cuda' else 'fp32'} | "
+              f"{va['loop']:.3f} | {va['batched']:.3f} | {va['loop'] / va['batched']:.1f}x |\n")
+    return rows
+
+
+def print_sft_table(rows: list) -> None:
+    base = next((r for r in rows if r["vision"] == "frozen" and not r["ckpt"]), None)
+    print(f"SFT step, {rows[0]['model']}: one micro-batch of {rows[0]['records']} records = {rows[0]['tokens']} "
+          "tokens; median of the steps after 2 warm-up steps; MFU counts vision fwd (+ bwd when it trains)")
+    print("| vision | act. ckpt | step (s) | × frozen, no ckpt | tokens/s | MFU | peak mem (GB) |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        if r["oom"]:
+            print(f"| {r['vision']} | {'on' if r['ckpt'] else 'off'} | out of memory | | | | |")
+            continue
+        mfu = f"{r['mfu']:.1%}" if r["mfu"] is not None else "n/a"
+        ratio = f"{r['step_s'] / base['step_s']:.2f}" if base and not base["oom"] else "n/a"
+        print(f"| {r['vision']} | {'on' if r['ckpt'] else 'off'} | {r['step_s']:.3f} | {ratio} | "
+              f"{r['tok_per_s']:.0f} | {mfu} | {r['peak_gb']:.1f} |")
+
+
+def add_sft_parser(sub) -> None:
+    p = sub.add_parser("sft", help="SFT step time, tokens/s, MFU, peak memory; vision attention loop vs batched",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--steps", type=int, default=3, help="timed steps per row (after 2 warm-up steps)")
+    p.add_argument("--records", type=int, default=8, help="records per micro-batch on CPU")
+    p.add_argument("--px", type=int, default=448, help="image side in pixels on CPU")
+    p.add_argument("--gpu-records", type=int, default=18,
+                   help="records per micro-batch for the 3B shape on a GPU (18 x ~470 tokens = ~8.5k tokens)")
+    p.set_defaults(run=bench_sft)
+
+
+def rollout_comparison(device=None, prompts: int = 8, group_size: int = 5, new_tokens: int = 256,
+                       px: int = 448) -> list:
+    """Rollout speed of sft.generate on the FSDP2 model vs sft.RolloutEngine on the same batch: prompts ×
+    group_size sampled sequences of up to new_tokens (temperature 1; random weights rarely emit <|im_end|>,
+    and a batch decodes until its last row ends). GPU: the Qwen2.5-VL-3B shape; CPU: the tiny model.
+    Returns rows with ms per decode step, generated tokens/s (completion tokens up to <|im_end|>), and the
+    fast path's gather (refresh) and first-call (compile) seconds. Each path gets one warm-up call."""
+    import time
+    import numpy as np
+    import torch
+    from PIL import Image
+    import sft
+    device = device or torch.device("cuda" if sft.use_cuda() else "cpu")
+    cuda = device.type == "cuda"
+    model, tok, ip = (sft.build_qwen25_vl_shape(sft.QWEN25_VL_3B_SHAPE, "cuda"), *sft.build_tiny("tiny")[1:]) \
+        if cuda else sft.build_tiny("tiny")
+    sft.fast_vision_attention(model)
+    model = sft.shard_model(model, device)
+    ip.size = {"shortest_edge": 56 * 56, "longest_edge": px * px}
+    rng = np.random.default_rng(0)
+    images = [[Image.fromarray(rng.integers(0, 256, (px, px, 3), dtype=np.uint8))] for _ in range(prompts)]
+    batch = sft.encode([sft.build_messages("<image>Which tile is flipped?")] * prompts, images, tok, ip, "left")
+    sample = dict(max_new_tokens=new_tokens, do_sample=True, temperature=1.0, num_return_sequences=group_size)
+
+    def timed(fn):
+        if cuda:
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        ids, mask = fn()
+        if cuda:
+            torch.cuda.synchronize(device)
+        return time.perf_counter() - t0, ids.shape[1], int(mask.sum())
+
+    rows = []
+    sft.generate(model, batch, tok, **{**sample, "max_new_tokens": 4})                 # warm-up
+    dt, steps, toks = timed(lambda: sft.generate(model, batch, tok, **sample))
+    rows.append({"path": "sft.generate on the FSDP2 model", "ms_per_step": dt / steps * 1e3,
+                 "tok_per_s": toks / dt, "extra": ""})
+    engine = sft.RolloutEngine(model, prompts_per_call=prompts)
+    gather = engine.refresh(model)                                                     # timed second gather
+    first, _, _ = timed(lambda: engine.generate(batch, tok, **sample))                 # warm-up + compile
+    dt, steps, toks = timed(lambda: engine.generate(batch, tok, **sample))
+    rows.append({"path": "RolloutEngine (plain copy, static cache" + (", compiled decode)" if cuda else ")"),
+                 "ms_per_step": dt / steps * 1e3, "tok_per_s": toks / dt,
+                 "extra": f"gather {gather:.2f} s; first call {first:.1f} s"
+                          + (f" (compile ≈ {first - dt:.0f} s)" if cuda else "")})
+    print(f"rollout on {machine()}: {prompts} prompts x G {group_size} = {prompts * group_size} sequences, "
+          f"{new_tokens} sampled tokens, {px}px images, {'Qwen2.5-VL-3B shape bf16' if cuda else 'tiny fp32'}")
+    print("| path | ms per decode step | tokens/s | notes |\n|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['path']} | {r['ms_per_step']:.1f} | {r['tok_per_s']:.0f} | {r['extra']} |")
+    print(f"speed-up: {rows[1]['tok_per_s'] / rows[0]['tok_per_s']:.2f}x (target >= 3x on a GPU)")
+    return rows
+
+
+def add_rollout_parser(sub) -> None:
+    p = sub.add_parser("rollout", help="rollout speed: sft.generate on the FSDP2 model vs sft.RolloutEngine",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--prompts", type=int, default=8)
+    p.add_argument("--group-size", type=int, default=5)
+    p.add_argument("--new-tokens", type=int, default=256)
+    p.add_argument("--px", type=int, default=448, help="image side in pixels")
+    p.set_defaults(run=lambda a: rollout_comparison(None, a.prompts, a.group_size, a.new_tokens, a.px))
+
+
 # ----------------------------------------------------------------------------- grpo
 # ----------------------------------------------------------------------------- eval
 def eval_cases(device) -> list:
@@ -182,7 +430,7 @@ def add_eval_parser(sub) -> None:
 def main(argv: list | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="stage", required=True)
-    for add_parser in (add_data_parser, add_eval_parser,):   # each stage section defines add_<stage>_parser(sub); list them here in stage order
+    for add_parser in (add_data_parser, add_sft_parser, add_rollout_parser, add_eval_parser,):   # each stage section defines add_<stage>_parser(sub); list them here in stage order
         add_parser(sub)
     args = parser.parse_args(argv)
     args.run(args)

@@ -11,7 +11,6 @@ the buffers from rank 0 (load_model(meta=True), shard_model(broadcast_from_rank0
         --max-steps 200 --max-pixels 12544     # 2 CPU cores: ~45 s of CPU, 0.58 GB; 55/55 test answers well-formed
     torchrun --nproc_per_node 8 sft.py --model Qwen/Qwen2.5-VL-7B-Instruct --data data/ssrl/sft.jsonl --out runs/sft7b
     python sft.py --smoke --out runs/smoke   # CPU smoke run: tiny model, synthetic data, 2 steps
-    python sft.py --benchmark     # step time, tokens/s, peak memory: tiny, ~6M; on a GPU also a 3B shape + MFU
 
 Paper → code (cold start = official training/SFT-coldstart, LLaMA-Factory configs)
   prompt = problem + " " + CoT prompt, <image> items   → build_messages() (tasks.with_cot)
@@ -46,7 +45,6 @@ import json
 import math
 import os
 import random
-import resource
 import shutil
 import subprocess
 import sys
@@ -145,7 +143,6 @@ class Config:
     attn_implementation: str = _f("sdpa", "attention kernel passed to transformers")
     stop_after_steps: int = _f(0, "stop (as if killed) after this many steps, keeping the full schedule; "
                                "for testing --resume")
-    benchmark: bool = _f(False, "print a table of SFT step time, tokens/s and peak memory, then exit")
     smoke: bool = _f(False, "CPU smoke run; overrides --model tiny, --max-steps 2, --global-batch-size 4, "
                             "--micro-batch-size 2, --lr 1e-3, --warmup-ratio 0 and, without --data, uses 8 "
                             "synthetic records written to OUT/smoke_data")
@@ -1455,9 +1452,7 @@ def train(cfg: Config) -> None:
         cleanup_dist()
 
 
-# ----------------------------------------------------------------------------- benchmark
-BENCH_MODELS = (("tiny", {}),
-                ("~6M", dict(hidden=256, layers=4, heads=4, vision_hidden=128, vision_depth=4, ffn_mult=4)))
+# ----------------------------------------------------------------------------- benchmark and test support
 QWEN25_VL_3B_SHAPE = {  # published config.json values of Qwen/Qwen2.5-VL-3B-Instruct (weights stay random)
     "text": dict(vocab_size=151936, hidden_size=2048, intermediate_size=11008, num_hidden_layers=36,
                  num_attention_heads=16, num_key_value_heads=2, max_position_embeddings=128000, rms_norm_eps=1e-6,
@@ -1466,7 +1461,6 @@ QWEN25_VL_3B_SHAPE = {  # published config.json values of Qwen/Qwen2.5-VL-3B-Ins
                    patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=112,
                    fullatt_block_indexes=[7, 15, 23, 31]),
     "tie_word_embeddings": True}
-PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}   # dense tensor-core peak per GPU
 
 
 def build_qwen25_vl_shape(shape: dict, device: str = "cpu"):
@@ -1481,22 +1475,6 @@ def build_qwen25_vl_shape(shape: dict, device: str = "cpu"):
     cfg._attn_implementation = "sdpa"
     with torch.device(device):
         return Qwen2_5_VLForConditionalGeneration(cfg)
-
-
-def sft_step_flops(model, batch: dict) -> float:
-    """Model FLOPs of one SFT step on `batch` (matmuls only; attention scores and recomputation not counted).
-
-    F = 6·N_dec·T + 6·V·H·S + 2·N_vis·P: decoder (non-embedding) params trained on all T tokens, the LM head
-    only at the S supervised positions, the frozen vision tower forward-only over P patches (its merger,
-    which really sees P/4 tokens, is over-counted; it is ~5% of the tower)."""
-    lm, visual = model.model.language_model, model.model.visual
-    n_dec = sum(p.numel() for n, p in lm.named_parameters() if "embed_tokens" not in n)
-    n_vis = sum(p.numel() for p in visual.parameters())
-    vocab, hidden = model.lm_head.weight.shape
-    tokens = int(batch["attention_mask"].sum())
-    supervised = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
-    patches = int(batch["image_grid_thw"].prod(-1).sum()) if "image_grid_thw" in batch else 0
-    return 6 * n_dec * tokens + 6 * vocab * hidden * supervised + 2 * n_vis * patches
 
 
 def synthetic_records(folder: Path, n: int, image_px: int, seed: int = 0) -> list:
@@ -1514,97 +1492,6 @@ def synthetic_records(folder: Path, n: int, image_px: int, seed: int = 0) -> lis
                         "response": "<think>Tile " + str(i % 4 + 1) + " is upside down. " * 4 + "</think> "
                                     f"\\boxed{{{i % 4 + 1}, vertical}}", "meta": {}})
     return records
-
-
-def peak_memory_gb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**30
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20   # KiB on Linux
-
-
-def bench_one(model, tok, ip, batch: dict, device: torch.device, ckpt: bool, steps: int) -> dict:
-    """Median step time, tokens/s, MFU and peak memory of SFT steps on one model (one process; on GPU
-    sharded by FSDP2 with bf16 compute, as in training)."""
-    freeze_vision(model)
-    if ckpt:
-        enable_activation_checkpointing(model)
-    model.train()
-    flops, n_params = sft_step_flops(model, batch), sum(p.numel() for p in model.parameters())
-    model = shard_model(model, device) if device.type == "cuda" else model.to(device)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    times, tokens = [], 0
-    for i in range(steps + 2):  # two warm-up steps
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        t0 = time.perf_counter()
-        m = train_step(model, opt, [batch], 1e-5, 1.0, device)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        if i >= 2:
-            times.append(time.perf_counter() - t0)
-        tokens = m["tokens"]
-    dt = float(np.median(times))
-    peak = next((v for k, v in PEAK_BF16_FLOPS.items() if device.type == "cuda"
-                 and k in torch.cuda.get_device_name(device)), None)
-    return {"params_M": n_params / 1e6, "seq_len": batch["input_ids"].shape[1], "step_s": dt,
-            "tok_per_s": tokens / dt, "mfu": flops / dt / peak if peak else None, "peak_gb": peak_memory_gb(device)}
-
-
-def bench_cases(device: torch.device, batch_size: int, image_px: int) -> list:
-    """(name, build, batch size, image px) rows: tiny and ~6M everywhere, the 3B shape on a GPU."""
-    cases = [(name, lambda kind=kind: build_tiny("tiny", **kind), batch_size, image_px)
-             for name, kind in BENCH_MODELS]
-    if device.type == "cuda":
-        tiny_tok_ip = lambda: build_tiny("tiny")[1:]
-        cases.append(("Qwen2.5-VL-3B shape", lambda: (build_qwen25_vl_shape(QWEN25_VL_3B_SHAPE, "cuda"),
-                                                      *tiny_tok_ip()), 4, 512))
-    return cases
-
-
-def benchmark(cfg: Config, steps: int = 5, batch_size: int = 8, image_px: int = 224) -> list:
-    """Print a markdown table: SFT step time, tokens/s, MFU (GPU) and peak memory, with and without
-    activation checkpointing (one process, AdamW, vision frozen; CPU fp32, GPU FSDP2 bf16)."""
-    import tempfile
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for name, build, n, px in bench_cases(device, batch_size, image_px):
-            folder = Path(tmp) / f"{n}x{px}"
-            folder.mkdir(exist_ok=True)
-            records = synthetic_records(folder, n, px)
-            for ckpt in (True, False):
-                model, tok, ip = build()
-                ip.size = {"shortest_edge": 56 * 56, "longest_edge": 512 * 512}
-                batch = encode_records(records, folder, tok, ip)
-                try:
-                    r = bench_one(model, tok, ip, batch, device, ckpt, steps)
-                except torch.OutOfMemoryError:
-                    r = {"params_M": float("nan"), "seq_len": batch["input_ids"].shape[1], "step_s": float("nan"),
-                         "tok_per_s": float("nan"), "mfu": None, "peak_gb": float("nan")}
-                rows.append({"model": name, "act_ckpt": ckpt, "batch": n, **r})
-                del model
-                if device.type == "cuda":
-                    torch.cuda.empty_cache()
-    cleanup_dist()
-    print_bench_table(rows, device, image_px, steps)
-    return rows
-
-
-def print_bench_table(rows: list, device: torch.device, image_px: int, steps: int) -> None:
-    where = torch.cuda.get_device_name(device) + ", FSDP2 bf16" if device.type == "cuda" else \
-        f"CPU ({torch.get_num_threads()} threads), fp32"
-    print(f"SFT benchmark on {where}: {image_px}px images for the small models, 512px for the 3B shape; "
-          f"median of {steps} steps after 2 warm-up steps")
-    print("| model | params | batch | act. ckpt | seq len | step (s) | tokens/s | MFU | peak mem (GB) |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        mfu = f"{r['mfu']:.1%}" if r["mfu"] is not None else "n/a"
-        print(f"| {r['model']} | {r['params_M']:.2f}M | {r['batch']} | {'on' if r['act_ckpt'] else 'off'} | "
-              f"{r['seq_len']} | {r['step_s']:.3f} | {r['tok_per_s']:.0f} | {mfu} | {r['peak_gb']:.2f} |")
-    if device.type == "cpu":
-        print("peak mem on CPU = the process's max RSS so far (rows run in order, so it never decreases)")
 
 
 SMOKE_OVERRIDES = dict(model="tiny", max_steps=2, global_batch_size=4, micro_batch_size=2, lr=1e-3, warmup_ratio=0.0)
@@ -1635,13 +1522,10 @@ def main(argv: list | None = None) -> None:
     match) is one line "sft.py: error: …" with a non-zero exit, and nothing is written before the checks."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    if not (args.data or args.smoke or args.benchmark):
+    if not (args.data or args.smoke):
         parser.error("--data is required: the cold-start file make_data.py writes, e.g. --data data/ssrl/sft.jsonl")
     try:
         cfg = Config(**{**vars(args), "adam_betas": tuple(args.adam_betas)})
-        if cfg.benchmark:
-            benchmark(cfg)
-            return
         if cfg.data and not Path(cfg.data).is_file():
             raise SetupError(f"--data {cfg.data}: no such file (python make_data.py writes data/ssrl/sft.jsonl)")
         out_dir_mode(cfg)   # before --smoke writes its data into OUT

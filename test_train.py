@@ -460,6 +460,25 @@ def test_rollout_engine_equals_generate():
         engine.generate(batch, tok, max_new_tokens=6)
 
 
+def test_bench_sft_and_rollout_rows_run(data):
+    """bench.py's SFT and rollout rows run on the tiny model (the GPU rows use the same code); the SFT
+    FLOP count adds the vision backward (2 → 6 FLOPs per parameter and patch) only when the tower trains."""
+    import bench
+    model, tok, ip = sft.load_model("tiny")
+    batch = sft.encode_records(sft.read_jsonl(data)[:2], data.parent, tok, ip)
+    n_vis = sum(p.numel() for p in model.model.visual.parameters())
+    patches = int(batch["image_grid_thw"].prod(-1).sum())
+    gap = bench.sft_step_flops(model, batch, True) - bench.sft_step_flops(model, batch, False)
+    assert gap == 4 * n_vis * patches
+    row = bench.sft_step_row(lambda: sft.load_model("tiny")[0], batch, torch.device("cpu"), False, True, steps=1)
+    assert row["step_s"] > 0 and not row["oom"]
+    try:
+        rows = bench.rollout_comparison(torch.device("cpu"), prompts=2, group_size=2, new_tokens=3, px=56)
+    finally:
+        sft.cleanup_dist()
+    assert len(rows) == 2 and all(r["tok_per_s"] > 0 for r in rows)
+
+
 def test_benchmark_3b_shape_has_the_published_size():
     """The GPU benchmark's random Qwen2.5-VL-3B is built from the published config: 3.75B parameters,
     0.67B of them in the vision tower (counted on the meta device, no memory used)."""
