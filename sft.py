@@ -18,7 +18,7 @@ Paper → code (cold start = official training/SFT-coldstart, LLaMA-Factory conf
   loss on response tokens only, token mean              → sft_loss(), token_logprobs(), train_step()
   5 epochs, lr 1e-5, cosine, 10% warmup                 → Config, lr_at()
   global batch 256 = 4 per device × 8 accum × 8 GPUs    → Config, micro_batches()
-  cutoff 4096 tokens, images ≤ 512² px                  → Config.max_length, Config.max_pixels, prepare_records()
+  cutoff 4096 tokens, images ≤ 512² px                  → Config.max_length, PAPER_MAX_PIXELS, prepare_records()
   vision tower + projector frozen                       → freeze_vision()
   bf16 training                                          → shard_model() (FSDP2 MixedPrecisionPolicy)
   merged HF checkpoint for GRPO                          → save_hf()
