@@ -1037,8 +1037,9 @@ def print_shortcuts(rows):
 # --------------------------------------------------------------------------------------------
 # Preview contact sheet, summary
 # --------------------------------------------------------------------------------------------
-def make_preview(records, root, path, row_height=260, text_width=560):
-    """One row per task: its images (scaled to row_height) next to the wrapped question and the answer."""
+def make_preview(records, root, path, row_height=260, text_width=560, scene_size=(384, 512)):
+    """One row per task: its images (scaled to row_height) next to the wrapped question and the answer;
+    for built-in scenes a last row of the first 8 source scenes (RGB above depth) shows their variety."""
     first = {}
     for rec in records:
         first.setdefault(rec["task"], rec)
@@ -1066,6 +1067,10 @@ def make_preview(records, root, path, row_height=260, text_width=560):
         rows.append(row)
     if not rows:
         return None
+    seeds = list(dict.fromkeys(int(r["source"].split(":", 1)[1]) for r in records if r["source"].startswith("scene:")))
+    if seeds:
+        h, w = scene_size
+        rows.append(scenes.contact_sheet(seeds[:8], 144, max(16, round(144 * w / h)), columns=8))
     sheet = Image.new("RGB", (max(r.width for r in rows), sum(r.height + 6 for r in rows)), (200, 200, 200))
     y = 0
     for r in rows:
@@ -1114,7 +1119,7 @@ def main(argv=None):
         path = Path(cfg.out) / "preview.png" if cfg.preview == "auto" else Path(cfg.preview)
         root = Path(cfg.out)
         records = [r for split in ("train", "test") for _, r in _read_jsonl(root / f"{split}.jsonl")]
-        preview = make_preview(records, root, path)
+        preview = make_preview(records, root, path, scene_size=parse_size(cfg.scene_size))
     print_summary(cfg, stats, preview)
     if not sum(sum(v.values()) for v in stats["counts"].values()):
         print(f"make_data: error: nothing usable: no example could be made from the given sources "

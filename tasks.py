@@ -83,7 +83,8 @@ CROP_DISPLAY = 0.7       # candidates are shown at this fraction of the hole's s
 DEPTH_BANDS = ((0.0, 0.3), (0.35, 0.65), (0.7, 1.0))   # normalised depth bands: near, middle, far
 REGION_MAX_RANGE = 0.15  # a marked region is flat: normalised depth range below this
 REGION_MIN_GAP = 0.05    # depth regions: gap between their depth intervals above this
-DEPTH_TRIES = 64         # random marker triples scored per depth example (pick the one matching the targets)
+DEPTH_EDGE_TARGETS = (0.35, 0.3, 0.2, 0.15)  # distribution of the "edge = nearer" agreement targets (0..3 pairs)
+DEPTH_TRIES = 128        # random marker triples scored per depth example (pick the one matching the targets)
 POSITION_X_BIG = 0.15    # |Δx| / width above this is a clear left/right offset (official: 150 px)
 POSITION_Z_BIG = 0.25    # |Δz| (normalised) above this is a clear front/back offset (official: 0.25)
 POSITION_SMALL = 0.5     # an offset counts as negligible below POSITION_SMALL · threshold (dead band between)
@@ -613,9 +614,10 @@ def pair_agreement(order_xy: np.ndarray, h: int, w: int) -> tuple:
 def _pick_band_regions(cells: dict, min_dist: float, shape: tuple, rng: np.random.Generator) -> list | Rejected:
     """One flat region inside each depth band, their depth intervals > REGION_MIN_GAP apart and their
     centres at least min_dist pixels apart. Among DEPTH_TRIES random valid triples, take the one whose
-    agreement with the two 2-D rules (pair_agreement) is closest to random targets drawn uniformly from
-    0..3 pairs, so that over a dataset those rules are right about half the time pairwise and rarely in
-    full. Returns the cell indices, near to far."""
+    agreement with the two 2-D rules (pair_agreement) is closest to random targets of 0..3 pairs (uniform
+    for "lower = nearer", DEPTH_EDGE_TARGETS for "edge = nearer", whose agreeing triples are more common),
+    so that over a dataset those rules are right about half the time pairwise and rarely in full.
+    Returns the cell indices, near to far."""
     in_band = [np.nonzero((cells["lo"] >= a) & (cells["hi"] <= b))[0] for a, b in DEPTH_BANDS]
     if any(len(idx) == 0 for idx in in_band):
         return Rejected("no-region-in-band")
@@ -628,7 +630,8 @@ def _pick_band_regions(cells: dict, min_dist: float, shape: tuple, rng: np.rando
     if len(ok) == 0:
         return Rejected("regions-too-close")
     lower, outer = pair_agreement(xy[ok], *shape)
-    target_lower, target_outer = rng.integers(0, 4, 2)
+    target_lower = rng.integers(0, 4)
+    target_outer = rng.choice(4, p=DEPTH_EDGE_TARGETS)       # skewed low: edge-near triples are the common ones
     cost = np.abs(lower - target_lower) + np.abs(outer - target_outer) + rng.random(len(ok)) * 0.1
     return [int(v) for v in pick[ok[int(np.argmin(cost))]]]
 
