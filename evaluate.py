@@ -852,36 +852,30 @@ class Generator:
     """Greedy completions for encode() batches through sft's shared generation path.
 
     Every sampling field is explicit (do_sample False, temperature 1, top_p 1, top_k 0), so nothing comes from
-    the checkpoint's generation_config. On CUDA the fast path of sft (a plain bf16 copy, static KV cache,
-    compiled decode) is used when sft provides it (sft.RolloutEngine), else sft.generate."""
+    the checkpoint's generation_config. On CUDA (--fast) the batches go through sft.RolloutEngine: a plain copy
+    of the model (the loaded one is then dropped), static KV cache, compiled decode, prompts padded to length
+    buckets and batch_size rows per call, so compilation happens once per bucket. Elsewhere sft.generate.
+    engine=True forces the engine (its CPU twin runs without compilation; the tests compare the two)."""
 
-    def __init__(self, model, tokenizer, cfg: Config, device):
+    def __init__(self, model, tokenizer, cfg: Config, device, engine: bool | None = None):
         import sft
         self.sft, self.model, self.tok, self.cfg, self.device = sft, model, tokenizer, cfg, device
-        self.engine = None
-        if cfg.fast and device.type == "cuda" and hasattr(sft, "RolloutEngine"):
-            self.engine = sft.RolloutEngine(model)
+        use = cfg.fast and device.type == "cuda" if engine is None else engine
+        self.engine = sft.RolloutEngine(model, prompts_per_call=cfg.batch_size) if use else None
+        if self.engine is not None:
+            self.model = None   # the engine holds its own copy
 
     def __call__(self, batch: dict) -> tuple:
         """(texts, generated token counts) for a left-padded batch."""
         greedy = dict(max_new_tokens=self.cfg.max_new_tokens, do_sample=False, temperature=1.0, top_p=1.0,
                       top_k=0)
-        gen = self.engine.generate if self.engine is not None else \
-            (lambda b, tok, **kw: self.sft.generate(self.model, b, tok, **kw))
-        out = gen(batch, self.tok, **greedy)
-        ids, mask = out if isinstance(out, tuple) else (out, completion_mask(out, self.tok))
-        ids, mask = ids.cpu(), mask.cpu()
+        if self.engine is not None:
+            out = self.engine.generate(batch, self.tok, **greedy)
+        else:
+            out = self.sft.generate(self.model, batch, self.tok, **greedy)
+        ids, mask = (t.cpu() for t in out)
         texts = [self.tok.decode(ids[i][mask[i]].tolist(), skip_special_tokens=True) for i in range(len(ids))]
         return texts, [int(m.sum()) for m in mask]
-
-
-def completion_mask(ids, tokenizer):
-    """True up to and including the first <|im_end|> of each row (for a generate() that returns ids only)."""
-    import torch
-    eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
-    is_eos = (ids == eos).long()
-    after = torch.cumsum(is_eos, dim=1) - is_eos   # eos tokens strictly before this position
-    return after == 0
 
 
 def to_messages(item: Item, n_images_slots: list) -> list:
@@ -1061,6 +1055,7 @@ def evaluate(cfg: Config) -> dict:
             raise DataError(f"no --data for {missing or 'any benchmark'} (give BENCH=PATH, see --help)")
         model, tok, ip = load_for_eval(cfg, d.device)
         gen = Generator(model, tok, cfg, d.device)
+        del model   # on the fast path the engine holds the only copy
         results = {b: run_bench(b, paths[b], cfg, gen, ip, d) for b in benches}
         if d.is_main:
             write_results(results, cfg)
