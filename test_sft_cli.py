@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("SPATIAL_SSRL_DEVICE", "cpu")   # the CPU path also on a GPU machine (sft.use_cuda)
 
 import huggingface_hub
 import huggingface_hub.constants
