@@ -1027,9 +1027,11 @@ def print_shortcuts(rows):
           f"{'chance':>8}{'limit':>7}")
     for r in rows:
         acc = "-" if r["accuracy"] is None else f"{r['accuracy']:.1%}"
-        se = "" if r["accuracy"] is None or not r["n"] else \
-            f"{2 * math.sqrt(max(r['accuracy'] * (1 - r['accuracy']), 1e-4) / r['n']):.1%}"
-        flag = "" if r["ok"] in (True, None) else "  ABOVE LIMIT"
+        two_se = 0.0 if r["accuracy"] is None or not r["n"] else \
+            2 * math.sqrt(max(r["accuracy"] * (1 - r["accuracy"]), 1e-4) / r["n"])
+        se = f"{two_se:.1%}" if r["accuracy"] is not None else ""
+        flag = "" if r["ok"] in (True, None) else \
+            "  ABOVE LIMIT" if r["accuracy"] - two_se > r["threshold"] else "  above limit (within 2 SE: more data?)"
         limit = "-" if r["threshold"] is None else f"{r['threshold']:.0%}"
         print(f"{r['task']:<10}{r['heuristic'][:72]:<74}{r['n']:>6}{acc:>7}{se:>6}{r['chance']:>8.1%}{limit:>7}{flag}")
 
