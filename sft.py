@@ -1089,12 +1089,26 @@ class RolloutEngine:
             k = part["input_ids"].shape[0]
             inputs = {key: v.to(self.device) for key, v in
                       pad_prompts(part, length, self.prompts_per_call, tokenizer.pad_token_id).items()}
-            out = self.copy.generate(**inputs, generation_config=gc)[:k * n, length:]
+            out = self._decode(inputs, gc)[:k * n, length:]
             outs.append(completion_mask(out, gc.eos_token_id, tokenizer.pad_token_id))
         width = max(ids.shape[1] for ids, _ in outs)
         ids = torch.cat([F.pad(i, (0, width - i.shape[1]), value=tokenizer.pad_token_id) for i, _ in outs])
         mask = torch.cat([F.pad(m, (0, width - m.shape[1]), value=False) for _, m in outs])
         return ids, mask
+
+    def _decode(self, inputs: dict, gc):
+        """transformers' generate on the copy; if torch.compile fails on this platform, say so once and go on
+        uncompiled (a rollout must not die for a compiler error)."""
+        from torch._dynamo.exc import TorchDynamoException
+        try:
+            return self.copy.generate(**inputs, generation_config=gc)
+        except TorchDynamoException as e:
+            if gc.disable_compile:
+                raise
+            print0(f"RolloutEngine: torch.compile failed ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+                   "decoding uncompiled from now on")
+            self.compile, gc.disable_compile = False, True
+            return self.copy.generate(**inputs, generation_config=gc)
 
 
 def prompt_slice(batch: dict, lo: int, hi: int, merge_size: int = 2) -> dict:

@@ -455,6 +455,16 @@ def test_rollout_engine_equals_generate():
     assert torch.equal(ids, e_ids) and torch.equal(mask, e_mask) and engine.max_cache_len == 128 + 6
     s_ids, s_mask = engine.generate(batch, tok, max_new_tokens=6, do_sample=True, num_return_sequences=2)
     assert s_ids.shape[0] == 8 and torch.equal(s_mask, sft.completion_mask(s_ids, 2, 0)[1])
+    calls = []                                   # a torch.compile failure: reported once, then uncompiled
+
+    def flaky(**kw):
+        calls.append(kw["generation_config"].disable_compile)
+        if not kw["generation_config"].disable_compile:
+            raise torch._dynamo.exc.TorchDynamoException("inductor: no C++ compiler")
+        return type(engine.copy).generate(engine.copy, **kw)
+    engine.copy.generate = flaky
+    assert torch.equal(engine.generate(batch, tok, max_new_tokens=6)[0], ids) and calls == [False, True, True]
+    assert not engine.compile
     engine.free()
     with pytest.raises(RuntimeError, match="refresh"):
         engine.generate(batch, tok, max_new_tokens=6)
