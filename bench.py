@@ -40,14 +40,14 @@ def _per_call(fn, seconds: float, min_reps: int = 3) -> tuple:
     return (time.process_time() - c0) / reps, (time.perf_counter() - t0) / reps
 
 
-def _bench_generators(seconds: float) -> list:
+def _bench_generators(seconds: float, sizes: list) -> list:
     """ms per example of every pretext generator (and with JPEG encoding of its images) on built-in scenes."""
     import io
     import numpy as np
     import scenes
     import tasks
     rows = []
-    for w, h in ((512, 384), (1024, 768)):
+    for w, h in sizes:
         renders = [scenes.render_scene(s, h, w) for s in range(6)]
         for task in tasks.TASKS:
             accepted = []
@@ -71,7 +71,8 @@ def bench_data(args) -> None:
     import make_data
     import scenes
     print(f"machine: {machine()}\n")
-    rows = _bench_generators(args.seconds)
+    sizes = [tuple(int(v) for v in wh.split("x")) for wh in args.sizes.split(",")]
+    rows = _bench_generators(args.seconds, sizes)
     print("| input | task | gen ms (CPU) | gen ms (wall) | gen + JPEG ms (CPU) | accepted |\n|---|---|---|---|---|---|")
     for size, task, cpu, wall, cpu_s, ok in rows:
         print(f"| {size} | {task} | {cpu:.1f} | {wall:.1f} | {cpu_s:.1f} | {ok:.0%} |")
@@ -79,8 +80,8 @@ def bench_data(args) -> None:
     print("\ntarget < 20 ms per sample at 1024x768: " + ("met" if not slow else "MISSED by " + ", ".join(slow)))
     print("\n| scene size | ms (CPU) | scenes/s (one core) | ms (wall) |\n|---|---|---|---|")
     renders = {}
-    for w, h in ((256, 192), (512, 384), (1024, 768)):
-        cpu, wall = _per_call(lambda i: scenes.render_scene(1000 + i, h, w), args.seconds)
+    for w, h in sorted(set(sizes) | {(256, 192), (512, 384)}):
+        cpu, wall = _per_call(lambda i: scenes.render_scene(i, h, w), args.seconds, min_reps=40 if w <= 512 else 5)
         renders[(w, h)] = 1 / cpu
         print(f"| {w}x{h} | {cpu * 1e3:.1f} | {1 / cpu:.1f} | {wall * 1e3:.1f} |")
     print("\ntarget >= 30 scenes/s at 512x384 on one core: " + ("met" if renders[(512, 384)] >= 30 else "MISSED"))
@@ -100,6 +101,7 @@ def add_data_parser(sub) -> None:
     p = sub.add_parser("data", help="pretext generators, scene renders/s, builder throughput",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--seconds", type=float, default=1.0, help="time budget per timing cell")
+    p.add_argument("--sizes", default="512x384,1024x768", help="WxH list of generator inputs (and scene sizes)")
     p.add_argument("--build-n", type=int, default=300, help="examples in the end-to-end build (0 = skip)")
     p.add_argument("--workers", type=int, default=1, help="worker processes of the end-to-end build")
     p.set_defaults(run=bench_data)
@@ -354,6 +356,175 @@ def add_rollout_parser(sub) -> None:
 
 
 # ----------------------------------------------------------------------------- grpo
+TRL_TINY_STEP_S = 0.435   # TRL 1.16 GRPOTrainer, tiny 0.29M Qwen2.5-VL, 8 prompts × G 5 × 48 new tokens, β 0.01,
+#                           token-mean loss, median s/step on the 2-core CPU machine of this project (issue 8)
+
+
+def _sync_now(device) -> float:
+    import time
+    import torch
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
+def grpo_models(build, device, kl_coef: float) -> dict:
+    """Policy (+ frozen reference when β > 0), arranged as grpo.setup_models does: batched vision attention,
+    vision trained, activation checkpointing, CPU plain fp32, CUDA FSDP2 with bf16 compute (reference bf16)."""
+    import copy
+    import torch
+    import sft
+    model, tok, ip = build()
+    sft.fast_vision_attention(model)                  # as sft.load_model installs it
+    ref = copy.deepcopy(model).requires_grad_(False).eval() if kl_coef else None
+    model.config.use_cache = False
+    sft.enable_activation_checkpointing(model)
+    model.train()
+    if device.type == "cuda":
+        model = sft.shard_model(model, device)
+        ref = sft.shard_model(ref.to(torch.bfloat16), device) if ref is not None else None
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-6, weight_decay=0.01)
+    return {"model": model, "ref": ref, "tok": tok, "ip": ip, "opt": opt}
+
+
+def grpo_step(s: dict, sampler, records: list, root, cfg, device) -> dict:
+    """One GRPO step through grpo.py's own phases; seconds per phase and token counts."""
+    import time
+    import grpo
+    c0, t0 = time.process_time(), _sync_now(device)
+    ro = grpo.rollout(sampler, s["model"], records, root, s["tok"], s["ip"], cfg)
+    grpo.score(ro, s["tok"])
+    ro.advantages = grpo.group_advantages(ro.rewards, cfg.group_size)
+    t1 = _sync_now(device)
+    n_updates = cfg.rollout_batch_size // cfg.update_batch_size
+    ro.old_logp = grpo.rollout_logprobs(s["model"], ro, cfg, device) if n_updates > 1 else None
+    ro.ref_logp = grpo.rollout_logprobs(s["ref"], ro, cfg, device) if s["ref"] is not None else None
+    t2 = _sync_now(device)
+    per = len(ro.mask) // n_updates
+    ups = [grpo.update(s["model"], s["opt"], ro, list(range(j * per, (j + 1) * per)), cfg, device)
+           for j in range(n_updates)]
+    t3 = _sync_now(device)
+    prompt_tokens = ro.prompts["attention_mask"].sum(1).repeat_interleave(cfg.group_size)
+    patches = int(ro.prompts["image_grid_thw"].prod(-1).sum()) * cfg.group_size if "image_grid_thw" in ro.prompts else 0
+    return {"gen": t1 - t0, "logprob": t2 - t1, "update": t3 - t2, "step": t3 - t0, "cpu": time.process_time() - c0,
+            "refresh": getattr(sampler, "refresh_s", 0.0),
+            "new_tokens": int(ro.mask.sum()), "seq_tokens": int(prompt_tokens.sum() + ro.mask.sum()),
+            "patches": patches, "logprob_passes": (n_updates > 1) + (s["ref"] is not None), "skipped": sum(u["skipped"] for u in ups)}
+
+
+def grpo_flops(model, t: dict) -> tuple:
+    """(update FLOPs, one log-prob pass FLOPs) of a step (matmuls only, recomputation not counted):
+    update 6·N_dec·T + 6·N_vis·P + 6·V·H·S (vision trained), log-prob pass 2·N_dec·T + 2·N_vis·P + 2·V·H·S;
+    T = tokens of every prompt + completion, P = image patches of every sequence, S = completion tokens."""
+    lm, visual = model.model.language_model, model.model.visual
+    n_dec = sum(p.numel() for n, p in lm.named_parameters() if "embed_tokens" not in n)
+    n_vis = sum(p.numel() for p in visual.parameters())
+    vocab, hidden = model.lm_head.weight.shape
+    fwd = n_dec * t["seq_tokens"] + n_vis * t["patches"] + vocab * hidden * t["new_tokens"]
+    return 6 * fwd, 2 * fwd
+
+
+def grpo_bench_case(name: str, build, device, args, n_prompts: int, new_tokens: int, px: int) -> dict:
+    """Median seconds per phase over args.steps GRPO steps (after one warm-up step) for one model."""
+    import tempfile
+    from pathlib import Path
+    import numpy as np
+    import torch
+    import grpo
+    import sft
+    cuda = device.type == "cuda"
+    micro = args.micro_batch_size or (4 if cuda else n_prompts * args.group_size)
+    big_gpu = cuda and torch.cuda.get_device_properties(device).total_memory > 100 * 2**30
+    cfg = grpo.Config(data="bench", group_size=args.group_size, rollout_batch_size=n_prompts * args.updates,
+                      update_batch_size=n_prompts, micro_batch_size=micro, logprob_micro_batch_size=micro * 2,
+                      max_new_tokens=new_tokens, kl_coef=args.kl_coef, rollout_engine="engine" if cuda else "generate",
+                      keep_rollout_copy=big_gpu or not cuda)   # 80 GB: free the bf16 copy before the update
+    s = grpo_models(build, device, cfg.kl_coef)
+    s["ip"].size = {"shortest_edge": 56 * 56, "longest_edge": px * px}
+    with tempfile.TemporaryDirectory() as tmp:
+        records = sft.synthetic_records(Path(tmp), cfg.rollout_batch_size, px)
+        sampler = grpo.Sampler(s["model"], cfg, device)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        runs = []
+        for i in range(args.steps + 1):
+            torch.manual_seed(i)
+            runs.append(grpo_step(s, sampler, records, Path(tmp), cfg, device))
+    med = {k: float(np.median([r[k] for r in runs[1:]])) for k in runs[1]}
+    n_params = sum(p.numel() for p in s["model"].parameters())
+    f_update, f_lp = grpo_flops(s["model"], med)
+    peak_flops = next((v for k, v in PEAK_BF16_FLOPS.items() if device.type == "cuda"
+                       and k in torch.cuda.get_device_name(device)), None)
+    return {"model": name, "params_M": n_params / 1e6, "prompts": n_prompts * args.updates, "px": px,
+            "new": new_tokens, **med, "gen_tok_s": med["new_tokens"] / med["gen"],
+            "lp_tok_s": med["seq_tokens"] * med["logprob_passes"] / med["logprob"] if med["logprob"] else float("nan"),
+            "mfu": f_update / med["update"] / peak_flops if peak_flops else None, "peak_gb": peak_memory_gb(device)}
+
+
+def grpo_cases(device) -> list:
+    """(name, build, prompts, new tokens, image px): tiny and ~6M on CPU (the TRL comparison's work), the
+    Qwen2.5-VL-3B shape (random weights, published config) on a GPU."""
+    import sft
+    if device.type == "cuda":
+        return [("Qwen2.5-VL-3B shape", lambda: (sft.build_qwen25_vl_shape(sft.QWEN25_VL_3B_SHAPE, "cuda"),
+                                                 *sft.build_tiny("tiny")[1:]), 8, 256, 512)]
+    return [(name, lambda kind=kind: sft.build_tiny("tiny", **kind), 8, 48, 112) for name, kind in SMALL_MODELS]
+
+
+def run_grpo(args) -> None:
+    import torch
+    import sft
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device("cuda" if sft.use_cuda() else "cpu")
+    where = "FSDP2 bf16 compute, rollouts from sft.RolloutEngine" if device.type == "cuda" else \
+        f"{torch.get_num_threads()} threads, fp32, rollouts from sft.generate"
+    print(f"GRPO step (grpo.py phases), {machine()}; {where}; G {args.group_size}, β {args.kl_coef}, "
+          f"{args.updates} update(s) per rollout, median of {args.steps} steps after 1 warm-up step\n")
+    print("| model | params | prompts × G | image px | max new tokens | generation s | log-probs s | update s | "
+          "step s | CPU s/step | generated tok/s | log-prob tok/s | update MFU | peak GB (GPU alloc / CPU RSS) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    tiny_step = None
+    for name, build, n, new, px in grpo_cases(device):
+        try:
+            r = grpo_bench_case(name, build, device, args, n, args.new_tokens or new, px)
+        except torch.OutOfMemoryError:
+            print(f"| {name} | out of memory |")
+            continue
+        tiny_step = (r["step"], r["cpu"]) if name == "tiny" else tiny_step
+        mfu = f"{r['mfu']:.1%}" if r["mfu"] is not None else "n/a"
+        print(f"| {name} | {r['params_M']:.2f}M | {r['prompts']} × {args.group_size} | {px}² | {r['new']} | "
+              f"{r['gen']:.3f} | {r['logprob']:.3f} | {r['update']:.3f} | {r['step']:.3f} | {r['cpu']:.3f} | {r['gen_tok_s']:.0f} | "
+              f"{r['lp_tok_s']:.0f} | {mfu} | {r['peak_gb']:.1f} |")
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    if tiny_step is not None and args.updates == 1 and args.group_size == 5 and not args.new_tokens:
+        print(f"\nTRL 1.16 GRPOTrainer on the same work (tiny, 8 prompts × G 5 × 48 new tokens, β 0.01), same "
+              f"machine: {TRL_TINY_STEP_S:.3f} s/step → grpo.py {tiny_step[0]:.3f} s/step wall "
+              f"({TRL_TINY_STEP_S / tiny_step[0]:.1f}× faster), {tiny_step[1]:.3f} CPU-s/step; load average now "
+              f"{__import__('os').getloadavg()[0]:.1f} (on a busy machine compare CPU seconds with --threads 1)")
+    print()
+    rollout_comparison(device, 8, args.group_size, args.rollout_tokens or (256 if device.type == "cuda" else 48),
+                       448 if device.type == "cuda" else 112)   # both samplers, the sft section's table
+    import sft
+    sft.cleanup_dist()
+
+
+def add_grpo_parser(sub) -> None:
+    p = sub.add_parser("grpo", help="GRPO step: generation / log-probs / update (+ rollout paths)",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--steps", type=int, default=5, help="timed steps per model (after one warm-up step)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--group-size", type=int, default=5, help="samples per prompt G")
+    p.add_argument("--updates", type=int, default=1, help="optimizer steps per rollout (1 = on-policy, as TRL's default)")
+    p.add_argument("--micro-batch-size", type=int, default=0,
+                   help="sequences per update forward, log-probs twice that (0: all 40 on CPU, 4 on a GPU)")
+    p.add_argument("--kl-coef", type=float, default=0.01, help="β; > 0 adds the frozen reference's log-prob pass")
+    p.add_argument("--new-tokens", type=int, default=0, help="max new tokens per step (0: 48 on CPU, 256 on a GPU)")
+    p.add_argument("--rollout-tokens", type=int, default=0, help="new tokens in the rollout table (0: 48 CPU, 256 GPU)")
+    p.set_defaults(run=run_grpo)
+
+
 # ----------------------------------------------------------------------------- eval
 def eval_cases(device) -> list:
     """(name, build() -> (model, tok, ip), items, batch size, image px, new tokens) per measured setup."""
@@ -430,7 +601,8 @@ def add_eval_parser(sub) -> None:
 def main(argv: list | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="stage", required=True)
-    for add_parser in (add_data_parser, add_sft_parser, add_rollout_parser, add_eval_parser,):   # each stage section defines add_<stage>_parser(sub); list them here in stage order
+    for add_parser in (add_data_parser, add_sft_parser, add_rollout_parser, add_grpo_parser,
+                       add_eval_parser):   # each stage section defines add_<stage>_parser(sub); list them here in stage order
         add_parser(sub)
     args = parser.parse_args(argv)
     args.run(args)

@@ -620,14 +620,15 @@ def _wall_albedo(s, y, face, sc):
     return col
 
 
-def _surface_albedo(px, py, pz, face, sc):
-    """Albedo channel planes of floor / wall / ceiling hit points (1-D arrays) given their faces."""
-    out = [np.empty(px.shape, np.float32) for _ in range(3)]
+def _surface_albedo(p, face, sc, albedo):
+    """Write the albedo of floor / wall / ceiling pixels (face 0..5; objects are −1, the sky SKY) into the
+    three contiguous (H, W) albedo planes, from the hit points' three (H, W) coordinate planes p."""
+    flat = face.ravel()
     for f in range(6):
-        idx = np.flatnonzero(face == f)
+        idx = np.flatnonzero(flat == f)
         if not len(idx):
             continue
-        x, y, z = px[idx], py[idx], pz[idx]
+        x, y, z = (pi.ravel()[idx] for pi in p)
         if f == 0:
             col = _grass(x, z, sc["floor"], sc["noise"]) if sc["floor"]["kind"] == "grass" else \
                 _floor_albedo(x, z, sc["floor"], sc["noise"])
@@ -635,9 +636,8 @@ def _surface_albedo(px, py, pz, face, sc):
             col = (np.full(x.shape, 0.93, np.float32),) * 3
         else:
             col = _wall_albedo(z if f in (2, 3) else x, y, f, sc)
-        for o, c in zip(out, col):
-            o[idx] = c
-    return out
+        for plane, c in zip(albedo, col):
+            plane.ravel()[idx] = c
 
 
 # ----------------------------------------------------------------------------- lighting
@@ -809,16 +809,14 @@ def render_scene(seed, height=384, width=512):
     z = np.where(sky, 0, depth)
     p = tuple(float(o[i]) + z * d[i] for i in range(3))
     albedo = [np.zeros((height, width), np.float32) for _ in range(3)]
-    on_room = (obj_id < 0) & ~sky
-    for plane, col in zip(albedo, _surface_albedo(*(pi[on_room] for pi in p), face[on_room], sc)):
-        plane[on_room] = col
+    _surface_albedo(p, face, sc, albedo)
     for k, (obj, (r0, r1, c0, c1)) in enumerate(zip(objects, boxes)):
         win = (slice(r0, r1), slice(c0, c1))
         m = obj_id[win] == k
         if m.any():
             for plane, col in zip(albedo, _object_albedo(*(pi[win][m] for pi in p), obj, sc["noise"])):
                 plane[win][m] = col
-    shadow = _receiver_light(sc, objects, p, on_room & (face == 0), obj_id, normal[1])
+    shadow = _receiver_light(sc, objects, p, face == 0, obj_id, normal[1])
     rgb = _shade(p, normal, albedo, shadow, sc, z)
     if sky.any():
         for i, plane in enumerate(_sky(tuple(di[sky] for di in d), sc)):
