@@ -260,22 +260,28 @@ def bench_sft(args) -> list:
         print(f"\n| vision tower fwd+bwd, {name}, {n} images {px}px ({patches} patches) | transformers loop (s) | "
               f"batched (s) | speed-up |\n|---|---|---|---|\n| {'bf16' if device.type == 'cuda' else 'fp32'} | "
               f"{va['loop']:.3f} | {va['batched']:.3f} | {va['loop'] / va['batched']:.1f}x |\n")
+    if args.rollout:
+        rollout_comparison(device)
     return rows
 
 
 def print_sft_table(rows: list) -> None:
-    base = next((r for r in rows if r["vision"] == "frozen" and not r["ckpt"]), None)
+    """Markdown table; the ratios are the targets' terms: checkpointing cost (vs the same vision setting
+    without it) and training the vision tower (vs frozen with the same checkpointing)."""
+    step = {(r["vision"], r["ckpt"]): r["step_s"] for r in rows if not r["oom"]}
+    ratio = lambda a, b: f"{step[a] / step[b]:.2f}" if a in step and b in step else "n/a"
     print(f"SFT step, {rows[0]['model']}: one micro-batch of {rows[0]['records']} records = {rows[0]['tokens']} "
           "tokens; median of the steps after 2 warm-up steps; MFU counts vision fwd (+ bwd when it trains)")
-    print("| vision | act. ckpt | step (s) | × frozen, no ckpt | tokens/s | MFU | peak mem (GB) |")
-    print("|---|---|---|---|---|---|---|")
+    print("| vision | act. ckpt | step (s) | × without ckpt | × frozen vision | tokens/s | MFU | peak mem (GB) |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         if r["oom"]:
-            print(f"| {r['vision']} | {'on' if r['ckpt'] else 'off'} | out of memory | | | | |")
+            print(f"| {r['vision']} | {'on' if r['ckpt'] else 'off'} | out of memory | | | | | |")
             continue
         mfu = f"{r['mfu']:.1%}" if r["mfu"] is not None else "n/a"
-        ratio = f"{r['step_s'] / base['step_s']:.2f}" if base and not base["oom"] else "n/a"
-        print(f"| {r['vision']} | {'on' if r['ckpt'] else 'off'} | {r['step_s']:.3f} | {ratio} | "
+        key = (r["vision"], r["ckpt"])
+        print(f"| {r['vision']} | {'on' if r['ckpt'] else 'off'} | {r['step_s']:.3f} | "
+              f"{ratio(key, (r['vision'], False))} | {ratio(key, ('frozen', r['ckpt']))} | "
               f"{r['tok_per_s']:.0f} | {mfu} | {r['peak_gb']:.1f} |")
 
 
@@ -287,6 +293,7 @@ def add_sft_parser(sub) -> None:
     p.add_argument("--px", type=int, default=448, help="image side in pixels on CPU")
     p.add_argument("--gpu-records", type=int, default=18,
                    help="records per micro-batch for the 3B shape on a GPU (18 x ~470 tokens = ~8.5k tokens)")
+    p.add_argument("--rollout", action="store_true", help="then also the rollout comparison (bench.py rollout)")
     p.set_defaults(run=bench_sft)
 
 
