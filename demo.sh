@@ -5,10 +5,12 @@
 #
 #   bash demo.sh                 # ~4 min on a 2-core machine; everything goes to runs/demo (DEMO_OUT=... to move)
 #
-# Sizes are chosen so the tiny model (~0.3M parameters, 56x56-pixel images = 4 image tokens) learns the answer
-# format in the cold start and GRPO then raises the reward in a few minutes. The demo uses the three tasks whose
-# reasoning traces are shortest (position, flip, shuffle: ~150 tokens) to keep the rollouts short. The tiny model
-# cannot see much at this resolution: what it learns is the format and the answer priors, not spatial skill.
+# Sizes: the tiny model (~0.3M parameters) sees 56x56-pixel images (4 image tokens) and learns the answer format
+# in the cold start (greedy: every answer well-formed). The demo uses the three tasks whose reasoning traces are
+# shortest (position, flip, shuffle: ~150 tokens) to keep rollouts short. What GRPO can change at this scale is
+# limited: a model that cannot see the markers or tiles answers at chance, so the sampled reward moves with the
+# format rate and noise (32 samples per step); see README "Demo" for measured curves. Real gains need a real
+# model: the README's 8-GPU commands.
 set -euo pipefail
 cd "$(dirname "$0")"
 OUT=${DEMO_OUT:-runs/demo}
@@ -35,10 +37,10 @@ $PY evaluate.py --model "$OUT/sft" --data "pretext=$OUT/data/test.jsonl" --pixel
     --max-new-tokens $TOKENS --batch-size 16 --out "$OUT/eval-sft" --no-progress --no-plot > "$OUT/eval-sft.log" 2>&1
 grep -E "items/s" "$OUT/eval-sft.log"
 
-stage "4/5 grpo.py on 2 processes (torchrun): 20 steps, 8 prompts x 4 samples"
+stage "4/5 grpo.py on 2 processes (torchrun): 20 steps, 8 prompts x 4 samples at temperature 1"
 OMP_NUM_THREADS=1 $PY -m torch.distributed.run --standalone --nproc_per_node 2 grpo.py --model "$OUT/sft" \
     --data "$OUT/data/train.jsonl" --out "$OUT/grpo" --max-steps 20 --rollout-batch-size 8 --update-batch-size 8 \
-    --group-size 4 --max-new-tokens $TOKENS --min-pixels $PX --max-pixels $PX --lr 2e-4 --save-every 0 \
+    --group-size 4 --max-new-tokens $TOKENS --min-pixels $PX --max-pixels $PX --lr 1e-4 --save-every 0 \
     --save-dtype float32 > "$OUT/grpo.log" 2>&1 || { tail -20 "$OUT/grpo.log"; exit 1; }
 $PY - "$OUT/grpo/metrics.jsonl" <<'EOF'
 import json, sys
