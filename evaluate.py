@@ -78,6 +78,7 @@ BENCH_PIXELS = {"pretext": (56 * 56, 512 * 512), "spatial457": (1280 * 784, 1638
                 "3dsrbench": (1280 * 784, 16384 * 784), "spatialeval": (1280 * 784, 16384 * 784),
                 "qspatial_plus": (1280 * 784, 16384 * 784), "whatsup": (56 * 56, 512 * 784),
                 "viewspatial": (256 * 784, 1280 * 784), "vsibench": (128 * 784, 384 * 784)}
+PRETEXT_DEFAULT = "data/ssrl/test.jsonl"   # make_data.py's default output
 PAPER_ROWS = ("Qwen2.5-VL-3B", "Qwen2.5-VL-3B CoT", "Spatial-SSRL-3B", "Qwen2.5-VL-7B", "Qwen2.5-VL-7B CoT",
               "Spatial-SSRL-7B")
 PAPER = {  # Table 1 of the paper (official repo assets/exp_result.png), % ; see benchmarks.md §0
@@ -99,7 +100,8 @@ def _f(default, help):
 class Config:
     model: str = _f("tiny", "HF id or local HF dir (Qwen2.5-VL / Qwen3-VL), or 'tiny' / 'tiny-qwen3'")
     bench: list = _f(("pretext",), f"benchmarks: {', '.join(BENCH_NAMES)}, or all (= every one given a --data)")
-    data: list = _f(("pretext=data/ssrl/test.jsonl",), "BENCH=PATH pairs: the released file (or folder) per benchmark")
+    data: list = _f((), "BENCH=PATH pairs: the released file (or folder) per benchmark (pretext: "
+                        f"{PRETEXT_DEFAULT} unless given)")
     out: str = _f("runs/eval", "output folder: <bench>/predictions.jsonl, results.json, results.md, results.png")
     cot: bool = _f(True, "ask for reasoning + \\boxed{} (the released checkpoints' instruction); --no-cot: answer directly")
     paper_quirks: bool = _f(False, "reproduce the official scripts' prompts/scoring (What'sUp 'A' substring, ...)")
@@ -130,6 +132,7 @@ class Config:
             if not sep or name not in BENCH_NAMES or not path:
                 raise ValueError(f"--data {pair!r}: expected BENCH=PATH with BENCH one of {BENCH_NAMES}")
             out[name] = path
+        out.setdefault("pretext", PRETEXT_DEFAULT)
         return out
 
     def pixel_bounds(self, bench: str) -> tuple:
@@ -144,8 +147,8 @@ class Config:
     def benches(self) -> list:
         if "all" not in self.bench:
             return list(dict.fromkeys(self.bench))
-        given = self.data_paths()
-        return [b for b in BENCH_NAMES if b in given]
+        given = {p.partition("=")[0] for p in self.data}
+        return [b for b in BENCH_NAMES if b in given or b == "pretext" and Path(PRETEXT_DEFAULT).is_file()]
 
 
 def build_parser() -> argparse.ArgumentParser:
