@@ -9,13 +9,16 @@ Model plumbing (loading, encoding, FSDP2, generation, log-probs, checkpoints) co
     python grpo.py --model runs/sft --data data/ssrl/train.jsonl --out runs/grpo
     torchrun --nproc_per_node 8 grpo.py --model runs/sft7b --data data/ssrl/train.jsonl --out runs/grpo7b
     torchrun --nproc_per_node 8 grpo.py ... --out runs/grpo7b --resume      # continue after a crash / kill
-    python grpo.py --model runs/sft-tiny --data data/ssrl/train.jsonl --out runs/grpo-tiny --max-steps 30 \\
-        --rollout-batch-size 8 --update-batch-size 4 --group-size 4 --max-new-tokens 48 \\
-        --min-pixels 3136 --max-pixels 12544 --lr 1e-4             # a tiny CPU run (~1-2 minutes)
+    OMP_NUM_THREADS=1 torchrun --nproc_per_node 2 grpo.py --model runs/sft-tiny --data data/ssrl/train.jsonl \\
+        --out runs/grpo-tiny --max-steps 20 --rollout-batch-size 8 --update-batch-size 8 --group-size 4 \\
+        --max-new-tokens 192 --min-pixels 3136 --max-pixels 3136 --lr 2e-4    # tiny CPU run, as in demo.sh
 
 Outputs in --out: the final HF checkpoint (model.safetensors, config, tokenizer, image processor),
 hf/step_N/ (HF exports every --save-every steps), checkpoints/step_N/ (resumable state), metrics.jsonl
 (one row per step), samples.jsonl (prompts, completions, parsed answers, rewards), grpo_config.json.
+Log line: reward / accuracy / format overall, then per task; k3 KL; clip fractions low/high/dual; entropy;
+response length and truncated fraction; groups with all-equal rewards (no signal); grad norm; seconds spent
+in generation / log-probs / update; generated tokens/s.
 
 Paper → code (official code: training/GRPO, an EasyR1 fork; examples/config.yaml + spatial-ssrl_*.sh)
   G = 5 samples per prompt, temperature 1, top-p 1, top-k off    → rollout(), Sampler (sft.generate / RolloutEngine)
@@ -482,7 +485,8 @@ def format_row(r: dict) -> str:
     skipped = f" | SKIPPED {r['skipped_updates']} non-finite" if r["skipped_updates"] else ""
     return (f"step {r['step']:05d} | reward {r['reward']:.3f} acc {r['accuracy']:.3f} fmt {r['format']:.3f} | "
             f"{per_task} | kl {r['kl']:.4f} | clip {r['clip_low']:.3f}/{r['clip_high']:.3f}/{r['clip_dual']:.3f} | "
-            f"ent {r['entropy']:.3f} | len {r['response_length']:.0f} | gnorm {r['grad_norm']:.3f}{skipped} | "
+            f"ent {r['entropy']:.3f} | len {r['response_length']:.0f} trunc {r['truncated']:.2f} | "
+            f"equal groups {r['equal_groups']:.2f} | gnorm {r['grad_norm']:.3f}{skipped} | "
             f"gen {r['time_gen']:.1f}s lp {r['time_logprob']:.1f}s upd {r['time_update']:.1f}s | "
             f"gen tok/s {r['gen_tok_per_s']:.0f}")
 
@@ -595,22 +599,23 @@ def save_checkpoint(s: dict, cfg: Config, state: dict) -> None:
 def resume_step(cfg: Config, s: dict, identity: dict) -> int:
     """Load the newest complete checkpoint when --resume is given; returns the first step to run. Rows of
     metrics.jsonl / samples.jsonl logged after that checkpoint are dropped (they will be logged again)."""
-    ckpt = sft.latest_checkpoint(cfg.out) if cfg.resume else None
-    if ckpt is None:
-        if cfg.resume:
-            sft.print0(f"--resume: no complete checkpoint in {cfg.out}/checkpoints, starting from scratch")
+    if not cfg.resume:
         return 0
-    saved = json.loads((ckpt / "trainer_state.json").read_text())
-    if any(saved.get(k) != v for k, v in identity.items()):
-        raise ValueError(f"{ckpt} does not match this run: saved {[saved.get(k) for k in identity]}, "
-                         f"now {list(identity.values())} ({', '.join(identity)})")
-    step = sft.load_state(s["model"], s["optimizer"], ckpt)["step"]
+    ckpt, step = sft.latest_checkpoint(cfg.out), 0
+    if ckpt is None:
+        sft.print0(f"--resume: no complete checkpoint in {cfg.out}/checkpoints, starting from scratch")
+    else:
+        saved = json.loads((ckpt / "trainer_state.json").read_text())
+        if any(saved.get(k) != v for k, v in identity.items()):
+            raise ValueError(f"{ckpt} does not match this run: saved {[saved.get(k) for k in identity]}, "
+                             f"now {list(identity.values())} ({', '.join(identity)})")
+        step = sft.load_state(s["model"], s["optimizer"], ckpt)["step"]
+        sft.print0(f"resumed from {ckpt} (step {step})")
     for name in ("metrics.jsonl", "samples.jsonl"):
         path = Path(cfg.out) / name
         if sft.is_main() and path.exists():
             rows = [r for r in path.read_text().splitlines() if r and json.loads(r)["step"] <= step]
             path.write_text("".join(r + "\n" for r in rows))
-    sft.print0(f"resumed from {ckpt} (step {step})")
     return step
 
 
