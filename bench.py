@@ -134,6 +134,17 @@ def sft_step_flops(model, batch: dict, vision_trains: bool) -> float:
             + (6 if vision_trains else 2) * n_vis * patches)
 
 
+def clock(device) -> float:
+    """Seconds for timing: wall time on a GPU (after a synchronize), this process's CPU time on a CPU (the
+    CPU benchmarks run on one thread, so a busy machine still measures one core's work)."""
+    import time
+    import torch
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        return time.perf_counter()
+    return time.process_time()
+
+
 def peak_memory_gb(device) -> float:
     """Peak allocated GPU memory, or on CPU the process's max RSS so far (it never decreases)."""
     import resource
@@ -146,7 +157,6 @@ def peak_memory_gb(device) -> float:
 def sft_step_row(build, batch: dict, device, train_vision: bool, ckpt: bool, steps: int) -> dict:
     """Median SFT step (train_step, AdamW) of a freshly built model: time, tokens/s, MFU, peak memory.
     On a GPU the model is FSDP2-sharded with bf16 compute as in training; on CPU it stays plain fp32."""
-    import time
     import numpy as np
     import torch
     import sft
@@ -164,13 +174,9 @@ def sft_step_row(build, batch: dict, device, train_vision: bool, ckpt: bool, ste
     times, m = [], {}
     try:
         for i in range(steps + 2):                                  # two warm-up steps
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            t0 = time.perf_counter()
+            t0 = clock(device)
             m = sft.train_step(model, opt, [batch], 1e-5, 1.0, device)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            times.append(time.perf_counter() - t0)
+            times.append(clock(device) - t0)
     except torch.OutOfMemoryError:
         return {"step_s": float("nan"), "tok_per_s": float("nan"), "mfu": None, "peak_gb": float("nan"), "oom": True}
     finally:
@@ -211,7 +217,6 @@ def sft_cases(device, args) -> list:
 
 def vision_attention_row(build, batch: dict, device, steps: int) -> dict:
     """Vision tower forward + backward: transformers' per-window loop vs sft.fast_vision_attention (median s)."""
-    import time
     import numpy as np
     import torch
     import sft
@@ -226,13 +231,9 @@ def vision_attention_row(build, batch: dict, device, steps: int) -> dict:
             sft.fast_vision_attention(model)
         times = []
         for _ in range(steps + 1):
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            t0 = time.perf_counter()
+            t0 = clock(device)
             visual(x, grid_thw=grid).pooler_output.float().sum().backward()
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            times.append(time.perf_counter() - t0)
+            times.append(clock(device) - t0)
         out[name] = float(np.median(times[1:]))
     del model
     return out
@@ -245,7 +246,10 @@ def bench_sft(args) -> list:
     import torch
     import sft
     device = torch.device("cuda" if sft.use_cuda() else "cpu")
-    print(f"machine: {machine()}\n")
+    if device.type == "cpu":
+        torch.set_num_threads(args.threads)
+    print(f"machine: {machine()}; " + ("wall time" if device.type == "cuda" else
+                                      f"CPU time of this process, {torch.get_num_threads()} thread(s)") + "\n")
     rows = []
     for name, build, tok, ip, n, px, settings in sft_cases(device, args):
         batch = synthetic_batch(tok, ip, n, px, max(px * px, 56 * 56))
@@ -290,10 +294,11 @@ def add_sft_parser(sub) -> None:
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--steps", type=int, default=3, help="timed steps per row (after 2 warm-up steps)")
     p.add_argument("--records", type=int, default=8, help="records per micro-batch on CPU")
-    p.add_argument("--px", type=int, default=448, help="image side in pixels on CPU")
+    p.add_argument("--px", type=int, default=224, help="image side in pixels on CPU")
     p.add_argument("--gpu-records", type=int, default=18,
                    help="records per micro-batch for the 3B shape on a GPU (18 x ~470 tokens = ~8.5k tokens)")
     p.add_argument("--rollout", action="store_true", help="then also the rollout comparison (bench.py rollout)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads on CPU (timings are CPU time)")
     p.set_defaults(run=bench_sft)
 
 
@@ -304,7 +309,6 @@ def rollout_comparison(device=None, prompts: int = 8, group_size: int = 5, new_t
     and a batch decodes until its last row ends). GPU: the Qwen2.5-VL-3B shape; CPU: the tiny model.
     Returns rows with ms per decode step, generated tokens/s (completion tokens up to <|im_end|>), and the
     fast path's gather (refresh) and first-call (compile) seconds. Each path gets one warm-up call."""
-    import time
     import numpy as np
     import torch
     from PIL import Image
@@ -322,13 +326,9 @@ def rollout_comparison(device=None, prompts: int = 8, group_size: int = 5, new_t
     sample = dict(max_new_tokens=new_tokens, do_sample=True, temperature=1.0, num_return_sequences=group_size)
 
     def timed(fn):
-        if cuda:
-            torch.cuda.synchronize(device)
-        t0 = time.perf_counter()
+        t0 = clock(device)
         ids, mask = fn()
-        if cuda:
-            torch.cuda.synchronize(device)
-        return time.perf_counter() - t0, ids.shape[1], int(mask.sum())
+        return clock(device) - t0, ids.shape[1], int(mask.sum())
 
     rows = []
     sft.generate(model, batch, tok, **{**sample, "max_new_tokens": 4})                 # warm-up
@@ -343,7 +343,8 @@ def rollout_comparison(device=None, prompts: int = 8, group_size: int = 5, new_t
                  "ms_per_step": dt / steps * 1e3, "tok_per_s": toks / dt,
                  "extra": f"gather {gather:.2f} s; first call {first:.1f} s"
                           + (f" (compile ≈ {first - dt:.0f} s)" if cuda else "")})
-    print(f"rollout on {machine()}: {prompts} prompts x G {group_size} = {prompts * group_size} sequences, "
+    print(f"rollout on {machine()} ({'wall' if cuda else 'CPU'} time): {prompts} prompts x G {group_size} = "
+          f"{prompts * group_size} sequences, "
           f"{new_tokens} sampled tokens, {px}px images, {'Qwen2.5-VL-3B shape bf16' if cuda else 'tiny fp32'}")
     print("| path | ms per decode step | tokens/s | notes |\n|---|---|---|---|")
     for r in rows:
