@@ -234,7 +234,7 @@ def step_seed(seed: int, step: int, rank: int) -> int:
 # ----------------------------------------------------------------------------- data
 def resolve_model(name: str) -> None:
     """Refuse a --model that is neither a tiny model, a local HF folder, nor a HF id (org/name)."""
-    if name in ("tiny", "tiny-qwen3") or (Path(name) / "config.json").is_file():
+    if name in sft.TINY_MODELS or (Path(name) / "config.json").is_file():
         return
     if Path(name).exists():
         raise ValueError(f"--model {name}: not a Hugging Face model folder (no config.json)")
@@ -706,6 +706,10 @@ def train(cfg: Config) -> list:
 
 
 def main(argv: list | None = None) -> None:
+    """The command line: bad input (flags, model, data, --out, a resume that does not match) is one line
+    "grpo.py: error: …" with a non-zero exit, and nothing is written before the checks pass."""
+    from transformers.utils import logging as hf_logging
+    hf_logging.disable_progress_bar()   # "Loading weights" bars on every rank
     args = build_parser().parse_args(argv)
     try:
         cfg = Config(**{**vars(args), "adam_betas": tuple(args.adam_betas)})
