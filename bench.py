@@ -376,7 +376,7 @@ def _sync_now(device) -> float:
     return time.perf_counter()
 
 
-def grpo_models(build, device, kl_coef: float) -> dict:
+def grpo_models(build, device, kl_coef: float, act_ckpt: bool = True) -> dict:
     """Policy (+ frozen reference when β > 0), arranged as grpo.setup_models does: batched vision attention,
     vision trained, activation checkpointing, CPU plain fp32, CUDA FSDP2 with bf16 compute (reference bf16)."""
     import copy
@@ -386,7 +386,8 @@ def grpo_models(build, device, kl_coef: float) -> dict:
     sft.fast_vision_attention(model)                  # as sft.load_model installs it
     ref = copy.deepcopy(model).requires_grad_(False).eval() if kl_coef else None
     model.config.use_cache = False
-    sft.enable_activation_checkpointing(model)
+    if act_ckpt:
+        sft.enable_activation_checkpointing(model)
     model.train()
     if device.type == "cuda":
         model = sft.shard_model(model, device)
@@ -447,7 +448,7 @@ def grpo_bench_case(name: str, build, device, args, n_prompts: int, new_tokens: 
                       update_batch_size=n_prompts, micro_batch_size=micro, logprob_micro_batch_size=micro * 2,
                       max_new_tokens=new_tokens, kl_coef=args.kl_coef, rollout_engine="engine" if cuda else "generate",
                       keep_rollout_copy=big_gpu or not cuda)   # 80 GB: free the bf16 copy before the update
-    s = grpo_models(build, device, cfg.kl_coef)
+    s = grpo_models(build, device, cfg.kl_coef, args.act_ckpt)
     s["ip"].size = {"shortest_edge": 56 * 56, "longest_edge": px * px}
     with tempfile.TemporaryDirectory() as tmp:
         records = sft.synthetic_records(Path(tmp), cfg.rollout_batch_size, px)
@@ -487,7 +488,8 @@ def run_grpo(args) -> None:
     device = torch.device("cuda" if sft.use_cuda() else "cpu")
     where = "FSDP2 bf16 compute, rollouts from sft.RolloutEngine" if device.type == "cuda" else \
         f"{torch.get_num_threads()} threads, fp32, rollouts from sft.generate"
-    print(f"GRPO step (grpo.py phases), {machine()}; {where}; G {args.group_size}, β {args.kl_coef}, "
+    print(f"GRPO step (grpo.py phases), {machine()}; {where}; G {args.group_size}, β {args.kl_coef}, activation "
+          f"checkpointing {'on' if args.act_ckpt else 'off'}, "
           f"{args.updates} update(s) per rollout, median of {args.steps} steps after 1 warm-up step\n")
     print("| model | params | prompts × G | image px | max new tokens | generation s | log-probs s | update s | "
           "step s | CPU s/step | generated tok/s | log-prob tok/s | update MFU | peak GB (GPU alloc / CPU RSS) |")
@@ -504,6 +506,7 @@ def run_grpo(args) -> None:
         print(f"| {name} | {r['params_M']:.2f}M | {r['prompts']} × {args.group_size} | {px}² | {r['new']} | "
               f"{r['gen']:.3f} | {r['logprob']:.3f} | {r['update']:.3f} | {r['step']:.3f} | {r['cpu']:.3f} | {r['gen_tok_s']:.0f} | "
               f"{r['lp_tok_s']:.0f} | {mfu} | {r['peak_gb']:.1f} |")
+        __import__("gc").collect()        # FSDP modules hold reference cycles: free the GPU before the next model
         if device.type == "cuda":
             torch.cuda.empty_cache()
     if tiny_step is not None and args.updates == 1 and args.group_size == 5 and not args.new_tokens:
@@ -528,6 +531,8 @@ def add_grpo_parser(sub) -> None:
     p.add_argument("--micro-batch-size", type=int, default=0,
                    help="sequences per update forward, log-probs twice that (0: all 40 on CPU, 4 on a GPU)")
     p.add_argument("--kl-coef", type=float, default=0.01, help="β; > 0 adds the frozen reference's log-prob pass")
+    p.add_argument("--act-ckpt", action=argparse.BooleanOptionalAction, default=True,
+                   help="activation checkpointing of the trained layers (grpo.py's default: on)")
     p.add_argument("--new-tokens", type=int, default=0, help="max new tokens per step (0: 48 on CPU, 256 on a GPU)")
     p.add_argument("--rollout-tokens", type=int, default=0, help="new tokens in the rollout table (0: 48 CPU, 256 GPU)")
     p.set_defaults(run=run_grpo)
