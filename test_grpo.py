@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("SPATIAL_SSRL_DEVICE", "cpu")   # the CPU/gloo path also on a GPU machine (sft.use_cuda)
 
 import pytest
 import torch
@@ -380,7 +381,7 @@ def test_two_ranks_first_update_equals_one_process(data, tmp_path):
     the update of one process on all 4 prompts with the same completions; the training loop under torchrun
     completes rollout + update + checkpoint."""
     folder = data.parent
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(HERE)}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(HERE), "SPATIAL_SSRL_DEVICE": "cpu"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            str(HERE / "test_grpo.py"), "grpo-worker", str(folder)]
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
