@@ -51,6 +51,7 @@ import sys
 import time
 import types
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -1435,15 +1436,24 @@ def train(cfg: Config) -> None:
         step = resume_step(cfg, s, ckpt)
         bar = tqdm(total=total, initial=step, desc="sft", file=sys.stderr,  # logs to a file stay clean
                    disable=not (d.is_main and sys.stderr.isatty()))
+
+        def encode_step(i: int) -> list:   # this rank's encoded micro-batches of global step i
+            epoch, k = divmod(i, steps_per_epoch)
+            order = epoch_order(len(records), epoch, cfg.seed, cfg.shuffle)
+            return rank_batches([records[j] for j in order[k * G:(k + 1) * G]], s["root"], s["tok"], s["ip"], d,
+                                cfg.micro_batch_size, cfg.micro_batch_tokens)
+        prefetch = ThreadPoolExecutor(max_workers=1)   # decodes and encodes step i+1 while step i trains
+        next_enc = prefetch.submit(encode_step, step)
         while step < total:
             if cfg.stop_after_steps and step >= cfg.stop_after_steps:
                 print0(f"stopping after step {step} (--stop-after-steps)")
+                prefetch.shutdown(cancel_futures=True)
                 return
-            epoch, k = divmod(step, steps_per_epoch)
-            order = epoch_order(len(records), epoch, cfg.seed, cfg.shuffle)
-            batch = [records[i] for i in order[k * G:(k + 1) * G]]
+            epoch = step // steps_per_epoch
             t0 = time.perf_counter()
-            enc = rank_batches(batch, s["root"], s["tok"], s["ip"], d, cfg.micro_batch_size, cfg.micro_batch_tokens)
+            enc = next_enc.result()
+            if step + 1 < total:
+                next_enc = prefetch.submit(encode_step, step + 1)
             lr = lr_at(step, total, cfg.lr, cfg.warmup_ratio)
             m = train_step(model, s["optimizer"], enc, lr, cfg.max_grad_norm, d.device)
             dt = time.perf_counter() - t0
@@ -1460,6 +1470,7 @@ def train(cfg: Config) -> None:
                 save_state(model, s["optimizer"], {"step": step, "epoch": ep, "index_in_epoch": k2 * G, **ident},
                            cfg.out, cfg.keep_checkpoints)
         bar.close()
+        prefetch.shutdown()
         save_hf(model, s["tok"], s["ip"], cfg.out, getattr(torch, cfg.save_dtype))
         print0(f"saved HF checkpoint to {cfg.out}")
     finally:
