@@ -1031,13 +1031,17 @@ class RolloutEngine:
 
     generate() has generate()'s contract (rows grouped by prompt, mask through the first <|im_end|>, every
     sampling field explicit, no vision tokens). On CPU the same code runs without compilation (fp32 by
-    default): that is what the tests check, against generate() on the sharded model."""
+    default): that is what the tests check, against generate() on the sharded model. share_weights (default:
+    when `model` is a plain model already in `dtype`, as in evaluation) decodes with `model` itself instead
+    of a copy; an FSDP2 model is always copied."""
 
     def __init__(self, model, *, prompts_per_call: int = 8, prompt_buckets: tuple = (256, 512, 1024, 2048, 4096),
-                 dtype: torch.dtype | None = None, compile: bool = True):
+                 dtype: torch.dtype | None = None, compile: bool = True, share_weights: bool | None = None):
         self.prompts_per_call, self.prompt_buckets, self.compile = prompts_per_call, tuple(prompt_buckets), compile
         self.device = next(model.parameters()).device
         self.dtype = dtype or (torch.bfloat16 if self.device.type == "cuda" else torch.float32)
+        plain = not is_fsdp(model) and next(model.parameters()).dtype == self.dtype
+        self.shared = plain if share_weights is None else (share_weights and plain)
         self.cls, self.config, self.copy, self.max_cache_len = _plain_class(model), model.config, None, 0
         self.refresh(model)
 
@@ -1059,6 +1063,10 @@ class RolloutEngine:
         """Copy the current weights of `model` (FSDP2-sharded or plain) into the rollout copy, one parameter
         at a time (each sharded one all-gathered: a collective, every rank calls it). Returns seconds."""
         t0 = time.perf_counter()
+        if self.shared:
+            self.copy = model
+            fast_vision_attention(model)
+            return 0.0
         if self.copy is None:
             self.copy = self._build(model)
         dst = dict(self.copy.named_parameters())
@@ -1082,16 +1090,22 @@ class RolloutEngine:
         length = bucket_length(batch["input_ids"].shape[1], self.prompt_buckets)
         self.max_cache_len = max(self.max_cache_len, length + max_new_tokens)
         gc.cache_implementation, gc.max_cache_len, gc.disable_compile = "static", self.max_cache_len, not self.compile
+        saved, was_training = self.copy.generation_config, self.copy.training   # a shared model gets them back
         self.copy.generation_config = gc
+        self.copy.eval()
         n, b, outs = num_return_sequences, batch["input_ids"].shape[0], []
-        for lo in range(0, b, self.prompts_per_call):
-            part = prompt_slice(batch, lo, min(b, lo + self.prompts_per_call),
-                                self.config.vision_config.spatial_merge_size)
-            k = part["input_ids"].shape[0]
-            inputs = {key: v.to(self.device) for key, v in
-                      pad_prompts(part, length, self.prompts_per_call, tokenizer.pad_token_id).items()}
-            out = self._decode(inputs, gc)[:k * n, length:]
-            outs.append(completion_mask(out, gc.eos_token_id, tokenizer.pad_token_id))
+        try:
+            for lo in range(0, b, self.prompts_per_call):
+                part = prompt_slice(batch, lo, min(b, lo + self.prompts_per_call),
+                                    self.config.vision_config.spatial_merge_size)
+                k = part["input_ids"].shape[0]
+                inputs = {key: v.to(self.device) for key, v in
+                          pad_prompts(part, length, self.prompts_per_call, tokenizer.pad_token_id).items()}
+                out = self._decode(inputs, gc)[:k * n, length:]
+                outs.append(completion_mask(out, gc.eos_token_id, tokenizer.pad_token_id))
+        finally:
+            self.copy.generation_config = saved
+            self.copy.train(was_training)
         width = max(ids.shape[1] for ids, _ in outs)
         ids = torch.cat([F.pad(i, (0, width - i.shape[1]), value=tokenizer.pad_token_id) for i, _ in outs])
         mask = torch.cat([F.pad(m, (0, width - m.shape[1]), value=False) for _, m in outs])

@@ -445,10 +445,13 @@ def test_prompt_slice_and_buckets():
 def test_rollout_engine_equals_generate():
     """The fast path (plain copy, static KV cache, bucketed prompts, fixed sequences per call; compiled only
     on CUDA) returns what generate() returns: same greedy ids and masks, here over two calls (3 prompts per
-    call, the second one padded with filler rows); sampling keeps the rows grouped by prompt."""
+    call, the second one padded with filler rows); sampling keeps the rows grouped by prompt. A plain model
+    in the engine's dtype is shared (evaluation: no second copy); a copy is built when asked."""
     model, tok, ip = sft.load_model("tiny")
     _, _, batch = mixed_prompts(tok, ip)
-    engine = sft.RolloutEngine(model, prompts_per_call=3, prompt_buckets=(64, 128))
+    assert sft.RolloutEngine(model).copy is model          # a plain model in the engine's dtype is used as is
+    engine = sft.RolloutEngine(model, prompts_per_call=3, prompt_buckets=(64, 128), share_weights=False)
+    assert engine.copy is not model and engine.copy.state_dict().keys() == model.state_dict().keys()
     assert all(torch.equal(a, b) for a, b in zip(engine.copy.state_dict().values(), model.state_dict().values()))
     ids, mask = sft.generate(model, batch, tok, max_new_tokens=6)
     e_ids, e_mask = engine.generate(batch, tok, max_new_tokens=6)
