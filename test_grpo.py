@@ -28,7 +28,6 @@ import sft
 import tasks
 
 hf_logging.disable_progress_bar()
-hf_logging.set_verbosity_error()
 HERE = Path(__file__).resolve().parent
 CPU = torch.device("cpu")
 
