@@ -151,6 +151,8 @@ class Config:
     def __post_init__(self):
         if self.global_batch_size < 1 or self.micro_batch_size < 1:
             raise SetupError("--global-batch-size and --micro-batch-size must be positive")
+        if self.micro_batch_tokens < 0:
+            raise SetupError("--micro-batch-tokens must be 0 (off) or positive")
         if self.keep_checkpoints < 1:
             raise SetupError("--keep-checkpoints must be at least 1")
         if self.save_dtype not in ("bfloat16", "float32"):
