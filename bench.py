@@ -235,7 +235,9 @@ def vision_attention_row(build, batch: dict, device, steps: int) -> dict:
             visual(x, grid_thw=grid).pooler_output.float().sum().backward()
             times.append(clock(device) - t0)
         out[name] = float(np.median(times[1:]))
-    del model
+    del model, visual
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
     return out
 
 
