@@ -25,7 +25,7 @@ stage() { printf '\n== %s  (%ds)\n' "$1" "$SECONDS"; }
 
 stage "1/5 make_data: 450 examples from built-in RGB-D rooms"
 $PY make_data.py --out "$OUT/data" --n 450 --tasks position,flip,shuffle --scene-size 256x192 --sft-size 150 \
-    --workers 2 --preview none --no-progress | grep -E "^make_data: .*train|^task|^(position|flip|shuffle) "
+    --workers 2 --preview none --no-progress | grep -E "^make_data: .*train|^task +quota|^(position|flip|shuffle) +[0-9]"
 
 stage "2/5 sft.py: cold start of the tiny model (250 steps of 8)"
 $PY sft.py --model tiny --data "$OUT/data/sft.jsonl" --out "$OUT/sft" --global-batch-size 8 --micro-batch-size 8 \
