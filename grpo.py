@@ -90,6 +90,8 @@ class Config:
     update_batch_size: int = _f(128, "prompts per optimizer step over all ranks (paper: 128, so 2 updates/rollout)")
     micro_batch_size: int = _f(4, "sequences per forward/backward on one rank in the update")
     logprob_micro_batch_size: int = _f(8, "sequences per forward on one rank for old/ref log-probs")
+    sync_every_micro_batch: bool = _f(True, "FSDP2: reduce-scatter gradients after every micro-batch (--no-...: "
+                                      "accumulate one full fp32 gradient per rank, ≈ 33 GB for 7B, reduce once)")
     max_new_tokens: int = _f(2048, "longest completion (paper: 2048)")
     temperature: float = _f(1.0, "sampling temperature, also divides the logits of every log-prob (paper: 1.0)")
     top_p: float = _f(1.0, "nucleus sampling (paper: 1.0 = off)")
@@ -405,8 +407,8 @@ def update(model, optimizer, ro: Rollout, rows: list, cfg: Config, device: torch
     chunks = micro_batches(ro, rows, cfg.micro_batch_size)
     sums, fsdp = {}, sft.is_fsdp(model)
     for i, mb in enumerate(chunks):
-        if fsdp:  # reduce-scatter gradients only after the last micro-batch
-            model.set_requires_gradient_sync(i == len(chunks) - 1)
+        if fsdp:  # reduce-scatter after every micro-batch (only a gradient shard is held), or only after the last
+            model.set_requires_gradient_sync(cfg.sync_every_micro_batch or i == len(chunks) - 1)
         batch, labels, start = sequence_batch(ro, mb)
         logp, ent = sft.token_logprobs(model, {k: v.to(device) for k, v in batch.items()}, labels.to(device),
                                        temperature=cfg.temperature, chunk_size=cfg.logprob_chunk_size,
