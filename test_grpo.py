@@ -380,7 +380,8 @@ def test_two_ranks_first_update_equals_one_process(data, tmp_path):
     the update of one process on all 4 prompts with the same completions; the training loop under torchrun
     completes rollout + update + checkpoint."""
     folder = data.parent
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(HERE), "SPATIAL_SSRL_DEVICE": "cpu"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "SPATIAL_SSRL_DEVICE": "cpu",
+           "PYTHONPATH": os.pathsep.join(p for p in (str(HERE), os.environ.get("PYTHONPATH")) if p)}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            str(HERE / "test_grpo.py"), "grpo-worker", str(folder)]
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
