@@ -68,7 +68,6 @@ from tqdm import tqdm
 import sft
 import tasks
 
-BadRecord = sft.BadRecord
 
 
 # ----------------------------------------------------------------------------- config
@@ -222,7 +221,7 @@ def batch_sizes(cfg: Config, num_records: int, world: int) -> tuple:
     the largest size ≤ --update-batch-size that divides the rollout and is a multiple of the world size,
     so every rank holds the same number of prompts in every phase."""
     if num_records < world:
-        raise BadRecord(f"{num_records} prompts for {world} ranks: every rank needs at least one")
+        raise sft.BadRecord(f"{num_records} prompts for {world} ranks: every rank needs at least one")
     rollout = min(cfg.rollout_batch_size, num_records) // world * world
     update = max(u for u in range(world, min(cfg.update_batch_size, rollout) + 1, world) if rollout % u == 0)
     return rollout, update
@@ -245,28 +244,28 @@ def resolve_model(name: str) -> None:
 
 
 def check_record(r: dict, root: Path) -> None:
-    """Raise BadRecord naming the record if it cannot be a GRPO prompt (fields, task, answer, images)."""
+    """Raise sft.BadRecord naming the record if it cannot be a GRPO prompt (fields, task, answer, images)."""
     rid = r.get("id", "?")
     if r.get("task") not in tasks.TASKS or not isinstance(r.get("problem"), str) or "answer" not in r:
-        raise BadRecord(f"record {rid}: needs task (one of {', '.join(tasks.TASKS)}), problem and answer")
+        raise sft.BadRecord(f"record {rid}: needs task (one of {', '.join(tasks.TASKS)}), problem and answer")
     images = r.get("images") or []
     if r["problem"].count(sft.IMAGE_PLACEHOLDER) != len(images):
-        raise BadRecord(f"record {rid}: {r['problem'].count(sft.IMAGE_PLACEHOLDER)} <image> placeholders "
+        raise sft.BadRecord(f"record {rid}: {r['problem'].count(sft.IMAGE_PLACEHOLDER)} <image> placeholders "
                         f"but {len(images)} images")
     for rel in images:
         if not (root / rel).is_file():
-            raise BadRecord(f"record {rid}: image {root / rel} not found")
+            raise sft.BadRecord(f"record {rid}: image {root / rel} not found")
     try:
         tasks.accuracy("", str(r["answer"]), r["task"])
     except ValueError as e:
-        raise BadRecord(f"record {rid}: {e}") from None
+        raise sft.BadRecord(f"record {rid}: {e}") from None
 
 
 def load_prompts(cfg: Config) -> tuple:
     """(records, root, number left out): train.jsonl minus the cold-start ids, every record checked."""
     path = Path(cfg.data)
     if not path.is_file():
-        raise BadRecord(f"--data {cfg.data}: no such file")
+        raise sft.BadRecord(f"--data {cfg.data}: no such file")
     records = sft.read_jsonl(str(path))
     exclude = path.with_name("sft.jsonl") if cfg.exclude == "auto" else None if cfg.exclude == "none" \
         else Path(cfg.exclude)
@@ -278,7 +277,7 @@ def load_prompts(cfg: Config) -> tuple:
     else:
         left_out = 0
     if not records:
-        raise BadRecord(f"--data {cfg.data}: no records left (after leaving out {left_out} cold-start ids)")
+        raise sft.BadRecord(f"--data {cfg.data}: no records left (after leaving out {left_out} cold-start ids)")
     for r in records:
         check_record(r, path.resolve().parent)
     return records, path.resolve().parent, left_out
@@ -291,7 +290,7 @@ def encode_prompts(records: list, root: Path, tok, ip) -> tuple:
         try:
             images.append(sft.load_images(r, root))
         except OSError as e:
-            raise BadRecord(f"record {r.get('id', '?')}: cannot read its images: {e}") from None
+            raise sft.BadRecord(f"record {r.get('id', '?')}: cannot read its images: {e}") from None
     batch = sft.encode([sft.build_messages(r["problem"]) for r in records], images, tok, ip, padding_side="left")
     batch.pop("labels")
     return batch, [len(ims) for ims in images]
@@ -718,7 +717,7 @@ def main(argv: list | None = None) -> None:
         if not cfg.data:
             raise ValueError("--data is required (train.jsonl from make_data.py)")
         train(cfg)
-    except (ValueError, BadRecord) as e:   # bad input: one line, nothing written
+    except (ValueError, sft.BadRecord) as e:   # bad input: one line, nothing written
         raise SystemExit(f"grpo.py: error: {e}") from None
 
 

@@ -173,7 +173,7 @@ def test_batch_sizes_scale_to_data_and_world():
     assert grpo.batch_sizes(cfg, 10_000, 8) == (256, 128)
     assert grpo.batch_sizes(cfg, 100, 8) == (96, 96)           # rollout = records rounded to the world
     assert grpo.batch_sizes(grpo.Config(data="x", update_batch_size=40), 100, 8) == (96, 32)
-    with pytest.raises(grpo.BadRecord):
+    with pytest.raises(sft.BadRecord):
         grpo.batch_sizes(cfg, 3, 4)
 
 
