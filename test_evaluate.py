@@ -406,3 +406,13 @@ def test_fast_path_engine_equals_generate(tmp_path):
     recs_plain, n_plain = ev.answer_batch("3dsrbench", items, plain, ip, c)
     recs_fast, n_fast = ev.answer_batch("3dsrbench", items, fast, ip, c)
     assert [r["raw"] for r in recs_plain] == [r["raw"] for r in recs_fast] and n_plain == n_fast > 0
+
+
+def test_plot_is_optional(tmp_path):
+    results = {"whatsup": ev.summarize("whatsup", [{"id": "1", "category": "A", "correct": 1.0}])}
+    msg = ev.plot_results(results, tmp_path / "results.png")
+    if importlib.util.find_spec("matplotlib") is None:
+        assert "pip install matplotlib" in msg and not (tmp_path / "results.png").exists()
+    else:
+        assert (tmp_path / "results.png").stat().st_size > 0
+    assert results["whatsup"]["score"] == 100.0 and results["whatsup"]["paper"]["Spatial-SSRL-7B"] == 90.61
