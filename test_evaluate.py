@@ -377,13 +377,15 @@ def test_two_ranks_shard_and_gather(tmp_path):
     common = ["--bench", "pretext", "spatial457", "--data", f"pretext={data['pretext']}",
               f"spatial457={data['spatial457']}", "--max-new-tokens", "3", "--batch-size", "1", "--pixels",
               *TINY_PIXELS, "--no-progress", "--no-plot"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}   # gloo on CPU, also on a GPU box
     here = Path(ev.__file__).parent
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            str(here / "evaluate.py"), *common, "--out", str(tmp_path / "two")]
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, cwd=here)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
-    ev.main([*common, "--out", str(tmp_path / "one")])
+    r = subprocess.run([sys.executable, str(here / "evaluate.py"), *common, "--out", str(tmp_path / "one")],
+                       capture_output=True, text=True, env=env, timeout=300, cwd=here)
+    assert r.returncode == 0, r.stderr[-2000:]
     for bench in ("pretext", "spatial457"):
         two = [json.loads(x) for x in (tmp_path / "two" / bench / "predictions.jsonl").read_text().splitlines()]
         one = ev.read_predictions(tmp_path / "one" / bench / "predictions.jsonl")
