@@ -855,8 +855,8 @@ class Generator:
     """Greedy completions for encode() batches through sft's shared generation path.
 
     Every sampling field is explicit (do_sample False, temperature 1, top_p 1, top_k 0), so nothing comes from
-    the checkpoint's generation_config. On CUDA (--fast) the batches go through sft.RolloutEngine: a plain copy
-    of the model (the loaded one is then dropped), static KV cache, compiled decode, prompts padded to length
+    the checkpoint's generation_config. On CUDA (--fast) the batches go through sft.RolloutEngine: the loaded
+    bf16 model decoded in place (no second copy), static KV cache, compiled decode, prompts padded to length
     buckets and batch_size rows per call, so compilation happens once per bucket. Elsewhere sft.generate.
     engine=True forces the engine (its CPU twin runs without compilation; the tests compare the two)."""
 
