@@ -1056,6 +1056,9 @@ def evaluate(cfg: Config) -> dict:
         missing = [b for b in benches if b not in paths]
         if missing or not benches:
             raise DataError(f"no --data for {missing or 'any benchmark'} (give BENCH=PATH, see --help)")
+        absent = [f"{b}={paths[b]}" for b in benches if not Path(paths[b]).exists()]
+        if absent:   # before loading a model for minutes
+            raise DataError(f"--data {' '.join(absent)}: no such file or folder")
         model, tok, ip = load_for_eval(cfg, d.device)
         gen = Generator(model, tok, cfg, d.device)
         del model   # on the fast path the engine holds the only copy
