@@ -71,6 +71,14 @@ import tasks
 
 
 # ----------------------------------------------------------------------------- config
+USAGE_EXAMPLES = """examples:
+  python grpo.py --model runs/sft-tiny --data data/ssrl/train.jsonl --out runs/grpo-tiny --max-steps 30 \\
+      --rollout-batch-size 16 --update-batch-size 16 --group-size 4 --max-new-tokens 192 --min-pixels 3136 --max-pixels 3136 --lr 1e-4
+  torchrun --nproc_per_node 8 grpo.py --model runs/sft7b --data data/ssrl/train.jsonl --out runs/grpo7b
+  torchrun --nproc_per_node 8 grpo.py ... --out runs/grpo7b --resume   # continue from OUT/checkpoints
+
+Records whose id is in the cold-start sft.jsonl next to --data are left out (--exclude)."""
+
 def _f(default, help):
     """A dataclass field with a one-line --help text."""
     return field(default=default, metadata={"help": help})
@@ -79,7 +87,7 @@ def _f(default, help):
 @dataclass
 class Config:
     model: str = _f("tiny", "cold-start checkpoint: local HF dir, HF id, or 'tiny' / 'tiny-qwen3'")
-    data: str = _f("", "train.jsonl from make_data.py (id, task, problem, answer, images)")
+    data: str = _f("", "REQUIRED: train.jsonl from make_data.py (id, task, problem, answer, images)")
     out: str = _f("runs/grpo", "output folder (must be new unless --resume)")
     exclude: str = _f("auto", "jsonl whose ids are left out ('auto': sft.jsonl next to --data; 'none': keep all)")
     epochs: int = _f(10, "passes over the data (paper: 10)")
@@ -149,17 +157,20 @@ class Config:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """argparse options generated from Config: --dash-names, defaults shown in --help."""
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    """argparse options generated from Config (sft.py's conventions): --dash-names, meaningful defaults shown
+    in --help, switches off by default are plain flags, those on by default get a --no- form."""
+    p = sft.OneLineErrorParser(prog="grpo.py", description=__doc__.split("\n")[0], epilog=USAGE_EXAMPLES,
+                               formatter_class=sft.HelpFormatter)
     for f in dataclasses.fields(Config):
         kw = {"default": f.default, "help": f.metadata["help"]}
         if f.type is bool:
-            kw["action"] = argparse.BooleanOptionalAction
+            kw["action"] = argparse.BooleanOptionalAction if f.default else "store_true"
         elif f.type is tuple:
             kw.update(type=float, nargs=len(f.default))
         else:
             kw["type"] = f.type
+        if f.name == "data":
+            kw["metavar"] = "TRAIN_JSONL"
         p.add_argument("--" + f.name.replace("_", "-"), **kw)
     return p
 
