@@ -2,10 +2,16 @@
 
 Stage 2 of Spatial-SSRL (arXiv 2510.27606, §3.2): a short supervised fine-tune on ~3.6k CoT answers so the
 model learns the answer format (<think>…</think> then \\boxed{…}); without it GRPO rollouts earn almost no
-reward. This file is also the one home of the plumbing grpo.py and evaluate.py import (see README):
-setup_dist, load_model, build_messages, encode, shard_model, generate, save_hf. Multi-rank runs read the
-weights on rank 0 only: the other ranks build the model on the meta device and receive their shards and
-the buffers from rank 0 (load_model(meta=True), shard_model(broadcast_from_rank0=True)).
+reward. This file is also the one home of the plumbing grpo.py, evaluate.py and bench.py import. It reads
+top to bottom in three blocks:
+  shared plumbing  distributed (setup_dist) · load (load_model) · encode (build_messages, encode) ·
+                   log-probs (token_logprobs) · shard (fast_vision_attention, enable_activation_checkpointing,
+                   shard_model, micro_batches) · generate (generate; RolloutEngine, the fast path on CUDA) ·
+                   save (save_hf, save_state, load_state, atomic_write)
+  SFT              config · loss and schedule · data checks · loop (train_step, train) · command line
+  support          the tiny offline models, the 3B benchmark shape, synthetic records
+Multi-rank runs read the weights on rank 0 only: the other ranks build the model on the meta device and
+receive their shards and the buffers from rank 0 (load_model(meta=True), shard_model(broadcast_from_rank0=True)).
 
     python sft.py --model tiny --data data/ssrl/sft.jsonl --out runs/sft-tiny --global-batch-size 8 --lr 6e-3 \\
         --max-steps 200 --max-pixels 12544     # 2 CPU cores: ~45 s of CPU, 0.58 GB; 55/55 test answers well-formed
@@ -36,11 +42,14 @@ Deviations
   6. Resumable state (model + optimizer + step) is a torch.distributed.checkpoint folder; there is no RNG
      state to restore because the data order is a pure function of (seed, epoch) and Qwen has no dropout.
   7. Our own run configuration goes to sft_config.json, because config.json is the HF model config.
+  8. Micro-batches can be sized by tokens (--micro-batch-tokens, samples sorted by length) instead of 4
+     samples per device; the update is the same, because the loss is normalised by the global token count.
 """
 import argparse
 import copy
 import dataclasses
 import datetime
+import io
 import json
 import math
 import os
@@ -64,224 +73,14 @@ from tqdm import tqdm
 
 import tasks
 
+
 IGNORE_INDEX = -100
 IMAGE_PLACEHOLDER = "<image>"
-QWEN_SPECIAL_TOKENS = (  # ids 0..13 in the tiny tokenizer; same order as the real Qwen2.5 vocab (151643 + i)
-    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>", "<|box_start|>",
-    "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>",
-    "<|image_pad|>", "<|video_pad|>")
 VISION_TOKENS = ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")
-# Chat templates of the tiny models: they render exactly like the official Qwen2-VL/2.5-VL template (default
-# system prompt) and the Qwen3-VL template (no default system prompt) for image/text user turns.
-_TEMPLATE_BODY = (
-    "{%- for m in messages -%}"
-    "{{- '<|im_start|>' + m['role'] + '\\n' -}}"
-    "{%- if m['content'] is string -%}{{- m['content'] -}}{%- else -%}{%- for c in m['content'] -%}"
-    "{%- if c['type'] == 'image' -%}{{- '<|vision_start|><|image_pad|><|vision_end|>' -}}"
-    "{%- elif c['type'] == 'video' -%}{{- '<|vision_start|><|video_pad|><|vision_end|>' -}}"
-    "{%- elif 'text' in c -%}{{- c['text'] -}}{%- endif -%}{%- endfor -%}{%- endif -%}"
-    "{{- '<|im_end|>\\n' -}}{%- endfor -%}"
-    "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}")
-QWEN2_VL_TEMPLATE = ("{%- if messages[0]['role'] != 'system' -%}"
-                     "{{- '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' -}}{%- endif -%}"
-                     + _TEMPLATE_BODY)
-QWEN3_VL_TEMPLATE = _TEMPLATE_BODY
-TINY_CORPUS = (  # the tiny tokenizer's BPE training text: the phrases our prompts and answers are made of
-    "Look at the image. The image is split into tiles labelled 1, 2, 3 and 4. Which tile is flipped?",
-    "<think>The top left tile is upside down, so tile 3 is flipped vertically.</think> \\boxed{3, vertical}",
-    "<think>Marker 2 is nearest and marker 1 is farthest from the camera.</think> The answer is \\boxed{2, 3, 1}",
-    "Options: A. Left B. Right C. Front D. Back. Left-Front Right-Front Left-Back Right-Back horizontal",
-    "Which patch fills the black square? Reading the tiles in raster order restores the original picture.",
-    "Assume a camera at region 1 facing the left of the image. Where is region 2? 0 1 2 3 4 5 6 7 8 9",
-    "You are a helpful assistant. <|im_start|>system user assistant The answer is A B C D E.")
 
 
-# ----------------------------------------------------------------------------- config
-def _f(default, help):
-    """A dataclass field with a one-line --help text."""
-    return field(default=default, metadata={"help": help})
-
-
-class SetupError(ValueError):
-    """A bad command line, model name, data file or output folder: reported in one line, nothing written."""
-
-
-@dataclass
-class Config:
-    model: str = _f("tiny", "HF id or local HF dir (Qwen2.5-VL / Qwen3-VL), or 'tiny' / 'tiny-qwen3'")
-    data: str = _f("", "REQUIRED (except with --smoke): the cold-start file make_data.py writes, sft.jsonl "
-                       "(records with id, task, problem, answer, images, response)")
-    out: str = _f("runs/sft", "output folder: the HF checkpoint, metrics.jsonl, checkpoints/")
-    epochs: int = _f(5, "passes over the data (paper: 5)")
-    max_steps: int = _f(0, "stop after this many optimizer steps (0: epochs decide)")
-    lr: float = _f(1e-5, "peak learning rate (paper: 1e-5)")
-    warmup_ratio: float = _f(0.1, "fraction of steps with linear warmup before the cosine decay")
-    weight_decay: float = _f(0.0, "AdamW weight decay (LLaMA-Factory default 0)")
-    adam_betas: tuple = _f((0.9, 0.999), "AdamW betas")
-    global_batch_size: int = _f(256, "samples per optimizer step over all ranks (paper: 256)")
-    micro_batch_size: int = _f(4, "samples per forward/backward on one rank")
-    micro_batch_tokens: int = _f(0, "instead of --micro-batch-size: micro-batches of at most this many padded "
-                                    "tokens (count x longest), samples sorted by length (e.g. 16384 on a GPU)")
-    max_length: int = _f(4096, "max tokens per sample, prompt + image tokens + response (paper: 4096)")
-    min_pixels: int | None = _f(None, "smallest image area after resizing, in pixels (default: the model's "
-                                      "own bound)")
-    max_pixels: int | None = _f(None, "largest image area after resizing, in pixels (default: the model's own "
-                                      "bound, at most 512² = 262144 as in the paper)")
-    max_grad_norm: float = _f(1.0, "gradient-norm clip")
-    freeze_vision: bool = _f(True, "freeze the vision tower and projector (paper: frozen)")
-    activation_checkpointing: bool = _f(True, "non-reentrant activation checkpointing of every block")
-    bf16: bool = _f(True, "bf16 compute with fp32 master weights and reduction (GPU only; CPU stays fp32)")
-    fsdp: bool = _f(False, "shard with FSDP2 even in a single CPU process (always on for GPU or >1 rank)")
-    shuffle: bool = _f(True, "shuffle the records every epoch (seeded)")
-    seed: int = _f(42, "seed for the data order and the per-rank RNGs")
-    skip_bad_records: bool = _f(False, "skip and count bad records instead of stopping with an error")
-    save_every: int = _f(15, "write a resumable checkpoint every N steps, and at the end (0: only at the end)")
-    keep_checkpoints: int = _f(1, "resumable checkpoints kept on disk")
-    resume: bool = _f(False, "continue the run in OUT from its newest complete checkpoint (refused when a "
-                             "setting that defines the schedule or the data differs)")
-    overwrite: bool = _f(False, "delete the earlier run in OUT (an sft.py output folder) and start over")
-    save_dtype: str = _f("bfloat16", "dtype of the exported HF weights (bfloat16 or float32)")
-    attn_implementation: str = _f("sdpa", "attention kernel passed to transformers")
-    stop_after_steps: int = _f(0, "stop (as if killed) after this many steps, keeping the full schedule; "
-                               "for testing --resume")
-    smoke: bool = _f(False, "CPU smoke run; overrides --model tiny, --max-steps 2, --global-batch-size 4, "
-                            "--micro-batch-size 2, --lr 1e-3, --warmup-ratio 0 and, without --data, uses 8 "
-                            "synthetic records written to OUT/smoke_data")
-
-    def __post_init__(self):
-        if self.global_batch_size < 1 or self.micro_batch_size < 1:
-            raise SetupError("--global-batch-size and --micro-batch-size must be positive")
-        if self.micro_batch_tokens < 0:
-            raise SetupError("--micro-batch-tokens must be 0 (off) or positive")
-        if self.keep_checkpoints < 1:
-            raise SetupError("--keep-checkpoints must be at least 1")
-        if self.save_dtype not in ("bfloat16", "float32"):
-            raise SetupError("--save-dtype must be bfloat16 or float32")
-        if self.resume and self.overwrite:
-            raise SetupError("--resume and --overwrite exclude each other")
-        for name in ("min_pixels", "max_pixels"):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise SetupError(f"--{name.replace('_', '-')} must be positive")
-
-
-USAGE_EXAMPLES = """examples:
-  python sft.py --smoke --out runs/smoke            # CPU check: tiny model, synthetic data, 2 steps
-  python make_data.py && python sft.py --model tiny --data data/ssrl/sft.jsonl --out runs/sft-tiny \\
-      --global-batch-size 8 --lr 6e-3 --max-steps 200 --max-pixels 12544   # learns the answer format
-  torchrun --nproc_per_node 8 sft.py --model Qwen/Qwen2.5-VL-7B-Instruct --data data/ssrl/sft.jsonl --out runs/sft7b
-  python sft.py ... --out runs/sft7b --resume       # continue a stopped run from OUT/checkpoints
-
---data is the cold-start file (sft.jsonl, records with a "response"); train.jsonl is for GRPO. An existing
-run in --out is never mixed with a new one: pass --resume to continue it or --overwrite to start over."""
-
-
-class OneLineErrorParser(argparse.ArgumentParser):
-    """argparse whose errors are one line ("sft.py: error: ..."), not the whole usage block."""
-
-    def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
-class HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """Shows "(default: X)" only where a default means something (not for "", None or off switches)."""
-
-    def _get_help_string(self, action):
-        if any(action.default is x for x in ("", None, False, argparse.SUPPRESS)):
-            return action.help
-        return action.help + " (default: %(default)s)"
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """argparse options generated from Config: --dash-names, defaults shown in --help; switches that are
-    off by default are plain flags (store_true), those on by default get a --no- form."""
-    p = OneLineErrorParser(prog="sft.py", description=__doc__.split("\n")[0], epilog=USAGE_EXAMPLES,
-                           formatter_class=HelpFormatter)
-    for f in dataclasses.fields(Config):
-        name, kw = "--" + f.name.replace("_", "-"), {"default": f.default, "help": f.metadata["help"]}
-        typ = next((t for t in getattr(f.type, "__args__", ()) if t is not type(None)), f.type)  # int | None
-        if typ is bool:
-            kw["action"] = argparse.BooleanOptionalAction if f.default else "store_true"
-        elif typ is tuple:
-            kw.update(type=float, nargs=len(f.default))
-        else:
-            kw["type"] = typ
-        if f.name == "data":
-            kw["metavar"] = "SFT_JSONL"
-        p.add_argument(name, **kw)
-    return p
-
-
-# ----------------------------------------------------------------------------- pure math
-def sft_loss(logp: torch.Tensor, labels: torch.Tensor, normalizer: float) -> tuple:
-    """Cross entropy of the supervised (response) tokens, summed and divided by a fixed normalizer.
-
-    L = Σ_{t: y_t ≠ -100} −log p(y_t) / normalizer, with logp = token_logprobs(model, batch, labels) (B, T)
-    and labels y (B, T), -100 = not supervised. To get the token mean over a global batch split into
-    micro-batches and ranks, pass normalizer = N_global / world: the micro-batch losses of a rank then sum
-    to Σ_rank / N_global · world, and FSDP's gradient mean over ranks gives exactly the global token mean,
-    independent of the split. Returns (loss, {"loss_sum": detached Σ, "tokens": supervised tokens}).
-    """
-    tok_loss = -logp.sum()              # token_logprobs is 0 where labels = -100
-    return tok_loss / normalizer, {"loss_sum": tok_loss.detach(), "tokens": int((labels != IGNORE_INDEX).sum())}
-
-
-def lr_at(step: int, total_steps: int, peak_lr: float, warmup_ratio: float) -> float:
-    """Cosine schedule with linear warmup (as transformers' get_cosine_schedule_with_warmup).
-
-    w = ⌈warmup_ratio · T⌉;  lr(s) = peak · s / w for s < w,  else peak · ½ (1 + cos(π (s − w) / (T − w))),
-    for optimizer step s = 0 … T−1 (so the first warmup step has lr 0, as in the HF Trainer).
-    """
-    warmup = math.ceil(warmup_ratio * total_steps)
-    if step < warmup:
-        return peak_lr * step / warmup
-    progress = (step - warmup) / max(1, total_steps - warmup)
-    return peak_lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-
-def pack_by_tokens(lengths: list, max_tokens: int) -> list:
-    """Micro-batches (lists of indices into `lengths`) whose padded size, count × longest, stays within
-    max_tokens: indices sorted by length, longest first, filled greedily; a sample longer than the budget
-    gets a micro-batch of its own. Sorting keeps padding small (neighbours have similar lengths)."""
-    out, cur = [], []
-    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
-        if cur and (len(cur) + 1) * lengths[cur[0]] > max_tokens:
-            out.append(cur)
-            cur = []
-        cur.append(i)
-    return out + ([cur] if cur else [])
-
-
-def micro_batches(batch: list, rank: int, world_size: int, micro_batch_size: int, max_tokens: int = 0,
-                  lengths: list | None = None) -> list:
-    """This rank's micro-batches of one global batch; every rank gets the same number of them.
-
-    By count (max_tokens = 0): the global batch is cut into world_size contiguous shares of ⌈B / world⌉,
-    each cut into micro-batches of micro_batch_size. By tokens (max_tokens > 0, lengths[i] = tokens of
-    batch[i]): the batch sorted by length is dealt round-robin to the ranks (similar token counts per rank)
-    and each share is packed by pack_by_tokens; the number of micro-batches is the largest over the ranks,
-    which every rank computes alike from the same batch. A missing micro-batch is returned as [] and the
-    caller runs a zero-weight sample in its place, so all ranks issue the same collectives. The loss
-    normalisation is global (train_step), so neither choice changes the update.
-    """
-    if max_tokens > 0:
-        order = sorted(range(len(batch)), key=lambda i: -lengths[i])
-        shares = [order[r::world_size] for r in range(world_size)]
-        packs = [[[share[j] for j in mb] for mb in pack_by_tokens([lengths[i] for i in share], max_tokens)]
-                 for share in shares]
-        n_micro = max(len(p) for p in packs)
-        return [[batch[i] for i in mb] for mb in packs[rank]] + [[]] * (n_micro - len(packs[rank]))
-    share = math.ceil(len(batch) / world_size)
-    mine = batch[rank * share:(rank + 1) * share]
-    n_micro = math.ceil(share / micro_batch_size)
-    return [mine[i * micro_batch_size:(i + 1) * micro_batch_size] for i in range(n_micro)]
-
-
-def epoch_order(n: int, epoch: int, seed: int, shuffle: bool) -> list:
-    """Record order of one epoch: a permutation seeded by (seed, epoch), identical on every rank."""
-    if not shuffle:
-        return list(range(n))
-    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
-    return torch.randperm(n, generator=g).tolist()
+# ============================================================================= shared plumbing
+# grpo.py and evaluate.py import this block (and bench.py); the names are an interface: keep them stable.
 
 
 # ----------------------------------------------------------------------------- distributed
@@ -361,68 +160,9 @@ def barrier() -> None:
         dist.barrier()
 
 
-# ----------------------------------------------------------------------------- tiny models and loading
-def build_tiny_tokenizer(chat_template: str = QWEN2_VL_TEMPLATE):
-    """Byte-level BPE (≤ 1024 tokens) trained on TINY_CORPUS, wrapped in transformers' Qwen2Tokenizer.
-
-    The 14 Qwen special tokens get ids 0..13 (<|endoftext|>=0 pad, <|im_end|>=2 eos, <|image_pad|>=12)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import Qwen2Tokenizer
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=1024, special_tokens=list(QWEN_SPECIAL_TOKENS), show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    bpe.train_from_iterator(list(TINY_CORPUS) + [tasks.COT_PROMPT] * 4, trainer)
-    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m)
-              for m in json.loads(bpe.to_str())["model"]["merges"]]
-    return Qwen2Tokenizer(vocab=bpe.get_vocab(), merges=merges, unk_token=None, bos_token=None,
-                          eos_token="<|im_end|>", pad_token="<|endoftext|>",
-                          additional_special_tokens=list(QWEN_SPECIAL_TOKENS[1:]), chat_template=chat_template)
-
-
-def build_tiny(kind: str = "tiny", hidden: int = 64, layers: int = 2, heads: int = 4, vision_hidden: int = 32,
-               vision_depth: int = 2, ffn_mult: int = 2, seed: int = 0, out_dir: str | None = None,
-               device: str = "cpu"):
-    """A randomly initialised tiny Qwen2.5-VL ('tiny') or Qwen3-VL ('tiny-qwen3'), offline, in < 1 s.
-
-    Returns (model, tokenizer, image_processor); the same seed gives the same weights on every rank.
-    With out_dir, it is also saved there as a normal HF directory. device='meta' builds the same
-    architecture without weights (load_model(meta=True))."""
-    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen3VLConfig
-    from transformers import Qwen3VLForConditionalGeneration
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
-    qwen3 = kind == "tiny-qwen3"
-    head_dim = hidden // heads
-    rope = {"rope_type": "default", "rope_theta": 1e6,
-            "mrope_section": [head_dim // 4, head_dim // 8, head_dim // 8]}   # sums to head_dim / 2
-    text = dict(vocab_size=1024, hidden_size=hidden, intermediate_size=ffn_mult * hidden, num_hidden_layers=layers,
-                num_attention_heads=heads, num_key_value_heads=max(1, heads // 2), max_position_embeddings=8192,
-                rope_parameters=rope, pad_token_id=0, bos_token_id=0, eos_token_id=2)
-    vision = dict(depth=vision_depth, hidden_size=vision_hidden, intermediate_size=ffn_mult * vision_hidden,
-                  num_heads=2, out_hidden_size=hidden, spatial_merge_size=2, temporal_patch_size=2)
-    ids = dict(image_token_id=12, video_token_id=13, vision_start_token_id=9, vision_end_token_id=10,
-               tie_word_embeddings=False)
-    if qwen3:
-        text.update(head_dim=head_dim, rope_parameters={**rope, "mrope_interleaved": True})
-        vision.update(patch_size=16, num_position_embeddings=64, deepstack_visual_indexes=[0])
-        cfg, cls = Qwen3VLConfig(text_config=text, vision_config=vision, **ids), Qwen3VLForConditionalGeneration
-        ip = Qwen2VLImageProcessorPil(patch_size=16, image_mean=[0.5] * 3, image_std=[0.5] * 3)
-    else:
-        vision.update(patch_size=14, window_size=112, fullatt_block_indexes=[vision_depth - 1])
-        cfg, cls = Qwen2_5_VLConfig(text_config=text, vision_config=vision, **ids), Qwen2_5_VLForConditionalGeneration
-        ip = Qwen2VLImageProcessorPil()
-    cfg._attn_implementation = "sdpa"
-    with torch.random.fork_rng(devices=[]), torch.device(device):
-        torch.manual_seed(seed)
-        model = cls(cfg)
-    tok = build_tiny_tokenizer(QWEN3_VL_TEMPLATE if qwen3 else QWEN2_VL_TEMPLATE)
-    model.generation_config.pad_token_id, model.generation_config.eos_token_id = 0, 2
-    if out_dir:
-        model.save_pretrained(out_dir)
-        tok.save_pretrained(out_dir)
-        ip.save_pretrained(out_dir)
-    return model, tok, ip
+# ----------------------------------------------------------------------------- load
+class SetupError(ValueError):
+    """A bad command line, model name, data file or output folder: reported in one line, nothing written."""
 
 
 TINY_MODELS = ("tiny", "tiny-qwen3")
@@ -536,7 +276,7 @@ def freeze_vision(model) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-# ----------------------------------------------------------------------------- encoding
+# ----------------------------------------------------------------------------- encode
 def build_messages(problem: str, response: str | None = None) -> list:
     """Chat messages for one record: with_cot(problem) split on <image> into image/text items (empty text
     dropped), one user turn, no system turn; plus an assistant turn when a response is given."""
@@ -626,11 +366,6 @@ def encode(conversations: list, images: list, tokenizer, image_processor, paddin
     return batch
 
 
-# ----------------------------------------------------------------------------- data
-class BadRecord(SetupError):
-    """A dataset record that cannot be trained on; the message names the record."""
-
-
 def read_jsonl(path: str) -> list:
     """The JSON objects of a .jsonl file, one a line (blank lines skipped); a line that is not a JSON
     object raises BadRecord naming the file and line."""
@@ -657,65 +392,83 @@ def load_images(record: dict, root: Path) -> list:
     return out
 
 
-def check_record(record: dict, root: Path, tokenizer, image_processor, max_length: int) -> int:
-    """Validate one SFT record and return its token length; raise BadRecord naming it otherwise."""
-    rid = record.get("id", "?")
-    if "response" not in record:
-        raise BadRecord(f'record {rid}: no "response" field; sft.py trains on the cold-start file sft.jsonl '
-                        "that make_data.py writes (train.jsonl and test.jsonl have no responses: they are for "
-                        "GRPO and evaluation)")
-    if not isinstance(record["response"], str) or not record["response"].strip():
-        raise BadRecord(f"record {rid}: empty response")
-    if not isinstance(record.get("problem"), str):
-        raise BadRecord(f'record {rid}: "problem" is {json.dumps(record.get("problem"))}, not a string')
-    images = record.get("images")
-    if not isinstance(images, list) or not all(isinstance(x, str) for x in images):
-        raise BadRecord(f'record {rid}: "images" is {json.dumps(images)}, not a list of paths '
-                        "(use [] for a text-only record)")
-    if record["problem"].count(IMAGE_PLACEHOLDER) != len(images):
-        raise BadRecord(f"record {rid}: {record['problem'].count(IMAGE_PLACEHOLDER)} <image> "
-                        f"placeholders but {len(images)} images")
-    counts = []
-    for rel in images:
-        try:
-            with Image.open(root / rel) as im:
-                im.load()   # decode it all: a truncated file has a valid header
-                counts.append(image_token_count(im.size, image_processor))
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-            raise BadRecord(f"record {rid}: cannot read image {root / rel}: {e}") from None
-    p, t = tokenize_conversation(build_messages(record["problem"], record["response"]), counts, tokenizer)
-    if len(p) + len(t) > max_length:
-        raise BadRecord(f"record {rid}: {len(p) + len(t)} tokens > --max-length {max_length}")
-    return len(p) + len(t)
+# ----------------------------------------------------------------------------- log-probs
+def _head_logprobs(h: torch.Tensor, weight: torch.Tensor, bias, targets: torch.Tensor, temperature: float,
+                   with_entropy: bool) -> tuple:
+    """log p(target) and entropy for rows of hidden states h (n, H): z = (h Wᵀ + b) / τ in fp32,
+    log p = z[y] − logsumexp(z), entropy = −Σ softmax(z) log softmax(z) (detached)."""
+    z = F.linear(h, weight, bias).float() / temperature                    # (n, V) fp32
+    logz = torch.logsumexp(z, dim=-1)                                       # (n,)
+    logp = z.gather(-1, targets[:, None]).squeeze(-1) - logz               # (n,)
+    ent = torch.zeros_like(logp)
+    if with_entropy:
+        with torch.no_grad():
+            lsm = z.detach() - logz.detach()[:, None]
+            ent = -(lsm.exp() * lsm).sum(-1)
+    return logp, ent
 
 
-def prepare_records(records: list, root: Path, tokenizer, image_processor, max_length: int,
-                    skip_bad: bool) -> tuple:
-    """Validate all records up front: (kept records, number skipped). Without skip_bad the first bad
-    record stops the run with its error; with it, bad records are dropped and counted (never silently)."""
-    kept, skipped, first = [], 0, ""
-    for rec in records:
-        try:
-            kept.append({**rec, "num_tokens": check_record(rec, root, tokenizer, image_processor, max_length)})
-        except BadRecord as e:
-            if not skip_bad:
-                raise
-            skipped += 1
-            first = first or str(e)
-            print0(f"skipping bad record: {e}")
-    if not kept:
-        raise BadRecord(f"no usable records: all {skipped} are bad, the first: {first}" if skipped
-                        else "no records: the data file is empty")
-    return kept, skipped
+def chunked_head_logprobs(h: torch.Tensor, weight: torch.Tensor, bias, targets: torch.Tensor,
+                          temperature: float = 1.0, chunk_size: int = 1024, with_entropy: bool = False) -> tuple:
+    """(log p, entropy) of `targets` (n,) under the LM head applied to hidden rows h (n, H), chunk_size rows
+    at a time, so at most chunk_size × V fp32 logits exist at once. With grad enabled every chunk is
+    activation-checkpointed: its logits are recomputed in the backward instead of kept (n × V never lives)."""
+    from torch.utils.checkpoint import checkpoint
+    grad = torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad)
+    logps, ents = [], []
+    for i in range(0, h.shape[0], chunk_size):
+        args = (h[i:i + chunk_size], weight, bias, targets[i:i + chunk_size], temperature, with_entropy)
+        lp, ent = checkpoint(_head_logprobs, *args, use_reentrant=False) if grad else _head_logprobs(*args)
+        logps.append(lp)
+        ents.append(ent.detach())
+    return torch.cat(logps), torch.cat(ents)
 
 
-def encode_records(records: list, root: Path, tokenizer, image_processor) -> dict:
-    """SFT batch (right padded, labels on the responses) for a list of records."""
-    convs = [build_messages(r["problem"], r["response"]) for r in records]
-    return encode(convs, [load_images(r, root) for r in records], tokenizer, image_processor, "right")
+def token_logprobs(model, batch: dict, labels: torch.Tensor, temperature: float = 1.0, chunk_size: int = 1024,
+                   with_entropy: bool = False):
+    """Per-token log-probs of `labels` under the model: (B, T) fp32, 0 where labels = -100.
+
+    logp[b, t] = log_softmax(lm_head(h[b, t−1]) / τ)[labels[b, t]], h = the last hidden states of one forward
+    of the model body on `batch` (an encode() batch; its "labels" key is ignored). The LM head runs only at
+    the supervised positions (logits_to_keep mask), in chunks (chunked_head_logprobs), with an fp32
+    log-softmax: no (B, T, V) logits tensor. It runs inside the model's own forward (the head's forward is
+    swapped for the call), so it works on an FSDP2-sharded model (root parameters unsharded by its hooks)
+    and a plain one, and is differentiable when grad is enabled. with_entropy=True also returns the
+    (detached) entropy of each of those distributions, (B, T). A batch without supervised tokens still
+    runs the head on one position with weight 0 (every rank's backward must reach every FSDP unit)."""
+    device = next(model.parameters()).device
+    labels = labels.to(device)
+    keep = torch.zeros_like(labels, dtype=torch.bool)                      # keep[b, t]: h[b, t] predicts t+1
+    keep[:, :-1] = labels[:, 1:] != IGNORE_INDEX
+    empty = not bool(keep.any())
+    if empty:
+        keep[0, 0] = True
+    targets = labels[:, 1:][keep[:, :-1]] if not empty else torch.zeros(1, dtype=torch.long, device=device)
+    head, extra = model.get_output_embeddings(), {}
+
+    def head_forward(h):                                                    # h: (N, H) at kept positions
+        logp, extra["entropy"] = chunked_head_logprobs(h, head.weight, head.bias, targets, temperature,
+                                                       chunk_size, with_entropy)
+        return logp
+    inputs = {k: v.to(device) for k, v in batch.items() if k != "labels"}
+    head.forward = head_forward
+    try:
+        logp = model(**inputs, use_cache=False, logits_to_keep=keep).logits                      # (N,)
+    finally:
+        del head.forward
+    shifted = torch.zeros_like(keep)
+    shifted[:, 1:] = keep[:, :-1]
+    if empty:
+        logp, shifted = logp * 0.0, keep                                   # connected to the graph, all zero
+    out = torch.zeros(labels.shape, dtype=torch.float32, device=device).masked_scatter(shifted, logp)
+    if not with_entropy:
+        return out
+    ent = torch.zeros(labels.shape, dtype=torch.float32, device=device).masked_scatter(shifted, extra["entropy"])
+    return out, (ent * 0.0 if empty else ent)
 
 
-# ----------------------------------------------------------------------------- model setup
+# ----------------------------------------------------------------------------- shard
+# vision attention in one call per window size, checkpointing of what trains, FSDP2, micro-batches.
 def segment_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor,
                       scale: float) -> torch.Tensor:
     """Bidirectional softmax attention inside each segment [cu_seqlens[i], cu_seqlens[i+1]) of a packed
@@ -847,81 +600,46 @@ def is_fsdp(model) -> bool:
     return isinstance(model, FSDPModule)
 
 
-# ----------------------------------------------------------------------------- log-probs
-def _head_logprobs(h: torch.Tensor, weight: torch.Tensor, bias, targets: torch.Tensor, temperature: float,
-                   with_entropy: bool) -> tuple:
-    """log p(target) and entropy for rows of hidden states h (n, H): z = (h Wᵀ + b) / τ in fp32,
-    log p = z[y] − logsumexp(z), entropy = −Σ softmax(z) log softmax(z) (detached)."""
-    z = F.linear(h, weight, bias).float() / temperature                    # (n, V) fp32
-    logz = torch.logsumexp(z, dim=-1)                                       # (n,)
-    logp = z.gather(-1, targets[:, None]).squeeze(-1) - logz               # (n,)
-    ent = torch.zeros_like(logp)
-    if with_entropy:
-        with torch.no_grad():
-            lsm = z.detach() - logz.detach()[:, None]
-            ent = -(lsm.exp() * lsm).sum(-1)
-    return logp, ent
+def pack_by_tokens(lengths: list, max_tokens: int) -> list:
+    """Micro-batches (lists of indices into `lengths`) whose padded size, count × longest, stays within
+    max_tokens: indices sorted by length, longest first, filled greedily; a sample longer than the budget
+    gets a micro-batch of its own. Sorting keeps padding small (neighbours have similar lengths)."""
+    out, cur = [], []
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        if cur and (len(cur) + 1) * lengths[cur[0]] > max_tokens:
+            out.append(cur)
+            cur = []
+        cur.append(i)
+    return out + ([cur] if cur else [])
 
 
-def chunked_head_logprobs(h: torch.Tensor, weight: torch.Tensor, bias, targets: torch.Tensor,
-                          temperature: float = 1.0, chunk_size: int = 1024, with_entropy: bool = False) -> tuple:
-    """(log p, entropy) of `targets` (n,) under the LM head applied to hidden rows h (n, H), chunk_size rows
-    at a time, so at most chunk_size × V fp32 logits exist at once. With grad enabled every chunk is
-    activation-checkpointed: its logits are recomputed in the backward instead of kept (n × V never lives)."""
-    from torch.utils.checkpoint import checkpoint
-    grad = torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad)
-    logps, ents = [], []
-    for i in range(0, h.shape[0], chunk_size):
-        args = (h[i:i + chunk_size], weight, bias, targets[i:i + chunk_size], temperature, with_entropy)
-        lp, ent = checkpoint(_head_logprobs, *args, use_reentrant=False) if grad else _head_logprobs(*args)
-        logps.append(lp)
-        ents.append(ent.detach())
-    return torch.cat(logps), torch.cat(ents)
+def micro_batches(batch: list, rank: int, world_size: int, micro_batch_size: int, max_tokens: int = 0,
+                  lengths: list | None = None) -> list:
+    """This rank's micro-batches of one global batch; every rank gets the same number of them.
+
+    By count (max_tokens = 0): the global batch is cut into world_size contiguous shares of ⌈B / world⌉,
+    each cut into micro-batches of micro_batch_size. By tokens (max_tokens > 0, lengths[i] = tokens of
+    batch[i]): the batch sorted by length is dealt round-robin to the ranks (similar token counts per rank)
+    and each share is packed by pack_by_tokens; the number of micro-batches is the largest over the ranks,
+    which every rank computes alike from the same batch. A missing micro-batch is returned as [] and the
+    caller runs a zero-weight sample in its place, so all ranks issue the same collectives. The loss
+    normalisation is global (train_step), so neither choice changes the update.
+    """
+    if max_tokens > 0:
+        order = sorted(range(len(batch)), key=lambda i: -lengths[i])
+        shares = [order[r::world_size] for r in range(world_size)]
+        packs = [[[share[j] for j in mb] for mb in pack_by_tokens([lengths[i] for i in share], max_tokens)]
+                 for share in shares]
+        n_micro = max(len(p) for p in packs)
+        return [[batch[i] for i in mb] for mb in packs[rank]] + [[]] * (n_micro - len(packs[rank]))
+    share = math.ceil(len(batch) / world_size)
+    mine = batch[rank * share:(rank + 1) * share]
+    n_micro = math.ceil(share / micro_batch_size)
+    return [mine[i * micro_batch_size:(i + 1) * micro_batch_size] for i in range(n_micro)]
 
 
-def token_logprobs(model, batch: dict, labels: torch.Tensor, temperature: float = 1.0, chunk_size: int = 1024,
-                   with_entropy: bool = False):
-    """Per-token log-probs of `labels` under the model: (B, T) fp32, 0 where labels = -100.
-
-    logp[b, t] = log_softmax(lm_head(h[b, t−1]) / τ)[labels[b, t]], h = the last hidden states of one forward
-    of the model body on `batch` (an encode() batch; its "labels" key is ignored). The LM head runs only at
-    the supervised positions (logits_to_keep mask), in chunks (chunked_head_logprobs), with an fp32
-    log-softmax: no (B, T, V) logits tensor. It runs inside the model's own forward (the head's forward is
-    swapped for the call), so it works on an FSDP2-sharded model (root parameters unsharded by its hooks)
-    and a plain one, and is differentiable when grad is enabled. with_entropy=True also returns the
-    (detached) entropy of each of those distributions, (B, T). A batch without supervised tokens still
-    runs the head on one position with weight 0 (every rank's backward must reach every FSDP unit)."""
-    device = next(model.parameters()).device
-    labels = labels.to(device)
-    keep = torch.zeros_like(labels, dtype=torch.bool)                      # keep[b, t]: h[b, t] predicts t+1
-    keep[:, :-1] = labels[:, 1:] != IGNORE_INDEX
-    empty = not bool(keep.any())
-    if empty:
-        keep[0, 0] = True
-    targets = labels[:, 1:][keep[:, :-1]] if not empty else torch.zeros(1, dtype=torch.long, device=device)
-    head, extra = model.get_output_embeddings(), {}
-
-    def head_forward(h):                                                    # h: (N, H) at kept positions
-        logp, extra["entropy"] = chunked_head_logprobs(h, head.weight, head.bias, targets, temperature,
-                                                       chunk_size, with_entropy)
-        return logp
-    inputs = {k: v.to(device) for k, v in batch.items() if k != "labels"}
-    head.forward = head_forward
-    try:
-        logp = model(**inputs, use_cache=False, logits_to_keep=keep).logits                      # (N,)
-    finally:
-        del head.forward
-    shifted = torch.zeros_like(keep)
-    shifted[:, 1:] = keep[:, :-1]
-    if empty:
-        logp, shifted = logp * 0.0, keep                                   # connected to the graph, all zero
-    out = torch.zeros(labels.shape, dtype=torch.float32, device=device).masked_scatter(shifted, logp)
-    if not with_entropy:
-        return out
-    ent = torch.zeros(labels.shape, dtype=torch.float32, device=device).masked_scatter(shifted, extra["entropy"])
-    return out, (ent * 0.0 if empty else ent)
-
-
+# ----------------------------------------------------------------------------- generate
+# generate(): the simple path (CPU, tests); RolloutEngine: the fast path for rollouts and evaluation on CUDA.
 def generation_config(tokenizer, max_new_tokens: int = 1024, do_sample: bool = False, temperature: float = 1.0,
                       top_p: float = 1.0, top_k: int = 0, num_return_sequences: int = 1):
     """A GenerationConfig with every decoding field set: plain greedy (do_sample=False) or plain sampling
@@ -985,7 +703,6 @@ def generate(model, batch: dict, tokenizer, *, max_new_tokens: int = 1024, do_sa
     return completion_mask(out[:, inputs["input_ids"].shape[1]:], gc.eos_token_id, tokenizer.pad_token_id)
 
 
-# ----------------------------------------------------------------------------- fast rollouts (CUDA)
 def bucket_length(n: int, buckets: tuple) -> int:
     """The smallest bucket ≥ n; beyond the largest, the next multiple of it. Prompts are left-padded to their
     bucket so the prefill shapes repeat."""
@@ -1008,6 +725,24 @@ def pad_prompts(batch: dict, length: int, rows: int, pad_id: int) -> dict:
         if key == "attention_mask":
             filler[:, -1] = 1
         out[key] = torch.cat([x, filler.to(x.device)])
+    return out
+
+
+def prompt_slice(batch: dict, lo: int, hi: int, merge_size: int = 2) -> dict:
+    """Prompts lo … hi−1 of an encode() batch, with their images' pixel rows and grids (images follow the
+    prompts' order; image j has prod(grid_j) / merge² tokens and belongs to the prompt whose running count
+    of image tokens it falls in)."""
+    out = {k: batch[k][lo:hi] for k in ("input_ids", "attention_mask", "mm_token_type_ids")}
+    if "pixel_values" in batch:
+        patches = batch["image_grid_thw"].prod(-1)                                  # (images,)
+        ends = (patches // merge_size ** 2).cumsum(0)                               # image tokens so far
+        owner = torch.searchsorted((batch["mm_token_type_ids"] == 1).sum(1).cumsum(0), ends)   # prompt of image
+        mine = ((owner >= lo) & (owner < hi)).nonzero().flatten()
+        if len(mine):
+            rows = torch.cat([torch.zeros(1, dtype=torch.long), patches.cumsum(0)])
+            a, z = int(mine[0]), int(mine[-1]) + 1
+            out["pixel_values"] = batch["pixel_values"][int(rows[a]):int(rows[z])]
+            out["image_grid_thw"] = batch["image_grid_thw"][a:z]
     return out
 
 
@@ -1128,25 +863,19 @@ class RolloutEngine:
             return self.copy.generate(**inputs, generation_config=gc)
 
 
-def prompt_slice(batch: dict, lo: int, hi: int, merge_size: int = 2) -> dict:
-    """Prompts lo … hi−1 of an encode() batch, with their images' pixel rows and grids (images follow the
-    prompts' order; image j has prod(grid_j) / merge² tokens and belongs to the prompt whose running count
-    of image tokens it falls in)."""
-    out = {k: batch[k][lo:hi] for k in ("input_ids", "attention_mask", "mm_token_type_ids")}
-    if "pixel_values" in batch:
-        patches = batch["image_grid_thw"].prod(-1)                                  # (images,)
-        ends = (patches // merge_size ** 2).cumsum(0)                               # image tokens so far
-        owner = torch.searchsorted((batch["mm_token_type_ids"] == 1).sum(1).cumsum(0), ends)   # prompt of image
-        mine = ((owner >= lo) & (owner < hi)).nonzero().flatten()
-        if len(mine):
-            rows = torch.cat([torch.zeros(1, dtype=torch.long), patches.cumsum(0)])
-            a, z = int(mine[0]), int(mine[-1]) + 1
-            out["pixel_values"] = batch["pixel_values"][int(rows[a]):int(rows[z])]
-            out["image_grid_thw"] = batch["image_grid_thw"][a:z]
-    return out
+# ----------------------------------------------------------------------------- save
+def atomic_write(path: Path, data: str | bytes) -> None:
+    """Write a file that is either complete or absent: the data goes to .NAME.PID.tmp beside it, is flushed
+    to disk and renamed over `path` (atomic on POSIX); ranks writing the same file do not collide."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data.encode("utf-8") if isinstance(data, str) else data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
-# ----------------------------------------------------------------------------- checkpoints
 def save_hf(model, tokenizer, image_processor, out_dir: str, dtype: torch.dtype = torch.bfloat16) -> None:
     """Consolidated HF directory from rank 0: model.safetensors, config.json, generation_config.json,
     tokenizer and image-processor files; loadable with AutoModelForImageTextToText.from_pretrained.
@@ -1206,10 +935,7 @@ def save_state(model, optimizer, trainer_state: dict, out_dir: str, keep: int = 
         dcp.save(_state_dicts(model, optimizer), checkpoint_id=str(tmp))
     barrier()
     if is_main():
-        with open(tmp / "trainer_state.json", "w") as f:
-            json.dump(trainer_state, f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
+        atomic_write(tmp / "trainer_state.json", json.dumps(trainer_state, indent=1))
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
         for old in sorted(p for p in root.glob("step_*") if p.suffix != ".tmp")[:-keep]:
@@ -1239,7 +965,219 @@ def load_state(model, optimizer, ckpt: Path) -> dict:
         return json.load(f)
 
 
-# ----------------------------------------------------------------------------- training
+# ============================================================================= SFT
+
+
+# ----------------------------------------------------------------------------- config
+def _f(default, help):
+    """A dataclass field with a one-line --help text."""
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class Config:
+    model: str = _f("tiny", "HF id or local HF dir (Qwen2.5-VL / Qwen3-VL), or 'tiny' / 'tiny-qwen3'")
+    data: str = _f("", "REQUIRED (except with --smoke): the cold-start file make_data.py writes, sft.jsonl "
+                       "(records with id, task, problem, answer, images, response)")
+    out: str = _f("runs/sft", "output folder: the HF checkpoint, metrics.jsonl, checkpoints/")
+    epochs: int = _f(5, "passes over the data (paper: 5)")
+    max_steps: int = _f(0, "stop after this many optimizer steps (0: epochs decide)")
+    lr: float = _f(1e-5, "peak learning rate (paper: 1e-5)")
+    warmup_ratio: float = _f(0.1, "fraction of steps with linear warmup before the cosine decay")
+    weight_decay: float = _f(0.0, "AdamW weight decay (LLaMA-Factory default 0)")
+    adam_betas: tuple = _f((0.9, 0.999), "AdamW betas")
+    global_batch_size: int = _f(256, "samples per optimizer step over all ranks (paper: 256)")
+    micro_batch_size: int = _f(4, "samples per forward/backward on one rank")
+    micro_batch_tokens: int = _f(0, "instead of --micro-batch-size: micro-batches of at most this many padded "
+                                    "tokens (count x longest), samples sorted by length (e.g. 16384 on a GPU)")
+    max_length: int = _f(4096, "max tokens per sample, prompt + image tokens + response (paper: 4096)")
+    min_pixels: int | None = _f(None, "smallest image area after resizing, in pixels (default: the model's "
+                                      "own bound)")
+    max_pixels: int | None = _f(None, "largest image area after resizing, in pixels (default: the model's own "
+                                      "bound, at most 512² = 262144 as in the paper)")
+    max_grad_norm: float = _f(1.0, "gradient-norm clip")
+    freeze_vision: bool = _f(True, "freeze the vision tower and projector (paper: frozen)")
+    activation_checkpointing: bool = _f(True, "non-reentrant activation checkpointing of every block")
+    bf16: bool = _f(True, "bf16 compute with fp32 master weights and reduction (GPU only; CPU stays fp32)")
+    fsdp: bool = _f(False, "shard with FSDP2 even in a single CPU process (always on for GPU or >1 rank)")
+    shuffle: bool = _f(True, "shuffle the records every epoch (seeded)")
+    seed: int = _f(42, "seed for the data order and the per-rank RNGs")
+    skip_bad_records: bool = _f(False, "skip and count bad records instead of stopping with an error")
+    save_every: int = _f(15, "write a resumable checkpoint every N steps, and at the end (0: only at the end)")
+    keep_checkpoints: int = _f(1, "resumable checkpoints kept on disk")
+    resume: bool = _f(False, "continue the run in OUT from its newest complete checkpoint (refused when a "
+                             "setting that defines the schedule or the data differs)")
+    overwrite: bool = _f(False, "delete the earlier run in OUT (an sft.py output folder) and start over")
+    save_dtype: str = _f("bfloat16", "dtype of the exported HF weights (bfloat16 or float32)")
+    attn_implementation: str = _f("sdpa", "attention kernel passed to transformers")
+    stop_after_steps: int = _f(0, "stop (as if killed) after this many steps, keeping the full schedule; "
+                               "for testing --resume")
+    smoke: bool = _f(False, "CPU smoke run; overrides --model tiny, --max-steps 2, --global-batch-size 4, "
+                            "--micro-batch-size 2, --lr 1e-3, --warmup-ratio 0 and, without --data, uses 8 "
+                            "synthetic records written to OUT/smoke_data")
+
+    def __post_init__(self):
+        if self.global_batch_size < 1 or self.micro_batch_size < 1:
+            raise SetupError("--global-batch-size and --micro-batch-size must be positive")
+        if self.micro_batch_tokens < 0:
+            raise SetupError("--micro-batch-tokens must be 0 (off) or positive")
+        if self.keep_checkpoints < 1:
+            raise SetupError("--keep-checkpoints must be at least 1")
+        if self.save_dtype not in ("bfloat16", "float32"):
+            raise SetupError("--save-dtype must be bfloat16 or float32")
+        if self.resume and self.overwrite:
+            raise SetupError("--resume and --overwrite exclude each other")
+        for name in ("min_pixels", "max_pixels"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise SetupError(f"--{name.replace('_', '-')} must be positive")
+
+
+USAGE_EXAMPLES = """examples:
+  python sft.py --smoke --out runs/smoke            # CPU check: tiny model, synthetic data, 2 steps
+  python make_data.py && python sft.py --model tiny --data data/ssrl/sft.jsonl --out runs/sft-tiny \\
+      --global-batch-size 8 --lr 6e-3 --max-steps 200 --max-pixels 12544   # learns the answer format
+  torchrun --nproc_per_node 8 sft.py --model Qwen/Qwen2.5-VL-7B-Instruct --data data/ssrl/sft.jsonl --out runs/sft7b
+  python sft.py ... --out runs/sft7b --resume       # continue a stopped run from OUT/checkpoints
+
+--data is the cold-start file (sft.jsonl, records with a "response"); train.jsonl is for GRPO. An existing
+run in --out is never mixed with a new one: pass --resume to continue it or --overwrite to start over."""
+
+
+class OneLineErrorParser(argparse.ArgumentParser):
+    """argparse whose errors are one line ("sft.py: error: ..."), not the whole usage block."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Shows "(default: X)" only where a default means something (not for "", None or off switches)."""
+
+    def _get_help_string(self, action):
+        if any(action.default is x for x in ("", None, False, argparse.SUPPRESS)):
+            return action.help
+        return action.help + " (default: %(default)s)"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """argparse options generated from Config: --dash-names, defaults shown in --help; switches that are
+    off by default are plain flags (store_true), those on by default get a --no- form."""
+    p = OneLineErrorParser(prog="sft.py", description=__doc__.split("\n")[0], epilog=USAGE_EXAMPLES,
+                           formatter_class=HelpFormatter)
+    for f in dataclasses.fields(Config):
+        name, kw = "--" + f.name.replace("_", "-"), {"default": f.default, "help": f.metadata["help"]}
+        typ = next((t for t in getattr(f.type, "__args__", ()) if t is not type(None)), f.type)  # int | None
+        if typ is bool:
+            kw["action"] = argparse.BooleanOptionalAction if f.default else "store_true"
+        elif typ is tuple:
+            kw.update(type=float, nargs=len(f.default))
+        else:
+            kw["type"] = typ
+        if f.name == "data":
+            kw["metavar"] = "SFT_JSONL"
+        p.add_argument(name, **kw)
+    return p
+
+
+# ----------------------------------------------------------------------------- loss and schedule
+def sft_loss(logp: torch.Tensor, labels: torch.Tensor, normalizer: float) -> tuple:
+    """Cross entropy of the supervised (response) tokens, summed and divided by a fixed normalizer.
+
+    L = Σ_{t: y_t ≠ -100} −log p(y_t) / normalizer, with logp = token_logprobs(model, batch, labels) (B, T)
+    and labels y (B, T), -100 = not supervised. To get the token mean over a global batch split into
+    micro-batches and ranks, pass normalizer = N_global / world: the micro-batch losses of a rank then sum
+    to Σ_rank / N_global · world, and FSDP's gradient mean over ranks gives exactly the global token mean,
+    independent of the split. Returns (loss, {"loss_sum": detached Σ, "tokens": supervised tokens}).
+    """
+    tok_loss = -logp.sum()              # token_logprobs is 0 where labels = -100
+    return tok_loss / normalizer, {"loss_sum": tok_loss.detach(), "tokens": int((labels != IGNORE_INDEX).sum())}
+
+
+def lr_at(step: int, total_steps: int, peak_lr: float, warmup_ratio: float) -> float:
+    """Cosine schedule with linear warmup (as transformers' get_cosine_schedule_with_warmup).
+
+    w = ⌈warmup_ratio · T⌉;  lr(s) = peak · s / w for s < w,  else peak · ½ (1 + cos(π (s − w) / (T − w))),
+    for optimizer step s = 0 … T−1 (so the first warmup step has lr 0, as in the HF Trainer).
+    """
+    warmup = math.ceil(warmup_ratio * total_steps)
+    if step < warmup:
+        return peak_lr * step / warmup
+    progress = (step - warmup) / max(1, total_steps - warmup)
+    return peak_lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def epoch_order(n: int, epoch: int, seed: int, shuffle: bool) -> list:
+    """Record order of one epoch: a permutation seeded by (seed, epoch), identical on every rank."""
+    if not shuffle:
+        return list(range(n))
+    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    return torch.randperm(n, generator=g).tolist()
+
+
+# ----------------------------------------------------------------------------- data
+class BadRecord(SetupError):
+    """A dataset record that cannot be trained on; the message names the record."""
+
+
+def check_record(record: dict, root: Path, tokenizer, image_processor, max_length: int) -> int:
+    """Validate one SFT record and return its token length; raise BadRecord naming it otherwise."""
+    rid = record.get("id", "?")
+    if "response" not in record:
+        raise BadRecord(f'record {rid}: no "response" field; sft.py trains on the cold-start file sft.jsonl '
+                        "that make_data.py writes (train.jsonl and test.jsonl have no responses: they are for "
+                        "GRPO and evaluation)")
+    if not isinstance(record["response"], str) or not record["response"].strip():
+        raise BadRecord(f"record {rid}: empty response")
+    if not isinstance(record.get("problem"), str):
+        raise BadRecord(f'record {rid}: "problem" is {json.dumps(record.get("problem"))}, not a string')
+    images = record.get("images")
+    if not isinstance(images, list) or not all(isinstance(x, str) for x in images):
+        raise BadRecord(f'record {rid}: "images" is {json.dumps(images)}, not a list of paths '
+                        "(use [] for a text-only record)")
+    if record["problem"].count(IMAGE_PLACEHOLDER) != len(images):
+        raise BadRecord(f"record {rid}: {record['problem'].count(IMAGE_PLACEHOLDER)} <image> "
+                        f"placeholders but {len(images)} images")
+    counts = []
+    for rel in images:
+        try:
+            with Image.open(root / rel) as im:
+                im.load()   # decode it all: a truncated file has a valid header
+                counts.append(image_token_count(im.size, image_processor))
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+            raise BadRecord(f"record {rid}: cannot read image {root / rel}: {e}") from None
+    p, t = tokenize_conversation(build_messages(record["problem"], record["response"]), counts, tokenizer)
+    if len(p) + len(t) > max_length:
+        raise BadRecord(f"record {rid}: {len(p) + len(t)} tokens > --max-length {max_length}")
+    return len(p) + len(t)
+
+
+def prepare_records(records: list, root: Path, tokenizer, image_processor, max_length: int,
+                    skip_bad: bool) -> tuple:
+    """Validate all records up front: (kept records, number skipped). Without skip_bad the first bad
+    record stops the run with its error; with it, bad records are dropped and counted (never silently)."""
+    kept, skipped, first = [], 0, ""
+    for rec in records:
+        try:
+            kept.append({**rec, "num_tokens": check_record(rec, root, tokenizer, image_processor, max_length)})
+        except BadRecord as e:
+            if not skip_bad:
+                raise
+            skipped += 1
+            first = first or str(e)
+            print0(f"skipping bad record: {e}")
+    if not kept:
+        raise BadRecord(f"no usable records: all {skipped} are bad, the first: {first}" if skipped
+                        else "no records: the data file is empty")
+    return kept, skipped
+
+
+def encode_records(records: list, root: Path, tokenizer, image_processor) -> dict:
+    """SFT batch (right padded, labels on the responses) for a list of records."""
+    convs = [build_messages(r["problem"], r["response"]) for r in records]
+    return encode(convs, [load_images(r, root) for r in records], tokenizer, image_processor, "right")
+
+
+# ----------------------------------------------------------------------------- loop
 def train_step(model, optimizer, batches: list, lr: float, max_grad_norm: float, device: torch.device,
                sync_every_micro_batch: bool = True) -> dict:
     """One optimizer step over this rank's micro-batches (encoded, labels included).
@@ -1296,7 +1234,7 @@ def write_run_info(cfg: Config, out: Path) -> None:
     except (OSError, subprocess.SubprocessError):
         commit = ""
     info = {"config": dataclasses.asdict(cfg), "argv": sys.argv, "git_commit": commit}
-    (out / "sft_config.json").write_text(json.dumps(info, indent=1))
+    atomic_write(out / "sft_config.json", json.dumps(info, indent=1))
 
 
 def setup_training(cfg: Config, d: Dist) -> dict:
@@ -1422,9 +1360,7 @@ def resume_step(cfg: Config, s: dict, ckpt: Path | None) -> int:
     metrics = Path(cfg.out) / "metrics.jsonl"
     if is_main() and metrics.exists():  # drop rows logged after the checkpoint (and a cut-off last row)
         rows = [r for r in read_metrics(metrics) if r["step"] <= state["step"]]
-        tmp = metrics.with_name(metrics.name + ".tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-        os.replace(tmp, metrics)
+        atomic_write(metrics, "".join(json.dumps(r) + "\n" for r in rows))
     barrier()
     if ckpt is not None:
         print0(f"resumed from {ckpt} (step {state['step']}, epoch {state['epoch']}, "
@@ -1493,7 +1429,144 @@ def train(cfg: Config) -> None:
         cleanup_dist()
 
 
-# ----------------------------------------------------------------------------- benchmark and test support
+# ----------------------------------------------------------------------------- command line
+SMOKE_OVERRIDES = dict(model="tiny", max_steps=2, global_batch_size=4, micro_batch_size=2, lr=1e-3,
+                       warmup_ratio=0.0)
+
+
+def smoke_config(cfg: Config) -> Config:
+    """--smoke: the tiny model for 2 steps of 4 samples (SMOKE_OVERRIDES replace those settings, and it says
+    so), on synthetic records written to OUT/smoke_data when no --data is given (works under torchrun too)."""
+    if os.environ.get("RANK", "0") == "0":   # no process group yet
+        said = ", ".join(f"--{k.replace('_', '-')} {v}" + (f" (not {getattr(cfg, k)})" if getattr(cfg, k) != v
+                                                            and getattr(cfg, k) != Config.__dataclass_fields__[k].default
+                                                            else "") for k, v in SMOKE_OVERRIDES.items())
+        print(f"--smoke: using {said}" + ("" if cfg.data else f", and 8 synthetic records in {cfg.out}/{SMOKE_DATA}"))
+    data = cfg.data
+    if not data:  # every rank writes the same files atomically (no process group exists yet)
+        folder = Path(cfg.out) / "smoke_data"
+        folder.mkdir(parents=True, exist_ok=True)
+        records = synthetic_records(folder, 8, 56)
+        atomic_write(folder / "sft.jsonl", "".join(json.dumps(r) + "\n" for r in records))
+        data = str(folder / "sft.jsonl")
+    return dataclasses.replace(cfg, data=data, **SMOKE_OVERRIDES)
+
+
+def main(argv: list | None = None) -> None:
+    """The command line: every error about the input (flags, model, data, OUT, a resume that does not
+    match) is one line "sft.py: error: …" with a non-zero exit, and nothing is written before the checks."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not (args.data or args.smoke):
+        parser.error("--data is required: the cold-start file make_data.py writes, e.g. --data data/ssrl/sft.jsonl")
+    try:
+        cfg = Config(**{**vars(args), "adam_betas": tuple(args.adam_betas)})
+        if cfg.data and not Path(cfg.data).is_file():
+            raise SetupError(f"--data {cfg.data}: no such file (python make_data.py writes data/ssrl/sft.jsonl)")
+        out_dir_mode(cfg)   # before --smoke writes its data into OUT
+        if cfg.smoke:
+            cfg = smoke_config(cfg)
+        train(cfg)
+    except SetupError as e:   # BadRecord too
+        if os.environ.get("RANK", "0") == "0":
+            print(f"sft.py: error: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+# ============================================================================= support
+# the tiny offline models (tests, --smoke), the 3B shape and synthetic records (bench.py).
+QWEN_SPECIAL_TOKENS = (  # ids 0..13 in the tiny tokenizer; same order as the real Qwen2.5 vocab (151643 + i)
+    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>", "<|box_start|>",
+    "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>",
+    "<|image_pad|>", "<|video_pad|>")
+# Chat templates of the tiny models: they render exactly like the official Qwen2-VL/2.5-VL template (default
+# system prompt) and the Qwen3-VL template (no default system prompt) for image/text user turns.
+_TEMPLATE_BODY = (
+    "{%- for m in messages -%}"
+    "{{- '<|im_start|>' + m['role'] + '\\n' -}}"
+    "{%- if m['content'] is string -%}{{- m['content'] -}}{%- else -%}{%- for c in m['content'] -%}"
+    "{%- if c['type'] == 'image' -%}{{- '<|vision_start|><|image_pad|><|vision_end|>' -}}"
+    "{%- elif c['type'] == 'video' -%}{{- '<|vision_start|><|video_pad|><|vision_end|>' -}}"
+    "{%- elif 'text' in c -%}{{- c['text'] -}}{%- endif -%}{%- endfor -%}{%- endif -%}"
+    "{{- '<|im_end|>\\n' -}}{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}")
+QWEN2_VL_TEMPLATE = ("{%- if messages[0]['role'] != 'system' -%}"
+                     "{{- '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' -}}{%- endif -%}"
+                     + _TEMPLATE_BODY)
+QWEN3_VL_TEMPLATE = _TEMPLATE_BODY
+TINY_CORPUS = (  # the tiny tokenizer's BPE training text: the phrases our prompts and answers are made of
+    "Look at the image. The image is split into tiles labelled 1, 2, 3 and 4. Which tile is flipped?",
+    "<think>The top left tile is upside down, so tile 3 is flipped vertically.</think> \\boxed{3, vertical}",
+    "<think>Marker 2 is nearest and marker 1 is farthest from the camera.</think> The answer is \\boxed{2, 3, 1}",
+    "Options: A. Left B. Right C. Front D. Back. Left-Front Right-Front Left-Back Right-Back horizontal",
+    "Which patch fills the black square? Reading the tiles in raster order restores the original picture.",
+    "Assume a camera at region 1 facing the left of the image. Where is region 2? 0 1 2 3 4 5 6 7 8 9",
+    "You are a helpful assistant. <|im_start|>system user assistant The answer is A B C D E.")
+
+
+def build_tiny_tokenizer(chat_template: str = QWEN2_VL_TEMPLATE):
+    """Byte-level BPE (≤ 1024 tokens) trained on TINY_CORPUS, wrapped in transformers' Qwen2Tokenizer.
+
+    The 14 Qwen special tokens get ids 0..13 (<|endoftext|>=0 pad, <|im_end|>=2 eos, <|image_pad|>=12)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import Qwen2Tokenizer
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=1024, special_tokens=list(QWEN_SPECIAL_TOKENS), show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    bpe.train_from_iterator(list(TINY_CORPUS) + [tasks.COT_PROMPT] * 4, trainer)
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m)
+              for m in json.loads(bpe.to_str())["model"]["merges"]]
+    return Qwen2Tokenizer(vocab=bpe.get_vocab(), merges=merges, unk_token=None, bos_token=None,
+                          eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                          additional_special_tokens=list(QWEN_SPECIAL_TOKENS[1:]), chat_template=chat_template)
+
+
+def build_tiny(kind: str = "tiny", hidden: int = 64, layers: int = 2, heads: int = 4, vision_hidden: int = 32,
+               vision_depth: int = 2, ffn_mult: int = 2, seed: int = 0, out_dir: str | None = None,
+               device: str = "cpu"):
+    """A randomly initialised tiny Qwen2.5-VL ('tiny') or Qwen3-VL ('tiny-qwen3'), offline, in < 1 s.
+
+    Returns (model, tokenizer, image_processor); the same seed gives the same weights on every rank.
+    With out_dir, it is also saved there as a normal HF directory. device='meta' builds the same
+    architecture without weights (load_model(meta=True))."""
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen3VLConfig
+    from transformers import Qwen3VLForConditionalGeneration
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+    qwen3 = kind == "tiny-qwen3"
+    head_dim = hidden // heads
+    rope = {"rope_type": "default", "rope_theta": 1e6,
+            "mrope_section": [head_dim // 4, head_dim // 8, head_dim // 8]}   # sums to head_dim / 2
+    text = dict(vocab_size=1024, hidden_size=hidden, intermediate_size=ffn_mult * hidden, num_hidden_layers=layers,
+                num_attention_heads=heads, num_key_value_heads=max(1, heads // 2), max_position_embeddings=8192,
+                rope_parameters=rope, pad_token_id=0, bos_token_id=0, eos_token_id=2)
+    vision = dict(depth=vision_depth, hidden_size=vision_hidden, intermediate_size=ffn_mult * vision_hidden,
+                  num_heads=2, out_hidden_size=hidden, spatial_merge_size=2, temporal_patch_size=2)
+    ids = dict(image_token_id=12, video_token_id=13, vision_start_token_id=9, vision_end_token_id=10,
+               tie_word_embeddings=False)
+    if qwen3:
+        text.update(head_dim=head_dim, rope_parameters={**rope, "mrope_interleaved": True})
+        vision.update(patch_size=16, num_position_embeddings=64, deepstack_visual_indexes=[0])
+        cfg, cls = Qwen3VLConfig(text_config=text, vision_config=vision, **ids), Qwen3VLForConditionalGeneration
+        ip = Qwen2VLImageProcessorPil(patch_size=16, image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    else:
+        vision.update(patch_size=14, window_size=112, fullatt_block_indexes=[vision_depth - 1])
+        cfg, cls = Qwen2_5_VLConfig(text_config=text, vision_config=vision, **ids), Qwen2_5_VLForConditionalGeneration
+        ip = Qwen2VLImageProcessorPil()
+    cfg._attn_implementation = "sdpa"
+    with torch.random.fork_rng(devices=[]), torch.device(device):
+        torch.manual_seed(seed)
+        model = cls(cfg)
+    tok = build_tiny_tokenizer(QWEN3_VL_TEMPLATE if qwen3 else QWEN2_VL_TEMPLATE)
+    model.generation_config.pad_token_id, model.generation_config.eos_token_id = 0, 2
+    if out_dir:
+        model.save_pretrained(out_dir)
+        tok.save_pretrained(out_dir)
+        ip.save_pretrained(out_dir)
+    return model, tok, ip
+
+
 QWEN25_VL_3B_SHAPE = {  # published config.json values of Qwen/Qwen2.5-VL-3B-Instruct (weights stay random)
     "text": dict(vocab_size=151936, hidden_size=2048, intermediate_size=11008, num_hidden_layers=36,
                  num_attention_heads=16, num_key_value_heads=2, max_position_embeddings=128000, rms_norm_eps=1e-6,
@@ -1524,59 +1597,15 @@ def synthetic_records(folder: Path, n: int, image_px: int, seed: int = 0) -> lis
     records = []
     for i in range(n):
         name = f"img_{i}.png"
-        tmp = folder / f".{name}.{os.getpid()}.tmp"   # atomic: ranks of a --smoke run write the same files
-        Image.fromarray(rng.integers(0, 256, (image_px, image_px, 3), dtype=np.uint8)).save(tmp, format="PNG")
-        os.replace(tmp, folder / name)
+        png = io.BytesIO()
+        Image.fromarray(rng.integers(0, 256, (image_px, image_px, 3), dtype=np.uint8)).save(png, format="PNG")
+        atomic_write(folder / name, png.getvalue())   # ranks of a --smoke run write the same files
         records.append({"id": f"syn-{i}", "task": "flip", "images": [name], "answer": f"{i % 4 + 1}, vertical",
                         "problem": "<image>The image is split into tiles labelled 1, 2, 3 and 4. Which tile is "
                                    "flipped? Answer with the tile and the direction.",
                         "response": "<think>Tile " + str(i % 4 + 1) + " is upside down. " * 4 + "</think> "
                                     f"\\boxed{{{i % 4 + 1}, vertical}}", "meta": {}})
     return records
-
-
-SMOKE_OVERRIDES = dict(model="tiny", max_steps=2, global_batch_size=4, micro_batch_size=2, lr=1e-3, warmup_ratio=0.0)
-
-
-def smoke_config(cfg: Config) -> Config:
-    """--smoke: the tiny model for 2 steps of 4 samples (SMOKE_OVERRIDES replace those settings, and it says
-    so), on synthetic records written to OUT/smoke_data when no --data is given (works under torchrun too)."""
-    if os.environ.get("RANK", "0") == "0":   # no process group yet
-        said = ", ".join(f"--{k.replace('_', '-')} {v}" + (f" (not {getattr(cfg, k)})" if getattr(cfg, k) != v
-                                                            and getattr(cfg, k) != Config.__dataclass_fields__[k].default
-                                                            else "") for k, v in SMOKE_OVERRIDES.items())
-        print(f"--smoke: using {said}" + ("" if cfg.data else f", and 8 synthetic records in {cfg.out}/{SMOKE_DATA}"))
-    data = cfg.data
-    if not data:  # every rank writes the same files atomically (no process group exists yet)
-        folder = Path(cfg.out) / "smoke_data"
-        folder.mkdir(parents=True, exist_ok=True)
-        records = synthetic_records(folder, 8, 56)
-        tmp = folder / f".sft.jsonl.{os.getpid()}.tmp"
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
-        os.replace(tmp, folder / "sft.jsonl")
-        data = str(folder / "sft.jsonl")
-    return dataclasses.replace(cfg, data=data, **SMOKE_OVERRIDES)
-
-
-def main(argv: list | None = None) -> None:
-    """The command line: every error about the input (flags, model, data, OUT, a resume that does not
-    match) is one line "sft.py: error: …" with a non-zero exit, and nothing is written before the checks."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not (args.data or args.smoke):
-        parser.error("--data is required: the cold-start file make_data.py writes, e.g. --data data/ssrl/sft.jsonl")
-    try:
-        cfg = Config(**{**vars(args), "adam_betas": tuple(args.adam_betas)})
-        if cfg.data and not Path(cfg.data).is_file():
-            raise SetupError(f"--data {cfg.data}: no such file (python make_data.py writes data/ssrl/sft.jsonl)")
-        out_dir_mode(cfg)   # before --smoke writes its data into OUT
-        if cfg.smoke:
-            cfg = smoke_config(cfg)
-        train(cfg)
-    except SetupError as e:   # BadRecord too
-        if os.environ.get("RANK", "0") == "0":
-            print(f"sft.py: error: {e}", file=sys.stderr)
-        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

@@ -186,6 +186,14 @@ def test_setup_dist_more_local_ranks_than_gpus_is_a_clear_error(monkeypatch):
         sft.setup_dist(0)
 
 
+def test_atomic_write_replaces_whole_files(tmp_path):
+    """atomic_write leaves the old content or the new one, never a mix, and no temporary file behind."""
+    target = tmp_path / "metrics.jsonl"
+    sft.atomic_write(target, "old\n")
+    sft.atomic_write(target, b"new\n")
+    assert target.read_text() == "new\n" and [p.name for p in tmp_path.iterdir()] == ["metrics.jsonl"]
+
+
 def test_cli_smoke_run(tmp_path):
     """`python sft.py --smoke` wires the command line to the loop and writes the documented outputs."""
     sft.main(["--smoke", "--out", str(tmp_path)])
