@@ -161,6 +161,7 @@ def sft_step_row(build, batch: dict, device, train_vision: bool, ckpt: bool, ste
     import torch
     import sft
     model = build()
+    sft.fast_vision_attention(model)                  # as sft.load_model installs it
     if not train_vision:
         sft.freeze_vision(model)
     if ckpt:

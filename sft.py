@@ -524,19 +524,32 @@ def enable_activation_checkpointing(model) -> list:
     """Non-reentrant activation checkpointing on the layers that train: every decoder layer, and the vision
     blocks only when they have trainable parameters (call it after freeze_vision). Recomputing a frozen
     block saves nothing worth its cost: its activations are not kept for a backward anyway (measured on an
-    H200, 3B shape: 4x slower steps). Returns the names of the checkpointed layers."""
+    H200, 3B shape: 4x slower steps). Returns the names of the checkpointed layers.
+
+    Each layer's forward is wrapped at instance level (checkpointed_forward), so parameter names and state
+    dicts stay those of the HF model and FSDP2's hooks stay outside the recomputed region. We do not use
+    transformers' activation_checkpointing_enable: on FSDP2 it measured 1.65x the step without
+    checkpointing on CPU against 1.18x for this wrapper (tiny model, same gradients), and 2.5x on an H200."""
     from transformers.modeling_layers import GradientCheckpointingLayer
-    kwargs = {"use_reentrant": False}
-    if hasattr(model, "activation_checkpointing_enable"):
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
-    else:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     names = []
     for name, m in model.named_modules():
-        if isinstance(m, GradientCheckpointingLayer):
-            m.gradient_checkpointing = any(p.requires_grad for p in m.parameters())
-            names += [name] if m.gradient_checkpointing else []
+        if isinstance(m, GradientCheckpointingLayer) and any(p.requires_grad for p in m.parameters()):
+            m.forward = checkpointed_forward(m.forward, m)
+            names.append(name)
     return names
+
+
+def checkpointed_forward(forward, module):
+    """forward(*args, **kwargs), recomputed in the backward instead of keeping its activations (training
+    with grad only). preserve_rng_state=False: Qwen-VL layers draw no random numbers (no dropout), and
+    saving/restoring the CUDA RNG state per layer costs time for nothing."""
+    from torch.utils.checkpoint import checkpoint
+
+    def run(*args, **kwargs):
+        if module.training and torch.is_grad_enabled():
+            return checkpoint(forward, *args, use_reentrant=False, preserve_rng_state=False, **kwargs)
+        return forward(*args, **kwargs)
+    return run
 
 
 def shard_model(model, device: torch.device, bf16: bool = True, broadcast_from_rank0: bool = False):
