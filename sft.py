@@ -529,7 +529,8 @@ def enable_activation_checkpointing(model) -> list:
     Each layer's forward is wrapped at instance level (checkpointed_forward), so parameter names and state
     dicts stay those of the HF model and FSDP2's hooks stay outside the recomputed region. We do not use
     transformers' activation_checkpointing_enable: on FSDP2 it measured 1.65x the step without
-    checkpointing on CPU against 1.18x for this wrapper (tiny model, same gradients), and 2.5x on an H200."""
+    checkpointing against 1.09x for this wrapper (tiny model, CPU, same gradients); on an H200 (3B shape,
+    8.5k tokens, frozen vision) 1.51x against 1.16x."""
     from transformers.modeling_layers import GradientCheckpointingLayer
     names = []
     for name, m in model.named_modules():
