@@ -25,6 +25,7 @@ from PIL import Image
 from transformers.utils import logging as hf_logging
 
 import sft
+from test_train import two_colour_records, write_jsonl
 
 hf_logging.disable_progress_bar()
 HERE = Path(__file__).resolve().parent
@@ -32,20 +33,8 @@ HERE = Path(__file__).resolve().parent
 
 # ----------------------------------------------------------------------------- fixtures
 def records(folder: Path, n: int = 4) -> list:
-    """n valid SFT records with 56×56 PNGs (bright → A, dark → B)."""
-    out = []
-    for i in range(n):
-        Image.new("RGB", (56, 56), (200 - 40 * (i % 2) * 4,) * 3).save(folder / f"im{i}.png")
-        answer = "AB"[i % 2]
-        out.append({"id": f"r{i}", "task": "flip", "images": [f"im{i}.png"], "answer": answer, "meta": {},
-                    "problem": "<image>Is the image bright or dark? A. bright B. dark",
-                    "response": f"<think>It is {'bright' if answer == 'A' else 'dark'}.</think> \\boxed{{{answer}}}"})
-    return out
-
-
-def write_jsonl(path: Path, recs: list) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in recs))
-    return path
+    """n valid SFT records (bright image → A, dark → B): test_train's fixture records."""
+    return two_colour_records(folder, n)
 
 
 @pytest.fixture(scope="module")
