@@ -73,8 +73,9 @@ BENCH_NAMES = ("pretext", "spatial457", "3dsrbench", "spatialeval", "qspatial_pl
                "vsibench")
 # (min_pixels, max_pixels) per benchmark, as the paper's setups (VLMEvalKit Qwen2VLChat: 1280..16384 ×28²;
 # What'sUp: ≤ 512×28²; ViewSpatial: 256..1280 ×28² after a 420×280 resize; VSI-Bench: qwen-vl-utils video
-# budget for 128 frames = 384×28² per frame); pretext: the SFT/GRPO training bounds (sft.Config).
-BENCH_PIXELS = {"pretext": (56 * 56, 512 * 512), "spatial457": (1280 * 784, 16384 * 784),
+# budget for 128 frames = 384×28² per frame); pretext: None = the bounds the checkpoint was trained with (its
+# saved preprocessor_config.json), so a model trained on small images is asked on the same sizes.
+BENCH_PIXELS = {"pretext": None, "spatial457": (1280 * 784, 16384 * 784),
                 "3dsrbench": (1280 * 784, 16384 * 784), "spatialeval": (1280 * 784, 16384 * 784),
                 "qspatial_plus": (1280 * 784, 16384 * 784), "whatsup": (56 * 56, 512 * 784),
                 "viewspatial": (256 * 784, 1280 * 784), "vsibench": (128 * 784, 384 * 784)}
@@ -135,7 +136,8 @@ class Config:
         out.setdefault("pretext", PRETEXT_DEFAULT)
         return out
 
-    def pixel_bounds(self, bench: str) -> tuple:
+    def pixel_bounds(self, bench: str) -> tuple | None:
+        """(min, max) pixels for a benchmark: --pixels, else BENCH_PIXELS (None: the model's own bounds)."""
         bounds = dict(BENCH_PIXELS)
         for pair in self.pixels:
             m = re.fullmatch(r"([\w]+)=(\d+):(\d+)", pair)
@@ -833,7 +835,7 @@ def append_predictions(path: Path, records: list) -> None:
 def run_identity(bench: str, path: str, cfg: Config) -> dict:
     """Settings that change the predictions; a resumed run must match them."""
     return {"model": cfg.model, "data": str(path), "cot": cfg.cot, "paper_quirks": cfg.paper_quirks,
-            "max_new_tokens": cfg.max_new_tokens, "pixels": list(cfg.pixel_bounds(bench)),
+            "max_new_tokens": cfg.max_new_tokens, "pixels": list(cfg.pixel_bounds(bench) or ()),
             "vsi_frames": cfg.vsi_frames if bench == "vsibench" else None, "seed": cfg.seed}
 
 
@@ -940,7 +942,7 @@ def shard_batches(todo: list, rank: int, world: int, batch_size: int) -> tuple:
     return batches, -(-per_rank // batch_size)
 
 
-def run_bench(bench: str, path: str, cfg: Config, gen: Generator, ip, d) -> dict:
+def run_bench(bench: str, path: str, cfg: Config, gen: Generator, ip, d, own_bounds: tuple) -> dict:
     """Ask every item not yet in OUT/<bench>/predictions.jsonl, append the answers, return the summary."""
     import sft
     from tqdm import tqdm
@@ -953,7 +955,7 @@ def run_bench(bench: str, path: str, cfg: Config, gen: Generator, ip, d) -> dict
     sft.barrier()
     done = read_predictions(preds, repair=False)
     todo = [it for it in items if it.id not in done]
-    ip.size = dict(zip(("shortest_edge", "longest_edge"), cfg.pixel_bounds(bench)))
+    ip.size = dict(zip(("shortest_edge", "longest_edge"), cfg.pixel_bounds(bench) or own_bounds))
     batches, rounds = shard_batches(todo, d.rank, d.world_size, cfg.batch_size)
     sft.print0(f"{bench}: {len(items)} items, {len(done)} done before, {len(todo)} to ask "
                f"({d.world_size} rank(s), {rounds} rounds of <= {cfg.batch_size})")
@@ -1061,8 +1063,9 @@ def evaluate(cfg: Config) -> dict:
             raise DataError(f"--data {' '.join(absent)}: no such file or folder")
         model, tok, ip = load_for_eval(cfg, d.device)
         gen = Generator(model, tok, cfg, d.device)
+        own_bounds = (ip.size["shortest_edge"], ip.size["longest_edge"])   # the checkpoint's saved bounds
         del model   # on the fast path the engine holds the only copy
-        results = {b: run_bench(b, paths[b], cfg, gen, ip, d) for b in benches}
+        results = {b: run_bench(b, paths[b], cfg, gen, ip, d, own_bounds) for b in benches}
         if d.is_main:
             write_results(results, cfg)
         return results

@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 import evaluate as ev
+import sft
 
 TINY_PIXELS = [f"{b}=784:3136" for b in ev.BENCH_NAMES]
 
@@ -418,3 +419,31 @@ def test_plot_is_optional(tmp_path):
     else:
         assert (tmp_path / "results.png").stat().st_size > 0
     assert results["whatsup"]["score"] == 100.0 and results["whatsup"]["paper"]["Spatial-SSRL-7B"] == 90.61
+
+
+def test_pretext_uses_the_checkpoints_own_pixel_bounds(tmp_path):
+    """The pretext split is asked at the image bounds the checkpoint was trained with (its saved image
+    processor), not a fixed 512²: a tiny model cold-started on 56×56 images saw 4 image tokens per image."""
+    assert ev.Config().pixel_bounds("pretext") is None
+    assert ev.Config(pixels=["pretext=784:3136"]).pixel_bounds("pretext") == (784, 3136)
+    model, tok, ip = sft.load_model("tiny", min_pixels=3136, max_pixels=3136)
+    sft.save_hf(model, tok, ip, str(tmp_path / "ckpt"))
+    folder = tmp_path / "data"
+    folder.mkdir()
+    Image.new("RGB", (224, 224), (90, 90, 90)).save(folder / "a.png")
+    rec = {"id": "p0", "task": "crop", "problem": "<image>Which? A. x B. y C. z D. w", "answer": "A",
+           "images": ["a.png"]}
+    (folder / "test.jsonl").write_text(json.dumps(rec) + "\n")
+    cfg = ev.Config(model=str(tmp_path / "ckpt"), data=[f"pretext={folder / 'test.jsonl'}"], out=str(tmp_path / "out"),
+                    max_new_tokens=2, batch_size=1, progress=False, plot=False)
+    seen = []
+    real_encode = sft.encode
+    def spy(convs, images, tokenizer, image_processor, padding_side="right"):
+        seen.append(dict(image_processor.size))
+        return real_encode(convs, images, tokenizer, image_processor, padding_side)
+    sft.encode = spy
+    try:
+        ev.evaluate(cfg)
+    finally:
+        sft.encode = real_encode
+    assert seen and all(s == {"shortest_edge": 3136, "longest_edge": 3136} for s in seen)
