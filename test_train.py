@@ -672,7 +672,8 @@ def test_fsdp2_two_ranks_equal_one_process(data, tmp_path):
     folder = data.parent
     save_tiny_source(folder, "tiny", seed=2, tie=False)
     save_tiny_source(folder, "tiny-qwen3", seed=1, tie=True)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(HERE), "SPATIAL_SSRL_DEVICE": "cpu"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "SPATIAL_SSRL_DEVICE": "cpu",
+           "PYTHONPATH": os.pathsep.join(p for p in (str(HERE), os.environ.get("PYTHONPATH")) if p)}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            str(HERE / "test_train.py"), "fsdp-worker", str(folder)]
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
