@@ -73,7 +73,7 @@ import tasks
 # ----------------------------------------------------------------------------- config
 USAGE_EXAMPLES = """examples:
   python grpo.py --model runs/sft-tiny --data data/ssrl/train.jsonl --out runs/grpo-tiny --max-steps 30 \\
-      --rollout-batch-size 16 --update-batch-size 16 --group-size 4 --max-new-tokens 192 --min-pixels 3136 --max-pixels 3136 --lr 1e-4
+      --rollout-batch-size 16 --update-batch-size 16 --group-size 4 --max-new-tokens 320 --min-pixels 3136 --max-pixels 3136 --lr 1e-4
   torchrun --nproc_per_node 8 grpo.py --model runs/sft7b --data data/ssrl/train.jsonl --out runs/grpo7b
   torchrun --nproc_per_node 8 grpo.py ... --out runs/grpo7b --resume   # continue from OUT/checkpoints
 
