@@ -49,6 +49,7 @@ import argparse
 import copy
 import dataclasses
 import datetime
+import functools
 import io
 import json
 import math
@@ -535,22 +536,20 @@ def enable_activation_checkpointing(model) -> list:
     names = []
     for name, m in model.named_modules():
         if isinstance(m, GradientCheckpointingLayer) and any(p.requires_grad for p in m.parameters()):
-            m.forward = checkpointed_forward(m.forward, m)
+            m.forward = types.MethodType(checkpointed_forward, m)   # bound: a deepcopy stays self-contained
             names.append(name)
     return names
 
 
-def checkpointed_forward(forward, module):
-    """forward(*args, **kwargs), recomputed in the backward instead of keeping its activations (training
-    with grad only). preserve_rng_state=False: Qwen-VL layers draw no random numbers (no dropout), and
-    saving/restoring the CUDA RNG state per layer costs time for nothing."""
+def checkpointed_forward(self, *args, **kwargs):
+    """The layer's own forward (its class's), recomputed in the backward instead of keeping its activations
+    (training with grad only). preserve_rng_state=False: Qwen-VL layers draw no random numbers (no
+    dropout), and saving/restoring the CUDA RNG state per layer costs time for nothing."""
     from torch.utils.checkpoint import checkpoint
-
-    def run(*args, **kwargs):
-        if module.training and torch.is_grad_enabled():
-            return checkpoint(forward, *args, use_reentrant=False, preserve_rng_state=False, **kwargs)
-        return forward(*args, **kwargs)
-    return run
+    forward = functools.partial(type(self).forward, self)
+    if self.training and torch.is_grad_enabled():
+        return checkpoint(forward, *args, use_reentrant=False, preserve_rng_state=False, **kwargs)
+    return forward(*args, **kwargs)
 
 
 def shard_model(model, device: torch.device, bf16: bool = True, broadcast_from_rank0: bool = False):

@@ -6,6 +6,7 @@ Everything runs on CPU with tiny random Qwen-VL models (a few hundred thousand p
 One test launches `torch.distributed.run` with 2 gloo ranks; this file is also that launch's worker
 (`python test_train.py fsdp-worker DIR`).
 """
+import copy
 import json
 import math
 import os
@@ -423,6 +424,9 @@ def test_activation_checkpointing_only_where_it_trains(data, train_vision):
     assert len(vision) == 2 and len(text) == 2
     assert set(text.values()) == {2} and set(vision.values()) == {2 if train_vision else 1}
     assert sum(".visual." in n for n in names) == (2 if train_vision else 0)
+    twin = copy.deepcopy(model)   # e.g. a reference model: its layers must run themselves, not the original's
+    layer = twin.model.language_model.layers[0]
+    assert layer.forward.__self__ is layer
 
 
 def mixed_prompts(tok, ip) -> tuple:
