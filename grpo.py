@@ -73,7 +73,8 @@ import tasks
 # ----------------------------------------------------------------------------- config
 USAGE_EXAMPLES = """examples:
   python grpo.py --model runs/sft-tiny --data data/ssrl/train.jsonl --out runs/grpo-tiny --max-steps 30 \\
-      --rollout-batch-size 16 --update-batch-size 16 --group-size 4 --max-new-tokens 320 --min-pixels 3136 --max-pixels 3136 --lr 1e-4
+      --rollout-batch-size 16 --update-batch-size 16 --group-size 4 --max-new-tokens 320 \\
+      --min-pixels 3136 --max-pixels 3136 --lr 1e-4
   torchrun --nproc_per_node 8 grpo.py --model runs/sft7b --data data/ssrl/train.jsonl --out runs/grpo7b
   torchrun --nproc_per_node 8 grpo.py ... --out runs/grpo7b --resume   # continue from OUT/checkpoints
 
@@ -516,11 +517,6 @@ def sample_rows(ro: Rollout, step: int, n: int) -> list:
     return rows
 
 
-def append_jsonl(path: Path, rows: list) -> None:
-    with open(path, "a") as f:
-        f.write("".join(json.dumps(r) + "\n" for r in rows))
-
-
 # ----------------------------------------------------------------------------- setup and checkpoints
 def check_out(cfg: Config) -> None:
     """Refuse to write into an existing, non-empty --out unless --resume continues it."""
@@ -623,11 +619,9 @@ def resume_step(cfg: Config, s: dict, identity: dict) -> int:
                              f"now {list(identity.values())} ({', '.join(identity)})")
         step = sft.load_state(s["model"], s["optimizer"], ckpt)["step"]
         sft.print0(f"resumed from {ckpt} (step {step})")
-    for name in ("metrics.jsonl", "samples.jsonl"):
-        path = Path(cfg.out) / name
-        if sft.is_main() and path.exists():
-            rows = [r for r in path.read_text().splitlines() if r and json.loads(r)["step"] <= step]
-            path.write_text("".join(r + "\n" for r in rows))
+    for name in ("metrics.jsonl", "samples.jsonl"):   # rows after the checkpoint (and a cut-off last row)
+        if sft.is_main():
+            sft.keep_metrics_until(Path(cfg.out) / name, step)
     return step
 
 
@@ -703,9 +697,9 @@ def train(cfg: Config) -> list:
             rows_logged.append(row)
             sft.print0(format_row(row))
             if d.is_main:
-                append_jsonl(out / "metrics.jsonl", [row])
+                sft.append_metrics(out / "metrics.jsonl", [row])
                 if cfg.sample_every and (step % cfg.sample_every == 0 or step == 1):
-                    append_jsonl(out / "samples.jsonl", sample_rows(ro, step, cfg.samples_per_log))
+                    sft.append_metrics(out / "samples.jsonl", sample_rows(ro, step, cfg.samples_per_log))
             bar.update(1)
             if (cfg.save_every and step % cfg.save_every == 0) or step == total:
                 save_checkpoint(s, cfg, {"step": step, "epoch": step // steps_per_epoch, **s["identity"]})

@@ -1345,7 +1345,7 @@ def checked_checkpoint(cfg: Config, ident: dict) -> Path | None:
 
 
 def read_metrics(path: Path) -> list:
-    """The rows of metrics.jsonl; a cut-off last line (a run killed while writing it) is dropped."""
+    """The rows of a log like metrics.jsonl; a cut-off last line (a run killed while writing it) is dropped."""
     rows = []
     lines = path.read_text().splitlines() if path.exists() else []
     for i, line in enumerate(lines):
@@ -1357,11 +1357,19 @@ def read_metrics(path: Path) -> list:
     return rows
 
 
-def append_metrics(path: Path, row: dict) -> None:
-    """Append one row to metrics.jsonl in one write, flushed (a kill can cut off at most this line)."""
+def append_metrics(path: Path, rows: list) -> None:
+    """Append rows to a log like metrics.jsonl in one write, flushed (a kill can cut off at most the last line)."""
     with open(path, "a") as f:
-        f.write(json.dumps(row) + "\n")
+        f.write("".join(json.dumps(r) + "\n" for r in rows))
         f.flush()
+
+
+def keep_metrics_until(path: Path, step: int) -> None:
+    """On resume, drop the rows of a log logged after the checkpoint's `step` (and a cut-off last row);
+    the file is rewritten atomically. Rank 0 only."""
+    if path.exists():
+        rows = [r for r in read_metrics(path) if r["step"] <= step]
+        atomic_write(path, "".join(json.dumps(r) + "\n" for r in rows))
 
 
 def resume_step(cfg: Config, s: dict, ckpt: Path | None) -> int:
@@ -1370,10 +1378,8 @@ def resume_step(cfg: Config, s: dict, ckpt: Path | None) -> int:
     if cfg.resume and ckpt is None:
         print0(f"--resume: no complete checkpoint in {cfg.out}/checkpoints, starting from scratch")
     state = load_state(s["model"], s["optimizer"], ckpt) if ckpt is not None else {"step": 0}
-    metrics = Path(cfg.out) / "metrics.jsonl"
-    if is_main() and metrics.exists():  # drop rows logged after the checkpoint (and a cut-off last row)
-        rows = [r for r in read_metrics(metrics) if r["step"] <= state["step"]]
-        atomic_write(metrics, "".join(json.dumps(r) + "\n" for r in rows))
+    if is_main():
+        keep_metrics_until(Path(cfg.out) / "metrics.jsonl", state["step"])
     barrier()
     if ckpt is not None:
         print0(f"resumed from {ckpt} (step {state['step']}, epoch {state['epoch']}, "
@@ -1428,7 +1434,7 @@ def train(cfg: Config) -> None:
             print0(f"step {step:05d} | epoch {epoch} | loss {m['loss']:.4f} | lr {lr:.2e} | "
                    f"grad_norm {m['grad_norm']:.3f} | tok/s {m['tokens'] / dt:.0f} | dt {dt * 1000:.0f}ms")
             if d.is_main:
-                append_metrics(out / "metrics.jsonl", row)
+                append_metrics(out / "metrics.jsonl", [row])
             bar.update(1)
             if (cfg.save_every and step % cfg.save_every == 0) or step == total:
                 ep, k2 = divmod(step, steps_per_epoch)

@@ -314,6 +314,8 @@ def test_resume_equals_uninterrupted(data, tmp_path):
     assert not (cut / "model.safetensors").exists() and (cut / "hf" / "step_00000002" / "model.safetensors").exists()
     (cut / "checkpoints" / "step_00000003.tmp").mkdir()                  # a kill −9 in the middle of a save
     (cut / "hf" / "step_00000003.tmp").mkdir()
+    with open(cut / "metrics.jsonl", "a") as f:                          # and a row cut off by the kill
+        f.write('{"step": 3, "rew')
     resumed = grpo.train(cfg_for(data, cut, resume=True, **kw))
     a, b = load_file(str(tmp_path / "full" / "model.safetensors")), load_file(str(cut / "model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
