@@ -597,10 +597,7 @@ def save_checkpoint(s: dict, cfg: Config, state: dict) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
     sft.save_hf(s["model"], s["tok"], s["ip"], str(tmp), getattr(torch, cfg.save_dtype))
     if sft.is_main():
-        shutil.rmtree(final, ignore_errors=True)
-        tmp.rename(final)
-        for old in sorted(p for p in hf.glob("step_*") if p.suffix != ".tmp")[:-cfg.keep_checkpoints]:
-            shutil.rmtree(old, ignore_errors=True)
+        sft.publish_step_folder(tmp, final, cfg.keep_checkpoints)
     sft.save_state(s["model"], s["optimizer"], state, cfg.out, cfg.keep_checkpoints)
 
 

@@ -949,12 +949,18 @@ def save_state(model, optimizer, trainer_state: dict, out_dir: str, keep: int = 
     barrier()
     if is_main():
         atomic_write(tmp / "trainer_state.json", json.dumps(trainer_state, indent=1))
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-        for old in sorted(p for p in root.glob("step_*") if p.suffix != ".tmp")[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
+        publish_step_folder(tmp, final, keep)
     barrier()
     return final
+
+
+def publish_step_folder(tmp: Path, final: Path, keep: int) -> None:
+    """Rename a finished step_X.tmp folder to step_X (replacing an older one of that name), then delete all
+    but the newest `keep` complete step_* folders beside it. Rank 0 only; .tmp folders are never counted."""
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    for old in sorted(p for p in final.parent.glob("step_*") if p.suffix != ".tmp")[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def latest_checkpoint(out_dir: str) -> Path | None:
