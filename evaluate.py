@@ -52,7 +52,6 @@ import argparse
 import ast
 import base64
 import csv
-import dataclasses
 import hashlib
 import io
 import json
@@ -154,18 +153,9 @@ class Config:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    for f in dataclasses.fields(Config):
-        kw = {"default": f.default, "help": f.metadata["help"]}
-        if f.type is bool:
-            kw["action"] = argparse.BooleanOptionalAction
-        elif f.type is list:
-            kw.update(nargs="*", default=list(f.default))
-        else:
-            kw["type"] = f.type
-        p.add_argument("--" + f.name.replace("_", "-"), **kw)
-    return p
+    """argparse options generated from Config, with sft.py's conventions (sft.config_parser)."""
+    import sft
+    return sft.config_parser(Config, "evaluate.py", __doc__.split("\n")[0])
 
 
 class DataError(ValueError):

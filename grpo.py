@@ -158,22 +158,8 @@ class Config:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """argparse options generated from Config (sft.py's conventions): --dash-names, meaningful defaults shown
-    in --help, switches off by default are plain flags, those on by default get a --no- form."""
-    p = sft.OneLineErrorParser(prog="grpo.py", description=__doc__.split("\n")[0], epilog=USAGE_EXAMPLES,
-                               formatter_class=sft.HelpFormatter)
-    for f in dataclasses.fields(Config):
-        kw = {"default": f.default, "help": f.metadata["help"]}
-        if f.type is bool:
-            kw["action"] = argparse.BooleanOptionalAction if f.default else "store_true"
-        elif f.type is tuple:
-            kw.update(type=float, nargs=len(f.default))
-        else:
-            kw["type"] = f.type
-        if f.name == "data":
-            kw["metavar"] = "TRAIN_JSONL"
-        p.add_argument("--" + f.name.replace("_", "-"), **kw)
-    return p
+    """argparse options generated from Config, with sft.py's conventions (sft.config_parser)."""
+    return sft.config_parser(Config, "grpo.py", __doc__.split("\n")[0], USAGE_EXAMPLES, {"data": "TRAIN_JSONL"})
 
 
 # ----------------------------------------------------------------------------- pure math

@@ -1078,24 +1078,31 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
         return action.help + " (default: %(default)s)"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """argparse options generated from Config: --dash-names, defaults shown in --help; switches that are
-    off by default are plain flags (store_true), those on by default get a --no- form."""
-    p = OneLineErrorParser(prog="sft.py", description=__doc__.split("\n")[0], epilog=USAGE_EXAMPLES,
-                           formatter_class=HelpFormatter)
-    for f in dataclasses.fields(Config):
+def config_parser(config_cls, prog: str, description: str, epilog: str = "", metavars: dict | None = None):
+    """argparse options generated from a Config dataclass (sft.py, grpo.py, evaluate.py): --dash-names, the
+    field's help, defaults shown where they mean something; switches that are off by default are plain
+    flags (store_true), those on by default get a --no- form; tuples take that many floats, lists any
+    number of strings; errors are one line."""
+    p = OneLineErrorParser(prog=prog, description=description, epilog=epilog, formatter_class=HelpFormatter)
+    for f in dataclasses.fields(config_cls):
         name, kw = "--" + f.name.replace("_", "-"), {"default": f.default, "help": f.metadata["help"]}
         typ = next((t for t in getattr(f.type, "__args__", ()) if t is not type(None)), f.type)  # int | None
         if typ is bool:
             kw["action"] = argparse.BooleanOptionalAction if f.default else "store_true"
         elif typ is tuple:
             kw.update(type=float, nargs=len(f.default))
+        elif typ is list:
+            kw.update(nargs="*", default=list(f.default))
         else:
             kw["type"] = typ
-        if f.name == "data":
-            kw["metavar"] = "SFT_JSONL"
+        if f.name in (metavars or {}):
+            kw["metavar"] = metavars[f.name]
         p.add_argument(name, **kw)
     return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    return config_parser(Config, "sft.py", __doc__.split("\n")[0], USAGE_EXAMPLES, {"data": "SFT_JSONL"})
 
 
 # ----------------------------------------------------------------------------- loss and schedule
