@@ -26,6 +26,7 @@ from transformers.utils import logging as hf_logging
 import grpo
 import sft
 import tasks
+from test_train import run_two_ranks
 
 hf_logging.disable_progress_bar()
 HERE = Path(__file__).resolve().parent
@@ -382,12 +383,7 @@ def test_two_ranks_first_update_equals_one_process(data, tmp_path):
     the update of one process on all 4 prompts with the same completions; the training loop under torchrun
     completes rollout + update + checkpoint."""
     folder = data.parent
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "SPATIAL_SSRL_DEVICE": "cpu",
-           "PYTHONPATH": os.pathsep.join(p for p in (str(HERE), os.environ.get("PYTHONPATH")) if p)}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(HERE / "test_grpo.py"), "grpo-worker", str(folder)]
-    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    run_two_ranks(HERE / "test_grpo.py", "grpo-worker", str(folder))
     run = folder / "run"
     assert [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2]
     assert (run / "model.safetensors").exists() and (run / "hf" / "step_00000002" / "model.safetensors").exists()

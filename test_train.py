@@ -35,6 +35,16 @@ FSDP_TOL = 1e-5   # max |Δw| between 2-rank FSDP2 and 1 process after 4 AdamW s
 
 
 # ----------------------------------------------------------------------------- fixtures
+def run_two_ranks(script: Path, *args: str) -> None:
+    """`torchrun --nproc_per_node 2 script args` on CPU (gloo, also on a GPU machine), one thread per rank,
+    this folder importable (the caller's PYTHONPATH kept); fails the test with the workers' output."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "SPATIAL_SSRL_DEVICE": "cpu",
+           "PYTHONPATH": os.pathsep.join(p for p in (str(HERE), os.environ.get("PYTHONPATH")) if p)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script), *args]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+
+
 def two_colour_records(folder: Path, n: int = 8, px: int = 56) -> list:
     """Records whose answer depends on the image (bright → A, dark → B), with short CoT responses."""
     records = []
@@ -676,12 +686,7 @@ def test_fsdp2_two_ranks_equal_one_process(data, tmp_path):
     folder = data.parent
     save_tiny_source(folder, "tiny", seed=2, tie=False)
     save_tiny_source(folder, "tiny-qwen3", seed=1, tie=True)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "SPATIAL_SSRL_DEVICE": "cpu",
-           "PYTHONPATH": os.pathsep.join(p for p in (str(HERE), os.environ.get("PYTHONPATH")) if p)}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(HERE / "test_train.py"), "fsdp-worker", str(folder)]
-    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    run_two_ranks(HERE / "test_train.py", "fsdp-worker", str(folder))
     for rank in range(2):
         res = json.loads((folder / f"rank{rank}.json").read_text())
         assert all(ok for c in res["checks"].values() for ok in c.values()), (rank, res["checks"])
