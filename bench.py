@@ -134,15 +134,23 @@ def sft_step_flops(model, batch: dict, vision_trains: bool) -> float:
             + (6 if vision_trains else 2) * n_vis * patches)
 
 
-def clock(device) -> float:
+def clock(device, wall: bool = False) -> float:
     """Seconds for timing: wall time on a GPU (after a synchronize), this process's CPU time on a CPU (the
-    CPU benchmarks run on one thread, so a busy machine still measures one core's work)."""
+    CPU benchmarks run on one thread, so a busy machine still measures one core's work); wall=True: wall
+    time on both."""
     import time
     import torch
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-        return time.perf_counter()
-    return time.process_time()
+    return time.perf_counter() if device.type == "cuda" or wall else time.process_time()
+
+
+def peak_flops(device) -> float | None:
+    """Dense bf16 peak of this GPU from PEAK_BF16_FLOPS (None on CPU or an unlisted GPU: no MFU)."""
+    import torch
+    if device.type != "cuda":
+        return None
+    return next((v for k, v in PEAK_BF16_FLOPS.items() if k in torch.cuda.get_device_name(device)), None)
 
 
 def peak_memory_gb(device) -> float:
@@ -185,8 +193,7 @@ def sft_step_row(build, batch: dict, device, train_vision: bool, ckpt: bool, ste
         if device.type == "cuda":
             torch.cuda.empty_cache()
     dt = float(np.median(times[2:]))
-    peak = next((v for k, v in PEAK_BF16_FLOPS.items() if device.type == "cuda"
-                 and k in torch.cuda.get_device_name(device)), None)
+    peak = peak_flops(device)
     return {"step_s": dt, "tok_per_s": m["tokens"] / dt, "mfu": flops / dt / peak if peak else None,
             "peak_gb": peak_memory_gb(device), "oom": False}
 
@@ -371,14 +378,6 @@ TRL_TINY_STEP_S = 0.435   # TRL 1.16 GRPOTrainer, tiny 0.29M Qwen2.5-VL, 8 promp
 #                           token-mean loss, median s/step on the 2-core CPU machine of this project (issue 8)
 
 
-def _sync_now(device) -> float:
-    import time
-    import torch
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter()
-
-
 def grpo_models(build, device, kl_coef: float, act_ckpt: bool = True) -> dict:
     """Policy (+ frozen reference when β > 0), arranged as grpo.setup_models does: batched vision attention,
     vision trained, activation checkpointing, CPU plain fp32, CUDA FSDP2 with bf16 compute (reference bf16)."""
@@ -403,19 +402,19 @@ def grpo_step(s: dict, sampler, records: list, root, cfg, device) -> dict:
     """One GRPO step through grpo.py's own phases; seconds per phase and token counts."""
     import time
     import grpo
-    c0, t0 = time.process_time(), _sync_now(device)
+    c0, t0 = time.process_time(), clock(device, wall=True)
     ro = grpo.rollout(sampler, s["model"], records, root, s["tok"], s["ip"], cfg)
     grpo.score(ro, s["tok"])
     ro.advantages = grpo.group_advantages(ro.rewards, cfg.group_size)
-    t1 = _sync_now(device)
+    t1 = clock(device, wall=True)
     n_updates = cfg.rollout_batch_size // cfg.update_batch_size
     ro.old_logp = grpo.rollout_logprobs(s["model"], ro, cfg, device) if n_updates > 1 else None
     ro.ref_logp = grpo.rollout_logprobs(s["ref"], ro, cfg, device) if s["ref"] is not None else None
-    t2 = _sync_now(device)
+    t2 = clock(device, wall=True)
     per = len(ro.mask) // n_updates
     ups = [grpo.update(s["model"], s["opt"], ro, list(range(j * per, (j + 1) * per)), cfg, device)
            for j in range(n_updates)]
-    t3 = _sync_now(device)
+    t3 = clock(device, wall=True)
     prompt_tokens = ro.prompts["attention_mask"].sum(1).repeat_interleave(cfg.group_size)
     patches = int(ro.prompts["image_grid_thw"].prod(-1).sum()) * cfg.group_size if "image_grid_thw" in ro.prompts else 0
     return {"gen": t1 - t0, "logprob": t2 - t1, "update": t3 - t2, "step": t3 - t0, "cpu": time.process_time() - c0,
@@ -465,12 +464,11 @@ def grpo_bench_case(name: str, build, device, args, n_prompts: int, new_tokens: 
     med = {k: float(np.median([r[k] for r in runs[1:]])) for k in runs[1]}
     n_params = sum(p.numel() for p in s["model"].parameters())
     f_update, f_lp = grpo_flops(s["model"], med)
-    peak_flops = next((v for k, v in PEAK_BF16_FLOPS.items() if device.type == "cuda"
-                       and k in torch.cuda.get_device_name(device)), None)
+    peak = peak_flops(device)
     return {"model": name, "params_M": n_params / 1e6, "prompts": n_prompts * args.updates, "px": px,
             "new": new_tokens, **med, "gen_tok_s": med["new_tokens"] / med["gen"],
             "lp_tok_s": med["seq_tokens"] * med["logprob_passes"] / med["logprob"] if med["logprob"] else float("nan"),
-            "mfu": f_update / med["update"] / peak_flops if peak_flops else None, "peak_gb": peak_memory_gb(device)}
+            "mfu": f_update / med["update"] / peak if peak else None, "peak_gb": peak_memory_gb(device)}
 
 
 def grpo_cases(device) -> list:
@@ -559,7 +557,6 @@ def eval_throughput(model, tok, ip, n_items: int, batch_size: int, px: int, new_
     import numpy as np
     import torch
     from PIL import Image
-    import time
     import evaluate as ev
     import sft
     device = next(model.parameters()).device
@@ -573,18 +570,13 @@ def eval_throughput(model, tok, ip, n_items: int, batch_size: int, px: int, new_
     batch = sft.encode([conv] * batch_size, [[image]] * batch_size, tok, ip, padding_side="left")
     gen(batch)
     if device.type == "cuda":
-        torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    t0, tokens = time.perf_counter(), 0
+    t0, tokens = clock(device, wall=True), 0
     for _ in range(-(-n_items // batch_size)):
         tokens += sum(gen(batch)[1])
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    dt = time.perf_counter() - t0
+    dt = clock(device, wall=True) - t0
     n = -(-n_items // batch_size) * batch_size
-    import resource
-    peak = torch.cuda.max_memory_allocated() / 1e9 if device.type == "cuda" else \
-        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6   # CPU: peak RSS of the process
+    peak = peak_memory_gb(device)
     return {"prompt_tokens": batch["input_ids"].shape[1], "items_s": n / dt, "tok_s": tokens / dt,
             "new_per_item": tokens / n, "path": "fast" if gen.engine is not None else "sft.generate", "peak_gb": peak}
 
