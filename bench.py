@@ -2,7 +2,7 @@
 
     python bench.py data     # pretext generators (ms/sample at 1024x768), scene renders/s, builder throughput
     python bench.py sft      # SFT step: time, tokens/s, MFU, peak memory (tiny, ~6M on CPU; 3B shape on a GPU)
-    python bench.py rollout  # rollout decode speed: sft.generate on FSDP2 vs sft.RolloutEngine (3B shape on a GPU)
+    python bench.py rollout  # rollout decode speed: vlm.generate on FSDP2 vs engine.RolloutEngine (3B shape on a GPU)
     python bench.py grpo     # GRPO step split into generation / log-probs / update (+ rollout paths on a GPU)
     python bench.py eval     # greedy evaluation throughput
 
@@ -168,15 +168,16 @@ def sft_step_row(build, batch: dict, device, train_vision: bool, ckpt: bool, ste
     import numpy as np
     import torch
     import sft
+    import vlm
     model = build()
-    sft.fast_vision_attention(model)                  # as sft.load_model installs it
+    vlm.fast_vision_attention(model)                  # as vlm.load_model installs it
     if not train_vision:
-        sft.freeze_vision(model)
+        vlm.freeze_vision(model)
     if ckpt:
-        sft.enable_activation_checkpointing(model)
+        vlm.enable_activation_checkpointing(model)
     model.train()
     flops = sft_step_flops(model, batch, train_vision)
-    model = sft.shard_model(model, device) if device.type == "cuda" else model.to(device)
+    model = vlm.shard_model(model, device) if device.type == "cuda" else model.to(device)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -211,23 +212,22 @@ def synthetic_batch(tok, ip, n: int, px: int, max_pixels: int):
 
 def sft_cases(device, args) -> list:
     """(model name, build(), tok, ip, records, image px, [(train_vision, ckpt), ...]) per measured model."""
-    import torch
-    import sft
-    tok, ip = sft.build_tiny("tiny")[1:]
+    import vlm
+    tok, ip = vlm.build_tiny("tiny")[1:]
     if device.type == "cuda":
-        build = lambda: sft.build_qwen25_vl_shape(sft.QWEN25_VL_3B_SHAPE, "cuda")
+        build = lambda: vlm.build_qwen25_vl_shape(vlm.QWEN25_VL_3B_SHAPE, "cuda")
         settings = [(False, False), (False, True), (True, True), (True, False)]
         return [("Qwen2.5-VL-3B shape", build, tok, ip, args.gpu_records, 512, settings)]
     settings = [(False, False), (False, True), (True, True)]
-    return [(name, lambda kw=kw: sft.build_tiny("tiny", **kw)[0], tok, ip, args.records, args.px, settings)
+    return [(name, lambda kw=kw: vlm.build_tiny("tiny", **kw)[0], tok, ip, args.records, args.px, settings)
             for name, kw in SMALL_MODELS]
 
 
 def vision_attention_row(build, batch: dict, device, steps: int) -> dict:
-    """Vision tower forward + backward: transformers' per-window loop vs sft.fast_vision_attention (median s)."""
+    """Vision tower forward + backward: transformers' per-window loop vs vlm.fast_vision_attention (median s)."""
     import numpy as np
     import torch
-    import sft
+    import vlm
     model = build().to(device)
     visual, x, grid = model.model.visual, batch["pixel_values"].to(device), batch["image_grid_thw"].to(device)
     if device.type == "cuda":
@@ -236,7 +236,7 @@ def vision_attention_row(build, batch: dict, device, steps: int) -> dict:
     out = {}
     for name in ("loop", "batched"):
         if name == "batched":
-            sft.fast_vision_attention(model)
+            vlm.fast_vision_attention(model)
         times = []
         for _ in range(steps + 1):
             t0 = clock(device)
@@ -254,8 +254,8 @@ def bench_sft(args) -> list:
     attention table. CPU: tiny and ~6M fp32; GPU: the Qwen2.5-VL-3B shape, FSDP2 bf16, one micro-batch of
     ≥ 8k tokens."""
     import torch
-    import sft
-    device = torch.device("cuda" if sft.use_cuda() else "cpu")
+    import common
+    device = torch.device("cuda" if common.use_cuda() else "cpu")
     if device.type == "cpu":
         torch.set_num_threads(args.threads)
     print(f"machine: {machine()}; " + ("wall time" if device.type == "cuda" else
@@ -314,7 +314,7 @@ def add_sft_parser(sub) -> None:
 
 def rollout_comparison(device=None, prompts: int = 8, group_size: int = 5, new_tokens: int = 256,
                        px: int = 448) -> list:
-    """Rollout speed of sft.generate on the FSDP2 model vs sft.RolloutEngine on the same batch: prompts ×
+    """Rollout speed of vlm.generate on the FSDP2 model vs engine.RolloutEngine on the same batch: prompts ×
     group_size sampled sequences of up to new_tokens (temperature 1; random weights rarely emit <|im_end|>,
     and a batch decodes until its last row ends). GPU: the Qwen2.5-VL-3B shape; CPU: the tiny model.
     Returns rows with ms per decode step, generated tokens/s (completion tokens up to <|im_end|>), and the
@@ -322,17 +322,19 @@ def rollout_comparison(device=None, prompts: int = 8, group_size: int = 5, new_t
     import numpy as np
     import torch
     from PIL import Image
-    import sft
-    device = device or torch.device("cuda" if sft.use_cuda() else "cpu")
+    import common
+    import engine
+    import vlm
+    device = device or torch.device("cuda" if common.use_cuda() else "cpu")
     cuda = device.type == "cuda"
-    model, tok, ip = (sft.build_qwen25_vl_shape(sft.QWEN25_VL_3B_SHAPE, "cuda"), *sft.build_tiny("tiny")[1:]) \
-        if cuda else sft.build_tiny("tiny")
-    sft.fast_vision_attention(model)
-    model = sft.shard_model(model, device)
+    model, tok, ip = (vlm.build_qwen25_vl_shape(vlm.QWEN25_VL_3B_SHAPE, "cuda"), *vlm.build_tiny("tiny")[1:]) \
+        if cuda else vlm.build_tiny("tiny")
+    vlm.fast_vision_attention(model)
+    model = vlm.shard_model(model, device)
     ip.size = {"shortest_edge": 56 * 56, "longest_edge": px * px}
     rng = np.random.default_rng(0)
     images = [[Image.fromarray(rng.integers(0, 256, (px, px, 3), dtype=np.uint8))] for _ in range(prompts)]
-    batch = sft.encode([sft.build_messages("<image>Which tile is flipped?")] * prompts, images, tok, ip, "left")
+    batch = vlm.encode([vlm.build_messages("<image>Which tile is flipped?")] * prompts, images, tok, ip, "left")
     sample = dict(max_new_tokens=new_tokens, do_sample=True, temperature=1.0, num_return_sequences=group_size)
 
     def timed(fn):
@@ -341,11 +343,11 @@ def rollout_comparison(device=None, prompts: int = 8, group_size: int = 5, new_t
         return clock(device) - t0, ids.shape[1], int(mask.sum())
 
     rows = []
-    sft.generate(model, batch, tok, **{**sample, "max_new_tokens": 4})                 # warm-up
-    dt, steps, toks = timed(lambda: sft.generate(model, batch, tok, **sample))
-    rows.append({"path": "sft.generate on the FSDP2 model", "ms_per_step": dt / steps * 1e3,
+    vlm.generate(model, batch, tok, **{**sample, "max_new_tokens": 4})                 # warm-up
+    dt, steps, toks = timed(lambda: vlm.generate(model, batch, tok, **sample))
+    rows.append({"path": "vlm.generate on the FSDP2 model", "ms_per_step": dt / steps * 1e3,
                  "tok_per_s": toks / dt, "extra": ""})
-    engine = sft.RolloutEngine(model, prompts_per_call=prompts)
+    engine = engine.RolloutEngine(model, prompts_per_call=prompts)
     gather = engine.refresh(model)                                                     # timed second gather
     first, _, _ = timed(lambda: engine.generate(batch, tok, **sample))                 # warm-up + compile
     dt, steps, toks = timed(lambda: engine.generate(batch, tok, **sample))
@@ -364,7 +366,7 @@ def rollout_comparison(device=None, prompts: int = 8, group_size: int = 5, new_t
 
 
 def add_rollout_parser(sub) -> None:
-    p = sub.add_parser("rollout", help="rollout speed: sft.generate on the FSDP2 model vs sft.RolloutEngine",
+    p = sub.add_parser("rollout", help="rollout speed: vlm.generate on the FSDP2 model vs engine.RolloutEngine",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--prompts", type=int, default=8)
     p.add_argument("--group-size", type=int, default=5)
@@ -383,17 +385,17 @@ def grpo_models(build, device, kl_coef: float, act_ckpt: bool = True) -> dict:
     vision trained, activation checkpointing, CPU plain fp32, CUDA FSDP2 with bf16 compute (reference bf16)."""
     import copy
     import torch
-    import sft
+    import vlm
     model, tok, ip = build()
-    sft.fast_vision_attention(model)                  # as sft.load_model installs it
+    vlm.fast_vision_attention(model)                  # as vlm.load_model installs it
     ref = copy.deepcopy(model).requires_grad_(False).eval() if kl_coef else None
     model.config.use_cache = False
     if act_ckpt:
-        sft.enable_activation_checkpointing(model)
+        vlm.enable_activation_checkpointing(model)
     model.train()
     if device.type == "cuda":
-        model = sft.shard_model(model, device)
-        ref = sft.shard_model(ref.to(torch.bfloat16), device) if ref is not None else None
+        model = vlm.shard_model(model, device)
+        ref = vlm.shard_model(ref.to(torch.bfloat16), device) if ref is not None else None
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-6, weight_decay=0.01)
     return {"model": model, "ref": ref, "tok": tok, "ip": ip, "opt": opt}
 
@@ -474,21 +476,21 @@ def grpo_bench_case(name: str, build, device, args, n_prompts: int, new_tokens: 
 def grpo_cases(device) -> list:
     """(name, build, prompts, new tokens, image px): tiny and ~6M on CPU (the TRL comparison's work), the
     Qwen2.5-VL-3B shape (random weights, published config) on a GPU."""
-    import sft
+    import vlm
     if device.type == "cuda":
-        return [("Qwen2.5-VL-3B shape", lambda: (sft.build_qwen25_vl_shape(sft.QWEN25_VL_3B_SHAPE, "cuda"),
-                                                 *sft.build_tiny("tiny")[1:]), 8, 256, 512)]
-    return [(name, lambda kind=kind: sft.build_tiny("tiny", **kind), 8, 48, 112) for name, kind in SMALL_MODELS]
+        return [("Qwen2.5-VL-3B shape", lambda: (vlm.build_qwen25_vl_shape(vlm.QWEN25_VL_3B_SHAPE, "cuda"),
+                                                 *vlm.build_tiny("tiny")[1:]), 8, 256, 512)]
+    return [(name, lambda kind=kind: vlm.build_tiny("tiny", **kind), 8, 48, 112) for name, kind in SMALL_MODELS]
 
 
 def run_grpo(args) -> None:
     import torch
-    import sft
+    import common
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device("cuda" if sft.use_cuda() else "cpu")
-    where = "FSDP2 bf16 compute, rollouts from sft.RolloutEngine" if device.type == "cuda" else \
-        f"{torch.get_num_threads()} threads, fp32, rollouts from sft.generate"
+    device = torch.device("cuda" if common.use_cuda() else "cpu")
+    where = "FSDP2 bf16 compute, rollouts from engine.RolloutEngine" if device.type == "cuda" else \
+        f"{torch.get_num_threads()} threads, fp32, rollouts from vlm.generate"
     print(f"GRPO step (grpo.py phases), {machine()}; {where}; G {args.group_size}, β {args.kl_coef}, activation "
           f"checkpointing {'on' if args.act_ckpt else 'off'}, "
           f"{args.updates} update(s) per rollout, median of {args.steps} steps after 1 warm-up step\n")
@@ -518,8 +520,7 @@ def run_grpo(args) -> None:
     print()
     rollout_comparison(device, 8, args.group_size, args.rollout_tokens or (256 if device.type == "cuda" else 48),
                        448 if device.type == "cuda" else 112)   # both samplers, the sft section's table
-    import sft
-    sft.cleanup_dist()
+    common.cleanup_dist()
 
 
 def add_grpo_parser(sub) -> None:
@@ -542,12 +543,12 @@ def add_grpo_parser(sub) -> None:
 # ----------------------------------------------------------------------------- eval
 def eval_cases(device) -> list:
     """(name, build() -> (model, tok, ip), items, batch size, image px, new tokens) per measured setup."""
-    import sft
-    cases = [("tiny", lambda: sft.build_tiny("tiny"), 32, 8, 224, 64)]
+    import vlm
+    cases = [("tiny", lambda: vlm.build_tiny("tiny"), 32, 8, 224, 64)]
     if device.type == "cuda":
         import torch
-        cases.append(("Qwen2.5-VL-3B shape", lambda: (sft.build_qwen25_vl_shape(
-            sft.QWEN25_VL_3B_SHAPE, "cuda").to(torch.bfloat16), *sft.build_tiny("tiny")[1:]), 64, 16, 448, 256))
+        cases.append(("Qwen2.5-VL-3B shape", lambda: (vlm.build_qwen25_vl_shape(
+            vlm.QWEN25_VL_3B_SHAPE, "cuda").to(torch.bfloat16), *vlm.build_tiny("tiny")[1:]), 64, 16, 448, 256))
     return cases
 
 
@@ -558,7 +559,8 @@ def eval_throughput(model, tok, ip, n_items: int, batch_size: int, px: int, new_
     import torch
     from PIL import Image
     import evaluate as ev
-    import sft
+    import tasks
+    import vlm
     device = next(model.parameters()).device
     cfg = ev.Config(model="bench", max_new_tokens=new_tokens, batch_size=batch_size, fast=fast)
     gen = ev.Generator(model.eval(), tok, cfg, device)
@@ -566,8 +568,8 @@ def eval_throughput(model, tok, ip, n_items: int, batch_size: int, px: int, new_
     rng = np.random.default_rng(0)
     image = Image.fromarray(rng.integers(0, 255, (px, px, 3), dtype=np.uint8))
     conv = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Which tile is flipped? "
-                                                                                      + sft.tasks.COT_PROMPT}]}]
-    batch = sft.encode([conv] * batch_size, [[image]] * batch_size, tok, ip, padding_side="left")
+                                                                                      + tasks.COT_PROMPT}]}]
+    batch = vlm.encode([conv] * batch_size, [[image]] * batch_size, tok, ip, padding_side="left")
     gen(batch)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -578,7 +580,7 @@ def eval_throughput(model, tok, ip, n_items: int, batch_size: int, px: int, new_
     n = -(-n_items // batch_size) * batch_size
     peak = peak_memory_gb(device)
     return {"prompt_tokens": batch["input_ids"].shape[1], "items_s": n / dt, "tok_s": tokens / dt,
-            "new_per_item": tokens / n, "path": "fast" if gen.engine is not None else "sft.generate", "peak_gb": peak}
+            "new_per_item": tokens / n, "path": "fast" if gen.engine is not None else "vlm.generate", "peak_gb": peak}
 
 
 def run_eval(args) -> None:

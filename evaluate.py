@@ -17,7 +17,7 @@ output, extracted answer, correct); OUT/results.json, OUT/results.md (+ OUT/resu
 
 Paper → code
   Table 1 benchmarks, released files             → load_<bench>() (BENCHES), read_tsv(), read_parquet()
-  greedy decoding (VLMEvalKit T=0.01/top-k 1)    → run_bench() → generate_texts() → sft.generate(do_sample=False)
+  greedy decoding (VLMEvalKit T=0.01/top-k 1)    → run_bench() → generate_texts() → generate(do_sample=False)
   CoT instruction of the released checkpoints    → tasks.COT_PROMPT via cot_suffix(); answer = last \\boxed{}
   VLMEvalKit MCQ rule matching (3.1)             → match_option()
   Spatial457 answer rules, per-level score       → spatial457_correct(), summarize()
@@ -40,7 +40,7 @@ Deviations (paper / official evaluation code)
      sentence, image, question, answer-vocabulary sentence). QSpatial+ uses the benchmark's own system prompt and
      templates (the fork's prompt files are not released); \\boxed{1.5 m} is read as 150 cm (the fork reads 0).
   6. VSI-Bench frames go in as a sequence of images, --vsi-frames (default 32) sampled uniformly, not as one
-     128-frame video item (sft.encode has no video path); the option-prefix bug "A. A. …" is fixed unless
+     128-frame video item (encode has no video path); the option-prefix bug "A. A. …" is fixed unless
      --paper-quirks. Numbers are not comparable with the paper's VSI-Bench row.
   7. ViewSpatial images are resized to 420×280 first (as the official script) and then bounded by the processor
      limits; the answer letter is read with match_option (--paper-quirks: first \\b[A-D]\\b, case-insensitive).
@@ -67,6 +67,9 @@ from pathlib import Path
 from PIL import Image
 
 import tasks
+from common import all_reduce_sum, barrier, cleanup_dist, config_parser, print0, setup_dist
+from engine import RolloutEngine
+from vlm import encode, generate, load_model
 
 BENCH_NAMES = ("pretext", "spatial457", "3dsrbench", "spatialeval", "qspatial_plus", "whatsup", "viewspatial",
                "vsibench")
@@ -112,7 +115,7 @@ class Config:
     vsi_frames: int = _f(32, "frames sampled uniformly from each VSI-Bench video")
     seed: int = _f(0, "seed of the What'sUp option shuffle")
     dtype: str = _f("auto", "model dtype: auto (bf16 on CUDA, fp32 on CPU), bfloat16, float16, float32")
-    fast: bool = _f(True, "on CUDA use sft's fast rollout path (static cache, compiled decode) when available")
+    fast: bool = _f(True, "on CUDA use the rollout engine (engine.py: static cache, compiled decode) (static cache, compiled decode) when available")
     plot: bool = _f(True, "write OUT/results.png (needs matplotlib; skipped with a note otherwise)")
     progress: bool = _f(True, "tqdm progress bar")
 
@@ -153,9 +156,8 @@ class Config:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """argparse options generated from Config, with sft.py's conventions (sft.config_parser)."""
-    import sft
-    return sft.config_parser(Config, "evaluate.py", __doc__.split("\n")[0])
+    """argparse options generated from Config, with sft.py's conventions (config_parser)."""
+    return config_parser(Config, "evaluate.py", __doc__.split("\n")[0])
 
 
 class DataError(ValueError):
@@ -666,7 +668,7 @@ def video_frames(video: Path, k: int) -> list:
 
 
 def load_pretext(path: Path, cfg: Config) -> list:
-    """Our held-out test.jsonl (make_data.py); prompts exactly as in training (sft.build_messages)."""
+    """Our held-out test.jsonl (make_data.py); prompts exactly as in training (build_messages)."""
     if not path.is_file():
         raise DataError(f"{path}: no such file (expected make_data.py's test.jsonl)")
     items = []
@@ -844,19 +846,18 @@ def check_identity(bench_dir: Path, ident: dict) -> None:
 
 # ----------------------------------------------------------------------------- generation
 class Generator:
-    """Greedy completions for encode() batches through sft's shared generation path.
+    """Greedy completions for encode() batches through the shared generation path (vlm.generate, or engine.RolloutEngine).
 
     Every sampling field is explicit (do_sample False, temperature 1, top_p 1, top_k 0), so nothing comes from
-    the checkpoint's generation_config. On CUDA (--fast) the batches go through sft.RolloutEngine: the loaded
+    the checkpoint's generation_config. On CUDA (--fast) the batches go through RolloutEngine: the loaded
     bf16 model decoded in place (no second copy), static KV cache, compiled decode, prompts padded to length
-    buckets and batch_size rows per call, so compilation happens once per bucket. Elsewhere sft.generate.
+    buckets and batch_size rows per call, so compilation happens once per bucket. Elsewhere generate.
     engine=True forces the engine (its CPU twin runs without compilation; the tests compare the two)."""
 
     def __init__(self, model, tokenizer, cfg: Config, device, engine: bool | None = None):
-        import sft
-        self.sft, self.model, self.tok, self.cfg, self.device = sft, model, tokenizer, cfg, device
+        self.model, self.tok, self.cfg, self.device = model, tokenizer, cfg, device
         use = cfg.fast and device.type == "cuda" if engine is None else engine
-        self.engine = sft.RolloutEngine(model, prompts_per_call=cfg.batch_size) if use else None
+        self.engine = RolloutEngine(model, prompts_per_call=cfg.batch_size) if use else None
         if self.engine is not None:
             self.model = None   # the engine holds its own copy
 
@@ -867,7 +868,7 @@ class Generator:
         if self.engine is not None:
             out = self.engine.generate(batch, self.tok, **greedy)
         else:
-            out = self.sft.generate(self.model, batch, self.tok, **greedy)
+            out = generate(self.model, batch, self.tok, **greedy)
         ids, mask = (t.cpu() for t in out)
         texts = [self.tok.decode(ids[i][mask[i]].tolist(), skip_special_tokens=True) for i in range(len(ids))]
         return texts, [int(m.sum()) for m in mask]
@@ -885,7 +886,6 @@ def to_messages(item: Item, n_images_slots: list) -> list:
 def answer_batch(bench: str, items: list, gen: Generator, ip, cfg: Config) -> tuple:
     """Prediction records for a batch: unreadable items become skipped records; the rest are generated
     together and scored. Returns (records, generated tokens)."""
-    import sft
     records, convs, images, asked = [], [], [], []
     for it in items:
         base = {"id": it.id, "category": it.category, "prompt": it.prompt_text()}
@@ -902,7 +902,7 @@ def answer_batch(bench: str, items: list, gen: Generator, ip, cfg: Config) -> tu
         asked.append((it, base))
     if not asked:
         return records, 0
-    batch = sft.encode(convs, images, gen.tok, ip, padding_side="left")
+    batch = encode(convs, images, gen.tok, ip, padding_side="left")
     texts, ntok = gen(batch)
     for (it, base), raw in zip(asked, texts):
         records.append({**base, "raw": raw, **score_item(bench, it, raw, cfg)})
@@ -934,7 +934,6 @@ def shard_batches(todo: list, rank: int, world: int, batch_size: int) -> tuple:
 
 def run_bench(bench: str, path: str, cfg: Config, gen: Generator, ip, d, own_bounds: tuple) -> dict:
     """Ask every item not yet in OUT/<bench>/predictions.jsonl, append the answers, return the summary."""
-    import sft
     from tqdm import tqdm
     bench_dir = Path(cfg.out) / bench
     preds = bench_dir / "predictions.jsonl"
@@ -942,12 +941,12 @@ def run_bench(bench: str, path: str, cfg: Config, gen: Generator, ip, d, own_bou
     if d.is_main:
         check_identity(bench_dir, run_identity(bench, path, cfg))
         read_predictions(preds, repair=True)
-    sft.barrier()
+    barrier()
     done = read_predictions(preds, repair=False)
     todo = [it for it in items if it.id not in done]
     ip.size = dict(zip(("shortest_edge", "longest_edge"), cfg.pixel_bounds(bench) or own_bounds))
     batches, rounds = shard_batches(todo, d.rank, d.world_size, cfg.batch_size)
-    sft.print0(f"{bench}: {len(items)} items, {len(done)} done before, {len(todo)} to ask "
+    print0(f"{bench}: {len(items)} items, {len(done)} done before, {len(todo)} to ask "
                f"({d.world_size} rank(s), {rounds} rounds of <= {cfg.batch_size})")
     t0, ntok, nasked = time.time(), 0, 0
     bar = tqdm(total=len(todo), desc=bench, disable=not (d.is_main and cfg.progress), dynamic_ncols=True)
@@ -960,11 +959,11 @@ def run_bench(bench: str, path: str, cfg: Config, gen: Generator, ip, d, own_bou
             append_predictions(preds, recs)
         bar.update(len(recs))
     bar.close()
-    sft.barrier()
-    ntok = int(sft.all_reduce_sum(ntok, d.device))
+    barrier()
+    ntok = int(all_reduce_sum(ntok, d.device))
     dt = time.time() - t0
     if todo:
-        sft.print0(f"{bench}: {nasked} items in {dt:.1f} s ({nasked / max(dt, 1e-9):.2f} items/s, "
+        print0(f"{bench}: {nasked} items in {dt:.1f} s ({nasked / max(dt, 1e-9):.2f} items/s, "
                    f"{ntok / max(dt, 1e-9):.0f} generated tokens/s)")
     records = [r for r in read_predictions(preds, repair=False).values()]
     ids = {it.id for it in items}
@@ -1031,17 +1030,15 @@ def write_results(results: dict, cfg: Config) -> None:
 # ----------------------------------------------------------------------------- main
 def load_for_eval(cfg: Config, device):
     """Model (eval mode, on device), tokenizer, image processor."""
-    import sft
     import torch
     dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}.get(
         cfg.dtype, torch.bfloat16 if device.type == "cuda" else torch.float32)
-    model, tok, ip = sft.load_model(cfg.model, dtype=dtype)
+    model, tok, ip = load_model(cfg.model, dtype=dtype)
     return model.to(device).eval(), tok, ip
 
 
 def evaluate(cfg: Config) -> dict:
-    import sft
-    d = sft.setup_dist(cfg.seed)
+    d = setup_dist(cfg.seed)
     try:
         paths = cfg.data_paths()
         benches = cfg.benches()
@@ -1060,7 +1057,7 @@ def evaluate(cfg: Config) -> dict:
             write_results(results, cfg)
         return results
     finally:
-        sft.cleanup_dist()
+        cleanup_dist()
 
 
 def main(argv: list | None = None) -> None:

@@ -21,7 +21,7 @@ response length and truncated fraction; groups with all-equal rewards (no signal
 in generation / log-probs / update; generated tokens/s.
 
 Paper → code (official code: training/GRPO, an EasyR1 fork; examples/config.yaml + spatial-ssrl_*.sh)
-  G = 5 samples per prompt, temperature 1, top-p 1, top-k off    → rollout(), Sampler (sft.generate / RolloutEngine)
+  G = 5 samples per prompt, temperature 1, top-p 1, top-k off    → rollout(), Sampler (generate / RolloutEngine)
   reward r = 0.9·accuracy + 0.1·format (math.py img_score)        → score() via tasks.accuracy / format_ok
   A_i = (r_i − mean_g) / (std_g + 1e-6), unbiased std             → group_advantages()
   old log-probs recomputed by the actor, ref = frozen SFT init    → rollout_logprobs(), setup_models()
@@ -65,8 +65,13 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-import sft
 import tasks
+from common import (BadRecord, Dist, all_reduce_sum, append_metrics, barrier, cleanup_dist, config_parser, epoch_order,
+                    is_main, keep_metrics_until, latest_checkpoint, load_state, print0, publish_step_folder,
+                    read_jsonl, save_state, setup_dist)
+from engine import RolloutEngine
+from vlm import (IGNORE_INDEX, IMAGE_PLACEHOLDER, TINY_MODELS, build_messages, enable_activation_checkpointing, encode,
+                 freeze_vision, generate, is_fsdp, load_images, load_model, save_hf, shard_model, token_logprobs)
 
 
 
@@ -119,8 +124,8 @@ class Config:
     activation_checkpointing: bool = _f(True, "non-reentrant activation checkpointing of the trained blocks")
     bf16: bool = _f(True, "bf16 compute with fp32 master weights (GPU only; CPU stays fp32)")
     fsdp: bool = _f(False, "shard with FSDP2 even in one CPU process (always on for GPU or >1 rank)")
-    rollout_engine: str = _f("auto", "sampler: 'engine' = sft.RolloutEngine (plain copy of the policy, static KV "
-                             "cache, compiled on CUDA), 'generate' = sft.generate on the training model, 'auto' = "
+    rollout_engine: str = _f("auto", "sampler: 'engine' = RolloutEngine (plain copy of the policy, static KV "
+                             "cache, compiled on CUDA), 'generate' = generate on the training model, 'auto' = "
                              "engine on CUDA, generate on CPU")
     rollout_prompts_per_call: int = _f(8, "prompts per RolloutEngine call (fixed shape: compiled once)")
     keep_rollout_copy: bool = _f(True, "keep the engine's copy of the policy between rollouts (--no-...: free "
@@ -158,8 +163,8 @@ class Config:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """argparse options generated from Config, with sft.py's conventions (sft.config_parser)."""
-    return sft.config_parser(Config, "grpo.py", __doc__.split("\n")[0], USAGE_EXAMPLES, {"data": "TRAIN_JSONL"})
+    """argparse options generated from Config, with sft.py's conventions (config_parser)."""
+    return config_parser(Config, "grpo.py", __doc__.split("\n")[0], USAGE_EXAMPLES, {"data": "TRAIN_JSONL"})
 
 
 # ----------------------------------------------------------------------------- pure math
@@ -219,7 +224,7 @@ def batch_sizes(cfg: Config, num_records: int, world: int) -> tuple:
     the largest size ≤ --update-batch-size that divides the rollout and is a multiple of the world size,
     so every rank holds the same number of prompts in every phase."""
     if num_records < world:
-        raise sft.BadRecord(f"{num_records} prompts for {world} ranks: every rank needs at least one")
+        raise BadRecord(f"{num_records} prompts for {world} ranks: every rank needs at least one")
     rollout = min(cfg.rollout_batch_size, num_records) // world * world
     update = max(u for u in range(world, min(cfg.update_batch_size, rollout) + 1, world) if rollout % u == 0)
     return rollout, update
@@ -233,7 +238,7 @@ def step_seed(seed: int, step: int, rank: int) -> int:
 # ----------------------------------------------------------------------------- data
 def resolve_model(name: str) -> None:
     """Refuse a --model that is neither a tiny model, a local HF folder, nor a HF id (org/name)."""
-    if name in sft.TINY_MODELS or (Path(name) / "config.json").is_file():
+    if name in TINY_MODELS or (Path(name) / "config.json").is_file():
         return
     if Path(name).exists():
         raise ValueError(f"--model {name}: not a Hugging Face model folder (no config.json)")
@@ -242,40 +247,40 @@ def resolve_model(name: str) -> None:
 
 
 def check_record(r: dict, root: Path) -> None:
-    """Raise sft.BadRecord naming the record if it cannot be a GRPO prompt (fields, task, answer, images)."""
+    """Raise BadRecord naming the record if it cannot be a GRPO prompt (fields, task, answer, images)."""
     rid = r.get("id", "?")
     if r.get("task") not in tasks.TASKS or not isinstance(r.get("problem"), str) or "answer" not in r:
-        raise sft.BadRecord(f"record {rid}: needs task (one of {', '.join(tasks.TASKS)}), problem and answer")
+        raise BadRecord(f"record {rid}: needs task (one of {', '.join(tasks.TASKS)}), problem and answer")
     images = r.get("images") or []
-    if r["problem"].count(sft.IMAGE_PLACEHOLDER) != len(images):
-        raise sft.BadRecord(f"record {rid}: {r['problem'].count(sft.IMAGE_PLACEHOLDER)} <image> placeholders "
+    if r["problem"].count(IMAGE_PLACEHOLDER) != len(images):
+        raise BadRecord(f"record {rid}: {r['problem'].count(IMAGE_PLACEHOLDER)} <image> placeholders "
                         f"but {len(images)} images")
     for rel in images:
         if not (root / rel).is_file():
-            raise sft.BadRecord(f"record {rid}: image {root / rel} not found")
+            raise BadRecord(f"record {rid}: image {root / rel} not found")
     try:
         tasks.accuracy("", str(r["answer"]), r["task"])
     except ValueError as e:
-        raise sft.BadRecord(f"record {rid}: {e}") from None
+        raise BadRecord(f"record {rid}: {e}") from None
 
 
 def load_prompts(cfg: Config) -> tuple:
     """(records, root, number left out): train.jsonl minus the cold-start ids, every record checked."""
     path = Path(cfg.data)
     if not path.is_file():
-        raise sft.BadRecord(f"--data {cfg.data}: no such file")
-    records = sft.read_jsonl(str(path))
+        raise BadRecord(f"--data {cfg.data}: no such file")
+    records = read_jsonl(str(path))
     exclude = path.with_name("sft.jsonl") if cfg.exclude == "auto" else None if cfg.exclude == "none" \
         else Path(cfg.exclude)
     if exclude is not None and exclude.resolve() != path.resolve() and exclude.is_file():
-        ids = {r.get("id") for r in sft.read_jsonl(str(exclude))}
+        ids = {r.get("id") for r in read_jsonl(str(exclude))}
         kept = [r for r in records if r.get("id") not in ids]
         left_out = len(records) - len(kept)
         records = kept
     else:
         left_out = 0
     if not records:
-        raise sft.BadRecord(f"--data {cfg.data}: no records left (after leaving out {left_out} cold-start ids)")
+        raise BadRecord(f"--data {cfg.data}: no records left (after leaving out {left_out} cold-start ids)")
     for r in records:
         check_record(r, path.resolve().parent)
     return records, path.resolve().parent, left_out
@@ -286,10 +291,10 @@ def encode_prompts(records: list, root: Path, tok, ip) -> tuple:
     images = []
     for r in records:
         try:
-            images.append(sft.load_images(r, root))
+            images.append(load_images(r, root))
         except OSError as e:
-            raise sft.BadRecord(f"record {r.get('id', '?')}: cannot read its images: {e}") from None
-    batch = sft.encode([sft.build_messages(r["problem"]) for r in records], images, tok, ip, padding_side="left")
+            raise BadRecord(f"record {r.get('id', '?')}: cannot read its images: {e}") from None
+    batch = encode([build_messages(r["problem"]) for r in records], images, tok, ip, padding_side="left")
     batch.pop("labels")
     return batch, [len(ims) for ims in images]
 
@@ -326,7 +331,7 @@ def sequence_batch(ro: Rollout, rows: list) -> tuple:
     start = int(amask.any(0).nonzero()[0])                      # first column any row uses
     width = max(1, int(ro.mask[rows].sum(1).max()))             # longest completion among the rows
     comp, cmask = ro.completions[rows, :width], ro.mask[rows, :width]
-    labels_c = torch.where(cmask, comp, torch.full_like(comp, sft.IGNORE_INDEX))
+    labels_c = torch.where(cmask, comp, torch.full_like(comp, IGNORE_INDEX))
     ids_p = ro.prompts["input_ids"][p_idx, start:]
     batch = {"input_ids": torch.cat([ids_p, comp], 1),
              "attention_mask": torch.cat([amask[:, start:], cmask.long()], 1),
@@ -343,7 +348,7 @@ def sequence_batch(ro: Rollout, rows: list) -> tuple:
             pix.append(ro.prompts["pixel_values"][r0:r1])
             grids.append(grid[i0:i1])
         batch["pixel_values"], batch["image_grid_thw"] = torch.cat(pix), torch.cat(grids)
-    labels = torch.cat([torch.full_like(ids_p, sft.IGNORE_INDEX), labels_c], 1)
+    labels = torch.cat([torch.full_like(ids_p, IGNORE_INDEX), labels_c], 1)
     return batch, labels, ids_p.shape[1]
 
 
@@ -385,7 +390,7 @@ def rollout_logprobs(model, ro: Rollout, cfg: Config, device: torch.device) -> t
     logp = torch.zeros(n, width)
     for rows in micro_batches(ro, list(range(n)), cfg.logprob_micro_batch_size):
         batch, labels, start = sequence_batch(ro, rows)
-        lp = sft.token_logprobs(model, {k: v.to(device) for k, v in batch.items()}, labels.to(device),
+        lp = token_logprobs(model, {k: v.to(device) for k, v in batch.items()}, labels.to(device),
                                 temperature=cfg.temperature, chunk_size=cfg.logprob_chunk_size)
         logp[rows, :labels.shape[1] - start] = lp[:, start:].float().cpu()
     return logp
@@ -400,14 +405,14 @@ def update(model, optimizer, ro: Rollout, rows: list, cfg: Config, device: torch
     divided by N_global / world, so after FSDP's gradient mean over ranks the step follows the token mean
     over the global mini-batch, whatever the micro-batch size or the number of ranks."""
     world = dist.get_world_size() if dist.is_initialized() else 1
-    n_global = max(1.0, sft.all_reduce_sum(int(ro.mask[rows].sum()), device))
+    n_global = max(1.0, all_reduce_sum(int(ro.mask[rows].sum()), device))
     chunks = micro_batches(ro, rows, cfg.micro_batch_size)
-    sums, fsdp = {}, sft.is_fsdp(model)
+    sums, fsdp = {}, is_fsdp(model)
     for i, mb in enumerate(chunks):
         if fsdp:  # reduce-scatter after every micro-batch (only a gradient shard is held), or only after the last
             model.set_requires_gradient_sync(cfg.sync_every_micro_batch or i == len(chunks) - 1)
         batch, labels, start = sequence_batch(ro, mb)
-        logp, ent = sft.token_logprobs(model, {k: v.to(device) for k, v in batch.items()}, labels.to(device),
+        logp, ent = token_logprobs(model, {k: v.to(device) for k, v in batch.items()}, labels.to(device),
                                        temperature=cfg.temperature, chunk_size=cfg.logprob_chunk_size,
                                        with_entropy=True)
         logp, ent, w = logp[:, start:], ent[:, start:], logp.shape[1] - start
@@ -514,33 +519,33 @@ def check_out(cfg: Config) -> None:
                          "or choose a new folder")
 
 
-def setup_models(cfg: Config, d: sft.Dist) -> dict:
+def setup_models(cfg: Config, d: Dist) -> dict:
     """Policy (trained incl. vision unless --freeze-vision, checkpointing, FSDP2), frozen reference (only when
     kl_coef > 0; bf16 on GPU), tokenizer, image processor and AdamW. Multi-rank runs read the weights on
-    rank 0 only (sft.load_model(meta=True) + shard_model(broadcast_from_rank0=True))."""
+    rank 0 only (load_model(meta=True) + shard_model(broadcast_from_rank0=True))."""
     from_rank0, cuda = d.world_size > 1, d.device.type == "cuda"
     shard = cfg.fsdp or from_rank0 or cuda
 
     def load(dtype):
         try:
-            return sft.load_model(cfg.model, min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels, dtype=dtype,
+            return load_model(cfg.model, min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels, dtype=dtype,
                                   attn_implementation=cfg.attn_implementation, meta=from_rank0 and not d.is_main)
         except (OSError, ValueError) as e:
             raise ValueError(f"--model {cfg.model}: cannot load it: {str(e).splitlines()[0]}") from None
 
     model, tok, ip = load(torch.float32)
     if cfg.freeze_vision:
-        sft.freeze_vision(model)
+        freeze_vision(model)
     model.config.use_cache = False
     if cfg.activation_checkpointing:
-        sft.enable_activation_checkpointing(model)   # the layers that train only (call after freeze_vision)
+        enable_activation_checkpointing(model)   # the layers that train only (call after freeze_vision)
     model.train()
-    model = sft.shard_model(model, d.device, cfg.bf16, broadcast_from_rank0=from_rank0) if shard \
+    model = shard_model(model, d.device, cfg.bf16, broadcast_from_rank0=from_rank0) if shard \
         else model.to(d.device)
     ref = None
     if cfg.kl_coef > 0:
         ref = load(torch.bfloat16 if cfg.bf16 and cuda else torch.float32)[0].requires_grad_(False).eval()
-        ref = sft.shard_model(ref, d.device, cfg.bf16, broadcast_from_rank0=from_rank0) if shard \
+        ref = shard_model(ref, d.device, cfg.bf16, broadcast_from_rank0=from_rank0) if shard \
             else ref.to(d.device)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
                                   betas=tuple(cfg.adam_betas), weight_decay=cfg.weight_decay)
@@ -548,18 +553,18 @@ def setup_models(cfg: Config, d: sft.Dist) -> dict:
 
 
 class Sampler:
-    """Rollout sampling with generate()'s contract: sft.generate on the (sharded) training model, or
-    sft.RolloutEngine, whose plain copy of the policy (bf16 on CUDA) is refreshed from the shards before every
+    """Rollout sampling with generate()'s contract: generate on the (sharded) training model, or
+    RolloutEngine, whose plain copy of the policy (bf16 on CUDA) is refreshed from the shards before every
     rollout (a collective: every rank calls it) and, with --no-keep-rollout-copy, freed after it."""
 
     def __init__(self, model, cfg: Config, device: torch.device):
         use = cfg.rollout_engine == "engine" or (cfg.rollout_engine == "auto" and device.type == "cuda")
-        self.engine = sft.RolloutEngine(model, prompts_per_call=cfg.rollout_prompts_per_call) if use else None
+        self.engine = RolloutEngine(model, prompts_per_call=cfg.rollout_prompts_per_call) if use else None
         self.keep, self.refresh_s = cfg.keep_rollout_copy, 0.0
 
     def __call__(self, model, batch: dict, tok, **sampling) -> tuple:
         if self.engine is None:
-            return sft.generate(model, batch, tok, **sampling)
+            return generate(model, batch, tok, **sampling)
         self.refresh_s = self.engine.refresh(model)
         out = self.engine.generate(batch, tok, **sampling)
         if not self.keep:
@@ -579,12 +584,12 @@ def save_checkpoint(s: dict, cfg: Config, state: dict) -> None:
     hf = Path(cfg.out) / "hf"
     final = hf / f"step_{state['step']:08d}"
     tmp = final.with_name(final.name + ".tmp")
-    if sft.is_main():
+    if is_main():
         shutil.rmtree(tmp, ignore_errors=True)
-    sft.save_hf(s["model"], s["tok"], s["ip"], str(tmp), getattr(torch, cfg.save_dtype))
-    if sft.is_main():
-        sft.publish_step_folder(tmp, final, cfg.keep_checkpoints)
-    sft.save_state(s["model"], s["optimizer"], state, cfg.out, cfg.keep_checkpoints)
+    save_hf(s["model"], s["tok"], s["ip"], str(tmp), getattr(torch, cfg.save_dtype))
+    if is_main():
+        publish_step_folder(tmp, final, cfg.keep_checkpoints)
+    save_state(s["model"], s["optimizer"], state, cfg.out, cfg.keep_checkpoints)
 
 
 def resume_step(cfg: Config, s: dict, identity: dict) -> int:
@@ -592,30 +597,30 @@ def resume_step(cfg: Config, s: dict, identity: dict) -> int:
     metrics.jsonl / samples.jsonl logged after that checkpoint are dropped (they will be logged again)."""
     if not cfg.resume:
         return 0
-    ckpt, step = sft.latest_checkpoint(cfg.out), 0
+    ckpt, step = latest_checkpoint(cfg.out), 0
     if ckpt is None:
-        sft.print0(f"--resume: no complete checkpoint in {cfg.out}/checkpoints, starting from scratch")
+        print0(f"--resume: no complete checkpoint in {cfg.out}/checkpoints, starting from scratch")
     else:
         saved = json.loads((ckpt / "trainer_state.json").read_text())
         if any(saved.get(k) != v for k, v in identity.items()):
             raise ValueError(f"{ckpt} does not match this run: saved {[saved.get(k) for k in identity]}, "
                              f"now {list(identity.values())} ({', '.join(identity)})")
-        step = sft.load_state(s["model"], s["optimizer"], ckpt)["step"]
-        sft.print0(f"resumed from {ckpt} (step {step})")
+        step = load_state(s["model"], s["optimizer"], ckpt)["step"]
+        print0(f"resumed from {ckpt} (step {step})")
     for name in ("metrics.jsonl", "samples.jsonl"):   # rows after the checkpoint (and a cut-off last row)
-        if sft.is_main():
-            sft.keep_metrics_until(Path(cfg.out) / name, step)
+        if is_main():
+            keep_metrics_until(Path(cfg.out) / name, step)
     return step
 
 
-def setup_run(cfg: Config, d: sft.Dist) -> dict:
+def setup_run(cfg: Config, d: Dist) -> dict:
     """Checks (before anything is written), prompts, models, then the output folder and the resume point."""
     check_out(cfg)
     resolve_model(cfg.model)
     records, root, left_out = load_prompts(cfg)
     rollout_bs, update_bs = batch_sizes(cfg, len(records), d.world_size)
     s = setup_models(cfg, d)
-    sft.barrier()   # every rank has passed the checks before rank 0 writes anything
+    barrier()   # every rank has passed the checks before rank 0 writes anything
     if d.is_main:
         Path(cfg.out).mkdir(parents=True, exist_ok=True)
         info = {"config": dataclasses.asdict(cfg), "argv": sys.argv, "rollout_batch_size": rollout_bs,
@@ -625,7 +630,7 @@ def setup_run(cfg: Config, d: sft.Dist) -> dict:
     s.update(records=records, root=root, rollout_bs=rollout_bs, update_bs=update_bs, identity=identity,
              step=resume_step(cfg, s, identity))
     s["sampler"] = Sampler(s["model"], cfg, d.device)
-    sft.print0(f"model {cfg.model} | prompts {len(records)} (left out {left_out} cold-start ids) | "
+    print0(f"model {cfg.model} | prompts {len(records)} (left out {left_out} cold-start ids) | "
                f"rollout {rollout_bs} × G {cfg.group_size} | update {update_bs} prompts | world {d.world_size} | "
                f"reference {'yes' if s['ref'] is not None else 'no (kl_coef 0)'} | device {d.device}")
     return s
@@ -641,7 +646,7 @@ def _now(device: torch.device) -> float:
 def train(cfg: Config) -> list:
     """The GRPO loop. Each step: rollout → reward → advantage → old / ref log-probs → updates → log →
     checkpoint. Returns the metrics rows of the steps it ran."""
-    d = sft.setup_dist(cfg.seed)
+    d = setup_dist(cfg.seed)
     try:
         s = setup_run(cfg, d)
         model, ref, tok, opt, dev = s["model"], s["ref"], s["tok"], s["optimizer"], d.device
@@ -651,10 +656,10 @@ def train(cfg: Config) -> list:
         bar = tqdm(total=total, initial=step, desc="grpo", file=sys.stderr, disable=not (d.is_main and sys.stderr.isatty()))
         while step < total:
             if cfg.stop_after_steps and step >= cfg.stop_after_steps:
-                sft.print0(f"stopping after step {step} (--stop-after-steps)")
+                print0(f"stopping after step {step} (--stop-after-steps)")
                 return rows_logged
             epoch, k = divmod(step, steps_per_epoch)
-            order = sft.epoch_order(len(s["records"]), epoch, cfg.seed, cfg.shuffle)[k * R:(k + 1) * R]
+            order = epoch_order(len(s["records"]), epoch, cfg.seed, cfg.shuffle)[k * R:(k + 1) * R]
             mine = [s["records"][i] for i in order[d.rank * R // d.world_size:(d.rank + 1) * R // d.world_size]]
             torch.manual_seed(step_seed(cfg.seed, step, d.rank))
             t0 = _now(dev)
@@ -678,20 +683,20 @@ def train(cfg: Config) -> list:
                           {"gen": t1 - t0, "logprob": t2 - t1, "update": t3 - t2, "step": t3 - t0,
                            "refresh": s["sampler"].refresh_s})
             rows_logged.append(row)
-            sft.print0(format_row(row))
+            print0(format_row(row))
             if d.is_main:
-                sft.append_metrics(out / "metrics.jsonl", [row])
+                append_metrics(out / "metrics.jsonl", [row])
                 if cfg.sample_every and (step % cfg.sample_every == 0 or step == 1):
-                    sft.append_metrics(out / "samples.jsonl", sample_rows(ro, step, cfg.samples_per_log))
+                    append_metrics(out / "samples.jsonl", sample_rows(ro, step, cfg.samples_per_log))
             bar.update(1)
             if (cfg.save_every and step % cfg.save_every == 0) or step == total:
                 save_checkpoint(s, cfg, {"step": step, "epoch": step // steps_per_epoch, **s["identity"]})
         bar.close()
-        sft.save_hf(model, tok, s["ip"], cfg.out, getattr(torch, cfg.save_dtype))
-        sft.print0(f"saved HF checkpoint to {cfg.out}")
+        save_hf(model, tok, s["ip"], cfg.out, getattr(torch, cfg.save_dtype))
+        print0(f"saved HF checkpoint to {cfg.out}")
         return rows_logged
     finally:
-        sft.cleanup_dist()
+        cleanup_dist()
 
 
 def main(argv: list | None = None) -> None:
@@ -705,7 +710,7 @@ def main(argv: list | None = None) -> None:
         if not cfg.data:
             raise ValueError("--data is required (train.jsonl from make_data.py)")
         train(cfg)
-    except (ValueError, sft.BadRecord) as e:   # bad input: one line, nothing written
+    except (ValueError, BadRecord) as e:   # bad input: one line, nothing written
         raise SystemExit(f"grpo.py: error: {e}") from None
 
 

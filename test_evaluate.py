@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 import evaluate as ev
-import sft
+import vlm
 
 TINY_PIXELS = [f"{b}=784:3136" for b in ev.BENCH_NAMES]
 
@@ -395,13 +395,12 @@ def test_two_ranks_shard_and_gather(tmp_path):
 
 
 def test_fast_path_engine_equals_generate(tmp_path):
-    """The CUDA fast path (sft.RolloutEngine: plain copy, static cache, bucketed prompts; uncompiled CPU twin
-    here) gives the same greedy texts as sft.generate on a bucketed, left-padded batch of mixed lengths."""
-    import sft
+    """The CUDA fast path (engine.RolloutEngine: plain copy, static cache, bucketed prompts; uncompiled CPU twin
+    here) gives the same greedy texts as vlm.generate on a bucketed, left-padded batch of mixed lengths."""
     data = make_fixtures(tmp_path / "d")
     c = ev.Config(bench=["3dsrbench"], max_new_tokens=6, batch_size=4, pixels=TINY_PIXELS)
     items = ev.load_bench("3dsrbench", str(data["3dsrbench"]), c)
-    model, tok, ip = sft.load_model("tiny")
+    model, tok, ip = vlm.load_model("tiny")
     ip.size = {"shortest_edge": 784, "longest_edge": 3136}
     plain = ev.Generator(model, tok, c, model.device, engine=False)
     fast = ev.Generator(model, tok, c, model.device, engine=True)
@@ -421,13 +420,13 @@ def test_plot_is_optional(tmp_path):
     assert results["whatsup"]["score"] == 100.0 and results["whatsup"]["paper"]["Spatial-SSRL-7B"] == 90.61
 
 
-def test_pretext_uses_the_checkpoints_own_pixel_bounds(tmp_path):
+def test_pretext_uses_the_checkpoints_own_pixel_bounds(monkeypatch, tmp_path):
     """The pretext split is asked at the image bounds the checkpoint was trained with (its saved image
     processor), not a fixed 512²: a tiny model cold-started on 56×56 images saw 4 image tokens per image."""
     assert ev.Config().pixel_bounds("pretext") is None
     assert ev.Config(pixels=["pretext=784:3136"]).pixel_bounds("pretext") == (784, 3136)
-    model, tok, ip = sft.load_model("tiny", min_pixels=3136, max_pixels=3136)
-    sft.save_hf(model, tok, ip, str(tmp_path / "ckpt"))
+    model, tok, ip = vlm.load_model("tiny", min_pixels=3136, max_pixels=3136)
+    vlm.save_hf(model, tok, ip, str(tmp_path / "ckpt"))
     folder = tmp_path / "data"
     folder.mkdir()
     Image.new("RGB", (224, 224), (90, 90, 90)).save(folder / "a.png")
@@ -437,13 +436,10 @@ def test_pretext_uses_the_checkpoints_own_pixel_bounds(tmp_path):
     cfg = ev.Config(model=str(tmp_path / "ckpt"), data=[f"pretext={folder / 'test.jsonl'}"], out=str(tmp_path / "out"),
                     max_new_tokens=2, batch_size=1, progress=False, plot=False)
     seen = []
-    real_encode = sft.encode
+    real_encode = vlm.encode
     def spy(convs, images, tokenizer, image_processor, padding_side="right"):
         seen.append(dict(image_processor.size))
         return real_encode(convs, images, tokenizer, image_processor, padding_side)
-    sft.encode = spy
-    try:
-        ev.evaluate(cfg)
-    finally:
-        sft.encode = real_encode
+    monkeypatch.setattr(ev, "encode", spy)   # evaluate.py's own name for vlm.encode
+    ev.evaluate(cfg)
     assert seen and all(s == {"shortest_edge": 3136, "longest_edge": 3136} for s in seen)

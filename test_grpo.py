@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("SPATIAL_SSRL_DEVICE", "cpu")   # the CPU/gloo path also on a GPU machine (sft.use_cuda)
+os.environ.setdefault("SPATIAL_SSRL_DEVICE", "cpu")   # the CPU/gloo path also on a GPU machine (common.use_cuda)
 
 import pytest
 import torch
@@ -24,7 +24,9 @@ from safetensors.torch import load_file
 from transformers.utils import logging as hf_logging
 
 import grpo
+import common
 import sft
+import vlm
 import tasks
 from test_train import run_two_ranks
 
@@ -174,7 +176,7 @@ def test_batch_sizes_scale_to_data_and_world():
     assert grpo.batch_sizes(cfg, 10_000, 8) == (256, 128)
     assert grpo.batch_sizes(cfg, 100, 8) == (96, 96)           # rollout = records rounded to the world
     assert grpo.batch_sizes(grpo.Config(data="x", update_batch_size=40), 100, 8) == (96, 32)
-    with pytest.raises(sft.BadRecord):
+    with pytest.raises(common.BadRecord):
         grpo.batch_sizes(cfg, 3, 4)
 
 
@@ -202,8 +204,8 @@ def test_rollout_logprobs_equal_plain_full_logits(data):
     """The prompt + completion batch (left-padded prompts, right-padded completions, pixels repeated per
     sample, a two-image prompt, micro-batches sorted by length) gives each completion the log-probs of a
     plain unpadded forward with full logits; 0 outside the completion mask."""
-    model, tok, ip = sft.load_model("tiny", max_pixels=56 * 84)
-    recs = sft.read_jsonl(data)[:3]
+    model, tok, ip = vlm.load_model("tiny", max_pixels=56 * 84)
+    recs = common.read_jsonl(data)[:3]
     ro = fake_rollout(data, recs, tok, ip)
     assert ro.images_per_prompt == [1, 2, 1] and len(set(ro.mask.sum(1).tolist())) > 2
     cfg = cfg_for(data, data.parent / "unused", logprob_micro_batch_size=4)
@@ -217,7 +219,7 @@ def test_rollout_logprobs_equal_plain_full_logits(data):
 
 def sgd_update(ro: grpo.Rollout, micro: int, data: Path) -> tuple:
     """Parameter change of one update() with SGD lr 1 (= −gradient) and the loss metrics."""
-    model, tok, ip = sft.load_model("tiny", max_pixels=56 * 84)
+    model, tok, ip = vlm.load_model("tiny", max_pixels=56 * 84)
     cfg = cfg_for(data, data.parent / "unused", micro_batch_size=micro, logprob_micro_batch_size=micro,
                   max_grad_norm=1e9)
     ro.old_logp = grpo.rollout_logprobs(model, ro, cfg, CPU) + 0.4 * torch.randn(
@@ -230,8 +232,8 @@ def sgd_update(ro: grpo.Rollout, micro: int, data: Path) -> tuple:
 
 def test_micro_batch_split_gives_the_same_update(data):
     """One micro-batch or micro-batches of 1 and of 5 sequences: the same gradient (global token mean)."""
-    _, tok, ip = sft.load_model("tiny", max_pixels=56 * 84)
-    ro = fake_rollout(data, sft.read_jsonl(data)[:3], tok, ip)
+    _, tok, ip = vlm.load_model("tiny", max_pixels=56 * 84)
+    ro = fake_rollout(data, common.read_jsonl(data)[:3], tok, ip)
     results = [sgd_update(ro, micro, data) for micro in (9, 1, 5)]
     (u0, m0) = results[0]
     for u, m in results[1:]:
@@ -244,14 +246,14 @@ def test_micro_batch_split_gives_the_same_update(data):
 def test_score_edge_cases(data):
     """Right answer → 1.0; the same text cut by the length limit (no <|im_end|>) → format 0, reward 0.9;
     an empty completion (only <|im_end|>) → 0; right format, wrong answer → 0.1."""
-    _, tok, ip = sft.load_model("tiny", max_pixels=56 * 84)
+    _, tok, ip = vlm.load_model("tiny", max_pixels=56 * 84)
     texts = ["<think>It is on the left.</think> \\boxed{A}", "<think>It is on the left.</think> \\boxed{A}",
              "", "<think>Right.</think> \\boxed{B}"]
     rows = [tok(t, add_special_tokens=False)["input_ids"] + ([] if i == 1 else [2]) for i, t in enumerate(texts)]
     width = max(map(len, rows))
     ids = torch.tensor([r + [0] * (width - len(r)) for r in rows])
     mask = torch.tensor([[j < len(r) for j in range(width)] for r in rows])
-    ro = grpo.Rollout(sft.read_jsonl(data)[:1], {}, [1], 4, ids, mask)
+    ro = grpo.Rollout(common.read_jsonl(data)[:1], {}, [1], 4, ids, mask)
     grpo.score(ro, tok)
     assert ro.rewards.tolist() == pytest.approx([1.0, 0.9, 0.0, 0.1])
     assert ro.truncated.tolist() == [False, True, False, False] and ro.texts[2] == ""
@@ -260,7 +262,7 @@ def test_score_edge_cases(data):
 
 
 def test_non_finite_gradient_skips_the_step():
-    model, _, _ = sft.load_model("tiny")
+    model, _, _ = vlm.load_model("tiny")
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
     before = [p.detach().clone() for p in model.parameters()]
     for p in model.parameters():
@@ -293,7 +295,7 @@ def test_bad_input_is_one_line_and_writes_nothing(data, tmp_path, capsys):
             grpo.main(["--out", str(out)] + args)
         assert message in str(e.value) and "\n" not in str(e.value), (args, e.value)
         assert not out.exists()
-    missing = write_jsonl(data.parent / "missing.jsonl", [dict(sft.read_jsonl(data)[0], id="lost", images=["x.png"])])
+    missing = write_jsonl(data.parent / "missing.jsonl", [dict(common.read_jsonl(data)[0], id="lost", images=["x.png"])])
     with pytest.raises(SystemExit, match="record lost: image .*x.png not found"):
         grpo.main(["--out", str(out), "--data", str(missing)])
     out.mkdir()
@@ -307,7 +309,7 @@ def test_bad_input_is_one_line_and_writes_nothing(data, tmp_path, capsys):
 def test_resume_equals_uninterrupted(data, tmp_path):
     """A run stopped after step 2 and resumed ends with the weights of a run that never stopped (same data
     position and samples: the sampling seed is a function of the step); unfinished .tmp folders are ignored.
-    Sampling goes through sft.RolloutEngine, refreshed from the updated policy before every rollout."""
+    Sampling goes through engine.RolloutEngine, refreshed from the updated policy before every rollout."""
     kw = dict(max_steps=3, save_every=2, exclude="none", rollout_engine="engine")   # the CUDA sampler, on CPU
     full = grpo.train(cfg_for(data, tmp_path / "full", **kw))
     grpo.train(cfg_for(data, tmp_path / "cut", stop_after_steps=2, **kw))
@@ -362,19 +364,19 @@ def grpo_worker(folder: Path) -> None:
     import faulthandler
     faulthandler.dump_traceback_later(240, exit=True)   # never hang CI
     torch.set_num_threads(1)
-    d = sft.setup_dist(0)
+    d = common.setup_dist(0)
     data = folder / "train.jsonl"
     cfg = cfg_for(data, folder / "unused", micro_batch_size=3, logprob_micro_batch_size=5, max_grad_norm=1e9)
     s = grpo.setup_models(cfg, d)
     torch.manual_seed(grpo.step_seed(0, 0, d.rank))
-    ro = grpo.rollout(sft.generate, s["model"], sft.read_jsonl(data)[2 * d.rank:2 * d.rank + 2], folder,
+    ro = grpo.rollout(vlm.generate, s["model"], common.read_jsonl(data)[2 * d.rank:2 * d.rank + 2], folder,
                       s["tok"], s["ip"], cfg)
     grpo.score(ro, s["tok"])
     ro.rewards = torch.rand(len(ro.rewards))
     first_update(ro, s["model"], s["ref"], torch.optim.SGD(s["model"].parameters(), lr=1.0), cfg)
     (folder / f"rollout{d.rank}.json").write_text(json.dumps(
         {"completions": ro.completions.tolist(), "mask": ro.mask.tolist(), "rewards": ro.rewards.tolist()}))
-    sft.save_hf(s["model"], s["tok"], s["ip"], str(folder / "two_ranks"), dtype=torch.float32)
+    vlm.save_hf(s["model"], s["tok"], s["ip"], str(folder / "two_ranks"), dtype=torch.float32)
     grpo.train(cfg_for(data, folder / "run", max_steps=2, save_every=1, exclude="none"))   # destroys the group
 
 
@@ -387,13 +389,13 @@ def test_two_ranks_first_update_equals_one_process(data, tmp_path):
     run = folder / "run"
     assert [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2]
     assert (run / "model.safetensors").exists() and (run / "hf" / "step_00000002" / "model.safetensors").exists()
-    assert sft.latest_checkpoint(str(run)).name == "step_00000002"
+    assert common.latest_checkpoint(str(run)).name == "step_00000002"
     parts = [json.loads((folder / f"rollout{k}.json").read_text()) for k in range(2)]
     width = max(len(p["completions"][0]) for p in parts)
     pad = lambda rows, v: [row + [v] * (width - len(row)) for row in rows]
-    model, tok, ip = sft.load_model("tiny", max_pixels=56 * 84)
-    ref = sft.load_model("tiny")[0].requires_grad_(False)
-    recs = sft.read_jsonl(data)[:4]
+    model, tok, ip = vlm.load_model("tiny", max_pixels=56 * 84)
+    ref = vlm.load_model("tiny")[0].requires_grad_(False)
+    recs = common.read_jsonl(data)[:4]
     prompts, n_images = grpo.encode_prompts(recs, folder, tok, ip)
     ro = grpo.Rollout(recs, prompts, n_images, 4, torch.tensor(sum((pad(p["completions"], 0) for p in parts), [])),
                       torch.tensor(sum((pad(p["mask"], False) for p in parts), [])))

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("SPATIAL_SSRL_DEVICE", "cpu")   # the CPU path also on a GPU machine (sft.use_cuda)
+os.environ.setdefault("SPATIAL_SSRL_DEVICE", "cpu")   # the CPU path also on a GPU machine (common.use_cuda)
 
 import huggingface_hub
 import huggingface_hub.constants
@@ -24,7 +24,9 @@ import pytest
 from PIL import Image
 from transformers.utils import logging as hf_logging
 
+import common
 import sft
+import vlm
 from test_train import two_colour_records, write_jsonl
 
 hf_logging.disable_progress_bar()
@@ -45,7 +47,7 @@ def data(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def tiny():
-    return sft.load_model("tiny")
+    return vlm.load_model("tiny")
 
 
 def cfg(data: Path, out: Path, **kw) -> sft.Config:
@@ -100,43 +102,43 @@ def test_model_typo_fails_at_once_with_one_line(monkeypatch, tmp_path, tiny):
         monkeypatch.setattr(huggingface_hub, "model_info", lookup)
         for name in ("tiny2", "Qwen/Qwen2.5-VL-7B-Instuct"):
             t0 = time.perf_counter()
-            with pytest.raises(sft.SetupError, match=expected) as e:
-                sft.load_model(name)
+            with pytest.raises(common.SetupError, match=expected) as e:
+                vlm.load_model(name)
             assert time.perf_counter() - t0 < 1.0
             assert f"--model {name}: not a local folder, not a tiny model" in str(e.value)
             assert "\n" not in str(e.value)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    with pytest.raises(sft.SetupError, match="not in the Hugging Face cache .* while HF_HUB_OFFLINE=1"):
-        sft.load_model("Qwen/Qwen2.5-VL-7B-Instuct")
-    with pytest.raises(sft.SetupError, match="not a Hugging Face id"):
-        sft.load_model("runs/sft-tiny/typo")             # a mistyped path is no Hub id either
+    with pytest.raises(common.SetupError, match="not in the Hugging Face cache .* while HF_HUB_OFFLINE=1"):
+        vlm.load_model("Qwen/Qwen2.5-VL-7B-Instuct")
+    with pytest.raises(common.SetupError, match="not a Hugging Face id"):
+        vlm.load_model("runs/sft-tiny/typo")             # a mistyped path is no Hub id either
     (tmp_path / "empty").mkdir()
-    with pytest.raises(sft.SetupError, match="has no config.json"):
-        sft.load_model(str(tmp_path / "empty"))
+    with pytest.raises(common.SetupError, match="has no config.json"):
+        vlm.load_model(str(tmp_path / "empty"))
 
 
 def test_unloadable_model_folder_is_one_line(tmp_path):
     """A folder with a config.json that is no image-text model, or one without weights: a SetupError."""
     (tmp_path / "text-only").mkdir()
     (tmp_path / "text-only" / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
-    sft.build_tiny("tiny")[0].config.save_pretrained(tmp_path / "no-weights")
+    vlm.build_tiny("tiny")[0].config.save_pretrained(tmp_path / "no-weights")
     for name, reason in (("text-only", "Unrecognized configuration class"), ("no-weights", "no file named")):
-        with pytest.raises(sft.SetupError, match=f"cannot load it as a Qwen-VL model: .*{reason}") as e:
-            sft.load_model(str(tmp_path / name))
+        with pytest.raises(common.SetupError, match=f"cannot load it as a Qwen-VL model: .*{reason}") as e:
+            vlm.load_model(str(tmp_path / name))
         assert "\n" not in str(e.value) and len(str(e.value)) < 500
 
 
 def test_cached_hub_model_loads_without_network(monkeypatch, tmp_path):
     """A real name still works for a user who has it: from the HF cache, offline or with the Hub unreachable."""
     snapshot_dir = tmp_path / "models--someorg--tiny-vl" / "snapshots" / ("a" * 40)
-    sft.build_tiny("tiny", out_dir=str(snapshot_dir))
+    vlm.build_tiny("tiny", out_dir=str(snapshot_dir))
     (tmp_path / "models--someorg--tiny-vl" / "refs").mkdir()
     (tmp_path / "models--someorg--tiny-vl" / "refs" / "main").write_text("a" * 40)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
     for offline in (True, False):
         monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", offline)
         monkeypatch.setattr(huggingface_hub, "model_info", lambda *a, **k: (_ for _ in ()).throw(OSError("down")))
-        model, tok, ip = sft.load_model("someorg/tiny-vl")
+        model, tok, ip = vlm.load_model("someorg/tiny-vl")
         assert type(model).__name__ == "Qwen2_5_VLForConditionalGeneration" and tok.chat_template
 
 
@@ -162,7 +164,7 @@ def test_data_missing_or_the_grpo_file_is_one_line_and_writes_nothing(capsys, tm
     assert "--data is required" in cli_error(capsys, ["--out", str(out)])
     assert "no such file" in cli_error(capsys, ["--data", str(tmp_path / "nope.jsonl"), "--out", str(out)])
     train = write_jsonl(data.parent / "train.jsonl",        # what make_data.py writes for GRPO: no responses
-                        [{k: v for k, v in r.items() if k != "response"} for r in sft.read_jsonl(data)])
+                        [{k: v for k, v in r.items() if k != "response"} for r in common.read_jsonl(data)])
     err = cli_error(capsys, ["--data", str(train), "--out", str(out)])
     assert 'no "response" field' in err and "sft.jsonl" in err
     err = cli_error(capsys, ["--data", str(train), "--out", str(out), "--skip-bad-records"])
@@ -190,14 +192,14 @@ def test_bad_records_error_naming_them_or_counted_skip(tmp_path, tiny):
     messages = {"cut-png": "cut.png", "null-problem": '"problem" is null', "no-images": '"images" is null',
                 "null-images": '"images" is null'}
     for rec in bad:
-        with pytest.raises(sft.BadRecord, match=f"record {rec['id']}: .*{messages[rec['id']]}"):
+        with pytest.raises(common.BadRecord, match=f"record {rec['id']}: .*{messages[rec['id']]}"):
             sft.prepare_records(good + [rec], tmp_path, tok, ip, max_length=512, skip_bad=False)
     kept, skipped = sft.prepare_records(good + bad, tmp_path, tok, ip, max_length=512, skip_bad=True)
     assert [r["id"] for r in kept] == ["r0", "r1"] and skipped == 4
     path = tmp_path / "cut.jsonl"
     path.write_text(json.dumps(good[0]) + "\n" + json.dumps(good[1])[:40] + "\n")
-    with pytest.raises(sft.BadRecord, match="cut.jsonl line 2: not valid JSON"):
-        sft.read_jsonl(str(path))
+    with pytest.raises(common.BadRecord, match="cut.jsonl line 2: not valid JSON"):
+        common.read_jsonl(str(path))
 
 
 def test_truncated_image_run_fails_before_writing(capsys, tmp_path):
@@ -242,7 +244,7 @@ def test_resume_refuses_another_schedule(capsys, data, stopped_run, tmp_path):
     for kw, named in ((dict(max_steps=5), "total steps (--max-steps, or --epochs × steps per epoch) 3 (now 5)"),
                       (dict(lr=2e-3), "--lr 0.001 (now 0.002)"),
                       (dict(lr=2e-3, global_batch_size=1), "--global-batch-size 2 (now 1)")):
-        with pytest.raises(sft.SetupError, match="other settings") as e:
+        with pytest.raises(common.SetupError, match="other settings") as e:
             sft.train(cfg(data, out, resume=True, **kw))
         assert named in str(e.value), str(e.value)
         assert snapshot(out) == before
@@ -267,19 +269,19 @@ def test_checkpoint_keeps_its_pixel_bounds(data, tmp_path):
     """load_model(checkpoint) keeps the saved image bounds unless told otherwise; SFT from a base model
     whose processor allows 12.8M px uses the paper's 512², and a checkpoint's smaller bound is kept."""
     for name, bounds in (("small", (3136, 12544)), ("base", (3136, 12845056))):
-        model, tok, ip = sft.build_tiny("tiny")
-        sft.set_pixel_bounds(ip, *bounds)
+        model, tok, ip = vlm.build_tiny("tiny")
+        vlm.set_pixel_bounds(ip, *bounds)
         for x in (model, tok, ip):
             x.save_pretrained(tmp_path / name)
     size = lambda ip: (ip.size["shortest_edge"], ip.size["longest_edge"])
-    assert size(sft.load_model(str(tmp_path / "small"))[2]) == (3136, 12544)
-    assert size(sft.load_model(str(tmp_path / "small"), max_pixels=50176)[2]) == (3136, 50176)
-    assert size(sft.load_model("tiny")[2]) == (56 * 56, 512 * 512)
+    assert size(vlm.load_model(str(tmp_path / "small"))[2]) == (3136, 12544)
+    assert size(vlm.load_model(str(tmp_path / "small"), max_pixels=50176)[2]) == (3136, 50176)
+    assert size(vlm.load_model("tiny")[2]) == (56 * 56, 512 * 512)
     for name, expected in (("small", (3136, 12544)), ("base", (3136, 512 * 512))):
-        s = sft.setup_training(cfg(data, tmp_path / "unused", model=str(tmp_path / name)), sft.Dist())
+        s = sft.setup_training(cfg(data, tmp_path / "unused", model=str(tmp_path / name)), common.Dist())
         assert size(s["ip"]) == expected, name
     s = sft.setup_training(cfg(data, tmp_path / "unused", model=str(tmp_path / "base"), max_pixels=100352),
-                           sft.Dist())
+                           common.Dist())
     assert size(s["ip"]) == (3136, 100352)
     assert not (tmp_path / "unused").exists()
 

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("SPATIAL_SSRL_DEVICE", "cpu")   # gloo/CPU also on a GPU machine (sft.use_cuda)
+os.environ.setdefault("SPATIAL_SSRL_DEVICE", "cpu")   # gloo/CPU also on a GPU machine (common.use_cuda)
 
 import numpy as np
 import pytest
@@ -25,7 +25,10 @@ from PIL import Image
 from safetensors.torch import load_file
 from transformers.utils import logging as hf_logging
 
+import common
+import engine
 import sft
+import vlm
 import tasks
 
 hf_logging.disable_progress_bar()
@@ -113,8 +116,8 @@ def full_logits_logprobs(model, batch: dict, labels: torch.Tensor, temperature: 
 def test_token_logprobs_equal_full_logits(data, kind):
     """token_logprobs (LM head at supervised positions only, chunked, fp32) equals log_softmax of the full
     logits, with a temperature, entropy included, and so do the gradients; unsupervised positions are 0."""
-    model, tok, ip = sft.load_model(kind)
-    recs = sft.read_jsonl(data)[:3]
+    model, tok, ip = vlm.load_model(kind)
+    recs = common.read_jsonl(data)[:3]
     recs[1] = dict(recs[1], response=recs[1]["response"] + " Done, it is dark indeed.")   # unequal lengths
     batch = sft.encode_records(recs, data.parent, tok, ip)
     labels = batch["labels"]
@@ -123,7 +126,7 @@ def test_token_logprobs_equal_full_logits(data, kind):
         ref.sum().backward()
         ref_grads = [p.grad.clone() for p in model.parameters()]
         model.zero_grad()
-        got, ent = sft.token_logprobs(model, batch, labels, temperature=tau, chunk_size=7, with_entropy=True)
+        got, ent = vlm.token_logprobs(model, batch, labels, temperature=tau, chunk_size=7, with_entropy=True)
         got.sum().backward()
         assert got.shape == labels.shape and got.dtype == torch.float32 and not ent.requires_grad
         assert bool((got[labels == -100] == 0).all()) and bool((got[labels != -100] < 0).all())
@@ -136,9 +139,9 @@ def test_token_logprobs_equal_full_logits(data, kind):
 def test_token_logprobs_without_supervised_tokens_is_zero_but_connected(data):
     """A batch without supervised tokens (a zero-weight filler) gives all zeros and still back-propagates to
     the LM head (every FSDP unit must take part in the backward)."""
-    model, tok, ip = sft.load_model("tiny")
-    batch = sft.encode_records(sft.read_jsonl(data)[:1], data.parent, tok, ip)
-    logp = sft.token_logprobs(model, batch, torch.full_like(batch["labels"], -100))
+    model, tok, ip = vlm.load_model("tiny")
+    batch = sft.encode_records(common.read_jsonl(data)[:1], data.parent, tok, ip)
+    logp = vlm.token_logprobs(model, batch, torch.full_like(batch["labels"], -100))
     assert bool((logp == 0).all())
     logp.sum().backward()
     assert model.lm_head.weight.grad is not None and float(model.lm_head.weight.grad.abs().sum()) == 0.0
@@ -188,20 +191,20 @@ def test_setup_dist_more_local_ranks_than_gpus_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     monkeypatch.setenv("SPATIAL_SSRL_DEVICE", "cpu")
-    assert not sft.use_cuda()
+    assert not common.use_cuda()
     monkeypatch.setenv("SPATIAL_SSRL_DEVICE", "")
-    assert sft.use_cuda()
+    assert common.use_cuda()
     for k, v in {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1"}.items():
         monkeypatch.setenv(k, v)
-    with pytest.raises(sft.SetupError, match="only 1 GPU"):
-        sft.setup_dist(0)
+    with pytest.raises(common.SetupError, match="only 1 GPU"):
+        common.setup_dist(0)
 
 
 def test_atomic_write_replaces_whole_files(tmp_path):
     """atomic_write leaves the old content or the new one, never a mix, and no temporary file behind."""
     target = tmp_path / "metrics.jsonl"
-    sft.atomic_write(target, "old\n")
-    sft.atomic_write(target, b"new\n")
+    common.atomic_write(target, "old\n")
+    common.atomic_write(target, b"new\n")
     assert target.read_text() == "new\n" and [p.name for p in tmp_path.iterdir()] == ["metrics.jsonl"]
 
 
@@ -243,13 +246,13 @@ def image_only_processor(kind: str, tok, ip):
 def test_encoding_equals_hf_processor(kind, grids):
     """Our encoder (used by SFT, GRPO and eval) gives the same model inputs as transformers' processor:
     image-token expansion, pixel patches, grids, mm_token_type_ids and left padding."""
-    _, tok, ip = sft.load_model(kind, min_pixels=28 * 28 * 4, max_pixels=28 * 28 * 64)
+    _, tok, ip = vlm.load_model(kind, min_pixels=28 * 28 * 4, max_pixels=28 * 28 * 64)
     rng = np.random.default_rng(0)
     noise = lambda h, w: Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
     images = [[noise(84, 112)], [noise(150, 200), noise(60, 60)]]
-    convs = [sft.build_messages("<image>Which tile is flipped?"),
-             sft.build_messages("Compare <image> and <image>: which one is closer?")]
-    ours = sft.encode(convs, images, tok, ip, padding_side="left")
+    convs = [vlm.build_messages("<image>Which tile is flipped?"),
+             vlm.build_messages("Compare <image> and <image>: which one is closer?")]
+    ours = vlm.encode(convs, images, tok, ip, padding_side="left")
     texts = [tok.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in convs]
     tok.padding_side = "left"
     ref = image_only_processor(kind, tok, ip)(text=texts, images=[i for ims in images for i in ims],
@@ -261,13 +264,13 @@ def test_encoding_equals_hf_processor(kind, grids):
 
 def test_prompt_text_and_labels():
     """Prompt = with_cot(problem) with an image item per <image>; labels = response + <|im_end|> only."""
-    _, tok, ip = sft.load_model("tiny")
-    msgs = sft.build_messages("<image> Which is closer?", "<think>x</think> \\boxed{A}")
+    _, tok, ip = vlm.load_model("tiny")
+    msgs = vlm.build_messages("<image> Which is closer?", "<think>x</think> \\boxed{A}")
     assert msgs[0]["content"][0] == {"type": "image"}
     assert msgs[0]["content"][1]["text"] == tasks.with_cot("<image> Which is closer?")[len("<image>"):]
     im = Image.new("RGB", (56, 56))
-    right = sft.encode([msgs, msgs[:1]], [[im], [im]], tok, ip, padding_side="right")
-    left = sft.encode([msgs], [[im]], tok, ip, padding_side="left")
+    right = vlm.encode([msgs, msgs[:1]], [[im], [im]], tok, ip, padding_side="right")
+    left = vlm.encode([msgs], [[im]], tok, ip, padding_side="left")
     lab = right["labels"][0]
     target = lab[lab != -100].tolist()
     assert tok.decode(target) == "<think>x</think> \\boxed{A}<|im_end|>"
@@ -282,11 +285,11 @@ def test_prompt_text_and_labels():
 def test_image_pixel_bounds_and_token_count():
     """Images are resized into [min_pixels, max_pixels] (paper: ≤ 512² px for SFT), and the token count
     predicted from the image size (used to check lengths up front) equals the processed grid's."""
-    _, tok, ip = sft.load_model("tiny", min_pixels=56 * 56, max_pixels=512 * 512)
+    _, tok, ip = vlm.load_model("tiny", min_pixels=56 * 56, max_pixels=512 * 512)
     for size in [(1000, 800), (30, 20), (333, 777)]:
         grid = ip(images=[Image.new("RGB", size)], return_tensors="pt")["image_grid_thw"][0]
         assert 56 * 56 <= int(grid.prod()) * 14 * 14 <= 512 * 512
-        assert sft.image_token_count(size, ip) == int(grid.prod()) // 4
+        assert vlm.image_token_count(size, ip) == int(grid.prod()) // 4
 
 
 def test_bad_records_error_or_skip(tmp_path):
@@ -294,30 +297,30 @@ def test_bad_records_error_or_skip(tmp_path):
     good = two_colour_records(tmp_path, n=2)
     bad = [dict(good[0], id="no-image", images=["missing.png"]), dict(good[0], id="no-response", response=""),
            dict(good[0], id="too-long", response="word " * 300)]
-    _, tok, ip = sft.load_model("tiny")
+    _, tok, ip = vlm.load_model("tiny")
     for rec in bad:
-        with pytest.raises(sft.BadRecord, match=rec["id"]):
+        with pytest.raises(common.BadRecord, match=rec["id"]):
             sft.prepare_records(good + [rec], tmp_path, tok, ip, max_length=256, skip_bad=False)
     kept, skipped = sft.prepare_records(good + bad, tmp_path, tok, ip, max_length=256, skip_bad=True)
     assert [r["id"] for r in kept] == ["r0", "r1"] and skipped == 3
 
 
 def prompt_batch(tok, ip) -> dict:
-    return sft.encode([sft.build_messages("<image>Which?"), sft.build_messages("Why <image>?")],
+    return vlm.encode([vlm.build_messages("<image>Which?"), vlm.build_messages("Why <image>?")],
                       [[Image.new("RGB", (56, 56))], [Image.new("RGB", (84, 56), (200, 10, 10))]], tok, ip, "left")
 
 
 def test_generate_never_emits_vision_tokens():
     """generate() suppresses <|image_pad|> & co. even when the model prefers them (a sampled image token
     would break the next log-prob forward); sampling returns n rows per prompt."""
-    model, tok, ip = sft.load_model("tiny")
-    vision_ids = tok.convert_tokens_to_ids(list(sft.VISION_TOKENS))
+    model, tok, ip = vlm.load_model("tiny")
+    vision_ids = tok.convert_tokens_to_ids(list(vlm.VISION_TOKENS))
     bias = torch.zeros(model.config.get_text_config().vocab_size)
     bias[vision_ids] = 50.0
     model.lm_head.register_forward_hook(lambda mod, inp, out: out + bias)
     batch = prompt_batch(tok, ip)
-    greedy, _ = sft.generate(model, batch, tok, max_new_tokens=5)
-    sampled, _ = sft.generate(model, batch, tok, max_new_tokens=5, do_sample=True, num_return_sequences=3)
+    greedy, _ = vlm.generate(model, batch, tok, max_new_tokens=5)
+    sampled, _ = vlm.generate(model, batch, tok, max_new_tokens=5, do_sample=True, num_return_sequences=3)
     assert greedy.shape == (2, 5) and sampled.shape == (6, 5)
     assert not any(t in vision_ids for t in greedy.flatten().tolist() + sampled.flatten().tolist())
 
@@ -326,7 +329,7 @@ def test_completion_mask_runs_through_the_first_im_end():
     """The mask covers the completion up to and including the first <|im_end|> (2); a sampled pad token (0)
     before it is part of the completion; everything after it is masked and set to pad."""
     ids = torch.tensor([[5, 0, 2, 7, 2], [5, 6, 7, 8, 9], [2, 4, 0, 0, 0]])
-    out, mask = sft.completion_mask(ids, eos_id=2, pad_id=0)
+    out, mask = vlm.completion_mask(ids, eos_id=2, pad_id=0)
     assert mask.tolist() == [[True, True, True, False, False], [True] * 5, [True, False, False, False, False]]
     assert out.tolist() == [[5, 0, 2, 0, 0], [5, 6, 7, 8, 9], [2, 0, 0, 0, 0]]
 
@@ -352,20 +355,20 @@ def test_generate_ignores_the_checkpoints_sampling_settings():
     and seeded sampling is the same with and without them. Without the guard the plant does change the
     output (so this test can fail)."""
     from transformers import GenerationConfig
-    model, tok, ip = sft.load_model("tiny")
+    model, tok, ip = vlm.load_model("tiny")
     batch = prompt_batch(tok, ip)
-    banned = tok.convert_tokens_to_ids(list(sft.VISION_TOKENS))
-    clean_greedy, mask = sft.generate(model, batch, tok, max_new_tokens=12)
+    banned = tok.convert_tokens_to_ids(list(vlm.VISION_TOKENS))
+    clean_greedy, mask = vlm.generate(model, batch, tok, max_new_tokens=12)
     torch.manual_seed(0)
-    clean_sampled, _ = sft.generate(model, batch, tok, max_new_tokens=12, do_sample=True, num_return_sequences=2)
+    clean_sampled, _ = vlm.generate(model, batch, tok, max_new_tokens=12, do_sample=True, num_return_sequences=2)
     assert torch.equal(clean_greedy[mask], manual_greedy(model, batch, 12, banned)[mask])
     plant = dict(repetition_penalty=5.0, no_repeat_ngram_size=2, top_k=1, temperature=0.05, min_new_tokens=12,
                  do_sample=True, typical_p=0.5, min_p=0.9)
     for k, v in plant.items():
         setattr(model.generation_config, k, v)
-    planted_greedy, _ = sft.generate(model, batch, tok, max_new_tokens=12)
+    planted_greedy, _ = vlm.generate(model, batch, tok, max_new_tokens=12)
     torch.manual_seed(0)
-    planted_sampled, _ = sft.generate(model, batch, tok, max_new_tokens=12, do_sample=True, num_return_sequences=2)
+    planted_sampled, _ = vlm.generate(model, batch, tok, max_new_tokens=12, do_sample=True, num_return_sequences=2)
     assert torch.equal(planted_greedy, clean_greedy) and torch.equal(planted_sampled, clean_sampled)
     inputs = {k: v for k, v in batch.items() if k != "labels"}
     naive = model.generate(**inputs, generation_config=GenerationConfig(max_new_tokens=12, do_sample=False,
@@ -378,8 +381,8 @@ def test_fast_vision_attention_equals_transformers_loop(kind):
     """The batched vision attention (segment_attention: one sdpa call per window length) gives the vision
     tower's output and input gradient of transformers' per-window loop within 1e-5 (fp32), on images whose
     sizes make windows of several lengths; load_model installs it on every vision attention module."""
-    fast, _, ip = sft.load_model(kind)
-    plain = sft.build_tiny(kind)[0]                                   # same seed, transformers' own forward
+    fast, _, ip = vlm.load_model(kind)
+    plain = vlm.build_tiny(kind)[0]                                   # same seed, transformers' own forward
     assert all("forward" in vars(b.attn) for b in fast.model.visual.blocks)
     assert not any("forward" in vars(b.attn) for b in plain.model.visual.blocks)
     rng = np.random.default_rng(0)
@@ -403,12 +406,12 @@ def test_segment_attention_hand_computed():
     q, k = torch.zeros(8, 1, 2), torch.zeros(8, 1, 2)
     seg = torch.tensor([0, 0, 1, 1, 1, 2, 2, 3])
     v = torch.nn.functional.one_hot(seg, 4).float()[:, None, :]       # (8, 1, 4)
-    out = sft.segment_attention(q, k, v, cu, scale=1.0)
+    out = vlm.segment_attention(q, k, v, cu, scale=1.0)
     assert torch.allclose(out, v)
     v2 = torch.arange(8.0).view(8, 1, 1)
-    out2 = sft.segment_attention(q, k, v2, cu, scale=1.0).flatten()
+    out2 = vlm.segment_attention(q, k, v2, cu, scale=1.0).flatten()
     assert torch.allclose(out2, torch.tensor([0.5, 0.5, 3, 3, 3, 5.5, 5.5, 7]))
-    out3 = sft.segment_attention(q, k, v2, torch.tensor([0, 4, 8]), scale=1.0).flatten()   # equal lengths
+    out3 = vlm.segment_attention(q, k, v2, torch.tensor([0, 4, 8]), scale=1.0).flatten()   # equal lengths
     assert torch.allclose(out3, torch.tensor([1.5] * 4 + [5.5] * 4))
 
 
@@ -417,18 +420,18 @@ def test_activation_checkpointing_only_where_it_trains(data, train_vision):
     """Decoder layers are always checkpointed (recomputed in the backward); the vision blocks only when the
     vision tower trains (GRPO), never when it is frozen (SFT). Counted by the calls of each block's
     attention during one forward + backward: 2 = recomputed, 1 = not."""
-    model, tok, ip = sft.load_model("tiny")
+    model, tok, ip = vlm.load_model("tiny")
     if not train_vision:
-        sft.freeze_vision(model)
-    names = sft.enable_activation_checkpointing(model)
+        vlm.freeze_vision(model)
+    names = vlm.enable_activation_checkpointing(model)
     model.train()
     calls = {}
     for name, m in model.named_modules():
         if name.endswith(".attn") or name.endswith(".self_attn"):
             m.register_forward_hook(lambda mod, i, o, name=name: calls.__setitem__(name, calls.get(name, 0) + 1))
-    batch = sft.encode_records(sft.read_jsonl(data)[:2], data.parent, tok, ip)
+    batch = sft.encode_records(common.read_jsonl(data)[:2], data.parent, tok, ip)
     labels = batch.pop("labels")
-    sft.token_logprobs(model, batch, labels).sum().backward()
+    vlm.token_logprobs(model, batch, labels).sum().backward()
     vision = {n: c for n, c in calls.items() if ".visual." in n}
     text = {n: c for n, c in calls.items() if ".language_model." in n}
     assert len(vision) == 2 and len(text) == 2
@@ -443,24 +446,24 @@ def mixed_prompts(tok, ip) -> tuple:
     """Four prompts with 1, 2, 0 and 1 images of different sizes (convs, images, left-padded batch)."""
     rng = np.random.default_rng(0)
     noise = lambda w, h: Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
-    convs = [sft.build_messages("<image>Which?"), sft.build_messages("Why <image> and <image>?"),
-             sft.build_messages("Text only?"), sft.build_messages("<image>Last?")]
+    convs = [vlm.build_messages("<image>Which?"), vlm.build_messages("Why <image> and <image>?"),
+             vlm.build_messages("Text only?"), vlm.build_messages("<image>Last?")]
     ims = [[noise(56, 56)], [noise(84, 56), noise(56, 112)], [], [noise(112, 84)]]
-    return convs, ims, sft.encode(convs, ims, tok, ip, "left")
+    return convs, ims, vlm.encode(convs, ims, tok, ip, "left")
 
 
 def test_prompt_slice_and_buckets():
     """Slicing prompts out of a batch keeps exactly their images (pixel rows and grids), as encoding them
     alone does; prompt lengths round up to the buckets."""
-    _, tok, ip = sft.load_model("tiny")
+    _, tok, ip = vlm.load_model("tiny")
     convs, ims, batch = mixed_prompts(tok, ip)
     for lo, hi in [(0, 1), (1, 2), (1, 3), (2, 3), (3, 4), (0, 4)]:
-        part, ref = sft.prompt_slice(batch, lo, hi), sft.encode(convs[lo:hi], ims[lo:hi], tok, ip, "left")
+        part, ref = engine.prompt_slice(batch, lo, hi), vlm.encode(convs[lo:hi], ims[lo:hi], tok, ip, "left")
         assert torch.equal(part["input_ids"][:, -ref["input_ids"].shape[1]:], ref["input_ids"])
         assert ("pixel_values" in part) == ("pixel_values" in ref)
         for key in ("pixel_values", "image_grid_thw"):
             assert key not in ref or torch.equal(part[key], ref[key])
-    assert [sft.bucket_length(n, (256, 512)) for n in (1, 256, 257, 512, 513, 1100)] == [256, 256, 512, 512,
+    assert [engine.bucket_length(n, (256, 512)) for n in (1, 256, 257, 512, 513, 1100)] == [256, 256, 512, 512,
                                                                                          1024, 1536]
 
 
@@ -469,55 +472,55 @@ def test_rollout_engine_equals_generate():
     on CUDA) returns what generate() returns: same greedy ids and masks, here over two calls (3 prompts per
     call, the second one padded with filler rows); sampling keeps the rows grouped by prompt. A plain model
     in the engine's dtype is shared (evaluation: no second copy); a copy is built when asked."""
-    model, tok, ip = sft.load_model("tiny")
+    model, tok, ip = vlm.load_model("tiny")
     _, _, batch = mixed_prompts(tok, ip)
-    assert sft.RolloutEngine(model).copy is model          # a plain model in the engine's dtype is used as is
-    engine = sft.RolloutEngine(model, prompts_per_call=3, prompt_buckets=(64, 128), share_weights=False)
-    assert engine.copy is not model and engine.copy.state_dict().keys() == model.state_dict().keys()
-    assert all(torch.equal(a, b) for a, b in zip(engine.copy.state_dict().values(), model.state_dict().values()))
-    ids, mask = sft.generate(model, batch, tok, max_new_tokens=6)
-    e_ids, e_mask = engine.generate(batch, tok, max_new_tokens=6)
-    assert torch.equal(ids, e_ids) and torch.equal(mask, e_mask) and engine.max_cache_len == 128 + 6
-    s_ids, s_mask = engine.generate(batch, tok, max_new_tokens=6, do_sample=True, num_return_sequences=2)
-    assert s_ids.shape[0] == 8 and torch.equal(s_mask, sft.completion_mask(s_ids, 2, 0)[1])
+    assert engine.RolloutEngine(model).copy is model          # a plain model in the engine's dtype is used as is
+    eng = engine.RolloutEngine(model, prompts_per_call=3, prompt_buckets=(64, 128), share_weights=False)
+    assert eng.copy is not model and eng.copy.state_dict().keys() == model.state_dict().keys()
+    assert all(torch.equal(a, b) for a, b in zip(eng.copy.state_dict().values(), model.state_dict().values()))
+    ids, mask = vlm.generate(model, batch, tok, max_new_tokens=6)
+    e_ids, e_mask = eng.generate(batch, tok, max_new_tokens=6)
+    assert torch.equal(ids, e_ids) and torch.equal(mask, e_mask) and eng.max_cache_len == 128 + 6
+    s_ids, s_mask = eng.generate(batch, tok, max_new_tokens=6, do_sample=True, num_return_sequences=2)
+    assert s_ids.shape[0] == 8 and torch.equal(s_mask, vlm.completion_mask(s_ids, 2, 0)[1])
     calls = []                                   # a torch.compile failure: reported once, then uncompiled
 
     def flaky(**kw):
         calls.append(kw["generation_config"].disable_compile)
         if not kw["generation_config"].disable_compile:
             raise torch._dynamo.exc.TorchDynamoException("inductor: no C++ compiler")
-        return type(engine.copy).generate(engine.copy, **kw)
-    engine.copy.generate = flaky
-    assert torch.equal(engine.generate(batch, tok, max_new_tokens=6)[0], ids) and calls == [False, True, True]
-    assert not engine.compile
-    engine.free()
+        return type(eng.copy).generate(eng.copy, **kw)
+    eng.copy.generate = flaky
+    assert torch.equal(eng.generate(batch, tok, max_new_tokens=6)[0], ids) and calls == [False, True, True]
+    assert not eng.compile
+    eng.free()
     with pytest.raises(RuntimeError, match="refresh"):
-        engine.generate(batch, tok, max_new_tokens=6)
+        eng.generate(batch, tok, max_new_tokens=6)
 
 
 def test_bench_sft_and_rollout_rows_run(data):
     """bench.py's SFT and rollout rows run on the tiny model (the GPU rows use the same code); the SFT
     FLOP count adds the vision backward (2 → 6 FLOPs per parameter and patch) only when the tower trains."""
     import bench
-    model, tok, ip = sft.load_model("tiny")
-    batch = sft.encode_records(sft.read_jsonl(data)[:2], data.parent, tok, ip)
+    model, tok, ip = vlm.load_model("tiny")
+    batch = sft.encode_records(common.read_jsonl(data)[:2], data.parent, tok, ip)
     n_vis = sum(p.numel() for p in model.model.visual.parameters())
     patches = int(batch["image_grid_thw"].prod(-1).sum())
     gap = bench.sft_step_flops(model, batch, True) - bench.sft_step_flops(model, batch, False)
     assert gap == 4 * n_vis * patches
-    row = bench.sft_step_row(lambda: sft.load_model("tiny")[0], batch, torch.device("cpu"), False, True, steps=1)
+    row = bench.sft_step_row(lambda: vlm.load_model("tiny")[0], batch, torch.device("cpu"), False, True, steps=1)
     assert row["step_s"] > 0 and not row["oom"]
     try:
         rows = bench.rollout_comparison(torch.device("cpu"), prompts=2, group_size=2, new_tokens=3, px=56)
     finally:
-        sft.cleanup_dist()
+        common.cleanup_dist()
     assert len(rows) == 2 and all(r["tok_per_s"] > 0 for r in rows)
 
 
 def test_benchmark_3b_shape_has_the_published_size():
     """The GPU benchmark's random Qwen2.5-VL-3B is built from the published config: 3.75B parameters,
     0.67B of them in the vision tower (counted on the meta device, no memory used)."""
-    model = sft.build_qwen25_vl_shape(sft.QWEN25_VL_3B_SHAPE, "meta")
+    model = vlm.build_qwen25_vl_shape(vlm.QWEN25_VL_3B_SHAPE, "meta")
     total = sum(p.numel() for p in model.parameters())
     vision = sum(p.numel() for p in model.model.visual.parameters())
     assert abs(total / 1e9 - 3.75) < 0.01 and abs(vision / 1e9 - 0.67) < 0.01
@@ -527,15 +530,15 @@ def test_benchmark_3b_shape_has_the_published_size():
 def test_micro_batch_invariance(data):
     """One global batch as 1 micro-batch, as 2, or packed by a token budget gives the same gradient (token
     mean over the global batch, not a mean of micro-batch means). SGD with lr 1 makes the update −gradient."""
-    _, tok, ip = sft.load_model("tiny")
-    recs = sft.read_jsonl(data)[:4]
+    _, tok, ip = vlm.load_model("tiny")
+    recs = common.read_jsonl(data)[:4]
     recs[1] = dict(recs[1], response=recs[1]["response"] + " Done, it is dark indeed.")   # unequal lengths
     lengths = [len(sft.encode_records([r], data.parent, tok, ip)["input_ids"][0]) for r in recs]
     by_tokens = [[recs[i] for i in mb] for mb in sft.pack_by_tokens(lengths, 2 * max(lengths))]
     assert [len(mb) for mb in by_tokens] == [2, 2]
     updates = []
     for split in ([recs], [recs[:1], recs[1:]], by_tokens):
-        model, _, _ = sft.load_model("tiny")
+        model, _, _ = vlm.load_model("tiny")
         before = [p.detach().clone() for p in model.parameters()]
         opt = torch.optim.SGD(model.parameters(), lr=1.0)
         batches = [sft.encode_records(mb, data.parent, tok, ip) for mb in split]
@@ -552,9 +555,9 @@ def greedy_answers(model_dir: str, records: list, root: Path) -> list:
     from transformers import AutoImageProcessor, AutoTokenizer
     model = AutoModelForImageTextToText.from_pretrained(model_dir)
     tok, ip = AutoTokenizer.from_pretrained(model_dir), AutoImageProcessor.from_pretrained(model_dir)
-    batch = sft.encode([sft.build_messages(r["problem"]) for r in records],
-                       [sft.load_images(r, root) for r in records], tok, ip, padding_side="left")
-    out, _ = sft.generate(model, batch, tok, max_new_tokens=24)
+    batch = vlm.encode([vlm.build_messages(r["problem"]) for r in records],
+                       [vlm.load_images(r, root) for r in records], tok, ip, padding_side="left")
+    out, _ = vlm.generate(model, batch, tok, max_new_tokens=24)
     return tok.batch_decode(out, skip_special_tokens=True)
 
 
@@ -566,7 +569,7 @@ def test_tiny_model_learns_the_format(data, tmp_path):
                       micro_batch_size=8, activation_checkpointing=False))
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 60 and rows[-1]["loss"] < 0.1 * rows[0]["loss"]
-    recs = sft.read_jsonl(data)
+    recs = common.read_jsonl(data)
     answers = greedy_answers(str(out), recs[:4], data.parent)
     assert all(tasks.format_ok(a) for a in answers), answers
 
@@ -574,15 +577,15 @@ def test_tiny_model_learns_the_format(data, tmp_path):
 def test_save_load_round_trip(data, tmp_path):
     """save_hf writes a folder AutoModelForImageTextToText loads back to the same weights."""
     from transformers import AutoModelForImageTextToText
-    model, tok, ip = sft.load_model("tiny")
-    sft.save_hf(model, tok, ip, str(tmp_path), dtype=torch.float32)
+    model, tok, ip = vlm.load_model("tiny")
+    vlm.save_hf(model, tok, ip, str(tmp_path), dtype=torch.float32)
     loaded = AutoModelForImageTextToText.from_pretrained(str(tmp_path))
     a, b = model.state_dict(), loaded.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert not list(tmp_path.glob("*.tmp")) and (tmp_path / "preprocessor_config.json").exists()
-    _, tok2, ip2 = sft.load_model(str(tmp_path))     # tokenizer + image processor come back identical
-    conv, ims = [sft.build_messages("<image>Which?", "<think>a</think> \\boxed{B}")], [[Image.new("RGB", (90, 60))]]
-    a, b = sft.encode(conv, ims, tok, ip), sft.encode(conv, ims, tok2, ip2)
+    _, tok2, ip2 = vlm.load_model(str(tmp_path))     # tokenizer + image processor come back identical
+    conv, ims = [vlm.build_messages("<image>Which?", "<think>a</think> \\boxed{B}")], [[Image.new("RGB", (90, 60))]]
+    a, b = vlm.encode(conv, ims, tok, ip), vlm.encode(conv, ims, tok2, ip2)
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
@@ -594,7 +597,7 @@ def test_resume_equals_uninterrupted(data, tmp_path):
     sft.train(run_cfg(data, tmp_path / "cut", stop_after_steps=2, **kw))
     assert not (tmp_path / "cut" / "model.safetensors").exists()
     (tmp_path / "cut" / "checkpoints" / "step_00000004.tmp").mkdir()      # a crash mid-save
-    assert sft.latest_checkpoint(str(tmp_path / "cut")).name == "step_00000002"
+    assert common.latest_checkpoint(str(tmp_path / "cut")).name == "step_00000002"
     sft.train(run_cfg(data, tmp_path / "cut", resume=True, **kw))
     assert max_diff(weights(tmp_path / "full"), weights(tmp_path / "cut")) == 0.0
     steps = [json.loads(line)["step"] for line in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()]
@@ -604,7 +607,7 @@ def test_resume_equals_uninterrupted(data, tmp_path):
 # ----------------------------------------------------------------------------- FSDP2 (one torchrun launch)
 def save_tiny_source(folder: Path, kind: str, seed: int, tie: bool) -> Path:
     """A saved tiny HF directory with non-default random weights (and tied embeddings if `tie`)."""
-    model, tok, ip = sft.build_tiny(kind, seed=seed)
+    model, tok, ip = vlm.build_tiny(kind, seed=seed)
     if tie:
         model.config.tie_word_embeddings = True
         model.tie_weights()
@@ -617,13 +620,13 @@ def load_through_rank0(src: Path, d) -> tuple:
     """(plain 1-process load, the same loaded the multi-rank way: rank 0 reads the weights, rank 1 builds on
     the meta device, fully_shard, fill from rank 0) and a dict of checks that they are the same model."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-    ref, tok, ip = sft.load_model(str(src))
-    model, _, _ = sft.load_model(str(src), meta=d.rank > 0)
+    ref, tok, ip = vlm.load_model(str(src))
+    model, _, _ = vlm.load_model(str(src), meta=d.rank > 0)
     on_meta = all(p.is_meta for p in model.parameters()) == (d.rank > 0)
     for m in (ref, model):
-        sft.freeze_vision(m)
-    sft.enable_activation_checkpointing(model)
-    model = sft.shard_model(model, d.device, broadcast_from_rank0=True)
+        vlm.freeze_vision(m)
+    vlm.enable_activation_checkpointing(model)
+    model = vlm.shard_model(model, d.device, broadcast_from_rank0=True)
     full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))   # on every rank
     same = lambda a, b: a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     tied = lambda m: m.lm_head.weight is m.model.language_model.embed_tokens.weight
@@ -647,32 +650,32 @@ def fsdp_worker(folder: Path) -> None:
     FULL = StateDictOptions(full_state_dict=True)
     same = lambda a, b: a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     data = folder / "sft.jsonl"
-    d = sft.setup_dist(0)
+    d = common.setup_dist(0)
     checks = {"qwen25": load_through_rank0(folder / "src-tiny", d)[-1]}
     ref, model, tok, ip, checks["qwen3"] = load_through_rank0(folder / "src-tiny-qwen3", d)
-    recs = sft.read_jsonl(data)[d.rank * 2:d.rank * 2 + 2]
-    batch = sft.encode([sft.build_messages(r["problem"]) for r in recs],
-                       [sft.load_images(r, folder) for r in recs], tok, ip, padding_side="left")
+    recs = common.read_jsonl(data)[d.rank * 2:d.rank * 2 + 2]
+    batch = vlm.encode([vlm.build_messages(r["problem"]) for r in recs],
+                       [vlm.load_images(r, folder) for r in recs], tok, ip, padding_side="left")
     n_new = 6 if d.rank == 0 else 10
-    expected = sft.generate(ref, batch, tok, max_new_tokens=n_new)
-    got = sft.generate(model, batch, tok, max_new_tokens=n_new)
+    expected = vlm.generate(ref, batch, tok, max_new_tokens=n_new)
+    got = vlm.generate(model, batch, tok, max_new_tokens=n_new)
     train_batch = sft.encode_records(recs, folder, tok, ip)
-    ref_logp = sft.token_logprobs(ref, train_batch, train_batch["labels"], temperature=0.7, chunk_size=5)
-    logp = sft.token_logprobs(model, train_batch, train_batch["labels"], temperature=0.7, chunk_size=5)
-    engine = sft.RolloutEngine(model, prompts_per_call=2, prompt_buckets=(64,))   # gathered from the shards
-    engine_equal = {"weights": same(engine.copy.state_dict(), ref.state_dict()),
+    ref_logp = vlm.token_logprobs(ref, train_batch, train_batch["labels"], temperature=0.7, chunk_size=5)
+    logp = vlm.token_logprobs(model, train_batch, train_batch["labels"], temperature=0.7, chunk_size=5)
+    eng = engine.RolloutEngine(model, prompts_per_call=2, prompt_buckets=(64,))   # gathered from the shards
+    engine_equal = {"weights": same(eng.copy.state_dict(), ref.state_dict()),
                     "generate": all(torch.equal(a, b) for a, b in
-                                    zip(expected, engine.generate(batch, tok, max_new_tokens=n_new)))}
+                                    zip(expected, eng.generate(batch, tok, max_new_tokens=n_new)))}
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     m = sft.train_step(model, opt, [train_batch], 1e-3, 1.0, d.device)
-    engine.refresh(model)                                                             # after the update
-    engine_equal["refreshed"] = same(engine.copy.state_dict(), get_model_state_dict(model, options=FULL))
-    sft.save_hf(model, tok, ip, str(folder / "qwen3"), dtype=torch.float32)
+    eng.refresh(model)                                                             # after the update
+    engine_equal["refreshed"] = same(eng.copy.state_dict(), get_model_state_dict(model, options=FULL))
+    vlm.save_hf(model, tok, ip, str(folder / "qwen3"), dtype=torch.float32)
     result = {"generate_equal": all(torch.equal(a, b) for a, b in zip(expected, got)),
               "logprobs_equal": torch.allclose(logp.detach(), ref_logp.detach(), atol=1e-5),
               "engine_equal": engine_equal,
               "loss": m["loss"], "checks": checks,
-              "units": sum(sft.is_fsdp(x) for x in model.modules())}
+              "units": sum(vlm.is_fsdp(x) for x in model.modules())}
     (folder / f"rank{d.rank}.json").write_text(json.dumps(result))
     sft.train(run_cfg(data, folder / "fsdp", **TWO_RANK_RUN, stop_after_steps=3))   # destroys the group
 

@@ -1,0 +1,183 @@
+"""The rollout engine: fast sampling for GRPO rollouts (grpo.py) and greedy evaluation (evaluate.py).
+
+On CUDA, decoding through the FSDP2-sharded training model costs one all-gather per layer per token. The
+engine instead keeps a plain bf16 copy of the policy gathered from the shards once per rollout
+(`refresh`), decodes with transformers' static KV cache (the decode step is compiled on CUDA), and pads
+prompts to a few bucketed shapes so that compilation happens once per run. Each rank decodes its own
+prompts: there are no collectives per token. On CPU and in tests `vlm.generate` on the training model is
+the reference path; both have the same contract (ids, completion mask).
+
+  bucket_length, pad_prompts   fixed prompt shapes (left padding, filler rows)
+  prompt_slice                 prompts lo…hi of an encode() batch with their images
+  RolloutEngine                refresh (gather the weights), generate, free
+"""
+import copy
+import time
+
+import torch
+import torch.nn.functional as F
+
+from common import print0
+from vlm import completion_mask, fast_vision_attention, generation_config, is_fsdp
+
+
+# ----------------------------------------------------------------------------- shapes
+def bucket_length(n: int, buckets: tuple) -> int:
+    """The smallest bucket ≥ n; beyond the largest, the next multiple of it. Prompts are left-padded to their
+    bucket so the prefill shapes repeat."""
+    for b in sorted(buckets):
+        if n <= b:
+            return b
+    top = max(buckets)
+    return -(-n // top) * top
+
+
+def pad_prompts(batch: dict, length: int, rows: int, pad_id: int) -> dict:
+    """A left-padded encode() batch widened to `length` tokens (more left padding) and filled up to `rows`
+    prompts with text-only filler rows (one attended pad token each; their outputs are dropped), so every
+    generate call of a run has the same number of sequences."""
+    b, t = batch["input_ids"].shape
+    out = {k: v for k, v in batch.items() if k in ("pixel_values", "image_grid_thw")}
+    for key in ("input_ids", "attention_mask", "mm_token_type_ids"):
+        x = F.pad(batch[key], (length - t, 0), value=pad_id if key == "input_ids" else 0)
+        filler = torch.full((rows - b, length), pad_id if key == "input_ids" else 0, dtype=x.dtype)
+        if key == "attention_mask":
+            filler[:, -1] = 1
+        out[key] = torch.cat([x, filler.to(x.device)])
+    return out
+
+
+def prompt_slice(batch: dict, lo: int, hi: int, merge_size: int = 2) -> dict:
+    """Prompts lo … hi−1 of an encode() batch, with their images' pixel rows and grids (images follow the
+    prompts' order; image j has prod(grid_j) / merge² tokens and belongs to the prompt whose running count
+    of image tokens it falls in)."""
+    out = {k: batch[k][lo:hi] for k in ("input_ids", "attention_mask", "mm_token_type_ids")}
+    if "pixel_values" in batch:
+        patches = batch["image_grid_thw"].prod(-1)                                  # (images,)
+        ends = (patches // merge_size ** 2).cumsum(0)                               # image tokens so far
+        owner = torch.searchsorted((batch["mm_token_type_ids"] == 1).sum(1).cumsum(0), ends)   # prompt of image
+        mine = ((owner >= lo) & (owner < hi)).nonzero().flatten()
+        if len(mine):
+            rows = torch.cat([torch.zeros(1, dtype=torch.long), patches.cumsum(0)])
+            a, z = int(mine[0]), int(mine[-1]) + 1
+            out["pixel_values"] = batch["pixel_values"][int(rows[a]):int(rows[z])]
+            out["image_grid_thw"] = batch["image_grid_thw"][a:z]
+    return out
+
+
+# ----------------------------------------------------------------------------- engine
+def _plain_class(model):
+    """The transformers class under FSDP2's dynamic FSDP<Class> subclass."""
+    return next(c for c in type(model).__mro__ if c.__module__.startswith("transformers.models."))
+
+
+class RolloutEngine:
+    """Fast sampling for GRPO rollouts and evaluation: a plain (unsharded) copy of the policy in `dtype`,
+    gathered from the FSDP2 shards (or copied from a plain model), decoding with transformers' static KV
+    cache; on CUDA transformers compiles the decode step (torch.compile) the first time it sees a shape.
+
+    Shapes repeat so compilation happens once per run: every call decodes `prompts_per_call` prompts ×
+    num_return_sequences rows (filler rows added, bigger batches split), prompts are left-padded to a
+    bucket (`prompt_buckets`), and the cache length is fixed at the largest bucket seen + max_new_tokens
+    (it only grows). Each rank decodes its own prompts with its own copy: no collectives per token.
+
+        engine = RolloutEngine(model)          # collective: every rank gathers the full weights
+        engine.refresh(model)                  # after each optimizer step (collective), before a rollout
+        ids, mask = engine.generate(batch, tok, max_new_tokens=2048, do_sample=True, num_return_sequences=5)
+        engine.free()                          # give the copy's memory back (refresh() rebuilds it)
+
+    generate() has generate()'s contract (rows grouped by prompt, mask through the first <|im_end|>, every
+    sampling field explicit, no vision tokens). On CPU the same code runs without compilation (fp32 by
+    default): that is what the tests check, against generate() on the sharded model. share_weights (default:
+    when `model` is a plain model already in `dtype`, as in evaluation) decodes with `model` itself instead
+    of a copy; an FSDP2 model is always copied."""
+
+    def __init__(self, model, *, prompts_per_call: int = 8, prompt_buckets: tuple = (256, 512, 1024, 2048, 4096),
+                 dtype: torch.dtype | None = None, compile: bool = True, share_weights: bool | None = None):
+        self.prompts_per_call, self.prompt_buckets, self.compile = prompts_per_call, tuple(prompt_buckets), compile
+        self.device = next(model.parameters()).device
+        self.dtype = dtype or (torch.bfloat16 if self.device.type == "cuda" else torch.float32)
+        plain = not is_fsdp(model) and next(model.parameters()).dtype == self.dtype
+        self.shared = plain if share_weights is None else (share_weights and plain)
+        self.cls, self.config, self.copy, self.max_cache_len = _plain_class(model), model.config, None, 0
+        self.refresh(model)
+
+    def _build(self, model):
+        """The plain model, allocated once: parameters in self.dtype, buffers (rotary inv_freq) as the source's."""
+        with torch.device("meta"):
+            plain = self.cls(copy.deepcopy(self.config))
+        plain.to(self.dtype).to_empty(device=self.device).eval().requires_grad_(False)
+        plain.tie_weights()   # to_empty gives each module its own tensor: re-tie lm_head to the embeddings
+        fast_vision_attention(plain)
+        src = dict(model.named_buffers())
+        for name, buf in list(plain.named_buffers()):
+            mod, _, leaf = name.rpartition(".")
+            plain.get_submodule(mod)._buffers[leaf] = src[name].detach().clone()
+        return plain
+
+    @torch.no_grad()
+    def refresh(self, model) -> float:
+        """Copy the current weights of `model` (FSDP2-sharded or plain) into the rollout copy, one parameter
+        at a time (each sharded one all-gathered: a collective, every rank calls it). Returns seconds."""
+        t0 = time.perf_counter()
+        if self.shared:
+            self.copy = model
+            fast_vision_attention(model)
+            return 0.0
+        if self.copy is None:
+            self.copy = self._build(model)
+        dst = dict(self.copy.named_parameters())
+        for name, p in model.named_parameters():
+            dst[name].copy_(p.full_tensor() if hasattr(p, "full_tensor") else p)
+        return time.perf_counter() - t0
+
+    def free(self) -> None:
+        """Drop the rollout copy (and transformers' cached static KV cache with it)."""
+        self.copy = None
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    @torch.no_grad()
+    def generate(self, batch: dict, tokenizer, *, max_new_tokens: int = 1024, do_sample: bool = False,
+                 temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0, num_return_sequences: int = 1):
+        """generate()'s contract on the rollout copy: (ids (N, L), mask (N, L)), N = B · num_return_sequences."""
+        if self.copy is None:
+            raise RuntimeError("RolloutEngine.generate after free(): call refresh(model) first")
+        gc = generation_config(tokenizer, max_new_tokens, do_sample, temperature, top_p, top_k, num_return_sequences)
+        length = bucket_length(batch["input_ids"].shape[1], self.prompt_buckets)
+        self.max_cache_len = max(self.max_cache_len, length + max_new_tokens)
+        gc.cache_implementation, gc.max_cache_len, gc.disable_compile = "static", self.max_cache_len, not self.compile
+        saved, was_training = self.copy.generation_config, self.copy.training   # a shared model gets them back
+        self.copy.generation_config = gc
+        self.copy.eval()
+        n, b, outs = num_return_sequences, batch["input_ids"].shape[0], []
+        try:
+            for lo in range(0, b, self.prompts_per_call):
+                part = prompt_slice(batch, lo, min(b, lo + self.prompts_per_call),
+                                    self.config.vision_config.spatial_merge_size)
+                k = part["input_ids"].shape[0]
+                inputs = {key: v.to(self.device) for key, v in
+                          pad_prompts(part, length, self.prompts_per_call, tokenizer.pad_token_id).items()}
+                out = self._decode(inputs, gc)[:k * n, length:]
+                outs.append(completion_mask(out, gc.eos_token_id, tokenizer.pad_token_id))
+        finally:
+            self.copy.generation_config = saved
+            self.copy.train(was_training)
+        width = max(ids.shape[1] for ids, _ in outs)
+        ids = torch.cat([F.pad(i, (0, width - i.shape[1]), value=tokenizer.pad_token_id) for i, _ in outs])
+        mask = torch.cat([F.pad(m, (0, width - m.shape[1]), value=False) for _, m in outs])
+        return ids, mask
+
+    def _decode(self, inputs: dict, gc):
+        """transformers' generate on the copy; if torch.compile fails on this platform, say so once and go on
+        uncompiled (a rollout must not die for a compiler error)."""
+        from torch._dynamo.exc import TorchDynamoException
+        try:
+            return self.copy.generate(**inputs, generation_config=gc)
+        except TorchDynamoException as e:
+            if gc.disable_compile:
+                raise
+            print0(f"RolloutEngine: torch.compile failed ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+                   "decoding uncompiled from now on")
+            self.compile, gc.disable_compile = False, True
+            return self.copy.generate(**inputs, generation_config=gc)
