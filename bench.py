@@ -54,7 +54,7 @@ def _bench_generators(seconds: float, sizes: list) -> list:
 
             def gen(i, save=False):
                 rgb, depth = renders[i % len(renders)]
-                ex = tasks.generate(task, rgb, depth if task in tasks.DEPTH_TASKS else None, np.random.default_rng(i))
+                ex = tasks.make_example(task, rgb, depth if task in tasks.DEPTH_TASKS else None, np.random.default_rng(i))
                 accepted.append(isinstance(ex, tasks.Example))
                 for im in ex.images if save and accepted[-1] else []:
                     im.save(io.BytesIO(), format="JPEG", quality=95)

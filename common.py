@@ -202,7 +202,7 @@ def load_state(model, optimizer, ckpt: Path) -> dict:
 
 
 # ----------------------------------------------------------------------------- config
-def _f(default, help):
+def knob(default, help):
     """A dataclass field with a one-line --help text."""
     return field(default=default, metadata={"help": help})
 
@@ -286,3 +286,78 @@ def keep_metrics_until(path: Path, step: int) -> None:
     if path.exists():
         rows = [r for r in read_metrics(path) if r["step"] <= step]
         atomic_write(path, "".join(json.dumps(r) + "\n" for r in rows))
+
+
+# ----------------------------------------------------------------------------- output folder and resume
+def out_dir_mode(out: str, prog: str, markers: tuple, resume: bool, overwrite: bool, keep: tuple = ()) -> str:
+    """How a run may use its output folder: 'fresh' (new or empty), 'resume' or 'overwrite'. Read-only;
+    raises a SetupError instead of mixing two runs (an earlier run without --resume / --overwrite) or
+    writing into a non-empty folder that holds no run of `prog` (none of its `markers`). Entries in `keep`
+    (e.g. --smoke's data) are ignored."""
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise SetupError(f"--out {out} is a file, not a folder")
+    entries = sorted(p.name for p in path.iterdir() if p.name not in keep) if path.is_dir() else []
+    ours = [e for e in entries if e in markers]
+    if entries and not ours:
+        raise SetupError(f"--out {out} is not empty and holds no {prog} run ({', '.join(entries[:4])}"
+                         f"{', …' if len(entries) > 4 else ''}): choose a new or empty folder")
+    if resume:
+        return "resume"
+    if not entries:
+        return "fresh"
+    if overwrite:
+        return "overwrite"
+    raise SetupError(f"--out {out} already holds a run ({', '.join(ours)}): add --resume to continue it or "
+                     "--overwrite to delete it and start over")
+
+
+def start_out_dir(out: str, mode: str, keep: tuple = ()) -> None:
+    """Create the output folder; with mode 'overwrite' first delete everything in it but `keep` (rank 0)."""
+    path = Path(out)
+    if mode == "overwrite":
+        for p in path.iterdir():
+            if p.name not in keep:
+                shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+    path.mkdir(parents=True, exist_ok=True)
+
+
+def identity_diff(saved: dict, now: dict, labels: dict | None = None) -> list:
+    """The settings of `now` that differ from `saved`, each as "<flag> <saved> (now <value>)". Values are
+    compared as JSON (a tuple equals the list it was saved as); a flag's label is --name unless `labels`
+    names it otherwise."""
+    now = json.loads(json.dumps(now))
+    labels = labels or {}
+    return [f"{labels.get(k, '--' + k.replace('_', '-'))} {saved.get(k, 'not saved')} (now {v})"
+            for k, v in now.items() if saved.get(k) != v]
+
+
+def checked_checkpoint(out: str, identity: dict, labels: dict | None = None) -> Path | None:
+    """The newest complete checkpoint in OUT/checkpoints (None: there is none), or a SetupError naming
+    every setting that differs from the run that saved it (resuming would silently change the run)."""
+    ckpt = latest_checkpoint(out)
+    if ckpt is None:
+        return None
+    try:
+        saved = json.loads((ckpt / "trainer_state.json").read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise SetupError(f"--resume: cannot read {ckpt / 'trainer_state.json'}: {e}") from None
+    diff = identity_diff(saved, identity, labels)
+    if diff:
+        raise SetupError(f"--resume: {ckpt} was saved by a run with other settings: {'; '.join(diff)}. "
+                         "Resume with the same settings, or start over with --overwrite")
+    return ckpt
+
+
+def resume_from(model, optimizer, ckpt: Path | None, out: str, logs: tuple = ("metrics.jsonl",)) -> dict:
+    """Load a checked checkpoint (checked_checkpoint) into the model and optimizer and keep the rows of
+    the `logs` files up to its step (rows logged after it will be logged again; a cut-off last row goes);
+    returns its trainer state ({"step": 0} without a checkpoint)."""
+    state = load_state(model, optimizer, ckpt) if ckpt is not None else {"step": 0}
+    if is_main():
+        for name in logs:
+            keep_metrics_until(Path(out) / name, state["step"])
+    barrier()
+    if ckpt is not None:
+        print0(f"resumed from {ckpt} (step {state['step']})")
+    return state

@@ -86,7 +86,7 @@ class RolloutEngine:
         ids, mask = engine.generate(batch, tok, max_new_tokens=2048, do_sample=True, num_return_sequences=5)
         engine.free()                          # give the copy's memory back (refresh() rebuilds it)
 
-    generate() has generate()'s contract (rows grouped by prompt, mask through the first <|im_end|>, every
+    generate() has generate()'s contract (rows grouped by prompt, mask through the first stop token, every
     sampling field explicit, no vision tokens). On CPU the same code runs without compilation (fp32 by
     default): that is what the tests check, against generate() on the sharded model. share_weights (default:
     when `model` is a plain model already in `dtype`, as in evaluation) decodes with `model` itself instead

@@ -58,7 +58,7 @@ import re
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -66,12 +66,13 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 import tasks
-from common import (BadRecord, Dist, all_reduce_sum, append_metrics, barrier, cleanup_dist, config_parser, epoch_order,
-                    is_main, keep_metrics_until, latest_checkpoint, load_state, print0, publish_step_folder,
-                    read_jsonl, save_state, setup_dist)
+from common import (BadRecord, Dist, all_reduce_sum, append_metrics, atomic_write, barrier, checked_checkpoint,
+                    cleanup_dist, config_parser, epoch_order, is_main, knob, out_dir_mode, print0,
+                    publish_step_folder, read_jsonl, resume_from, save_state, setup_dist, start_out_dir)
 from engine import RolloutEngine
 from vlm import (IGNORE_INDEX, IMAGE_PLACEHOLDER, TINY_MODELS, build_messages, enable_activation_checkpointing, encode,
-                 freeze_vision, generate, is_fsdp, load_images, load_model, save_hf, shard_model, token_logprobs)
+                 freeze_vision, generate, is_fsdp, load_images, load_model, save_hf, shard_model, stop_token_ids,
+                 token_logprobs)
 
 
 
@@ -85,62 +86,58 @@ USAGE_EXAMPLES = """examples:
 
 Records whose id is in the cold-start sft.jsonl next to --data are left out (--exclude)."""
 
-def _f(default, help):
-    """A dataclass field with a one-line --help text."""
-    return field(default=default, metadata={"help": help})
-
-
 @dataclass
 class Config:
-    model: str = _f("tiny", "cold-start checkpoint: local HF dir, HF id, or 'tiny' / 'tiny-qwen3'")
-    data: str = _f("", "REQUIRED: train.jsonl from make_data.py (id, task, problem, answer, images)")
-    out: str = _f("runs/grpo", "output folder (must be new unless --resume)")
-    exclude: str = _f("auto", "jsonl whose ids are left out ('auto': sft.jsonl next to --data; 'none': keep all)")
-    epochs: int = _f(10, "passes over the data (paper: 10)")
-    max_steps: int = _f(0, "stop after this many rollout steps (0: epochs decide)")
-    group_size: int = _f(5, "samples per prompt G (paper: 5)")
-    rollout_batch_size: int = _f(256, "prompts per rollout step over all ranks (paper: 256)")
-    update_batch_size: int = _f(128, "prompts per optimizer step over all ranks (paper: 128, so 2 updates/rollout)")
-    micro_batch_size: int = _f(4, "sequences per forward/backward on one rank in the update")
-    logprob_micro_batch_size: int = _f(8, "sequences per forward on one rank for old/ref log-probs")
-    sync_every_micro_batch: bool = _f(True, "FSDP2: reduce-scatter gradients after every micro-batch (--no-...: "
+    model: str = knob("tiny", "cold-start checkpoint: local HF dir, HF id, or 'tiny' / 'tiny-qwen3'")
+    data: str = knob("", "REQUIRED: train.jsonl from make_data.py (id, task, problem, answer, images)")
+    out: str = knob("runs/grpo", "output folder (new or empty, unless --resume or --overwrite)")
+    exclude: str = knob("auto", "jsonl whose ids are left out ('auto': sft.jsonl next to --data; 'none': keep all)")
+    epochs: int = knob(10, "passes over the data (paper: 10)")
+    max_steps: int = knob(0, "stop after this many rollout steps (0: epochs decide)")
+    group_size: int = knob(5, "samples per prompt G (paper: 5)")
+    rollout_batch_size: int = knob(256, "prompts per rollout step over all ranks (paper: 256)")
+    update_batch_size: int = knob(128, "prompts per optimizer step over all ranks (paper: 128, so 2 updates/rollout)")
+    micro_batch_size: int = knob(4, "sequences per forward/backward on one rank in the update")
+    logprob_micro_batch_size: int = knob(8, "sequences per forward on one rank for old/ref log-probs")
+    sync_every_micro_batch: bool = knob(True, "FSDP2: reduce-scatter gradients after every micro-batch (--no-...: "
                                       "accumulate one full fp32 gradient per rank, ≈ 33 GB for 7B, reduce once)")
-    max_new_tokens: int = _f(2048, "longest completion (paper: 2048)")
-    temperature: float = _f(1.0, "sampling temperature, also divides the logits of every log-prob (paper: 1.0)")
-    top_p: float = _f(1.0, "nucleus sampling (paper: 1.0 = off)")
-    top_k: int = _f(0, "top-k sampling (paper: off = 0)")
-    lr: float = _f(1e-6, "AdamW learning rate, constant (paper: 1e-6)")
-    weight_decay: float = _f(0.01, "AdamW weight decay (paper: 0.01)")
-    adam_betas: tuple = _f((0.9, 0.999), "AdamW betas (paper: 0.9 0.999)")
-    max_grad_norm: float = _f(1.0, "gradient-norm clip; a step with a non-finite norm is skipped (paper: 1.0)")
-    clip_low: float = _f(0.2, "ratio clip below, 1 − ε_low (paper: 0.2)")
-    clip_high: float = _f(0.3, "ratio clip above, 1 + ε_high (paper: 0.3)")
-    dual_clip: float = _f(3.0, "dual-clip constant c for negative advantages (paper: 3.0)")
-    kl_coef: float = _f(0.01, "coefficient of the k3 KL to the reference model; 0 = no reference (paper: 0.01)")
-    adv_eps: float = _f(1e-6, "ε in A = (r − mean) / (std + ε) (paper: 1e-6)")
-    min_pixels: int = _f(512 * 512, "smallest image area after resizing (paper: 512²)")
-    max_pixels: int = _f(2048 * 2048, "largest image area after resizing (paper: 2048²)")
-    freeze_vision: bool = _f(False, "freeze the vision tower (paper: trained during RL)")
-    activation_checkpointing: bool = _f(True, "non-reentrant activation checkpointing of the trained blocks")
-    bf16: bool = _f(True, "bf16 compute with fp32 master weights (GPU only; CPU stays fp32)")
-    fsdp: bool = _f(False, "shard with FSDP2 even in one CPU process (always on for GPU or >1 rank)")
-    rollout_engine: str = _f("auto", "sampler: 'engine' = RolloutEngine (plain copy of the policy, static KV "
+    max_new_tokens: int = knob(2048, "longest completion (paper: 2048)")
+    temperature: float = knob(1.0, "sampling temperature, also divides the logits of every log-prob (paper: 1.0)")
+    top_p: float = knob(1.0, "nucleus sampling (paper: 1.0 = off)")
+    top_k: int = knob(0, "top-k sampling (paper: off = 0)")
+    lr: float = knob(1e-6, "AdamW learning rate, constant (paper: 1e-6)")
+    weight_decay: float = knob(0.01, "AdamW weight decay (paper: 0.01)")
+    adam_betas: tuple = knob((0.9, 0.999), "AdamW betas (paper: 0.9 0.999)")
+    max_grad_norm: float = knob(1.0, "gradient-norm clip; a step with a non-finite norm is skipped (paper: 1.0)")
+    clip_low: float = knob(0.2, "ratio clip below, 1 − ε_low (paper: 0.2)")
+    clip_high: float = knob(0.3, "ratio clip above, 1 + ε_high (paper: 0.3)")
+    dual_clip: float = knob(3.0, "dual-clip constant c for negative advantages (paper: 3.0)")
+    kl_coef: float = knob(0.01, "coefficient of the k3 KL to the reference model; 0 = no reference (paper: 0.01)")
+    adv_eps: float = knob(1e-6, "ε in A = (r − mean) / (std + ε) (paper: 1e-6)")
+    min_pixels: int = knob(512 * 512, "smallest image area after resizing (paper: 512²)")
+    max_pixels: int = knob(2048 * 2048, "largest image area after resizing (paper: 2048²)")
+    freeze_vision: bool = knob(False, "freeze the vision tower (paper: trained during RL)")
+    activation_checkpointing: bool = knob(True, "non-reentrant activation checkpointing of the trained blocks")
+    bf16: bool = knob(True, "bf16 compute with fp32 master weights (GPU only; CPU stays fp32)")
+    fsdp: bool = knob(False, "shard with FSDP2 even in one CPU process (always on for GPU or >1 rank)")
+    rollout_engine: str = knob("auto", "sampler: 'engine' = RolloutEngine (plain copy of the policy, static KV "
                              "cache, compiled on CUDA), 'generate' = generate on the training model, 'auto' = "
                              "engine on CUDA, generate on CPU")
-    rollout_prompts_per_call: int = _f(8, "prompts per RolloutEngine call (fixed shape: compiled once)")
-    keep_rollout_copy: bool = _f(True, "keep the engine's copy of the policy between rollouts (--no-...: free "
+    rollout_prompts_per_call: int = knob(8, "prompts per RolloutEngine call (fixed shape: compiled once)")
+    keep_rollout_copy: bool = knob(True, "keep the engine's copy of the policy between rollouts (--no-...: free "
                                  "it after each rollout to save memory; it is rebuilt at the next)")
-    logprob_chunk_size: int = _f(1024, "rows of the LM head per chunk in the log-prob computation")
-    shuffle: bool = _f(True, "shuffle the prompts every epoch (paper: true)")
-    seed: int = _f(1, "seed of the data order and the sampling (paper: 1)")
-    save_every: int = _f(5, "HF export + resumable state every N steps, and at the end (paper: 5; 0 = end only)")
-    keep_checkpoints: int = _f(3, "HF exports and resumable states kept on disk (paper: 3)")
-    sample_every: int = _f(5, "append rank 0's first prompts and completions to samples.jsonl every N steps")
-    samples_per_log: int = _f(10, "completions written to samples.jsonl each time (paper: 10)")
-    resume: bool = _f(False, "continue from the newest complete checkpoint in OUT/checkpoints")
-    save_dtype: str = _f("bfloat16", "dtype of the exported HF weights (bfloat16 or float32)")
-    attn_implementation: str = _f("sdpa", "attention kernel passed to transformers")
-    stop_after_steps: int = _f(0, "stop (as if killed) after this many steps, keeping the schedule; for tests")
+    logprob_chunk_size: int = knob(1024, "rows of the LM head per chunk in the log-prob computation")
+    shuffle: bool = knob(True, "shuffle the prompts every epoch (paper: true)")
+    seed: int = knob(1, "seed of the data order and the sampling (paper: 1)")
+    save_every: int = knob(5, "HF export + resumable state every N steps, and at the end (paper: 5; 0 = end only)")
+    keep_checkpoints: int = knob(3, "HF exports and resumable states kept on disk (paper: 3)")
+    sample_every: int = knob(5, "append rank 0's first prompts and completions to samples.jsonl every N steps")
+    samples_per_log: int = knob(10, "completions written to samples.jsonl each time (paper: 10)")
+    resume: bool = knob(False, "continue from the newest complete checkpoint in OUT/checkpoints (same settings)")
+    overwrite: bool = knob(False, "delete an earlier grpo.py run in --out and start over")
+    save_dtype: str = knob("bfloat16", "dtype of the exported HF weights (bfloat16 or float32)")
+    attn_implementation: str = knob("sdpa", "attention kernel passed to transformers")
+    stop_after_steps: int = knob(0, "stop (as if killed) after this many steps, keeping the schedule; for tests")
 
     def __post_init__(self):
         positive = ("group_size", "rollout_batch_size", "update_batch_size", "micro_batch_size",
@@ -178,7 +175,8 @@ def group_advantages(rewards: torch.Tensor, group_size: int, eps: float = 1e-6) 
         raise ValueError(f"{rewards.numel()} rewards cannot be split into groups of {group_size} (need G ≥ 2)")
     r = rewards.float().view(-1, group_size)                       # (P, G)
     a = (r - r.mean(1, keepdim=True)) / (r.std(1, keepdim=True) + eps)
-    return a.view(-1)
+    equal = (r == r[:, :1]).all(1, keepdim=True)                   # float32 mean/std would leave ±0.056
+    return torch.where(equal, torch.zeros_like(a), a).view(-1)
 
 
 def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, ref_logp: torch.Tensor | None,
@@ -369,17 +367,15 @@ def rollout(sampler, model, records: list, root: Path, tok, ip, cfg: Config) -> 
 
 
 def score(ro: Rollout, tok) -> None:
-    """Rewards of every completion: r = 0.9·accuracy + 0.1·format; format is 0 without <|im_end|>."""
-    eos = tok.convert_tokens_to_ids("<|im_end|>")
+    """Rewards of every completion with tasks.reward_terms: r = 0.9·accuracy + 0.1·format, the problem text
+    passed (position options); format is 0 for a completion cut off without an end token."""
+    stop = torch.tensor(stop_token_ids(tok))
     ro.texts = tok.batch_decode(torch.where(ro.mask, ro.completions, tok.pad_token_id), skip_special_tokens=True)
-    ro.truncated = ~((ro.completions == eos) & ro.mask).any(1)
-    acc, fmt = [], []
-    for i, text in enumerate(ro.texts):
-        rec = ro.records[i // ro.group_size]
-        acc.append(tasks.accuracy(text, str(rec["answer"]), rec["task"]))
-        fmt.append(float(tasks.format_ok(text) and not bool(ro.truncated[i])))
-    ro.accuracy, ro.format = torch.tensor(acc), torch.tensor(fmt)
-    ro.rewards = 0.9 * ro.accuracy + 0.1 * ro.format
+    ro.truncated = ~(torch.isin(ro.completions, stop) & ro.mask).any(1)
+    terms = [tasks.reward_terms(text, str(rec["answer"]), rec.get("task"), rec.get("problem"),
+                                finished=not bool(ro.truncated[i]))
+             for i, text in enumerate(ro.texts) for rec in [ro.records[i // ro.group_size]]]
+    ro.rewards, ro.accuracy, ro.format = (torch.tensor(t, dtype=torch.float32) for t in zip(*terms))
 
 
 @torch.no_grad()
@@ -419,7 +415,8 @@ def update(model, optimizer, ro: Rollout, rows: list, cfg: Config, device: torch
         on = lambda x: None if x is None else x[mb, :w].to(device)
         old = logp.detach() if ro.old_logp is None else on(ro.old_logp)    # None: this update is on-policy
         loss, m = policy_loss(logp, old, on(ro.ref_logp), ro.advantages[mb].to(device), on(ro.mask),
-                              cfg.clip_low, cfg.clip_high, cfg.dual_clip, cfg.kl_coef, normalizer=n_global / world)
+                              clip_low=cfg.clip_low, clip_high=cfg.clip_high, dual_clip=cfg.dual_clip,
+                              kl_coef=cfg.kl_coef, normalizer=n_global / world)
         loss.backward()
         m["entropy"] = float((ent * on(ro.mask)).sum()) / max(1, m["tokens"])
         for k, v in m.items():  # token-weighted sums, turned into means over the mini-batch in log_row()
@@ -509,14 +506,24 @@ def sample_rows(ro: Rollout, step: int, n: int) -> list:
 
 
 # ----------------------------------------------------------------------------- setup and checkpoints
-def check_out(cfg: Config) -> None:
-    """Refuse to write into an existing, non-empty --out unless --resume continues it."""
-    out = Path(cfg.out)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {cfg.out} is a file")
-    if out.is_dir() and any(out.iterdir()) and not cfg.resume:
-        raise ValueError(f"--out {cfg.out} already exists and is not empty: pass --resume to continue that run, "
-                         "or choose a new folder")
+@dataclass
+class Run:
+    """What train() works with, built by setup_run()."""
+    model: torch.nn.Module          # the policy (FSDP2-sharded on GPU / several ranks)
+    ref: torch.nn.Module | None     # frozen reference (None when kl_coef is 0)
+    tok: object                     # tokenizer
+    ip: object                      # image processor (pixel bounds set)
+    optimizer: torch.optim.Optimizer
+    sampler: "Sampler"
+    records: list                   # usable prompts, cold-start ids left out
+    root: Path                      # images are relative to this folder
+    rollout_bs: int                 # prompts per rollout, all ranks
+    update_bs: int                  # prompts per optimizer step, all ranks
+    identity: dict                  # settings a resumed run must share (grpo_identity)
+    step: int                       # first step to run (after --resume)
+
+
+RUN_MARKERS = ("grpo_config.json", "metrics.jsonl", "samples.jsonl", "checkpoints", "hf")   # grpo.py's files
 
 
 def setup_models(cfg: Config, d: Dist) -> dict:
@@ -572,13 +579,23 @@ class Sampler:
         return out
 
 
-def run_identity(cfg: Config, num_records: int, rollout_bs: int, update_bs: int) -> dict:
-    """What a resumed run must share with the saved one for the step → data position map to hold."""
-    return {"model": cfg.model, "num_records": num_records, "rollout_batch_size": rollout_bs,
-            "update_batch_size": update_bs, "group_size": cfg.group_size, "seed": cfg.seed, "shuffle": cfg.shuffle}
+def grpo_identity(cfg: Config, num_records: int, rollout_bs: int, update_bs: int, image_processor) -> dict:
+    """What a resumed run must share with the saved one: the step → data position map (model, records,
+    batch sizes, G, seed, shuffle, epochs), the sampling, the objective, the optimizer and the image bounds."""
+    keys = ("model", "group_size", "seed", "shuffle", "epochs", "max_steps", "max_new_tokens", "temperature",
+            "top_p", "top_k", "lr", "weight_decay", "adam_betas", "max_grad_norm", "clip_low", "clip_high",
+            "dual_clip", "kl_coef", "adv_eps", "freeze_vision")
+    size = image_processor.size
+    return {**{k: getattr(cfg, k) for k in keys}, "num_records": num_records, "rollout_batch_size": rollout_bs,
+            "update_batch_size": update_bs, "pixels": [size["shortest_edge"], size["longest_edge"]]}
 
 
-def save_checkpoint(s: dict, cfg: Config, state: dict) -> None:
+IDENTITY_LABELS = {"num_records": "usable records in --data", "rollout_batch_size": "prompts per rollout "
+                   "(--rollout-batch-size, scaled to the data and ranks)", "update_batch_size": "prompts per "
+                   "update (--update-batch-size)", "pixels": "image bounds (--min-pixels, --max-pixels)"}
+
+
+def save_checkpoint(run: Run, cfg: Config, state: dict) -> None:
     """HF export OUT/hf/step_N and resumable state OUT/checkpoints/step_N, each written under a .tmp name
     and renamed when complete (a kill −9 mid-save leaves only a .tmp folder); keeps the newest K of each."""
     hf = Path(cfg.out) / "hf"
@@ -586,54 +603,36 @@ def save_checkpoint(s: dict, cfg: Config, state: dict) -> None:
     tmp = final.with_name(final.name + ".tmp")
     if is_main():
         shutil.rmtree(tmp, ignore_errors=True)
-    save_hf(s["model"], s["tok"], s["ip"], str(tmp), getattr(torch, cfg.save_dtype))
+    save_hf(run.model, run.tok, run.ip, str(tmp), getattr(torch, cfg.save_dtype))
     if is_main():
         publish_step_folder(tmp, final, cfg.keep_checkpoints)
-    save_state(s["model"], s["optimizer"], state, cfg.out, cfg.keep_checkpoints)
+    save_state(run.model, run.optimizer, state, cfg.out, cfg.keep_checkpoints)
 
 
-def resume_step(cfg: Config, s: dict, identity: dict) -> int:
-    """Load the newest complete checkpoint when --resume is given; returns the first step to run. Rows of
-    metrics.jsonl / samples.jsonl logged after that checkpoint are dropped (they will be logged again)."""
-    if not cfg.resume:
-        return 0
-    ckpt, step = latest_checkpoint(cfg.out), 0
-    if ckpt is None:
-        print0(f"--resume: no complete checkpoint in {cfg.out}/checkpoints, starting from scratch")
-    else:
-        saved = json.loads((ckpt / "trainer_state.json").read_text())
-        if any(saved.get(k) != v for k, v in identity.items()):
-            raise ValueError(f"{ckpt} does not match this run: saved {[saved.get(k) for k in identity]}, "
-                             f"now {list(identity.values())} ({', '.join(identity)})")
-        step = load_state(s["model"], s["optimizer"], ckpt)["step"]
-        print0(f"resumed from {ckpt} (step {step})")
-    for name in ("metrics.jsonl", "samples.jsonl"):   # rows after the checkpoint (and a cut-off last row)
-        if is_main():
-            keep_metrics_until(Path(cfg.out) / name, step)
-    return step
-
-
-def setup_run(cfg: Config, d: Dist) -> dict:
+def setup_run(cfg: Config, d: Dist) -> Run:
     """Checks (before anything is written), prompts, models, then the output folder and the resume point."""
-    check_out(cfg)
+    mode = out_dir_mode(cfg.out, "grpo.py", RUN_MARKERS, cfg.resume, cfg.overwrite)
     resolve_model(cfg.model)
     records, root, left_out = load_prompts(cfg)
     rollout_bs, update_bs = batch_sizes(cfg, len(records), d.world_size)
-    s = setup_models(cfg, d)
+    m = setup_models(cfg, d)
+    identity = grpo_identity(cfg, len(records), rollout_bs, update_bs, m["ip"])
+    ckpt = checked_checkpoint(cfg.out, identity, IDENTITY_LABELS) if mode == "resume" else None
     barrier()   # every rank has passed the checks before rank 0 writes anything
     if d.is_main:
-        Path(cfg.out).mkdir(parents=True, exist_ok=True)
+        start_out_dir(cfg.out, mode)
         info = {"config": dataclasses.asdict(cfg), "argv": sys.argv, "rollout_batch_size": rollout_bs,
                 "update_batch_size": update_bs, "world_size": d.world_size, "left_out": left_out}
-        (Path(cfg.out) / "grpo_config.json").write_text(json.dumps(info, indent=1))
-    identity = run_identity(cfg, len(records), rollout_bs, update_bs)
-    s.update(records=records, root=root, rollout_bs=rollout_bs, update_bs=update_bs, identity=identity,
-             step=resume_step(cfg, s, identity))
-    s["sampler"] = Sampler(s["model"], cfg, d.device)
+        atomic_write(Path(cfg.out) / "grpo_config.json", json.dumps(info, indent=1))
+    if cfg.resume and ckpt is None:
+        print0(f"--resume: no complete checkpoint in {cfg.out}/checkpoints, starting from scratch")
+    step = resume_from(m["model"], m["optimizer"], ckpt, cfg.out, logs=("metrics.jsonl", "samples.jsonl"))["step"]
+    run = Run(**m, sampler=Sampler(m["model"], cfg, d.device), records=records, root=root, rollout_bs=rollout_bs,
+              update_bs=update_bs, identity=identity, step=step)
     print0(f"model {cfg.model} | prompts {len(records)} (left out {left_out} cold-start ids) | "
-               f"rollout {rollout_bs} × G {cfg.group_size} | update {update_bs} prompts | world {d.world_size} | "
-               f"reference {'yes' if s['ref'] is not None else 'no (kl_coef 0)'} | device {d.device}")
-    return s
+           f"rollout {rollout_bs} × G {cfg.group_size} | update {update_bs} prompts | world {d.world_size} | "
+           f"reference {'yes' if run.ref is not None else 'no (kl_coef 0)'} | device {d.device}")
+    return run
 
 
 def _now(device: torch.device) -> float:
@@ -648,10 +647,10 @@ def train(cfg: Config) -> list:
     checkpoint. Returns the metrics rows of the steps it ran."""
     d = setup_dist(cfg.seed)
     try:
-        s = setup_run(cfg, d)
-        model, ref, tok, opt, dev = s["model"], s["ref"], s["tok"], s["optimizer"], d.device
-        R, U, G, step, out, rows_logged = s["rollout_bs"], s["update_bs"], cfg.group_size, s["step"], Path(cfg.out), []
-        steps_per_epoch = len(s["records"]) // R
+        run = setup_run(cfg, d)
+        model, ref, tok, opt, dev = run.model, run.ref, run.tok, run.optimizer, d.device
+        R, U, G, step, out, rows_logged = run.rollout_bs, run.update_bs, cfg.group_size, run.step, Path(cfg.out), []
+        steps_per_epoch = len(run.records) // R
         total = cfg.max_steps if cfg.max_steps > 0 else cfg.epochs * steps_per_epoch
         bar = tqdm(total=total, initial=step, desc="grpo", file=sys.stderr, disable=not (d.is_main and sys.stderr.isatty()))
         while step < total:
@@ -659,12 +658,12 @@ def train(cfg: Config) -> list:
                 print0(f"stopping after step {step} (--stop-after-steps)")
                 return rows_logged
             epoch, k = divmod(step, steps_per_epoch)
-            order = epoch_order(len(s["records"]), epoch, cfg.seed, cfg.shuffle)[k * R:(k + 1) * R]
-            mine = [s["records"][i] for i in order[d.rank * R // d.world_size:(d.rank + 1) * R // d.world_size]]
+            order = epoch_order(len(run.records), epoch, cfg.seed, cfg.shuffle)[k * R:(k + 1) * R]
+            mine = [run.records[i] for i in order[d.rank * R // d.world_size:(d.rank + 1) * R // d.world_size]]
             torch.manual_seed(step_seed(cfg.seed, step, d.rank))
             t0 = _now(dev)
             # 1-3. rollout, reward, group-normalised advantage
-            ro = rollout(s["sampler"], model, mine, s["root"], tok, s["ip"], cfg)
+            ro = rollout(run.sampler, model, mine, run.root, tok, run.ip, cfg)
             score(ro, tok)
             ro.advantages = group_advantages(ro.rewards, G, cfg.adv_eps)
             t1 = _now(dev)
@@ -681,7 +680,7 @@ def train(cfg: Config) -> list:
             up_sums = reduce_sums({k: sum(u[k] for u in ups) for k in ups[0] if k not in ("grad_norm", "skipped")}, dev)
             row = log_row(step, epoch, reduce_sums(rollout_sums(ro), dev), up_sums, ups,
                           {"gen": t1 - t0, "logprob": t2 - t1, "update": t3 - t2, "step": t3 - t0,
-                           "refresh": s["sampler"].refresh_s})
+                           "refresh": run.sampler.refresh_s})
             rows_logged.append(row)
             print0(format_row(row))
             if d.is_main:
@@ -690,9 +689,9 @@ def train(cfg: Config) -> list:
                     append_metrics(out / "samples.jsonl", sample_rows(ro, step, cfg.samples_per_log))
             bar.update(1)
             if (cfg.save_every and step % cfg.save_every == 0) or step == total:
-                save_checkpoint(s, cfg, {"step": step, "epoch": step // steps_per_epoch, **s["identity"]})
+                save_checkpoint(run, cfg, {"step": step, "epoch": step // steps_per_epoch, **run.identity})
         bar.close()
-        save_hf(model, tok, s["ip"], cfg.out, getattr(torch, cfg.save_dtype))
+        save_hf(model, tok, run.ip, cfg.out, getattr(torch, cfg.save_dtype))
         print0(f"saved HF checkpoint to {cfg.out}")
         return rows_logged
     finally:

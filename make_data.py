@@ -27,7 +27,7 @@ that never look at depth or at the hole (depth: "lower = nearer", "edge = nearer
 grid), next to chance and a threshold; run it on your own photos to see whether they are shortcut-prone.
 
 Paper → code
-  five pretext tasks from raw RGB / RGB-D images   → tasks.generate(), called by run_job()
+  five pretext tasks from raw RGB / RGB-D images   → tasks.make_example(), called by run_job()
   81k-sample training set, split into tasks        → build() (quotas from --n and --tasks weights)
   cold-start SFT set (~3.6k) with reasoning         → Builder._accept() (tasks.reasoning_trace), sft_plan()
   DIODE .npy + mask / MegaDepth .h5 depth sources  → load_depth(), find_depth()
@@ -411,15 +411,15 @@ def _json_safe(x):
     return x
 
 
-def generate_one(task, rgb, depth, key, k, ctx):
-    """Call tasks.generate with the example's own seeded rng; returns tasks.Example or a reason string."""
+def make_one(task, rgb, depth, key, k, ctx):
+    """Call tasks.make_example with the example's own seeded rng; returns tasks.Example or a reason string."""
     ss = example_seed(ctx.seed, key, task, k)
     options = {}
     if task == "shuffle":
         options["grid"] = ctx.grids[int(ss.generate_state(1)[0]) % len(ctx.grids)]
     try:
         depth = depth if task in tasks.DEPTH_TASKS else None
-        ex = tasks.generate(task, rgb, depth, np.random.default_rng(ss), **options)
+        ex = tasks.make_example(task, rgb, depth, np.random.default_rng(ss), **options)
     except Exception as e:  # a generator bug must not kill a long build; it is counted and reported
         return f"generator-error:{type(e).__name__}"
     if isinstance(ex, tasks.Rejected):
@@ -457,7 +457,7 @@ def run_job(job):
         result["skip"] = f"load-error:{type(e).__name__}"
         return result
     for task in todo:
-        ex = generate_one(task, rgb, depth, src.key, k, ctx)
+        ex = make_one(task, rgb, depth, src.key, k, ctx)
         if isinstance(ex, str):
             result["examples"][task] = ex
             continue
@@ -1099,7 +1099,7 @@ def print_summary(cfg, stats, preview):
         print("skipped sources: " + ", ".join(f"{k} {v}" for k, v in stats["skipped_sources"].items()))
     errors = {k: v for t in stats["rejected"].values() for k, v in t.items() if k.startswith("generator-error")}
     if errors:
-        print(f"WARNING: tasks.generate raised or returned a malformed example: {errors} (a bug in tasks.py)")
+        print(f"WARNING: tasks.make_example raised or returned a malformed example: {errors} (a bug in tasks.py)")
     for name, short, quota in (("train + test", stats["shortfall"], q), ("sft.jsonl", stats["sft_shortfall"], sq)):
         if short:
             print(f"SHORT of the request ({name}; sources exhausted or too many rejections): "

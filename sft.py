@@ -44,7 +44,6 @@ import io
 import json
 import math
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -58,9 +57,9 @@ import torch.distributed as dist
 from PIL import Image
 from tqdm import tqdm
 
-from common import (BadRecord, Dist, SetupError, _f, all_reduce_sum, append_metrics, atomic_write, barrier,
-                    cleanup_dist, config_parser, epoch_order, is_main, keep_metrics_until, latest_checkpoint,
-                    load_state, print0, read_jsonl, save_state, setup_dist)
+from common import (BadRecord, Dist, SetupError, all_reduce_sum, append_metrics, atomic_write, barrier,
+                    checked_checkpoint, cleanup_dist, config_parser, epoch_order, knob, out_dir_mode, print0,
+                    read_jsonl, resume_from, save_state, setup_dist, start_out_dir)
 from vlm import (IGNORE_INDEX, IMAGE_PLACEHOLDER, PAPER_MAX_PIXELS, build_messages, enable_activation_checkpointing,
                  encode, freeze_vision, image_token_count, is_fsdp, load_images, load_model, save_hf,
                  set_pixel_bounds, shard_model, token_logprobs, tokenize_conversation)
@@ -69,43 +68,43 @@ from vlm import (IGNORE_INDEX, IMAGE_PLACEHOLDER, PAPER_MAX_PIXELS, build_messag
 # ----------------------------------------------------------------------------- config
 @dataclass
 class Config:
-    model: str = _f("tiny", "HF id or local HF dir (Qwen2.5-VL / Qwen3-VL), or 'tiny' / 'tiny-qwen3'")
-    data: str = _f("", "REQUIRED (except with --smoke): the cold-start file make_data.py writes, sft.jsonl "
+    model: str = knob("tiny", "HF id or local HF dir (Qwen2.5-VL / Qwen3-VL), or 'tiny' / 'tiny-qwen3'")
+    data: str = knob("", "REQUIRED (except with --smoke): the cold-start file make_data.py writes, sft.jsonl "
                        "(records with id, task, problem, answer, images, response)")
-    out: str = _f("runs/sft", "output folder: the HF checkpoint, metrics.jsonl, checkpoints/")
-    epochs: int = _f(5, "passes over the data (paper: 5)")
-    max_steps: int = _f(0, "stop after this many optimizer steps (0: epochs decide)")
-    lr: float = _f(1e-5, "peak learning rate (paper: 1e-5)")
-    warmup_ratio: float = _f(0.1, "fraction of steps with linear warmup before the cosine decay")
-    weight_decay: float = _f(0.0, "AdamW weight decay (LLaMA-Factory default 0)")
-    adam_betas: tuple = _f((0.9, 0.999), "AdamW betas")
-    global_batch_size: int = _f(256, "samples per optimizer step over all ranks (paper: 256)")
-    micro_batch_size: int = _f(4, "samples per forward/backward on one rank")
-    micro_batch_tokens: int = _f(0, "instead of --micro-batch-size: micro-batches of at most this many padded "
+    out: str = knob("runs/sft", "output folder: the HF checkpoint, metrics.jsonl, checkpoints/")
+    epochs: int = knob(5, "passes over the data (paper: 5)")
+    max_steps: int = knob(0, "stop after this many optimizer steps (0: epochs decide)")
+    lr: float = knob(1e-5, "peak learning rate (paper: 1e-5)")
+    warmup_ratio: float = knob(0.1, "fraction of steps with linear warmup before the cosine decay")
+    weight_decay: float = knob(0.0, "AdamW weight decay (LLaMA-Factory default 0)")
+    adam_betas: tuple = knob((0.9, 0.999), "AdamW betas")
+    global_batch_size: int = knob(256, "samples per optimizer step over all ranks (paper: 256)")
+    micro_batch_size: int = knob(4, "samples per forward/backward on one rank")
+    micro_batch_tokens: int = knob(0, "instead of --micro-batch-size: micro-batches of at most this many padded "
                                     "tokens (count x longest), samples sorted by length (e.g. 16384 on a GPU)")
-    max_length: int = _f(4096, "max tokens per sample, prompt + image tokens + response (paper: 4096)")
-    min_pixels: int | None = _f(None, "smallest image area after resizing, in pixels (default: the model's "
+    max_length: int = knob(4096, "max tokens per sample, prompt + image tokens + response (paper: 4096)")
+    min_pixels: int | None = knob(None, "smallest image area after resizing, in pixels (default: the model's "
                                       "own bound)")
-    max_pixels: int | None = _f(None, "largest image area after resizing, in pixels (default: the model's own "
+    max_pixels: int | None = knob(None, "largest image area after resizing, in pixels (default: the model's own "
                                       "bound, at most 512² = 262144 as in the paper)")
-    max_grad_norm: float = _f(1.0, "gradient-norm clip")
-    freeze_vision: bool = _f(True, "freeze the vision tower and projector (paper: frozen)")
-    activation_checkpointing: bool = _f(True, "non-reentrant activation checkpointing of every block")
-    bf16: bool = _f(True, "bf16 compute with fp32 master weights and reduction (GPU only; CPU stays fp32)")
-    fsdp: bool = _f(False, "shard with FSDP2 even in a single CPU process (always on for GPU or >1 rank)")
-    shuffle: bool = _f(True, "shuffle the records every epoch (seeded)")
-    seed: int = _f(42, "seed for the data order and the per-rank RNGs")
-    skip_bad_records: bool = _f(False, "skip and count bad records instead of stopping with an error")
-    save_every: int = _f(15, "write a resumable checkpoint every N steps, and at the end (0: only at the end)")
-    keep_checkpoints: int = _f(1, "resumable checkpoints kept on disk")
-    resume: bool = _f(False, "continue the run in OUT from its newest complete checkpoint (refused when a "
+    max_grad_norm: float = knob(1.0, "gradient-norm clip")
+    freeze_vision: bool = knob(True, "freeze the vision tower and projector (paper: frozen)")
+    activation_checkpointing: bool = knob(True, "non-reentrant activation checkpointing of every block")
+    bf16: bool = knob(True, "bf16 compute with fp32 master weights and reduction (GPU only; CPU stays fp32)")
+    fsdp: bool = knob(False, "shard with FSDP2 even in a single CPU process (always on for GPU or >1 rank)")
+    shuffle: bool = knob(True, "shuffle the records every epoch (seeded)")
+    seed: int = knob(42, "seed for the data order and the per-rank RNGs")
+    skip_bad_records: bool = knob(False, "skip and count bad records instead of stopping with an error")
+    save_every: int = knob(15, "write a resumable checkpoint every N steps, and at the end (0: only at the end)")
+    keep_checkpoints: int = knob(1, "resumable checkpoints kept on disk")
+    resume: bool = knob(False, "continue the run in OUT from its newest complete checkpoint (refused when a "
                              "setting that defines the schedule or the data differs)")
-    overwrite: bool = _f(False, "delete the earlier run in OUT (an sft.py output folder) and start over")
-    save_dtype: str = _f("bfloat16", "dtype of the exported HF weights (bfloat16 or float32)")
-    attn_implementation: str = _f("sdpa", "attention kernel passed to transformers")
-    stop_after_steps: int = _f(0, "stop (as if killed) after this many steps, keeping the full schedule; "
+    overwrite: bool = knob(False, "delete the earlier run in OUT (an sft.py output folder) and start over")
+    save_dtype: str = knob("bfloat16", "dtype of the exported HF weights (bfloat16 or float32)")
+    attn_implementation: str = knob("sdpa", "attention kernel passed to transformers")
+    stop_after_steps: int = knob(0, "stop (as if killed) after this many steps, keeping the full schedule; "
                                "for testing --resume")
-    smoke: bool = _f(False, "CPU smoke run; overrides --model tiny, --max-steps 2, --global-batch-size 4, "
+    smoke: bool = knob(False, "CPU smoke run; overrides --model tiny, --max-steps 2, --global-batch-size 4, "
                             "--micro-batch-size 2, --lr 1e-3, --warmup-ratio 0 and, without --data, uses 8 "
                             "synthetic records written to OUT/smoke_data")
 
@@ -354,38 +353,7 @@ RUN_MARKERS = ("sft_config.json", "metrics.jsonl", "checkpoints")   # written by
 SMOKE_DATA = "smoke_data"                                           # --smoke's records, kept across runs
 
 
-def out_dir_mode(cfg: Config) -> str:
-    """How this run may use OUT: 'fresh' (new or empty), 'resume' or 'overwrite'. Read-only; raises a
-    SetupError instead of mixing two runs (an earlier run without --resume/--overwrite) or writing into a
-    non-empty folder that holds no sft.py run."""
-    out = Path(cfg.out)
-    if out.exists() and not out.is_dir():
-        raise SetupError(f"--out {out} is a file, not a folder")
-    entries = sorted(p.name for p in out.iterdir() if p.name != SMOKE_DATA) if out.is_dir() else []
-    ours = [e for e in entries if e in RUN_MARKERS]
-    if entries and not ours:
-        raise SetupError(f"--out {out} is not empty and holds no sft.py run ({', '.join(entries[:4])}"
-                         f"{', …' if len(entries) > 4 else ''}): choose a new or empty folder")
-    if cfg.resume:
-        return "resume"
-    if not entries:
-        return "fresh"
-    if cfg.overwrite:
-        return "overwrite"
-    raise SetupError(f"--out {out} already holds a run ({', '.join(ours)}): add --resume to continue it or "
-                     "--overwrite to delete it and start over")
-
-
-def start_out_dir(out: Path, mode: str) -> None:
-    """Create OUT; with mode 'overwrite' first delete everything in it but --smoke's data (rank 0)."""
-    if mode == "overwrite":
-        for p in out.iterdir():
-            if p.name != SMOKE_DATA:
-                shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
-    out.mkdir(parents=True, exist_ok=True)
-
-
-def run_identity(cfg: Config, num_records: int, total_steps: int, image_processor) -> dict:
+def sft_identity(cfg: Config, num_records: int, total_steps: int, image_processor) -> dict:
     """The settings a resumed run must share with the saved one: those that fix the step → data position
     map (model, batch, records, seed, shuffle), the lr schedule (lr, warmup, total steps) and the update."""
     size = image_processor.size
@@ -400,37 +368,9 @@ IDENTITY_LABELS = {"num_records": "usable records in --data", "total_steps": "to
                    "--epochs × steps per epoch)", "pixels": "image bounds (--min-pixels, --max-pixels)"}
 
 
-def checked_checkpoint(cfg: Config, ident: dict) -> Path | None:
-    """The newest complete checkpoint to resume from (None: there is none), or a SetupError naming every
-    setting that differs from the run that saved it (resuming would silently change the schedule)."""
-    ckpt = latest_checkpoint(cfg.out)
-    if ckpt is None:
-        return None
-    try:
-        saved = json.loads((ckpt / "trainer_state.json").read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise SetupError(f"--resume: cannot read {ckpt / 'trainer_state.json'}: {e}") from None
-    diff = [f"{IDENTITY_LABELS.get(k, '--' + k.replace('_', '-'))} {saved.get(k, 'not saved')} (now {v})"
-            for k, v in ident.items() if saved.get(k) != v]
-    if diff:
-        raise SetupError(f"--resume: {ckpt} was saved by a run with other settings: {'; '.join(diff)}. "
-                         "Resume with the same settings, or start over with --overwrite")
-    return ckpt
-
-
-def resume_step(cfg: Config, s: dict, ckpt: Path | None) -> int:
-    """Load the checkpoint (from checked_checkpoint) into the model and optimizer and keep the metrics rows
-    up to its step; returns the first step to run (0 without a checkpoint)."""
-    if cfg.resume and ckpt is None:
-        print0(f"--resume: no complete checkpoint in {cfg.out}/checkpoints, starting from scratch")
-    state = load_state(s["model"], s["optimizer"], ckpt) if ckpt is not None else {"step": 0}
-    if is_main():
-        keep_metrics_until(Path(cfg.out) / "metrics.jsonl", state["step"])
-    barrier()
-    if ckpt is not None:
-        print0(f"resumed from {ckpt} (step {state['step']}, epoch {state['epoch']}, "
-               f"record {state['index_in_epoch']} of the epoch)")
-    return state["step"]
+def out_mode(cfg: Config) -> str:
+    """How this run may use --out (common.out_dir_mode with sft.py's markers; --smoke's data is kept)."""
+    return out_dir_mode(cfg.out, "sft.py", RUN_MARKERS, cfg.resume, cfg.overwrite, keep=(SMOKE_DATA,))
 
 
 def train(cfg: Config) -> None:
@@ -438,19 +378,21 @@ def train(cfg: Config) -> None:
     final resumable state and consolidated HF export in cfg.out."""
     d = setup_dist(cfg.seed)
     try:
-        out, mode = Path(cfg.out), out_dir_mode(cfg)   # checks only: nothing is written before the data,
+        out, mode = Path(cfg.out), out_mode(cfg)   # checks only: nothing is written before the data,
         barrier()                                      # the model and a resumed run's settings are checked
         s = setup_training(cfg, d)
         model, records, G = s["model"], s["records"], cfg.global_batch_size
         steps_per_epoch = math.ceil(len(records) / G)
         total = cfg.max_steps if cfg.max_steps > 0 else cfg.epochs * steps_per_epoch
-        ident = run_identity(cfg, len(records), total, s["ip"])
-        ckpt = checked_checkpoint(cfg, ident) if mode == "resume" else None
+        ident = sft_identity(cfg, len(records), total, s["ip"])
+        ckpt = checked_checkpoint(cfg.out, ident, IDENTITY_LABELS) if mode == "resume" else None
         if d.is_main:
-            start_out_dir(out, mode)
+            start_out_dir(cfg.out, mode, keep=(SMOKE_DATA,))
             write_run_info(cfg, out)
         barrier()
-        step = resume_step(cfg, s, ckpt)
+        if cfg.resume and ckpt is None:
+            print0(f"--resume: no complete checkpoint in {cfg.out}/checkpoints, starting from scratch")
+        step = resume_from(s["model"], s["optimizer"], ckpt, cfg.out)["step"]
         bar = tqdm(total=total, initial=step, desc="sft", file=sys.stderr,  # logs to a file stay clean
                    disable=not (d.is_main and sys.stderr.isatty()))
 
@@ -528,7 +470,7 @@ def main(argv: list | None = None) -> None:
         cfg = Config(**{**vars(args), "adam_betas": tuple(args.adam_betas)})
         if cfg.data and not Path(cfg.data).is_file():
             raise SetupError(f"--data {cfg.data}: no such file (python make_data.py writes data/ssrl/sft.jsonl)")
-        out_dir_mode(cfg)   # before --smoke writes its data into OUT
+        out_mode(cfg)   # before --smoke writes its data into OUT
         if cfg.smoke:
             cfg = smoke_config(cfg)
         train(cfg)

@@ -3,9 +3,9 @@
 Stage 1 of Spatial-SSRL (arXiv 2510.27606, §3): ordinary RGB / RGB-D images are turned into questions
 whose answers are known by construction, so no human labels are needed. This file is the single source
 of truth for what a correct answer is: make_data.py builds the dataset with the generators, sft.py uses
-the templated reasoning traces, grpo.py and evaluate.py score responses with reward().
+the templated reasoning traces, grpo.py and evaluate.py score responses with reward_terms().
 
-    ex = generate("depth", rgb, depth, np.random.default_rng(0))   # -> Example | Rejected
+    ex = make_example("depth", rgb, depth, np.random.default_rng(0))   # -> Example | Rejected
     reward("<think>...</think> \\boxed{2, 3, 1}", ex.answer, "depth")  # 0.9·accuracy + 0.1·format
     reward(response, record["answer"], "position", problem=record["problem"])  # also reads "B. Right"
 
@@ -21,7 +21,7 @@ Paper → code
   §3.1 shuffled patch reordering  → make_shuffle()      §3.1 flipped patch recognition → make_flip()
   §3.1 cropped patch inpainting   → make_crop()         §3.1 regional depth ordering   → make_depth()
   §3.1 relative 3D position       → make_position(), relation()
-  §3.3 reward r = 0.9·acc + 0.1·fmt → reward(), accuracy(), format_ok(), extract_boxed()
+  §3.3 reward r = 0.9·acc + 0.1·fmt → reward_terms(), reward(), accuracy(), format_ok(), extract_boxed()
   cold-start CoT data (§3.2)      → reasoning_trace()   CoT instruction → COT_PROMPT, with_cot()
 
 Deviations from the paper / official data scripts (data_process/*.py)
@@ -51,6 +51,10 @@ Deviations from the paper / official data scripts (data_process/*.py)
      "B) Right-Front" / the option text alone accepted for Position when `problem` is given; accuracy 0
      for an unclosed \\boxed{ after the last box (cut-off answer switch) and for different boxed answers
      after </think> (hedging); the same answer boxed twice is fine.
+ 10. Think tags: whitespace inside them is ignored (`< think >`, `</ think>`), as the official img_score does;
+     the official normalisation also strips whitespace around every other <, > and / (inside the box too),
+     which no answer of ours contains. Format also needs the box to be balanced and after </think> (official
+     regex: any `\\boxed{` … `}` after it).
 """
 from __future__ import annotations
 
@@ -178,11 +182,32 @@ def extract_boxed(text: str) -> str | None:
     return None if span is None else text[span[0]:span[1]].strip()
 
 
+_THINK_TAG = re.compile(r"<\s*(/?)\s*think\s*>")
+
+
+def normalise_tags(text: str) -> str:
+    """`< think >`, `</ think>`, `< /think >` → `<think>` / `</think>`: whitespace inside the think tags does
+    not count against a response (the official img_score strips whitespace around every <, > and /)."""
+    return _THINK_TAG.sub(r"<\1think>", text)
+
+
+def official_boxed(text: str) -> str | None:
+    """The official verifier's prediction (mathruler's extract_boxed_content): the stripped content of the
+    last `\\boxed{` when it closes, else None (an unclosed last box is no answer)."""
+    if not isinstance(text, str) or "\\boxed{" not in text:
+        return None
+    boxes = _scan_boxes(text)
+    if boxes.last is None or boxes.open_after_last:
+        return None
+    return text[boxes.last[0]:boxes.last[1]].strip()
+
+
 def format_ok(response: str) -> bool:
-    """Format reward: the response starts with <think>, closes it, and then gives a balanced \\boxed{}."""
+    """Format reward: the response starts with <think>, closes it, and then gives a balanced \\boxed{}
+    (whitespace inside the think tags ignored, normalise_tags)."""
     if not isinstance(response, str):
         return False
-    text = response.strip()
+    text = normalise_tags(response.strip())
     if not text.startswith("<think>"):
         return False
     close = text.find("</think>")
@@ -273,18 +298,23 @@ def _parse(task: str, content: str, answer: str, options: dict | None = None):
     raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
 
 
-def accuracy(response: str, answer: str, task: str, problem: str | None = None) -> float:
+def accuracy(response: str, answer: str, task: str | None, problem: str | None = None) -> float:
     """1.0 if the response commits to the ground truth, else 0.0. Committing means: the last balanced
     \\boxed{} parses to the truth for this task; no \\boxed{ opened after it is left unclosed (a cut-off
     answer switch); and every box after the last </think> (the whole text if there is none) gives that same
     answer (several different boxed answers are hedging). `problem` (optional) supplies the text options so
-    that 'B. Right' and 'Right' are read as option B. Linear time; never raises on any response."""
+    that 'B. Right' and 'Right' are read as option B. task None (a record from another source, e.g. the
+    released Spatial-SSRL-81k parquet, which has no task field): the official rule, the stripped content of
+    the last box equals the answer string exactly. Linear time; never raises on any response."""
+    if task is None:
+        return float(official_boxed(response) == str(answer))
     options = options_from_problem(problem) if task == "position" else {}
     truth = _parse(task, answer, answer, options)
     if truth is None:
         raise ValueError(f"ground truth {answer!r} is not a valid {task} answer")
     if not isinstance(response, str) or "\\boxed{" not in response:
         return 0.0
+    response = normalise_tags(response)
     boxes = _scan_boxes(response)
     if boxes.last is None or boxes.open_after_last:
         return 0.0
@@ -297,9 +327,19 @@ def accuracy(response: str, answer: str, task: str, problem: str | None = None) 
     return 1.0
 
 
-def reward(response: str, answer: str, task: str, problem: str | None = None) -> float:
-    """Spatial-SSRL reward: r = 0.9·accuracy + 0.1·format ∈ {0, 0.1, 0.9, 1.0}."""
-    return 0.9 * accuracy(response, answer, task, problem) + 0.1 * float(format_ok(response))
+def reward_terms(response: str, answer: str, task: str | None, problem: str | None = None,
+                 finished: bool = True) -> tuple:
+    """(reward, accuracy, format) of one response: r = 0.9·accuracy + 0.1·format ∈ {0, 0.1, 0.9, 1.0}.
+    finished=False (the completion hit the token budget without an end token) gives format 0: a cut-off
+    response is not well formed, whatever its prefix looks like. grpo.py and evaluate.py call this."""
+    acc = accuracy(response, answer, task, problem)
+    fmt = float(format_ok(response) and finished)
+    return 0.9 * acc + 0.1 * fmt, acc, fmt
+
+
+def reward(response: str, answer: str, task: str | None, problem: str | None = None, finished: bool = True) -> float:
+    """Spatial-SSRL reward: r = 0.9·accuracy + 0.1·format ∈ {0, 0.1, 0.9, 1.0} (reward_terms)."""
+    return reward_terms(response, answer, task, problem, finished)[0]
 
 
 # ----------------------------------------------------------------------------- drawing
@@ -827,7 +867,7 @@ GENERATORS = {"shuffle": make_shuffle, "flip": make_flip, "crop": make_crop,
               "depth": make_depth, "position": make_position}
 
 
-def generate(task: str, rgb: np.ndarray, depth: np.ndarray | None = None,
+def make_example(task: str, rgb: np.ndarray, depth: np.ndarray | None = None,
              rng: np.random.Generator | None = None, **options) -> Example | Rejected:
     """Make one example of `task` from an RGB image (H, W, 3) uint8 and, for depth tasks, a depth map
     (H, W) with NaN / 0 / inf marking invalid pixels. Everything random comes from `rng`."""

@@ -300,7 +300,7 @@ def test_bad_input_is_one_line_and_writes_nothing(data, tmp_path, capsys):
         grpo.main(["--out", str(out), "--data", str(missing)])
     out.mkdir()
     (out / "metrics.jsonl").write_text("")
-    with pytest.raises(SystemExit, match="already exists"):
+    with pytest.raises(SystemExit, match="already holds a run"):
         grpo.main(["--out", str(out), "--data", str(data)])
     assert [p.name for p in out.iterdir()] == ["metrics.jsonl"]
 

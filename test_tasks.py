@@ -57,7 +57,7 @@ def depth_friendly_seeds(n, h=240, w=320):
     found = []
     for seed in range(1000):
         rgb, depth = scenes.render_scene(seed, h, w)
-        if all(isinstance(tasks.generate(t, rgb, depth, np.random.default_rng(k)), tasks.Example)
+        if all(isinstance(tasks.make_example(t, rgb, depth, np.random.default_rng(k)), tasks.Example)
                for t in tasks.DEPTH_TASKS for k in range(4)):
             found.append(seed)
             if len(found) == n:
@@ -67,7 +67,7 @@ def depth_friendly_seeds(n, h=240, w=320):
 
 def make(task, scene, seed, **kw):
     rgb, depth = scene
-    ex = tasks.generate(task, rgb, depth, np.random.default_rng(seed), **kw)
+    ex = tasks.make_example(task, rgb, depth, np.random.default_rng(seed), **kw)
     assert isinstance(ex, tasks.Example), ex
     return ex
 
@@ -431,7 +431,7 @@ def test_position_answer_agrees_with_geometry():
         dn = tasks.normalise_depth(depth)
         w = rgb.shape[1]
         for seed in range(16):
-            ex = tasks.generate("position", rgb, depth, np.random.default_rng(seed))
+            ex = tasks.make_example("position", rgb, depth, np.random.default_rng(seed))
             if isinstance(ex, tasks.Rejected):
                 continue
             m = ex.meta
@@ -482,7 +482,7 @@ def shortcut_rows():
     for seed in range(SHORTCUT_SCENES):
         rgb, depth = scenes.render_scene(50_000 + seed, 192, 256)
         for task in ("depth", "position", "crop"):
-            ex = tasks.generate(task, rgb, depth if task != "crop" else None, np.random.default_rng(seed))
+            ex = tasks.make_example(task, rgb, depth if task != "crop" else None, np.random.default_rng(seed))
             if isinstance(ex, tasks.Rejected):
                 continue
             keys = []
@@ -534,25 +534,25 @@ def test_shortcut_report_catches_a_shortcut():
 def test_rejections_say_why():
     rng = np.random.default_rng(0)
     flat = np.full((200, 200, 3), 90, np.uint8)
-    assert tasks.generate("shuffle", flat, rng=rng).reason == "look-alike-tiles"
-    assert tasks.generate("flip", flat, rng=rng).reason == "flip-symmetric-tile"
-    assert tasks.generate("crop", flat, rng=rng).reason == "look-alike-candidates"
+    assert tasks.make_example("shuffle", flat, rng=rng).reason == "look-alike-tiles"
+    assert tasks.make_example("flip", flat, rng=rng).reason == "flip-symmetric-tile"
+    assert tasks.make_example("crop", flat, rng=rng).reason == "look-alike-candidates"
     tiny = np.zeros((30, 30, 3), np.uint8)
-    assert tasks.generate("shuffle", tiny, rng=rng).reason == "too-small"
-    assert tasks.generate("crop", tiny, rng=rng).reason == "too-small"
+    assert tasks.make_example("shuffle", tiny, rng=rng).reason == "too-small"
+    assert tasks.make_example("crop", tiny, rng=rng).reason == "too-small"
     rgb, depth = textured_scene()
-    assert tasks.generate("depth", rgb, np.zeros_like(depth), rng).reason == "no-valid-depth"
-    assert tasks.generate("depth", rgb, np.full_like(depth, 3.0), rng).reason == "constant-depth"
-    assert tasks.generate("position", rgb, depth[:-1], rng).reason == "depth-size-mismatch"
+    assert tasks.make_example("depth", rgb, np.zeros_like(depth), rng).reason == "no-valid-depth"
+    assert tasks.make_example("depth", rgb, np.full_like(depth, 3.0), rng).reason == "constant-depth"
+    assert tasks.make_example("position", rgb, depth[:-1], rng).reason == "depth-size-mismatch"
     noisy = np.random.default_rng(1).uniform(1, 10, depth.shape).astype(np.float32)   # nothing flat
-    assert tasks.generate("depth", rgb, noisy, rng).reason == "no-region-in-band"
-    assert tasks.generate("position", rgb, noisy, rng).reason == "no-flat-regions"
+    assert tasks.make_example("depth", rgb, noisy, rng).reason == "no-region-in-band"
+    assert tasks.make_example("position", rgb, noisy, rng).reason == "no-flat-regions"
     with pytest.raises(ValueError):
-        tasks.generate("depth", rgb, None, rng)
+        tasks.make_example("depth", rgb, None, rng)
     with pytest.raises(ValueError):
-        tasks.generate("flip", rgb.astype(np.float32), rng=rng)
+        tasks.make_example("flip", rgb.astype(np.float32), rng=rng)
     with pytest.raises(ValueError):
-        tasks.generate("shuffle", rgb, rng=rng, grid=(1, 1))
+        tasks.make_example("shuffle", rgb, rng=rng, grid=(1, 1))
 
 
 # ----------------------------------------------------------------------------- fuzz

@@ -477,12 +477,13 @@ def generation_config(tokenizer, max_new_tokens: int = 1024, do_sample: bool = F
                       top_p: float = 1.0, top_k: int = 0, num_return_sequences: int = 1):
     """A GenerationConfig with every decoding field set: plain greedy (do_sample=False) or plain sampling
     with the given temperature / top-p / top-k (0 = off); no repetition penalty, n-gram ban, min-p, typical-p,
-    ε/η cutoffs, length constraints or forced tokens; stops at <|im_end|>; vision tokens suppressed.
+    ε/η cutoffs, length constraints or forced tokens; stops at any of stop_token_ids(); vision tokens
+    suppressed.
     generate() also swaps it in as model.generation_config for the call, so no field a checkpoint's
     generation_config.json sets (Qwen2.5-VL: repetition_penalty 1.05, top_k 1, ...) is inherited; the
     fields left None (top-k and min-p in greedy mode, where they are unused) take transformers' defaults."""
     from transformers import GenerationConfig
-    eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    eos = stop_token_ids(tokenizer)
     return GenerationConfig(
         max_new_tokens=max_new_tokens, min_new_tokens=0, do_sample=do_sample, num_beams=1,
         num_return_sequences=num_return_sequences, temperature=temperature if do_sample else 1.0,
@@ -496,11 +497,23 @@ def generation_config(tokenizer, max_new_tokens: int = 1024, do_sample: bool = F
         output_scores=False, return_dict_in_generate=False)
 
 
-def completion_mask(ids: torch.Tensor, eos_id: int, pad_id: int) -> tuple:
-    """(ids, mask) for completions (N, L): mask[r, j] is True up to and including the first eos (all of
-    the row when it has none); ids after it are set to pad_id. The pad token itself may be sampled, so the
-    mask comes from the eos position, never from `ids != pad`."""
-    is_eos = ids == eos_id
+def stop_token_ids(tokenizer) -> list:
+    """The tokens that end a completion: the tokenizer's eos (<|im_end|> for the chat models) and Qwen's
+    end-of-document <|endoftext|> (also the pad token), which Qwen2.5-VL's generation_config.json lists as
+    an eos too; read from the tokenizer, so a checkpoint with other special tokens gets its own."""
+    ids = [tokenizer.eos_token_id]
+    end_of_text = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    if isinstance(end_of_text, int) and end_of_text != tokenizer.unk_token_id and end_of_text not in ids:
+        ids.append(end_of_text)
+    return [i for i in ids if i is not None]
+
+
+def completion_mask(ids: torch.Tensor, eos_id, pad_id: int) -> tuple:
+    """(ids, mask) for completions (N, L): mask[r, j] is True up to and including the first stop token
+    (eos_id: one id or a list, stop_token_ids) and all of the row when it has none; ids after it are set to
+    pad_id. The pad token may itself be a stop token or be sampled, so the mask comes from the position of
+    the first stop token, never from `ids != pad`."""
+    is_eos = torch.isin(ids, torch.tensor(eos_id, device=ids.device).flatten())
     after = (is_eos.long().cumsum(1) - is_eos.long()) > 0                 # strictly after the first eos
     return ids.masked_fill(after, pad_id), ~after
 
@@ -511,7 +524,7 @@ def generate(model, batch: dict, tokenizer, *, max_new_tokens: int = 1024, do_sa
     """Completions of a left-padded encode() batch: (ids (N, L), mask (N, L)), N = B · num_return_sequences,
     rows grouped by prompt (rows i·n … i·n+n−1 are prompt i's), L ≤ max_new_tokens.
 
-    mask marks the completion up to and including the first <|im_end|> (completion_mask); ids after it are
+    mask marks the completion up to and including the first stop token (completion_mask); ids after it are
     the pad id. Every sampling field is explicit (generation_config()), nothing comes from the checkpoint;
     vision tokens are never generated. On an FSDP2 model every unit is kept unsharded for the whole call
     (one all-gather per unit, not per token) and resharded afterwards; ranks stay in step (synced_gpus).
