@@ -244,7 +244,7 @@ def resolve_model(name: str) -> None:
         raise ValueError(f"unknown --model {name!r}: use tiny, tiny-qwen3, a local HF folder or a HF id")
 
 
-def check_record(r: dict, root: Path) -> None:
+def check_prompt_record(r: dict, root: Path) -> None:
     """Raise BadRecord naming the record if it cannot be a GRPO prompt (fields, task, answer, images)."""
     rid = r.get("id", "?")
     if r.get("task") not in tasks.TASKS or not isinstance(r.get("problem"), str) or "answer" not in r:
@@ -280,7 +280,7 @@ def load_prompts(cfg: Config) -> tuple:
     if not records:
         raise BadRecord(f"--data {cfg.data}: no records left (after leaving out {left_out} cold-start ids)")
     for r in records:
-        check_record(r, path.resolve().parent)
+        check_prompt_record(r, path.resolve().parent)
     return records, path.resolve().parent, left_out
 
 

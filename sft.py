@@ -167,7 +167,7 @@ def lr_at(step: int, total_steps: int, peak_lr: float, warmup_ratio: float) -> f
 
 
 # ----------------------------------------------------------------------------- data
-def check_record(record: dict, root: Path, tokenizer, image_processor, max_length: int) -> int:
+def check_sft_record(record: dict, root: Path, tokenizer, image_processor, max_length: int) -> int:
     """Validate one SFT record and return its token length; raise BadRecord naming it otherwise."""
     rid = record.get("id", "?")
     if "response" not in record:
@@ -206,7 +206,7 @@ def prepare_records(records: list, root: Path, tokenizer, image_processor, max_l
     kept, skipped, first = [], 0, ""
     for rec in records:
         try:
-            kept.append({**rec, "num_tokens": check_record(rec, root, tokenizer, image_processor, max_length)})
+            kept.append({**rec, "num_tokens": check_sft_record(rec, root, tokenizer, image_processor, max_length)})
         except BadRecord as e:
             if not skip_bad:
                 raise
@@ -238,7 +238,7 @@ def pack_by_tokens(lengths: list, max_tokens: int) -> list:
     return out + ([cur] if cur else [])
 
 
-def micro_batches(batch: list, rank: int, world_size: int, micro_batch_size: int, max_tokens: int = 0,
+def rank_micro_batches(batch: list, rank: int, world_size: int, micro_batch_size: int, max_tokens: int = 0,
                   lengths: list | None = None) -> list:
     """This rank's micro-batches of one global batch; every rank gets the same number of them.
 
@@ -269,7 +269,7 @@ def rank_batches(batch: list, root: Path, tokenizer, image_processor, d: Dist, m
     records' num_tokens from prepare_records); an empty one becomes a zero-weight sample."""
     out = []
     lengths = [r["num_tokens"] for r in batch] if micro_batch_tokens else None
-    for mb in micro_batches(batch, d.rank, d.world_size, micro_batch_size, micro_batch_tokens, lengths):
+    for mb in rank_micro_batches(batch, d.rank, d.world_size, micro_batch_size, micro_batch_tokens, lengths):
         enc = encode_records(mb or batch[:1], root, tokenizer, image_processor)
         if not mb:
             enc["labels"].fill_(IGNORE_INDEX)

@@ -157,10 +157,10 @@ def test_lr_schedule_matches_cosine_with_warmup():
 def test_micro_batches_cover_the_batch_with_equal_counts():
     """Every rank gets the same number of micro-batches (collectives must match); nothing is lost."""
     batch = list(range(7))
-    per_rank = [sft.micro_batches(batch, r, 2, 2) for r in range(2)]
+    per_rank = [sft.rank_micro_batches(batch, r, 2, 2) for r in range(2)]
     assert len(per_rank[0]) == len(per_rank[1]) == 2
     assert sorted(x for mbs in per_rank for mb in mbs for x in mb) == batch
-    assert sft.micro_batches([0], 1, 2, 4) == [[]]   # the rank left without samples runs one empty slot
+    assert sft.rank_micro_batches([0], 1, 2, 4) == [[]]   # the rank left without samples runs one empty slot
 
 
 def test_pack_by_tokens_sorted_within_budget():
@@ -176,7 +176,7 @@ def test_micro_batches_by_tokens_cover_the_batch_with_equal_counts():
     micro-batches (padded with []), and each micro-batch stays within the budget."""
     batch = [f"r{i}" for i in range(9)]
     lengths = [40, 10, 35, 12, 90, 20, 15, 11, 30]
-    per_rank = [sft.micro_batches(batch, r, 2, 0, max_tokens=64, lengths=lengths) for r in range(2)]
+    per_rank = [sft.rank_micro_batches(batch, r, 2, 0, max_tokens=64, lengths=lengths) for r in range(2)]
     assert len(per_rank[0]) == len(per_rank[1])
     assert sorted(x for mbs in per_rank for mb in mbs for x in mb) == sorted(batch)
     for mbs in per_rank:
