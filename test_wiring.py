@@ -209,3 +209,63 @@ def test_update_equals_float64_reference(data, monkeypatch):
         deltas.append([p.detach() - b for p, b in zip(policy.parameters(), before)])
     mean = [(a + b) / 2 for a, b in zip(*deltas)]
     assert rel_err(mean, [-g for g in grads]) < 1e-4, rel_err(mean, [-g for g in grads])
+
+
+# ----------------------------------------------------------------------------- train(): the step schedule
+def test_train_schedule_old_ref_and_minibatches(data, tmp_path, monkeypatch):
+    """grpo.train() with 2 updates per rollout, KL on and τ 0.7, for 2 steps, recording every update() call:
+    each rollout feeds 2 updates over disjoint halves of its rows; its old log-probs are computed once,
+    before the first update, and equal the float64 log-probs (at τ) of the policy at rollout time, so the
+    first update has ratio 1 and the second does not; its ref log-probs are those of the initial weights
+    (at step 2 they differ from the policy's); the reference is a separate, frozen, unchanged model."""
+    c = cfg_for(data, tmp_path / "run", max_steps=2, rollout_batch_size=4, update_batch_size=2, group_size=3,
+                micro_batch_size=4, logprob_micro_batch_size=5, max_new_tokens=8, temperature=TAU, kl_coef=0.1,
+                lr=1e-2, exclude="none")
+    orig_setup, orig_update, seen, calls = grpo.setup_models, grpo.update, {}, []
+
+    def setup_models(cfg, d):
+        seen.update(orig_setup(cfg, d))
+        return seen
+
+    def update(model, optimizer, ro, rows, cfg, device):
+        clone = lambda x: None if x is None else x.clone()
+        calls.append(dict(ro=ro, rows=list(rows), old=clone(ro.old_logp), ref=clone(ro.ref_logp),
+                          before={k: v.detach().clone() for k, v in model.state_dict().items()}))
+        calls[-1]["m"] = orig_update(model, optimizer, ro, rows, cfg, device)
+        return calls[-1]["m"]
+    def score(ro, tok):   # the tiny random model never answers right: random rewards give every group a signal
+        orig_score(ro, tok)
+        ro.rewards = torch.rand(len(ro.rewards), generator=rewards_rng)
+    orig_score, rewards_rng = grpo.score, torch.Generator().manual_seed(5)
+    monkeypatch.setattr(grpo, "score", score)
+    monkeypatch.setattr(grpo, "setup_models", setup_models)
+    monkeypatch.setattr(grpo, "update", update)
+    grpo.train(c)
+
+    initial = sft.load_model("tiny")[0]
+    ref64 = f64(initial)
+    assert len(calls) == 4, "2 steps × 2 updates per rollout"
+    for first, second in (calls[0:2], calls[2:4]):
+        ro, n = first["ro"], len(first["ro"].mask)
+        assert second["ro"] is ro and n == 2 * c.group_size * 2
+        assert sorted(first["rows"] + second["rows"]) == list(range(n)), "two distinct halves of the rollout"
+        assert len(first["rows"]) == len(second["rows"]) == n // 2
+        assert first["old"] is not None, "old log-probs must be computed when a rollout feeds 2 updates"
+        assert torch.equal(first["old"], second["old"]), "old log-probs are computed once per rollout"
+        policy_then, policy_mid = f64(initial), f64(initial)
+        policy_then.load_state_dict(first["before"])
+        policy_mid.load_state_dict(second["before"])
+        at_rollout, mid = all_logprobs64(policy_then, ro, TAU), all_logprobs64(policy_mid, ro, TAU)
+        assert float((first["old"].double() - at_rollout).abs().max()) < 1e-5, "old = policy at rollout time"
+        assert float((mid - at_rollout).abs().max()) > 1e-3, "the first update changed the policy"
+        ratio = lambda m: m["ratio"] / m["tokens"]
+        assert abs(ratio(first["m"]) - 1) < 1e-5 and abs(ratio(second["m"]) - 1) > 1e-4
+        assert first["ref"] is not None and torch.equal(first["ref"], second["ref"])
+        assert float((first["ref"].double() - all_logprobs64(ref64, ro, TAU)).abs().max()) < 1e-5
+    assert float((calls[2]["old"] - calls[2]["ref"]).abs().max()) > 1e-3, "ref ≠ policy after a step"
+
+    policy, ref = seen["model"], seen["ref"]
+    assert ref is not policy and not {p.data_ptr() for p in ref.parameters()} & {p.data_ptr() for p in policy.parameters()}
+    assert not any(p.requires_grad for p in ref.parameters())
+    assert all(torch.equal(p, q) for p, q in zip(ref.parameters(), initial.parameters())), "ref never changes"
+    assert not all(torch.equal(p, q) for p, q in zip(policy.parameters(), initial.parameters()))
