@@ -269,3 +269,76 @@ def test_train_schedule_old_ref_and_minibatches(data, tmp_path, monkeypatch):
     assert not any(p.requires_grad for p in ref.parameters())
     assert all(torch.equal(p, q) for p, q in zip(ref.parameters(), initial.parameters())), "ref never changes"
     assert not all(torch.equal(p, q) for p, q in zip(policy.parameters(), initial.parameters()))
+
+
+# ----------------------------------------------------------------------------- sft: global token mean
+@pytest.fixture(scope="module")
+def sft_data(tmp_path_factory) -> Path:
+    """5 records with responses of 5 different lengths (uneven micro-batches of 2, 2, 1)."""
+    folder = tmp_path_factory.mktemp("wiring_sft")
+    recs = two_colour_records(folder, 5)
+    recs = [dict(r, response=r["response"] + " Indeed." * (3 * i)) for i, r in enumerate(recs)]
+    return write_jsonl(folder / "sft.jsonl", recs)
+
+
+def sft_gradient64(model, sft_data: Path) -> tuple:
+    """∇ of the token mean of −log p over all supervised tokens of the whole file (float64, each record in
+    its own unpadded forward with full logits, vision frozen as sft's default) and the token count."""
+    _, tok, ip = sft.load_model("tiny")
+    m64 = f64(model)
+    sft.freeze_vision(m64)
+    encoded = [sft.encode_records([r], sft_data.parent, tok, ip) for r in sft.read_jsonl(sft_data)]
+    n = sum(int((b["labels"][:, 1:] != -100).sum()) for b in encoded)
+
+    def loss():
+        total = torch.zeros((), dtype=torch.float64)
+        for b in encoded:
+            inputs = {k: v for k, v in b.items() if k != "labels"}
+            inputs["pixel_values"] = inputs["pixel_values"].double()
+            logits = m64(**inputs, use_cache=False).logits[0, :-1]
+            assert logits.dtype == torch.float64
+            y = b["labels"][0, 1:]
+            lp = F.log_softmax(logits, -1).gather(-1, y.clamp(min=0)[:, None])[:, 0]
+            total = total - (lp * (y != -100)).sum()
+        return total / n
+    return gradient64(m64, loss), n
+
+
+def test_sft_train_equals_float64_reference(sft_data, tmp_path, monkeypatch):
+    """sft.train() for one step over the whole file (global batch 5 in micro-batches of 2, 2, 1, default
+    frozen vision and activation checkpointing, the gradient norm 2× the clip) with SGD lr 1 in place of
+    AdamW: the exported weights are the initial ones − clip(∇L64), L64 the float64 token mean over all 5."""
+    model = sft.load_model("tiny")[0]
+    grads, _ = sft_gradient64(model, sft_data)
+    norm = float(torch.sqrt(sum((g ** 2).sum() for g in grads)))
+    want = clipped_sgd_delta(grads, norm / 2)
+    monkeypatch.setattr(torch.optim, "AdamW", lambda params, lr, **kw: torch.optim.SGD(params, lr=lr))
+    sft.train(sft.Config(model="tiny", data=str(sft_data), out=str(tmp_path / "run"), max_steps=1, lr=1.0,
+                         warmup_ratio=0.0, global_batch_size=5, micro_batch_size=2, max_grad_norm=norm / 2,
+                         save_dtype="float32", save_every=0))
+    saved = load_file(str(tmp_path / "run" / "model.safetensors"))
+    names = [k for k, _ in model.named_parameters()]
+    got = [saved[k] - p.detach() for k, p in zip(names, model.parameters())]
+    assert any(float(w.abs().max()) == 0 for w in want) and any(float(w.abs().max()) > 0 for w in want)
+    assert rel_err(got, want) < 1e-4, rel_err(got, want)
+
+
+def test_sft_train_step_two_ranks_equal_float64_mean(sft_data, monkeypatch):
+    """sft.rank_batches + sft.train_step on 2 simulated ranks (world 2, all-reduced token count; rank 1 gets
+    a zero-weight filler micro-batch): the mean of the two ranks' SGD lr 1 updates (FSDP's gradient mean) is
+    −∇L64 of the whole batch."""
+    model, tok, ip = sft.load_model("tiny")
+    sft.freeze_vision(model)
+    grads, n = sft_gradient64(model, sft_data)
+    monkeypatch.setattr(sft, "dist", SimpleNamespace(is_initialized=lambda: True, get_world_size=lambda: 2))
+    monkeypatch.setattr(sft, "all_reduce_sum", lambda x, device: float(n))   # only the token count matters
+    recs, deltas = sft.read_jsonl(sft_data), []
+    for rank in (0, 1):
+        batches = sft.rank_batches(recs, sft_data.parent, tok, ip, sft.Dist(rank=rank, world_size=2), 2)
+        assert len(batches) == 2
+        policy = copy.deepcopy(model)
+        sft.train_step(policy, torch.optim.SGD([p for p in policy.parameters() if p.requires_grad], lr=1.0),
+                       batches, 1.0, 1e9, CPU)
+        deltas.append([p.detach() - q.detach() for p, q in zip(policy.parameters(), model.parameters())])
+    mean = [(a + b) / 2 for a, b in zip(*deltas)]
+    assert rel_err(mean, [-g for g in grads]) < 1e-4, rel_err(mean, [-g for g in grads])
