@@ -5,28 +5,31 @@ tested) GRPO / SFT math fails a test.
 
     python -m pytest -q test_wiring.py
 
-Mutations put into a copy of the code one at a time, and the tests here that catch them:
+Mutations put into a scratch copy of the code one at a time (all 17 checked to fail here), and the tests
+that catch them (update = test_update_equals_float64_reference, schedule =
+test_train_schedule_old_ref_and_minibatches, sft = test_sft_train_equals_float64_reference, sft-ranks =
+test_sft_train_step_two_ranks_equal_float64_mean):
 
   mutation                                                       | failing test(s)
-  ---------------------------------------------------------------+-----------------------------------------
-  update(): clip_low passed as clip_high (cfg.clip_low twice)    | test_update_equals_float64_reference
-  update(): clip bounds swapped (clip_high, clip_low)            | test_update_equals_float64_reference
-  update(): KL term dropped (ref_logp None / kl_coef 0)          | test_update_equals_float64_reference
-  update(): training log-probs at temperature 1                  | test_update_equals_float64_reference
-  optimizer_step(): gradient clipping off                        | test_update_equals_float64_reference
-  update(): old_logp ignored (old = logp.detach(), ratio 1)      | test_update_equals_float64_reference
-  update(): normalizer N_global instead of N_global / world      | test_update_equals_float64_reference
-  train(): old log-probs never computed (ro.old_logp = None)     | test_train_schedule_old_ref_and_minibatches
-  train(): old log-probs recomputed before every update          | test_train_schedule_old_ref_and_minibatches
-  train(): every update of a rollout on its first mini-batch     | test_train_schedule_old_ref_and_minibatches
-  setup_models(): reference = the trained policy (ref = model)   | test_train_schedule_old_ref_and_minibatches
-  train(): ref log-probs from the policy                         | test_train_schedule_old_ref_and_minibatches
-  rollout_logprobs(): old/ref log-probs at temperature 1         | test_train_schedule_old_ref_and_minibatches
-  sft.train_step(): gradient clipping off                        | test_sft_train_equals_float64_reference
-  sft.train_step(): per-micro-batch token mean                   | test_sft_train_equals_float64_reference
-  sft.train_step(): normalizer without the world factor          | test_sft_train_step_two_ranks_equal_float64_mean
+  ---------------------------------------------------------------+------------------
+  update(): clip_low passed as clip_high (cfg.clip_low twice)    | update
+  update(): clip bounds swapped (clip_high, clip_low)            | update
+  update(): KL term dropped (ref_logp None)                      | update
+  update(): KL term dropped (kl_coef 0)                          | update
+  update(): training log-probs at temperature 1                  | update, schedule
+  optimizer_step(): gradient clipping off                        | update
+  update(): old_logp ignored (old = logp.detach(), ratio 1)      | update, schedule
+  update(): normalizer N_global instead of N_global / world      | update
+  train(): old log-probs never computed (ro.old_logp = None)     | schedule
+  train(): old log-probs recomputed before every update          | schedule
+  train(): every update of a rollout on its first mini-batch     | schedule
+  setup_models(): reference = the trained policy (ref = model)   | schedule
+  train(): ref log-probs computed with the policy                | schedule
+  rollout_logprobs(): old / ref log-probs at temperature 1       | schedule
+  sft.train_step(): gradient clipping off                        | sft
+  sft.train_step(): token mean per micro-batch                   | sft, sft-ranks
+  sft.train_step(): normalizer N_global instead of N_global / world | sft-ranks
 
-(The whole table is re-checked by applying each mutation to a scratch copy; see the commit message.)
 Everything runs on CPU, deterministic (fixed seeds, fp32 code under test, fp64 references).
 """
 import copy
