@@ -47,7 +47,9 @@ from safetensors.torch import load_file
 from transformers.utils import logging as hf_logging
 
 import grpo
+import common
 import sft
+import vlm
 from test_grpo import cfg_for, fake_rollout, letter_records, write_jsonl
 from test_train import two_colour_records
 
@@ -162,7 +164,7 @@ def designed_rollout(data: Path, model, tok, ip, c: grpo.Config) -> grpo.Rollout
     """A fixed rollout (3 prompts × G 3, ragged completions) whose old log-probs put the per-token ratios
     cycle through LOG_RATIOS (both PPO clips and the dual clip active), ref log-probs from a separate
     perturbed model, and advantages of both signs."""
-    ro = fake_rollout(data, sft.read_jsonl(data)[:3], tok, ip)
+    ro = fake_rollout(data, common.read_jsonl(data)[:3], tok, ip)
     now = all_logprobs64(f64(model), ro, c.temperature)
     grid = torch.tensor(LOG_RATIOS, dtype=torch.float64)
     rows, cols = torch.meshgrid(torch.arange(ro.mask.shape[0]), torch.arange(ro.mask.shape[1]), indexing="ij")
@@ -179,7 +181,7 @@ def test_update_equals_float64_reference(data, monkeypatch):
     weights (SGD lr 1) exactly as −clip(∇L64), L64 our float64 objective over the whole mini-batch. The same
     rows split over 2 simulated ranks (world 2, all-reduced token count; each rank's update alone, then the
     FSDP mean of the two) give −∇L64 unclipped."""
-    model, tok, ip = sft.load_model("tiny", max_pixels=56 * 84)
+    model, tok, ip = vlm.load_model("tiny", max_pixels=56 * 84)
     c = cfg_for(data, data.parent / "unused", temperature=TAU, kl_coef=KL, clip_low=0.1, clip_high=0.5,
                 micro_batch_size=4, logprob_micro_batch_size=4)
     ro = designed_rollout(data, model, tok, ip, c)
@@ -204,7 +206,7 @@ def test_update_equals_float64_reference(data, monkeypatch):
     c.max_grad_norm = 1e9
     n_global = float(ro.mask.sum())
     monkeypatch.setattr(grpo, "dist", SimpleNamespace(is_initialized=lambda: True, get_world_size=lambda: 2))
-    monkeypatch.setattr(sft, "all_reduce_sum", lambda x, device: n_global)
+    monkeypatch.setattr(grpo, "all_reduce_sum", lambda x, device: n_global)
     deltas = []
     for share in (rows[:6], rows[6:]):
         policy = copy.deepcopy(model)
@@ -245,7 +247,7 @@ def test_train_schedule_old_ref_and_minibatches(data, tmp_path, monkeypatch):
     monkeypatch.setattr(grpo, "update", update)
     grpo.train(c)
 
-    initial = sft.load_model("tiny")[0]
+    initial = vlm.load_model("tiny")[0]
     ref64 = f64(initial)
     assert len(calls) == 4, "2 steps × 2 updates per rollout"
     for first, second in (calls[0:2], calls[2:4]):
@@ -287,10 +289,10 @@ def sft_data(tmp_path_factory) -> Path:
 def sft_gradient64(model, sft_data: Path) -> tuple:
     """∇ of the token mean of −log p over all supervised tokens of the whole file (float64, each record in
     its own unpadded forward with full logits, vision frozen as sft's default) and the token count."""
-    _, tok, ip = sft.load_model("tiny")
+    _, tok, ip = vlm.load_model("tiny")
     m64 = f64(model)
-    sft.freeze_vision(m64)
-    encoded = [sft.encode_records([r], sft_data.parent, tok, ip) for r in sft.read_jsonl(sft_data)]
+    vlm.freeze_vision(m64)
+    encoded = [sft.encode_records([r], sft_data.parent, tok, ip) for r in common.read_jsonl(sft_data)]
     n = sum(int((b["labels"][:, 1:] != -100).sum()) for b in encoded)
 
     def loss():
@@ -311,7 +313,7 @@ def test_sft_train_equals_float64_reference(sft_data, tmp_path, monkeypatch):
     """sft.train() for one step over the whole file (global batch 5 in micro-batches of 2, 2, 1, default
     frozen vision and activation checkpointing, the gradient norm 2× the clip) with SGD lr 1 in place of
     AdamW: the exported weights are the initial ones − clip(∇L64), L64 the float64 token mean over all 5."""
-    model = sft.load_model("tiny")[0]
+    model = vlm.load_model("tiny")[0]
     grads, _ = sft_gradient64(model, sft_data)
     norm = float(torch.sqrt(sum((g ** 2).sum() for g in grads)))
     want = clipped_sgd_delta(grads, norm / 2)
@@ -330,14 +332,14 @@ def test_sft_train_step_two_ranks_equal_float64_mean(sft_data, monkeypatch):
     """sft.rank_batches + sft.train_step on 2 simulated ranks (world 2, all-reduced token count; rank 1 gets
     a zero-weight filler micro-batch): the mean of the two ranks' SGD lr 1 updates (FSDP's gradient mean) is
     −∇L64 of the whole batch."""
-    model, tok, ip = sft.load_model("tiny")
-    sft.freeze_vision(model)
+    model, tok, ip = vlm.load_model("tiny")
+    vlm.freeze_vision(model)
     grads, n = sft_gradient64(model, sft_data)
     monkeypatch.setattr(sft, "dist", SimpleNamespace(is_initialized=lambda: True, get_world_size=lambda: 2))
     monkeypatch.setattr(sft, "all_reduce_sum", lambda x, device: float(n))   # only the token count matters
-    recs, deltas = sft.read_jsonl(sft_data), []
+    recs, deltas = common.read_jsonl(sft_data), []
     for rank in (0, 1):
-        batches = sft.rank_batches(recs, sft_data.parent, tok, ip, sft.Dist(rank=rank, world_size=2), 2)
+        batches = sft.rank_batches(recs, sft_data.parent, tok, ip, common.Dist(rank=rank, world_size=2), 2)
         assert len(batches) == 2
         policy = copy.deepcopy(model)
         sft.train_step(policy, torch.optim.SGD([p for p in policy.parameters() if p.requires_grad], lr=1.0),
