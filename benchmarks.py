@@ -38,8 +38,9 @@ Deviations of the DEFAULT mode from the official scoring (each is undone by --pa
      wording (paper-quirks: VLMEvalKit's instructions).
   5. QSpatial+: \\scalar{}+\\distance_unit{} first, else the last "number unit" pair anywhere (free text, \\boxed{1.5 m}
      → 150 cm); \\scalar{.9} = 0.9; δ strict without the +1e-8 (exactly 2× fails); more units (km, yard).
-  6. VSI-Bench numbers: the first number in the answer ("about 3 m" → 3), MRA at exact 5 % steps
-     (|ŷ−y|/y < 1−θ evaluated as 20·|ŷ−y|/y < 20−20θ; official float arithmetic gives mra(13, 10) = 0.5, ours 0.4).
+  6. VSI-Bench numbers: the first number in the answer ("about 3 m" → 3; official: float() of the whole answer,
+     so '3 m' → 0 and '1e1' → 10); MRA with the thresholds as whole numbers (20·|ŷ−y|/y < 10−k): mra(13, 10) = 0.4
+     and mra(0.8, 1.0) = 0.7 where check_accuracy.py's float cuts 1−(0.5+0.05i) give 0.5 and 0.6.
   7. SpatialEval parquet (HF card, not the paper's TSV): options parsed from the text without the sentence's final
      period; paper-quirks builds VLMEvalKit's MCQ prompt from the question stem and those options.
 
