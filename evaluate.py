@@ -13,66 +13,50 @@ the paper's numbers printed beside ours. `pretext` scores our own held-out test.
     python evaluate.py --help
 
 Rerunning the same command resumes: OUT/<bench>/predictions.jsonl holds one line per item (id, prompt, raw
-output, extracted answer, correct); OUT/results.json, OUT/results.md (+ OUT/results.png with matplotlib).
+output, extracted answer, correct); OUT/results.json, OUT/results.md (+ OUT/results.png with matplotlib). Each
+result row records its mode (paper-quirks or default, CoT or not, VSI-Bench frames as images or a video) and
+whether it is comparable with the paper's row. `--bench X --data PATH` (one benchmark) takes a plain path.
+
+This file runs the model; benchmarks.py (torch-free) reads the released files, builds the prompts and scores
+the answers (its docstring maps every official scoring rule to a function and lists the deviations).
 
 Paper → code
-  Table 1 benchmarks, released files             → load_<bench>() (BENCHES), read_tsv(), read_parquet()
-  greedy decoding (VLMEvalKit T=0.01/top-k 1)    → run_bench() → generate_texts() → generate(do_sample=False)
-  CoT instruction of the released checkpoints    → tasks.COT_PROMPT via cot_suffix(); answer = last \\boxed{}
-  VLMEvalKit MCQ rule matching (3.1)             → match_option()
-  Spatial457 answer rules, per-level score       → spatial457_correct(), summarize()
-  3DSRBench vanilla / flip / circular / both     → dsr_group_scores()
-  QSpatial+ δ₂ (δ₁.₅), units → cm                → parse_quantity(), delta_ok()
-  What'sUp "A" substring (paper code)            → score_whatsup(paper_quirks=True)
-  ViewSpatial per-type accuracy                  → score_viewspatial(), summarize()
-  VSI-Bench exact match + MRA(.50:.95)           → mra(), score_vsibench(), vsi_averages()
+  Table 1 benchmarks, released files             → benchmarks.load_bench() (LOADERS, read_tsv, read_parquet)
+  greedy decoding (VLMEvalKit T=0.01/top-k 1)    → run_bench() → Generator → generate(do_sample=False)
+  answer extraction and the official scorers     → benchmarks.score_item() (--paper-quirks: item by item)
+  per-benchmark summaries, paper's numbers       → benchmarks.summarize(), results_markdown()
   pixel budgets per benchmark (paper setups)     → BENCH_PIXELS
 
-Deviations (paper / official evaluation code)
+Deviations (paper / official evaluation code; the scoring ones are listed in benchmarks.py)
   1. No GPT judge: an answer the rules cannot read is wrong (VLMEvalKit asks chatgpt-0125 when it has a key).
-  2. CoT answers are the last balanced \\boxed{} everywhere (the released Spatial457 scorer never extracts it, so
-     CoT scores would be ~0 as committed); without a box the whole response is matched.
-  3. What'sUp: options are shuffled per item (seeded) and the single extracted letter must be the gold one;
-     --paper-quirks restores the official scoring (gold always "A", hit = "A" occurs in the answer).
-  4. The CoT instruction is appended once, after one space, to the last text segment; --paper-quirks appends it
+  2. The CoT instruction is appended once, after one space, to the last text segment; --paper-quirks appends it
      to every text segment with no separator (VLMEvalKit's preproc_content: 3x on Spatial457).
-  5. Spatial457's instruction sentences are our own wording of the VLMEvalKit structure (level-specific role
-     sentence, image, question, answer-vocabulary sentence). QSpatial+ uses the benchmark's own system prompt and
-     templates (the fork's prompt files are not released); \\boxed{1.5 m} is read as 150 cm (the fork reads 0).
-  6. VSI-Bench frames go in as a sequence of images, --vsi-frames (default 32) sampled uniformly, not as one
+  3. QSpatial+ uses the benchmark's own system prompt and templates (the fork's prompt files are not released).
+  4. VSI-Bench frames go in as a sequence of images, --vsi-frames (default 32) sampled uniformly, not as one
      128-frame video item (encode has no video path); the option-prefix bug "A. A. …" is fixed unless
-     --paper-quirks. Numbers are not comparable with the paper's VSI-Bench row.
-  7. ViewSpatial images are resized to 420×280 first (as the official script) and then bounded by the processor
-     limits; the answer letter is read with match_option (--paper-quirks: first \\b[A-D]\\b, case-insensitive).
-  8. Items whose image cannot be read are skipped and counted (reported beside the score), not scored as wrong.
-  9. Batches are formed after sorting items by (image count, prompt length); left padding with the attention
+     --paper-quirks. Numbers are not comparable with the paper's VSI-Bench row (results say vsi_input=images).
+  5. ViewSpatial images are resized to 420×280 first (as the official script) and then bounded by the processor
+     limits.
+  6. Items whose image cannot be read are skipped and counted (reported beside the score), not scored as wrong.
+  7. Batches are formed after sorting items by (image count, prompt length); left padding with the attention
      mask makes the outputs independent of the batch in exact arithmetic (bf16 kernels can differ slightly).
 """
 import argparse
-import ast
-import base64
-import csv
-import hashlib
-import io
 import json
-import math
 import os
-import random
 import re
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from PIL import Image
+from benchmarks import (BENCH_NAMES, PAPER_ROWS, DataError, Item, MissingImage, Options, load_bench,
+                        load_item_images, score_item, summarize)
 
-import tasks
 from common import all_reduce_sum, barrier, cleanup_dist, config_parser, print0, setup_dist
 from engine import RolloutEngine
 from vlm import encode, generate, load_model
 
-BENCH_NAMES = ("pretext", "spatial457", "3dsrbench", "spatialeval", "qspatial_plus", "whatsup", "viewspatial",
-               "vsibench")
 # (min_pixels, max_pixels) per benchmark, as the paper's setups (VLMEvalKit Qwen2VLChat: 1280..16384 ×28²;
 # What'sUp: ≤ 512×28²; ViewSpatial: 256..1280 ×28² after a 420×280 resize; VSI-Bench: qwen-vl-utils video
 # budget for 128 frames = 384×28² per frame); pretext: None = the bounds the checkpoint was trained with (its
@@ -82,16 +66,6 @@ BENCH_PIXELS = {"pretext": None, "spatial457": (1280 * 784, 16384 * 784),
                 "qspatial_plus": (1280 * 784, 16384 * 784), "whatsup": (56 * 56, 512 * 784),
                 "viewspatial": (256 * 784, 1280 * 784), "vsibench": (128 * 784, 384 * 784)}
 PRETEXT_DEFAULT = "data/ssrl/test.jsonl"   # make_data.py's default output
-PAPER_ROWS = ("Qwen2.5-VL-3B", "Qwen2.5-VL-3B CoT", "Spatial-SSRL-3B", "Qwen2.5-VL-7B", "Qwen2.5-VL-7B CoT",
-              "Spatial-SSRL-7B")
-PAPER = {  # Table 1 of the paper (official repo assets/exp_result.png), % ; see benchmarks.md §0
-    "spatial457": (33.70, 34.82, 46.07, 44.67, 44.88, 53.34), "3dsrbench": (50.30, 49.47, 51.72, 53.39, 54.55, 56.53),
-    "spatialeval": (54.65, 50.55, 59.59, 62.37, 61.12, 64.03), "qspatial_plus": (33.66, 30.66, 39.60, 46.53, 46.53, 54.46),
-    "whatsup": (85.85, 83.54, 86.71, 86.95, 70.61, 90.61), "viewspatial": (35.38, 34.23, 36.62, 36.83, 36.66, 37.81),
-    "vsibench": (27.84, 30.67, 33.49, 38.08, 32.69, 39.29)}
-METRIC = {"pretext": "accuracy", "spatial457": "accuracy", "3dsrbench": "accuracy (vanilla)",
-          "spatialeval": "accuracy", "qspatial_plus": "δ₂ success", "whatsup": "accuracy",
-          "viewspatial": "accuracy", "vsibench": "mean (MC exact, MRA)"}
 
 
 # ----------------------------------------------------------------------------- config
@@ -104,7 +78,7 @@ class Config:
     model: str = _f("tiny", "HF id or local HF dir (Qwen2.5-VL / Qwen3-VL), or 'tiny' / 'tiny-qwen3'")
     bench: list = _f(("pretext",), f"benchmarks: {', '.join(BENCH_NAMES)}, or all (= every one given a --data)")
     data: list = _f((), "BENCH=PATH pairs: the released file (or folder) per benchmark (pretext: "
-                        f"{PRETEXT_DEFAULT} unless given)")
+                        f"{PRETEXT_DEFAULT} unless given); with one --bench a plain PATH")
     out: str = _f("runs/eval", "output folder: <bench>/predictions.jsonl, results.json, results.md, results.png")
     cot: bool = _f(True, "ask for reasoning + \\boxed{} (the released checkpoints' instruction); --no-cot: answer directly")
     paper_quirks: bool = _f(False, "reproduce the official scripts' prompts/scoring (What'sUp 'A' substring, ...)")
@@ -129,14 +103,25 @@ class Config:
         self.pixel_bounds("pretext")
 
     def data_paths(self) -> dict:
+        """Benchmark → data path from --data: BENCH=PATH pairs, or one plain PATH when one benchmark is asked."""
+        single = self.bench[0] if len(set(self.bench)) == 1 and self.bench[0] != "all" else None
         out = {}
         for pair in self.data:
             name, sep, path = pair.partition("=")
-            if not sep or name not in BENCH_NAMES or not path:
-                raise ValueError(f"--data {pair!r}: expected BENCH=PATH with BENCH one of {BENCH_NAMES}")
-            out[name] = path
+            if sep and name in BENCH_NAMES and path:
+                out[name] = path
+            elif single and len(self.data) == 1:
+                out[single] = pair
+            else:
+                raise ValueError(f"--data {pair!r}: expected BENCH=PATH with BENCH one of {BENCH_NAMES}"
+                                 " (a plain PATH only with one --bench)")
         out.setdefault("pretext", PRETEXT_DEFAULT)
         return out
+
+    def options(self) -> Options:
+        """What benchmarks.py's loaders and scorers need from this run."""
+        return Options(cot=self.cot, paper_quirks=self.paper_quirks, seed=self.seed, limit=self.limit,
+                       frames=self.vsi_frames, vsi_input="images")
 
     def pixel_bounds(self, bench: str) -> tuple | None:
         """(min, max) pixels for a benchmark: --pixels, else BENCH_PIXELS (None: the model's own bounds)."""
@@ -158,636 +143,6 @@ class Config:
 def build_parser() -> argparse.ArgumentParser:
     """argparse options generated from Config, with sft.py's conventions (config_parser)."""
     return config_parser(Config, "evaluate.py", __doc__.split("\n")[0])
-
-
-class DataError(ValueError):
-    """A benchmark file is missing or not in the expected format; the message names the file."""
-
-
-class MissingImage(Exception):
-    """One item's image cannot be read: the item is skipped and counted, the run goes on."""
-
-
-# ----------------------------------------------------------------------------- answer extraction and scoring
-def answer_text(raw: str, cot: bool) -> str:
-    """What the scorers read: the last \\boxed{} content for CoT (the whole response when there is none)."""
-    if cot:
-        boxed = tasks.extract_boxed(raw)
-        if boxed is not None:
-            return boxed
-    return raw.strip()
-
-
-_OPTION_PUNCT = re.compile(r"[.()\[\],:;!*#{}]")
-
-
-def match_option(text: str, options: dict) -> str | None:
-    """VLMEvalKit's rule matcher (can_infer): the option letter a free-text answer names, or None.
-
-    1. Punctuation .()[],:;!*#{} becomes spaces; if exactly one option letter stands alone as a token, that
-       letter ("B", "(B)", "B. Right", "\\text{B}" → B). Two or more letters name no option ("A or B" → None).
-    2. With no standalone letter: the option whose text (lower-cased) occurs in the answer, if exactly one does.
-    options maps letters to option texts (e.g. {"A": "left", "B": "right"})."""
-    tokens = _OPTION_PUNCT.sub(" ", text.replace("\\text", " ")).split()
-    letters = {t for t in tokens if t in options}
-    if len(letters) == 1:
-        return letters.pop()
-    if letters:
-        return None
-    low = text.lower()
-    hits = [k for k, v in options.items() if v and str(v).strip().lower() in low]
-    return hits[0] if len(hits) == 1 else None
-
-
-_NUMBER_WORDS = {w: str(i) for i, w in enumerate(
-    "zero one two three four five six seven eight nine ten".split())}
-_SHAPE_FAMILY = {  # Super-CLEVR shapes → their super-category (Spatial457's scorer accepts the same family)
-    **{s: "car" for s in ("car", "sedan", "suv", "wagon", "minivan", "truck")},
-    **{s: "bus" for s in ("bus", "school", "articulated", "double", "regular")},
-    **{s: "motorbike" for s in ("motorbike", "motorcycle", "chopper", "scooter", "cruiser", "dirtbike")},
-    **{s: "aeroplane" for s in ("aeroplane", "airplane", "airliner", "jet", "fighter", "biplane")},
-    **{s: "bicycle" for s in ("bicycle", "bike", "utility", "tandem", "road", "mountain")}}
-
-
-def _s457_norm(s: str) -> str:
-    s = s.strip().lower().strip("'\"").rstrip(".").strip()
-    s = "no" if s == "none" else s
-    return _NUMBER_WORDS.get(s, s)
-
-
-def spatial457_correct(gt: str, pred: str) -> bool:
-    """Spatial457 rules: case-insensitive equality after mapping number words to digits and 'none' to 'no';
-    '0' answers a 'No'; a digit 1-9 answers a 'Yes'; vehicle shapes count when they share the super-category
-    of their first word ('sedan' vs 'suv': both car)."""
-    g, p = _s457_norm(gt), _s457_norm(pred)
-    if g == p:
-        return True
-    if g == "no" and p == "0" or g == "yes" and p in "123456789" and len(p) == 1:
-        return True
-    gf, pf = _SHAPE_FAMILY.get(g.split(" ")[0]) if g else None, _SHAPE_FAMILY.get(p.split(" ")[0]) if p else None
-    return gf is not None and gf == pf
-
-
-_UNIT_CM = {"m": 100.0, "meter": 100.0, "meters": 100.0, "metre": 100.0, "metres": 100.0, "cm": 1.0,
-            "centimeter": 1.0, "centimeters": 1.0, "centimetre": 1.0, "centimetres": 1.0, "mm": 0.1,
-            "millimeter": 0.1, "millimeters": 0.1, "ft": 30.48, "foot": 30.48, "feet": 30.48, "in": 2.54,
-            "inch": 2.54, "inches": 2.54, "km": 1e5, "yard": 91.44, "yards": 91.44, "yd": 91.44}
-_NUM = r"\d+(?:\.\d+)?|\.\d+"
-
-
-def to_cm(value: float, unit: str) -> float | None:
-    """value in unit → centimetres; None for an unknown unit."""
-    factor = _UNIT_CM.get(unit.strip().lower().rstrip("."))
-    return None if factor is None else value * factor
-
-
-def parse_quantity(text: str) -> float | None:
-    """A distance answer in cm, or None. QSpatial's format first: the mean of the numbers in the last
-    \\scalar{…} (a range "1-2" → 1.5) with the unit in the last \\distance_unit{…}; else the last "number unit"
-    pair in the text (e.g. the content of \\boxed{1.5 meters}, or "about 30 cm")."""
-    scal = re.findall(r"scalar\{([^}]*)\}", text)
-    unit = re.findall(r"distance_unit\{([^}]*)\}", text)
-    if scal and unit:
-        nums = [float(x) for x in re.findall(_NUM, scal[-1])]
-        if nums:
-            return to_cm(sum(nums) / len(nums), unit[-1])
-    pairs = re.findall(rf"({_NUM})\s*(?:\\(?:text|mathrm)\{{)?\s*([a-zA-Z]+)", text)
-    for num, u in reversed(pairs):
-        cm = to_cm(float(num), u)
-        if cm is not None:
-            return cm
-    return None
-
-
-def delta_ok(pred_cm: float | None, gt_cm: float, delta: float = 2.0) -> bool:
-    """QSpatial success: max(pred/gt, gt/pred) < delta (δ₂ = 2, δ₁.₅ = 1.5); an unreadable answer fails."""
-    if pred_cm is None or pred_cm <= 0 or gt_cm <= 0:
-        return False
-    return max(pred_cm / gt_cm, gt_cm / pred_cm) < delta
-
-
-MRA_THRESHOLDS = tuple(round(0.50 + 0.05 * i, 2) for i in range(10))   # 0.50, 0.55, …, 0.95
-
-
-def mra(pred: float | None, gt: float) -> float:
-    """Mean relative accuracy (VSI-Bench): mean over θ ∈ {0.50, …, 0.95} of 1[|pred − gt| / gt < 1 − θ]."""
-    if pred is None or gt == 0 or not math.isfinite(pred):
-        return 0.0
-    r20 = 20 * abs(pred - gt) / abs(gt)   # θ_k = 0.50 + 0.05k: rel < 1 - θ_k ⇔ 20·rel < 10 - k (exact in floats)
-    return sum(r20 < 10 - k for k in range(len(MRA_THRESHOLDS))) / len(MRA_THRESHOLDS)
-
-
-def first_number(text: str) -> float | None:
-    m = re.search(r"-?(?:\d+(?:\.\d+)?|\.\d+)", text.replace(",", ""))
-    return float(m.group()) if m else None
-
-
-def dsr_group_scores(rows: list) -> dict:
-    """3DSRBench settings from (qid, hit) rows, in %: vanilla = mean hit; flip = qid minus '-flip' grouped;
-    circular = qid[:8] (qid[:13] for '-flip' ids) grouped; flip_circular = qid[:8] grouped. A group counts
-    only if every member is right."""
-    def grouped(key):
-        groups = {}
-        for qid, hit in rows:
-            groups.setdefault(key(qid), []).append(hit)
-        return 100.0 * sum(all(h) for h in groups.values()) / max(len(groups), 1)
-    return {"vanilla": 100.0 * sum(h for _, h in rows) / max(len(rows), 1),
-            "flip": grouped(lambda q: q.replace("-flip", "")),
-            "circular": grouped(lambda q: q[:13] if "-flip" in q else q[:8]),
-            "flip_circular": grouped(lambda q: q[:8])}
-
-
-def vsi_averages(rows: list) -> dict:
-    """VSI-Bench aggregates from (question_type, score) rows, in %: micro = mean over all questions (the
-    Spatial-SSRL script); macro = mean over tasks, rel_direction easy/medium/hard merged first (official)."""
-    per = {}
-    for qt, s in rows:
-        key = "object_rel_direction" if qt.startswith("object_rel_direction") else qt
-        per.setdefault(key, {}).setdefault(qt, []).append(s)
-    task_means = []
-    for subs in per.values():
-        task_means.append(sum(sum(v) / len(v) for v in subs.values()) / len(subs))
-    return {"micro": 100.0 * sum(s for _, s in rows) / max(len(rows), 1),
-            "macro": 100.0 * sum(task_means) / max(len(task_means), 1)}
-
-
-# ----------------------------------------------------------------------------- items and prompts
-@dataclass
-class Item:
-    """One benchmark question: chat content (text/image segments, images in order), image sources, truth."""
-    id: str
-    category: str
-    texts: list               # text segments; an image goes before texts[i] for each i in image_slots
-    images: list              # image sources: ("b64", str) | ("path", Path) | ("bytes", bytes) | ("frames", ...)
-    truth: dict
-    image_slots: list = field(default_factory=list)
-    resize: tuple | None = None   # (w, h) every image is resized to first (ViewSpatial)
-    error: str = ""               # set when the item cannot be asked (malformed row): skipped and counted
-
-    def prompt_text(self) -> str:
-        parts = []
-        for i, t in enumerate(self.texts):
-            parts += ["<image>"] * self.image_slots.count(i) + [t]
-        return "".join(parts)
-
-    def sort_key(self) -> tuple:
-        return (len(self.images), len(self.prompt_text()))
-
-
-def cot_suffix(texts: list, cot: bool, paper_quirks: bool, plain: str = "") -> list:
-    """Append the CoT instruction: once, after a space, to the last text (default); to every text with no
-    separator (--paper-quirks, VLMEvalKit). Without CoT, append `plain` (if any) to the last text."""
-    texts = list(texts)
-    if cot and paper_quirks:
-        return [t + tasks.COT_PROMPT for t in texts]
-    if cot:
-        texts[-1] = tasks.with_cot(texts[-1]) if texts[-1].strip() else tasks.COT_PROMPT
-    elif plain:
-        texts[-1] = texts[-1] + plain
-    return texts
-
-
-def mcq_prompt(question: str, options: dict, hint: str = "") -> str:
-    """VLMEvalKit ImageMCQDataset prompt."""
-    text = f"Hint: {hint}\n" if hint else ""
-    text += f"Question: {question}\nOptions:\n"
-    text += "".join(f"{k}. {v}\n" for k, v in options.items())
-    return text + "Please select the correct answer from the options above. \n"
-
-
-S457_FOCUS = {"L1_single": "the attributes of a single object", "L2_objects": "the attributes of several objects",
-              "L3_2d_spatial": "the 2D spatial relations between objects as seen from the camera",
-              "L4_occ": "which objects occlude or are occluded by others",
-              "L4_pose": "the 3D pose (facing direction) of the objects",
-              "L5_6d_spatial": "the 3D spatial relations between objects from the objects' own viewpoint",
-              "L5_collision": "whether moving objects would collide"}
-
-
-def spatial457_texts(question: str, level: str) -> list:
-    """Our wording of the Spatial457 prompt: role sentence, [image], question, answer-vocabulary sentence."""
-    intro = (f"You answer questions about an image of toy vehicles. Look at the image, work out "
-             f"{S457_FOCUS.get(level, 'the objects and their relations')}, and answer the question.\n")
-    outro = ("\nObjects have a size (small, large), a colour (gray, blue, purple, brown, green, cyan, red, yellow) "
-             "and a shape (a car, bus, motorbike, aeroplane or bicycle type such as sedan, school bus, airliner). "
-             "Answer with (1) a word or phrase naming an attribute or a direction (left, right, front, back), "
-             "or (2) an integer from 0 to 10 for a counting question, or (3) Yes or No.")
-    return [intro, question, outro]
-
-
-QSPATIAL_SYSTEM = ("You will be provided with a question and a 2D image. The question involves measuring the precise "
-                   "distance in 3D space through a 2D image. You will answer the question by providing a numeric "
-                   "answer consisting of a scalar and a distance unit in the format of "
-                   "\"\"\"\\scalar{scalar} \\distance_unit{distance unit}\"\"\" at the end of your response.")
-QSPATIAL_COT = "\nLet's thinkg step by step and start by finding good reference objects or object parts in the image."
-
-
-# ----------------------------------------------------------------------------- reading the released files
-def _require(module: str, what: str):
-    import importlib
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        raise DataError(f"{what} needs the optional package {module!r}: pip install {'av' if module == 'av' else module}")
-
-
-def read_tsv(path: Path, required: tuple) -> list:
-    """VLMEvalKit TSV rows as dicts (csv module, tab-separated, field size limit raised for base64 images).
-    A row whose field count differs from the header's is returned as {"_error": ...}."""
-    csv.field_size_limit(min(sys.maxsize, 2 ** 31 - 1))
-    if not path.is_file():
-        raise DataError(f"{path}: no such file (expected a VLMEvalKit TSV with columns {', '.join(required)})")
-    rows = []
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.reader(f, delimiter="\t")
-        header = next(reader, None)
-        missing = [c for c in required if header is None or c not in header]
-        if missing:
-            raise DataError(f"{path}: not a VLMEvalKit TSV with columns {', '.join(required)} (missing {missing})")
-        for k, values in enumerate(reader):
-            if len(values) != len(header):
-                rows.append({"_error": f"row {k + 2}: {len(values)} fields, header has {len(header)}",
-                             "index": values[0] if values else f"row{k + 2}"})
-            else:
-                rows.append(dict(zip(header, values)))
-    return rows
-
-
-def read_parquet(path: Path) -> list:
-    """Rows of a parquet file as dicts (pyarrow, optional and imported lazily)."""
-    if not path.is_file():
-        raise DataError(f"{path}: no such file (expected a Hugging Face parquet file)")
-    pq = _require("pyarrow.parquet", f"reading {path}")
-    try:
-        return pq.read_table(path).to_pylist()
-    except Exception as e:   # pyarrow raises its own error types for a file that is not parquet
-        raise DataError(f"{path}: not a readable parquet file ({type(e).__name__}: {e})") from None
-
-
-def read_json(path: Path, what: str):
-    if not path.is_file():
-        raise DataError(f"{path}: no such file (expected {what})")
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DataError(f"{path}: not valid JSON ({e}); expected {what}") from None
-
-
-def tsv_images(row: dict, by_index: dict) -> list:
-    """The image sources of a TSV row: base64, a string list of base64 (multi-image), or the index of another
-    row whose image is reused (a short field)."""
-    s = (row.get("image") or "").strip()
-    if len(s) <= 64 and s in by_index and by_index[s] is not row:
-        s = (by_index[s].get("image") or "").strip()
-    if s.startswith("["):
-        try:
-            return [("b64", x) for x in ast.literal_eval(s)]
-        except (ValueError, SyntaxError):
-            return [("bad", "image field looks like a list but does not parse")]
-    return [("b64", s)] if s else [("bad", "empty image field")]
-
-
-def open_image(src: tuple) -> Image.Image:
-    """One RGB PIL image from a source tuple; MissingImage when it cannot be read."""
-    kind, value = src
-    try:
-        if kind == "b64":
-            data = base64.b64decode(value, validate=False)
-        elif kind == "bytes":
-            data = value
-        elif kind == "path":
-            data = Path(value).read_bytes()
-        else:
-            raise MissingImage(value)
-        with Image.open(io.BytesIO(data)) as im:
-            return im.convert("RGB")
-    except MissingImage:
-        raise
-    except Exception as e:
-        raise MissingImage(f"{kind} image unreadable ({type(e).__name__}: {e})") from None
-
-
-def _options(row: dict) -> dict:
-    return {k: str(row[k]).strip() for k in "ABCDEFGH" if row.get(k) not in (None, "", "nan", "None")}
-
-
-def _tsv_items(path: Path, required: tuple, make) -> list:
-    rows = read_tsv(path, required)
-    by_index = {r.get("index"): r for r in rows}
-    items = []
-    for r in rows:
-        if "_error" in r:
-            items.append(Item(str(r["index"]), "?", [""], [], {}, error=f"malformed TSV {r['_error']}"))
-        else:
-            it = make(r, tsv_images(r, by_index))
-            it.image_slots = it.image_slots or [0] * len(it.images)
-            items.append(it)
-    return items
-
-
-def load_spatial457(path: Path, cfg: Config) -> list:
-    def make(r, ims):
-        texts = cot_suffix(spatial457_texts(r["question"], r["category"]), cfg.cot, cfg.paper_quirks,
-                           plain="" if cfg.cot else "\nPlease directly give the answer.")
-        return Item(r["index"], r["category"], texts, ims, {"answer": r["answer"]}, image_slots=[1] * len(ims))
-    return _tsv_items(path, ("index", "image", "question", "answer", "category"), make)
-
-
-def _mcq_item(r: dict, ims: list, cfg: Config, category: str) -> Item:
-    opts = _options(r)
-    texts = cot_suffix([mcq_prompt(r["question"], opts, r.get("hint", "") if r.get("hint") != "nan" else "")],
-                       cfg.cot, cfg.paper_quirks)
-    return Item(r["index"], category, texts, ims, {"answer": r["answer"].strip(), "options": opts,
-                                                    "qid": r.get("qid", "")})
-
-
-def load_3dsrbench(path: Path, cfg: Config) -> list:
-    return _tsv_items(path, ("index", "image", "question", "A", "B", "answer", "category"),
-                      lambda r, ims: _mcq_item(r, ims, cfg, r["category"]))
-
-
-def load_spatialeval(path: Path, cfg: Config) -> list:
-    if path.suffix == ".parquet":
-        return spatialeval_parquet_items(read_parquet(path), cfg)
-    return _tsv_items(path, ("index", "image", "question", "A", "B", "answer"),
-                      lambda r, ims: _mcq_item(r, ims, cfg, r.get("category") or r.get("l2-category") or "all"))
-
-
-def _parquet_image(v) -> tuple:
-    if isinstance(v, dict) and v.get("bytes"):
-        return ("bytes", v["bytes"])
-    if isinstance(v, (bytes, bytearray)):
-        return ("bytes", bytes(v))
-    return ("bad", "no image bytes in the parquet row")
-
-
-def spatialeval_parquet_items(rows: list, cfg: Config) -> list:
-    """HF MilaWang/SpatialEval rows (id, text with the options inside, image, oracle_option)."""
-    items = []
-    for r in rows:
-        opts = dict(re.findall(r"^\s*([A-H])\.\s*(.+?)\s*$", r.get("text", ""), flags=re.M))
-        texts = cot_suffix([r["text"]], cfg.cot, cfg.paper_quirks)
-        items.append(Item(str(r["id"]), str(r["id"]).split(".")[0], texts, [_parquet_image(r.get("image"))],
-                          {"answer": str(r["oracle_option"]).strip(), "options": opts}, image_slots=[0]))
-    return items
-
-
-def load_qspatial_plus(path: Path, cfg: Config) -> list:
-    rows = read_parquet(path)
-    items = []
-    for k, r in enumerate(rows):
-        if "QSpatial_scannet" in str(r.get("image_path", "")):
-            continue
-        text = f"{QSPATIAL_SYSTEM}\nQuestion: {r['question']}" + (QSPATIAL_COT if cfg.cot else "")
-        gt = to_cm(float(r["answer_value"]), str(r["answer_unit"]))
-        items.append(Item(str(r.get("id", k)), str(r.get("question_type", "all")), [text],
-                          [_parquet_image(r.get("image"))], {"answer_cm": gt, "answer": f"{r['answer_value']} "
-                                                             f"{r['answer_unit']}"}, image_slots=[0]))
-    return items
-
-
-WHATSUP_FILES = {"A": "controlled_images_dataset.json", "B": "controlled_clevr_dataset.json"}
-
-
-def _find_file(root: Path, rel: str) -> Path:
-    """A released relative path under root (or its parent), else by folder/name under root."""
-    p = Path(rel)
-    for cand in (root / p, root.parent / p, root / p.parent.name / p.name, root / p.name):
-        if cand.is_file():
-            return cand
-    return root / p
-
-
-def load_whatsup(path: Path, cfg: Config) -> list:
-    """What'sUp Controlled_Images_A/B: a folder holding the two JSON files (and the image folders), or one JSON."""
-    files = [("A" if "images" in path.name else "B", path)] if path.suffix == ".json" else \
-        [(s, path / f) for s, f in WHATSUP_FILES.items() if (path / f).is_file()]
-    if not files:
-        raise DataError(f"{path}: expected {' and/or '.join(WHATSUP_FILES.values())} (What'sUp release) in it")
-    items = []
-    for subset, f in files:
-        for k, r in enumerate(read_json(f, "a JSON list of {image_path, caption_options}")):
-            caps = r["caption_options"]
-            order = list(range(len(caps)))
-            if not cfg.paper_quirks:
-                random.Random(f"{cfg.seed}:{subset}:{k}").shuffle(order)
-            opts = {"ABCD"[i]: caps[j] for i, j in enumerate(order)}
-            caption_text = "\n".join(f"{L}: {c}" for L, c in opts.items())
-            head = "Based on the image, choose the correct option from the list below."
-            if cfg.cot:
-                text = head + tasks.COT_PROMPT + caption_text if cfg.paper_quirks else \
-                    f"{head}\n\n{caption_text}\n{tasks.COT_PROMPT}"
-            else:
-                text = f"{head} Only respond the corresponding letter (e.g., C).\n\n{caption_text}"
-            items.append(Item(f"{subset}-{k}", f"Controlled_Images_{subset}", [text],
-                              [("path", _find_file(f.parent, r["image_path"]))],
-                              {"answer": "ABCD"[order.index(0)], "options": opts}, image_slots=[0]))
-    return items
-
-
-def load_viewspatial(path: Path, cfg: Config) -> list:
-    """ViewSpatial-Bench.json; image paths are relative to the JSON's folder (or its parent)."""
-    items = []
-    for k, r in enumerate(read_json(path, "ViewSpatial-Bench.json: a JSON list of {question_type, image_path, "
-                                          "question, answer, choices}")):
-        opts = dict(re.findall(r"^\s*([A-D])\.\s*(.+?)\s*$", r["choices"], flags=re.M))
-        if cfg.cot:
-            tail = "\nThe final answer should be the option letter from the given choices.\n" + tasks.COT_PROMPT
-        else:
-            tail = "\nReply only to the corresponding option.\nAnswer:"
-        ims = [("path", _find_file(path.parent, p)) for p in r["image_path"]]
-        items.append(Item(str(k), r["question_type"], [f"{r['question']}\n{r['choices']}{tail}"], ims,
-                          {"answer": r["answer"].split(".")[0].strip(), "options": opts},
-                          image_slots=[0] * len(ims), resize=(420, 280)))
-    return items
-
-
-VIDEO_SUFFIXES = (".mp4", ".mkv", ".avi", ".mov", ".webm")
-
-
-def load_vsibench(path: Path, cfg: Config) -> list:
-    """VSI-Bench questions (HF parquet, or Spatial-SSRL's flattened JSON) + {dataset}/{scene}.mp4 videos (or a
-    folder {dataset}/{scene}/ of pre-extracted frames) under the data file's folder."""
-    rows = read_parquet(path) if path.suffix == ".parquet" else \
-        read_json(path, "a JSON list of VSI-Bench questions (mp4_path/question_type/question/answer/A-D)")
-    items = []
-    for k, r in enumerate(rows):
-        if "mp4_path" in r:   # Spatial-SSRL's vsi_bench.json: absolute paths on the authors' cluster
-            mp4 = Path(r["mp4_path"])
-            video = mp4 if mp4.exists() else path.parent / mp4.parent.name / mp4.name
-            opts = [r[L] for L in "ABCD" if r.get(L)]
-            gt = str(r["answer"])
-        else:
-            video = path.parent / str(r["dataset"]) / f"{r['scene_name']}.mp4"
-            opts, gt = list(r.get("options") or []), str(r["ground_truth"])
-        items.append(Item(str(r.get("id", k)), r["question_type"], [vsi_prompt(r["question"], opts, cfg)],
-                          [("frames", video)], {"answer": gt, "options": {o[0]: o[2:].strip() for o in opts}}))
-    return items
-
-
-def vsi_prompt(question: str, options: list, cfg: Config) -> str:
-    """Spatial-SSRL's VSI-Bench prompt (its typo and "A. A. …" option bug only with --paper-quirks)."""
-    mc = bool(options)
-    if cfg.paper_quirks:
-        text = "Watch the given video and anser the following question.\n\n" + question
-        text += "".join(f"{o[0]}. {o}" for o in options)
-    else:
-        text = "Watch the given video and answer the following question.\n\n" + question
-        text += "".join(f"\n{o}" for o in options)
-    kind = "the option letter from the given choices" if mc else "a number(integer or decimal)"
-    if cfg.cot:
-        return text + f"\nThe final answer should be {kind}.\n" + tasks.COT_PROMPT
-    return text + ("\nAnswer directly with the option letter from the given choices." if mc
-                   else "\nAnswer directly with a number(integer or decimal).")
-
-
-def sample_indices(n: int, k: int) -> list:
-    """k frame indices spread uniformly over n frames (all of them when n <= k): round(linspace(0, n-1, k))."""
-    if n <= k:
-        return list(range(n))
-    return [round(i * (n - 1) / (k - 1)) if k > 1 else 0 for i in range(k)]
-
-
-def video_frames(video: Path, k: int) -> list:
-    """k uniformly sampled RGB frames: from a folder of pre-extracted frames (video path without its suffix,
-    files sorted by name) or by decoding the video with PyAV."""
-    folder = video.with_suffix("")
-    if folder.is_dir():
-        files = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".webp"))
-        if not files:
-            raise MissingImage(f"{folder}: no frame images")
-        return [open_image(("path", files[i])) for i in sample_indices(len(files), k)]
-    if not video.is_file():
-        raise MissingImage(f"{video}: no such video (nor a folder {folder} of frames)")
-    av = _require("av", f"decoding {video} (or extract its frames into {folder}/)")
-    with av.open(str(video)) as container:
-        frames = [f.to_image().convert("RGB") for f in container.decode(video=0)]
-    if not frames:
-        raise MissingImage(f"{video}: no frames decoded")
-    return [frames[i] for i in sample_indices(len(frames), k)]
-
-
-def load_pretext(path: Path, cfg: Config) -> list:
-    """Our held-out test.jsonl (make_data.py); prompts exactly as in training (build_messages)."""
-    if not path.is_file():
-        raise DataError(f"{path}: no such file (expected make_data.py's test.jsonl)")
-    items = []
-    with open(path, encoding="utf-8") as f:
-        for k, line in enumerate(f):
-            if not line.strip():
-                continue
-            try:
-                r = json.loads(line)
-                texts = tasks.with_cot(r["problem"]).split("<image>")
-                ims = [("path", path.parent / p) for p in r["images"]]
-                slots = list(range(1, len(texts)))
-                items.append(Item(str(r["id"]), r["task"], texts, ims, {"answer": r["answer"], "task": r["task"]},
-                                  image_slots=slots))
-            except (json.JSONDecodeError, KeyError, TypeError) as e:
-                items.append(Item(f"line{k + 1}", "?", [""], [], {}, error=f"malformed record ({e})"))
-    return items
-
-
-def load_item_images(item: Item, cfg: Config) -> tuple:
-    """(images, image_slots) of one item, videos expanded to frames; MissingImage if any is unreadable."""
-    if item.images and item.images[0][0] == "frames":
-        frames = video_frames(Path(item.images[0][1]), cfg.vsi_frames)
-        return frames, [0] * len(frames)
-    ims = [open_image(s) for s in item.images]
-    if item.resize:
-        ims = [im.resize(item.resize, Image.BICUBIC) for im in ims]
-    return ims, item.image_slots
-
-
-LOADERS = {"pretext": load_pretext, "spatial457": load_spatial457, "3dsrbench": load_3dsrbench,
-           "spatialeval": load_spatialeval, "qspatial_plus": load_qspatial_plus, "whatsup": load_whatsup,
-           "viewspatial": load_viewspatial, "vsibench": load_vsibench}
-
-
-def load_bench(name: str, path: str, cfg: Config) -> list:
-    """The benchmark's items, ids made unique, first --limit of them."""
-    items = LOADERS[name](Path(path), cfg)
-    seen = {}
-    for it in items:
-        n = seen.get(it.id, 0)
-        seen[it.id] = n + 1
-        if n:
-            it.id = f"{it.id}#{n}"
-    return items[:cfg.limit] if cfg.limit else items
-
-
-# ----------------------------------------------------------------------------- scoring per benchmark
-def score_item(bench: str, item: Item, raw: str, cfg: Config) -> dict:
-    """{'extracted', 'correct' (0..1), extra fields for the summary} for one model output."""
-    ans = answer_text(raw, cfg.cot)
-    t = item.truth
-    if bench == "pretext":
-        acc = tasks.accuracy(raw, t["answer"], t["task"])
-        return {"extracted": tasks.extract_boxed(raw), "correct": acc, "format": float(tasks.format_ok(raw)),
-                "reward": tasks.reward(raw, t["answer"], t["task"])}
-    if bench == "spatial457":
-        return {"extracted": ans, "correct": float(spatial457_correct(t["answer"], ans))}
-    if bench in ("3dsrbench", "spatialeval", "viewspatial"):
-        if bench == "viewspatial" and cfg.paper_quirks:
-            m = re.search(r"\b([A-D])\b", tasks.extract_boxed(raw) or "" if cfg.cot else raw, flags=re.I)
-            letter = m.group(1).upper() if m else None
-        else:
-            letter = match_option(ans, t["options"])
-        return {"extracted": letter, "correct": float(letter == t["answer"]), "qid": t.get("qid", "")}
-    if bench == "qspatial_plus":
-        cm = parse_quantity(ans)
-        cm = parse_quantity(raw) if cm is None else cm
-        return {"extracted": cm, "correct": float(delta_ok(cm, t["answer_cm"])),
-                "delta_1_5": float(delta_ok(cm, t["answer_cm"], 1.5))}
-    if bench == "whatsup":
-        return score_whatsup(raw, t, cfg)
-    if bench == "vsibench":
-        return score_vsibench(ans, t, cfg)
-    raise ValueError(bench)
-
-
-def score_whatsup(raw: str, truth: dict, cfg: Config) -> dict:
-    """Default: the one letter the answer names must be the gold one. --paper-quirks (official main.py): the
-    gold is always A and any "A" in the answer (last boxed{} for CoT, '' without one) is a hit."""
-    if cfg.paper_quirks:
-        ans = (re.findall(r"boxed\{([^}]*)\}", raw) or [""])[-1] if cfg.cot else raw
-        return {"extracted": ans, "correct": float("A" in ans)}
-    letter = match_option(answer_text(raw, cfg.cot), truth["options"])
-    return {"extracted": letter, "correct": float(letter == truth["answer"])}
-
-
-def score_vsibench(ans: str, truth: dict, cfg: Config) -> dict:
-    """Multiple choice: exact letter (--paper-quirks: the answer must be a single letter); numbers: MRA."""
-    if truth["options"]:
-        if cfg.paper_quirks:
-            letter = ans.strip().upper() if len(ans.strip()) == 1 and ans.strip().isalpha() else None
-        else:
-            letter = match_option(ans, truth["options"])
-        return {"extracted": letter, "correct": float(letter == truth["answer"].strip().upper())}
-    pred = first_number(ans)
-    return {"extracted": pred, "correct": mra(pred, float(truth["answer"]))}
-
-
-def summarize(bench: str, records: list) -> dict:
-    """Overall score (%), counts, per-category scores and the benchmark's extra settings."""
-    scored = [r for r in records if not r.get("skipped")]
-    mean = lambda xs: 100.0 * sum(xs) / len(xs) if xs else 0.0
-    cats = {}
-    for r in scored:
-        cats.setdefault(r["category"], []).append(r["correct"])
-    out = {"metric": METRIC[bench], "score": mean([r["correct"] for r in scored]), "n": len(scored),
-           "skipped": len(records) - len(scored), "categories": {c: mean(v) for c, v in sorted(cats.items())},
-           "paper": dict(zip(PAPER_ROWS, PAPER[bench])) if bench in PAPER else {}}
-    if bench == "pretext":
-        out["format"] = mean([r["format"] for r in scored])
-        out["reward"] = mean([r["reward"] for r in scored]) / 100.0
-    if bench == "3dsrbench" and all(r.get("qid") for r in scored):
-        out["settings"] = dsr_group_scores([(r["qid"], r["correct"] == 1.0) for r in scored])
-    if bench == "qspatial_plus":
-        out["delta_1_5"] = mean([r["delta_1_5"] for r in scored])
-    if bench == "vsibench":
-        out["settings"] = vsi_averages([(r["category"], r["correct"]) for r in scored])
-    return out
 
 
 # ----------------------------------------------------------------------------- predictions file (resumable)
@@ -893,7 +248,7 @@ def answer_batch(bench: str, items: list, gen: Generator, ip, cfg: Config) -> tu
             records.append({**base, "skipped": it.error})
             continue
         try:
-            ims, slots = load_item_images(it, cfg)
+            ims, slots = load_item_images(it, cfg.vsi_frames)
         except MissingImage as e:
             records.append({**base, "skipped": f"image: {e}"})
             continue
@@ -905,7 +260,7 @@ def answer_batch(bench: str, items: list, gen: Generator, ip, cfg: Config) -> tu
     batch = encode(convs, images, gen.tok, ip, padding_side="left")
     texts, ntok = gen(batch)
     for (it, base), raw in zip(asked, texts):
-        records.append({**base, "raw": raw, **score_item(bench, it, raw, cfg)})
+        records.append({**base, "raw": raw, **score_item(bench, it, raw, cfg.options())})
     return records, sum(ntok)
 
 
@@ -937,7 +292,7 @@ def run_bench(bench: str, path: str, cfg: Config, gen: Generator, ip, d, own_bou
     from tqdm import tqdm
     bench_dir = Path(cfg.out) / bench
     preds = bench_dir / "predictions.jsonl"
-    items = load_bench(bench, path, cfg)
+    items = load_bench(bench, path, cfg.options())
     if d.is_main:
         check_identity(bench_dir, run_identity(bench, path, cfg))
         read_predictions(preds, repair=True)
@@ -967,17 +322,32 @@ def run_bench(bench: str, path: str, cfg: Config, gen: Generator, ip, d, own_bou
                    f"{ntok / max(dt, 1e-9):.0f} generated tokens/s)")
     records = [r for r in read_predictions(preds, repair=False).values()]
     ids = {it.id for it in items}
-    return summarize(bench, [r for r in records if r["id"] in ids])
+    return summarize(bench, [r for r in records if r["id"] in ids], cfg.options())
 
 
 # ----------------------------------------------------------------------------- reporting
+def mode_label(r: dict) -> str:
+    """How a result row was produced: scoring mode, CoT or not, VSI-Bench frames as images or a video."""
+    if "mode" not in r:   # a row written before modes were recorded
+        return "?"
+    label = f"{r['mode']}, {'CoT' if r['cot'] else 'no CoT'}"
+    if "vsi_input" in r:
+        label += f", {r['frames']} frames as {r['vsi_input']}"
+    return label
+
+
 def results_markdown(results: dict) -> str:
-    """The headline table (ours beside the paper's rows) and one per-category table per benchmark."""
-    head = "| benchmark | metric | ours | n (skipped) | " + " | ".join(PAPER_ROWS) + " |"
-    lines = [head, "|" + "---|" * (4 + len(PAPER_ROWS))]
+    """The headline table (ours beside the paper's rows, with the mode that produced each row and whether it
+    is comparable with the paper's) and one per-category table per benchmark."""
+    head = "| benchmark | metric | mode | comparable | ours | n (skipped) | " + " | ".join(PAPER_ROWS) + " |"
+    lines = [head, "|" + "---|" * (6 + len(PAPER_ROWS))]
     for b, r in results.items():
         paper = " | ".join(f"{v:.2f}" for v in r["paper"].values()) if r["paper"] else " | ".join("–" * 6)
-        lines.append(f"| {b} | {r['metric']} | **{r['score']:.2f}** | {r['n']} ({r['skipped']}) | {paper} |")
+        comparable = {True: "yes", False: "no"}.get(r.get("comparable"), "?")
+        lines.append(f"| {b} | {r['metric']} | {mode_label(r)} | {comparable} | **{r['score']:.2f}** | "
+                     f"{r['n']} ({r['skipped']}) | {paper} |")
+    lines += ["", "comparable = scored exactly as the official code (--paper-quirks; VSI-Bench also needs its "
+                  "frames as one video); see README \"Evaluation\"."]
     for b, r in results.items():
         extra = {k: r[k] for k in ("format", "reward", "delta_1_5") if k in r}
         extra.update(r.get("settings", {}))

@@ -1,5 +1,6 @@
-"""Tests of evaluate.py: every scoring rule against hand-computed cases, each benchmark's released file format
-(built here: tiny images, a few rows, the odd cases) end to end on the tiny model, resume, bad input.
+"""Tests of evaluate.py (and benchmarks.py's default-mode rules): every scoring rule against hand-computed cases,
+each benchmark's released file format (built here: tiny images, a few rows, the odd cases) end to end on the tiny
+model, resume, bad input. The official (--paper-quirks) scorers are tested item by item in test_benchmarks.py.
 
     python -m pytest -q test_evaluate.py
 """
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+import benchmarks as bm
 import evaluate as ev
 import vlm
 
@@ -52,13 +54,13 @@ def write_tsv(path: Path, header: list, rows: list) -> Path:
     ("left or right", None),           # two option texts
     ("a", None), ("", None), ("E", None)])
 def test_match_option(text, expected):
-    assert ev.match_option(text, {"A": "left", "B": "right", "C": "front", "D": "back"}) == expected
+    assert bm.match_option(text, {"A": "left", "B": "right", "C": "front", "D": "back"}) == expected
 
 
 def test_answer_text_takes_last_box_for_cot():
-    assert ev.answer_text("<think>\\boxed{A}</think> so \\boxed{B}", cot=True) == "B"
-    assert ev.answer_text("  no box here ", cot=True) == "no box here"
-    assert ev.answer_text("\\boxed{B}", cot=False) == "\\boxed{B}"
+    assert bm.answer_text("<think>\\boxed{A}</think> so \\boxed{B}", cot=True) == "B"
+    assert bm.answer_text("  no box here ", cot=True) == "no box here"
+    assert bm.answer_text("\\boxed{B}", cot=False) == "\\boxed{B}"
 
 
 @pytest.mark.parametrize("gt,pred,ok", [
@@ -66,7 +68,7 @@ def test_answer_text_takes_last_box_for_cot():
     ("Yes", "0", False), ("Yes", "no", False), ("red", "Red", True), ("red", "blue", False),
     ("suv", "sedan", True), ("school bus", "bus", True), ("suv", "airliner", False), ("4", "5", False)])
 def test_spatial457_correct(gt, pred, ok):
-    assert ev.spatial457_correct(gt, pred) is ok
+    assert bm.spatial457_correct(gt, pred) is ok
 
 
 @pytest.mark.parametrize("text,cm", [
@@ -75,16 +77,16 @@ def test_spatial457_correct(gt, pred, ok):
     ("1.5 meters", 150.0), ("about 30 cm", 30.0), ("12 inches", 12 * 2.54), ("2 \\text{m}", 200.0),
     ("no idea", None), ("3 parsecs", None)])
 def test_parse_quantity(text, cm):
-    got = ev.parse_quantity(text)
+    got = bm.parse_quantity(text)
     assert (got is None and cm is None) or got == pytest.approx(cm)
 
 
 def test_delta_thresholds():
-    assert ev.delta_ok(150, 100) and not ev.delta_ok(150, 100, 1.5)     # ratio 1.5: δ₂ yes, δ₁.₅ no (strict)
-    assert not ev.delta_ok(200, 100)                                     # ratio exactly 2 fails
-    assert ev.delta_ok(60, 100) and not ev.delta_ok(60, 100, 1.5)        # 100/60 = 1.67
-    assert not ev.delta_ok(None, 100) and not ev.delta_ok(0, 100)
-    assert ev.to_cm(2, "Feet") == pytest.approx(60.96) and ev.to_cm(1, "parsec") is None
+    assert bm.delta_ok(150, 100) and not bm.delta_ok(150, 100, 1.5)     # ratio 1.5: δ₂ yes, δ₁.₅ no (strict)
+    assert not bm.delta_ok(200, 100)                                     # ratio exactly 2 fails
+    assert bm.delta_ok(60, 100) and not bm.delta_ok(60, 100, 1.5)        # 100/60 = 1.67
+    assert not bm.delta_ok(None, 100) and not bm.delta_ok(0, 100)
+    assert bm.to_cm(2, "Feet") == pytest.approx(60.96) and bm.to_cm(1, "parsec") is None
 
 
 @pytest.mark.parametrize("pred,gt,score", [
@@ -93,13 +95,13 @@ def test_delta_thresholds():
     (13, 10, 0.4),    # rel .3: θ = .50 … .65 (θ = .70 is a tie, strict)
     (8, 10, 0.6), (15, 10, 0.0), (None, 10, 0.0), (3, 0, 0.0)])
 def test_mra(pred, gt, score):
-    assert ev.mra(pred, gt) == pytest.approx(score)
+    assert bm.mra(pred, gt) == pytest.approx(score)
 
 
 def test_vsi_macro_and_micro():
     rows = [("object_counting", 1.0), ("object_counting", 0.5), ("object_rel_direction_easy", 1.0),
             ("object_rel_direction_hard", 0.0), ("route_planning", 0.0)]
-    got = ev.vsi_averages(rows)
+    got = bm.vsi_averages(rows)
     assert got["micro"] == pytest.approx(100 * 2.5 / 5)
     assert got["macro"] == pytest.approx(100 * (0.75 + 0.5 + 0.0) / 3)   # easy/hard merged first
 
@@ -107,7 +109,7 @@ def test_vsi_macro_and_micro():
 def test_3dsrbench_circular_and_flip():
     rows = [("VIN6MS3J", True), ("VIN6MS3J-1", True), ("VIN6MS3J-flip", True), ("VIN6MS3J-flip-1", False),
             ("ABCDEFGH", True)]
-    got = ev.dsr_group_scores(rows)
+    got = bm.dsr_group_scores(rows)
     assert got["vanilla"] == pytest.approx(80.0)
     assert got["flip"] == pytest.approx(100 * 2 / 3)           # {base, flip}, {-1, flip-1}✗, {ABCDEFGH}
     assert got["circular"] == pytest.approx(100 * 2 / 3)       # {base, -1}, {flip, flip-1}✗, {ABCDEFGH}
@@ -117,30 +119,32 @@ def test_3dsrbench_circular_and_flip():
 def test_whatsup_both_modes():
     truth = {"answer": "C", "options": {"A": "a cup under a table", "B": "a cup left of a table",
                                         "C": "a cup on a table", "D": "a cup right of a table"}}
-    strict, quirks = ev.Config(bench=["whatsup"]), ev.Config(bench=["whatsup"], paper_quirks=True)
-    assert ev.score_whatsup("<think>x</think> \\boxed{C}", truth, strict)["correct"] == 1.0
-    assert ev.score_whatsup("<think>x</think> \\boxed{A}", truth, strict)["correct"] == 0.0
-    assert ev.score_whatsup("\\boxed{A or C}", truth, strict)["correct"] == 0.0
+    strict, quirks = bm.Options(), bm.Options(paper_quirks=True)
+    assert bm.score_whatsup("<think>x</think> \\boxed{C}", truth, strict)["correct"] == 1.0
+    assert bm.score_whatsup("<think>x</think> \\boxed{A}", truth, strict)["correct"] == 0.0
+    assert bm.score_whatsup("\\boxed{A or C}", truth, strict)["correct"] == 0.0
     # official scoring: gold is always A, any "A" inside the last boxed{} is a hit; no box → ''
-    assert ev.score_whatsup("<think>x</think> \\boxed{A}", truth, quirks)["correct"] == 1.0
-    assert ev.score_whatsup("\\boxed{(A) a cup}", truth, quirks)["correct"] == 1.0
-    assert ev.score_whatsup("A is my answer", truth, quirks)["correct"] == 0.0
-    no_cot = ev.Config(bench=["whatsup"], paper_quirks=True, cot=False)
-    assert ev.score_whatsup("A cup on a table", truth, no_cot)["correct"] == 1.0   # lenient substring
+    assert bm.score_whatsup("<think>x</think> \\boxed{A}", truth, quirks)["correct"] == 1.0
+    assert bm.score_whatsup("\\boxed{(A) a cup}", truth, quirks)["correct"] == 1.0
+    assert bm.score_whatsup("A is my answer", truth, quirks)["correct"] == 0.0
+    no_cot = bm.Options(paper_quirks=True, cot=False)
+    assert bm.score_whatsup("A cup on a table", truth, no_cot)["correct"] == 1.0   # lenient substring
 
 
 def test_vsibench_scoring_modes():
     mc = {"answer": "B", "options": {"A": "left", "B": "right"}}
-    assert ev.score_vsibench("B.", mc, ev.Config(bench=["vsibench"]))["correct"] == 1.0
-    assert ev.score_vsibench("B.", mc, ev.Config(bench=["vsibench"], paper_quirks=True))["correct"] == 0.0
-    assert ev.score_vsibench("b", mc, ev.Config(bench=["vsibench"], paper_quirks=True))["correct"] == 1.0
+    assert bm.score_vsibench("B.", mc, bm.Options())["correct"] == 1.0
+    assert bm.score_vsibench("\\boxed{B.}", mc, bm.Options(paper_quirks=True))["correct"] == 0.0
+    assert bm.score_vsibench("\\boxed{b}", mc, bm.Options(paper_quirks=True))["correct"] == 1.0
+    assert bm.score_vsibench("b", mc, bm.Options(paper_quirks=True))["correct"] == 0.0   # CoT without a box: ''
+    assert bm.score_vsibench("b", mc, bm.Options(paper_quirks=True, cot=False))["correct"] == 1.0
     num = {"answer": "10", "options": {}}
-    assert ev.score_vsibench("about 12 m", num, ev.Config(bench=["vsibench"]))["correct"] == pytest.approx(0.6)
+    assert bm.score_vsibench("about 12 m", num, bm.Options())["correct"] == pytest.approx(0.6)
 
 
 def test_sample_indices_uniform():
-    assert ev.sample_indices(5, 8) == [0, 1, 2, 3, 4]
-    assert ev.sample_indices(10, 4) == [0, 3, 6, 9]
+    assert bm.sample_indices(5, 8) == [0, 1, 2, 3, 4]
+    assert bm.sample_indices(10, 4) == [0, 3, 6, 9]
 
 
 # ----------------------------------------------------------------------------- fixtures in the released formats
@@ -226,30 +230,30 @@ def make_fixtures(root: Path) -> dict:
 
 def test_loaders_read_the_odd_cases(tmp_path):
     data = make_fixtures(tmp_path / "d")
-    c = ev.Config(bench=["all"], pixels=TINY_PIXELS)
-    s457 = ev.load_bench("spatial457", str(data["spatial457"]), c)
+    c = bm.Options()
+    s457 = bm.load_bench("spatial457", str(data["spatial457"]), c)
     assert [it.id for it in s457] == ["0", "1", "2", "3"] and "malformed" in s457[3].error
     assert s457[1].images == s457[0].images                                # index reference resolved
     assert s457[1].texts[1] == 'Is there a "large" bus?' and s457[0].image_slots == [1]
-    assert s457[0].texts[-1].endswith(ev.tasks.COT_PROMPT) and sum(t.count("MUST BE") for t in s457[0].texts) == 2
-    quirk = ev.load_bench("spatial457", str(data["spatial457"]), ev.Config(bench=["all"], paper_quirks=True))
-    assert all(t.endswith(ev.tasks.COT_PROMPT) for t in quirk[0].texts)   # VLMEvalKit: every text segment
-    dsr = ev.load_bench("3dsrbench", str(data["3dsrbench"]), c)
+    assert s457[0].texts[-1].endswith(bm.tasks.COT_PROMPT) and sum(t.count("MUST BE") for t in s457[0].texts) == 2
+    quirk = bm.load_bench("spatial457", str(data["spatial457"]), bm.Options(paper_quirks=True))
+    assert all(t.endswith(bm.tasks.COT_PROMPT) for t in quirk[0].texts)   # VLMEvalKit: every text segment
+    dsr = bm.load_bench("3dsrbench", str(data["3dsrbench"]), c)
     assert len(dsr[3].images) == 2 and dsr[0].truth["options"] == {"A": "glove", "B": "hat"}
     assert "C." not in dsr[0].texts[0] and dsr[2].truth["qid"] == "VIN6MS3J-flip"
-    wu = ev.load_bench("whatsup", str(data["whatsup"]), c)
+    wu = bm.load_bench("whatsup", str(data["whatsup"]), c)
     assert len(wu) == 4 and {it.category for it in wu} == {"Controlled_Images_A", "Controlled_Images_B"}
-    again = ev.load_bench("whatsup", str(data["whatsup"]), c)
+    again = bm.load_bench("whatsup", str(data["whatsup"]), c)
     assert [it.truth["answer"] for it in wu] == [it.truth["answer"] for it in again]   # seeded shuffle
     for it in wu:
         assert it.truth["options"][it.truth["answer"]] in ("A cup on a table", "a")
     assert all(it.truth["answer"] == "A" for it in
-               ev.load_bench("whatsup", str(data["whatsup"]), ev.Config(bench=["all"], paper_quirks=True)))
-    vs = ev.load_bench("viewspatial", str(data["viewspatial"]), c)
-    ims, slots = ev.load_item_images(vs[1], c)
+               bm.load_bench("whatsup", str(data["whatsup"]), bm.Options(paper_quirks=True)))
+    vs = bm.load_bench("viewspatial", str(data["viewspatial"]), c)
+    ims, slots = bm.load_item_images(vs[1], 32)
     assert [im.size for im in ims] == [(420, 280)] * 2 and vs[0].truth["answer"] == "C"
-    vsi = ev.load_bench("vsibench", str(data["vsibench"]), c)
-    frames, _ = ev.load_item_images(vsi[0], ev.Config(bench=["all"], vsi_frames=4))
+    vsi = bm.load_bench("vsibench", str(data["vsibench"]), c)
+    frames, _ = bm.load_item_images(vsi[0], 4)
     assert len(frames) == 4 and frames[-1].getpixel((0, 0))[0] > 180    # frames 0, 2, 3, 5 of 6
     assert "A. A." not in vsi[0].texts[0] and "A. front-left" in vsi[0].texts[0]
 
@@ -300,31 +304,45 @@ def test_resume_after_kill_drops_half_line(tmp_path, capsys):
 
 def test_pretext_scored_with_tasks_verifiers(tmp_path):
     data = make_fixtures(tmp_path / "d")
-    c = ev.Config(bench=["pretext"])
-    item = ev.load_bench("pretext", str(data["pretext"]), c)[1]
-    got = ev.score_item("pretext", item, "<think>2 is nearest</think> \\boxed{2, 3, 1}", c)
+    c = bm.Options()
+    item = bm.load_bench("pretext", str(data["pretext"]), c)[1]
+    got = bm.score_item("pretext", item, "<think>2 is nearest</think> \\boxed{2, 3, 1}", c)
     assert (got["correct"], got["format"], got["reward"]) == (1.0, 1.0, 1.0)
-    got = ev.score_item("pretext", item, "\\boxed{1, 2, 3}", c)
+    got = bm.score_item("pretext", item, "\\boxed{1, 2, 3}", c)
     assert (got["correct"], got["format"], got["reward"]) == (0.0, 0.0, 0.0)
     assert item.prompt_text().startswith("<image>\nOrder markers") and item.texts[-1].endswith("\\boxed{}.")
 
 
 def test_bad_files_give_one_line_errors(tmp_path, capsys):
     with pytest.raises(ev.DataError, match="nope.tsv: no such file"):
-        ev.load_bench("spatial457", str(tmp_path / "nope.tsv"), ev.Config(bench=["spatial457"]))
+        bm.load_bench("spatial457", str(tmp_path / "nope.tsv"), bm.Options())
     bad = write_tsv(tmp_path / "x.tsv", ["index", "question"], [["0", "q"]])
     with pytest.raises(ev.DataError, match=r"x.tsv: not a VLMEvalKit TSV .*missing \['image'"):
-        ev.load_bench("spatial457", str(bad), ev.Config(bench=["spatial457"]))
+        bm.load_bench("spatial457", str(bad), bm.Options())
     (tmp_path / "v.json").write_text("{not json")
     with pytest.raises(ev.DataError, match="v.json: not valid JSON"):
-        ev.load_bench("viewspatial", str(tmp_path / "v.json"), ev.Config(bench=["viewspatial"]))
+        bm.load_bench("viewspatial", str(tmp_path / "v.json"), bm.Options())
     with pytest.raises(ev.DataError, match="controlled_images_dataset.json"):
-        ev.load_bench("whatsup", str(tmp_path), ev.Config(bench=["whatsup"]))
+        bm.load_bench("whatsup", str(tmp_path), bm.Options())
     with pytest.raises(SystemExit) as e:
         ev.main(["--bench", "spatial457", "--data", "pretext=x.jsonl"])
     assert e.value.code == 2 and "no --data for ['spatial457']" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         ev.main(["--data", "nonsense"])
+    with pytest.raises(SystemExit):   # a plain path needs exactly one --bench
+        ev.main(["--bench", "pretext", "spatial457", "--data", "x.jsonl"])
+
+
+def test_one_bench_takes_a_plain_data_path(tmp_path):
+    """`--bench pretext --data test.jsonl` (no BENCH= prefix) evaluates that file."""
+    data = make_fixtures(tmp_path / "d")
+    args = ev.build_parser().parse_args(["--bench", "pretext", "--data", str(data["pretext"])])
+    c = ev.Config(**{**vars(args), "out": str(tmp_path / "out"), "max_new_tokens": 2, "pixels": TINY_PIXELS,
+                     "progress": False, "plot": False})
+    assert c.data_paths()["pretext"] == str(data["pretext"])
+    assert ev.Config(bench=["spatial457"], data=["a=b.tsv"]).data_paths()["spatial457"] == "a=b.tsv"
+    results = ev.evaluate(c)
+    assert results["pretext"]["n"] == 2 and results["pretext"]["mode"] == "default"
 
 
 def test_video_without_pyav_or_frames(tmp_path):
@@ -332,16 +350,16 @@ def test_video_without_pyav_or_frames(tmp_path):
     (tmp_path / "scannet" / "s.mp4").write_bytes(b"\x00" * 16)
     if importlib.util.find_spec("av") is None:
         with pytest.raises(ev.DataError, match="pip install av"):
-            ev.video_frames(tmp_path / "scannet" / "s.mp4", 4)
+            bm.video_frames(tmp_path / "scannet" / "s.mp4", 4)
     with pytest.raises(ev.MissingImage):
-        ev.video_frames(tmp_path / "scannet" / "none.mp4", 4)
+        bm.video_frames(tmp_path / "scannet" / "none.mp4", 4)
 
 
 @pytest.mark.skipif(importlib.util.find_spec("pyarrow") is not None, reason="pyarrow is installed")
 def test_parquet_without_pyarrow_names_the_package(tmp_path):
     (tmp_path / "q.parquet").write_bytes(b"PAR1")
     with pytest.raises(ev.DataError, match="pip install pyarrow"):
-        ev.load_bench("qspatial_plus", str(tmp_path / "q.parquet"), ev.Config(bench=["qspatial_plus"]))
+        bm.load_bench("qspatial_plus", str(tmp_path / "q.parquet"), bm.Options())
 
 
 @pytest.mark.skipif(importlib.util.find_spec("pyarrow") is None, reason="needs pyarrow")
@@ -360,9 +378,9 @@ def test_parquet_benchmarks_end_to_end(tmp_path):
         tmp_path / "se.parquet")
     c = cfg(tmp_path, bench=["qspatial_plus", "spatialeval"],
             data=[f"qspatial_plus={tmp_path / 'qs.parquet'}", f"spatialeval={tmp_path / 'se.parquet'}"])
-    items = ev.load_bench("qspatial_plus", str(tmp_path / "qs.parquet"), c)
-    assert items[1].truth["answer_cm"] == pytest.approx(200.0) and items[0].texts[0].startswith(ev.QSPATIAL_SYSTEM)
-    se = ev.load_bench("spatialeval", str(tmp_path / "se.parquet"), c)
+    items = bm.load_bench("qspatial_plus", str(tmp_path / "qs.parquet"), c)
+    assert items[1].truth["answer_cm"] == pytest.approx(200.0) and items[0].texts[0].startswith(bm.QSPATIAL_SYSTEM)
+    se = bm.load_bench("spatialeval", str(tmp_path / "se.parquet"), c)
     assert se[0].category == "spatialmap" and se[0].truth["options"] == {"A": "Northeast", "B": "Northwest"}
     results = ev.evaluate(c)
     assert results["qspatial_plus"]["n"] == 2 and results["spatialeval"]["n"] == 1
@@ -399,7 +417,7 @@ def test_fast_path_engine_equals_generate(tmp_path):
     here) gives the same greedy texts as vlm.generate on a bucketed, left-padded batch of mixed lengths."""
     data = make_fixtures(tmp_path / "d")
     c = ev.Config(bench=["3dsrbench"], max_new_tokens=6, batch_size=4, pixels=TINY_PIXELS)
-    items = ev.load_bench("3dsrbench", str(data["3dsrbench"]), c)
+    items = bm.load_bench("3dsrbench", str(data["3dsrbench"]), c.options())
     model, tok, ip = vlm.load_model("tiny")
     ip.size = {"shortest_edge": 784, "longest_edge": 3136}
     plain = ev.Generator(model, tok, c, model.device, engine=False)
@@ -411,7 +429,7 @@ def test_fast_path_engine_equals_generate(tmp_path):
 
 
 def test_plot_is_optional(tmp_path):
-    results = {"whatsup": ev.summarize("whatsup", [{"id": "1", "category": "A", "correct": 1.0}])}
+    results = {"whatsup": bm.summarize("whatsup", [{"id": "1", "category": "A", "correct": 1.0}])}
     msg = ev.plot_results(results, tmp_path / "results.png")
     if importlib.util.find_spec("matplotlib") is None:
         assert "pip install matplotlib" in msg and not (tmp_path / "results.png").exists()

@@ -1,0 +1,280 @@
+"""Tests of benchmarks.py's --paper-quirks scorers against the official scoring code, item by item.
+
+Every expected score below was worked out by hand from the official code (read in the public repo
+InternLM/Spatial-SSRL: VSI-bench_eval/check_accuracy.py, ViewSpatial_eval/main.py, whatsup_eval/main.py, and its
+VLMEvalKit fork: utils/matching_util.py can_infer, dataset/spatial457.py + utils/spatial457.py,
+dataset/image_vqa.py QSpatial), never by running our own code. Each row goes through the real call path,
+benchmarks.score_item(), in paper-quirks mode; where the default mode differs, that score is checked too.
+Fast, no model, no torch.
+
+    python -m pytest -q test_benchmarks.py
+"""
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import benchmarks as bm
+
+HERE = Path(__file__).resolve().parent
+
+
+def score(bench: str, truth: dict, raw: str, quirks: bool = True, cot: bool = True) -> float:
+    item = bm.Item("1", "cat", ["q"], [], truth)
+    return bm.score_item(bench, item, raw, bm.Options(cot=cot, paper_quirks=quirks))["correct"]
+
+
+def check(bench, truth, raw, official, default, cot=True):
+    assert score(bench, truth, raw, True, cot) == pytest.approx(official), "paper-quirks"
+    if default is not None:
+        assert score(bench, truth, raw, False, cot) == pytest.approx(default), "default"
+
+
+# ----------------------------------------------------------------------------- VSI-Bench (check_accuracy.py)
+NUM = lambda gt: {"answer": gt, "options": {}}
+MC = {"answer": "B", "options": {"A": "left", "B": "right", "C": "front"}}
+
+
+@pytest.mark.parametrize("truth,raw,official,default", [
+    (NUM("10"), "<think>count</think> \\boxed{10}", 1.0, 1.0),
+    (NUM("10"), "the answer is 10", 0.0, 1.0),              # CoT without a box: '' → float('') fails
+    (NUM("3"), "\\boxed{3 meters}", 0.0, 1.0),              # float() of the whole string
+    (NUM("3"), "\\boxed{about 3}", 0.0, 1.0),
+    (NUM("3"), "\\boxed{3 m}", 0.0, 1.0),
+    (NUM("10"), "\\boxed{1e1}", 1.0, 0.0),                  # float('1e1') = 10; ours reads 1
+    (NUM("10"), "\\boxed{13}", 0.5, 0.4),                   # 0.3 < 1-(0.5+4·0.05) = 0.30000000000000004
+    (NUM("1.0"), "\\boxed{0.8}", 0.6, 0.7),                 # |0.8-1| = 0.19999999999999996 vs cut 0.19999999999999996
+    (NUM("10"), "\\boxed{12}", 0.6, 0.6),                   # 0.2 < 0.25, not < 0.19999999999999996
+    (NUM("10"), "\\boxed{ 10 }", 1.0, 1.0),                 # float() strips spaces
+    (NUM("10"), "\\boxed{15}", 0.0, 0.0),                   # 0.5 < 0.5 is false
+    (NUM("10"), "\\boxed{5.5}", 0.1, 0.1),                  # 0.45 < 0.5 only
+    (NUM("10"), "\\boxed{nan}", 0.0, 0.0),
+    (NUM("10"), "\\boxed{inf}", 0.0, 0.0),
+    (NUM("0"), "\\boxed{0}", 0.0, 0.0),                      # ZeroDivisionError → 0
+    (NUM("10"), "\\boxed{5} then \\boxed{10}", 1.0, 1.0),     # the last box
+    (NUM("4"), "\\boxed{A}", 0.0, 0.0),                      # a letter for a number question
+    (MC, "\\boxed{B}", 1.0, 1.0),
+    (MC, "\\boxed{b}", 1.0, 0.0),                            # case-insensitive single letter; ours needs 'B'
+    (MC, "\\boxed{B.}", 0.0, 1.0),                           # not a single letter → MRA of 'B.' → 0
+    (MC, "\\boxed{(B)}", 0.0, 1.0),
+    (MC, "\\boxed{\\text{B}}", 0.0, 1.0),                    # regex box gives '\\text{B'
+    (MC, "\\boxed{A}", 0.0, 0.0),
+    (MC, "I pick B", 0.0, 1.0),                              # no box
+])
+def test_vsibench_cot(truth, raw, official, default):
+    check("vsibench", truth, raw, official, default)
+
+
+@pytest.mark.parametrize("truth,raw,official,default", [
+    (MC, " B\n", 1.0, 1.0),          # vsi_infer.py strips the response
+    (NUM("10"), "10.0", 1.0, 1.0),
+    (NUM("10"), "10 meters", 0.0, 1.0),
+    (MC, "B. right", 0.0, 1.0),
+])
+def test_vsibench_no_cot(truth, raw, official, default):
+    check("vsibench", truth, raw, official, default, cot=False)
+
+
+def test_official_mra_float_cuts():
+    assert bm.mra_official("13", "10") == 0.5 and bm.mra_official("0.8", "1.0") == 0.6
+    assert bm.mra_official("1_0", "10") == 1.0            # float() accepts digit underscores
+    assert bm.mra_official("x", "10") == 0.0 and bm.mra_official("10", "ten") == 0.0
+
+
+# ----------------------------------------------------------------------------- ViewSpatial (main.py)
+VS = {"answer": "C", "answer_text": "C. front", "options": {"A": "back", "B": "back-left", "C": "front",
+                                                            "D": "back-right"}}
+
+
+@pytest.mark.parametrize("raw,cot,official,default", [
+    ("<think>it faces us</think> \\boxed{C}", True, 1.0, 1.0),
+    ("\\boxed{c}", True, 1.0, 0.0),                  # IGNORECASE
+    ("\\boxed{C. front}", True, 1.0, 1.0),
+    ("so C", True, 0.0, 1.0),                        # no box → '' → None
+    ("\\boxed{\\text{C}}", True, 1.0, 1.0),          # '\\text{C' still has a standalone C
+    ("\\boxed{a front view}", True, 0.0, 1.0),       # the article 'a' is option A officially
+    ("\\boxed{front}", True, 0.0, 1.0),              # no letter; ours reads the option text
+    ("\\boxed{C or B}", True, 1.0, 0.0),             # the first letter wins
+    ("\\boxed{B or C}", True, 0.0, 0.0),
+    ("The answer is C.", False, 1.0, 1.0),
+    ("a person facing us: C", False, 0.0, 1.0),      # first standalone letter: the article a (IGNORECASE)
+])
+def test_viewspatial(raw, cot, official, default):
+    check("viewspatial", VS, raw, official, default, cot=cot)
+
+
+# ----------------------------------------------------------------------------- What'sUp (main.py)
+WU = {"answer": "A", "options": {"A": "A cup on a table", "B": "A cup under a table", "C": "A cup left of a table",
+                                 "D": "A cup right of a table"}}
+
+
+@pytest.mark.parametrize("raw,cot,official,default", [
+    ("<think>x</think> \\boxed{A}", True, 1.0, 1.0),
+    ("\\boxed{(A) A cup on a table}", True, 1.0, 1.0),
+    ("\\boxed{B}", True, 0.0, 0.0),
+    ("\\boxed{a}", True, 0.0, 0.0),                      # 'A' in 'a' is false
+    ("A", True, 0.0, 1.0),                               # no box → ''
+    ("boxed{A}", True, 1.0, 1.0),                        # the official regex needs no backslash
+    ("\\boxed{B. A cup under a table}", True, 1.0, 0.0), # any capital A counts
+    ("B. A cup under a table", False, 1.0, 0.0),
+    ("b", False, 0.0, 0.0),
+])
+def test_whatsup(raw, cot, official, default):
+    check("whatsup", WU, raw, official, default, cot=cot)
+
+
+# ----------------------------------------------------------------------------- MCQ: VLMEvalKit can_infer
+DSR = {"answer": "B", "options": {"A": "glove", "B": "hat"}, "qid": "VIN6MS3J"}
+LRFB = {"answer": "A", "options": {"A": "left", "B": "right", "C": "front", "D": "back"}}
+
+
+@pytest.mark.parametrize("truth,raw,cot,official,default", [
+    (DSR, "<think>x</think> \\boxed{B}", True, 1.0, 1.0),
+    (DSR, "\\boxed{A}", True, 0.0, 0.0),
+    (DSR, "\\boxed{A or B}", True, 0.0, 0.0),                   # two letters, no option text
+    (DSR, "\\boxed{B, the hat}", True, 1.0, 1.0),
+    (DSR, "\\boxed{the hat}", True, 1.0, 1.0),                  # no letter → option text
+    (DSR, "\\boxed{A or B: the hat}", True, 1.0, 0.0),          # several letters → option-text fallback
+    (DSR, "\\boxed{Z}", True, 0.0, 0.0),
+    (DSR, "\\boxed{Z. the hat}", True, 0.0, 1.0),               # no choice letter, a 'Z' token → 'Z'
+    (DSR, "Cannot determine the answer, maybe B", True, 0.0, 1.0),   # refusal → 'Z'
+    (DSR, "\\boxed{Cannot determine the answer}", True, 0.0, 0.0),
+    (DSR, "\\boxed{\\text{B}}", True, 1.0, 1.0),                # '\\text{B' → tokens '\\text', 'B'
+    (DSR, "\\boxed{b}", True, 0.0, 0.0),
+    (DSR, "A is lower than B", True, 0.0, 0.0),                 # no box: the whole response, two letters
+    (DSR, "B", False, 1.0, 1.0),
+    (DSR, "The answer is B.", False, 1.0, 1.0),
+    (DSR, "The hat (B) is higher than the glove (A).", False, 0.0, 0.0),
+    (DSR, "the hat, not the glove", False, 0.0, 0.0),           # two option texts
+    (DSR, "C", False, 0.0, 0.0),                                 # not a choice of this 2-option item
+    (LRFB, "\\boxed{left or right}", True, 0.0, 0.0),
+    (LRFB, "\\boxed{Left}", True, 1.0, 1.0),
+])
+@pytest.mark.parametrize("bench", ["3dsrbench", "spatialeval"])
+def test_vlmevalkit_mcq(bench, truth, raw, cot, official, default):
+    check(bench, truth, raw, official, default, cot=cot)
+
+
+def test_can_infer_rules():
+    ch = {"A": "glove", "B": "hat"}
+    assert bm.can_infer("Sorry, I can't help with images of people yet. B", ch) == "Z"
+    assert bm.can_infer("Failed to obtain answer via API. hat", ch) == "B"   # skips the letter rule
+    assert bm.can_infer("[B]", ch) == "B" and bm.can_infer("*A*", ch) == "A" and bm.can_infer("", ch) is None
+
+
+# ----------------------------------------------------------------------------- Spatial457 (VLMEvalKit)
+@pytest.mark.parametrize("gt,raw,cot,official,default", [
+    ("purple", "\\boxed{Purple}", True, 1.0, 1.0),
+    ("purple", "\\boxed{Purple.}", True, 0.0, 1.0),              # nothing is stripped officially
+    ("purple", "\\boxed{ purple}", True, 0.0, 1.0),
+    ("No", "\\boxed{zero}", True, 0.0, 1.0),                     # 'zero' → '0', compared with 'No'
+    ("No", "\\boxed{0}", True, 1.0, 1.0),
+    ("no", "\\boxed{0}", True, 0.0, 1.0),                        # only exactly 'No'
+    ("No", "\\boxed{none}", True, 1.0, 1.0),
+    ("3", "\\boxed{Three}", True, 1.0, 1.0),
+    ("3", "\\boxed{3}", True, 1.0, 1.0),
+    ("Yes", "\\boxed{2}", True, 1.0, 1.0),
+    ("Yes", "\\boxed{0}", True, 0.0, 0.0),
+    ("Yes", "\\boxed{10}", True, 0.0, 0.0),
+    ("road bike", "\\boxed{bike}", True, 0.0, 1.0),              # 'bike' is no official shape word
+    ("road bike", "\\boxed{mountain bike}", True, 1.0, 1.0),     # same family (first words)
+    ("suv", "\\boxed{Sedan car}", True, 1.0, 1.0),
+    ("airliner", "\\boxed{airplane}", True, 0.0, 1.0),
+    ("red", "{'Reasoning': 'it is red', 'Answer': 'red'}", True, 1.0, 0.0),   # the Answer parse
+    ("red", '{"Reasoning": "it is red", "Answer": "red"}', True, 1.0, 0.0),
+    ("3", "{'Reasoning': 'three', 'Answer': 3}", True, 1.0, 0.0),
+    ("red", "{'Answer': 'Red.'}", True, 0.0, 0.0),
+    ("red", "The color is red", True, 0.0, 0.0),
+    ("red", "Red", False, 1.0, 1.0),
+    ("red", "Red\n", False, 0.0, 1.0),
+])
+def test_spatial457(gt, raw, cot, official, default):
+    check("spatial457", {"answer": gt}, raw, official, default, cot=cot)
+
+
+def test_spatial457_prompt_is_vlmevalkits():
+    intro, question, outro = bm.spatial457_vlmeval_texts("How many buses?", "L4_pose")
+    assert intro == ("You are an intelligent chatbot designed to answer questions based on an image. Your task is to "
+                     "analyze the images, identify attributes of multiple objects and their facing direction in 3D "
+                     "space from the camera view, and then determine the answer to the question.\n")
+    assert question == "How many buses?"
+    assert outro.startswith("First, you should identify the related objects refered in the questions, including")
+    assert ("options: Small, Large, Airliner, Dirtbike, Road bike, Tandem bike, Suv, Wagon, Scooter, Mountain bike, "
+            "Minivan, Sedan, School bus, Fighter, Chopper, Double bus, Truck, Articulated bus, Cruiser, Jet, Utility "
+            "bike, Regular bus, Biplane, Gray, Blue, Purple, Brown, Green, Cyan, Red, Yellow, Left, Right, Front, "
+            "Back, or (2) an integer [0-10]") in outro
+    assert outro.endswith("choose the best answer that fits the question.\n\n")
+    assert "objects\u2019 perspective" in bm.spatial457_vlmeval_texts("q", "L5_6d_spatial")[0]
+    assert bm.spatial457_vlmeval_texts("q", "L9")[0] == ""
+    cot = bm.cot_suffix([intro, question, outro], True, True)
+    assert all(t.endswith(bm.tasks.COT_PROMPT) for t in cot) and cot[1] == question + bm.tasks.COT_PROMPT
+    plain = bm.cot_suffix([intro, question, outro], False, True, plain="Please directly give the answer.")
+    assert all(t.endswith("answer.") for t in plain) and plain[1] == "How many buses?Please directly give the answer."
+
+
+# ----------------------------------------------------------------------------- QSpatial+ (image_vqa.py QSpatial)
+@pytest.mark.parametrize("gt,raw,official,default,official15", [
+    (100.0, "\\scalar{1} \\distance_unit{m}", 1.0, 1.0, 1.0),
+    (100.0, "\\scalar{2} \\distance_unit{meters}", 1.0, 0.0, 0.0),   # exactly 2×: (200+1e-8)/(100+1e-8) < 2
+    (100.0, "\\scalar{50} \\distance_unit{cm}", 1.0, 0.0, 0.0),      # exactly ½×
+    (100.0, "\\scalar{150} \\distance_unit{cm}", 1.0, 1.0, 1.0),     # δ1.5 passes too (1.4999999999…)
+    (90.0, "\\scalar{.9} \\distance_unit{m}", 0.0, 1.0, 0.0),        # `\\d+\\.?\\d*` reads '.9' as 9
+    (100.0, "It is about 1 meter.", 0.0, 1.0, 0.0),                  # no \\scalar{}: IndexError → 1e-8
+    (100.0, "\\boxed{1 m}", 0.0, 1.0, 0.0),                          # rewritten to \\scalar{1} m, unit 'scalar'
+    (100.0, "<think>x</think> \\boxed{\\scalar{1} \\distance_unit{m}}", 1.0, 1.0, 1.0),
+    (100.0, "\\scalar{1} \\unit{m}", 1.0, 0.0, 1.0),                 # unit{} fallback
+    (100.0, "\\scalar{1} {m}", 1.0, 0.0, 1.0),                       # bare {} fallback
+    (150.0, "\\scalar{1-2} \\distance_unit{m}", 1.0, 1.0, 1.0),      # mean of the numbers
+    (100.0, "\\scalar{3} \\distance_unit{parsecs}", 0.0, 0.0, 0.0),  # unknown unit → × 0
+    (100.0, "\\scalar{1} \\distance_unit{m} or \\scalar{3} \\distance_unit{m}", 0.0, 0.0, 0.0),   # the last
+    (100.0, "\\scalar{about} \\distance_unit{m}", 0.0, 0.0, 0.0),    # no number: nan
+    (30.48, "\\scalar{1} \\distance_unit{Foot}", 1.0, 1.0, 1.0),
+])
+def test_qspatial(gt, raw, official, default, official15):
+    truth = {"answer_cm": gt}
+    item = bm.Item("1", "cat", ["q"], [], truth)
+    got = bm.score_item("qspatial_plus", item, raw, bm.Options(paper_quirks=True))
+    assert (got["correct"], got["delta_1_5"]) == (official, official15)
+    assert bm.score_item("qspatial_plus", item, raw, bm.Options())["correct"] == default
+
+
+def test_qspatial_ground_truth():
+    v = float(np.float32(0.3))                     # what pyarrow hands us for the card's 0.3
+    assert bm.qspatial_gt_cm(v, "m", True, "x") == 0.3 * 100          # the fork's str/eval round trip
+    assert bm.qspatial_gt_cm(v, "m", False, "x") == v * 100
+    with pytest.raises(bm.DataError, match="row 7: ground-truth unit 'parsec'"):
+        bm.qspatial_gt_cm(1.0, "parsec", True, "q.parquet row 7")
+    with pytest.raises(bm.DataError, match="not a known distance unit"):
+        bm.qspatial_gt_cm(1.0, "yard", True, "q.parquet row 7")   # only our default table knows yards
+    assert bm.qspatial_gt_cm(1.0, "yard", False, "x") == pytest.approx(91.44)
+
+
+# ----------------------------------------------------------------------------- SpatialEval parquet, module
+def test_spatialeval_card_options_lose_the_final_period():
+    text = "Where is X relative to Y? Available options:\nA. Northeast\nB. Northwest\nC. Southwest\nD. Southeast."
+    stem, opts = bm.spatialeval_options(text)
+    assert stem == "Where is X relative to Y?" and opts["D"] == "Southeast" and len(opts) == 4
+    items = bm.spatialeval_parquet_items([{"id": "spatialmap.vqa.1.0", "text": text, "oracle_option": "D",
+                                           "image": None}], bm.Options(paper_quirks=True))
+    assert items[0].texts[0].startswith("Question: Where is X relative to Y?\nOptions:\nA. Northeast\n")
+    assert "D. Southeast\nPlease select" in items[0].texts[0]
+    assert score("spatialeval", items[0].truth, "\\boxed{southeast}") == 1.0
+
+
+def test_import_without_torch():
+    """benchmarks.py must import (and score) with torch unavailable."""
+    code = ("import sys; sys.modules['torch'] = None; import benchmarks as b; "
+            "assert b.mra_official('13', '10') == 0.5; print('ok')")
+    r = subprocess.run([sys.executable, "-c", code], cwd=HERE, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
+
+
+def test_summary_records_the_mode():
+    recs = [{"id": "1", "category": "object_counting", "correct": 0.5}]
+    s = bm.summarize("vsibench", recs, bm.Options(paper_quirks=True, frames=16))
+    assert (s["mode"], s["vsi_input"], s["frames"], s["comparable"]) == ("paper-quirks", "images", 16, False)
+    assert bm.summarize("vsibench", recs, bm.Options(paper_quirks=True, vsi_input="video"))["comparable"]
+    assert bm.summarize("whatsup", recs, bm.Options(paper_quirks=True))["comparable"]
+    assert not bm.summarize("whatsup", recs, bm.Options())["comparable"]
