@@ -105,6 +105,19 @@ def test_group_advantages_hand_computed():
         grpo.group_advantages(torch.ones(5), 2)
 
 
+@pytest.mark.parametrize("group_size", range(2, 9))
+def test_group_advantages_all_equal_groups_are_exactly_zero(group_size):
+    """A group whose rewards are all equal carries no signal: A = 0 exactly, for every reward value the
+    reward can take (float32 mean/std alone leaves ±0.056 for r = 0.9 and G = 3, 6, 7, 8); a mixed group
+    beside it still gets its normalised advantages."""
+    for value in (0.0, 0.1, 0.9, 1.0):
+        r = torch.tensor([value] * group_size + [1.0] + [0.0] * (group_size - 1))
+        a = grpo.group_advantages(r, group_size)
+        assert torch.equal(a[:group_size], torch.zeros(group_size)), (value, a[:group_size])
+        s = math.sqrt(1.0 / group_size)                         # unbiased std of one 1 among G zeros
+        assert a[group_size] == pytest.approx((1 - 1 / group_size) / (s + 1e-6), rel=1e-5)
+
+
 def test_loss_at_ratio_one_without_kl_is_minus_mean_advantage():
     """logp = old_logp, β = 0: L = −Σ A·m / Σ m, and ∂L/∂logp_t = −A·m_t / Σ m (vanilla policy gradient)."""
     g = torch.Generator().manual_seed(0)
@@ -259,6 +272,47 @@ def test_score_edge_cases(data):
     assert ro.truncated.tolist() == [False, True, False, False] and ro.texts[2] == ""
     adv = grpo.group_advantages(ro.rewards, 4)
     assert adv[0] > adv[1] > 0 > adv[3] > adv[2]
+
+
+def test_score_reads_options_through_the_problem_and_stops_at_endoftext(data):
+    """score() uses tasks.reward_terms with the record's problem: for a position question "\\boxed{Right}"
+    names option B (right with the problem, wrong without it). <|endoftext|> ends a completion like
+    <|im_end|> (Qwen2.5-VL lists both as eos): not truncated, format kept, nothing after it counted."""
+    _, tok, ip = vlm.load_model("tiny", max_pixels=56 * 84)
+    assert vlm.stop_token_ids(tok) == [tok.convert_tokens_to_ids("<|im_end|>"), tok.convert_tokens_to_ids("<|endoftext|>")]
+    rec = common.read_jsonl(data)[0] | {"answer": "B", "problem": "<image>Where?\nA. Left\nB. Right\nC. Front\nD. Back"}
+    text = "<think>It is on the right.</think> \\boxed{Right}"
+    body = tok(text, add_special_tokens=False)["input_ids"]
+    endoftext, junk = tok.convert_tokens_to_ids("<|endoftext|>"), tok("A B", add_special_tokens=False)["input_ids"]
+    ids, mask = vlm.completion_mask(torch.tensor([body + [endoftext] + junk, body + [2] + junk]),
+                                    vlm.stop_token_ids(tok), tok.pad_token_id)
+    assert mask.sum(1).tolist() == [len(body) + 1] * 2
+    ro = grpo.Rollout([rec], {}, [1], 2, ids, mask)
+    grpo.score(ro, tok)
+    assert ro.texts == [text, text] and ro.truncated.tolist() == [False, False]
+    assert ro.rewards.tolist() == pytest.approx([1.0, 1.0])
+    assert tasks.reward(text, "B", "position") == pytest.approx(0.1)      # without the problem: not option B
+
+
+def test_resume_refuses_other_settings_in_one_line(data, tmp_path):
+    """--resume with another lr, KL coefficient, clip, dual clip, group size or image bound is refused
+    before anything is written, in one line naming the flag and both values (sft.py does the same)."""
+    out = tmp_path / "run"
+    grpo.train(cfg_for(data, out, max_steps=2, save_every=1, stop_after_steps=1, exclude="none"))
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    base = ["--data", str(data), "--out", str(out), "--resume", "--max-steps", "2", "--save-every", "1",
+            "--group-size", "4", "--rollout-batch-size", "4", "--update-batch-size", "2", "--micro-batch-size", "4",
+            "--max-new-tokens", "12", "--min-pixels", str(56 * 56), "--max-pixels", str(56 * 84), "--lr", "1e-3",
+            "--exclude", "none", "--no-activation-checkpointing", "--save-dtype", "float32"]
+    changes = [("--lr", "2e-3"), ("--kl-coef", "0.05"), ("--clip-low", "0.1"), ("--clip-high", "0.2"),
+               ("--dual-clip", "2.0"), ("--group-size", "2"), ("--max-pixels", str(56 * 112))]
+    for flag, value in changes:
+        with pytest.raises(SystemExit) as e:
+            grpo.main(base + [flag, value])
+        msg = str(e.value)
+        assert msg.startswith("grpo.py: error: --resume:") and "\n" not in msg, msg
+        assert (flag if flag != "--max-pixels" else "--max-pixels)") in msg and "(now " in msg, (flag, msg)
+        assert sorted(p.relative_to(out) for p in out.rglob("*")) == before, flag
 
 
 def test_non_finite_gradient_skips_the_step():

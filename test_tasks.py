@@ -98,9 +98,39 @@ def test_extract_boxed_takes_last_balanced():
     ("<think>a</think> \\boxed{B", False),                   # unbalanced box
     ("<think>a</think> B", False),
     ("", False),
+    ("< think >a</ think > \\boxed{B}", True),              # whitespace inside the tags (official img_score)
+    ("<think >a< /think>\\boxed{B}", True),
+    ("<thinking>a</thinking> \\boxed{B}", False),           # another tag is not a think tag
+    ("<think>a</ think > \\boxed{B} </ think > \\boxed{C}", True),   # the last box, after the first close
 ])
 def test_format_ok(response, ok):
     assert tasks.format_ok(response) is ok
+
+
+@pytest.mark.parametrize("response,answer,acc", [
+    ("<think>x</think> \\boxed{A}", "A", 1.0),
+    ("\\boxed{ A }", "A", 1.0),                              # the box content is stripped
+    ("\\boxed{a}", "A", 0.0),                                # exact match: case counts
+    ("\\boxed{A.}", "A", 0.0),                               # no normalisation at all
+    ("\\boxed{A} then \\boxed{B}", "B", 1.0),               # the last box only (no hedging rule)
+    ("\\boxed{A} then \\boxed{B", "A", 0.0),                # the last \\boxed{ never closes: no answer
+    ("\\boxed{\\frac{1}{2}}", "\\frac{1}{2}", 1.0),          # braces inside are balanced
+    ("A", "A", 0.0),
+])
+def test_taskless_records_use_the_official_exact_match(response, answer, acc):
+    """A record with no task (e.g. the released parquet) is scored as the official img_score: the stripped
+    content of the last \\boxed{} equals the answer string."""
+    assert tasks.accuracy(response, answer, None) == acc
+    assert tasks.reward_terms(response, answer, None)[1] == acc
+
+
+def test_reward_terms_and_cut_off_completions():
+    """reward_terms gives (reward, accuracy, format); a completion cut off by the token budget has format 0."""
+    good = "<think>r</think> \\boxed{C}"
+    assert tasks.reward_terms(good, "C", "crop") == pytest.approx((1.0, 1.0, 1.0))
+    assert tasks.reward_terms(good, "C", "crop", finished=False) == pytest.approx((0.9, 1.0, 0.0))
+    assert tasks.reward_terms("<think>r</think> \\boxed{A}", "C", "crop") == pytest.approx((0.1, 0.0, 1.0))
+    assert tasks.reward(good, "C", "crop", finished=False) == pytest.approx(0.9)
 
 
 def test_reward_values():
