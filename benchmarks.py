@@ -14,7 +14,8 @@ Paper → code (official file → our function)
   VLMEvalKit MCQ (utils/matching_util.py can_infer_option/_text)       → can_infer(), score_mcq()
   3DSRBench vanilla / flip / circ / flip-circ (image_mcq.py::_3DSRBench) → dsr_group_scores()
   Spatial457 `Answer': '…'` parse + is_correct (spatial457.py,
-    utils/spatial457.py::Spatial457_utils)                             → spatial457_official_answer(), _correct()
+    utils/spatial457.py::Spatial457_utils)                             → spatial457_official_answer(),
+                                                                          spatial457_official_correct()
   Spatial457 prompt (spatial457.py::build_subtask_instruction)         → spatial457_vlmeval_texts()
   QSpatial+ parse_prediction / get_multiplier / δ (image_vqa.py::QSpatial) → qspatial_official_cm(), qspatial_ok()
   What'sUp `"A" in answer` (whatsup_eval/main.py::evaluate_scores)     → score_whatsup()

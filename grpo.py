@@ -22,7 +22,7 @@ in generation / log-probs / update; generated tokens/s.
 
 Paper → code (official code: training/GRPO, an EasyR1 fork; examples/config.yaml + spatial-ssrl_*.sh)
   G = 5 samples per prompt, temperature 1, top-p 1, top-k off    → rollout(), Sampler (generate / RolloutEngine)
-  reward r = 0.9·accuracy + 0.1·format (math.py img_score)        → score() via tasks.accuracy / format_ok
+  reward r = 0.9·accuracy + 0.1·format (math.py img_score)        → score() via tasks.reward_terms()
   A_i = (r_i − mean_g) / (std_g + 1e-6), unbiased std             → group_advantages()
   old log-probs recomputed by the actor, ref = frozen SFT init    → rollout_logprobs(), setup_models()
     (one update per rollout: on-policy, old = current log-probs detached, the old pass is skipped)
