@@ -100,7 +100,8 @@ class Config:
     micro_batch_size: int = knob(4, "sequences per forward/backward on one rank in the update")
     logprob_micro_batch_size: int = knob(8, "sequences per forward on one rank for old/ref log-probs")
     sync_every_micro_batch: bool = knob(True, "FSDP2: reduce-scatter gradients after every micro-batch (--no-...: "
-                                      "accumulate one full fp32 gradient per rank, ≈ 33 GB for 7B, reduce once)")
+                                      "accumulate one full fp32 gradient per rank, ≈ 33 GB for 7B: all 8.3B parameters, the vision "
+                                      "tower trains here; reduce once)")
     max_new_tokens: int = knob(2048, "longest completion (paper: 2048)")
     temperature: float = knob(1.0, "sampling temperature, also divides the logits of every log-prob (paper: 1.0)")
     top_p: float = knob(1.0, "nucleus sampling (paper: 1.0 = off)")

@@ -7,7 +7,7 @@ lives in vlm.py; distributed setup, config parsing and checkpoints in common.py.
 bottom: config · loss and schedule · data · loop (train_step, train) · command line.
 
     python sft.py --model tiny --data data/ssrl/sft.jsonl --out runs/sft-tiny --global-batch-size 8 --lr 6e-3 \\
-        --max-steps 200 --max-pixels 12544     # 2 CPU cores: ~45 s of CPU, 0.58 GB; 55/55 test answers well-formed
+        --max-steps 200 --max-pixels 12544     # CPU example (README: its time and memory)
     torchrun --nproc_per_node 8 sft.py --model Qwen/Qwen2.5-VL-7B-Instruct --data data/ssrl/sft.jsonl --out runs/sft7b
     python sft.py --smoke --out runs/smoke   # CPU smoke run: tiny model, synthetic data, 2 steps
 
@@ -286,7 +286,8 @@ def train_step(model, optimizer, batches: list, lr: float, max_grad_norm: float,
     global count (sft_loss): the update does not depend on how the global batch is split. On an FSDP2
     model the gradients are reduce-scattered after every micro-batch (sync_every_micro_batch), so a rank
     holds only its fp32 gradient shard between micro-batches; with False they are accumulated unsharded
-    (one full fp32 gradient per rank, ≈ 30 GB for 7B) and reduced once after the last micro-batch."""
+    (one full fp32 gradient of the trained parameters per rank: ≈ 30 GB for 7B, whose language model
+    has 7.6B parameters; the vision tower is frozen here) and reduced once after the last micro-batch."""
     world = dist.get_world_size() if dist.is_initialized() else 1
     n_local = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in batches)
     n_global = max(1.0, all_reduce_sum(n_local, device))

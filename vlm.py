@@ -382,14 +382,12 @@ def fast_vision_attention(model) -> int:
 def enable_activation_checkpointing(model) -> list:
     """Non-reentrant activation checkpointing on the layers that train: every decoder layer, and the vision
     blocks only when they have trainable parameters (call it after freeze_vision). Recomputing a frozen
-    block saves nothing worth its cost: its activations are not kept for a backward anyway (measured on an
-    H200, 3B shape: 4x slower steps). Returns the names of the checkpointed layers.
+    block saves nothing: its activations are not kept for a backward anyway. Returns the names of the
+    checkpointed layers.
 
     Each layer's forward is wrapped at instance level (checkpointed_forward), so parameter names and state
-    dicts stay those of the HF model and FSDP2's hooks stay outside the recomputed region. We do not use
-    transformers' activation_checkpointing_enable: on FSDP2 it measured 1.65x the step without
-    checkpointing against 1.09x for this wrapper (tiny model, CPU, same gradients); on an H200 (3B shape,
-    8.5k tokens, frozen vision) 1.51x against 1.16x."""
+    dicts stay those of the HF model and FSDP2's hooks stay outside the recomputed region. transformers'
+    own activation_checkpointing_enable is slower on FSDP2 (README, "Performance": the measurements)."""
     from transformers.modeling_layers import GradientCheckpointingLayer
     names = []
     for name, m in model.named_modules():
