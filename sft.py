@@ -382,8 +382,8 @@ def train(cfg: Config) -> None:
         out, mode = Path(cfg.out), out_mode(cfg)   # checks only: nothing is written before the data,
         barrier()                                      # the model and a resumed run's settings are checked
         s = setup_training(cfg, d)
-        model, records, G = s["model"], s["records"], cfg.global_batch_size
-        steps_per_epoch = math.ceil(len(records) / G)
+        model, records, B = s["model"], s["records"], cfg.global_batch_size
+        steps_per_epoch = math.ceil(len(records) / B)
         total = cfg.max_steps if cfg.max_steps > 0 else cfg.epochs * steps_per_epoch
         ident = sft_identity(cfg, len(records), total, s["ip"])
         ckpt = checked_checkpoint(cfg.out, ident, IDENTITY_LABELS) if mode == "resume" else None
@@ -400,7 +400,7 @@ def train(cfg: Config) -> None:
         def encode_step(i: int) -> list:   # this rank's encoded micro-batches of global step i
             epoch, k = divmod(i, steps_per_epoch)
             order = epoch_order(len(records), epoch, cfg.seed, cfg.shuffle)
-            return rank_batches([records[j] for j in order[k * G:(k + 1) * G]], s["root"], s["tok"], s["ip"], d,
+            return rank_batches([records[j] for j in order[k * B:(k + 1) * B]], s["root"], s["tok"], s["ip"], d,
                                 cfg.micro_batch_size, cfg.micro_batch_tokens)
         prefetch = ThreadPoolExecutor(max_workers=1)   # decodes and encodes step i+1 while step i trains
         next_enc = prefetch.submit(encode_step, step)
@@ -427,7 +427,7 @@ def train(cfg: Config) -> None:
             bar.update(1)
             if (cfg.save_every and step % cfg.save_every == 0) or step == total:
                 ep, k2 = divmod(step, steps_per_epoch)
-                save_state(model, s["optimizer"], {"step": step, "epoch": ep, "index_in_epoch": k2 * G, **ident},
+                save_state(model, s["optimizer"], {"step": step, "epoch": ep, "index_in_epoch": k2 * B, **ident},
                            cfg.out, cfg.keep_checkpoints)
         bar.close()
         prefetch.shutdown()
