@@ -10,6 +10,7 @@ Nothing here knows about models: vlm.py is the model plumbing, engine.py the fas
   config        knob, config_parser (every dataclass field becomes a --flag, --help shows the defaults)
   checkpoints   save_state, load_state, latest_checkpoint, publish_step_folder, check_identity
   data order    epoch_order
+  data files    read_records: our .jsonl, the release's spatialssrl.parquet and SFT-coldstart.json → our records
 """
 import argparse
 import dataclasses

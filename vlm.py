@@ -4,7 +4,8 @@ One implementation of each step that must never differ between training and eval
   load      load_model (HF id, local folder, or the offline "tiny" / "tiny-qwen3" models), set_pixel_bounds,
             freeze_vision
   encode    build_messages (problem + CoT prompt → chat messages), encode (chat template + image tokens +
-            mm_token_type_ids, equal to transformers' own processor), load_images
+            mm_token_type_ids, equal to transformers' own processor), load_images / open_image
+            (paths, in-memory bytes, zip members)
   log-probs token_logprobs: the LM head applied only at the positions that are scored, in chunks, fp32
             log-softmax of logits / temperature; no (B, T, V) fp32 tensor
   shard     fast_vision_attention (one batched attention call instead of a Python loop over windows),
