@@ -69,6 +69,7 @@ import tasks
 from common import (BadRecord, Dist, all_reduce_sum, append_metrics, atomic_write, barrier, checked_checkpoint,
                     cleanup_dist, config_parser, epoch_order, is_main, knob, out_dir_mode, print0,
                     publish_step_folder, read_jsonl, resume_from, save_state, setup_dist, start_out_dir)
+from common import SetupError, read_records   # the release's files (load_prompts)
 from engine import RolloutEngine
 from vlm import (IGNORE_INDEX, IMAGE_PLACEHOLDER, TINY_MODELS, build_messages, enable_activation_checkpointing, encode,
                  freeze_vision, generate, is_fsdp, load_images, load_model, save_hf, shard_model, stop_token_ids,
@@ -89,7 +90,8 @@ Records whose id is in the cold-start sft.jsonl next to --data are left out (--e
 @dataclass
 class Config:
     model: str = knob("tiny", "cold-start checkpoint: local HF dir, HF id, or 'tiny' / 'tiny-qwen3'")
-    data: str = knob("", "REQUIRED: train.jsonl from make_data.py (id, task, problem, answer, images)")
+    data: str = knob("", "REQUIRED: train.jsonl from make_data.py (id, task, problem, answer, images), or the "
+                       "release's spatialssrl.parquet (images from images/ or images.zip beside it; needs pyarrow)")
     out: str = knob("runs/grpo", "output folder (new or empty, unless --resume or --overwrite)")
     exclude: str = knob("auto", "jsonl whose ids are left out ('auto': sft.jsonl next to --data; 'none': keep all)")
     epochs: int = knob(10, "passes over the data (paper: 10)")
@@ -246,31 +248,50 @@ def resolve_model(name: str) -> None:
 
 
 def check_prompt_record(r: dict, root: Path) -> None:
-    """Raise BadRecord naming the record if it cannot be a GRPO prompt (fields, task, answer, images)."""
+    """Raise BadRecord naming the record if it cannot be a GRPO prompt (fields, task, answer, images).
+
+    task None (the release's records, common.read_records) is a valid task: it is scored by the official
+    rule, the last \\boxed{} equal to the answer string (tasks.accuracy). Images are paths relative to root,
+    or the bytes / zip-member entries read_records makes for the release."""
     rid = r.get("id", "?")
-    if r.get("task") not in tasks.TASKS or not isinstance(r.get("problem"), str) or "answer" not in r:
-        raise BadRecord(f"record {rid}: needs task (one of {', '.join(tasks.TASKS)}), problem and answer")
+    if (r.get("task") is not None and r.get("task") not in tasks.TASKS) or not isinstance(r.get("problem"), str) \
+            or r.get("answer") is None:
+        raise BadRecord(f"record {rid}: needs problem, answer and a task (one of {', '.join(tasks.TASKS)}, or "
+                        "none for the official exact-match reward)")
     images = r.get("images") or []
     if r["problem"].count(IMAGE_PLACEHOLDER) != len(images):
         raise BadRecord(f"record {rid}: {r['problem'].count(IMAGE_PLACEHOLDER)} <image> placeholders "
                         f"but {len(images)} images")
-    for rel in images:
-        if not (root / rel).is_file():
-            raise BadRecord(f"record {rid}: image {root / rel} not found")
+    for ref in images:
+        if isinstance(ref, dict) and (ref.get("bytes") is not None or "zip" in ref):
+            continue   # decoded from memory / read from the archive (read_records found the member)
+        if not isinstance(ref, str) or not (root / ref).is_file():
+            raise BadRecord(f"record {rid}: image {root / ref if isinstance(ref, str) else str(ref)[:80]} not found")
     try:
-        tasks.accuracy("", str(r["answer"]), r["task"])
+        tasks.accuracy("", str(r["answer"]), r.get("task"))
     except ValueError as e:
         raise BadRecord(f"record {rid}: {e}") from None
 
 
 def load_prompts(cfg: Config) -> tuple:
-    """(records, root, number left out): train.jsonl minus the cold-start ids, every record checked."""
+    """(records, root, number left out): the prompts of --data minus the cold-start ids, every record checked.
+
+    --data is train.jsonl (make_data.py) or the release's spatialssrl.parquet (common.read_records: records
+    without a task get task None, the official reward; images on disk or read from images.zip). The
+    cold-start ids come from a .jsonl (--exclude; 'auto': sft.jsonl next to --data). The release needs no
+    exclusion: its cold-start set (SFT-coldstart.json) has its own images and no ids shared with the parquet,
+    and the official run trained GRPO on every parquet row; 'auto' finds no sft.jsonl in the release folder
+    and keeps them all, as the paper did."""
     path = Path(cfg.data)
     if not path.is_file():
         raise BadRecord(f"--data {cfg.data}: no such file")
-    records = read_jsonl(str(path))
+    records, root = read_records(str(path))
     exclude = path.with_name("sft.jsonl") if cfg.exclude == "auto" else None if cfg.exclude == "none" \
         else Path(cfg.exclude)
+    if exclude is not None and exclude.suffix.lower() != ".jsonl":
+        raise SetupError(f"--exclude {cfg.exclude}: expected our sft.jsonl (its ids are left out); the release's "
+                         "cold-start file shares no ids with spatialssrl.parquet and the official run left "
+                         "nothing out: use --exclude none")
     if exclude is not None and exclude.resolve() != path.resolve() and exclude.is_file():
         ids = {r.get("id") for r in read_jsonl(str(exclude))}
         kept = [r for r in records if r.get("id") not in ids]
@@ -281,8 +302,8 @@ def load_prompts(cfg: Config) -> tuple:
     if not records:
         raise BadRecord(f"--data {cfg.data}: no records left (after leaving out {left_out} cold-start ids)")
     for r in records:
-        check_prompt_record(r, path.resolve().parent)
-    return records, path.resolve().parent, left_out
+        check_prompt_record(r, root)
+    return records, root, left_out
 
 
 def encode_prompts(records: list, root: Path, tok, ip) -> tuple:

@@ -59,9 +59,9 @@ from tqdm import tqdm
 
 from common import (BadRecord, Dist, SetupError, all_reduce_sum, append_metrics, atomic_write, barrier,
                     checked_checkpoint, cleanup_dist, config_parser, epoch_order, knob, out_dir_mode, print0,
-                    read_jsonl, resume_from, save_state, setup_dist, start_out_dir)
+                    read_records, resume_from, save_state, setup_dist, start_out_dir)
 from vlm import (IGNORE_INDEX, IMAGE_PLACEHOLDER, PAPER_MAX_PIXELS, build_messages, enable_activation_checkpointing,
-                 encode, freeze_vision, image_token_count, is_fsdp, load_images, load_model, save_hf,
+                 encode, freeze_vision, image_token_count, is_fsdp, load_images, load_model, open_image, save_hf,
                  set_pixel_bounds, shard_model, token_logprobs, tokenize_conversation)
 
 
@@ -69,8 +69,10 @@ from vlm import (IGNORE_INDEX, IMAGE_PLACEHOLDER, PAPER_MAX_PIXELS, build_messag
 @dataclass
 class Config:
     model: str = knob("tiny", "HF id or local HF dir (Qwen2.5-VL / Qwen3-VL), or 'tiny' / 'tiny-qwen3'")
-    data: str = knob("", "REQUIRED (except with --smoke): the cold-start file make_data.py writes, sft.jsonl "
-                       "(records with id, task, problem, answer, images, response)")
+    data: str = knob("", "REQUIRED (except with --smoke): the cold-start file, sft.jsonl from make_data.py "
+                       "(records with id, task, problem, answer, images, response) or the release's "
+                       "SFT-coldstart.json (LLaMA-Factory format; images from coldstart_SFT_images/ or "
+                       "images_coldstart.zip beside it)")
     out: str = knob("runs/sft", "output folder: the HF checkpoint, metrics.jsonl, checkpoints/")
     epochs: int = knob(5, "passes over the data (paper: 5)")
     max_steps: int = knob(0, "stop after this many optimizer steps (0: epochs decide)")
@@ -179,20 +181,21 @@ def check_sft_record(record: dict, root: Path, tokenizer, image_processor, max_l
     if not isinstance(record.get("problem"), str):
         raise BadRecord(f'record {rid}: "problem" is {json.dumps(record.get("problem"))}, not a string')
     images = record.get("images")
-    if not isinstance(images, list) or not all(isinstance(x, str) for x in images):
-        raise BadRecord(f'record {rid}: "images" is {json.dumps(images)}, not a list of paths '
+    if not isinstance(images, list) or not all(isinstance(x, (str, dict)) for x in images):
+        raise BadRecord(f'record {rid}: "images" is {json.dumps(images, default=str)[:200]}, not a list of paths '
                         "(use [] for a text-only record)")
     if record["problem"].count(IMAGE_PLACEHOLDER) != len(images):
         raise BadRecord(f"record {rid}: {record['problem'].count(IMAGE_PLACEHOLDER)} <image> "
                         f"placeholders but {len(images)} images")
     counts = []
-    for rel in images:
+    for ref in images:   # a path, or (release files, common.read_records) bytes or a zip member
+        name = root / ref if isinstance(ref, str) else ref.get("path") or ref.get("member") or "(bytes)"
         try:
-            with Image.open(root / rel) as im:
+            with open_image(ref, root) as im:
                 im.load()   # decode it all: a truncated file has a valid header
                 counts.append(image_token_count(im.size, image_processor))
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-            raise BadRecord(f"record {rid}: cannot read image {root / rel}: {e}") from None
+            raise BadRecord(f"record {rid}: cannot read image {name}: {e}") from None
     p, t = tokenize_conversation(build_messages(record["problem"], record["response"]), counts, tokenizer)
     if len(p) + len(t) > max_length:
         raise BadRecord(f"record {rid}: {len(p) + len(t)} tokens > --max-length {max_length}")
@@ -331,9 +334,8 @@ def setup_training(cfg: Config, d: Dist) -> dict:
                                 attn_implementation=cfg.attn_implementation, meta=from_rank0 and not d.is_main)
     if cfg.max_pixels is None and ip.size["longest_edge"] > PAPER_MAX_PIXELS:   # a base model's 12.8M px
         set_pixel_bounds(ip, None, PAPER_MAX_PIXELS)
-    root = Path(cfg.data).resolve().parent
-    records, skipped = prepare_records(read_jsonl(cfg.data), root, tok, ip, cfg.max_length,
-                                       cfg.skip_bad_records)
+    raw, root = read_records(cfg.data)   # sft.jsonl, or the release's SFT-coldstart.json
+    records, skipped = prepare_records(raw, root, tok, ip, cfg.max_length, cfg.skip_bad_records)
     trainable = freeze_vision(model) if cfg.freeze_vision else sum(p.numel() for p in model.parameters())
     model.config.use_cache = False
     if cfg.activation_checkpointing:

@@ -4,7 +4,8 @@ One implementation of each step that must never differ between training and eval
   load      load_model (HF id, local folder, or the offline "tiny" / "tiny-qwen3" models), set_pixel_bounds,
             freeze_vision
   encode    build_messages (problem + CoT prompt → chat messages), encode (chat template + image tokens +
-            mm_token_type_ids, equal to transformers' own processor), load_images
+            mm_token_type_ids, equal to transformers' own processor), load_images / open_image
+            (paths, in-memory bytes, zip members)
   log-probs token_logprobs: the LM head applied only at the positions that are scored, in chunks, fp32
             log-softmax of logits / temperature; no (B, T, V) fp32 tensor
   shard     fast_vision_attention (one batched attention call instead of a Python loop over windows),
@@ -19,10 +20,12 @@ backend), never from AutoProcessor.
 """
 import copy
 import functools
+import io
 import json
 import os
 import shutil
 import sys
+import threading
 import types
 import warnings
 from pathlib import Path
@@ -243,12 +246,37 @@ def encode(conversations: list, images: list, tokenizer, image_processor, paddin
 
 
 def load_images(record: dict, root: Path) -> list:
-    """The record's images as RGB PIL images (paths relative to the jsonl folder)."""
+    """The record's images as RGB PIL images (each entry as open_image reads it)."""
     out = []
-    for rel in record["images"]:
-        with Image.open(root / rel) as im:
+    for ref in record["images"]:
+        with open_image(ref, root) as im:
             out.append(im.convert("RGB"))
     return out
+
+
+def open_image(ref, root: Path) -> Image.Image:
+    """Open one image entry of a record (use it in a `with`): a path (relative to root, or absolute), a bytes
+    dict {"bytes": ...} decoded in memory (the release's parquet may embed its images), or a zip member
+    {"zip": ..., "member": ...} read straight from the archive (common.read_records makes these when the
+    release's images are still in images.zip). Raises OSError (or a PIL error) when it cannot be read."""
+    if isinstance(ref, str):
+        return Image.open(Path(root) / ref)
+    if isinstance(ref, dict) and ref.get("bytes") is not None:
+        return Image.open(io.BytesIO(ref["bytes"]))
+    if isinstance(ref, dict) and "zip" in ref:
+        try:
+            data = _zip_handle(ref["zip"], os.getpid(), threading.get_ident()).read(ref["member"])
+        except KeyError:
+            raise OSError(f"{ref['zip']} has no member {ref['member']}") from None
+        return Image.open(io.BytesIO(data))
+    raise OSError(f"not an image entry: {str(ref)[:80]} (expected a path, bytes or a zip member)")
+
+
+@functools.lru_cache(maxsize=64)
+def _zip_handle(path: str, pid: int, thread: int):
+    """One open ZipFile per archive, process and thread (a ZipFile handle is not shared across threads)."""
+    import zipfile
+    return zipfile.ZipFile(path)
 
 
 # ----------------------------------------------------------------------------- log-probs
