@@ -66,15 +66,14 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 import tasks
-from common import (BadRecord, Dist, all_reduce_sum, append_metrics, atomic_write, barrier, checked_checkpoint,
+from common import (BadRecord, Dist, SetupError, all_reduce_sum, append_metrics, atomic_write, barrier, checked_checkpoint,
                     cleanup_dist, config_parser, epoch_order, is_main, knob, out_dir_mode, print0,
                     publish_step_folder, read_jsonl, resume_from, save_state, setup_dist, start_out_dir)
-from common import SetupError, read_records   # the release's files (load_prompts)
 from engine import RolloutEngine
+from records import read_records   # our train.jsonl or the release's parquet (load_prompts)
 from vlm import (IGNORE_INDEX, IMAGE_PLACEHOLDER, TINY_MODELS, build_messages, enable_activation_checkpointing, encode,
                  freeze_vision, generate, is_fsdp, load_images, load_model, save_hf, shard_model, stop_token_ids,
                  token_logprobs)
-
 
 
 # ----------------------------------------------------------------------------- config
@@ -250,7 +249,7 @@ def resolve_model(name: str) -> None:
 def check_prompt_record(r: dict, root: Path) -> None:
     """Raise BadRecord naming the record if it cannot be a GRPO prompt (fields, task, answer, images).
 
-    task None (the release's records, common.read_records) is a valid task: it is scored by the official
+    task None (the release's records, records.read_records) is a valid task: it is scored by the official
     rule, the last \\boxed{} equal to the answer string (tasks.accuracy). Images are paths relative to root,
     or the bytes / zip-member entries read_records makes for the release."""
     rid = r.get("id", "?")
@@ -276,7 +275,7 @@ def check_prompt_record(r: dict, root: Path) -> None:
 def load_prompts(cfg: Config) -> tuple:
     """(records, root, number left out): the prompts of --data minus the cold-start ids, every record checked.
 
-    --data is train.jsonl (make_data.py) or the release's spatialssrl.parquet (common.read_records: records
+    --data is train.jsonl (make_data.py) or the release's spatialssrl.parquet (records.read_records: records
     without a task get task None, the official reward; images on disk or read from images.zip). The
     cold-start ids come from a .jsonl (--exclude; 'auto': sft.jsonl next to --data). The release needs no
     exclusion: its cold-start set (SFT-coldstart.json) has its own images and no ids shared with the parquet,

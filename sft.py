@@ -59,7 +59,8 @@ from tqdm import tqdm
 
 from common import (BadRecord, Dist, SetupError, all_reduce_sum, append_metrics, atomic_write, barrier,
                     checked_checkpoint, cleanup_dist, config_parser, epoch_order, knob, out_dir_mode, print0,
-                    read_records, resume_from, save_state, setup_dist, start_out_dir)
+                    resume_from, save_state, setup_dist, start_out_dir)
+from records import read_records
 from vlm import (IGNORE_INDEX, IMAGE_PLACEHOLDER, PAPER_MAX_PIXELS, build_messages, enable_activation_checkpointing,
                  encode, freeze_vision, image_token_count, is_fsdp, load_images, load_model, open_image, save_hf,
                  set_pixel_bounds, shard_model, token_logprobs, tokenize_conversation)
@@ -188,7 +189,7 @@ def check_sft_record(record: dict, root: Path, tokenizer, image_processor, max_l
         raise BadRecord(f"record {rid}: {record['problem'].count(IMAGE_PLACEHOLDER)} <image> "
                         f"placeholders but {len(images)} images")
     counts = []
-    for ref in images:   # a path, or (release files, common.read_records) bytes or a zip member
+    for ref in images:   # a path, or (release files, records.read_records) bytes or a zip member
         name = root / ref if isinstance(ref, str) else ref.get("path") or ref.get("member") or "(bytes)"
         try:
             with open_image(ref, root) as im:

@@ -1,4 +1,4 @@
-"""Tests of training on the released Spatial-SSRL-81k files (common.read_records, vlm.open_image, sft.py and
+"""Tests of training on the released Spatial-SSRL-81k files (records.read_records, vlm.open_image, sft.py and
 grpo.py --data): tiny fixtures in the release's formats, built here.
 
     python -m pytest -q test_release.py
@@ -24,6 +24,7 @@ import torch
 from PIL import Image
 
 import common
+import records
 import grpo
 import sft
 import tasks
@@ -104,7 +105,7 @@ def pixels(im: Image.Image) -> tuple:
 
 # ----------------------------------------------------------------------------- reading and normalisation
 def test_parquet_records_images_as_paths_zip_members_and_bytes(release):
-    recs, root = common.read_records(str(release / "spatialssrl.parquet"))
+    recs, root = records.read_records(str(release / "spatialssrl.parquet"))
     assert root == release.resolve()
     assert [r["id"] for r in recs] == [f"spatialssrl-{i}" for i in range(4)]
     assert [r["task"] for r in recs] == [None] * 4
@@ -120,7 +121,7 @@ def test_parquet_records_images_as_paths_zip_members_and_bytes(release):
 
 
 def test_plain_path_parquet_absolute_easyr1_paths_and_cot_suffix(release):
-    recs, root = common.read_records(str(release / "paths.parquet"))
+    recs, root = records.read_records(str(release / "paths.parquet"))
     assert recs[0]["images"] == [str(release.resolve() / "images" / "crop" / "c0.png")]    # /data/images/crop/…
     assert recs[1]["images"][0]["member"] == "depth/d0.png"
     assert recs[1]["problem"] == recs[0]["problem"] and not recs[1]["problem"].endswith(tasks.COT_PROMPT)
@@ -128,7 +129,7 @@ def test_plain_path_parquet_absolute_easyr1_paths_and_cot_suffix(release):
 
 
 def test_llama_factory_cold_start_alpaca_and_sharegpt(release):
-    recs, root = common.read_records(str(release / "SFT-coldstart.json"))
+    recs, root = records.read_records(str(release / "SFT-coldstart.json"))
     assert [r["id"] for r in recs] == [f"SFT-coldstart-{i}" for i in range(4)]
     assert [r["answer"] for r in recs] == ["B", "A", "D", "3"]
     assert all(r["response"].startswith("<think>") and r["task"] is None and r["pretext"] is None for r in recs)
@@ -141,7 +142,7 @@ def test_llama_factory_cold_start_alpaca_and_sharegpt(release):
 
 
 def test_pretext_from_the_image_folder_task_stays_none_unless_given(release, tmp_path):
-    recs, _ = common.read_records(str(release / "spatialssrl.parquet"))
+    recs, _ = records.read_records(str(release / "spatialssrl.parquet"))
     assert [r["pretext"] for r in recs] == ["crop", "depth", "flip", "shuffle"]
     assert [r["task"] for r in recs] == [None] * 4       # scored by the official rule, not our verifiers
     with pytest.raises(ValueError):                      # why: the official 0-based shuffle labels are not valid
@@ -149,7 +150,7 @@ def test_pretext_from_the_image_folder_task_stays_none_unless_given(release, tmp
     mixed = tmp_path / "mixed.parquet"                   # images from two folders, and a task column given
     pq.write_table(pa.Table.from_pylist([{"problem": "<image><image>?", "answer": "A", "task": "crop", "id": "x7",
                                           "images": ["/data/images/crop/c0.png", "depth/d0.png"]}]), mixed)
-    (r,), _ = common.read_records(str(mixed), image_root=str(release))
+    (r,), _ = records.read_records(str(mixed), image_root=str(release))
     assert (r["id"], r["task"], r["pretext"]) == ("x7", "crop", None)
 
 
@@ -157,16 +158,16 @@ def test_missing_images_and_bad_files_are_one_line_errors(release, tmp_path):
     bad = tmp_path / "spatialssrl.parquet"
     pq.write_table(pa.Table.from_pylist([{"problem": "<image>?", "answer": "A", "images": ["flip/nope.png"]}]), bad)
     with pytest.raises(common.BadRecord, match=r"record 0 \(id spatialssrl-0\): image flip/nope.png not found"):
-        common.read_records(str(bad))
+        records.read_records(str(bad))
     pq.write_table(pa.Table.from_pylist([{"question": "?", "answer": "A"}]), bad)
     with pytest.raises(common.BadRecord, match="no problem, images column"):
-        common.read_records(str(bad))
+        records.read_records(str(bad))
     (tmp_path / "x.csv").write_text("a,b\n")
     with pytest.raises(common.SetupError, match="unknown format .csv"):
-        common.read_records(str(tmp_path / "x.csv"))
+        records.read_records(str(tmp_path / "x.csv"))
     (tmp_path / "two.json").write_text(json.dumps([{"conversations": [{"from": "human", "value": "a"}]}]))
     with pytest.raises(common.BadRecord, match="one user turn then one assistant turn"):
-        common.read_records(str(tmp_path / "two.json"))
+        records.read_records(str(tmp_path / "two.json"))
 
 
 def test_parquet_without_pyarrow_says_pip_install(release, monkeypatch):
@@ -175,7 +176,7 @@ def test_parquet_without_pyarrow_says_pip_install(release, monkeypatch):
     monkeypatch.setattr(builtins, "__import__", lambda name, *a, **k: (_ for _ in ()).throw(ImportError(name))
                         if name.startswith("pyarrow") else real(name, *a, **k))
     with pytest.raises(common.SetupError, match=r"pip install pyarrow"):
-        common.read_records(str(release / "spatialssrl.parquet"))
+        records.read_records(str(release / "spatialssrl.parquet"))
 
 
 # ----------------------------------------------------------------------------- GRPO: prompts and reward
@@ -202,7 +203,7 @@ def test_grpo_load_prompts_and_official_reward_for_task_less_records(release):
 
 
 def test_check_prompt_record_accepts_task_none_and_rejects_unknown_tasks(release, tmp_path):
-    recs, root = common.read_records(str(release / "spatialssrl.parquet"))
+    recs, root = records.read_records(str(release / "spatialssrl.parquet"))
     for r in recs:
         grpo.check_prompt_record(r, root)
     with pytest.raises(common.BadRecord, match="or none for the official"):

@@ -1026,7 +1026,7 @@ def test_import_has_no_side_effects(tmp_path):
 # =============================================================================================
 SCRIPTS = [p for p in ("tasks.py", "make_data.py", "sft.py", "grpo.py", "evaluate.py", "benchmarks.py")
            if (HERE / p).exists()]
-SUPPORT = [p for p in ("vlm.py", "engine.py", "common.py", "scenes.py") if (HERE / p).exists()]
+SUPPORT = [p for p in ("vlm.py", "engine.py", "common.py", "records.py", "scenes.py") if (HERE / p).exists()]
 STAGES = ("make_data", "sft", "grpo", "evaluate")
 
 

@@ -257,7 +257,7 @@ def load_images(record: dict, root: Path) -> list:
 def open_image(ref, root: Path) -> Image.Image:
     """Open one image entry of a record (use it in a `with`): a path (relative to root, or absolute), a bytes
     dict {"bytes": ...} decoded in memory (the release's parquet may embed its images), or a zip member
-    {"zip": ..., "member": ...} read straight from the archive (common.read_records makes these when the
+    {"zip": ..., "member": ...} read straight from the archive (records.read_records makes these when the
     release's images are still in images.zip). Raises OSError (or a PIL error) when it cannot be read."""
     if isinstance(ref, str):
         return Image.open(Path(root) / ref)
