@@ -389,11 +389,12 @@ def test_video_token_counts_differ_from_images():
 
 def test_video_forward_matches_image_path():
     """The tiny Qwen2.5-VL's forward through the video path: a video of 2 identical frames is one temporal
-    patch with exactly the image's pixel rows (the HF image processor's), so its logits equal the image's;
+    patch with exactly the image's pixel rows (the HF image processor's, resize included), so its logits
+    equal the image's;
     a 4-frame video gets temporal positions spaced by tokens_per_second · 2 / fps, and the batched vision
     attention (fast_vision_attention) gives the logits of transformers' own loop over windows."""
     model, tok, ip = vlm.load_model("tiny")
-    im = noise_frames(1)[0]
+    im = noise_frames(1, 130, 100)[0]           # resized to 140×112 by both paths
     img = vlm.encode([[{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Which?"}]}]],
                      [[im]], tok, ip)
     vid = vlm.encode([video_conv([im, im], text="Which?")], [[]], tok, ip)

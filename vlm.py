@@ -236,26 +236,36 @@ def video_inputs(frames: list, image_processor, min_pixels: int | None = None,
 
     Every frame is resized (smart_resize into [min_pixels, max_pixels], default: the image processor's
     bounds, as transformers configures a Qwen2.5-VL video processor from preprocessor_config.json), rescaled
-    and normalised by the image processor (PIL backend: the same resample as qwen-vl-utils' fetch_image); an
-    odd frame count is padded by repeating the last frame; frames 2k and 2k+1 form temporal patch k. Rows are
-    ordered (t, h/merge, w/merge, merge, merge), columns (C, T, p, p), as the HF video processor's patchify."""
+    and normalised with the image processor's settings and arithmetic (PIL resample, as qwen-vl-utils'
+    fetch_image; float64 rescale, float32 normalise: the PIL image processor's pixels exactly); an odd frame
+    count is padded by repeating the last frame; frames 2k and 2k+1 form temporal patch k. Rows are ordered
+    (t, h/merge, w/merge, merge, merge), columns (C, T, p, p), as the HF video processor's patchify."""
+    import numpy as np
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
     if not frames:
         raise ValueError("a video needs at least one frame")
     if len({f.size for f in frames}) > 1:
         raise ValueError(f"video frames differ in size: {sorted({f.size for f in frames})}")
-    tps, p = image_processor.temporal_patch_size, image_processor.patch_size
-    size = {"shortest_edge": image_processor.size["shortest_edge"] if min_pixels is None else min_pixels,
-            "longest_edge": image_processor.size["longest_edge"] if max_pixels is None else max_pixels}
-    frames = list(frames) + [frames[-1]] * (-len(frames) % tps)
-    per_frame = []
-    for f in frames:   # one frame at a time: the image processor repeats each frame tps times
-        out = image_processor(images=[f], size=size, return_tensors="pt")
-        gh, gw = out["image_grid_thw"][0, 1:].tolist()
-        rows = out["pixel_values"].view(gh * gw, -1, tps, p, p)[:, :, 0]          # (h·w, C, p, p)
-        per_frame.append(rows)
-    x = torch.stack(per_frame).view(len(frames) // tps, tps, gh * gw, -1, p, p)  # (t, T, h·w, C, p, p)
-    x = x.permute(0, 2, 3, 1, 4, 5).reshape(len(frames) // tps * gh * gw, -1)    # rows (t, h·w), cols (C, T, p, p)
-    return x, [len(frames) // tps, gh, gw]
+    ip = image_processor
+    tps, p, m = ip.temporal_patch_size, ip.patch_size, ip.merge_size
+    w, h = frames[0].size
+    if ip.do_resize:
+        h, w = smart_resize(h, w, factor=p * m,
+                            min_pixels=ip.size["shortest_edge"] if min_pixels is None else min_pixels,
+                            max_pixels=ip.size["longest_edge"] if max_pixels is None else max_pixels)
+    mean, std = np.asarray(ip.image_mean, np.float32), np.asarray(ip.image_std, np.float32)
+    n = len(frames) + (-len(frames) % tps)
+    x = np.empty((n, h, w, 3), np.float32)
+    for i, f in enumerate(frames):   # one frame at a time: no float64 copy of the whole video
+        f = f.convert("RGB")
+        a = np.asarray(f.resize((w, h), ip.resample) if f.size != (w, h) else f)
+        a = (a.astype(np.float64) * ip.rescale_factor).astype(np.float32) if ip.do_rescale else a.astype(np.float32)
+        x[i] = (a - mean) / std if ip.do_normalize else a
+    x[len(frames):] = x[len(frames) - 1]
+    t, gh, gw = n // tps, h // p, w // p
+    v = torch.from_numpy(x).view(t, tps, gh // m, m, p, gw // m, m, p, 3)
+    v = v.permute(0, 2, 5, 3, 6, 8, 1, 4, 7)                  # (t, h/m, w/m, m, m, C, T, p, p)
+    return v.reshape(t * gh * gw, 3 * tps * p * p), [t, gh, gw]
 
 
 def encode(conversations: list, images: list, tokenizer, image_processor, padding_side: str = "right") -> dict:
