@@ -57,8 +57,9 @@ Remaining differences of --paper-quirks from the official code (documented, not 
 
 Other deviations (both modes)
   * No GPT judge anywhere; an unreadable answer is wrong. Items whose image cannot be read are skipped and counted.
-  * VSI-Bench frames go in as separate images (Options.frames, default 32), not one 128-frame video item
-    (Options.vsi_input records which), so that row is not comparable with the paper's.
+  * VSI-Bench: evaluate.py passes one video item of Options.frames (128) frames, as the official script; with
+    --vsi-as-images the frames go in as separate images (Options.vsi_input records which), and that row is
+    not comparable with the paper's.
 """
 import ast
 import base64
@@ -107,8 +108,8 @@ class Options:
     paper_quirks: bool = False    # the official prompts and scoring, item by item
     seed: int = 0                 # What'sUp option shuffle (default mode)
     limit: int = 0                # first N items per benchmark (0: all)
-    frames: int = 32              # VSI-Bench frames sampled per video
-    vsi_input: str = "images"     # how VSI-Bench frames reach the model: "images" (a sequence) or "video"
+    frames: int = 128             # VSI-Bench frames sampled per video (official: 128)
+    vsi_input: str = "video"      # how VSI-Bench frames reach the model: "video" (one item, official) or "images"
 
     @property
     def mode(self) -> str:
@@ -912,16 +913,42 @@ def video_frames(video: Path, k: int) -> list:
     if not video.is_file():
         raise MissingImage(f"{video}: no such video (nor a folder {folder} of frames)")
     av = _require("av", f"decoding {video} (or extract its frames into {folder}/)")
-    with av.open(str(video)) as container:
-        frames = [f.to_image().convert("RGB") for f in container.decode(video=0)]
+    try:
+        with av.open(str(video)) as container:
+            n = container.streams.video[0].frames   # the header's count; 0 when the container has none
+        if n <= 0:
+            n = _decode_frames(av, video, set())[1]
+        frames, decoded = _decode_frames(av, video, set(sample_indices(n, k)))
+        if decoded < n:   # the header overstated the count: sample from the frames there are
+            frames, _ = _decode_frames(av, video, set(sample_indices(decoded, k)))
+    except (getattr(getattr(av, "error", None), "FFmpegError", OSError), OSError, ValueError, IndexError) as e:
+        raise MissingImage(f"{video}: cannot decode ({type(e).__name__}: {e})") from None
     if not frames:
         raise MissingImage(f"{video}: no frames decoded")
-    return [frames[i] for i in sample_indices(len(frames), k)]
+    return frames
+
+
+def _decode_frames(av, video: Path, keep: set) -> tuple:
+    """(the RGB frames whose index is in keep, in order; the number of frames decoded). Decoding stops after
+    the last kept frame; with keep empty it runs to the end (counting)."""
+    frames, n, last = [], 0, max(keep, default=None)
+    with av.open(str(video)) as container:
+        for n, f in enumerate(container.decode(video=0), 1):
+            if n - 1 in keep:
+                frames.append(f.to_image().convert("RGB"))
+            if last is not None and n - 1 >= last:
+                break
+    return frames, n
+
+
+def is_video(item: Item) -> bool:
+    """A VSI-Bench item: its one image source is a video (or a folder of its frames)."""
+    return bool(item.images) and item.images[0][0] == "frames"
 
 
 def load_item_images(item: Item, frames: int) -> tuple:
     """(images, image_slots) of one item, a video expanded to `frames` frames; MissingImage if any is unreadable."""
-    if item.images and item.images[0][0] == "frames":
+    if is_video(item):
         ims = video_frames(Path(item.images[0][1]), frames)
         return ims, [0] * len(ims)
     ims = [open_image(s) for s in item.images]

@@ -8,7 +8,7 @@ prompts: there are no collectives per token. On CPU and in tests `vlm.generate` 
 the reference path; both have the same contract (ids, completion mask).
 
   bucket_length, pad_prompts   fixed prompt shapes (left padding, filler rows)
-  prompt_slice                 prompts lo…hi of an encode() batch with their images
+  prompt_slice                 prompts lo…hi of an encode() batch with their images and videos
   RolloutEngine                refresh (gather the weights), generate, free
 """
 import copy
@@ -19,6 +19,9 @@ import torch.nn.functional as F
 
 from common import print0
 from vlm import completion_mask, fast_vision_attention, generation_config, is_fsdp
+
+
+VISION_KEYS = ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw", "second_per_grid_ts")
 
 
 # ----------------------------------------------------------------------------- shapes
@@ -37,7 +40,7 @@ def pad_prompts(batch: dict, length: int, rows: int, pad_id: int) -> dict:
     prompts with text-only filler rows (one attended pad token each; their outputs are dropped), so every
     generate call of a run has the same number of sequences."""
     b, t = batch["input_ids"].shape
-    out = {k: v for k, v in batch.items() if k in ("pixel_values", "image_grid_thw")}
+    out = {k: v for k, v in batch.items() if k in VISION_KEYS}
     for key in ("input_ids", "attention_mask", "mm_token_type_ids"):
         x = F.pad(batch[key], (length - t, 0), value=pad_id if key == "input_ids" else 0)
         filler = torch.full((rows - b, length), pad_id if key == "input_ids" else 0, dtype=x.dtype)
@@ -48,20 +51,26 @@ def pad_prompts(batch: dict, length: int, rows: int, pad_id: int) -> dict:
 
 
 def prompt_slice(batch: dict, lo: int, hi: int, merge_size: int = 2) -> dict:
-    """Prompts lo … hi−1 of an encode() batch, with their images' pixel rows and grids (images follow the
-    prompts' order; image j has prod(grid_j) / merge² tokens and belongs to the prompt whose running count
-    of image tokens it falls in)."""
+    """Prompts lo … hi−1 of an encode() batch, with their images' pixel rows and grids, and their videos'
+    (pixel_values_videos, video_grid_thw, second_per_grid_ts). Images follow the prompts' order; image j has
+    prod(grid_j) / merge² tokens and belongs to the prompt whose running count of image tokens
+    (mm_token_type_ids 1) it falls in; videos likewise with the video tokens (mm_token_type_ids 2)."""
     out = {k: batch[k][lo:hi] for k in ("input_ids", "attention_mask", "mm_token_type_ids")}
-    if "pixel_values" in batch:
-        patches = batch["image_grid_thw"].prod(-1)                                  # (images,)
-        ends = (patches // merge_size ** 2).cumsum(0)                               # image tokens so far
-        owner = torch.searchsorted((batch["mm_token_type_ids"] == 1).sum(1).cumsum(0), ends)   # prompt of image
+    for mm_type, pixels, grids, extra in ((1, "pixel_values", "image_grid_thw", None),
+                                          (2, "pixel_values_videos", "video_grid_thw", "second_per_grid_ts")):
+        if pixels not in batch:
+            continue
+        patches = batch[grids].prod(-1)                                             # (items,)
+        ends = (patches // merge_size ** 2).cumsum(0)                               # vision tokens so far
+        owner = torch.searchsorted((batch["mm_token_type_ids"] == mm_type).sum(1).cumsum(0), ends)  # its prompt
         mine = ((owner >= lo) & (owner < hi)).nonzero().flatten()
         if len(mine):
             rows = torch.cat([torch.zeros(1, dtype=torch.long), patches.cumsum(0)])
             a, z = int(mine[0]), int(mine[-1]) + 1
-            out["pixel_values"] = batch["pixel_values"][int(rows[a]):int(rows[z])]
-            out["image_grid_thw"] = batch["image_grid_thw"][a:z]
+            out[pixels] = batch[pixels][int(rows[a]):int(rows[z])]
+            out[grids] = batch[grids][a:z]
+            if extra in batch:
+                out[extra] = batch[extra][a:z]
     return out
 
 

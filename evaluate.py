@@ -32,9 +32,14 @@ Deviations (paper / official evaluation code; the scoring ones are listed in ben
   2. The CoT instruction is appended once, after one space, to the last text segment; --paper-quirks appends it
      to every text segment with no separator (VLMEvalKit's preproc_content: 3x on Spatial457).
   3. QSpatial+ uses the benchmark's own system prompt and templates (the fork's prompt files are not released).
-  4. VSI-Bench frames go in as a sequence of images, --vsi-frames (default 32) sampled uniformly, not as one
-     128-frame video item (encode has no video path); the option-prefix bug "A. A. …" is fixed unless
-     --paper-quirks. Numbers are not comparable with the paper's VSI-Bench row (results say vsi_input=images).
+  4. VSI-Bench goes in as the official script passes it: one Qwen2.5-VL video item of --vsi-frames (128)
+     frames sampled uniformly (round(linspace(0, n-1, 128)), all frames of shorter videos), each frame
+     resized at the image bounds qwen-vl-utils gives a frame list (4..16384 ×28², BENCH_PIXELS), temporal
+     patches of 2 frames, positions spaced for --vsi-fps 2 (the processor default). Frames come from PyAV
+     (the official script uses decord; their frame counts can differ on some files) or a folder of
+     pre-extracted frames. --vsi-as-images gives the old frames-as-images input (not comparable with the
+     paper; results say vsi_input=images). Qwen3-VL has no video path here (its prompts carry timestamps):
+     use --vsi-as-images. The option-prefix bug "A. A. …" is fixed unless --paper-quirks.
   5. ViewSpatial images are resized to 420×280 first (as the official script) and then bounded by the processor
      limits.
   6. Items whose image cannot be read are skipped and counted (reported beside the score), not scored as wrong.
@@ -50,7 +55,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from benchmarks import (BENCH_NAMES, PAPER_ROWS, DataError, Item, MissingImage, Options, load_bench,
+from benchmarks import (BENCH_NAMES, PAPER_ROWS, DataError, Item, MissingImage, Options, is_video, load_bench,
                         load_item_images, score_item, summarize)
 
 from common import all_reduce_sum, barrier, cleanup_dist, config_parser, print0, setup_dist
@@ -58,13 +63,15 @@ from engine import RolloutEngine
 from vlm import encode, generate, load_model
 
 # (min_pixels, max_pixels) per benchmark, as the paper's setups (VLMEvalKit Qwen2VLChat: 1280..16384 ×28²;
-# What'sUp: ≤ 512×28²; ViewSpatial: 256..1280 ×28² after a 420×280 resize; VSI-Bench: qwen-vl-utils video
-# budget for 128 frames = 384×28² per frame); pretext: None = the bounds the checkpoint was trained with (its
-# saved preprocessor_config.json), so a model trained on small images is asked on the same sizes.
+# What'sUp: ≤ 512×28²; ViewSpatial: 256..1280 ×28² after a 420×280 resize; VSI-Bench, per frame: the official
+# frame list goes through qwen-vl-utils' fetch_image, i.e. the image bounds 4..16384 ×28², then through the
+# video processor, which Qwen2.5-VL checkpoints configure from preprocessor_config.json: 3136..16384 ×28²);
+# pretext: None = the bounds the checkpoint was trained with (its saved preprocessor_config.json), so a model
+# trained on small images is asked on the same sizes.
 BENCH_PIXELS = {"pretext": None, "spatial457": (1280 * 784, 16384 * 784),
                 "3dsrbench": (1280 * 784, 16384 * 784), "spatialeval": (1280 * 784, 16384 * 784),
                 "qspatial_plus": (1280 * 784, 16384 * 784), "whatsup": (56 * 56, 512 * 784),
-                "viewspatial": (256 * 784, 1280 * 784), "vsibench": (128 * 784, 384 * 784)}
+                "viewspatial": (256 * 784, 1280 * 784), "vsibench": (4 * 784, 16384 * 784)}
 PRETEXT_DEFAULT = "data/ssrl/test.jsonl"   # make_data.py's default output
 
 
@@ -86,7 +93,11 @@ class Config:
     batch_size: int = _f(8, "prompts per generate call on one rank")
     max_new_tokens: int = _f(2048, "generation budget per answer (VLMEvalKit: 2048; standalone scripts: 4096)")
     pixels: list = _f((), "BENCH=MIN:MAX pixel bounds overriding BENCH_PIXELS, e.g. pretext=3136:12544")
-    vsi_frames: int = _f(32, "frames sampled uniformly from each VSI-Bench video")
+    vsi_frames: int = _f(128, "frames sampled uniformly from each VSI-Bench video (official: 128)")
+    vsi_as_images: bool = _f(False, "give VSI-Bench frames as separate images instead of one video item "
+                                    "(not the official input; Qwen3-VL needs it)")
+    vsi_fps: float = _f(2.0, "frame rate a VSI-Bench video is declared to have: temporal positions spaced by "
+                             "2/fps (official: the processor default, 2)")
     seed: int = _f(0, "seed of the What'sUp option shuffle")
     dtype: str = _f("auto", "model dtype: auto (bf16 on CUDA, fp32 on CPU), bfloat16, float16, float32")
     fast: bool = _f(True, "on CUDA use the rollout engine (engine.py: static cache, compiled decode) (static cache, compiled decode) when available")
@@ -94,8 +105,10 @@ class Config:
     progress: bool = _f(True, "tqdm progress bar")
 
     def __post_init__(self):
-        if self.batch_size < 1 or self.max_new_tokens < 1 or self.vsi_frames < 1 or self.limit < 0:
-            raise ValueError("--batch-size, --max-new-tokens and --vsi-frames must be positive, --limit >= 0")
+        if self.batch_size < 1 or self.max_new_tokens < 1 or self.vsi_frames < 1 or self.limit < 0 \
+                or not self.vsi_fps > 0:
+            raise ValueError("--batch-size, --max-new-tokens, --vsi-frames and --vsi-fps must be positive, "
+                             "--limit >= 0")
         unknown = [b for b in self.bench if b not in BENCH_NAMES + ("all",)]
         if unknown:
             raise ValueError(f"unknown --bench {unknown}; expected some of {BENCH_NAMES + ('all',)}")
@@ -121,7 +134,7 @@ class Config:
     def options(self) -> Options:
         """What benchmarks.py's loaders and scorers need from this run."""
         return Options(cot=self.cot, paper_quirks=self.paper_quirks, seed=self.seed, limit=self.limit,
-                       frames=self.vsi_frames, vsi_input="images")
+                       frames=self.vsi_frames, vsi_input=vsi_input(self))
 
     def pixel_bounds(self, bench: str) -> tuple | None:
         """(min, max) pixels for a benchmark: --pixels, else BENCH_PIXELS (None: the model's own bounds)."""
@@ -179,11 +192,18 @@ def append_predictions(path: Path, records: list) -> None:
         os.fsync(f.fileno())
 
 
+def vsi_input(cfg: Config) -> str:
+    """How VSI-Bench frames reach the model: "video" (one video item, official) or "images"."""
+    return "images" if cfg.vsi_as_images else "video"
+
+
 def run_identity(bench: str, path: str, cfg: Config) -> dict:
     """Settings that change the predictions; a resumed run must match them."""
+    vsi = bench == "vsibench"
     return {"model": cfg.model, "data": str(path), "cot": cfg.cot, "paper_quirks": cfg.paper_quirks,
             "max_new_tokens": cfg.max_new_tokens, "pixels": list(cfg.pixel_bounds(bench) or ()),
-            "vsi_frames": cfg.vsi_frames if bench == "vsibench" else None, "seed": cfg.seed}
+            "vsi_frames": cfg.vsi_frames if vsi else None, "vsi_input": vsi_input(cfg) if vsi else None,
+            "vsi_fps": cfg.vsi_fps if vsi and not cfg.vsi_as_images else None, "seed": cfg.seed}
 
 
 def check_identity(bench_dir: Path, ident: dict) -> None:
@@ -211,6 +231,7 @@ class Generator:
 
     def __init__(self, model, tokenizer, cfg: Config, device, engine: bool | None = None):
         self.model, self.tok, self.cfg, self.device = model, tokenizer, cfg, device
+        self.model_type = model.config.model_type   # video items: Qwen2.5-VL only
         use = cfg.fast and device.type == "cuda" if engine is None else engine
         self.engine = RolloutEngine(model, prompts_per_call=cfg.batch_size) if use else None
         if self.engine is not None:
@@ -229,8 +250,10 @@ class Generator:
         return texts, [int(m.sum()) for m in mask]
 
 
-def to_messages(item: Item, n_images_slots: list) -> list:
-    content = []
+def to_messages(item: Item, n_images_slots: list, video: dict | None = None) -> list:
+    """One user turn: item.texts with an image item before texts[i] for each i in n_images_slots; a video
+    item ({"type": "video", "video": frames, ...}, vlm.encode) goes first."""
+    content = [video] if video else []
     for i, t in enumerate(item.texts):
         content += [{"type": "image"}] * n_images_slots.count(i)
         if t:
@@ -252,8 +275,12 @@ def answer_batch(bench: str, items: list, gen: Generator, ip, cfg: Config) -> tu
         except MissingImage as e:
             records.append({**base, "skipped": f"image: {e}"})
             continue
-        convs.append(to_messages(it, slots))
-        images.append(ims)
+        if is_video(it) and not cfg.vsi_as_images:   # one video item of all the frames (official input)
+            convs.append(to_messages(it, [], {"type": "video", "video": ims, "fps": cfg.vsi_fps}))
+            images.append([])
+        else:
+            convs.append(to_messages(it, slots))
+            images.append(ims)
         asked.append((it, base))
     if not asked:
         return records, 0
@@ -299,9 +326,13 @@ def run_bench(bench: str, path: str, cfg: Config, gen: Generator, ip, d, own_bou
     barrier()
     done = read_predictions(preds, repair=False)
     todo = [it for it in items if it.id not in done]
+    if bench == "vsibench" and not cfg.vsi_as_images and gen.model_type != "qwen2_5_vl":
+        raise DataError(f"VSI-Bench as video needs a Qwen2.5-VL model ({cfg.model} is {gen.model_type}); "
+                        "use --vsi-as-images")
     ip.size = dict(zip(("shortest_edge", "longest_edge"), cfg.pixel_bounds(bench) or own_bounds))
     batches, rounds = shard_batches(todo, d.rank, d.world_size, cfg.batch_size)
-    print0(f"{bench}: {len(items)} items, {len(done)} done before, {len(todo)} to ask "
+    mode = f", {cfg.vsi_frames} frames as {vsi_input(cfg)}" if bench == "vsibench" else ""
+    print0(f"{bench}: {len(items)} items{mode}, {len(done)} done before, {len(todo)} to ask "
                f"({d.world_size} rank(s), {rounds} rounds of <= {cfg.batch_size})")
     t0, ntok, nasked = time.time(), 0, 0
     bar = tqdm(total=len(todo), desc=bench, disable=not (d.is_main and cfg.progress), dynamic_ncols=True)

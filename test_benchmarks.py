@@ -273,7 +273,7 @@ def test_import_without_torch():
 
 def test_summary_records_the_mode():
     recs = [{"id": "1", "category": "object_counting", "correct": 0.5}]
-    s = bm.summarize("vsibench", recs, bm.Options(paper_quirks=True, frames=16))
+    s = bm.summarize("vsibench", recs, bm.Options(paper_quirks=True, frames=16, vsi_input="images"))
     assert (s["mode"], s["vsi_input"], s["frames"], s["comparable"]) == ("paper-quirks", "images", 16, False)
     assert bm.summarize("vsibench", recs, bm.Options(paper_quirks=True, vsi_input="video"))["comparable"]
     assert bm.summarize("whatsup", recs, bm.Options(paper_quirks=True))["comparable"]

@@ -461,3 +461,94 @@ def test_pretext_uses_the_checkpoints_own_pixel_bounds(monkeypatch, tmp_path):
     monkeypatch.setattr(ev, "encode", spy)   # evaluate.py's own name for vlm.encode
     ev.evaluate(cfg)
     assert seen and all(s == {"shortest_edge": 3136, "longest_edge": 3136} for s in seen)
+
+
+# ----------------------------------------------------------------------------- VSI-Bench as video
+def test_vsibench_video_end_to_end(tmp_path, monkeypatch):
+    """Default VSI-Bench input = the official one: all sampled frames as ONE video item (pixel_values_videos,
+    frames/2 temporal patches, mm_token_type_ids 2, second_per_grid_ts 2/fps), recorded in run.json and the
+    results; --vsi-as-images gives the frames as separate images, and cannot resume a video run."""
+    data = make_fixtures(tmp_path / "d")
+    seen = []
+    real_encode = vlm.encode
+
+    def spy(convs, images, tokenizer, image_processor, padding_side="right"):
+        seen.append(real_encode(convs, images, tokenizer, image_processor, padding_side))
+        return seen[-1]
+    monkeypatch.setattr(ev, "encode", spy)
+    c = cfg(tmp_path, bench=["vsibench"], data=[f"vsibench={data['vsibench']}"])
+    assert c.vsi_frames == 128 and not c.vsi_as_images and c.vsi_fps == 2.0
+    res = ev.evaluate(c)["vsibench"]
+    assert res["n"] == 2 and res["skipped"] == 1 and res["vsi_input"] == "video" and res["frames"] == 128
+    run = json.loads((tmp_path / "out" / "vsibench" / "run.json").read_text())
+    assert run["vsi_input"] == "video" and run["vsi_frames"] == 128 and run["vsi_fps"] == 2.0
+    saved = json.loads((tmp_path / "out" / "results.json").read_text())["vsibench"]
+    assert saved["vsi_input"] == "video"
+    b = seen[0]
+    assert "pixel_values" not in b and b["video_grid_thw"].tolist() == [[3, 2, 2]] * 2   # 6 frames → 3 patches
+    assert b["second_per_grid_ts"].tolist() == [1.0, 1.0]
+    assert ((b["mm_token_type_ids"] == 2).sum(1) == 3).all() and (b["mm_token_type_ids"] != 1).all()
+    with pytest.raises(ev.DataError, match="vsi_input"):
+        ev.evaluate(cfg(tmp_path, bench=["vsibench"], data=[f"vsibench={data['vsibench']}"], vsi_as_images=True))
+    seen.clear()
+    res = ev.evaluate(cfg(tmp_path, bench=["vsibench"], data=[f"vsibench={data['vsibench']}"], vsi_as_images=True,
+                          vsi_frames=4, out=str(tmp_path / "img")))["vsibench"]
+    assert res["vsi_input"] == "images" and "pixel_values_videos" not in seen[0]
+    assert seen[0]["image_grid_thw"].shape[0] == 8 and ((seen[0]["mm_token_type_ids"] == 1).sum(1) == 4).all()
+    args = ev.build_parser().parse_args(["--vsi-as-images", "--vsi-fps", "1", "--vsi-frames", "16"])
+    assert args.vsi_as_images and args.vsi_fps == 1.0 and args.vsi_frames == 16
+    with pytest.raises(ValueError, match="vsi-fps"):
+        ev.Config(vsi_fps=0)
+
+
+def test_vsibench_video_needs_qwen25(tmp_path):
+    """Qwen3-VL has no video path here (its video prompts carry timestamps): a clear error naming the flag."""
+    data = make_fixtures(tmp_path / "d")
+    with pytest.raises(ev.DataError, match="--vsi-as-images"):
+        ev.evaluate(cfg(tmp_path, model="tiny-qwen3", bench=["vsibench"], data=[f"vsibench={data['vsibench']}"]))
+
+
+def test_pyav_decodes_only_the_sampled_frames(tmp_path, monkeypatch):
+    """PyAV path (a stand-in av module: PyAV is an optional extra): the header's frame count picks
+    round(linspace(0, n-1, k)), decoding stops after the last one; a count the header lacks (0) or overstates
+    is taken from the frames actually decoded."""
+    import sys
+    import types
+
+    def fake_av(n_real: int, header: int, decoded: list):
+        class Frame:
+            def __init__(self, i):
+                self.i = i
+
+            def to_image(self):
+                return Image.new("RGB", (8, 8), (self.i, 0, 0))
+
+        class Container:
+            streams = types.SimpleNamespace(video=[types.SimpleNamespace(frames=header)])
+
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *a):
+                return False
+
+            def decode(self, video=0):
+                for i in range(n_real):
+                    decoded.append(i)
+                    yield Frame(i)
+        mod = types.ModuleType("av")
+        mod.open = lambda path: Container()
+        return mod
+
+    video = tmp_path / "scene.mp4"
+    video.write_bytes(b"\x00")
+    for n_real, header in ((100, 100), (100, 0), (100, 130)):
+        decoded = []
+        monkeypatch.setitem(sys.modules, "av", fake_av(n_real, header, decoded))
+        frames = bm.video_frames(video, 5)
+        assert [f.getpixel((0, 0))[0] for f in frames] == [0, 25, 50, 74, 99]
+        if header == 100:
+            assert len(decoded) == 100 and decoded[-1] == 99      # one pass, stopped at the last sampled frame
+    decoded = []
+    monkeypatch.setitem(sys.modules, "av", fake_av(10, 10, decoded))
+    assert len(bm.video_frames(video, 128)) == 10 and len(decoded) == 10   # short video: every frame

@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -292,6 +293,131 @@ def test_image_pixel_bounds_and_token_count():
         assert vlm.image_token_count(size, ip) == int(grid.prod()) // 4
 
 
+# ----------------------------------------------------------------------------- video encoding
+def hf_video_processor_code() -> dict:
+    """smart_resize, and Qwen2VLVideoProcessor.patchify / get_num_of_video_patches, taken verbatim (by ast) from
+    the installed transformers' video_processing_qwen2_vl.py: that class needs torchvision (not installed), its
+    patch layout and token count are plain torch / Python."""
+    import ast
+    import math
+    import transformers
+    path = Path(transformers.__file__).parent / "models" / "qwen2_vl" / "video_processing_qwen2_vl.py"
+    tree, ns = ast.parse(path.read_text()), {"torch": torch, "math": math}
+    picked = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "smart_resize"]
+    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "Qwen2VLVideoProcessor")
+    picked += [n for n in cls.body if isinstance(n, ast.FunctionDef)
+               and n.name in ("patchify", "get_num_of_video_patches")]
+    assert len(picked) == 3
+    exec(compile(ast.Module(body=picked, type_ignores=[]), str(path), "exec"), ns)
+    return ns
+
+
+def noise_frames(n: int, w: int = 112, h: int = 84, seed: int = 0) -> list:
+    rng = np.random.default_rng(seed)
+    return [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for _ in range(n)]
+
+
+def video_conv(frames, text="What happens?", **extra) -> list:
+    return [{"role": "user", "content": [{"type": "video", "video": frames, **extra}, {"type": "text", "text": text}]}]
+
+
+def test_video_encoding_equals_hf_video_processor():
+    """A video item (list of PIL frames) gives the model inputs transformers' Qwen2.5-VL processor gives:
+    pixel_values_videos from HF's own patchify (its source, run on frames resized as qwen-vl-utils resizes a
+    frame list: PIL bicubic to smart_resize, then CLIP-normalised), video_grid_thw and the token count from
+    HF's get_num_of_video_patches (5 frames → padded to 6 → 3 temporal patches), second_per_grid_ts = 2 / fps,
+    and the token expansion + mm_token_type_ids (2 on video tokens) of the processor itself, in a left-padded
+    batch that also holds an image."""
+    _, tok, ip = vlm.load_model("tiny")
+    hf = hf_video_processor_code()
+    frames, image = noise_frames(5, 130, 100), noise_frames(1, 60, 60, seed=1)[0]   # resized to 140×112
+    lo, hi = 4 * 784, 64 * 784
+    convs = [video_conv(frames, min_pixels=lo, max_pixels=hi, fps=1.0),
+             [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "And this?"}]}]]
+    ours = vlm.encode(convs, [[], [image]], tok, ip, padding_side="left")
+    # pixels: frames resized and normalised independently of the image processor, patchified by HF's code
+    h, w = hf["smart_resize"](100, 130, factor=28, min_pixels=lo, max_pixels=hi)
+    mean, std = np.array(ip.image_mean, np.float32), np.array(ip.image_std, np.float32)
+    x = np.stack([(np.asarray(f.resize((w, h), Image.BICUBIC), np.float32) / 255 - mean) / std for f in frames])
+    ref_pix, t, gh, gw = hf["patchify"](None, torch.from_numpy(x).permute(0, 3, 1, 2)[None], 14, 2, 2)
+    assert (t, gh, gw) == (3, h // 14, w // 14) and ours["video_grid_thw"].tolist() == [[3, gh, gw]]
+    assert (h, w) == (112, 140) and torch.equal(ours["pixel_values_videos"], ref_pix[0])
+    settings = types.SimpleNamespace(size={"shortest_edge": lo, "longest_edge": hi}, patch_size=14, merge_size=2,
+                                     temporal_patch_size=2)
+    n_tokens = hf["get_num_of_video_patches"](settings, 5, 100, 130, {}) // 4
+    assert torch.equal(ours["second_per_grid_ts"], torch.tensor([2.0]))        # temporal_patch_size / fps
+    # the rest from transformers' Qwen2_5_VLProcessor.__call__ itself, its video processor replaced by a stand-in
+    # returning the reference pixels above and the frame rate (the processor expands <|video_pad|>, derives
+    # second_per_grid_ts from the fps, builds mm_token_type_ids)
+    from transformers.video_utils import VideoMetadata
+
+    class StandInVideoProcessor:
+        merge_size, temporal_patch_size = 2, 2
+
+        def __call__(self, videos, **kwargs):
+            return {"pixel_values_videos": ref_pix[0], "video_grid_thw": torch.tensor([[t, gh, gw]]),
+                    "video_metadata": [VideoMetadata(total_num_frames=5, fps=1.0)]}
+
+    texts = [tok.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in convs]
+    tok.padding_side = "left"
+    proc = image_only_processor("tiny", tok, ip)
+    proc.video_processor = StandInVideoProcessor()
+    ref = proc(text=texts, images=[image], videos=[frames], padding=True, return_tensors="pt")
+    assert torch.equal(ref["second_per_grid_ts"], torch.tensor([2.0]))
+    for key in ("input_ids", "attention_mask", "mm_token_type_ids", "pixel_values", "image_grid_thw",
+                "video_grid_thw"):
+        assert torch.equal(ours[key], ref[key]), key
+    assert int((ours["mm_token_type_ids"] == 2).sum()) == n_tokens == 3 * gh * gw // 4
+    with pytest.raises(ValueError, match="differ in size"):
+        vlm.encode([video_conv(frames[:1] + noise_frames(1, 56, 56))], [[]], tok, ip)
+
+
+def test_video_token_counts_differ_from_images():
+    """Frames as one video are 2 frames per temporal patch: 2 frames → 1 patch (half the tokens of the same 2
+    frames as images), 3 frames → padded to 4 → 2 patches, 4 frames → 2 patches."""
+    _, tok, ip = vlm.load_model("tiny")
+    frames = noise_frames(4)
+    per_image = vlm.image_token_count(frames[0].size, ip)
+    as_images = vlm.encode([vlm.build_messages("<image><image>Same?")], [frames[:2]], tok, ip)
+    assert int((as_images["mm_token_type_ids"] == 1).sum()) == 2 * per_image
+    for n, patches in ((1, 1), (2, 1), (3, 2), (4, 2)):
+        b = vlm.encode([video_conv(frames[:n])], [[]], tok, ip)
+        assert b["video_grid_thw"][0, 0] == patches and "pixel_values" not in b
+        assert int((b["mm_token_type_ids"] == 2).sum()) == patches * per_image
+        assert int((b["input_ids"] == 13).sum()) == patches * per_image      # <|video_pad|>
+
+
+def test_video_forward_matches_image_path():
+    """The tiny Qwen2.5-VL's forward through the video path: a video of 2 identical frames is one temporal
+    patch with exactly the image's pixel rows (the HF image processor's, resize included), so its logits
+    equal the image's;
+    a 4-frame video gets temporal positions spaced by tokens_per_second · 2 / fps, and the batched vision
+    attention (fast_vision_attention) gives the logits of transformers' own loop over windows."""
+    model, tok, ip = vlm.load_model("tiny")
+    im = noise_frames(1, 130, 100)[0]           # resized to 140×112 by both paths
+    img = vlm.encode([[{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Which?"}]}]],
+                     [[im]], tok, ip)
+    vid = vlm.encode([video_conv([im, im], text="Which?")], [[]], tok, ip)
+    assert torch.equal(vid["pixel_values_videos"], img["pixel_values"])
+    assert torch.equal(vid["video_grid_thw"], img["image_grid_thw"])
+    assert torch.equal(vid["mm_token_type_ids"] // 2, img["mm_token_type_ids"])
+    run = lambda m, b: m(**{k: v for k, v in b.items() if k != "labels"}).logits
+    with torch.no_grad():
+        torch.testing.assert_close(run(model, vid), run(model, img), atol=1e-5, rtol=1e-5)
+        four = vlm.encode([video_conv(noise_frames(4), fps=1.0)], [[]], tok, ip)
+        pos, _ = model.model.get_rope_index(four["input_ids"], four["mm_token_type_ids"],
+                                            video_grid_thw=four["video_grid_thw"],
+                                            second_per_grid_ts=four["second_per_grid_ts"],
+                                            attention_mask=four["attention_mask"])
+        video_t = pos[0, 0][four["mm_token_type_ids"][0] == 2]
+        step = model.config.vision_config.tokens_per_second * 2 / 1.0
+        assert video_t.unique().tolist() == [int(video_t[0]), int(video_t[0] + step)]
+        plain, _, _ = vlm.build_tiny("tiny")          # transformers' per-window attention loop
+        torch.testing.assert_close(run(model, four), run(plain, four), atol=1e-5, rtol=1e-5)
+        two_fps = vlm.encode([video_conv(noise_frames(4), fps=2.0)], [[]], tok, ip)
+        assert not torch.allclose(run(model, four), run(model, two_fps))   # fps moves the temporal positions
+
+
 def test_bad_records_error_or_skip(tmp_path):
     """Missing image, no response, over-long sample: an error naming the record, or skip-and-count."""
     good = two_colour_records(tmp_path, n=2)
@@ -465,6 +591,32 @@ def test_prompt_slice_and_buckets():
             assert key not in ref or torch.equal(part[key], ref[key])
     assert [engine.bucket_length(n, (256, 512)) for n in (1, 256, 257, 512, 513, 1100)] == [256, 256, 512, 512,
                                                                                          1024, 1536]
+
+
+def test_prompt_slice_and_engine_with_videos():
+    """Video batches: slicing prompts keeps exactly their videos (pixel_values_videos rows, video_grid_thw,
+    second_per_grid_ts) and images, as encoding them alone does; the rollout engine (slices, bucket padding,
+    filler rows) gives generate()'s greedy ids on a batch mixing videos, images and text."""
+    model, tok, ip = vlm.load_model("tiny")
+    image = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Which?"}]}]
+    both = [{"role": "user", "content": [{"type": "image"}, {"type": "video", "video": noise_frames(2, 56, 56, 3)},
+                                         {"type": "text", "text": "Both?"}]}]
+    convs = [video_conv(noise_frames(4), fps=1.0), image, vlm.build_messages("Text only?"), both,
+             video_conv(noise_frames(3, 84, 56, 5))]
+    ims = [[], noise_frames(1, 56, 84, 1), [], noise_frames(1, 84, 84, 2), []]
+    batch = vlm.encode(convs, ims, tok, ip, "left")
+    assert batch["video_grid_thw"][:, 0].tolist() == [2, 1, 2] and batch["second_per_grid_ts"].tolist() == [2, 1, 1]
+    for lo, hi in [(0, 1), (1, 2), (2, 3), (3, 4), (4, 5), (1, 4), (0, 5)]:
+        part, ref = engine.prompt_slice(batch, lo, hi), vlm.encode(convs[lo:hi], ims[lo:hi], tok, ip, "left")
+        assert torch.equal(part["input_ids"][:, -ref["input_ids"].shape[1]:], ref["input_ids"])
+        keys = ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw", "second_per_grid_ts")
+        assert {k for k in keys if k in part} == {k for k in keys if k in ref}
+        for key in keys:
+            assert key not in ref or torch.equal(part[key], ref[key]), (lo, hi, key)
+    ids, mask = vlm.generate(model, batch, tok, max_new_tokens=5)
+    eng = engine.RolloutEngine(model, prompts_per_call=2, prompt_buckets=(64, 128))
+    e_ids, e_mask = eng.generate(batch, tok, max_new_tokens=5)
+    assert torch.equal(ids, e_ids) and torch.equal(mask, e_mask)
 
 
 def test_rollout_engine_equals_generate():

@@ -5,7 +5,9 @@ One implementation of each step that must never differ between training and eval
             freeze_vision
   encode    build_messages (problem + CoT prompt → chat messages), encode (chat template + image tokens +
             mm_token_type_ids, equal to transformers' own processor), load_images / open_image
-            (paths, in-memory bytes, zip members)
+            (paths, in-memory bytes, zip members); Qwen2.5-VL video items (a list of PIL frames:
+            video_inputs, pixel_values_videos / video_grid_thw / second_per_grid_ts, the layout of
+            transformers' Qwen2VLVideoProcessor, which itself needs torchvision)
   log-probs token_logprobs: the LM head applied only at the positions that are scored, in chunks, fp32
             log-softmax of logits / temperature; no (B, T, V) fp32 tensor
   shard     fast_vision_attention (one batched attention call instead of a Python loop over windows),
@@ -46,6 +48,7 @@ VISION_TOKENS = ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision
 TINY_MODELS = ("tiny", "tiny-qwen3")
 PAPER_MAX_PIXELS = 512 * 512        # cold-start SFT images ≤ 512² px (official LLaMA-Factory config)
 TINY_PIXELS = (56 * 56, PAPER_MAX_PIXELS)   # the tiny models' own image bounds
+VIDEO_FPS = 2.0     # the frame rate a frame-list video is taken to have (qwen-vl-utils and transformers default)
 
 
 # ----------------------------------------------------------------------------- load
@@ -171,22 +174,25 @@ def build_messages(problem: str, response: str | None = None) -> list:
     return messages
 
 
-def tokenize_conversation(messages: list, image_token_counts: list, tokenizer) -> tuple:
+def tokenize_conversation(messages: list, image_token_counts: list, tokenizer, video_token_counts: list = ()) -> tuple:
     """(prompt_ids, target_ids) for one conversation.
 
     The prompt is every message except a final assistant turn, rendered with the tokenizer's chat template
-    and the generation prompt; each <|image_pad|> is expanded to its image's token count. The target is the
-    final assistant text followed by <|im_end|> (empty when the conversation ends with a user turn)."""
+    and the generation prompt; each <|image_pad|> is expanded to its image's token count and each
+    <|video_pad|> to its video's (as transformers' Qwen2.5-VL processor does). The target is the final
+    assistant text followed by <|im_end|> (empty when the conversation ends with a user turn)."""
     has_target = messages[-1]["role"] == "assistant"
     prompt = messages[:-1] if has_target else messages
     text = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
-    image_id = tokenizer.convert_tokens_to_ids("<|image_pad|>")
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    n_pads = sum(1 for t in ids if t == image_id)
-    if n_pads != len(image_token_counts):
-        raise ValueError(f"prompt has {n_pads} image placeholders but {len(image_token_counts)} images")
-    counts = iter(image_token_counts)
-    prompt_ids = [t for tok in ids for t in ([tok] * next(counts) if tok == image_id else [tok])]
+    counts = {}
+    for kind, given in (("image", image_token_counts), ("video", video_token_counts)):
+        pad = tokenizer.convert_tokens_to_ids(f"<|{kind}_pad|>")
+        n_pads = sum(1 for t in ids if t == pad)
+        if n_pads != len(given):
+            raise ValueError(f"prompt has {n_pads} {kind} placeholders but {len(given)} {kind}s")
+        counts[pad] = iter(given)
+    prompt_ids = [t for tok in ids for t in ([tok] * next(counts[tok]) if tok in counts else [tok])]
     target_ids = []
     if has_target:
         content = messages[-1]["content"]
@@ -203,11 +209,12 @@ def image_token_count(size: tuple, image_processor) -> int:
     return patches // image_processor.merge_size ** 2
 
 
-def collate(samples: list, pad_id: int, image_id: int, padding_side: str = "right") -> dict:
+def collate(samples: list, pad_id: int, image_id: int, padding_side: str = "right",
+            video_id: int | None = None) -> dict:
     """Pad (prompt_ids, target_ids) pairs into a batch.
 
-    input_ids, attention_mask, mm_token_type_ids (1 on image tokens: M-RoPE needs it), labels (-100 on the
-    prompt and the padding): all (B, T) long tensors."""
+    input_ids, attention_mask, mm_token_type_ids (1 on image tokens, 2 on video tokens: M-RoPE needs it),
+    labels (-100 on the prompt and the padding): all (B, T) long tensors."""
     rows = [p + t for p, t in samples]
     width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
@@ -219,29 +226,89 @@ def collate(samples: list, pad_id: int, image_id: int, padding_side: str = "righ
         mask[i, s:s + len(r)] = 1
         if t:
             labels[i, s + len(p):s + len(r)] = torch.tensor(t)
-    return {"input_ids": ids, "attention_mask": mask, "mm_token_type_ids": (ids == image_id).long(),
-            "labels": labels}
+    mm = (ids == image_id).long()
+    if video_id is not None:
+        mm = mm.masked_fill(ids == video_id, 2)
+    return {"input_ids": ids, "attention_mask": mask, "mm_token_type_ids": mm, "labels": labels}
+
+
+def video_inputs(frames: list, image_processor, min_pixels: int | None = None,
+                 max_pixels: int | None = None) -> tuple:
+    """(pixel rows (t·h·w, C·T·p·p), grid [t, h, w]) of one video given as a list of PIL frames, laid out
+    as transformers' Qwen2VLVideoProcessor lays them out (its class needs torchvision; this does not).
+
+    Every frame is resized (smart_resize into [min_pixels, max_pixels], default: the image processor's
+    bounds, as transformers configures a Qwen2.5-VL video processor from preprocessor_config.json), rescaled
+    and normalised with the image processor's settings and arithmetic (PIL resample, as qwen-vl-utils'
+    fetch_image; float64 rescale, float32 normalise: the PIL image processor's pixels exactly); an odd frame
+    count is padded by repeating the last frame; frames 2k and 2k+1 form temporal patch k. Rows are ordered
+    (t, h/merge, w/merge, merge, merge), columns (C, T, p, p), as the HF video processor's patchify."""
+    import numpy as np
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
+    if not frames:
+        raise ValueError("a video needs at least one frame")
+    if len({f.size for f in frames}) > 1:
+        raise ValueError(f"video frames differ in size: {sorted({f.size for f in frames})}")
+    ip = image_processor
+    tps, p, m = ip.temporal_patch_size, ip.patch_size, ip.merge_size
+    w, h = frames[0].size
+    if ip.do_resize:
+        h, w = smart_resize(h, w, factor=p * m,
+                            min_pixels=ip.size["shortest_edge"] if min_pixels is None else min_pixels,
+                            max_pixels=ip.size["longest_edge"] if max_pixels is None else max_pixels)
+    mean, std = np.asarray(ip.image_mean, np.float32), np.asarray(ip.image_std, np.float32)
+    n = len(frames) + (-len(frames) % tps)
+    x = np.empty((n, h, w, 3), np.float32)
+    for i, f in enumerate(frames):   # one frame at a time: no float64 copy of the whole video
+        f = f.convert("RGB")
+        a = np.asarray(f.resize((w, h), ip.resample) if f.size != (w, h) else f)
+        a = (a.astype(np.float64) * ip.rescale_factor).astype(np.float32) if ip.do_rescale else a.astype(np.float32)
+        x[i] = (a - mean) / std if ip.do_normalize else a
+    x[len(frames):] = x[len(frames) - 1]
+    t, gh, gw = n // tps, h // p, w // p
+    v = torch.from_numpy(x).view(t, tps, gh // m, m, p, gw // m, m, p, 3)
+    v = v.permute(0, 2, 5, 3, 6, 8, 1, 4, 7)                  # (t, h/m, w/m, m, m, C, T, p, p)
+    return v.reshape(t * gh * gw, 3 * tps * p * p), [t, gh, gw]
 
 
 def encode(conversations: list, images: list, tokenizer, image_processor, padding_side: str = "right") -> dict:
-    """The one encoder of every stage: chat conversations + their PIL images → model inputs.
+    """The one encoder of every stage: chat conversations + their PIL images (and videos) → model inputs.
 
     conversations[i] is a message list (build_messages); images[i] its images in placeholder order. Returns
     input_ids, attention_mask, mm_token_type_ids, labels (B, T); pixel_values (Σ patches, C·t·p·p) and
-    image_grid_thw (num_images, 3) when there are images. Use padding_side="left" for generation."""
+    image_grid_thw (num_images, 3) when there are images. Use padding_side="left" for generation.
+
+    Videos (Qwen2-VL / Qwen2.5-VL) are content items {"type": "video", "video": [PIL frames], optional
+    "fps" (default VIDEO_FPS), "min_pixels" / "max_pixels" (default: the image processor's bounds)}, as
+    qwen-vl-utils takes them; they add pixel_values_videos, video_grid_thw (video_inputs) and
+    second_per_grid_ts = temporal_patch_size / fps (Qwen2.5-VL's temporal position spacing), and video
+    tokens get mm_token_type_ids 2."""
     flat = [im for ims in images for im in ims]
     vision = {}
     if flat:
         vision = dict(image_processor(images=flat, return_tensors="pt"))
     grid = vision.get("image_grid_thw", torch.zeros((0, 3), dtype=torch.long))
-    counts = (grid.prod(-1) // image_processor.merge_size ** 2).tolist()
-    samples, k = [], 0
+    merge = image_processor.merge_size ** 2
+    counts = (grid.prod(-1) // merge).tolist()
+    samples, k, vid_pix, vid_grid, vid_sec = [], 0, [], [], []
     for msgs, ims in zip(conversations, images):
-        samples.append(tokenize_conversation(msgs, counts[k:k + len(ims)], tokenizer))
+        vcounts = []
+        for m in msgs:
+            for c in m["content"] if isinstance(m["content"], list) else []:
+                if c.get("type") == "video":
+                    x, g = video_inputs(c["video"], image_processor, c.get("min_pixels"), c.get("max_pixels"))
+                    vid_pix.append(x)
+                    vid_grid.append(g)
+                    vid_sec.append(image_processor.temporal_patch_size / c.get("fps", VIDEO_FPS))
+                    vcounts.append(g[0] * g[1] * g[2] // merge)
+        samples.append(tokenize_conversation(msgs, counts[k:k + len(ims)], tokenizer, vcounts))
         k += len(ims)
     batch = collate(samples, tokenizer.pad_token_id, tokenizer.convert_tokens_to_ids("<|image_pad|>"),
-                    padding_side)
+                    padding_side, video_id=tokenizer.convert_tokens_to_ids("<|video_pad|>"))
     batch.update({k: v for k, v in vision.items() if k in ("pixel_values", "image_grid_thw")})
+    if vid_pix:
+        batch.update(pixel_values_videos=torch.cat(vid_pix), video_grid_thw=torch.tensor(vid_grid),
+                     second_per_grid_ts=torch.tensor(vid_sec, dtype=torch.float32))
     return batch
 
 
