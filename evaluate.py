@@ -52,13 +52,14 @@ import os
 import re
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks import (BENCH_NAMES, PAPER_ROWS, DataError, Item, MissingImage, Options, is_video, load_bench,
                         load_item_images, score_item, summarize)
 
-from common import all_reduce_sum, barrier, cleanup_dist, config_parser, print0, setup_dist
+from common import (all_reduce_sum, atomic_write, barrier, cleanup_dist, config_parser, identity_diff, knob, print0,
+                    setup_dist)
 from engine import RolloutEngine
 from vlm import encode, generate, load_model
 
@@ -76,33 +77,34 @@ PRETEXT_DEFAULT = "data/ssrl/test.jsonl"   # make_data.py's default output
 
 
 # ----------------------------------------------------------------------------- config
-def _f(default, help):
-    return field(default=default, metadata={"help": help})
-
-
 @dataclass
 class Config:
-    model: str = _f("tiny", "HF id or local HF dir (Qwen2.5-VL / Qwen3-VL), or 'tiny' / 'tiny-qwen3'")
-    bench: list = _f(("pretext",), f"benchmarks: {', '.join(BENCH_NAMES)}, or all (= every one given a --data)")
-    data: list = _f((), "BENCH=PATH pairs: the released file (or folder) per benchmark (pretext: "
+    model: str = knob("tiny", "HF id or local HF dir (Qwen2.5-VL / Qwen3-VL), or 'tiny' / 'tiny-qwen3'")
+    bench: list = knob(("pretext",), f"benchmarks: {', '.join(BENCH_NAMES)}, or all (= every one given a --data)")
+    data: list = knob((), "BENCH=PATH pairs: the released file (or folder) per benchmark (pretext: "
                         f"{PRETEXT_DEFAULT} unless given); with one --bench a plain PATH")
-    out: str = _f("runs/eval", "output folder: <bench>/predictions.jsonl, results.json, results.md, results.png")
-    cot: bool = _f(True, "ask for reasoning + \\boxed{} (the released checkpoints' instruction); --no-cot: answer directly")
-    paper_quirks: bool = _f(False, "reproduce the official scripts' prompts/scoring (What'sUp 'A' substring, ...)")
-    limit: int = _f(0, "evaluate only the first N items of each benchmark (0: all)")
-    batch_size: int = _f(8, "prompts per generate call on one rank")
-    max_new_tokens: int = _f(2048, "generation budget per answer (VLMEvalKit: 2048; standalone scripts: 4096)")
-    pixels: list = _f((), "BENCH=MIN:MAX pixel bounds overriding BENCH_PIXELS, e.g. pretext=3136:12544")
-    vsi_frames: int = _f(128, "frames sampled uniformly from each VSI-Bench video (official: 128)")
-    vsi_as_images: bool = _f(False, "give VSI-Bench frames as separate images instead of one video item "
+    out: str = knob("runs/eval", "output folder: <bench>/predictions.jsonl, results.json, results.md, results.png")
+    cot: bool = knob(True, "ask for reasoning + \\boxed{} (the released checkpoints' instruction); --no-cot: answer directly")
+    paper_quirks: bool = knob(False, "reproduce the official scripts' prompts/scoring (What'sUp 'A' substring, ...)")
+    limit: int = knob(0, "evaluate only the first N items of each benchmark (0: all)")
+    batch_size: int = knob(8, "prompts per generate call on one rank")
+    max_new_tokens: int = knob(2048, "generation budget per answer (VLMEvalKit: 2048; standalone scripts: 4096)")
+    min_pixels: int | None = knob(None, "smallest image area after resizing, for every benchmark (default: each "
+                                        "benchmark's own, BENCH_PIXELS; pretext: the checkpoint's)")
+    max_pixels: int | None = knob(None, "largest image area after resizing, for every benchmark (default: as "
+                                        "--min-pixels)")
+    pixels: list = knob((), "per-benchmark override of the bounds, BENCH=MIN:MAX (e.g. pretext=3136:12544); wins "
+                            "over --min-pixels / --max-pixels")
+    vsi_frames: int = knob(128, "frames sampled uniformly from each VSI-Bench video (official: 128)")
+    vsi_as_images: bool = knob(False, "give VSI-Bench frames as separate images instead of one video item "
                                     "(not the official input; Qwen3-VL needs it)")
-    vsi_fps: float = _f(2.0, "frame rate a VSI-Bench video is declared to have: temporal positions spaced by "
+    vsi_fps: float = knob(2.0, "frame rate a VSI-Bench video is declared to have: temporal positions spaced by "
                              "2/fps (official: the processor default, 2)")
-    seed: int = _f(0, "seed of the What'sUp option shuffle")
-    dtype: str = _f("auto", "model dtype: auto (bf16 on CUDA, fp32 on CPU), bfloat16, float16, float32")
-    fast: bool = _f(True, "on CUDA use the rollout engine (engine.py: static cache, compiled decode) (static cache, compiled decode) when available")
-    plot: bool = _f(True, "write OUT/results.png (needs matplotlib; skipped with a note otherwise)")
-    progress: bool = _f(True, "tqdm progress bar")
+    seed: int = knob(0, "seed of the What'sUp option shuffle")
+    dtype: str = knob("auto", "model dtype: auto (bf16 on CUDA, fp32 on CPU), bfloat16, float16, float32")
+    fast: bool = knob(True, "on CUDA decode with the rollout engine (engine.py: static cache, compiled decode)")
+    plot: bool = knob(True, "write OUT/results.png (needs matplotlib; skipped with a note otherwise)")
+    progress: bool = knob(True, "tqdm progress bar")
 
     def __post_init__(self):
         if self.batch_size < 1 or self.max_new_tokens < 1 or self.vsi_frames < 1 or self.limit < 0 \
@@ -113,7 +115,10 @@ class Config:
         if unknown:
             raise ValueError(f"unknown --bench {unknown}; expected some of {BENCH_NAMES + ('all',)}")
         self.data_paths()
-        self.pixel_bounds("pretext")
+        for name in ("min_pixels", "max_pixels"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be positive")
+        self.pixel_bounds("pretext", (1, 1))
 
     def data_paths(self) -> dict:
         """Benchmark → data path from --data: BENCH=PATH pairs, or one plain PATH when one benchmark is asked."""
@@ -136,15 +141,21 @@ class Config:
         return Options(cot=self.cot, paper_quirks=self.paper_quirks, seed=self.seed, limit=self.limit,
                        frames=self.vsi_frames, vsi_input=vsi_input(self))
 
-    def pixel_bounds(self, bench: str) -> tuple | None:
-        """(min, max) pixels for a benchmark: --pixels, else BENCH_PIXELS (None: the model's own bounds)."""
-        bounds = dict(BENCH_PIXELS)
+    def pixel_bounds(self, bench: str, own: tuple) -> tuple:
+        """(min, max) image pixels for a benchmark, one rule: --pixels BENCH=MIN:MAX if given; else
+        --min-pixels / --max-pixels where given; else BENCH_PIXELS[bench]; else (pretext) `own`, the bounds
+        the checkpoint saved. The image processor is set to exactly this before the benchmark runs."""
+        lo, hi = BENCH_PIXELS[bench] or own
+        lo, hi = self.min_pixels or lo, self.max_pixels or hi
         for pair in self.pixels:
             m = re.fullmatch(r"([\w]+)=(\d+):(\d+)", pair)
             if not m or m.group(1) not in BENCH_NAMES or int(m.group(2)) > int(m.group(3)):
                 raise ValueError(f"--pixels {pair!r}: expected BENCH=MIN:MAX with MIN <= MAX")
-            bounds[m.group(1)] = (int(m.group(2)), int(m.group(3)))
-        return bounds[bench]
+            if m.group(1) == bench:
+                lo, hi = int(m.group(2)), int(m.group(3))
+        if lo > hi:
+            raise ValueError(f"{bench}: min pixels {lo} > max pixels {hi} (--min-pixels / --max-pixels / --pixels)")
+        return lo, hi
 
     def benches(self) -> list:
         if "all" not in self.bench:
@@ -197,26 +208,31 @@ def vsi_input(cfg: Config) -> str:
     return "images" if cfg.vsi_as_images else "video"
 
 
-def run_identity(bench: str, path: str, cfg: Config) -> dict:
+def eval_identity(bench: str, path: str, cfg: Config, bounds: tuple) -> dict:
     """Settings that change the predictions; a resumed run must match them."""
     vsi = bench == "vsibench"
     return {"model": cfg.model, "data": str(path), "cot": cfg.cot, "paper_quirks": cfg.paper_quirks,
-            "max_new_tokens": cfg.max_new_tokens, "pixels": list(cfg.pixel_bounds(bench) or ()),
+            "max_new_tokens": cfg.max_new_tokens, "pixels": list(bounds),
             "vsi_frames": cfg.vsi_frames if vsi else None, "vsi_input": vsi_input(cfg) if vsi else None,
             "vsi_fps": cfg.vsi_fps if vsi and not cfg.vsi_as_images else None, "seed": cfg.seed}
 
 
+IDENTITY_LABELS = {"data": "--data", "pixels": "image bounds (--min-pixels / --max-pixels / --pixels)",
+                   "vsi_input": "VSI-Bench input (--vsi-as-images)", "cot": "--cot / --no-cot"}
+
+
 def check_identity(bench_dir: Path, ident: dict) -> None:
+    """Resume OUT/<bench> only with the settings that made its predictions (run.json), else one DataError
+    naming each difference (common.identity_diff, as sft.py / grpo.py --resume)."""
     f = bench_dir / "run.json"
     if f.is_file():
-        old = json.loads(f.read_text())
-        diff = {k: (old.get(k), v) for k, v in ident.items() if old.get(k) != v}
+        diff = identity_diff(json.loads(f.read_text()), ident, IDENTITY_LABELS)
         if diff:
-            raise DataError(f"{bench_dir} holds predictions made with other settings {diff} (old, new); "
-                            "use another --out or delete that folder")
+            raise DataError(f"{bench_dir} holds predictions made with other settings: {'; '.join(diff)}. "
+                            "Use another --out or delete that folder")
     else:
         bench_dir.mkdir(parents=True, exist_ok=True)
-        f.write_text(json.dumps(ident, indent=1))
+        atomic_write(f, json.dumps(ident, indent=1))
 
 
 # ----------------------------------------------------------------------------- generation
@@ -320,8 +336,9 @@ def run_bench(bench: str, path: str, cfg: Config, gen: Generator, ip, d, own_bou
     bench_dir = Path(cfg.out) / bench
     preds = bench_dir / "predictions.jsonl"
     items = load_bench(bench, path, cfg.options())
+    bounds = cfg.pixel_bounds(bench, own_bounds)
     if d.is_main:
-        check_identity(bench_dir, run_identity(bench, path, cfg))
+        check_identity(bench_dir, eval_identity(bench, path, cfg, bounds))
         read_predictions(preds, repair=True)
     barrier()
     done = read_predictions(preds, repair=False)
@@ -329,11 +346,11 @@ def run_bench(bench: str, path: str, cfg: Config, gen: Generator, ip, d, own_bou
     if bench == "vsibench" and not cfg.vsi_as_images and gen.model_type != "qwen2_5_vl":
         raise DataError(f"VSI-Bench as video needs a Qwen2.5-VL model ({cfg.model} is {gen.model_type}); "
                         "use --vsi-as-images")
-    ip.size = dict(zip(("shortest_edge", "longest_edge"), cfg.pixel_bounds(bench) or own_bounds))
     batches, rounds = shard_batches(todo, d.rank, d.world_size, cfg.batch_size)
+    ip.size = {"shortest_edge": bounds[0], "longest_edge": bounds[1]}   # this benchmark's bounds, said below
     mode = f", {cfg.vsi_frames} frames as {vsi_input(cfg)}" if bench == "vsibench" else ""
-    print0(f"{bench}: {len(items)} items{mode}, {len(done)} done before, {len(todo)} to ask "
-               f"({d.world_size} rank(s), {rounds} rounds of <= {cfg.batch_size})")
+    print0(f"{bench}: {len(items)} items{mode}, images {bounds[0]}..{bounds[1]} px, {len(done)} done before, "
+           f"{len(todo)} to ask ({d.world_size} rank(s), {rounds} rounds of <= {cfg.batch_size})")
     t0, ntok, nasked = time.time(), 0, 0
     bar = tqdm(total=len(todo), desc=bench, disable=not (d.is_main and cfg.progress), dynamic_ncols=True)
     for k in range(rounds):

@@ -441,8 +441,15 @@ def test_plot_is_optional(tmp_path):
 def test_pretext_uses_the_checkpoints_own_pixel_bounds(monkeypatch, tmp_path):
     """The pretext split is asked at the image bounds the checkpoint was trained with (its saved image
     processor), not a fixed 512²: a tiny model cold-started on 56×56 images saw 4 image tokens per image."""
-    assert ev.Config().pixel_bounds("pretext") is None
-    assert ev.Config(pixels=["pretext=784:3136"]).pixel_bounds("pretext") == (784, 3136)
+    own = (3136, 3136)
+    assert ev.Config().pixel_bounds("pretext", own) == own
+    assert ev.Config(pixels=["pretext=784:3136"]).pixel_bounds("pretext", own) == (784, 3136)
+    assert ev.Config().pixel_bounds("whatsup", own) == ev.BENCH_PIXELS["whatsup"]
+    both = ev.Config(min_pixels=1000, max_pixels=2000, pixels=["whatsup=10:20"])   # one rule for every benchmark
+    assert [both.pixel_bounds(b, own) for b in ("pretext", "spatial457", "whatsup")] == [(1000, 2000)] * 2 + [(10, 20)]
+    assert ev.Config(max_pixels=5000).pixel_bounds("pretext", own) == (3136, 5000)
+    with pytest.raises(ValueError, match="min pixels"):
+        ev.Config(max_pixels=100).pixel_bounds("spatial457", own)
     model, tok, ip = vlm.load_model("tiny", min_pixels=3136, max_pixels=3136)
     vlm.save_hf(model, tok, ip, str(tmp_path / "ckpt"))
     folder = tmp_path / "data"
@@ -488,7 +495,7 @@ def test_vsibench_video_end_to_end(tmp_path, monkeypatch):
     assert "pixel_values" not in b and b["video_grid_thw"].tolist() == [[3, 2, 2]] * 2   # 6 frames → 3 patches
     assert b["second_per_grid_ts"].tolist() == [1.0, 1.0]
     assert ((b["mm_token_type_ids"] == 2).sum(1) == 3).all() and (b["mm_token_type_ids"] != 1).all()
-    with pytest.raises(ev.DataError, match="vsi_input"):
+    with pytest.raises(ev.DataError, match=r"--vsi-as-images\) video \(now images\)"):
         ev.evaluate(cfg(tmp_path, bench=["vsibench"], data=[f"vsibench={data['vsibench']}"], vsi_as_images=True))
     seen.clear()
     res = ev.evaluate(cfg(tmp_path, bench=["vsibench"], data=[f"vsibench={data['vsibench']}"], vsi_as_images=True,
