@@ -562,7 +562,8 @@ def eval_throughput(model, tok, ip, n_items: int, batch_size: int, px: int, new_
     import tasks
     import vlm
     device = next(model.parameters()).device
-    cfg = ev.Config(model="bench", max_new_tokens=new_tokens, batch_size=batch_size, fast=fast)
+    cfg = ev.Config(model="bench", max_new_tokens=new_tokens, batch_size=batch_size,
+                    rollout_engine="engine" if fast else "generate")
     gen = ev.Generator(model.eval(), tok, cfg, device)
     ip.size = {"shortest_edge": px * px // 2, "longest_edge": px * px}
     rng = np.random.default_rng(0)

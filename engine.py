@@ -10,6 +10,7 @@ the reference path; both have the same contract (ids, completion mask).
   bucket_length, pad_prompts   fixed prompt shapes (left padding, filler rows)
   prompt_slice                 prompts lo…hi of an encode() batch with their images and videos
   RolloutEngine                refresh (gather the weights), generate, free
+  use_engine                   the --rollout-engine choice (auto / engine / generate)
 """
 import copy
 import time
@@ -22,6 +23,18 @@ from vlm import completion_mask, fast_vision_attention, generation_config, is_fs
 
 
 VISION_KEYS = ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw", "second_per_grid_ts")
+
+
+ENGINE_CHOICES = ("auto", "engine", "generate")
+ENGINE_HELP = ("decoding path: 'engine' = RolloutEngine (plain copy of the model, static KV cache, compiled on "
+               "CUDA), 'generate' = vlm.generate on the model as it is, 'auto' = engine on CUDA, generate on CPU")
+
+
+def use_engine(choice: str, device) -> bool:
+    """--rollout-engine (grpo.py and evaluate.py): whether to decode with RolloutEngine on `device`."""
+    if choice not in ENGINE_CHOICES:
+        raise ValueError(f"--rollout-engine must be one of {', '.join(ENGINE_CHOICES)} (got {choice!r})")
+    return choice == "engine" or (choice == "auto" and device.type == "cuda")
 
 
 # ----------------------------------------------------------------------------- shapes

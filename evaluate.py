@@ -60,7 +60,7 @@ from benchmarks import (BENCH_NAMES, PAPER_ROWS, DataError, Item, MissingImage, 
 
 from common import (all_reduce_sum, atomic_write, barrier, cleanup_dist, config_parser, identity_diff, knob, print0,
                     setup_dist)
-from engine import RolloutEngine
+from engine import ENGINE_CHOICES, ENGINE_HELP, RolloutEngine, use_engine
 from vlm import encode, generate, load_model
 
 # (min_pixels, max_pixels) per benchmark, as the paper's setups (VLMEvalKit Qwen2VLChat: 1280..16384 ×28²;
@@ -102,7 +102,7 @@ class Config:
                              "2/fps (official: the processor default, 2)")
     seed: int = knob(0, "seed of the What'sUp option shuffle")
     dtype: str = knob("auto", "model dtype: auto (bf16 on CUDA, fp32 on CPU), bfloat16, float16, float32")
-    fast: bool = knob(True, "on CUDA decode with the rollout engine (engine.py: static cache, compiled decode)")
+    rollout_engine: str = knob("auto", ENGINE_HELP)
     plot: bool = knob(True, "write OUT/results.png (needs matplotlib; skipped with a note otherwise)")
     progress: bool = knob(True, "tqdm progress bar")
 
@@ -115,6 +115,8 @@ class Config:
         if unknown:
             raise ValueError(f"unknown --bench {unknown}; expected some of {BENCH_NAMES + ('all',)}")
         self.data_paths()
+        if self.rollout_engine not in ENGINE_CHOICES:
+            raise ValueError(f"--rollout-engine must be one of {', '.join(ENGINE_CHOICES)}")
         for name in ("min_pixels", "max_pixels"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be positive")
@@ -237,18 +239,18 @@ def check_identity(bench_dir: Path, ident: dict) -> None:
 
 # ----------------------------------------------------------------------------- generation
 class Generator:
-    """Greedy completions for encode() batches through the shared generation path (vlm.generate, or engine.RolloutEngine).
+    """Greedy completions for encode() batches (vlm.generate, or engine.RolloutEngine).
 
     Every sampling field is explicit (do_sample False, temperature 1, top_p 1, top_k 0), so nothing comes from
-    the checkpoint's generation_config. On CUDA (--fast) the batches go through RolloutEngine: the loaded
-    bf16 model decoded in place (no second copy), static KV cache, compiled decode, prompts padded to length
-    buckets and batch_size rows per call, so compilation happens once per bucket. Elsewhere generate.
-    engine=True forces the engine (its CPU twin runs without compilation; the tests compare the two)."""
+    the checkpoint's generation_config. With the engine (--rollout-engine; auto = on CUDA) the batches go
+    through RolloutEngine: the loaded bf16 model decoded in place (no second copy), static KV cache, compiled
+    decode, prompts padded to length buckets and batch_size rows per call, so compilation happens once per
+    bucket. Otherwise vlm.generate. engine=True/False overrides the flag (the tests compare the two)."""
 
     def __init__(self, model, tokenizer, cfg: Config, device, engine: bool | None = None):
         self.model, self.tok, self.cfg, self.device = model, tokenizer, cfg, device
         self.model_type = model.config.model_type   # video items: Qwen2.5-VL only
-        use = cfg.fast and device.type == "cuda" if engine is None else engine
+        use = use_engine(cfg.rollout_engine, device) if engine is None else engine
         self.engine = RolloutEngine(model, prompts_per_call=cfg.batch_size) if use else None
         if self.engine is not None:
             self.model = None   # the engine holds its own copy
