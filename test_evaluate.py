@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
+import sys
 
 import benchmarks as bm
 import evaluate as ev
@@ -355,8 +356,9 @@ def test_video_without_pyav_or_frames(tmp_path):
         bm.video_frames(tmp_path / "scannet" / "none.mp4", 4)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("pyarrow") is not None, reason="pyarrow is installed")
-def test_parquet_without_pyarrow_names_the_package(tmp_path):
+def test_parquet_without_pyarrow_names_the_package(tmp_path, monkeypatch):
+    for name in ("pyarrow", "pyarrow.parquet"):
+        monkeypatch.setitem(sys.modules, name, None)   # as if it were not installed
     (tmp_path / "q.parquet").write_bytes(b"PAR1")
     with pytest.raises(ev.DataError, match="pip install pyarrow"):
         bm.load_bench("qspatial_plus", str(tmp_path / "q.parquet"), bm.Options())
