@@ -9,11 +9,11 @@ import csv
 import importlib.util
 import io
 import json
+import sys
 from pathlib import Path
 
 import pytest
 from PIL import Image
-import sys
 
 import benchmarks as bm
 import evaluate as ev
