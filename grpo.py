@@ -652,6 +652,7 @@ def setup_run(cfg: Config, d: Dist) -> Run:
               update_bs=update_bs, identity=identity, step=step)
     print0(f"model {cfg.model} | prompts {len(records)} (left out {left_out} cold-start ids) | "
            f"rollout {rollout_bs} × G {cfg.group_size} | update {update_bs} prompts | world {d.world_size} | "
+           f"images {identity['pixels'][0]}..{identity['pixels'][1]} px | "
            f"reference {'yes' if run.ref is not None else 'no (kl_coef 0)'} | device {d.device}")
     return run
 

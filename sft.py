@@ -333,8 +333,14 @@ def setup_training(cfg: Config, d: Dist) -> dict:
     from_rank0 = d.world_size > 1   # only rank 0 reads the weights; the others build on the meta device
     model, tok, ip = load_model(cfg.model, min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels,
                                 attn_implementation=cfg.attn_implementation, meta=from_rank0 and not d.is_main)
-    if cfg.max_pixels is None and ip.size["longest_edge"] > PAPER_MAX_PIXELS:   # a base model's 12.8M px
+    capped = cfg.max_pixels is None and ip.size["longest_edge"] > PAPER_MAX_PIXELS   # a base model's 12.8M px
+    if capped:
         set_pixel_bounds(ip, None, PAPER_MAX_PIXELS)
+    given = [flag for flag, v in (("--min-pixels", cfg.min_pixels), ("--max-pixels", cfg.max_pixels)) if v]
+    origin = " and ".join(given) + (", the rest the model's own" if len(given) == 1 else "") if given \
+        else "the model's own bounds"
+    print0(f"images resized into {ip.size['shortest_edge']}..{ip.size['longest_edge']} px ({origin}"
+           f"{', the largest capped at the paper’s 512²' if capped else ''})")
     raw, root = read_records(cfg.data)   # sft.jsonl, or the release's SFT-coldstart.json
     records, skipped = prepare_records(raw, root, tok, ip, cfg.max_length, cfg.skip_bad_records)
     trainable = freeze_vision(model) if cfg.freeze_vision else sum(p.numel() for p in model.parameters())
