@@ -50,7 +50,8 @@ import grpo
 import common
 import sft
 import vlm
-from test_grpo import cfg_for, fake_rollout, letter_records, write_jsonl
+from test_grpo import cfg_for, fake_rollout, write_jsonl
+from test_grpo import data  # noqa: F401  (a pytest fixture, used by name)
 from test_train import two_colour_records
 
 hf_logging.disable_progress_bar()
@@ -59,18 +60,9 @@ TAU = 0.7          # sampling temperature ≠ 1 everywhere here
 KL = 0.5           # large β so that the KL term is a sizable part of the gradient
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")   # conftest.py
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("wiring_data")
-    return write_jsonl(folder / "train.jsonl", letter_records(folder, 8))
 
 
 # ----------------------------------------------------------------------------- float64 references
