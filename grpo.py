@@ -323,9 +323,11 @@ def sequence_batch(ro: Rollout, rows: list) -> tuple:
     """(batch, labels, prompt width) of prompt + completion for the given rows of a rollout.
 
     input_ids = [left-padded prompt | right-padded completion]; attention_mask = [prompt mask | completion
-    mask]; mm_token_type_ids = [prompt's | 0]; pixel_values / image_grid_thw = each row's own prompt images
-    (the same pixels and grid the completion was sampled with); labels = completion ids where the mask is
-    on, −100 elsewhere. Columns that are padding in every selected row are cut at both ends."""
+    mask]; mm_token_type_ids = [prompt's | 0]; image_grid_thw = each row's own prompt images (the same grid
+    the completion was sampled with); pixel_values = the images of each distinct prompt once, image_index =
+    which of them each row's image is (vlm.token_logprobs runs the vision tower once per distinct image and
+    repeats its features over the G rows of a group); labels = completion ids where the mask is on, −100
+    elsewhere. Columns that are padding in every selected row are cut at both ends."""
     p_idx = [r // ro.group_size for r in rows]
     amask = ro.prompts["attention_mask"][p_idx]
     start = int(amask.any(0).nonzero()[0])                      # first column any row uses
@@ -341,13 +343,16 @@ def sequence_batch(ro: Rollout, rows: list) -> tuple:
         grid = ro.prompts["image_grid_thw"]
         img_end = torch.tensor(ro.images_per_prompt).cumsum(0).tolist()
         pix_end = grid.prod(-1).cumsum(0).tolist()
-        pix, grids = [], []
-        for p in p_idx:
+        pix, first = [], {}                      # each prompt's pixels once: the G rows of a group share them
+        for p in dict.fromkeys(p_idx):
             i0, i1 = img_end[p] - ro.images_per_prompt[p], img_end[p]
             r0, r1 = (pix_end[i0 - 1] if i0 else 0), (pix_end[i1 - 1] if i1 else 0)
             pix.append(ro.prompts["pixel_values"][r0:r1])
-            grids.append(grid[i0:i1])
+            first[p] = sum(ro.images_per_prompt[q] for q in first)
+        grids = [grid[img_end[p] - ro.images_per_prompt[p]:img_end[p]] for p in p_idx]
         batch["pixel_values"], batch["image_grid_thw"] = torch.cat(pix), torch.cat(grids)
+        batch["image_index"] = torch.tensor([first[p] + j for p in p_idx for j in range(ro.images_per_prompt[p])],
+                                            dtype=torch.long)
     labels = torch.cat([torch.full_like(ids_p, IGNORE_INDEX), labels_c], 1)
     return batch, labels, ids_p.shape[1]
 

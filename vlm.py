@@ -294,7 +294,10 @@ def token_logprobs(model, batch: dict, labels: torch.Tensor, temperature: float 
     swapped for the call), so it works on an FSDP2-sharded model (root parameters unsharded by its hooks)
     and a plain one, and is differentiable when grad is enabled. with_entropy=True also returns the
     (detached) entropy of each of those distributions, (B, T). A batch without supervised tokens still
-    runs the head on one position with weight 0 (every rank's backward must reach every FSDP unit)."""
+    runs the head on one position with weight 0 (every rank's backward must reach every FSDP unit).
+    A batch with "image_index" (grpo.sequence_batch) holds each distinct image's pixels once: its image i is
+    distinct image image_index[i]; the vision tower runs once per distinct image and the features are
+    repeated (shared_image_features; same values, gradients summed over the copies)."""
     device = next(model.parameters()).device
     labels = labels.to(device)
     keep = torch.zeros_like(labels, dtype=torch.bool)                      # keep[b, t]: h[b, t] predicts t+1
@@ -309,12 +312,16 @@ def token_logprobs(model, batch: dict, labels: torch.Tensor, temperature: float 
         logp, extra["entropy"] = chunked_head_logprobs(h, head.weight, head.bias, targets, temperature,
                                                        chunk_size, with_entropy)
         return logp
-    inputs = {k: v.to(device) for k, v in batch.items() if k != "labels"}
+    inputs = {k: v.to(device) for k, v in batch.items() if k not in ("labels", "image_index")}
+    inner = model.model
     head.forward = head_forward
+    if batch.get("image_index") is not None:
+        inner.get_image_features = shared_image_features(inner, batch["image_index"], inputs["image_grid_thw"])
     try:
         logp = model(**inputs, use_cache=False, logits_to_keep=keep).logits                      # (N,)
     finally:
         del head.forward
+        inner.__dict__.pop("get_image_features", None)
     shifted = torch.zeros_like(keep)
     shifted[:, 1:] = keep[:, :-1]
     if empty:
@@ -324,6 +331,27 @@ def token_logprobs(model, batch: dict, labels: torch.Tensor, temperature: float 
         return out
     ent = torch.zeros(labels.shape, dtype=torch.float32, device=device).masked_scatter(shifted, extra["entropy"])
     return out, (ent * 0.0 if empty else ent)
+
+
+def shared_image_features(inner, index: torch.Tensor, grid_thw: torch.Tensor):
+    """A get_image_features for one forward of `inner` (model.model) whose batch holds the pixels of each
+    distinct image once: image i of the batch (grid_thw[i]) is distinct image index[i]. The vision tower runs
+    on the distinct images only; the per-image features (and Qwen3-VL's deepstack features) are returned in
+    the batch's order, repeated where images repeat. Called inside the model's forward (FSDP2 hooks as usual)."""
+    own = type(inner).get_image_features.__get__(inner)
+    idx = index.tolist()
+    first = {}
+    for i, j in enumerate(idx):
+        first.setdefault(j, i)
+    grid_distinct = grid_thw[[first[j] for j in range(len(first))]]
+
+    def get_image_features(pixel_values, image_grid_thw=None, **kwargs):
+        out = own(pixel_values, grid_distinct, **kwargs)
+        out.pooler_output = tuple(out.pooler_output[j] for j in idx)
+        if getattr(out, "deepstack_features", None) is not None:
+            out.deepstack_features = [tuple(f[j] for j in idx) for f in out.deepstack_features]
+        return out
+    return get_image_features
 
 
 # ----------------------------------------------------------------------------- shard
