@@ -71,7 +71,8 @@ from common import (BadRecord, Dist, all_reduce_sum, append_metrics, barrier, cl
                     read_jsonl, save_state, setup_dist)
 from engine import RolloutEngine
 from vlm import (IGNORE_INDEX, IMAGE_PLACEHOLDER, TINY_MODELS, build_messages, enable_activation_checkpointing, encode,
-                 freeze_vision, generate, is_fsdp, load_images, load_model, save_hf, shard_model, token_logprobs)
+                 freeze_vision, generate, is_fsdp, load_images, load_model, prefix_logprobs, save_hf, shard_model,
+                 token_logprobs)
 
 
 
@@ -387,13 +388,39 @@ def score(ro: Rollout, tok) -> None:
     ro.rewards = 0.9 * ro.accuracy + 0.1 * ro.format
 
 
+def prompt_batch(ro: Rollout, prompts: list) -> dict:
+    """The left-padded encode() batch of the given prompts with their images; columns that are padding in
+    every one of them are cut."""
+    amask = ro.prompts["attention_mask"][prompts]
+    start = int(amask.any(0).nonzero()[0])
+    batch = {k: ro.prompts[k][prompts, start:] for k in ("input_ids", "attention_mask", "mm_token_type_ids")}
+    if "image_grid_thw" in ro.prompts:
+        grid = ro.prompts["image_grid_thw"]
+        img_end = torch.tensor(ro.images_per_prompt).cumsum(0).tolist()
+        pix_end = [0] + grid.prod(-1).cumsum(0).tolist()
+        spans = [(img_end[p] - ro.images_per_prompt[p], img_end[p]) for p in prompts]
+        batch["pixel_values"] = torch.cat([ro.prompts["pixel_values"][pix_end[i0]:pix_end[i1]] for i0, i1 in spans])
+        batch["image_grid_thw"] = torch.cat([grid[i0:i1] for i0, i1 in spans])
+    return batch
+
+
 @torch.no_grad()
 def rollout_logprobs(model, ro: Rollout, cfg: Config, device: torch.device) -> torch.Tensor:
     """Per-token log-probs (N, L) of the sampled completions under `model` (logits / temperature, fp32
-    log-softmax, LM head only at completion positions); 0 outside the completion mask."""
+    log-softmax, LM head only at completion positions); 0 outside the completion mask. Each micro-batch runs
+    its distinct prompts once and the completions on their KV cache (vlm.prefix_logprobs: the G samples of a
+    prompt share its prompt and image work); text-only rollouts take the plain prompt + completion forward."""
     n, width = ro.completions.shape
     logp = torch.zeros(n, width)
     for rows in micro_batches(ro, list(range(n)), cfg.logprob_micro_batch_size):
+        if "image_grid_thw" in ro.prompts:
+            distinct = list(dict.fromkeys(r // ro.group_size for r in rows))
+            w = max(1, int(ro.mask[rows].sum(1).max()))
+            logp[rows, :w] = prefix_logprobs(model, prompt_batch(ro, distinct),
+                                             [distinct.index(r // ro.group_size) for r in rows],
+                                             ro.completions[rows, :w], ro.mask[rows, :w], cfg.temperature,
+                                             cfg.logprob_chunk_size).float().cpu()
+            continue
         batch, labels, start = sequence_batch(ro, rows)
         lp = token_logprobs(model, {k: v.to(device) for k, v in batch.items()}, labels.to(device),
                                 temperature=cfg.temperature, chunk_size=cfg.logprob_chunk_size)
