@@ -333,44 +333,85 @@ def token_logprobs(model, batch: dict, labels: torch.Tensor, temperature: float 
     return out, (ent * 0.0 if empty else ent)
 
 
-@torch.no_grad()
-def prefix_logprobs(model, prompts: dict, which: list, completions: torch.Tensor, completion_mask: torch.Tensor,
-                    temperature: float = 1.0, chunk_size: int = 1024) -> torch.Tensor:
-    """token_logprobs of completions whose prompts repeat (a GRPO group: G samples of one prompt), without
-    the repeated prompt work (no grad: the old / reference log-probs): one forward over the distinct prompts
-    (left-padded encode() batch with their images) keeps their KV cache, each completion row then runs on the
-    cache of its prompt (`which[r]`), with the M-RoPE positions a full prompt + completion forward gives it
-    (text after the prompt: its largest position + 1, + 2, …). Returns (R, W) fp32 log p of completions[r, t]
-    (logits / τ, fp32 log-softmax, LM head only where completion_mask is on), 0 elsewhere; equal to
-    token_logprobs on the concatenated sequences up to float rounding."""
+@functools.cache
+def _prefix_caches() -> tuple:
+    """(RecordCache, PrefixCache): KV caches for prefix_logprobs that are never written twice, so a layer
+    recomputed by activation checkpointing in the backward sees exactly what its forward saw."""
     from transformers import DynamicCache
+
+    class RecordCache(DynamicCache):
+        """Keeps each layer's keys / values of the prompt forward (a recompute overwrites them with the same
+        values); reports an empty cache, so the forward runs as without one."""
+        def __init__(self):
+            super().__init__()
+            self.kv = {}
+
+        def update(self, key_states, value_states, layer_idx, *args, **kwargs):
+            self.kv[layer_idx] = (key_states, value_states)
+            return key_states, value_states
+
+    class PrefixCache(DynamicCache):
+        """A prompt's keys / values in front of every layer's new ones, never appended to."""
+        def __init__(self, kv: list):
+            super().__init__()
+            for i, (k, v) in enumerate(kv):
+                super().update(k, v, i)
+
+        def update(self, key_states, value_states, layer_idx, *args, **kwargs):
+            layer = self.layers[layer_idx]
+            return torch.cat([layer.keys, key_states], -2), torch.cat([layer.values, value_states], -2)
+    return RecordCache, PrefixCache
+
+
+def prefix_logprobs(model, prompts: dict, which: list, completions: torch.Tensor, completion_mask: torch.Tensor,
+                    temperature: float = 1.0, chunk_size: int = 1024, with_entropy: bool = False):
+    """token_logprobs of completions whose prompts repeat (a GRPO group: G samples of one prompt) without the
+    repeated prompt work: one forward over the distinct prompts (a left-padded encode() batch with their
+    images) keeps their keys and values, then each completion row runs on those of its prompt (`which[r]`),
+    with the M-RoPE positions a full prompt + completion forward gives it (text after the prompt: its largest
+    position + 1, + 2, …). Differentiable when grad is enabled (gradients reach the prompt forward through
+    the keys / values; activation checkpointing recomputes the same values). Returns (R, W) fp32 log p of
+    completions[r, t] (logits / τ, fp32 log-softmax, LM head only where completion_mask is on), 0 elsewhere,
+    and with with_entropy the (detached) entropies too; equal to token_logprobs on the concatenated sequences
+    up to float rounding."""
+    record_cache, prefix_cache = _prefix_caches()
     device = next(model.parameters()).device
     inputs = {k: v.to(device) for k, v in prompts.items() if k != "labels"}
     comp, cmask = completions.to(device), completion_mask.to(device).bool()
     idx = torch.tensor(which, dtype=torch.long, device=device)
     inner, head = model.model, model.get_output_embeddings()
-    pos, _ = inner.get_rope_index(inputs["input_ids"], mm_token_type_ids=inputs["mm_token_type_ids"],
-                                  image_grid_thw=inputs.get("image_grid_thw"), attention_mask=inputs["attention_mask"])
+    with torch.no_grad():
+        pos, _ = inner.get_rope_index(inputs["input_ids"], mm_token_type_ids=inputs["mm_token_type_ids"],
+                                      image_grid_thw=inputs.get("image_grid_thw"),
+                                      attention_mask=inputs["attention_mask"])
     head.forward = lambda h: h                          # the model returns hidden states; the head runs below
     try:
-        cache = DynamicCache(config=model.config)
-        h_last = model(**inputs, position_ids=pos, cache=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
-        out = torch.zeros(comp.shape, dtype=torch.float32, device=device)
-        out[:, 0] = _head_logprobs(h_last[idx], head.weight, head.bias, comp[:, 0], temperature, False)[0]
+        rec = record_cache()
+        h_last = model(**inputs, position_ids=pos, cache=rec, use_cache=True, logits_to_keep=1).logits[:, -1]
+        lp0, ent0 = _head_logprobs(h_last[idx], head.weight, head.bias, comp[:, 0], temperature, with_entropy)
+        logp, ent = [lp0[:, None]], [ent0.detach()[:, None]]
         keep = torch.zeros_like(cmask)
         keep[:, :-1] = cmask[:, 1:]                     # h[r, t] predicts completion token t + 1
-        if bool(keep.any()):
-            cache.batch_select_indices(idx)             # each row: its prompt's keys and values
-            last = pos.amax(dim=(0, 2))[idx]            # (R,) the prompt's largest position
-            cpos = (last[:, None] + 1 + torch.arange(comp.shape[1], device=device)).expand(3, -1, -1)
-            h = model(input_ids=comp, attention_mask=torch.cat([inputs["attention_mask"][idx], cmask.long()], 1),
-                      mm_token_type_ids=torch.zeros_like(comp), position_ids=cpos, cache=cache, use_cache=True,
-                      logits_to_keep=keep).logits
-            lp, _ = chunked_head_logprobs(h, head.weight, head.bias, comp[:, 1:][cmask[:, 1:]], temperature, chunk_size)
-            out[:, 1:] = torch.zeros_like(out[:, 1:]).masked_scatter(cmask[:, 1:], lp)
+        if comp.shape[1] > 1:
+            rest_lp = torch.zeros(comp.shape[0], comp.shape[1] - 1, dtype=torch.float32, device=device)
+            rest_ent = torch.zeros_like(rest_lp)
+            if bool(keep.any()):
+                cache = prefix_cache([(k[idx], v[idx]) for _, (k, v) in sorted(rec.kv.items())])
+                last = pos.amax(dim=(0, 2))[idx]        # (R,) the prompt's largest position
+                cpos = (last[:, None] + 1 + torch.arange(comp.shape[1], device=device)).expand(3, -1, -1)
+                h = model(input_ids=comp, attention_mask=torch.cat([inputs["attention_mask"][idx], cmask.long()], 1),
+                          mm_token_type_ids=torch.zeros_like(comp), position_ids=cpos, cache=cache, use_cache=True,
+                          logits_to_keep=keep).logits
+                lp, e = chunked_head_logprobs(h, head.weight, head.bias, comp[:, 1:][cmask[:, 1:]], temperature,
+                                              chunk_size, with_entropy)
+                rest_lp = rest_lp.masked_scatter(cmask[:, 1:], lp)
+                rest_ent = rest_ent.masked_scatter(cmask[:, 1:], e)
+            logp.append(rest_lp)
+            ent.append(rest_ent)
     finally:
         del head.forward
-    return out
+    logp = torch.cat(logp, 1)
+    return (logp, torch.cat(ent, 1)) if with_entropy else logp
 
 
 def shared_image_features(inner, index: torch.Tensor, grid_thw: torch.Tensor):
