@@ -634,6 +634,8 @@ def generate(model, batch: dict, tokenizer, *, max_new_tokens: int = 1024, do_sa
     model.eval()
     model.generation_config = gc
     try:
+        if not units and "image_grid_thw" in inputs and gc.top_k in (None, 0) and gc.top_p == 1.0:
+            return completion_mask(_plain_decode(model, inputs, gc), gc.eos_token_id, tokenizer.pad_token_id)
         out = model.generate(**inputs, generation_config=gc,
                              synced_gpus=bool(units) and dist.is_initialized() and dist.get_world_size() > 1)
     finally:
@@ -643,6 +645,47 @@ def generate(model, batch: dict, tokenizer, *, max_new_tokens: int = 1024, do_sa
             m.reshard()
             m.set_reshard_after_forward(m is not model, recurse=False)
     return completion_mask(out[:, inputs["input_ids"].shape[1]:], gc.eos_token_id, tokenizer.pad_token_id)
+
+
+def _plain_decode(model, inputs: dict, gc) -> torch.Tensor:
+    """transformers' sampling / greedy loop for a plain model and image prompts, without its per-token
+    machinery: the distinct prompts are prefilled once and their KV cache repeated num_return_sequences times
+    (rows grouped by prompt), then one token per step for every row: vision tokens suppressed, logits / τ
+    (sampling), softmax and one torch.multinomial draw per step (greedy: argmax), rows past <|im_end|> get the
+    pad id; stops when every row has ended. M-RoPE positions continue after each prompt's largest one, as
+    transformers' rope deltas give them. Only plain sampling (no top-k / top-p) and greedy: generate() takes
+    transformers' loop otherwise. Returns the new ids (N, L)."""
+    from transformers import DynamicCache
+    n, am = gc.num_return_sequences, inputs["attention_mask"]
+    pos, _ = model.model.get_rope_index(inputs["input_ids"], mm_token_type_ids=inputs["mm_token_type_ids"],
+                                        image_grid_thw=inputs["image_grid_thw"], attention_mask=am)
+    cache = DynamicCache(config=model.config)
+    logits = model(**inputs, position_ids=pos, cache=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
+    last = pos.amax(dim=(0, 2))
+    if n > 1:
+        cache.batch_repeat_interleave(n)
+        logits, am, last = (x.repeat_interleave(n, 0) for x in (logits, am, last))
+    suppress = torch.tensor(gc.suppress_tokens or [], dtype=torch.long, device=logits.device)
+    done = torch.zeros(logits.shape[0], dtype=torch.bool, device=logits.device)
+    out = []
+    for t in range(gc.max_new_tokens):
+        z = logits.float()
+        z[:, suppress] = -float("inf")
+        if gc.do_sample:
+            probs = F.softmax(z / gc.temperature if gc.temperature != 1.0 else z, dim=-1)
+            nxt = torch.multinomial(probs, num_samples=1).squeeze(1)
+        else:
+            nxt = z.argmax(-1)
+        nxt = torch.where(done, torch.full_like(nxt, gc.pad_token_id), nxt)
+        out.append(nxt)
+        done |= nxt == gc.eos_token_id
+        if bool(done.all()) or t == gc.max_new_tokens - 1:
+            break
+        am = torch.cat([am, torch.ones_like(am[:, :1])], 1)
+        step_pos = (last + 1 + t).view(1, -1, 1).expand(3, -1, -1)
+        logits = model(input_ids=nxt[:, None], attention_mask=am, position_ids=step_pos, cache=cache,
+                       use_cache=True, logits_to_keep=1).logits[:, -1]
+    return torch.stack(out, 1)
 
 
 # ----------------------------------------------------------------------------- save
