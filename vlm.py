@@ -624,7 +624,9 @@ def generate(model, batch: dict, tokenizer, *, max_new_tokens: int = 1024, do_sa
     the pad id. Every sampling field is explicit (generation_config()), nothing comes from the checkpoint;
     vision tokens are never generated. On an FSDP2 model every unit is kept unsharded for the whole call
     (one all-gather per unit, not per token) and resharded afterwards; ranks stay in step (synced_gpus).
-    This is the simple path (CPU, tests); on CUDA use RolloutEngine for rollouts and evaluation."""
+    This is the simple path (CPU, tests); on CUDA use RolloutEngine for rollouts and evaluation. A plain model
+    with image prompts and plain sampling or greedy decodes in _plain_decode (each prompt prefilled once, no
+    per-token processor machinery; the same tokens as transformers' loop for the same seed)."""
     gc = generation_config(tokenizer, max_new_tokens, do_sample, temperature, top_p, top_k, num_return_sequences)
     inputs = {k: v.to(next(model.parameters()).device) for k, v in batch.items() if k != "labels"}
     units = [m for m in model.modules() if is_fsdp(m)]
@@ -634,7 +636,8 @@ def generate(model, batch: dict, tokenizer, *, max_new_tokens: int = 1024, do_sa
     model.eval()
     model.generation_config = gc
     try:
-        if not units and "image_grid_thw" in inputs and gc.top_k in (None, 0) and gc.top_p == 1.0:
+        if not units and "image_grid_thw" in inputs and "video_grid_thw" not in inputs and gc.top_k in (None, 0) \
+                and gc.top_p == 1.0:
             return completion_mask(_plain_decode(model, inputs, gc), gc.eos_token_id, tokenizer.pad_token_id)
         out = model.generate(**inputs, generation_config=gc,
                              synced_gpus=bool(units) and dist.is_initialized() and dist.get_world_size() > 1)
