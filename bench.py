@@ -4,6 +4,7 @@
     python bench.py sft      # SFT step: time, tokens/s, MFU, peak memory (tiny, ~6M on CPU; 3B shape on a GPU)
     python bench.py rollout  # rollout decode speed: vlm.generate on FSDP2 vs engine.RolloutEngine (3B shape on a GPU)
     python bench.py grpo     # GRPO step split into generation / log-probs / update (+ rollout paths on a GPU)
+    python bench.py grpo --vs-trl --trl-python VENV/bin/python   # the same step side by side with TRL's GRPOTrainer
     python bench.py eval     # greedy evaluation throughput
 
 The stage scripts hold only their stage; the timing code lives here. Speed targets are benchmarks, not tests.
