@@ -4,6 +4,7 @@
     python bench.py sft      # SFT step: time, tokens/s, MFU, peak memory (tiny, ~6M on CPU; 3B shape on a GPU)
     python bench.py rollout  # rollout decode speed: vlm.generate on FSDP2 vs engine.RolloutEngine (3B shape on a GPU)
     python bench.py grpo     # GRPO step split into generation / log-probs / update (+ rollout paths on a GPU)
+    python bench.py grpo --vs-trl --trl-python VENV/bin/python   # the same step side by side with TRL's GRPOTrainer
     python bench.py eval     # greedy evaluation throughput
 
 The stage scripts hold only their stage; the timing code lives here. Speed targets are benchmarks, not tests.
@@ -376,8 +377,6 @@ def add_rollout_parser(sub) -> None:
 
 
 # ----------------------------------------------------------------------------- grpo
-TRL_TINY_STEP_S = 0.435   # TRL 1.16 GRPOTrainer, tiny 0.29M Qwen2.5-VL, 8 prompts × G 5 × 48 new tokens, β 0.01,
-#                           token-mean loss, median s/step on the 2-core CPU machine of this project (issue 8)
 
 
 def grpo_models(build, device, kl_coef: float, act_ckpt: bool = True) -> dict:
@@ -486,6 +485,8 @@ def grpo_cases(device) -> list:
 def run_grpo(args) -> None:
     import torch
     import common
+    if args.vs_trl:
+        return grpo_vs_trl(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device("cuda" if common.use_cuda() else "cpu")
@@ -512,11 +513,8 @@ def run_grpo(args) -> None:
         __import__("gc").collect()        # FSDP modules hold reference cycles: free the GPU before the next model
         if device.type == "cuda":
             torch.cuda.empty_cache()
-    if tiny_step is not None and args.updates == 1 and args.group_size == 5 and not args.new_tokens:
-        print(f"\nTRL 1.16 GRPOTrainer on the same work (tiny, 8 prompts × G 5 × 48 new tokens, β 0.01), same "
-              f"machine: {TRL_TINY_STEP_S:.3f} s/step → grpo.py {tiny_step[0]:.3f} s/step wall "
-              f"({TRL_TINY_STEP_S / tiny_step[0]:.1f}× faster), {tiny_step[1]:.3f} CPU-s/step; load average now "
-              f"{__import__('os').getloadavg()[0]:.1f} (on a busy machine compare CPU seconds with --threads 1)")
+    if tiny_step is not None:
+        print("\nTRL's GRPOTrainer on the same work, measured side by side: python bench.py grpo --vs-trl")
     print()
     rollout_comparison(device, 8, args.group_size, args.rollout_tokens or (256 if device.type == "cuda" else 48),
                        448 if device.type == "cuda" else 112)   # both samplers, the sft section's table
@@ -537,7 +535,225 @@ def add_grpo_parser(sub) -> None:
                    help="activation checkpointing of the trained layers (grpo.py's default: on)")
     p.add_argument("--new-tokens", type=int, default=0, help="max new tokens per step (0: 48 on CPU, 256 on a GPU)")
     p.add_argument("--rollout-tokens", type=int, default=0, help="new tokens in the rollout table (0: 48 CPU, 256 GPU)")
+    p.add_argument("--vs-trl", action="store_true",
+                   help="tiny model only, side by side with TRL's GRPOTrainer: steps alternate between grpo.py and "
+                        "a TRL worker process (wall and CPU seconds per step, per phase)")
+    p.add_argument("--trl-python", default=sys.executable,
+                   help=f"--vs-trl: the Python of a venv with TRL ({TRL_PIN}) and the project's torch/transformers")
+    p.add_argument("--prompts", type=int, default=64, help="--vs-trl: prompts, 8 per step, images 56²…112² px")
     p.set_defaults(run=run_grpo)
+
+
+# ----------------------------------------------------------------------------- grpo vs TRL
+TRL_PIN = "trl==1.16.0"
+TRL_TAG = "@@trl "     # the worker's result lines on stdout (transformers may print there too)
+
+
+def vs_trl_records(folder, n: int, sides=(56, 70, 84, 98, 112), seed: int = 0) -> list:
+    """n one-image Flip prompts with random-noise images whose sides cycle through `sides` (3,136 … 12,544 px)."""
+    import numpy as np
+    from PIL import Image
+    rng, records = np.random.default_rng(seed), []
+    for i in range(n):
+        side = sides[i % len(sides)]
+        Image.fromarray(rng.integers(0, 256, (side, side, 3), dtype=np.uint8)).save(f"{folder}/img_{i}.png")
+        records.append({"id": f"vs-{i}", "task": "flip", "images": [f"img_{i}.png"], "answer": f"{i % 4 + 1}, vertical",
+                        "problem": "<image>The image is split into tiles labelled 1, 2, 3 and 4. Which tile is "
+                                   "flipped? Answer with the tile and the direction."})
+    return records
+
+
+def trl_worker(args) -> None:
+    """TRL's side of --vs-trl (runs under --trl-python): GRPOTrainer on the tiny model saved in --model-dir,
+    one optimizer step per "go" line on stdin; after each, one JSON line on stdout (TRL_TAG + wall / CPU
+    seconds of the step and its phases). Phases: generate = everything in _generate_and_score_completions but
+    the no-grad log-prob passes (prompt processing, generate, rewards, advantages), logprob = those passes
+    (reference; old log-probs are skipped with one iteration per generation), update = the rest of the step."""
+    import json
+    import os
+    import time
+    import torch
+    torch.set_num_threads(args.threads)
+    try:
+        import trl
+        from datasets import Dataset
+    except ImportError as e:
+        error = (f"no TRL in {sys.executable} ({e}): create a separate venv with the project's requirements and "
+                 f"`pip install {TRL_PIN}`, then pass --trl-python VENV/bin/python (README, Performance)")
+        print(TRL_TAG + json.dumps({"error": error}), flush=True)
+        return
+    from transformers import AutoImageProcessor, AutoTokenizer, Qwen2_5_VLProcessor, TrainerCallback
+    from transformers.processing_utils import ProcessorMixin
+    from PIL import Image
+    import tasks
+    import vlm
+
+    class ImageOnlyProcessor(Qwen2_5_VLProcessor):
+        """Qwen2.5-VL's processor without its video processor (which needs torchvision, not a dependency)."""
+        def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
+            self.image_token, self.video_token = "<|image_pad|>", "<|video_pad|>"
+            self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)
+            self.video_token_id = tokenizer.convert_tokens_to_ids(self.video_token)
+            ProcessorMixin.__init__(self, image_processor, tokenizer, chat_template=chat_template)
+
+    tok = AutoTokenizer.from_pretrained(args.model_dir)
+    ip = AutoImageProcessor.from_pretrained(args.model_dir, backend="pil")
+    ip.size = {"shortest_edge": args.min_pixels, "longest_edge": args.max_pixels}
+    processor = ImageOnlyProcessor(image_processor=ip, tokenizer=tok, chat_template=tok.chat_template)
+    rows = [json.loads(line) for line in open(args.data)]
+    root = os.path.dirname(args.data)
+    data = Dataset.from_list([{"prompt": vlm.build_messages(r["problem"]), "answer": r["answer"], "task": r["task"],
+                               "image": Image.open(f"{root}/{r['images'][0]}").convert("RGB")} for r in rows])
+
+    def reward(prompts, completions, answer, task, **kw):   # grpo.score's 0.9·accuracy + 0.1·format
+        texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
+        return [0.9 * tasks.accuracy(t, str(a), k) + 0.1 * float(tasks.format_ok(t)) for t, a, k in zip(texts, answer, task)]
+
+    cfg = trl.GRPOConfig(
+        output_dir=args.out_dir, per_device_train_batch_size=args.prompts_per_step * args.group_size,
+        num_generations=args.group_size, gradient_accumulation_steps=1, steps_per_generation=1, num_iterations=1,
+        max_completion_length=args.new_tokens, temperature=1.0, top_p=1.0, top_k=0, beta=args.kl_coef,
+        learning_rate=1e-6, weight_decay=0.01, lr_scheduler_type="constant", warmup_steps=0, max_grad_norm=1.0,
+        epsilon=0.2, epsilon_high=0.3, loss_type="dapo", scale_rewards="group", gradient_checkpointing=args.act_ckpt,
+        bf16=False, use_cpu=True, max_steps=args.steps, logging_steps=10**6, save_strategy="no", report_to="none",
+        disable_tqdm=True, seed=0, dataloader_num_workers=0, model_init_kwargs={"dtype": torch.float32},
+        generation_kwargs={"suppress_tokens": tok.convert_tokens_to_ids(list(vlm.VISION_TOKENS))})
+    t = {}
+
+    class Timed(trl.GRPOTrainer):
+        def _generate_and_score_completions(self, inputs):
+            t0 = time.perf_counter()
+            out = super()._generate_and_score_completions(inputs)
+            t["prepare"] = t.get("prepare", 0.0) + time.perf_counter() - t0
+            t["new_tokens"] = int(out["completion_mask"].sum())
+            return out
+
+        def _get_per_token_logps_and_entropies(self, *a, **k):
+            t0 = time.perf_counter()
+            out = super()._get_per_token_logps_and_entropies(*a, **k)
+            if not torch.is_grad_enabled():
+                t["logprob"] = t.get("logprob", 0.0) + time.perf_counter() - t0
+            return out
+
+    clock = {}
+
+    def go() -> None:
+        if sys.stdin.readline().strip() != "go":
+            os._exit(0)                      # "stop" or the parent is gone: no final save
+        t.clear()
+        clock.update(wall=time.perf_counter(), cpu=time.process_time())
+
+    class Lockstep(TrainerCallback):
+        def on_train_begin(self, *a, **k):
+            print(TRL_TAG + json.dumps({"ready": True, "trl": trl.__version__}), flush=True)
+            go()
+
+        def on_step_end(self, *a, **k):
+            wall, cpu = time.perf_counter() - clock["wall"], time.process_time() - clock["cpu"]
+            lp = t.get("logprob", 0.0)
+            print(TRL_TAG + json.dumps({"step": wall, "cpu": cpu, "gen": t.get("prepare", 0.0) - lp, "logprob": lp,
+                                        "update": wall - t.get("prepare", 0.0), "new_tokens": t.get("new_tokens", 0)}),
+                  flush=True)
+            go()
+
+    Timed(model=args.model_dir, reward_funcs=reward, args=cfg, train_dataset=data, processing_class=processor,
+          callbacks=[Lockstep()]).train()
+
+
+def grpo_vs_trl(args) -> None:
+    """grpo.py and TRL's GRPOTrainer on the same work, alternating steps in one run (so both see the same machine
+    load): the tiny Qwen2.5-VL (same weights, saved for TRL), args.prompts prompts 8 per step, G, 48 new tokens,
+    β, lr 1e-6, one update per rollout, both fp32 on CPU with args.threads threads (1 when 0). Prints medians
+    of wall and CPU seconds per phase over args.steps steps after one warm-up step each."""
+    import json
+    import os
+    import subprocess
+    import tempfile
+    from pathlib import Path
+    import numpy as np
+    import torch
+    import grpo
+    import vlm
+    threads = args.threads or 1
+    torch.set_num_threads(threads)
+    device, P, G, new = torch.device("cpu"), 8, args.group_size, args.new_tokens or 48
+    from transformers.utils import logging as hf_logging
+    hf_logging.disable_progress_bar()
+    with tempfile.TemporaryDirectory() as tmp:
+        vlm.build_tiny("tiny", out_dir=f"{tmp}/model")
+        records = vs_trl_records(tmp, args.prompts)
+        with open(f"{tmp}/train.jsonl", "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in records)
+        cmd = [args.trl_python, os.path.abspath(__file__), "trl-worker", "--model-dir", f"{tmp}/model", "--data",
+               f"{tmp}/train.jsonl", "--out-dir", f"{tmp}/trl", "--steps", str(args.steps + 1), "--threads",
+               str(threads), "--group-size", str(G), "--new-tokens", str(new), "--kl-coef", str(args.kl_coef),
+               "--prompts-per-step", str(P), "--min-pixels", str(56 * 56), "--max-pixels", str(112 * 112)] \
+            + ([] if args.act_ckpt else ["--no-act-ckpt"])
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false",
+               "PYTHONWARNINGS": "ignore::FutureWarning", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+        worker = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
+                                  cwd=os.path.dirname(os.path.abspath(__file__)))
+
+        def trl_line() -> dict:
+            for line in worker.stdout:
+                if line.startswith(TRL_TAG):
+                    msg = json.loads(line[len(TRL_TAG):])
+                    if "error" in msg:
+                        raise SystemExit(f"bench.py grpo --vs-trl: {msg['error']}")
+                    return msg
+            raise SystemExit(f"bench.py grpo --vs-trl: the TRL worker ({args.trl_python}) exited with code "
+                             f"{worker.wait()} (its error is above)")
+
+        try:
+            info = trl_line()
+            cfg = grpo.Config(data="bench", group_size=G, rollout_batch_size=P, update_batch_size=P,
+                              micro_batch_size=args.micro_batch_size or P * G,
+                              logprob_micro_batch_size=(args.micro_batch_size or P * G) * 2, max_new_tokens=new,
+                              kl_coef=args.kl_coef, rollout_engine="generate", min_pixels=56 * 56,
+                              max_pixels=112 * 112)
+            s = grpo_models(lambda: vlm.build_tiny("tiny"), device, cfg.kl_coef, args.act_ckpt)
+            s["ip"].size = {"shortest_edge": cfg.min_pixels, "longest_edge": cfg.max_pixels}
+            sampler = grpo.Sampler(s["model"], cfg, device)
+            ours, theirs = [], []
+            for i in range(args.steps + 1):
+                torch.manual_seed(i)
+                batch = [records[(i * P + j) % len(records)] for j in range(P)]
+                ours.append(grpo_step(s, sampler, batch, Path(tmp), cfg, device))
+                worker.stdin.write("go\n")
+                worker.stdin.flush()
+                theirs.append(trl_line())
+            worker.stdin.write("stop\n")
+            worker.stdin.flush()
+        finally:
+            try:
+                worker.stdin.close()
+            except OSError:
+                pass
+            worker.wait(timeout=60)
+    med = lambda runs, k: float(np.median([r[k] for r in runs[1:]]))
+    print(f"GRPO step, grpo.py vs TRL {info['trl']} GRPOTrainer, alternating steps in one run; {machine()}; "
+          f"{threads} thread(s) each, fp32; tiny Qwen2.5-VL (same weights), {P} prompts × G {G} per step from "
+          f"{args.prompts}, images 56²…112² px, ≤ {new} new tokens, β {args.kl_coef}, lr 1e-6, one update per "
+          f"rollout, activation checkpointing {'on' if args.act_ckpt else 'off'}; median of {args.steps} steps "
+          f"after 1 warm-up step each; load average {os.getloadavg()[0]:.1f} at the end\n")
+    print("| trainer | generation s | log-probs s | update s | step s (wall) | CPU s/step | new tokens/step |")
+    print("|---|---|---|---|---|---|---|")
+    for name, runs in (("grpo.py", ours), (f"TRL {info['trl']}", theirs)):
+        print(f"| {name} | {med(runs, 'gen'):.3f} | {med(runs, 'logprob'):.3f} | {med(runs, 'update'):.3f} | "
+              f"{med(runs, 'step'):.3f} | {med(runs, 'cpu'):.3f} | {med(runs, 'new_tokens'):.0f} |")
+    print(f"\ngrpo.py is {med(theirs, 'step') / med(ours, 'step'):.2f}× TRL's speed in wall time, "
+          f"{med(theirs, 'cpu') / med(ours, 'cpu'):.2f}× in CPU time")
+
+
+def add_trl_worker_parser(sub) -> None:
+    p = sub.add_parser("trl-worker", help="(internal) TRL's side of bench.py grpo --vs-trl")
+    for name, typ, default in (("model-dir", str, ""), ("data", str, ""), ("out-dir", str, ""), ("steps", int, 6),
+                               ("threads", int, 1), ("group-size", int, 5), ("new-tokens", int, 48),
+                               ("kl-coef", float, 0.01), ("prompts-per-step", int, 8), ("min-pixels", int, 3136),
+                               ("max-pixels", int, 12544)):
+        p.add_argument(f"--{name}", type=typ, default=default)
+    p.add_argument("--act-ckpt", action=argparse.BooleanOptionalAction, default=True)
+    p.set_defaults(run=trl_worker)
 
 
 # ----------------------------------------------------------------------------- eval
@@ -613,7 +829,7 @@ def main(argv: list | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="stage", required=True)
     for add_parser in (add_data_parser, add_sft_parser, add_rollout_parser, add_grpo_parser,
-                       add_eval_parser):   # each stage section defines add_<stage>_parser(sub); list them here in stage order
+                       add_eval_parser, add_trl_worker_parser):   # each stage section defines add_<stage>_parser(sub); list them here in stage order
         add_parser(sub)
     args = parser.parse_args(argv)
     args.run(args)

@@ -35,9 +35,10 @@ Paper → code (official code: training/GRPO, an EasyR1 fork; examples/config.ya
   images 512² … 2048² px, responses ≤ 2048 tokens                 → Config.min_pixels / max_pixels / max_new_tokens
 
 Deviations from the paper and the official code
-  1. Rollouts use HF generate on the training model (CPU, tests) or sft's rollout engine (a bf16 copy of
-     the policy with a static KV cache, CUDA) instead of vLLM; vision tokens are suppressed instead of a
-     −100 logit bias on <|image_pad|>.
+  1. Rollouts use vlm.generate on the training model (CPU, tests: a lean decode loop drawing the tokens
+     transformers' sampling draws for the same seed) or engine.RolloutEngine (a bf16 copy of the policy
+     with a static KV cache, CUDA) instead of vLLM; vision tokens are suppressed instead of a −100 logit
+     bias on <|image_pad|>.
   2. A completion that hits --max-new-tokens without <|im_end|> gets format 0 (it is still scored for
      accuracy and trained on); the official reward scores the truncated text like any other.
   3. Groups stay on the rank that sampled them (no sequence balancing across ranks); every rank holds
@@ -69,11 +70,11 @@ import tasks
 from common import (BadRecord, Dist, SetupError, all_reduce_sum, append_metrics, atomic_write, barrier, checked_checkpoint,
                     cleanup_dist, config_parser, epoch_order, is_main, knob, out_dir_mode, print0,
                     publish_step_folder, read_jsonl, resume_from, save_state, setup_dist, start_out_dir)
-from engine import RolloutEngine
+from engine import ENGINE_CHOICES, ENGINE_HELP, RolloutEngine, use_engine
 from records import read_records   # our train.jsonl or the release's parquet (load_prompts)
 from vlm import (IGNORE_INDEX, IMAGE_PLACEHOLDER, TINY_MODELS, build_messages, enable_activation_checkpointing, encode,
-                 freeze_vision, generate, is_fsdp, load_images, load_model, save_hf, shard_model, stop_token_ids,
-                 token_logprobs)
+                 freeze_vision, generate, is_fsdp, load_images, load_model, prefix_logprobs, save_hf, shard_model,
+                 stop_token_ids, token_logprobs)
 
 
 # ----------------------------------------------------------------------------- config
@@ -122,9 +123,7 @@ class Config:
     activation_checkpointing: bool = knob(True, "non-reentrant activation checkpointing of the trained blocks")
     bf16: bool = knob(True, "bf16 compute with fp32 master weights (GPU only; CPU stays fp32)")
     fsdp: bool = knob(False, "shard with FSDP2 even in one CPU process (always on for GPU or >1 rank)")
-    rollout_engine: str = knob("auto", "sampler: 'engine' = RolloutEngine (plain copy of the policy, static KV "
-                             "cache, compiled on CUDA), 'generate' = generate on the training model, 'auto' = "
-                             "engine on CUDA, generate on CPU")
+    rollout_engine: str = knob("auto", ENGINE_HELP)
     rollout_prompts_per_call: int = knob(8, "prompts per RolloutEngine call (fixed shape: compiled once)")
     keep_rollout_copy: bool = knob(True, "keep the engine's copy of the policy between rollouts (--no-...: free "
                                  "it after each rollout to save memory; it is rebuilt at the next)")
@@ -155,8 +154,8 @@ class Config:
             raise ValueError("need --temperature > 0, 0 < --top-p ≤ 1, --top-k ≥ 0, --kl-coef ≥ 0")
         if not 0 < self.min_pixels <= self.max_pixels:
             raise ValueError(f"need 0 < --min-pixels ({self.min_pixels}) ≤ --max-pixels ({self.max_pixels})")
-        if self.rollout_engine not in ("auto", "engine", "generate"):
-            raise ValueError("--rollout-engine must be auto, engine or generate")
+        if self.rollout_engine not in ENGINE_CHOICES:
+            raise ValueError(f"--rollout-engine must be one of {', '.join(ENGINE_CHOICES)}")
         if self.save_dtype not in ("bfloat16", "float32"):
             raise ValueError("--save-dtype must be bfloat16 or float32")
 
@@ -342,9 +341,11 @@ def sequence_batch(ro: Rollout, rows: list) -> tuple:
     """(batch, labels, prompt width) of prompt + completion for the given rows of a rollout.
 
     input_ids = [left-padded prompt | right-padded completion]; attention_mask = [prompt mask | completion
-    mask]; mm_token_type_ids = [prompt's | 0]; pixel_values / image_grid_thw = each row's own prompt images
-    (the same pixels and grid the completion was sampled with); labels = completion ids where the mask is
-    on, −100 elsewhere. Columns that are padding in every selected row are cut at both ends."""
+    mask]; mm_token_type_ids = [prompt's | 0]; image_grid_thw = each row's own prompt images (the same grid
+    the completion was sampled with); pixel_values = the images of each distinct prompt once, image_index =
+    which of them each row's image is (vlm.token_logprobs runs the vision tower once per distinct image and
+    repeats its features over the G rows of a group); labels = completion ids where the mask is on, −100
+    elsewhere. Columns that are padding in every selected row are cut at both ends."""
     p_idx = [r // ro.group_size for r in rows]
     amask = ro.prompts["attention_mask"][p_idx]
     start = int(amask.any(0).nonzero()[0])                      # first column any row uses
@@ -360,13 +361,16 @@ def sequence_batch(ro: Rollout, rows: list) -> tuple:
         grid = ro.prompts["image_grid_thw"]
         img_end = torch.tensor(ro.images_per_prompt).cumsum(0).tolist()
         pix_end = grid.prod(-1).cumsum(0).tolist()
-        pix, grids = [], []
-        for p in p_idx:
+        pix, first = [], {}                      # each prompt's pixels once: the G rows of a group share them
+        for p in dict.fromkeys(p_idx):
             i0, i1 = img_end[p] - ro.images_per_prompt[p], img_end[p]
             r0, r1 = (pix_end[i0 - 1] if i0 else 0), (pix_end[i1 - 1] if i1 else 0)
             pix.append(ro.prompts["pixel_values"][r0:r1])
-            grids.append(grid[i0:i1])
+            first[p] = sum(ro.images_per_prompt[q] for q in first)
+        grids = [grid[img_end[p] - ro.images_per_prompt[p]:img_end[p]] for p in p_idx]
         batch["pixel_values"], batch["image_grid_thw"] = torch.cat(pix), torch.cat(grids)
+        batch["image_index"] = torch.tensor([first[p] + j for p in p_idx for j in range(ro.images_per_prompt[p])],
+                                            dtype=torch.long)
     labels = torch.cat([torch.full_like(ids_p, IGNORE_INDEX), labels_c], 1)
     return batch, labels, ids_p.shape[1]
 
@@ -399,13 +403,39 @@ def score(ro: Rollout, tok) -> None:
     ro.rewards, ro.accuracy, ro.format = (torch.tensor(t, dtype=torch.float32) for t in zip(*terms))
 
 
+def prompt_batch(ro: Rollout, prompts: list) -> dict:
+    """The left-padded encode() batch of the given prompts with their images; columns that are padding in
+    every one of them are cut."""
+    amask = ro.prompts["attention_mask"][prompts]
+    start = int(amask.any(0).nonzero()[0])
+    batch = {k: ro.prompts[k][prompts, start:] for k in ("input_ids", "attention_mask", "mm_token_type_ids")}
+    if "image_grid_thw" in ro.prompts:
+        grid = ro.prompts["image_grid_thw"]
+        img_end = torch.tensor(ro.images_per_prompt).cumsum(0).tolist()
+        pix_end = [0] + grid.prod(-1).cumsum(0).tolist()
+        spans = [(img_end[p] - ro.images_per_prompt[p], img_end[p]) for p in prompts]
+        batch["pixel_values"] = torch.cat([ro.prompts["pixel_values"][pix_end[i0]:pix_end[i1]] for i0, i1 in spans])
+        batch["image_grid_thw"] = torch.cat([grid[i0:i1] for i0, i1 in spans])
+    return batch
+
+
 @torch.no_grad()
 def rollout_logprobs(model, ro: Rollout, cfg: Config, device: torch.device) -> torch.Tensor:
     """Per-token log-probs (N, L) of the sampled completions under `model` (logits / temperature, fp32
-    log-softmax, LM head only at completion positions); 0 outside the completion mask."""
+    log-softmax, LM head only at completion positions); 0 outside the completion mask. Each micro-batch runs
+    its distinct prompts once and the completions on their KV cache (vlm.prefix_logprobs: the G samples of a
+    prompt share its prompt and image work); text-only rollouts take the plain prompt + completion forward."""
     n, width = ro.completions.shape
     logp = torch.zeros(n, width)
     for rows in micro_batches(ro, list(range(n)), cfg.logprob_micro_batch_size):
+        if "image_grid_thw" in ro.prompts:
+            distinct = list(dict.fromkeys(r // ro.group_size for r in rows))
+            w = max(1, int(ro.mask[rows].sum(1).max()))
+            logp[rows, :w] = prefix_logprobs(model, prompt_batch(ro, distinct),
+                                             [distinct.index(r // ro.group_size) for r in rows],
+                                             ro.completions[rows, :w], ro.mask[rows, :w], cfg.temperature,
+                                             cfg.logprob_chunk_size).float().cpu()
+            continue
         batch, labels, start = sequence_batch(ro, rows)
         lp = token_logprobs(model, {k: v.to(device) for k, v in batch.items()}, labels.to(device),
                                 temperature=cfg.temperature, chunk_size=cfg.logprob_chunk_size)
@@ -428,11 +458,18 @@ def update(model, optimizer, ro: Rollout, rows: list, cfg: Config, device: torch
     for i, mb in enumerate(chunks):
         if fsdp:  # reduce-scatter after every micro-batch (only a gradient shard is held), or only after the last
             model.set_requires_gradient_sync(cfg.sync_every_micro_batch or i == len(chunks) - 1)
-        batch, labels, start = sequence_batch(ro, mb)
-        logp, ent = token_logprobs(model, {k: v.to(device) for k, v in batch.items()}, labels.to(device),
+        if "image_grid_thw" in ro.prompts and not fsdp:   # the group's prompt once (FSDP2: not yet measured)
+            distinct = list(dict.fromkeys(r // ro.group_size for r in mb))
+            w = max(1, int(ro.mask[mb].sum(1).max()))
+            logp, ent = prefix_logprobs(model, prompt_batch(ro, distinct),
+                                        [distinct.index(r // ro.group_size) for r in mb], ro.completions[mb, :w],
+                                        ro.mask[mb, :w], cfg.temperature, cfg.logprob_chunk_size, with_entropy=True)
+        else:
+            batch, labels, start = sequence_batch(ro, mb)
+            logp, ent = token_logprobs(model, {k: v.to(device) for k, v in batch.items()}, labels.to(device),
                                        temperature=cfg.temperature, chunk_size=cfg.logprob_chunk_size,
                                        with_entropy=True)
-        logp, ent, w = logp[:, start:], ent[:, start:], logp.shape[1] - start
+            logp, ent, w = logp[:, start:], ent[:, start:], logp.shape[1] - start
         on = lambda x: None if x is None else x[mb, :w].to(device)
         old = logp.detach() if ro.old_logp is None else on(ro.old_logp)    # None: this update is on-policy
         loss, m = policy_loss(logp, old, on(ro.ref_logp), ro.advantages[mb].to(device), on(ro.mask),
@@ -586,7 +623,7 @@ class Sampler:
     rollout (a collective: every rank calls it) and, with --no-keep-rollout-copy, freed after it."""
 
     def __init__(self, model, cfg: Config, device: torch.device):
-        use = cfg.rollout_engine == "engine" or (cfg.rollout_engine == "auto" and device.type == "cuda")
+        use = use_engine(cfg.rollout_engine, device)
         self.engine = RolloutEngine(model, prompts_per_call=cfg.rollout_prompts_per_call) if use else None
         self.keep, self.refresh_s = cfg.keep_rollout_copy, 0.0
 
@@ -687,7 +724,7 @@ def train(cfg: Config) -> list:
             # 1-3. rollout, reward, group-normalised advantage
             ro = rollout(run.sampler, model, mine, run.root, tok, run.ip, cfg)
             score(ro, tok)
-            ro.advantages = group_advantages(ro.rewards, G, cfg.adv_eps)
+            ro.advantages = group_advantages(ro.rewards, G, eps=cfg.adv_eps)
             t1 = _now(dev)
             # 4. log-probs before the update ("old"; not needed when one update uses the rollout: it is
             #    on-policy) and under the frozen reference

@@ -460,3 +460,60 @@ def test_two_ranks_first_update_equals_one_process(data, tmp_path):
 
 if __name__ == "__main__" and len(sys.argv) == 3 and sys.argv[1] == "grpo-worker":
     grpo_worker(Path(sys.argv[2]))
+
+
+# ----------------------------------------------------------------------------- fast paths against the plain ones
+@pytest.mark.parametrize("kind", ["tiny", "tiny-qwen3"])
+def test_shared_prompt_logprobs_and_gradients_equal_the_full_forward(data, kind):
+    """vlm.prefix_logprobs (each distinct prompt once, completions on its keys / values; rows out of group
+    order, a two-image prompt, activation checkpointing on) gives the log-probs, entropies and gradients of
+    token_logprobs on the concatenated prompt + completion batch (sequence_batch, vision once per prompt)."""
+    model, tok, ip = vlm.load_model(kind, max_pixels=56 * 84)
+    vlm.enable_activation_checkpointing(model)
+    model.train()
+    ro = fake_rollout(data, common.read_jsonl(data)[:3], tok, ip)
+    rows = [4, 0, 8, 3, 5, 1]
+    w = int(ro.mask[rows].sum(1).max())
+    weight = torch.randn(len(rows), w, generator=torch.Generator().manual_seed(1))
+
+    def run(fn):
+        model.zero_grad(set_to_none=True)
+        logp, ent = fn()
+        (logp * weight).sum().backward()
+        return logp.detach(), ent, [p.grad.clone() for p in model.parameters()]
+
+    def full():
+        batch, labels, start = grpo.sequence_batch(ro, rows)
+        logp, ent = vlm.token_logprobs(model, batch, labels, with_entropy=True)
+        return logp[:, start:], ent[:, start:]
+
+    distinct = list(dict.fromkeys(r // ro.group_size for r in rows))
+    shared = lambda: vlm.prefix_logprobs(model, grpo.prompt_batch(ro, distinct),
+                                         [distinct.index(r // ro.group_size) for r in rows], ro.completions[rows, :w],
+                                         ro.mask[rows, :w], with_entropy=True)
+    (lp_a, ent_a, g_a), (lp_b, ent_b, g_b) = run(full), run(shared)
+    assert torch.allclose(lp_a, lp_b, atol=1e-5) and torch.allclose(ent_a, ent_b, atol=1e-4)
+    assert torch.equal(lp_b[~ro.mask[rows, :w]], torch.zeros(int((~ro.mask[rows, :w]).sum())))
+    for a, b in zip(g_a, g_b):
+        assert torch.allclose(a, b, atol=1e-6, rtol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["tiny", "tiny-qwen3"])
+def test_plain_decode_samples_what_transformers_generate_samples(data, kind, monkeypatch):
+    """vlm.generate's own decode loop (plain model, image prompts) draws the same tokens as transformers'
+    generate for the same seed, sampling G per prompt and greedy."""
+    calls = []
+    monkeypatch.setattr(vlm, "_plain_decode", lambda *a, _f=vlm._plain_decode: calls.append(1) or _f(*a))
+    model, tok, ip = vlm.load_model(kind, max_pixels=56 * 84)
+    prompts, _ = grpo.encode_prompts(common.read_jsonl(data)[:3], data.parent, tok, ip)
+    for sample in (dict(do_sample=True, num_return_sequences=3), dict(do_sample=False)):
+        torch.manual_seed(0)
+        ours, mask = vlm.generate(model, prompts, tok, max_new_tokens=10, **sample)
+        gc = vlm.generation_config(tok, 10, **sample)
+        model.generation_config = gc
+        torch.manual_seed(0)
+        with torch.no_grad():
+            theirs = model.eval().generate(**{k: v for k, v in prompts.items()}, generation_config=gc)
+        theirs, _ = vlm.completion_mask(theirs[:, prompts["input_ids"].shape[1]:], 2, tok.pad_token_id)
+        assert torch.equal(ours, theirs), sample
+    assert len(calls) == 2

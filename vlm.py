@@ -389,7 +389,10 @@ def token_logprobs(model, batch: dict, labels: torch.Tensor, temperature: float 
     swapped for the call), so it works on an FSDP2-sharded model (root parameters unsharded by its hooks)
     and a plain one, and is differentiable when grad is enabled. with_entropy=True also returns the
     (detached) entropy of each of those distributions, (B, T). A batch without supervised tokens still
-    runs the head on one position with weight 0 (every rank's backward must reach every FSDP unit)."""
+    runs the head on one position with weight 0 (every rank's backward must reach every FSDP unit).
+    A batch with "image_index" (grpo.sequence_batch) holds each distinct image's pixels once: its image i is
+    distinct image image_index[i]; the vision tower runs once per distinct image and the features are
+    repeated (shared_image_features; same values, gradients summed over the copies)."""
     device = next(model.parameters()).device
     labels = labels.to(device)
     keep = torch.zeros_like(labels, dtype=torch.bool)                      # keep[b, t]: h[b, t] predicts t+1
@@ -404,12 +407,16 @@ def token_logprobs(model, batch: dict, labels: torch.Tensor, temperature: float 
         logp, extra["entropy"] = chunked_head_logprobs(h, head.weight, head.bias, targets, temperature,
                                                        chunk_size, with_entropy)
         return logp
-    inputs = {k: v.to(device) for k, v in batch.items() if k != "labels"}
+    inputs = {k: v.to(device) for k, v in batch.items() if k not in ("labels", "image_index")}
+    inner = model.model
     head.forward = head_forward
+    if batch.get("image_index") is not None:
+        inner.get_image_features = shared_image_features(inner, batch["image_index"], inputs["image_grid_thw"])
     try:
         logp = model(**inputs, use_cache=False, logits_to_keep=keep).logits                      # (N,)
     finally:
         del head.forward
+        inner.__dict__.pop("get_image_features", None)
     shifted = torch.zeros_like(keep)
     shifted[:, 1:] = keep[:, :-1]
     if empty:
@@ -419,6 +426,108 @@ def token_logprobs(model, batch: dict, labels: torch.Tensor, temperature: float 
         return out
     ent = torch.zeros(labels.shape, dtype=torch.float32, device=device).masked_scatter(shifted, extra["entropy"])
     return out, (ent * 0.0 if empty else ent)
+
+
+@functools.cache
+def _prefix_caches() -> tuple:
+    """(RecordCache, PrefixCache): KV caches for prefix_logprobs that are never written twice, so a layer
+    recomputed by activation checkpointing in the backward sees exactly what its forward saw."""
+    from transformers import DynamicCache
+
+    class RecordCache(DynamicCache):
+        """Keeps each layer's keys / values of the prompt forward (a recompute overwrites them with the same
+        values); reports an empty cache, so the forward runs as without one."""
+        def __init__(self):
+            super().__init__()
+            self.kv = {}
+
+        def update(self, key_states, value_states, layer_idx, *args, **kwargs):
+            self.kv[layer_idx] = (key_states, value_states)
+            return key_states, value_states
+
+    class PrefixCache(DynamicCache):
+        """A prompt's keys / values in front of every layer's new ones, never appended to."""
+        def __init__(self, kv: list):
+            super().__init__()
+            for i, (k, v) in enumerate(kv):
+                super().update(k, v, i)
+
+        def update(self, key_states, value_states, layer_idx, *args, **kwargs):
+            layer = self.layers[layer_idx]
+            return torch.cat([layer.keys, key_states], -2), torch.cat([layer.values, value_states], -2)
+    return RecordCache, PrefixCache
+
+
+def prefix_logprobs(model, prompts: dict, which: list, completions: torch.Tensor, completion_mask: torch.Tensor,
+                    temperature: float = 1.0, chunk_size: int = 1024, with_entropy: bool = False):
+    """token_logprobs of completions whose prompts repeat (a GRPO group: G samples of one prompt) without the
+    repeated prompt work: one forward over the distinct prompts (a left-padded encode() batch with their
+    images) keeps their keys and values, then each completion row runs on those of its prompt (`which[r]`),
+    with the M-RoPE positions a full prompt + completion forward gives it (text after the prompt: its largest
+    position + 1, + 2, …). Differentiable when grad is enabled (gradients reach the prompt forward through
+    the keys / values; activation checkpointing recomputes the same values). Returns (R, W) fp32 log p of
+    completions[r, t] (logits / τ, fp32 log-softmax, LM head only where completion_mask is on), 0 elsewhere,
+    and with with_entropy the (detached) entropies too; equal to token_logprobs on the concatenated sequences
+    up to float rounding."""
+    record_cache, prefix_cache = _prefix_caches()
+    device = next(model.parameters()).device
+    inputs = {k: v.to(device) for k, v in prompts.items() if k != "labels"}
+    comp, cmask = completions.to(device), completion_mask.to(device).bool()
+    idx = torch.tensor(which, dtype=torch.long, device=device)
+    inner, head = model.model, model.get_output_embeddings()
+    with torch.no_grad():
+        pos, _ = inner.get_rope_index(inputs["input_ids"], mm_token_type_ids=inputs["mm_token_type_ids"],
+                                      image_grid_thw=inputs.get("image_grid_thw"),
+                                      attention_mask=inputs["attention_mask"])
+    head.forward = lambda h: h                          # the model returns hidden states; the head runs below
+    try:
+        rec = record_cache()
+        h_last = model(**inputs, position_ids=pos, cache=rec, use_cache=True, logits_to_keep=1).logits[:, -1]
+        lp0, ent0 = _head_logprobs(h_last[idx], head.weight, head.bias, comp[:, 0], temperature, with_entropy)
+        logp, ent = [lp0[:, None]], [ent0.detach()[:, None]]
+        keep = torch.zeros_like(cmask)
+        keep[:, :-1] = cmask[:, 1:]                     # h[r, t] predicts completion token t + 1
+        if comp.shape[1] > 1:
+            rest_lp = torch.zeros(comp.shape[0], comp.shape[1] - 1, dtype=torch.float32, device=device)
+            rest_ent = torch.zeros_like(rest_lp)
+            if bool(keep.any()):
+                cache = prefix_cache([(k[idx], v[idx]) for _, (k, v) in sorted(rec.kv.items())])
+                last = pos.amax(dim=(0, 2))[idx]        # (R,) the prompt's largest position
+                cpos = (last[:, None] + 1 + torch.arange(comp.shape[1], device=device)).expand(3, -1, -1)
+                h = model(input_ids=comp, attention_mask=torch.cat([inputs["attention_mask"][idx], cmask.long()], 1),
+                          mm_token_type_ids=torch.zeros_like(comp), position_ids=cpos, cache=cache, use_cache=True,
+                          logits_to_keep=keep).logits
+                lp, e = chunked_head_logprobs(h, head.weight, head.bias, comp[:, 1:][cmask[:, 1:]], temperature,
+                                              chunk_size, with_entropy)
+                rest_lp = rest_lp.masked_scatter(cmask[:, 1:], lp)
+                rest_ent = rest_ent.masked_scatter(cmask[:, 1:], e)
+            logp.append(rest_lp)
+            ent.append(rest_ent)
+    finally:
+        del head.forward
+    logp = torch.cat(logp, 1)
+    return (logp, torch.cat(ent, 1)) if with_entropy else logp
+
+
+def shared_image_features(inner, index: torch.Tensor, grid_thw: torch.Tensor):
+    """A get_image_features for one forward of `inner` (model.model) whose batch holds the pixels of each
+    distinct image once: image i of the batch (grid_thw[i]) is distinct image index[i]. The vision tower runs
+    on the distinct images only; the per-image features (and Qwen3-VL's deepstack features) are returned in
+    the batch's order, repeated where images repeat. Called inside the model's forward (FSDP2 hooks as usual)."""
+    own = type(inner).get_image_features.__get__(inner)
+    idx = index.tolist()
+    first = {}
+    for i, j in enumerate(idx):
+        first.setdefault(j, i)
+    grid_distinct = grid_thw[[first[j] for j in range(len(first))]]
+
+    def get_image_features(pixel_values, image_grid_thw=None, **kwargs):
+        out = own(pixel_values, grid_distinct, **kwargs)
+        out.pooler_output = tuple(out.pooler_output[j] for j in idx)
+        if getattr(out, "deepstack_features", None) is not None:
+            out.deepstack_features = [tuple(f[j] for j in idx) for f in out.deepstack_features]
+        return out
+    return get_image_features
 
 
 # ----------------------------------------------------------------------------- shard
@@ -621,7 +730,9 @@ def generate(model, batch: dict, tokenizer, *, max_new_tokens: int = 1024, do_sa
     the pad id. Every sampling field is explicit (generation_config()), nothing comes from the checkpoint;
     vision tokens are never generated. On an FSDP2 model every unit is kept unsharded for the whole call
     (one all-gather per unit, not per token) and resharded afterwards; ranks stay in step (synced_gpus).
-    This is the simple path (CPU, tests); on CUDA use RolloutEngine for rollouts and evaluation."""
+    This is the simple path (CPU, tests); on CUDA use RolloutEngine for rollouts and evaluation. A plain model
+    with image prompts and plain sampling or greedy decodes in _plain_decode (each prompt prefilled once, no
+    per-token processor machinery; the same tokens as transformers' loop for the same seed)."""
     gc = generation_config(tokenizer, max_new_tokens, do_sample, temperature, top_p, top_k, num_return_sequences)
     inputs = {k: v.to(next(model.parameters()).device) for k, v in batch.items() if k != "labels"}
     units = [m for m in model.modules() if is_fsdp(m)]
@@ -631,6 +742,9 @@ def generate(model, batch: dict, tokenizer, *, max_new_tokens: int = 1024, do_sa
     model.eval()
     model.generation_config = gc
     try:
+        if not units and "image_grid_thw" in inputs and "video_grid_thw" not in inputs and gc.top_k in (None, 0) \
+                and gc.top_p == 1.0:
+            return completion_mask(_plain_decode(model, inputs, gc), gc.eos_token_id, tokenizer.pad_token_id)
         out = model.generate(**inputs, generation_config=gc,
                              synced_gpus=bool(units) and dist.is_initialized() and dist.get_world_size() > 1)
     finally:
@@ -640,6 +754,47 @@ def generate(model, batch: dict, tokenizer, *, max_new_tokens: int = 1024, do_sa
             m.reshard()
             m.set_reshard_after_forward(m is not model, recurse=False)
     return completion_mask(out[:, inputs["input_ids"].shape[1]:], gc.eos_token_id, tokenizer.pad_token_id)
+
+
+def _plain_decode(model, inputs: dict, gc) -> torch.Tensor:
+    """transformers' sampling / greedy loop for a plain model and image prompts, without its per-token
+    machinery: the distinct prompts are prefilled once and their KV cache repeated num_return_sequences times
+    (rows grouped by prompt), then one token per step for every row: vision tokens suppressed, logits / τ
+    (sampling), softmax and one torch.multinomial draw per step (greedy: argmax), rows past <|im_end|> get the
+    pad id; stops when every row has ended. M-RoPE positions continue after each prompt's largest one, as
+    transformers' rope deltas give them. Only plain sampling (no top-k / top-p) and greedy: generate() takes
+    transformers' loop otherwise. Returns the new ids (N, L)."""
+    from transformers import DynamicCache
+    n, am = gc.num_return_sequences, inputs["attention_mask"]
+    pos, _ = model.model.get_rope_index(inputs["input_ids"], mm_token_type_ids=inputs["mm_token_type_ids"],
+                                        image_grid_thw=inputs["image_grid_thw"], attention_mask=am)
+    cache = DynamicCache(config=model.config)
+    logits = model(**inputs, position_ids=pos, cache=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
+    last = pos.amax(dim=(0, 2))
+    if n > 1:
+        cache.batch_repeat_interleave(n)
+        logits, am, last = (x.repeat_interleave(n, 0) for x in (logits, am, last))
+    suppress = torch.tensor(gc.suppress_tokens or [], dtype=torch.long, device=logits.device)
+    done = torch.zeros(logits.shape[0], dtype=torch.bool, device=logits.device)
+    out = []
+    for t in range(gc.max_new_tokens):
+        z = logits.float()
+        z[:, suppress] = -float("inf")
+        if gc.do_sample:
+            probs = F.softmax(z / gc.temperature if gc.temperature != 1.0 else z, dim=-1)
+            nxt = torch.multinomial(probs, num_samples=1).squeeze(1)
+        else:
+            nxt = z.argmax(-1)
+        nxt = torch.where(done, torch.full_like(nxt, gc.pad_token_id), nxt)
+        out.append(nxt)
+        done |= nxt == gc.eos_token_id
+        if bool(done.all()) or t == gc.max_new_tokens - 1:
+            break
+        am = torch.cat([am, torch.ones_like(am[:, :1])], 1)
+        step_pos = (last + 1 + t).view(1, -1, 1).expand(3, -1, -1)
+        logits = model(input_ids=nxt[:, None], attention_mask=am, position_ids=step_pos, cache=cache,
+                       use_cache=True, logits_to_keep=1).logits[:, -1]
+    return torch.stack(out, 1)
 
 
 # ----------------------------------------------------------------------------- save
