@@ -2,7 +2,7 @@
 
     python bench.py data     # pretext generators (ms/sample at 1024x768), scene renders/s, builder throughput
     python bench.py sft      # SFT step: time, tokens/s, MFU, peak memory (tiny, ~6M on CPU; 3B shape on a GPU)
-    python bench.py rollout  # rollout decode speed: vlm.generate on FSDP2 vs engine.RolloutEngine (3B shape on a GPU)
+    python bench.py rollout  # rollout decode speed: engine.generate on FSDP2 vs engine.RolloutEngine (3B shape on a GPU)
     python bench.py grpo     # GRPO step split into generation / log-probs / update (+ rollout paths on a GPU)
     python bench.py grpo --vs-trl --trl-python VENV/bin/python   # the same step side by side with TRL's GRPOTrainer
     python bench.py eval     # greedy evaluation throughput
@@ -315,7 +315,7 @@ def add_sft_parser(sub) -> None:
 
 def rollout_comparison(device=None, prompts: int = 8, group_size: int = 5, new_tokens: int = 256,
                        px: int = 448) -> list:
-    """Rollout speed of vlm.generate on the FSDP2 model vs engine.RolloutEngine on the same batch: prompts ×
+    """Rollout speed of engine.generate on the FSDP2 model vs engine.RolloutEngine on the same batch: prompts ×
     group_size sampled sequences of up to new_tokens (temperature 1; random weights rarely emit <|im_end|>,
     and a batch decodes until its last row ends). GPU: the Qwen2.5-VL-3B shape; CPU: the tiny model.
     Returns rows with ms per decode step, generated tokens/s (completion tokens up to <|im_end|>), and the
@@ -344,9 +344,9 @@ def rollout_comparison(device=None, prompts: int = 8, group_size: int = 5, new_t
         return clock(device) - t0, ids.shape[1], int(mask.sum())
 
     rows = []
-    vlm.generate(model, batch, tok, **{**sample, "max_new_tokens": 4})                 # warm-up
-    dt, steps, toks = timed(lambda: vlm.generate(model, batch, tok, **sample))
-    rows.append({"path": "vlm.generate on the FSDP2 model", "ms_per_step": dt / steps * 1e3,
+    engine.generate(model, batch, tok, **{**sample, "max_new_tokens": 4})                 # warm-up
+    dt, steps, toks = timed(lambda: engine.generate(model, batch, tok, **sample))
+    rows.append({"path": "engine.generate on the FSDP2 model", "ms_per_step": dt / steps * 1e3,
                  "tok_per_s": toks / dt, "extra": ""})
     engine = engine.RolloutEngine(model, prompts_per_call=prompts)
     gather = engine.refresh(model)                                                     # timed second gather
@@ -367,7 +367,7 @@ def rollout_comparison(device=None, prompts: int = 8, group_size: int = 5, new_t
 
 
 def add_rollout_parser(sub) -> None:
-    p = sub.add_parser("rollout", help="rollout speed: vlm.generate on the FSDP2 model vs engine.RolloutEngine",
+    p = sub.add_parser("rollout", help="rollout speed: engine.generate on the FSDP2 model vs engine.RolloutEngine",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--prompts", type=int, default=8)
     p.add_argument("--group-size", type=int, default=5)
@@ -491,7 +491,7 @@ def run_grpo(args) -> None:
         torch.set_num_threads(args.threads)
     device = torch.device("cuda" if common.use_cuda() else "cpu")
     where = "FSDP2 bf16 compute, rollouts from engine.RolloutEngine" if device.type == "cuda" else \
-        f"{torch.get_num_threads()} threads, fp32, rollouts from vlm.generate"
+        f"{torch.get_num_threads()} threads, fp32, rollouts from engine.generate"
     print(f"GRPO step (grpo.py phases), {machine()}; {where}; G {args.group_size}, β {args.kl_coef}, activation "
           f"checkpointing {'on' if args.act_ckpt else 'off'}, "
           f"{args.updates} update(s) per rollout, median of {args.steps} steps after 1 warm-up step\n")
@@ -797,7 +797,7 @@ def eval_throughput(model, tok, ip, n_items: int, batch_size: int, px: int, new_
     n = -(-n_items // batch_size) * batch_size
     peak = peak_memory_gb(device)
     return {"prompt_tokens": batch["input_ids"].shape[1], "items_s": n / dt, "tok_s": tokens / dt,
-            "new_per_item": tokens / n, "path": "fast" if gen.engine is not None else "vlm.generate", "peak_gb": peak}
+            "new_per_item": tokens / n, "path": "fast" if gen.engine is not None else "engine.generate", "peak_gb": peak}
 
 
 def run_eval(args) -> None:

@@ -60,8 +60,8 @@ from benchmarks import (BENCH_NAMES, PAPER_ROWS, DataError, Item, MissingImage, 
 
 from common import (all_reduce_sum, atomic_write, barrier, cleanup_dist, config_parser, identity_diff, knob, print0,
                     setup_dist)
-from engine import ENGINE_CHOICES, ENGINE_HELP, RolloutEngine, use_engine
-from vlm import encode, generate, load_model
+from engine import ENGINE_CHOICES, ENGINE_HELP, RolloutEngine, generate, use_engine
+from vlm import encode, load_model
 
 # (min_pixels, max_pixels) per benchmark, as the paper's setups (VLMEvalKit Qwen2VLChat: 1280..16384 ×28²;
 # What'sUp: ≤ 512×28²; ViewSpatial: 256..1280 ×28² after a 420×280 resize; VSI-Bench, per frame: the official
@@ -239,13 +239,13 @@ def check_identity(bench_dir: Path, ident: dict) -> None:
 
 # ----------------------------------------------------------------------------- generation
 class Generator:
-    """Greedy completions for encode() batches (vlm.generate, or engine.RolloutEngine).
+    """Greedy completions for encode() batches (engine.generate, or engine.RolloutEngine).
 
     Every sampling field is explicit (do_sample False, temperature 1, top_p 1, top_k 0), so nothing comes from
     the checkpoint's generation_config. With the engine (--rollout-engine; auto = on CUDA) the batches go
     through RolloutEngine: the loaded bf16 model decoded in place (no second copy), static KV cache, compiled
     decode, prompts padded to length buckets and batch_size rows per call, so compilation happens once per
-    bucket. Otherwise vlm.generate. engine=True/False overrides the flag (the tests compare the two)."""
+    bucket. Otherwise engine.generate. engine=True/False overrides the flag (the tests compare the two)."""
 
     def __init__(self, model, tokenizer, cfg: Config, device, engine: bool | None = None):
         self.model, self.tok, self.cfg, self.device = model, tokenizer, cfg, device

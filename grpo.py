@@ -35,7 +35,7 @@ Paper → code (official code: training/GRPO, an EasyR1 fork; examples/config.ya
   images 512² … 2048² px, responses ≤ 2048 tokens                 → Config.min_pixels / max_pixels / max_new_tokens
 
 Deviations from the paper and the official code
-  1. Rollouts use vlm.generate on the training model (CPU, tests: a lean decode loop drawing the tokens
+  1. Rollouts use engine.generate on the training model (CPU, tests: a lean decode loop drawing the tokens
      transformers' sampling draws for the same seed) or engine.RolloutEngine (a bf16 copy of the policy
      with a static KV cache, CUDA) instead of vLLM; vision tokens are suppressed instead of a −100 logit
      bias on <|image_pad|>.
@@ -70,11 +70,10 @@ import tasks
 from common import (BadRecord, Dist, SetupError, all_reduce_sum, append_metrics, atomic_write, barrier, checked_checkpoint,
                     cleanup_dist, config_parser, epoch_order, is_main, knob, out_dir_mode, print0,
                     publish_step_folder, read_jsonl, resume_from, save_state, setup_dist, start_out_dir)
-from engine import ENGINE_CHOICES, ENGINE_HELP, RolloutEngine, use_engine
-from records import read_records   # our train.jsonl or the release's parquet (load_prompts)
-from vlm import (IGNORE_INDEX, IMAGE_PLACEHOLDER, TINY_MODELS, build_messages, enable_activation_checkpointing, encode,
-                 freeze_vision, generate, is_fsdp, load_images, load_model, prefix_logprobs, save_hf, shard_model,
-                 stop_token_ids, token_logprobs)
+from engine import ENGINE_CHOICES, ENGINE_HELP, RolloutEngine, generate, stop_token_ids, use_engine
+from records import load_images, read_records   # our train.jsonl or the release's parquet (load_prompts)
+from vlm import (IGNORE_INDEX, IMAGE_PLACEHOLDER, TINY_MODELS, build_messages, enable_activation_checkpointing,
+                 encode, freeze_vision, is_fsdp, load_model, prefix_logprobs, save_hf, shard_model, token_logprobs)
 
 
 # ----------------------------------------------------------------------------- config

@@ -5,12 +5,18 @@ downloaded (internlm/Spatial-SSRL-81k): spatialssrl.parquet (EasyR1's problem / 
 for GRPO, SFT-coldstart.json (LLaMA-Factory alpaca or sharegpt) for the cold start; images as paths, as
 members of images.zip / images_coldstart.zip next to the data file (no need to unzip), or as bytes. Every
 record comes out as {id, task, problem, answer, images[, response]}; the release has no task field, so its
-records keep task None and are scored by the official exact-match rule (tasks.accuracy). vlm.open_image
+records keep task None and are scored by the official exact-match rule (tasks.accuracy). records.open_image
 reads any of the image forms. A separate module because the release formats are about 170 lines of code
 that neither the distributed helpers (common.py) nor the model plumbing (vlm.py) should carry.
 """
+import functools
+import io
 import json
+import os
+import threading
 from pathlib import Path
+
+from PIL import Image
 
 from common import BadRecord, SetupError, read_jsonl
 
@@ -34,7 +40,7 @@ def read_records(path: str, image_root: str | None = None) -> tuple:
 
     root is image_root when given, else the data file's folder. Images of .parquet / .json records are
     resolved here, once: an image given as bytes ({"bytes": ..., "path": ...}, as datasets writes them) stays
-    in memory ({"bytes", "path"}; decoded by vlm.open_image, no temporary files); a path is looked up under
+    in memory ({"bytes", "path"}; decoded by records.open_image, no temporary files); a path is looked up under
     root and root/images, also with its leading folders dropped (a path written for EasyR1's image_dir, such
     as /data/images/crop/x.jpg, finds root/crop/x.jpg), and becomes an absolute path; a path not found on
     disk is read straight from a .zip next to the data file or in root (images.zip, images_coldstart.zip:
@@ -188,3 +194,38 @@ class _ImageFinder:
                         for k in range(max(1, len(parts) - 1)):
                             self.zips.setdefault("/".join(parts[k:]), (z.resolve(), name))
         return self.zips
+
+
+# ----------------------------------------------------------------------------- a record's images
+def load_images(record: dict, root: Path) -> list:
+    """The record's images as RGB PIL images (each entry as open_image reads it)."""
+    out = []
+    for ref in record["images"]:
+        with open_image(ref, root) as im:
+            out.append(im.convert("RGB"))
+    return out
+
+
+def open_image(ref, root: Path) -> Image.Image:
+    """Open one image entry of a record (use it in a `with`): a path (relative to root, or absolute), a bytes
+    dict {"bytes": ...} decoded in memory (the release's parquet may embed its images), or a zip member
+    {"zip": ..., "member": ...} read straight from the archive (records.read_records makes these when the
+    release's images are still in images.zip). Raises OSError (or a PIL error) when it cannot be read."""
+    if isinstance(ref, str):
+        return Image.open(Path(root) / ref)
+    if isinstance(ref, dict) and ref.get("bytes") is not None:
+        return Image.open(io.BytesIO(ref["bytes"]))
+    if isinstance(ref, dict) and "zip" in ref:
+        try:
+            data = _zip_handle(ref["zip"], os.getpid(), threading.get_ident()).read(ref["member"])
+        except KeyError:
+            raise OSError(f"{ref['zip']} has no member {ref['member']}") from None
+        return Image.open(io.BytesIO(data))
+    raise OSError(f"not an image entry: {str(ref)[:80]} (expected a path, bytes or a zip member)")
+
+
+@functools.lru_cache(maxsize=64)
+def _zip_handle(path: str, pid: int, thread: int):
+    """One open ZipFile per archive, process and thread (a ZipFile handle is not shared across threads)."""
+    import zipfile
+    return zipfile.ZipFile(path)

@@ -60,10 +60,10 @@ from tqdm import tqdm
 from common import (BadRecord, Dist, SetupError, all_reduce_sum, append_metrics, atomic_write, barrier,
                     checked_checkpoint, cleanup_dist, config_parser, epoch_order, knob, out_dir_mode, print0,
                     resume_from, save_state, setup_dist, start_out_dir)
-from records import read_records
+from records import load_images, open_image, read_records
 from vlm import (IGNORE_INDEX, IMAGE_PLACEHOLDER, PAPER_MAX_PIXELS, build_messages, enable_activation_checkpointing,
-                 encode, freeze_vision, image_token_count, is_fsdp, load_images, load_model, open_image, save_hf,
-                 set_pixel_bounds, shard_model, token_logprobs, tokenize_conversation)
+                 encode, freeze_vision, image_token_count, is_fsdp, load_model, save_hf, set_pixel_bounds,
+                 shard_model, token_logprobs, tokenize_conversation)
 
 
 # ----------------------------------------------------------------------------- config

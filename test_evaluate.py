@@ -416,7 +416,7 @@ def test_two_ranks_shard_and_gather(tmp_path):
 
 def test_fast_path_engine_equals_generate(tmp_path):
     """The CUDA fast path (engine.RolloutEngine: plain copy, static cache, bucketed prompts; uncompiled CPU twin
-    here) gives the same greedy texts as vlm.generate on a bucketed, left-padded batch of mixed lengths."""
+    here) gives the same greedy texts as engine.generate on a bucketed, left-padded batch of mixed lengths."""
     data = make_fixtures(tmp_path / "d")
     c = ev.Config(bench=["3dsrbench"], max_new_tokens=6, batch_size=4, pixels=TINY_PIXELS)
     items = bm.load_bench("3dsrbench", str(data["3dsrbench"]), c.options())

@@ -25,6 +25,7 @@ from transformers.utils import logging as hf_logging
 
 import grpo
 import common
+import engine
 import sft
 import vlm
 import tasks
@@ -273,13 +274,13 @@ def test_score_reads_options_through_the_problem_and_stops_at_endoftext(data):
     names option B (right with the problem, wrong without it). <|endoftext|> ends a completion like
     <|im_end|> (Qwen2.5-VL lists both as eos): not truncated, format kept, nothing after it counted."""
     _, tok, ip = vlm.load_model("tiny", max_pixels=56 * 84)
-    assert vlm.stop_token_ids(tok) == [tok.convert_tokens_to_ids("<|im_end|>"), tok.convert_tokens_to_ids("<|endoftext|>")]
+    assert engine.stop_token_ids(tok) == [tok.convert_tokens_to_ids("<|im_end|>"), tok.convert_tokens_to_ids("<|endoftext|>")]
     rec = common.read_jsonl(data)[0] | {"answer": "B", "problem": "<image>Where?\nA. Left\nB. Right\nC. Front\nD. Back"}
     text = "<think>It is on the right.</think> \\boxed{Right}"
     body = tok(text, add_special_tokens=False)["input_ids"]
     endoftext, junk = tok.convert_tokens_to_ids("<|endoftext|>"), tok("A B", add_special_tokens=False)["input_ids"]
-    ids, mask = vlm.completion_mask(torch.tensor([body + [endoftext] + junk, body + [2] + junk]),
-                                    vlm.stop_token_ids(tok), tok.pad_token_id)
+    ids, mask = engine.completion_mask(torch.tensor([body + [endoftext] + junk, body + [2] + junk]),
+                                    engine.stop_token_ids(tok), tok.pad_token_id)
     assert mask.sum(1).tolist() == [len(body) + 1] * 2
     ro = grpo.Rollout([rec], {}, [1], 2, ids, mask)
     grpo.score(ro, tok)
@@ -417,7 +418,7 @@ def grpo_worker(folder: Path) -> None:
     cfg = cfg_for(data, folder / "unused", micro_batch_size=3, logprob_micro_batch_size=5, max_grad_norm=1e9)
     s = grpo.setup_models(cfg, d)
     torch.manual_seed(grpo.step_seed(0, 0, d.rank))
-    ro = grpo.rollout(vlm.generate, s["model"], common.read_jsonl(data)[2 * d.rank:2 * d.rank + 2], folder,
+    ro = grpo.rollout(engine.generate, s["model"], common.read_jsonl(data)[2 * d.rank:2 * d.rank + 2], folder,
                       s["tok"], s["ip"], cfg)
     grpo.score(ro, s["tok"])
     ro.rewards = torch.rand(len(ro.rewards))
@@ -500,20 +501,20 @@ def test_shared_prompt_logprobs_and_gradients_equal_the_full_forward(data, kind)
 
 @pytest.mark.parametrize("kind", ["tiny", "tiny-qwen3"])
 def test_plain_decode_samples_what_transformers_generate_samples(data, kind, monkeypatch):
-    """vlm.generate's own decode loop (plain model, image prompts) draws the same tokens as transformers'
+    """engine.generate's own decode loop (plain model, image prompts) draws the same tokens as transformers'
     generate for the same seed, sampling G per prompt and greedy."""
     calls = []
-    monkeypatch.setattr(vlm, "_plain_decode", lambda *a, _f=vlm._plain_decode: calls.append(1) or _f(*a))
+    monkeypatch.setattr(engine, "_plain_decode", lambda *a, _f=engine._plain_decode: calls.append(1) or _f(*a))
     model, tok, ip = vlm.load_model(kind, max_pixels=56 * 84)
     prompts, _ = grpo.encode_prompts(common.read_jsonl(data)[:3], data.parent, tok, ip)
     for sample in (dict(do_sample=True, num_return_sequences=3), dict(do_sample=False)):
         torch.manual_seed(0)
-        ours, mask = vlm.generate(model, prompts, tok, max_new_tokens=10, **sample)
-        gc = vlm.generation_config(tok, 10, **sample)
+        ours, mask = engine.generate(model, prompts, tok, max_new_tokens=10, **sample)
+        gc = engine.generation_config(tok, 10, **sample)
         model.generation_config = gc
         torch.manual_seed(0)
         with torch.no_grad():
             theirs = model.eval().generate(**{k: v for k, v in prompts.items()}, generation_config=gc)
-        theirs, _ = vlm.completion_mask(theirs[:, prompts["input_ids"].shape[1]:], 2, tok.pad_token_id)
+        theirs, _ = engine.completion_mask(theirs[:, prompts["input_ids"].shape[1]:], 2, tok.pad_token_id)
         assert torch.equal(ours, theirs), sample
     assert len(calls) == 2

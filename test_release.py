@@ -1,4 +1,4 @@
-"""Tests of training on the released Spatial-SSRL-81k files (records.read_records, vlm.open_image, sft.py and
+"""Tests of training on the released Spatial-SSRL-81k files (records.read_records, records.open_image, sft.py and
 grpo.py --data): tiny fixtures in the release's formats, built here.
 
     python -m pytest -q test_release.py
@@ -110,7 +110,7 @@ def test_parquet_records_images_as_paths_zip_members_and_bytes(release):
     assert recs[1]["images"] == [{"zip": str((release / "images.zip").resolve()), "member": "depth/d0.png",
                                   "path": "depth/d0.png"}]                                 # only in the zip
     assert recs[2]["images"][0]["bytes"] == png(COLOURS["flip"])                           # in memory
-    got = [[pixels(im) for im in vlm.load_images(r, root)] for r in recs]
+    got = [[pixels(im) for im in records.load_images(r, root)] for r in recs]
     assert got == [[((56, 56), COLOURS["crop"])], [((56, 84), COLOURS["depth"])], [((56, 56), COLOURS["flip"])],
                    [((56, 56), COLOURS["shuffle"]), ((84, 56), COLOURS["shuffle"])]]
 
@@ -132,7 +132,7 @@ def test_llama_factory_cold_start_alpaca_and_sharegpt(release):
     assert recs[3]["problem"] == "<image>Which tile is flipped?\nAnswer with its number."  # instruction + "\n" + input
     assert recs[0]["images"] == [str(release.resolve() / "coldstart_SFT_images" / "img_0.png")]
     assert recs[1]["images"][0]["member"] == "coldstart_SFT_images/img_1.png"          # images_coldstart.zip
-    assert [pixels(vlm.load_images(r, root)[0])[1] for r in recs[:3]] == \
+    assert [pixels(records.load_images(r, root)[0])[1] for r in recs[:3]] == \
         [COLOURS["img_0"], COLOURS["img_1"], COLOURS["img_2"]]
 
 

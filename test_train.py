@@ -31,6 +31,7 @@ import engine
 import sft
 import vlm
 import tasks
+from records import load_images
 
 hf_logging.disable_progress_bar()
 HERE = Path(__file__).resolve().parent
@@ -445,8 +446,8 @@ def test_generate_never_emits_vision_tokens():
     bias[vision_ids] = 50.0
     model.lm_head.register_forward_hook(lambda mod, inp, out: out + bias)
     batch = prompt_batch(tok, ip)
-    greedy, _ = vlm.generate(model, batch, tok, max_new_tokens=5)
-    sampled, _ = vlm.generate(model, batch, tok, max_new_tokens=5, do_sample=True, num_return_sequences=3)
+    greedy, _ = engine.generate(model, batch, tok, max_new_tokens=5)
+    sampled, _ = engine.generate(model, batch, tok, max_new_tokens=5, do_sample=True, num_return_sequences=3)
     assert greedy.shape == (2, 5) and sampled.shape == (6, 5)
     assert not any(t in vision_ids for t in greedy.flatten().tolist() + sampled.flatten().tolist())
 
@@ -455,7 +456,7 @@ def test_completion_mask_runs_through_the_first_im_end():
     """The mask covers the completion up to and including the first <|im_end|> (2); a sampled pad token (0)
     before it is part of the completion; everything after it is masked and set to pad."""
     ids = torch.tensor([[5, 0, 2, 7, 2], [5, 6, 7, 8, 9], [2, 4, 0, 0, 0]])
-    out, mask = vlm.completion_mask(ids, eos_id=2, pad_id=0)
+    out, mask = engine.completion_mask(ids, eos_id=2, pad_id=0)
     assert mask.tolist() == [[True, True, True, False, False], [True] * 5, [True, False, False, False, False]]
     assert out.tolist() == [[5, 0, 2, 0, 0], [5, 6, 7, 8, 9], [2, 0, 0, 0, 0]]
 
@@ -484,17 +485,17 @@ def test_generate_ignores_the_checkpoints_sampling_settings():
     model, tok, ip = vlm.load_model("tiny")
     batch = prompt_batch(tok, ip)
     banned = tok.convert_tokens_to_ids(list(vlm.VISION_TOKENS))
-    clean_greedy, mask = vlm.generate(model, batch, tok, max_new_tokens=12)
+    clean_greedy, mask = engine.generate(model, batch, tok, max_new_tokens=12)
     torch.manual_seed(0)
-    clean_sampled, _ = vlm.generate(model, batch, tok, max_new_tokens=12, do_sample=True, num_return_sequences=2)
+    clean_sampled, _ = engine.generate(model, batch, tok, max_new_tokens=12, do_sample=True, num_return_sequences=2)
     assert torch.equal(clean_greedy[mask], manual_greedy(model, batch, 12, banned)[mask])
     plant = dict(repetition_penalty=5.0, no_repeat_ngram_size=2, top_k=1, temperature=0.05, min_new_tokens=12,
                  do_sample=True, typical_p=0.5, min_p=0.9)
     for k, v in plant.items():
         setattr(model.generation_config, k, v)
-    planted_greedy, _ = vlm.generate(model, batch, tok, max_new_tokens=12)
+    planted_greedy, _ = engine.generate(model, batch, tok, max_new_tokens=12)
     torch.manual_seed(0)
-    planted_sampled, _ = vlm.generate(model, batch, tok, max_new_tokens=12, do_sample=True, num_return_sequences=2)
+    planted_sampled, _ = engine.generate(model, batch, tok, max_new_tokens=12, do_sample=True, num_return_sequences=2)
     assert torch.equal(planted_greedy, clean_greedy) and torch.equal(planted_sampled, clean_sampled)
     inputs = {k: v for k, v in batch.items() if k != "labels"}
     naive = model.generate(**inputs, generation_config=GenerationConfig(max_new_tokens=12, do_sample=False,
@@ -613,7 +614,7 @@ def test_prompt_slice_and_engine_with_videos():
         assert {k for k in keys if k in part} == {k for k in keys if k in ref}
         for key in keys:
             assert key not in ref or torch.equal(part[key], ref[key]), (lo, hi, key)
-    ids, mask = vlm.generate(model, batch, tok, max_new_tokens=5)
+    ids, mask = engine.generate(model, batch, tok, max_new_tokens=5)
     eng = engine.RolloutEngine(model, prompts_per_call=2, prompt_buckets=(64, 128))
     e_ids, e_mask = eng.generate(batch, tok, max_new_tokens=5)
     assert torch.equal(ids, e_ids) and torch.equal(mask, e_mask)
@@ -630,11 +631,11 @@ def test_rollout_engine_equals_generate():
     eng = engine.RolloutEngine(model, prompts_per_call=3, prompt_buckets=(64, 128), share_weights=False)
     assert eng.copy is not model and eng.copy.state_dict().keys() == model.state_dict().keys()
     assert all(torch.equal(a, b) for a, b in zip(eng.copy.state_dict().values(), model.state_dict().values()))
-    ids, mask = vlm.generate(model, batch, tok, max_new_tokens=6)
+    ids, mask = engine.generate(model, batch, tok, max_new_tokens=6)
     e_ids, e_mask = eng.generate(batch, tok, max_new_tokens=6)
     assert torch.equal(ids, e_ids) and torch.equal(mask, e_mask) and eng.max_cache_len == 128 + 6
     s_ids, s_mask = eng.generate(batch, tok, max_new_tokens=6, do_sample=True, num_return_sequences=2)
-    assert s_ids.shape[0] == 8 and torch.equal(s_mask, vlm.completion_mask(s_ids, 2, 0)[1])
+    assert s_ids.shape[0] == 8 and torch.equal(s_mask, engine.completion_mask(s_ids, 2, 0)[1])
     calls = []                                   # a torch.compile failure: reported once, then uncompiled
 
     def flaky(**kw):
@@ -708,8 +709,8 @@ def greedy_answers(model_dir: str, records: list, root: Path) -> list:
     model = AutoModelForImageTextToText.from_pretrained(model_dir)
     tok, ip = AutoTokenizer.from_pretrained(model_dir), AutoImageProcessor.from_pretrained(model_dir)
     batch = vlm.encode([vlm.build_messages(r["problem"]) for r in records],
-                       [vlm.load_images(r, root) for r in records], tok, ip, padding_side="left")
-    out, _ = vlm.generate(model, batch, tok, max_new_tokens=24)
+                       [load_images(r, root) for r in records], tok, ip, padding_side="left")
+    out, _ = engine.generate(model, batch, tok, max_new_tokens=24)
     return tok.batch_decode(out, skip_special_tokens=True)
 
 
@@ -807,10 +808,10 @@ def fsdp_worker(folder: Path) -> None:
     ref, model, tok, ip, checks["qwen3"] = load_through_rank0(folder / "src-tiny-qwen3", d)
     recs = common.read_jsonl(data)[d.rank * 2:d.rank * 2 + 2]
     batch = vlm.encode([vlm.build_messages(r["problem"]) for r in recs],
-                       [vlm.load_images(r, folder) for r in recs], tok, ip, padding_side="left")
+                       [load_images(r, folder) for r in recs], tok, ip, padding_side="left")
     n_new = 6 if d.rank == 0 else 10
-    expected = vlm.generate(ref, batch, tok, max_new_tokens=n_new)
-    got = vlm.generate(model, batch, tok, max_new_tokens=n_new)
+    expected = engine.generate(ref, batch, tok, max_new_tokens=n_new)
+    got = engine.generate(model, batch, tok, max_new_tokens=n_new)
     train_batch = sft.encode_records(recs, folder, tok, ip)
     ref_logp = vlm.token_logprobs(ref, train_batch, train_batch["labels"], temperature=0.7, chunk_size=5)
     logp = vlm.token_logprobs(model, train_batch, train_batch["labels"], temperature=0.7, chunk_size=5)

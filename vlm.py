@@ -4,30 +4,28 @@ One implementation of each step that must never differ between training and eval
   load      load_model (HF id, local folder, or the offline "tiny" / "tiny-qwen3" models), set_pixel_bounds,
             freeze_vision
   encode    build_messages (problem + CoT prompt → chat messages), encode (chat template + image tokens +
-            mm_token_type_ids, equal to transformers' own processor), load_images / open_image
-            (paths, in-memory bytes, zip members); Qwen2.5-VL video items (a list of PIL frames:
-            video_inputs, pixel_values_videos / video_grid_thw / second_per_grid_ts, the layout of
-            transformers' Qwen2VLVideoProcessor, which itself needs torchvision)
+            mm_token_type_ids, equal to transformers' own processor); Qwen2.5-VL video items (a list of
+            PIL frames: video_inputs, pixel_values_videos / video_grid_thw / second_per_grid_ts, the layout
+            of transformers' Qwen2VLVideoProcessor, which itself needs torchvision)
   log-probs token_logprobs: the LM head applied only at the positions that are scored, in chunks, fp32
-            log-softmax of logits / temperature; no (B, T, V) fp32 tensor
+            log-softmax of logits / temperature; no (B, T, V) fp32 tensor. prefix_logprobs: the G
+            completions of a prompt scored on one forward of the prompt (its KV cache), vision tower once
   shard     fast_vision_attention (one batched attention call instead of a Python loop over windows),
             enable_activation_checkpointing (only on layers that train), shard_model (FSDP2, multi-rank
             loads read the weights on rank 0 only)
-  generate  generate → (ids, completion mask) on the training model; completion_mask
   save      save_hf: one consolidated Hugging Face folder (safetensors)
   tiny      build_tiny / build_tiny_tokenizer: the randomly initialised offline models of the tests and
             --smoke; build_qwen25_vl_shape: the 3B shape with random weights for bench.py
 Built without torchvision: inputs come from the tokenizer's chat template and AutoImageProcessor (PIL
-backend), never from AutoProcessor.
+backend), never from AutoProcessor. Decoding (generate, RolloutEngine) is engine.py; a record's image files
+(load_images, open_image) are records.py.
 """
 import copy
 import functools
-import io
 import json
 import os
 import shutil
 import sys
-import threading
 import types
 import warnings
 from pathlib import Path
@@ -35,7 +33,6 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from PIL import Image
 
 import tasks
 from common import SetupError, barrier, is_main
@@ -310,40 +307,6 @@ def encode(conversations: list, images: list, tokenizer, image_processor, paddin
         batch.update(pixel_values_videos=torch.cat(vid_pix), video_grid_thw=torch.tensor(vid_grid),
                      second_per_grid_ts=torch.tensor(vid_sec, dtype=torch.float32))
     return batch
-
-
-def load_images(record: dict, root: Path) -> list:
-    """The record's images as RGB PIL images (each entry as open_image reads it)."""
-    out = []
-    for ref in record["images"]:
-        with open_image(ref, root) as im:
-            out.append(im.convert("RGB"))
-    return out
-
-
-def open_image(ref, root: Path) -> Image.Image:
-    """Open one image entry of a record (use it in a `with`): a path (relative to root, or absolute), a bytes
-    dict {"bytes": ...} decoded in memory (the release's parquet may embed its images), or a zip member
-    {"zip": ..., "member": ...} read straight from the archive (records.read_records makes these when the
-    release's images are still in images.zip). Raises OSError (or a PIL error) when it cannot be read."""
-    if isinstance(ref, str):
-        return Image.open(Path(root) / ref)
-    if isinstance(ref, dict) and ref.get("bytes") is not None:
-        return Image.open(io.BytesIO(ref["bytes"]))
-    if isinstance(ref, dict) and "zip" in ref:
-        try:
-            data = _zip_handle(ref["zip"], os.getpid(), threading.get_ident()).read(ref["member"])
-        except KeyError:
-            raise OSError(f"{ref['zip']} has no member {ref['member']}") from None
-        return Image.open(io.BytesIO(data))
-    raise OSError(f"not an image entry: {str(ref)[:80]} (expected a path, bytes or a zip member)")
-
-
-@functools.lru_cache(maxsize=64)
-def _zip_handle(path: str, pid: int, thread: int):
-    """One open ZipFile per archive, process and thread (a ZipFile handle is not shared across threads)."""
-    import zipfile
-    return zipfile.ZipFile(path)
 
 
 # ----------------------------------------------------------------------------- log-probs
@@ -671,130 +634,6 @@ def fill_from_rank0(model, full_sd: dict, device: torch.device) -> None:
 def is_fsdp(model) -> bool:
     from torch.distributed.fsdp import FSDPModule
     return isinstance(model, FSDPModule)
-
-
-# ----------------------------------------------------------------------------- generate
-# generate(): the simple path (CPU, tests); RolloutEngine: the fast path for rollouts and evaluation on CUDA.
-def generation_config(tokenizer, max_new_tokens: int = 1024, do_sample: bool = False, temperature: float = 1.0,
-                      top_p: float = 1.0, top_k: int = 0, num_return_sequences: int = 1):
-    """A GenerationConfig with every decoding field set: plain greedy (do_sample=False) or plain sampling
-    with the given temperature / top-p / top-k (0 = off); no repetition penalty, n-gram ban, min-p, typical-p,
-    ε/η cutoffs, length constraints or forced tokens; stops at any of stop_token_ids(); vision tokens
-    suppressed.
-    generate() also swaps it in as model.generation_config for the call, so no field a checkpoint's
-    generation_config.json sets (Qwen2.5-VL: repetition_penalty 1.05, top_k 1, ...) is inherited; the
-    fields left None (top-k and min-p in greedy mode, where they are unused) take transformers' defaults."""
-    from transformers import GenerationConfig
-    eos = stop_token_ids(tokenizer)
-    return GenerationConfig(
-        max_new_tokens=max_new_tokens, min_new_tokens=0, do_sample=do_sample, num_beams=1,
-        num_return_sequences=num_return_sequences, temperature=temperature if do_sample else 1.0,
-        top_p=top_p if do_sample else 1.0, top_k=top_k if do_sample else None, min_p=None, typical_p=1.0,
-        epsilon_cutoff=0.0, eta_cutoff=0.0, repetition_penalty=1.0, encoder_repetition_penalty=1.0,
-        no_repeat_ngram_size=0, encoder_no_repeat_ngram_size=0, length_penalty=1.0, renormalize_logits=False,
-        bad_words_ids=None, sequence_bias=None, forced_bos_token_id=None, forced_eos_token_id=None,
-        exponential_decay_length_penalty=None, begin_suppress_tokens=None, remove_invalid_values=False,
-        suppress_tokens=tokenizer.convert_tokens_to_ids(list(VISION_TOKENS)), eos_token_id=eos,
-        pad_token_id=tokenizer.pad_token_id, bos_token_id=None, use_cache=True,
-        output_scores=False, return_dict_in_generate=False)
-
-
-def stop_token_ids(tokenizer) -> list:
-    """The tokens that end a completion: the tokenizer's eos (<|im_end|> for the chat models) and Qwen's
-    end-of-document <|endoftext|> (also the pad token), which Qwen2.5-VL's generation_config.json lists as
-    an eos too; read from the tokenizer, so a checkpoint with other special tokens gets its own."""
-    ids = [tokenizer.eos_token_id]
-    end_of_text = tokenizer.convert_tokens_to_ids("<|endoftext|>")
-    if isinstance(end_of_text, int) and end_of_text != tokenizer.unk_token_id and end_of_text not in ids:
-        ids.append(end_of_text)
-    return [i for i in ids if i is not None]
-
-
-def completion_mask(ids: torch.Tensor, eos_id, pad_id: int) -> tuple:
-    """(ids, mask) for completions (N, L): mask[r, j] is True up to and including the first stop token
-    (eos_id: one id or a list, stop_token_ids) and all of the row when it has none; ids after it are set to
-    pad_id. The pad token may itself be a stop token or be sampled, so the mask comes from the position of
-    the first stop token, never from `ids != pad`."""
-    is_eos = torch.isin(ids, torch.tensor(eos_id, device=ids.device).flatten())
-    after = (is_eos.long().cumsum(1) - is_eos.long()) > 0                 # strictly after the first eos
-    return ids.masked_fill(after, pad_id), ~after
-
-
-@torch.no_grad()
-def generate(model, batch: dict, tokenizer, *, max_new_tokens: int = 1024, do_sample: bool = False,
-             temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0, num_return_sequences: int = 1):
-    """Completions of a left-padded encode() batch: (ids (N, L), mask (N, L)), N = B · num_return_sequences,
-    rows grouped by prompt (rows i·n … i·n+n−1 are prompt i's), L ≤ max_new_tokens.
-
-    mask marks the completion up to and including the first stop token (completion_mask); ids after it are
-    the pad id. Every sampling field is explicit (generation_config()), nothing comes from the checkpoint;
-    vision tokens are never generated. On an FSDP2 model every unit is kept unsharded for the whole call
-    (one all-gather per unit, not per token) and resharded afterwards; ranks stay in step (synced_gpus).
-    This is the simple path (CPU, tests); on CUDA use RolloutEngine for rollouts and evaluation. A plain model
-    with image prompts and plain sampling or greedy decodes in _plain_decode (each prompt prefilled once, no
-    per-token processor machinery; the same tokens as transformers' loop for the same seed)."""
-    gc = generation_config(tokenizer, max_new_tokens, do_sample, temperature, top_p, top_k, num_return_sequences)
-    inputs = {k: v.to(next(model.parameters()).device) for k, v in batch.items() if k != "labels"}
-    units = [m for m in model.modules() if is_fsdp(m)]
-    for m in units:
-        m.set_reshard_after_forward(False, recurse=False)
-    was_training, saved_gc = model.training, model.generation_config
-    model.eval()
-    model.generation_config = gc
-    try:
-        if not units and "image_grid_thw" in inputs and "video_grid_thw" not in inputs and gc.top_k in (None, 0) \
-                and gc.top_p == 1.0:
-            return completion_mask(_plain_decode(model, inputs, gc), gc.eos_token_id, tokenizer.pad_token_id)
-        out = model.generate(**inputs, generation_config=gc,
-                             synced_gpus=bool(units) and dist.is_initialized() and dist.get_world_size() > 1)
-    finally:
-        model.generation_config = saved_gc
-        model.train(was_training)
-        for m in units:
-            m.reshard()
-            m.set_reshard_after_forward(m is not model, recurse=False)
-    return completion_mask(out[:, inputs["input_ids"].shape[1]:], gc.eos_token_id, tokenizer.pad_token_id)
-
-
-def _plain_decode(model, inputs: dict, gc) -> torch.Tensor:
-    """transformers' sampling / greedy loop for a plain model and image prompts, without its per-token
-    machinery: the distinct prompts are prefilled once and their KV cache repeated num_return_sequences times
-    (rows grouped by prompt), then one token per step for every row: vision tokens suppressed, logits / τ
-    (sampling), softmax and one torch.multinomial draw per step (greedy: argmax), rows past <|im_end|> get the
-    pad id; stops when every row has ended. M-RoPE positions continue after each prompt's largest one, as
-    transformers' rope deltas give them. Only plain sampling (no top-k / top-p) and greedy: generate() takes
-    transformers' loop otherwise. Returns the new ids (N, L)."""
-    from transformers import DynamicCache
-    n, am = gc.num_return_sequences, inputs["attention_mask"]
-    pos, _ = model.model.get_rope_index(inputs["input_ids"], mm_token_type_ids=inputs["mm_token_type_ids"],
-                                        image_grid_thw=inputs["image_grid_thw"], attention_mask=am)
-    cache = DynamicCache(config=model.config)
-    logits = model(**inputs, position_ids=pos, cache=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
-    last = pos.amax(dim=(0, 2))
-    if n > 1:
-        cache.batch_repeat_interleave(n)
-        logits, am, last = (x.repeat_interleave(n, 0) for x in (logits, am, last))
-    suppress = torch.tensor(gc.suppress_tokens or [], dtype=torch.long, device=logits.device)
-    done = torch.zeros(logits.shape[0], dtype=torch.bool, device=logits.device)
-    out = []
-    for t in range(gc.max_new_tokens):
-        z = logits.float()
-        z[:, suppress] = -float("inf")
-        if gc.do_sample:
-            probs = F.softmax(z / gc.temperature if gc.temperature != 1.0 else z, dim=-1)
-            nxt = torch.multinomial(probs, num_samples=1).squeeze(1)
-        else:
-            nxt = z.argmax(-1)
-        nxt = torch.where(done, torch.full_like(nxt, gc.pad_token_id), nxt)
-        out.append(nxt)
-        done |= nxt == gc.eos_token_id
-        if bool(done.all()) or t == gc.max_new_tokens - 1:
-            break
-        am = torch.cat([am, torch.ones_like(am[:, :1])], 1)
-        step_pos = (last + 1 + t).view(1, -1, 1).expand(3, -1, -1)
-        logits = model(input_ids=nxt[:, None], attention_mask=am, position_ids=step_pos, cache=cache,
-                       use_cache=True, logits_to_keep=1).logits[:, -1]
-    return torch.stack(out, 1)
 
 
 # ----------------------------------------------------------------------------- save
