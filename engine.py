@@ -3,13 +3,15 @@
 generate() decodes on the model as it is (CPU, tests, FSDP2): every sampling field explicit, vision tokens
 never sampled, (ids, mask through the first stop token) returned; on a plain model it runs its own lean
 loop (each prompt prefilled once, its KV cache repeated for the samples) that draws the tokens
-transformers' sampling draws for the same seed. On CUDA, decoding through the FSDP2-sharded training model costs one all-gather per layer per token. The
+transformers' sampling draws for the same seed.
+
+On CUDA, decoding through the FSDP2-sharded training model costs one all-gather per layer per token. The
 engine instead keeps a plain bf16 copy of the policy gathered from the shards once per rollout
 (`refresh`), decodes with transformers' static KV cache (the decode step is compiled on CUDA), and pads
 prompts to a few bucketed shapes so that compilation happens once per run. Each rank decodes its own
-prompts: there are no collectives per token. On CPU and in tests `engine.generate` on the training model is
-the reference path; both have the same contract (ids, completion mask).
+prompts: there are no collectives per token. Both paths have the same contract (ids, completion mask).
 
+  generate, generation_config  the simple path; stop_token_ids, completion_mask (what ends a completion)
   bucket_length, pad_prompts   fixed prompt shapes (left padding, filler rows)
   prompt_slice                 prompts lo…hi of an encode() batch with their images and videos
   RolloutEngine                refresh (gather the weights), generate, free
@@ -41,7 +43,7 @@ def use_engine(choice: str, device) -> bool:
     return choice == "engine" or (choice == "auto" and device.type == "cuda")
 
 
-# ----------------------------------------------------------------------------- generate: the simple path (CPU, tests, FSDP2)
+# ----------------------------------------------------------------------------- generate (the simple path)
 def generation_config(tokenizer, max_new_tokens: int = 1024, do_sample: bool = False, temperature: float = 1.0,
                       top_p: float = 1.0, top_k: int = 0, num_return_sequences: int = 1):
     """A GenerationConfig with every decoding field set: plain greedy (do_sample=False) or plain sampling

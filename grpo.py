@@ -67,9 +67,9 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 import tasks
-from common import (BadRecord, Dist, SetupError, all_reduce_sum, append_metrics, atomic_write, barrier, checked_checkpoint,
-                    cleanup_dist, config_parser, epoch_order, is_main, knob, out_dir_mode, print0,
-                    publish_step_folder, read_jsonl, resume_from, save_state, setup_dist, start_out_dir)
+from common import (BadRecord, Dist, SetupError, all_reduce_sum, append_metrics, atomic_write, barrier,
+                    checked_checkpoint, cleanup_dist, config_parser, epoch_order, is_main, knob, out_dir_mode,
+                    print0, publish_step_folder, read_jsonl, resume_from, save_state, setup_dist, start_out_dir)
 from engine import ENGINE_CHOICES, ENGINE_HELP, RolloutEngine, generate, stop_token_ids, use_engine
 from records import load_images, read_records   # our train.jsonl or the release's parquet (load_prompts)
 from vlm import (IGNORE_INDEX, IMAGE_PLACEHOLDER, TINY_MODELS, build_messages, enable_activation_checkpointing,
@@ -101,8 +101,8 @@ class Config:
     micro_batch_size: int = knob(4, "sequences per forward/backward on one rank in the update")
     logprob_micro_batch_size: int = knob(8, "sequences per forward on one rank for old/ref log-probs")
     sync_every_micro_batch: bool = knob(True, "FSDP2: reduce-scatter gradients after every micro-batch (--no-...: "
-                                      "accumulate one full fp32 gradient per rank, ≈ 33 GB for 7B: all 8.3B parameters, the vision "
-                                      "tower trains here; reduce once)")
+                                      "accumulate one full fp32 gradient per rank, ≈ 33 GB for 7B: all 8.3B "
+                                      "parameters, the vision tower trains here; reduce once)")
     max_new_tokens: int = knob(2048, "longest completion (paper: 2048)")
     temperature: float = knob(1.0, "sampling temperature, also divides the logits of every log-prob (paper: 1.0)")
     top_p: float = knob(1.0, "nucleus sampling (paper: 1.0 = off)")
@@ -357,17 +357,12 @@ def sequence_batch(ro: Rollout, rows: list) -> tuple:
              "mm_token_type_ids": torch.cat([ro.prompts["mm_token_type_ids"][p_idx, start:],
                                              torch.zeros_like(comp)], 1)}
     if "image_grid_thw" in ro.prompts:
-        grid = ro.prompts["image_grid_thw"]
-        img_end = torch.tensor(ro.images_per_prompt).cumsum(0).tolist()
-        pix_end = grid.prod(-1).cumsum(0).tolist()
-        pix, first = [], {}                      # each prompt's pixels once: the G rows of a group share them
-        for p in dict.fromkeys(p_idx):
-            i0, i1 = img_end[p] - ro.images_per_prompt[p], img_end[p]
-            r0, r1 = (pix_end[i0 - 1] if i0 else 0), (pix_end[i1 - 1] if i1 else 0)
-            pix.append(ro.prompts["pixel_values"][r0:r1])
-            first[p] = sum(ro.images_per_prompt[q] for q in first)
-        grids = [grid[img_end[p] - ro.images_per_prompt[p]:img_end[p]] for p in p_idx]
-        batch["pixel_values"], batch["image_grid_thw"] = torch.cat(pix), torch.cat(grids)
+        distinct = list(dict.fromkeys(p_idx))    # each prompt's pixels once: the G rows of a group share them
+        batch["pixel_values"], _ = prompt_images(ro, distinct)
+        batch["image_grid_thw"] = torch.cat([ro.prompts["image_grid_thw"][a:b] for a, b in image_spans(ro, p_idx)])
+        first, n = {}, 0                         # index of each distinct prompt's first image in pixel_values
+        for q in distinct:
+            first[q], n = n, n + ro.images_per_prompt[q]
         batch["image_index"] = torch.tensor([first[p] + j for p in p_idx for j in range(ro.images_per_prompt[p])],
                                             dtype=torch.long)
     labels = torch.cat([torch.full_like(ids_p, IGNORE_INDEX), labels_c], 1)
@@ -409,13 +404,24 @@ def prompt_batch(ro: Rollout, prompts: list) -> dict:
     start = int(amask.any(0).nonzero()[0])
     batch = {k: ro.prompts[k][prompts, start:] for k in ("input_ids", "attention_mask", "mm_token_type_ids")}
     if "image_grid_thw" in ro.prompts:
-        grid = ro.prompts["image_grid_thw"]
-        img_end = torch.tensor(ro.images_per_prompt).cumsum(0).tolist()
-        pix_end = [0] + grid.prod(-1).cumsum(0).tolist()
-        spans = [(img_end[p] - ro.images_per_prompt[p], img_end[p]) for p in prompts]
-        batch["pixel_values"] = torch.cat([ro.prompts["pixel_values"][pix_end[i0]:pix_end[i1]] for i0, i1 in spans])
-        batch["image_grid_thw"] = torch.cat([grid[i0:i1] for i0, i1 in spans])
+        batch["pixel_values"], batch["image_grid_thw"] = prompt_images(ro, prompts)
     return batch
+
+
+def image_spans(ro: Rollout, prompts: list) -> list:
+    """(first image, end image) of each given prompt among the rollout's images (they follow the prompts)."""
+    ends = torch.tensor(ro.images_per_prompt).cumsum(0).tolist()
+    return [(ends[p] - ro.images_per_prompt[p], ends[p]) for p in prompts]
+
+
+def prompt_images(ro: Rollout, prompts: list) -> tuple:
+    """(pixel_values, image_grid_thw) of the given prompts' images, in that order: image j of the rollout
+    has prod(grid_j) rows of pixel_values."""
+    grid = ro.prompts["image_grid_thw"]
+    rows = [0] + grid.prod(-1).cumsum(0).tolist()
+    spans = image_spans(ro, prompts)
+    return (torch.cat([ro.prompts["pixel_values"][rows[a]:rows[b]] for a, b in spans]),
+            torch.cat([grid[a:b] for a, b in spans]))
 
 
 @torch.no_grad()
@@ -710,7 +716,8 @@ def train(cfg: Config) -> list:
         R, U, G, step, out, rows_logged = run.rollout_bs, run.update_bs, cfg.group_size, run.step, Path(cfg.out), []
         steps_per_epoch = len(run.records) // R
         total = cfg.max_steps if cfg.max_steps > 0 else cfg.epochs * steps_per_epoch
-        bar = tqdm(total=total, initial=step, desc="grpo", file=sys.stderr, disable=not (d.is_main and sys.stderr.isatty()))
+        bar = tqdm(total=total, initial=step, desc="grpo", file=sys.stderr,
+                   disable=not (d.is_main and sys.stderr.isatty()))
         while step < total:
             if cfg.stop_after_steps and step >= cfg.stop_after_steps:
                 print0(f"stopping after step {step} (--stop-after-steps)")

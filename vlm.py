@@ -672,7 +672,7 @@ def save_hf(model, tokenizer, image_processor, out_dir: str, dtype: torch.dtype 
     barrier()
 
 
-# ----------------------------------------------------------------------------- tiny offline models (tests, --smoke) and the 3B benchmark shape
+# ----------------------------------------------------------------------------- tiny offline models, 3B shape
 # the tiny offline models (tests, --smoke), the 3B shape and synthetic records (bench.py).
 QWEN_SPECIAL_TOKENS = (  # ids 0..13 in the tiny tokenizer; same order as the real Qwen2.5 vocab (151643 + i)
     "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>", "<|box_start|>",
