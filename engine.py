@@ -129,8 +129,8 @@ def _plain_decode(model, inputs: dict, gc) -> torch.Tensor:
     """transformers' sampling / greedy loop for a plain model and image prompts, without its per-token
     machinery: the distinct prompts are prefilled once and their KV cache repeated num_return_sequences times
     (rows grouped by prompt), then one token per step for every row: vision tokens suppressed, logits / τ
-    (sampling), softmax and one torch.multinomial draw per step (greedy: argmax), rows past <|im_end|> get the
-    pad id; stops when every row has ended. M-RoPE positions continue after each prompt's largest one, as
+    (sampling), softmax and one torch.multinomial draw per step (greedy: argmax), rows past a stop token get
+    the pad id; stops when every row has ended. M-RoPE positions continue after each prompt's largest one, as
     transformers' rope deltas give them. Only plain sampling (no top-k / top-p) and greedy: generate() takes
     transformers' loop otherwise. Returns the new ids (N, L)."""
     from transformers import DynamicCache
@@ -144,6 +144,7 @@ def _plain_decode(model, inputs: dict, gc) -> torch.Tensor:
         cache.batch_repeat_interleave(n)
         logits, am, last = (x.repeat_interleave(n, 0) for x in (logits, am, last))
     suppress = torch.tensor(gc.suppress_tokens or [], dtype=torch.long, device=logits.device)
+    stop = torch.tensor(gc.eos_token_id, dtype=torch.long, device=logits.device).flatten()   # one id or a list
     done = torch.zeros(logits.shape[0], dtype=torch.bool, device=logits.device)
     out = []
     for t in range(gc.max_new_tokens):
@@ -156,7 +157,7 @@ def _plain_decode(model, inputs: dict, gc) -> torch.Tensor:
             nxt = z.argmax(-1)
         nxt = torch.where(done, torch.full_like(nxt, gc.pad_token_id), nxt)
         out.append(nxt)
-        done |= nxt == gc.eos_token_id
+        done |= torch.isin(nxt, stop)
         if bool(done.all()) or t == gc.max_new_tokens - 1:
             break
         am = torch.cat([am, torch.ones_like(am[:, :1])], 1)

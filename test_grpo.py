@@ -518,3 +518,20 @@ def test_plain_decode_samples_what_transformers_generate_samples(data, kind, mon
         theirs, _ = engine.completion_mask(theirs[:, prompts["input_ids"].shape[1]:], 2, tok.pad_token_id)
         assert torch.equal(ours, theirs), sample
     assert len(calls) == 2
+
+
+def test_plain_decode_stops_at_any_stop_token(data, monkeypatch):
+    """The lean loop ends a row at any of the stop tokens (a list: <|im_end|> and <|endoftext|>) and stops
+    decoding once every row has ended, as transformers' loop does: here the first greedy token is made a stop
+    token, so both return one column."""
+    model, tok, ip = vlm.load_model("tiny", max_pixels=56 * 84)
+    prompts, _ = grpo.encode_prompts(common.read_jsonl(data)[:1], data.parent, tok, ip)
+    first = int(engine.generate(model, prompts, tok, max_new_tokens=1)[0][0, 0])
+    monkeypatch.setattr(engine, "stop_token_ids", lambda t: [tok.eos_token_id, first])
+    ours, mask = engine.generate(model, prompts, tok, max_new_tokens=40)
+    gc = engine.generation_config(tok, 40)
+    assert gc.eos_token_id == [tok.eos_token_id, first]
+    model.generation_config = gc
+    with torch.no_grad():
+        theirs = model.eval().generate(**prompts, generation_config=gc)[:, prompts["input_ids"].shape[1]:]
+    assert ours.shape == theirs.shape == (1, 1) and torch.equal(ours, theirs) and mask.all()
