@@ -189,8 +189,9 @@ def test_batch_sizes_scale_to_data_and_world():
 
 
 # ----------------------------------------------------------------------------- rollout batches on the tiny model
-def plain_logprobs(model, ro: grpo.Rollout, row: int) -> torch.Tensor:
-    """Log-probs of one completion from full logits of the unpadded prompt + completion, its own images only."""
+def plain_logprobs(model, ro: grpo.Rollout, row: int, temperature: float = 1.0) -> torch.Tensor:
+    """Log-probs of one completion from full logits of the unpadded prompt + completion, its own images only:
+    log_softmax(z / τ) in the model's dtype, at least float32 (test_wiring runs it on a float64 copy)."""
     p = row // ro.group_size
     keep = ro.prompts["attention_mask"][p].bool()
     ids_p, mm_p = ro.prompts["input_ids"][p][keep], ro.prompts["mm_token_type_ids"][p][keep]
@@ -200,11 +201,12 @@ def plain_logprobs(model, ro: grpo.Rollout, row: int) -> torch.Tensor:
     r0 = int(grid[:i0].prod(-1).sum())
     r1 = r0 + int(grid[i0:i0 + ro.images_per_prompt[p]].prod(-1).sum())
     ids = torch.cat([ids_p, comp])[None]
+    dtype = next(model.parameters()).dtype
     logits = model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False,
                    mm_token_type_ids=torch.cat([mm_p, torch.zeros_like(comp)])[None],
-                   pixel_values=ro.prompts["pixel_values"][r0:r1],
+                   pixel_values=ro.prompts["pixel_values"][r0:r1].to(dtype),
                    image_grid_thw=grid[i0:i0 + ro.images_per_prompt[p]]).logits[0]
-    lp = F.log_softmax(logits.float(), -1)[len(ids_p) - 1:-1]
+    lp = F.log_softmax(logits.to(torch.promote_types(dtype, torch.float32)) / temperature, -1)[len(ids_p) - 1:-1]
     return lp.gather(-1, comp[:, None])[:, 0]
 
 

@@ -50,7 +50,7 @@ import grpo
 import common
 import sft
 import vlm
-from test_grpo import cfg_for, fake_rollout, write_jsonl
+from test_grpo import cfg_for, fake_rollout, plain_logprobs, write_jsonl
 from test_grpo import data  # noqa: F401  (a pytest fixture, used by name)
 from test_train import two_colour_records
 
@@ -73,22 +73,11 @@ def f64(model):
 
 def logprobs64(model, ro: grpo.Rollout, row: int, temperature: float) -> torch.Tensor:
     """log p of one completion's tokens under a float64 model: one unpadded forward of its own prompt + the
-    completion, its own images only, full logits, log_softmax(z / τ) in float64 (differentiable)."""
-    p = row // ro.group_size
-    keep = ro.prompts["attention_mask"][p].bool()
-    ids_p, mm_p = ro.prompts["input_ids"][p][keep], ro.prompts["mm_token_type_ids"][p][keep]
-    comp = ro.completions[row][ro.mask[row]]
-    grid = ro.prompts["image_grid_thw"]
-    i0 = sum(ro.images_per_prompt[:p])
-    i1 = i0 + ro.images_per_prompt[p]
-    r0, r1 = int(grid[:i0].prod(-1).sum()), int(grid[:i1].prod(-1).sum())
-    ids = torch.cat([ids_p, comp])[None]
-    logits = model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False,
-                   mm_token_type_ids=torch.cat([mm_p, torch.zeros_like(comp)])[None],
-                   pixel_values=ro.prompts["pixel_values"][r0:r1].double(), image_grid_thw=grid[i0:i1]).logits[0]
-    assert logits.dtype == torch.float64
-    lp = F.log_softmax(logits[len(ids_p) - 1:-1] / temperature, -1)
-    return lp.gather(-1, comp[:, None])[:, 0]
+    completion, its own images only, full logits, log_softmax(z / τ) in float64 (differentiable;
+    test_grpo.plain_logprobs)."""
+    lp = plain_logprobs(model, ro, row, temperature)
+    assert lp.dtype == torch.float64
+    return lp
 
 
 def all_logprobs64(model, ro: grpo.Rollout, temperature: float) -> torch.Tensor:
