@@ -563,6 +563,57 @@ def vs_trl_records(folder, n: int, sides=(56, 70, 84, 98, 112), seed: int = 0) -
     return records
 
 
+def trl_inputs(args, dataset_cls) -> tuple:
+    """(processor, dataset) for TRL's side of --vs-trl: Qwen2.5-VL's processor without its video processor
+    (which needs torchvision, not a dependency) and one row per prompt (chat prompt, answer, task, image)."""
+    import json
+    import os
+    from PIL import Image
+    from transformers import AutoImageProcessor, AutoTokenizer, Qwen2_5_VLProcessor
+    from transformers.processing_utils import ProcessorMixin
+    import vlm
+
+    class ImageOnlyProcessor(Qwen2_5_VLProcessor):
+        def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
+            self.image_token, self.video_token = "<|image_pad|>", "<|video_pad|>"
+            self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)
+            self.video_token_id = tokenizer.convert_tokens_to_ids(self.video_token)
+            ProcessorMixin.__init__(self, image_processor, tokenizer, chat_template=chat_template)
+
+    tok = AutoTokenizer.from_pretrained(args.model_dir)
+    ip = AutoImageProcessor.from_pretrained(args.model_dir, backend="pil")
+    ip.size = {"shortest_edge": args.min_pixels, "longest_edge": args.max_pixels}
+    processor = ImageOnlyProcessor(image_processor=ip, tokenizer=tok, chat_template=tok.chat_template)
+    rows = [json.loads(line) for line in open(args.data)]
+    root = os.path.dirname(args.data)
+    data = dataset_cls.from_list([{"prompt": vlm.build_messages(r["problem"]), "answer": r["answer"],
+                                   "task": r["task"], "image": Image.open(f"{root}/{r['images'][0]}").convert("RGB")}
+                                  for r in rows])
+    return processor, data
+
+
+def trl_reward(prompts, completions, answer, task, **kw) -> list:
+    """TRL's reward function: grpo.score's 0.9·accuracy + 0.1·format (tasks.reward_terms)."""
+    import tasks
+    texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
+    return [tasks.reward_terms(t, str(a), k)[0] for t, a, k in zip(texts, answer, task)]
+
+
+def trl_config(trl, args, tok):
+    """GRPOConfig doing grpo.py's work (README, Performance: the settings and what differs)."""
+    import torch
+    import vlm
+    return trl.GRPOConfig(
+        output_dir=args.out_dir, per_device_train_batch_size=args.prompts_per_step * args.group_size,
+        num_generations=args.group_size, gradient_accumulation_steps=1, steps_per_generation=1, num_iterations=1,
+        max_completion_length=args.new_tokens, temperature=1.0, top_p=1.0, top_k=0, beta=args.kl_coef,
+        learning_rate=1e-6, weight_decay=0.01, lr_scheduler_type="constant", warmup_steps=0, max_grad_norm=1.0,
+        epsilon=0.2, epsilon_high=0.3, loss_type="dapo", scale_rewards="group", gradient_checkpointing=args.act_ckpt,
+        bf16=False, use_cpu=True, max_steps=args.steps, logging_steps=10**6, save_strategy="no", report_to="none",
+        disable_tqdm=True, seed=0, dataloader_num_workers=0, model_init_kwargs={"dtype": torch.float32},
+        generation_kwargs={"suppress_tokens": tok.convert_tokens_to_ids(list(vlm.VISION_TOKENS))})
+
+
 def trl_worker(args) -> None:
     """TRL's side of --vs-trl (runs under --trl-python): GRPOTrainer on the tiny model saved in --model-dir,
     one optimizer step per "go" line on stdin; after each, one JSON line on stdout (TRL_TAG + wall / CPU
@@ -582,42 +633,9 @@ def trl_worker(args) -> None:
                  f"`pip install {TRL_PIN}`, then pass --trl-python VENV/bin/python (README, Performance)")
         print(TRL_TAG + json.dumps({"error": error}), flush=True)
         return
-    from transformers import AutoImageProcessor, AutoTokenizer, Qwen2_5_VLProcessor, TrainerCallback
-    from transformers.processing_utils import ProcessorMixin
-    from PIL import Image
-    import tasks
-    import vlm
-
-    class ImageOnlyProcessor(Qwen2_5_VLProcessor):
-        """Qwen2.5-VL's processor without its video processor (which needs torchvision, not a dependency)."""
-        def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
-            self.image_token, self.video_token = "<|image_pad|>", "<|video_pad|>"
-            self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)
-            self.video_token_id = tokenizer.convert_tokens_to_ids(self.video_token)
-            ProcessorMixin.__init__(self, image_processor, tokenizer, chat_template=chat_template)
-
-    tok = AutoTokenizer.from_pretrained(args.model_dir)
-    ip = AutoImageProcessor.from_pretrained(args.model_dir, backend="pil")
-    ip.size = {"shortest_edge": args.min_pixels, "longest_edge": args.max_pixels}
-    processor = ImageOnlyProcessor(image_processor=ip, tokenizer=tok, chat_template=tok.chat_template)
-    rows = [json.loads(line) for line in open(args.data)]
-    root = os.path.dirname(args.data)
-    data = Dataset.from_list([{"prompt": vlm.build_messages(r["problem"]), "answer": r["answer"], "task": r["task"],
-                               "image": Image.open(f"{root}/{r['images'][0]}").convert("RGB")} for r in rows])
-
-    def reward(prompts, completions, answer, task, **kw):   # grpo.score's 0.9·accuracy + 0.1·format
-        texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
-        return [0.9 * tasks.accuracy(t, str(a), k) + 0.1 * float(tasks.format_ok(t)) for t, a, k in zip(texts, answer, task)]
-
-    cfg = trl.GRPOConfig(
-        output_dir=args.out_dir, per_device_train_batch_size=args.prompts_per_step * args.group_size,
-        num_generations=args.group_size, gradient_accumulation_steps=1, steps_per_generation=1, num_iterations=1,
-        max_completion_length=args.new_tokens, temperature=1.0, top_p=1.0, top_k=0, beta=args.kl_coef,
-        learning_rate=1e-6, weight_decay=0.01, lr_scheduler_type="constant", warmup_steps=0, max_grad_norm=1.0,
-        epsilon=0.2, epsilon_high=0.3, loss_type="dapo", scale_rewards="group", gradient_checkpointing=args.act_ckpt,
-        bf16=False, use_cpu=True, max_steps=args.steps, logging_steps=10**6, save_strategy="no", report_to="none",
-        disable_tqdm=True, seed=0, dataloader_num_workers=0, model_init_kwargs={"dtype": torch.float32},
-        generation_kwargs={"suppress_tokens": tok.convert_tokens_to_ids(list(vlm.VISION_TOKENS))})
+    from transformers import TrainerCallback
+    processor, data = trl_inputs(args, Dataset)
+    cfg = trl_config(trl, args, processor.tokenizer)
     t = {}
 
     class Timed(trl.GRPOTrainer):
@@ -656,8 +674,55 @@ def trl_worker(args) -> None:
                   flush=True)
             go()
 
-    Timed(model=args.model_dir, reward_funcs=reward, args=cfg, train_dataset=data, processing_class=processor,
+    Timed(model=args.model_dir, reward_funcs=trl_reward, args=cfg, train_dataset=data, processing_class=processor,
           callbacks=[Lockstep()]).train()
+
+
+def start_trl_worker(args, tmp: str, threads: int, P: int, G: int, new: int) -> tuple:
+    """The TRL worker process (trl-worker under --trl-python) on the tiny model and prompts saved in tmp, and
+    a function reading its next JSON message (an error message from it ends the benchmark with one line)."""
+    import json
+    import os
+    import subprocess
+    cmd = [args.trl_python, os.path.abspath(__file__), "trl-worker", "--model-dir", f"{tmp}/model", "--data",
+           f"{tmp}/train.jsonl", "--out-dir", f"{tmp}/trl", "--steps", str(args.steps + 1), "--threads",
+           str(threads), "--group-size", str(G), "--new-tokens", str(new), "--kl-coef", str(args.kl_coef),
+           "--prompts-per-step", str(P), "--min-pixels", str(56 * 56), "--max-pixels", str(112 * 112)] \
+        + ([] if args.act_ckpt else ["--no-act-ckpt"])
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false",
+           "PYTHONWARNINGS": "ignore::FutureWarning", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+    worker = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
+                              cwd=os.path.dirname(os.path.abspath(__file__)))
+
+    def trl_line() -> dict:
+        for line in worker.stdout:
+            if line.startswith(TRL_TAG):
+                msg = json.loads(line[len(TRL_TAG):])
+                if "error" in msg:
+                    raise SystemExit(f"bench.py grpo --vs-trl: {msg['error']}")
+                return msg
+        raise SystemExit(f"bench.py grpo --vs-trl: the TRL worker ({args.trl_python}) exited with code "
+                         f"{worker.wait()} (its error is above)")
+    return worker, trl_line
+
+
+def print_vs_trl(args, trl_version: str, ours: list, theirs: list, threads: int, P: int, G: int, new: int) -> None:
+    """The --vs-trl table: medians (after the warm-up step) of each phase, wall and CPU seconds, and the ratio."""
+    import os
+    import numpy as np
+    med = lambda runs, k: float(np.median([r[k] for r in runs[1:]]))
+    print(f"GRPO step, grpo.py vs TRL {trl_version} GRPOTrainer, alternating steps in one run; {machine()}; "
+          f"{threads} thread(s) each, fp32; tiny Qwen2.5-VL (same weights), {P} prompts × G {G} per step from "
+          f"{args.prompts}, images 56²…112² px, ≤ {new} new tokens, β {args.kl_coef}, lr 1e-6, one update per "
+          f"rollout, activation checkpointing {'on' if args.act_ckpt else 'off'}; median of {args.steps} steps "
+          f"after 1 warm-up step each; load average {os.getloadavg()[0]:.1f} at the end\n")
+    print("| trainer | generation s | log-probs s | update s | step s (wall) | CPU s/step | new tokens/step |")
+    print("|---|---|---|---|---|---|---|")
+    for name, runs in (("grpo.py", ours), (f"TRL {trl_version}", theirs)):
+        print(f"| {name} | {med(runs, 'gen'):.3f} | {med(runs, 'logprob'):.3f} | {med(runs, 'update'):.3f} | "
+              f"{med(runs, 'step'):.3f} | {med(runs, 'cpu'):.3f} | {med(runs, 'new_tokens'):.0f} |")
+    print(f"\ngrpo.py is {med(theirs, 'step') / med(ours, 'step'):.2f}× TRL's speed in wall time, "
+          f"{med(theirs, 'cpu') / med(ours, 'cpu'):.2f}× in CPU time")
 
 
 def grpo_vs_trl(args) -> None:
@@ -666,11 +731,8 @@ def grpo_vs_trl(args) -> None:
     β, lr 1e-6, one update per rollout, both fp32 on CPU with args.threads threads (1 when 0). Prints medians
     of wall and CPU seconds per phase over args.steps steps after one warm-up step each."""
     import json
-    import os
-    import subprocess
     import tempfile
     from pathlib import Path
-    import numpy as np
     import torch
     import grpo
     import vlm
@@ -684,26 +746,7 @@ def grpo_vs_trl(args) -> None:
         records = vs_trl_records(tmp, args.prompts)
         with open(f"{tmp}/train.jsonl", "w") as f:
             f.writelines(json.dumps(r) + "\n" for r in records)
-        cmd = [args.trl_python, os.path.abspath(__file__), "trl-worker", "--model-dir", f"{tmp}/model", "--data",
-               f"{tmp}/train.jsonl", "--out-dir", f"{tmp}/trl", "--steps", str(args.steps + 1), "--threads",
-               str(threads), "--group-size", str(G), "--new-tokens", str(new), "--kl-coef", str(args.kl_coef),
-               "--prompts-per-step", str(P), "--min-pixels", str(56 * 56), "--max-pixels", str(112 * 112)] \
-            + ([] if args.act_ckpt else ["--no-act-ckpt"])
-        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false",
-               "PYTHONWARNINGS": "ignore::FutureWarning", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
-        worker = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
-                                  cwd=os.path.dirname(os.path.abspath(__file__)))
-
-        def trl_line() -> dict:
-            for line in worker.stdout:
-                if line.startswith(TRL_TAG):
-                    msg = json.loads(line[len(TRL_TAG):])
-                    if "error" in msg:
-                        raise SystemExit(f"bench.py grpo --vs-trl: {msg['error']}")
-                    return msg
-            raise SystemExit(f"bench.py grpo --vs-trl: the TRL worker ({args.trl_python}) exited with code "
-                             f"{worker.wait()} (its error is above)")
-
+        worker, trl_line = start_trl_worker(args, tmp, threads, P, G, new)
         try:
             info = trl_line()
             cfg = grpo.Config(data="bench", group_size=G, rollout_batch_size=P, update_batch_size=P,
@@ -730,19 +773,7 @@ def grpo_vs_trl(args) -> None:
             except OSError:
                 pass
             worker.wait(timeout=60)
-    med = lambda runs, k: float(np.median([r[k] for r in runs[1:]]))
-    print(f"GRPO step, grpo.py vs TRL {info['trl']} GRPOTrainer, alternating steps in one run; {machine()}; "
-          f"{threads} thread(s) each, fp32; tiny Qwen2.5-VL (same weights), {P} prompts × G {G} per step from "
-          f"{args.prompts}, images 56²…112² px, ≤ {new} new tokens, β {args.kl_coef}, lr 1e-6, one update per "
-          f"rollout, activation checkpointing {'on' if args.act_ckpt else 'off'}; median of {args.steps} steps "
-          f"after 1 warm-up step each; load average {os.getloadavg()[0]:.1f} at the end\n")
-    print("| trainer | generation s | log-probs s | update s | step s (wall) | CPU s/step | new tokens/step |")
-    print("|---|---|---|---|---|---|---|")
-    for name, runs in (("grpo.py", ours), (f"TRL {info['trl']}", theirs)):
-        print(f"| {name} | {med(runs, 'gen'):.3f} | {med(runs, 'logprob'):.3f} | {med(runs, 'update'):.3f} | "
-              f"{med(runs, 'step'):.3f} | {med(runs, 'cpu'):.3f} | {med(runs, 'new_tokens'):.0f} |")
-    print(f"\ngrpo.py is {med(theirs, 'step') / med(ours, 'step'):.2f}× TRL's speed in wall time, "
-          f"{med(theirs, 'cpu') / med(ours, 'cpu'):.2f}× in CPU time")
+    print_vs_trl(args, info["trl"], ours, theirs, threads, P, G, new)
 
 
 def add_trl_worker_parser(sub) -> None:
