@@ -424,6 +424,17 @@ def prompt_images(ro: Rollout, prompts: list) -> tuple:
             torch.cat([grid[a:b] for a, b in spans]))
 
 
+def group_logprobs(model, ro: Rollout, rows: list, cfg: Config, with_entropy: bool = False) -> tuple:
+    """(vlm.prefix_logprobs of the rows' completions, their width): each distinct prompt among the rows (and
+    its images) runs once, the G completions of a group on its keys and values."""
+    distinct = list(dict.fromkeys(r // ro.group_size for r in rows))
+    w = max(1, int(ro.mask[rows].sum(1).max()))
+    out = prefix_logprobs(model, prompt_batch(ro, distinct), [distinct.index(r // ro.group_size) for r in rows],
+                          ro.completions[rows, :w], ro.mask[rows, :w], cfg.temperature, cfg.logprob_chunk_size,
+                          with_entropy=with_entropy)
+    return out, w
+
+
 @torch.no_grad()
 def rollout_logprobs(model, ro: Rollout, cfg: Config, device: torch.device) -> torch.Tensor:
     """Per-token log-probs (N, L) of the sampled completions under `model` (logits / temperature, fp32
@@ -434,12 +445,8 @@ def rollout_logprobs(model, ro: Rollout, cfg: Config, device: torch.device) -> t
     logp = torch.zeros(n, width)
     for rows in micro_batches(ro, list(range(n)), cfg.logprob_micro_batch_size):
         if "image_grid_thw" in ro.prompts:
-            distinct = list(dict.fromkeys(r // ro.group_size for r in rows))
-            w = max(1, int(ro.mask[rows].sum(1).max()))
-            logp[rows, :w] = prefix_logprobs(model, prompt_batch(ro, distinct),
-                                             [distinct.index(r // ro.group_size) for r in rows],
-                                             ro.completions[rows, :w], ro.mask[rows, :w], cfg.temperature,
-                                             cfg.logprob_chunk_size).float().cpu()
+            lp, w = group_logprobs(model, ro, rows, cfg)
+            logp[rows, :w] = lp.float().cpu()
             continue
         batch, labels, start = sequence_batch(ro, rows)
         lp = token_logprobs(model, {k: v.to(device) for k, v in batch.items()}, labels.to(device),
@@ -464,11 +471,7 @@ def update(model, optimizer, ro: Rollout, rows: list, cfg: Config, device: torch
         if fsdp:  # reduce-scatter after every micro-batch (only a gradient shard is held), or only after the last
             model.set_requires_gradient_sync(cfg.sync_every_micro_batch or i == len(chunks) - 1)
         if "image_grid_thw" in ro.prompts and not fsdp:   # the group's prompt once (FSDP2: not yet measured)
-            distinct = list(dict.fromkeys(r // ro.group_size for r in mb))
-            w = max(1, int(ro.mask[mb].sum(1).max()))
-            logp, ent = prefix_logprobs(model, prompt_batch(ro, distinct),
-                                        [distinct.index(r // ro.group_size) for r in mb], ro.completions[mb, :w],
-                                        ro.mask[mb, :w], cfg.temperature, cfg.logprob_chunk_size, with_entropy=True)
+            (logp, ent), w = group_logprobs(model, ro, mb, cfg, with_entropy=True)
         else:
             batch, labels, start = sequence_batch(ro, mb)
             logp, ent = token_logprobs(model, {k: v.to(device) for k, v in batch.items()}, labels.to(device),
