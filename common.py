@@ -264,7 +264,7 @@ def epoch_order(n: int, epoch: int, seed: int, shuffle: bool) -> list:
 def read_metrics(path: Path) -> list:
     """The rows of a log like metrics.jsonl; a cut-off last line (a run killed while writing it) is dropped."""
     rows = []
-    lines = path.read_text().splitlines() if path.exists() else []
+    lines = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
     for i, line in enumerate(lines):
         try:
             rows.append(json.loads(line))
@@ -275,10 +275,14 @@ def read_metrics(path: Path) -> list:
 
 
 def append_metrics(path: Path, rows: list) -> None:
-    """Append rows to a log like metrics.jsonl in one write, flushed (a kill can cut off at most the last line)."""
-    with open(path, "a") as f:
-        f.write("".join(json.dumps(r) + "\n" for r in rows))
+    """Append rows to a JSON-lines log (metrics.jsonl, samples.jsonl, evaluate.py's predictions.jsonl) in one
+    write, flushed and fsynced: a kill can cut off at most the last line, which the readers drop."""
+    if not rows:
+        return
+    with open(path, "a", encoding="utf-8") as f:
+        f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
         f.flush()
+        os.fsync(f.fileno())
 
 
 def keep_metrics_until(path: Path, step: int) -> None:

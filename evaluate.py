@@ -48,7 +48,6 @@ Deviations (paper / official evaluation code; the scoring ones are listed in ben
 """
 import argparse
 import json
-import os
 import re
 import sys
 import time
@@ -58,8 +57,8 @@ from pathlib import Path
 from benchmarks import (BENCH_NAMES, PAPER_ROWS, DataError, Item, MissingImage, Options, is_video, load_bench,
                         load_item_images, score_item, summarize)
 
-from common import (all_reduce_sum, atomic_write, barrier, cleanup_dist, config_parser, identity_diff, knob, print0,
-                    setup_dist)
+from common import (all_reduce_sum, append_metrics, atomic_write, barrier, cleanup_dist, config_parser,
+                    identity_diff, knob, print0, setup_dist)
 from engine import ENGINE_CHOICES, ENGINE_HELP, RolloutEngine, generate, use_engine
 from vlm import encode, load_model
 
@@ -192,17 +191,6 @@ def read_predictions(path: Path, repair: bool = True) -> dict:
         with open(path, "r+b") as f:
             f.truncate(good_end)
     return done
-
-
-def append_predictions(path: Path, records: list) -> None:
-    """One line per record, flushed and fsynced (a kill loses at most the line being written)."""
-    if not records:
-        return
-    with open(path, "a", encoding="utf-8") as f:
-        for r in records:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
 
 
 def vsi_input(cfg: Config) -> str:
@@ -361,7 +349,7 @@ def run_bench(bench: str, path: str, cfg: Config, gen: Generator, ip, d, own_bou
         recs = gather_records(recs)
         nasked += len(recs)
         if d.is_main:
-            append_predictions(preds, recs)
+            append_metrics(preds, recs)
         bar.update(len(recs))
     bar.close()
     barrier()
