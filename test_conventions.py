@@ -1,0 +1,94 @@
+"""Project conventions (README "Standards"), checked rather than promised: docstrings with a paper → code map
+and deviations, short functions, no stage script importing another, no side effects at import, and every name a
+Paper → code map points to exists.
+Run: python -m pytest -q test_conventions.py
+"""
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+
+
+# =============================================================================================
+# project conventions (README "Standards"): checked, not just promised
+# =============================================================================================
+SCRIPTS = [p for p in ("tasks.py", "make_data.py", "sft.py", "grpo.py", "evaluate.py", "benchmarks.py")
+           if (HERE / p).exists()]
+SUPPORT = [p for p in ("vlm.py", "engine.py", "common.py", "records.py", "scenes.py") if (HERE / p).exists()]
+STAGES = ("make_data", "sft", "grpo", "evaluate")
+
+
+@pytest.mark.parametrize("script", SCRIPTS + SUPPORT)
+def test_script_conventions(script):
+    """Each stage script opens with a paper → code map and a deviations list (support modules with a
+    docstring), keeps functions short, imports no other stage script, and does nothing at import time
+    beyond defining constants, classes and functions."""
+    import ast
+    tree = ast.parse((HERE / script).read_text())
+    doc = ast.get_docstring(tree) or ""
+    assert ("Paper → code" in doc and "Deviations" in doc) if script in SCRIPTS else len(doc) > 200, script
+    imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    imported |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+    assert not imported & (set(STAGES) - {script[:-3]}), f"{script} imports a stage script"
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            assert node.end_lineno - node.lineno + 1 <= 80, f"{script}:{node.lineno} {node.name}() is too long"
+    for node in tree.body:
+        if isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names = [n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name)]
+            assert all(n.isupper() or n.startswith("_") and n[1:].isupper() for n in names), (script, names)
+        elif isinstance(node, ast.If):
+            assert ast.unparse(node.test) == "__name__ == '__main__'", script
+        else:
+            docstring = isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant)
+            assert docstring or isinstance(node, (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.ClassDef)), \
+                f"{script}:{node.lineno} runs code at import time"
+
+
+MODULES = sorted(p.name for p in HERE.glob("*.py") if not p.name.startswith("test_"))
+
+
+def paper_to_code_names(doc: str) -> list:
+    """The code names a docstring's "Paper → code" map points to: `name()`, `module.name` and `Class.field`."""
+    start = doc.find("Paper → code")
+    if start < 0:
+        return []
+    block = doc[start:].split("\n\n")[0]
+    mapped = "\n".join(line.split("→", 1)[1] for line in block.splitlines()[1:] if "→" in line)
+    names = re.findall(r"\b((?:[A-Za-z_]\w*\.)*[A-Za-z_]\w*)\(\)", mapped)
+    names += re.findall(r"\b((?:vlm|common|engine|tasks|benchmarks|scenes)\.[A-Za-z_]\w*)", mapped)
+    names += re.findall(r"\b(Config\.[a-z_]+)", mapped)
+    return sorted(set(names))
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_paper_to_code_map_names_exist(module):
+    """Every function, class or constant a module's "Paper → code" map names exists (module.name is looked up
+    in that module, Class.field among the dataclass's fields): the map cannot go stale silently."""
+    import ast
+    import dataclasses
+    import importlib
+    mod = importlib.import_module(module[:-3])
+    names = paper_to_code_names(ast.get_docstring(ast.parse((HERE / module).read_text())) or "")
+    missing = []
+    for name in names:
+        obj = mod
+        for part in name.split("."):
+            if dataclasses.is_dataclass(obj) and part in {f.name for f in dataclasses.fields(obj)}:
+                obj = True
+                break
+            obj = getattr(obj, part, None) if obj is not None else None
+            if obj is None and part in sys.modules:
+                obj = sys.modules[part]
+            elif obj is None:
+                try:
+                    obj = importlib.import_module(part)
+                except ImportError:
+                    obj = None
+        if obj is None:
+            missing.append(name)
+    assert not missing, f"{module}: its Paper → code map names {missing}, which do not exist"

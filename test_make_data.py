@@ -1,0 +1,415 @@
+"""Tests of the dataset builder (make_data.py) and the procedural renderer (scenes.py).
+
+The builder is run end to end on built-in rooms and on a folder of corrupt and odd files, across worker counts,
+and through interrupted and resumed runs.
+Run: python -m pytest -q test_make_data.py
+"""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import make_data
+import scenes
+import tasks
+from test_tasks import ROOM_SEED, depth_friendly_seeds
+
+
+# =============================================================================================
+# make_data.py: the renderer and the dataset builder
+# =============================================================================================
+HERE = Path(__file__).resolve().parent
+SMALL = ["--scene-size", "256x192", "--no-progress", "--preview", "none"]
+
+
+def build(out, *args):
+    """Run the builder in-process; returns main()'s exit code."""
+    return make_data.main(["--out", str(out), *SMALL, *args])
+
+
+def read_jsonl(path):
+    return [json.loads(line) for line in Path(path).read_text().splitlines()]
+
+
+def folder_bytes(root):
+    """{relative path: bytes} of every file in a folder (config.json included)."""
+    root = Path(root)
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+# ---------------------------------------------------------------------------------------- renderer
+def test_render_scene_is_deterministic_and_plausible():
+    rgb, depth = scenes.render_scene(7, 96, 128)
+    rgb2, depth2 = scenes.render_scene(np.random.default_rng(7), 96, 128)
+    assert rgb.shape == (96, 128, 3) and rgb.dtype == np.uint8
+    assert depth.shape == (96, 128) and depth.dtype == np.float32
+    assert np.array_equal(rgb, rgb2) and np.array_equal(depth, depth2, equal_nan=True)
+    other, _ = scenes.render_scene(8, 96, 128)
+    assert not np.array_equal(rgb, other)
+    kinds = {}
+    for seed in range(24):
+        kind = scenes.sample_scene(seed)["kind"]
+        rgb, depth = scenes.render_scene(seed, 48, 64)
+        valid = np.isfinite(depth)
+        assert valid.mean() > 0.2 and (depth[valid] > 0.01).all() and depth[valid].max() < 200
+        assert rgb.std() > 5
+        if kind != "open":
+            assert valid.all()                      # indoors every ray hits a surface
+        kinds[kind] = kinds.get(kind, 0) + 1
+    assert set(kinds) == set(scenes.SCENE_KINDS)
+
+
+def test_render_scene_depth_is_z_depth_not_ray_length():
+    """Recompute each pixel's ray independently (pinhole with the sampled pose): floor pixels of a room,
+    found as those whose depth puts the hit point at height 0, must be many, and their depth is the
+    distance along the optical axis, which is shorter than the ray length off the image centre."""
+    h, w = 60, 80
+    rooms = [s for s in range(40) if scenes.sample_scene(s, h, w)["kind"] in ("room", "corridor")][:4]
+    for seed in rooms:
+        _, depth = scenes.render_scene(seed, h, w)
+        cam = scenes.sample_scene(seed, h, w)["cam"]
+        cols, rows = np.meshgrid(np.arange(w) + 0.5 - w / 2, -(np.arange(h) + 0.5 - h / 2))
+        rays = (cols[..., None] * cam["right"] + rows[..., None] * cam["up"]) / cam["focal"] + cam["fwd"]
+        assert np.allclose(rays @ cam["fwd"], 1)             # unit forward component: t is z-depth
+        y = cam["pos"][1] + depth * rays[..., 1]
+        floor = np.abs(y) < 1e-3
+        assert floor.sum() > 0.02 * h * w or cam["pitch"] > 0.2
+        length = depth * np.linalg.norm(rays, axis=-1)
+        assert (length >= depth - 1e-6).all() and (length[0, 0] > 1.05 * depth[0, 0])
+    assert rooms
+
+
+# ---------------------------------------------------------------------------------------- built-in scenes
+@pytest.fixture(scope="module")
+def scene_build(tmp_path_factory):
+    out = tmp_path_factory.mktemp("scenes") / "ds"
+    assert build(out, "--n", "40", "--workers", "1", "--seed", "5", "--test-fraction", "0.3", "--sft-size", "10",
+                 "--shuffle-grids", "2x2,3x3", "--preview", str(out.parent / "sheet.png")) == 0
+    return out
+
+
+def test_end_to_end_records_images_and_stats(scene_build):
+    out = scene_build
+    train, test, sft = (read_jsonl(out / f"{s}.jsonl") for s in ("train", "test", "sft"))
+    records = train + test
+    assert len(records) == 40
+    assert len({r["id"] for r in records}) == 40
+    referenced = set()
+    for r in records:
+        assert {"id", "task", "problem", "answer", "images", "source", "meta"} <= set(r)
+        assert r["task"] in tasks.TASKS and r["source"].startswith("scene:")
+        assert r["problem"].count("<image>") == len(r["images"]) >= 1
+        for p in r["images"]:
+            assert (out / p).is_file() and p.startswith(f"images/{r['task']}/")
+            referenced.add(p)
+        assert tasks.reward(f"<think>x</think> \\boxed{{{r['answer']}}}", r["answer"], r["task"]) == 1.0
+    on_disk = {p.relative_to(out).as_posix() for p in (out / "images").rglob("*") if p.is_file()}
+    assert on_disk == referenced | {p for r in sft for p in r["images"]}  # no orphan image, no missing image
+    assert not {r["source"] for r in train} & {r["source"] for r in test}  # split by source image
+    assert test, "test fraction 0.3 over 8+ scenes should give some test records"
+    stats = json.loads((out / "stats.json").read_text())
+    for t in tasks.TASKS:
+        assert stats["counts"][t]["train"] == sum(r["task"] == t for r in train)
+        assert stats["counts"][t]["test"] == sum(r["task"] == t for r in test)
+    assert sum(stats["quota"].values()) == 40 and not stats["shortfall"]
+    # sft: task-balanced cold-start records from their own source images, with a templated trace that
+    # earns the full reward and states no metric depth
+    assert len(sft) == 10 and {r["task"] for r in sft} == set(tasks.TASKS)
+    assert not {r["source"] for r in sft} & {r["source"] for r in records}     # SFT and RL/test disjoint
+    assert not {r["id"] for r in sft} & {r["id"] for r in records}
+    for r in sft:
+        assert set(r) == {"id", "task", "problem", "answer", "images", "source", "meta", "response"}
+        assert tasks.reward(r["response"], r["answer"], r["task"], problem=r["problem"]) == pytest.approx(1.0)
+        assert "depth ≈" not in r["response"] and "metre" not in r["response"]
+    assert stats["counts"]["depth"]["sft"] == 2 and stats["sources_per_split"]["sft"] >= 2
+    for row in stats["shortcuts"]:
+        assert {"task", "heuristic", "n", "accuracy", "chance", "threshold", "ok"} <= set(row)
+    assert Image.open(out.parent / "sheet.png").size[0] > 500
+
+
+def test_same_output_whatever_the_worker_count(scene_build, tmp_path):
+    out = tmp_path / "two_workers"
+    assert build(out, "--n", "40", "--workers", "2", "--seed", "5", "--test-fraction", "0.3", "--sft-size", "10",
+                 "--shuffle-grids", "2x2,3x3") == 0
+    assert folder_bytes(out) == folder_bytes(scene_build)
+
+
+def test_resume_after_interrupted_run_gives_the_same_output(scene_build, tmp_path):
+    out = tmp_path / "resumed"
+    shutil.copytree(scene_build, out)
+    for name in ("sft.jsonl", "stats.json"):
+        (out / name).unlink()  # an interrupted run has not written these yet
+    journal = (out / "progress.jsonl").read_bytes().splitlines(keepends=True)
+    (out / "progress.jsonl").write_bytes(b"".join(journal[: len(journal) // 2]) + journal[len(journal) // 2][:7])
+    train = (out / "train.jsonl").read_bytes()
+    (out / "train.jsonl").write_bytes(train[: len(train) * 3 // 4])  # ends in the middle of a record
+    (out / "images" / "crop" / "crop-9999999_0.jpg").write_bytes(b"orphan")
+    (out / "images" / "flip" / "x.jpg.tmp").write_bytes(b"half")
+    kept = read_jsonl(scene_build / "test.jsonl")[0]
+    (out / kept["images"][0]).unlink()  # an image a record points to went missing: roll back to before it
+    assert build(out, "--n", "40", "--workers", "2", "--seed", "5", "--test-fraction", "0.3", "--sft-size", "10",
+                 "--shuffle-grids", "2x2,3x3") == 0
+    assert folder_bytes(out) == folder_bytes(scene_build)
+
+
+def test_resume_after_sigkill_gives_the_same_output(tmp_path):
+    args = ["--n", "250", "--workers", "2", "--seed", "1", "--sync-seconds", "0"]
+    reference = tmp_path / "reference"
+    assert build(reference, *args) == 0
+    out = tmp_path / "killed"
+    cmd = [sys.executable, str(HERE / "make_data.py"), "--out", str(out), *SMALL, *args]
+    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and proc.poll() is None:
+            journal = out / "progress.jsonl"
+            if journal.exists() and journal.read_bytes().count(b"\n") >= 8:
+                break
+            time.sleep(0.02)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)  # the builder and its pool workers, mid-run
+        proc.wait()
+    assert not (out / "stats.json").exists(), "the run finished before it could be killed"
+    assert build(out, *args) == 0
+    assert folder_bytes(out) == folder_bytes(reference)
+
+
+def test_rerun_with_other_settings_is_an_error(scene_build, tmp_path):
+    out = tmp_path / "other"
+    shutil.copytree(scene_build, out)
+    with pytest.raises(SystemExit, match="different settings.*seed"):
+        build(out, "--n", "40", "--seed", "4", "--test-fraction", "0.3", "--sft-size", "10",
+              "--shuffle-grids", "2x2,3x3")
+    (tmp_path / "stranger").mkdir()
+    (tmp_path / "stranger" / "notes.txt").write_text("mine")
+    with pytest.raises(SystemExit, match="no config.json"):
+        build(tmp_path / "stranger", "--n", "5")
+
+
+# ---------------------------------------------------------------------------------------- odd and corrupt inputs
+def _jpeg_with_orientation(path, rgb, orientation):
+    im = Image.fromarray(rgb)
+    exif = im.getexif()
+    exif[0x0112] = orientation
+    im.save(path, quality=92, exif=exif)
+
+
+@pytest.fixture(scope="module")
+def odd_folders(tmp_path_factory):
+    """An --rgb folder and an --rgbd folder full of traps, plus the names of the usable files."""
+    root = tmp_path_factory.mktemp("odd")
+    rgb_dir, rgbd_dir = root / "rgb", root / "rgbd"
+    (rgb_dir / "sub").mkdir(parents=True)
+    rgbd_dir.mkdir()
+    renders = [scenes.render_scene(s, 240, 320) for s in range(6)]
+    img = [Image.fromarray(s[0]) for s in renders]
+    img[0].save(rgb_dir / "good.jpg", quality=90)
+    data = (rgb_dir / "good.jpg").read_bytes()
+    (rgb_dir / "truncated.jpg").write_bytes(data[: len(data) // 3])
+    (rgb_dir / "text.png").write_text("this is not a picture")
+    (rgb_dir / "notes.txt").write_text("ignored: not an image extension")
+    img[1].convert("L").save(rgb_dir / "gray.png")
+    img[2].convert("P", palette=Image.Palette.ADAPTIVE).save(rgb_dir / "sub" / "palette.png")
+    rgba = img[3].convert("RGBA")
+    rgba.putalpha(128)
+    rgba.save(rgb_dir / "rgba.png")
+    Image.fromarray((np.asarray(img[4].convert("L"), np.uint16) * 257)).save(rgb_dir / "gray16.png")
+    img[5].convert("CMYK").save(rgb_dir / "cmyk.jpg")
+    _jpeg_with_orientation(rgb_dir / "rotated.jpg", renders[0][0], 6)
+    img[1].resize((20, 15)).save(rgb_dir / "tiny.png")
+    good_rgb = {"good.jpg", "gray.png", "sub/palette.png", "rgba.png", "gray16.png", "cmyk.jpg", "rotated.jpg"}
+    # RGB-D: .npy metres (HxW and HxWx1 + mask), 16-bit PNG millimetres, and three broken depth maps
+    for seed, name in zip(depth_friendly_seeds(6), ["a", "b", "c", "wrongsize", "zeros", "badshape"]):
+        rgb, depth = scenes.render_scene(seed, 240, 320)
+        Image.fromarray(rgb).save(rgbd_dir / f"{name}.png")
+        if name == "a":
+            np.save(rgbd_dir / "a_depth.npy", depth)
+        elif name == "b":
+            np.save(rgbd_dir / "b.npy", depth[..., None])
+            np.save(rgbd_dir / "b_mask.npy", (np.arange(320)[None, :] > 5).repeat(240, 0).astype(np.float32))
+        elif name == "c":
+            Image.fromarray(np.round(depth * 1000).astype(np.uint16)).save(rgbd_dir / "c_depth.png")
+        elif name == "wrongsize":
+            np.save(rgbd_dir / "wrongsize_depth.npy", depth[:100, :100])
+        elif name == "zeros":
+            np.save(rgbd_dir / "zeros_depth.npy", np.zeros_like(depth))
+        else:
+            np.save(rgbd_dir / "badshape_depth.npy", np.stack([depth, depth], -1))
+    Image.fromarray(renders[2][0]).save(rgbd_dir / "nodepth.png")  # no depth file: still an RGB source
+    return rgb_dir, rgbd_dir, good_rgb, {"a.png", "b.png", "c.png"}
+
+
+@pytest.mark.parametrize("name", ["gray.png", "sub/palette.png", "rgba.png", "gray16.png", "cmyk.jpg", "rotated.jpg"])
+def test_load_image_handles_every_mode(odd_folders, name):
+    rgb, stored, orientation = make_data.load_image(odd_folders[0] / name, 1024, 64, jpeg_rescale=False)
+    assert rgb.dtype == np.uint8 and rgb.ndim == 3 and rgb.shape[2] == 3 and rgb.std() > 5
+    if name == "rotated.jpg":  # EXIF orientation 6: stored 320x240, shown 240 wide and 320 tall
+        assert stored == (320, 240) and orientation == 6 and rgb.shape[:2] == (320, 240)
+    if name == "rgba.png":  # half-transparent: composited on white, so brighter than the opaque pixels
+        assert rgb.mean() > np.asarray(Image.open(odd_folders[0] / name).convert("RGB")).mean()
+
+
+@pytest.mark.parametrize("name,reason", [("truncated.jpg", "truncated"), ("text.png", "not-an-image"),
+                                         ("tiny.png", "too-small")])
+def test_load_image_rejects_bad_files(odd_folders, name, reason):
+    with pytest.raises(make_data.BadSource) as e:
+        make_data.load_image(odd_folders[0] / name, 1024, 64)
+    assert e.value.reason == reason
+
+
+def test_depth_follows_exif_rotation_and_mask(tmp_path):
+    rgb, depth = scenes.render_scene(1, 60, 80)
+    _jpeg_with_orientation(tmp_path / "r.jpg", rgb, 8)  # stored 80x60, rotated 90° counter-clockwise to show
+    np.save(tmp_path / "r_depth.npy", depth)
+    mask = np.ones_like(depth)
+    mask[:, :10] = 0
+    np.save(tmp_path / "r_mask.npy", mask)
+    path = str(tmp_path / "r.jpg")
+    src = make_data.Source("rgbd:r.jpg", path, *make_data.find_depth(path), "rgbd")
+    assert src.mask.endswith("r_mask.npy")
+    img, d = make_data.load_source(src, True, max_side=1024, min_side=16, jpeg_rescale=False)
+    assert img.shape[:2] == d.shape == (80, 60)
+    np.testing.assert_array_equal(d, np.rot90(np.where(mask > 0, depth, np.nan)))
+
+
+def test_odd_folder_skips_bad_inputs_by_reason(odd_folders, tmp_path):
+    rgb_dir, rgbd_dir, good_rgb, good_rgbd = odd_folders
+    out = tmp_path / "odd"
+    assert build(out, "--rgb", str(rgb_dir), "--rgbd", str(rgbd_dir), "--n", "200", "--workers", "2",
+                 "--test-fraction", "0", "--sft-size", "0") == 0
+    stats = json.loads((out / "stats.json").read_text())
+    skipped = stats["skipped_sources"]
+    for reason in ("truncated", "not-an-image", "too-small", "depth-size-mismatch", "depth-no-valid-pixels",
+                   "depth-bad-shape"):
+        assert skipped.get(reason) == 1, (reason, skipped)
+    assert stats["sources"]["rgbd-image-without-depth"] == 1 and stats["sources"]["rgbd"] == 6
+    records = read_jsonl(out / "train.jsonl")
+    used = {r["source"] for r in records}
+    expected = {str(rgb_dir / n) for n in good_rgb} | {str(rgbd_dir / n) for n in good_rgbd | {"nodepth.png"}}
+    assert used == expected
+    for task in tasks.DEPTH_TASKS:  # .npy (HxW, HxWx1 + mask) and 16-bit PNG depth all work
+        assert {r["source"] for r in records if r["task"] == task} == {str(rgbd_dir / n) for n in good_rgbd}
+    assert stats["shortfall"]  # 11 usable images cannot fill 200 examples: reported, not an error
+    for r in records:
+        for p in r["images"]:
+            assert Image.open(out / p).mode == "RGB"
+
+
+def test_jpeg_sources_are_resampled_with_their_depth(tmp_path):
+    """A JPEG source is resampled by jpeg_scale() (its 8-px block grid no longer sits on the pixel grid);
+    the depth map follows onto the same grid."""
+    rgb, depth = scenes.render_scene(ROOM_SEED, 120, 160)
+    Image.fromarray(rgb).save(tmp_path / "j.jpg", quality=75)
+    np.save(tmp_path / "j_depth.npy", depth)
+    path = str(tmp_path / "j.jpg")
+    f = make_data.jpeg_scale(path)
+    assert 0.8 <= f < 0.95 and f == make_data.jpeg_scale(path)
+    src = make_data.Source("rgbd:j.jpg", path, *make_data.find_depth(path), "rgbd")
+    img, d = make_data.load_source(src, True, max_side=1024, min_side=16)
+    assert img.shape[:2] == d.shape == (round(120 * f), round(160 * f))
+    want = np.asarray(Image.fromarray(depth).resize((d.shape[1], d.shape[0]), Image.Resampling.NEAREST))
+    np.testing.assert_array_equal(d, want)
+
+
+def test_rgbd_without_any_depth_is_a_clear_error(odd_folders, tmp_path):
+    """--rgbd whose images have no depth file stops with the naming rule (it used to build RGB tasks only);
+    asking only for RGB tasks is fine."""
+    only_rgb = tmp_path / "only_rgb"
+    only_rgb.mkdir()
+    shutil.copy(odd_folders[0] / "good.jpg", only_rgb / "good.jpg")
+    with pytest.raises(SystemExit, match="naming rule.*_depth.npy"):
+        build(tmp_path / "o1", "--rgbd", str(only_rgb), "--n", "5")
+    with pytest.raises(SystemExit, match="naming rule"):
+        build(tmp_path / "o2", "--rgbd", str(only_rgb), "--n", "5", "--tasks", "depth")
+    assert build(tmp_path / "o3", "--rgbd", str(only_rgb), "--n", "3", "--tasks", "shuffle,flip,crop",
+                 "--sft-size", "0", "--test-fraction", "0") == 0
+
+
+def test_partial_depth_says_per_task_how_many_fell_short(odd_folders, tmp_path, capsys):
+    rgbd_dir = odd_folders[1]
+    assert build(tmp_path / "p", "--rgbd", str(rgbd_dir), "--n", "40", "--tasks", "depth,position,shuffle",
+                 "--sft-size", "0", "--test-fraction", "0") == 0
+    text = capsys.readouterr().out
+    stats = json.loads((tmp_path / "p" / "stats.json").read_text())
+    for task in ("depth", "position"):                    # 3 usable depth maps cannot give 13 examples each
+        made = stats["counts"][task]["train"]
+        assert stats["shortfall"][task] == stats["quota"][task] - made > 0
+        assert f"{task} {made} of {stats['quota'][task]} ({stats['shortfall'][task]} short)" in text
+    assert "have a depth file" in text and "naming rule" in text
+
+
+def test_nothing_usable_is_a_clear_error(odd_folders, tmp_path):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for name in ("truncated.jpg", "text.png", "tiny.png"):
+        shutil.copy(odd_folders[0] / name, bad / name)
+    cmd = [sys.executable, str(HERE / "make_data.py"), "--rgb", str(bad), *SMALL]
+    run = subprocess.run(cmd + ["--out", str(tmp_path / "o1")], capture_output=True, text=True, timeout=120)
+    assert run.returncode != 0 and "nothing usable" in run.stderr
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    cmd[3] = str(empty)
+    run = subprocess.run(cmd + ["--out", str(tmp_path / "o2")], capture_output=True, text=True, timeout=120)
+    assert run.returncode != 0 and "no image files" in run.stderr
+
+
+def test_h5_depth_without_h5py_says_how_to_install(tmp_path):
+    try:
+        import h5py  # noqa: F401
+        pytest.skip("h5py is installed")
+    except ImportError:
+        pass
+    rgb, _ = scenes.render_scene(0, 96, 128)
+    Image.fromarray(rgb).save(tmp_path / "x.jpg")
+    (tmp_path / "x.h5").write_bytes(b"not really hdf5")
+    with pytest.raises(SystemExit, match="pip install h5py"):
+        make_data.discover_sources("", str(tmp_path))
+
+
+# ---------------------------------------------------------------------------------------- command line
+def test_help_lists_every_knob_and_exits_zero():
+    run = subprocess.run([sys.executable, str(HERE / "make_data.py"), "--help"], capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 0
+    for flag in ("--out", "--rgb", "--rgbd", "--n", "--tasks", "--sft-size", "--test-fraction", "--seed",
+                 "--workers", "--preview", "--no-jpeg-rescale", "--no-progress"):
+        assert flag in run.stdout
+    assert "default" in run.stdout
+
+
+def test_bench_data_prints_every_task_and_the_renderer(capsys):
+    """`python bench.py data` replaced `make_data.py --benchmark` (which is gone)."""
+    import bench
+    bench.main(["data", "--seconds", "0", "--sizes", "96x64", "--build-n", "0"])
+    text = capsys.readouterr().out
+    for word in (*tasks.TASKS, "96x64", "512x384", "scenes/s", "target < 20 ms", "target >= 30 scenes/s"):
+        assert word in text
+    with pytest.raises(SystemExit):
+        make_data.parse_config(["--benchmark"])
+
+
+def test_quota_split_and_task_weights():
+    w = make_data.parse_tasks("shuffle:2,depth", have_depth=True)
+    assert w == {"shuffle": 2.0, "depth": 1.0}
+    assert make_data.split_quota(10, w) == {"shuffle": 7, "depth": 3}
+    assert sum(make_data.split_quota(81053, dict.fromkeys(tasks.TASKS, 1.0)).values()) == 81053
+    assert tuple(make_data.parse_tasks("auto", have_depth=False)) == tasks.RGB_TASKS
+    with pytest.raises(SystemExit):
+        make_data.parse_tasks("rotate", have_depth=True)
+    with pytest.raises(SystemExit, match="need depth maps"):
+        make_data.parse_tasks("shuffle,depth", have_depth=False)
+
+
+def test_import_has_no_side_effects(tmp_path):
+    code = "import sys; sys.path.insert(0, sys.argv[1]); import make_data"
+    subprocess.run([sys.executable, "-c", code, str(HERE)], cwd=tmp_path, check=True, timeout=120)
+    assert not list(tmp_path.iterdir())
