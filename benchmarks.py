@@ -3,49 +3,38 @@ extraction and scoring. No torch, no model: stdlib, numpy, PIL and tasks.py only
 from a predictions.jsonl anywhere.
 
 evaluate.py runs the model (greedy decoding, batching, ranks, reporting) and calls load_bench() / score_item()
-/ summarize() here. Every scorer has two modes, chosen by Options.paper_quirks:
-  * paper-quirks: the official scoring code's rule, item by item (VLMEvalKit fork for Spatial457, 3DSRBench,
-    SpatialEval, QSpatial+; the standalone scripts for What'sUp, ViewSpatial, VSI-Bench), with its prompts;
-  * default: our stricter, documented rule (one balanced \\boxed{}, one named option, exact arithmetic).
+/ summarize() here. One protocol: items, prompts, the CoT instruction's placement, option order and the VSI-Bench
+video input are the paper's (Spatial-SSRL's VLMEvalKit fork for Spatial457, 3DSRBench, SpatialEval, QSpatial+;
+its standalone scripts for What'sUp, ViewSpatial, VSI-Bench). Two scorers per benchmark, side by side in one
+table, SCORERS[bench] = (official, strict), chosen by Options.scoring:
+  * "official" (default): the official scoring code's rule, item by item; these rows compare with the paper;
+  * "strict": our corrected rule, read from the same outputs (one balanced \\boxed{}, one named option, exact
+    arithmetic); each correction is listed under "Strict scoring" below.
+The pretext split has one scorer, tasks.py's verifier, for both.
 
 Paper → code (official file → our function)
   CoT answer: last \\boxed{…} (`\\\\boxed\\{([^}]*)\\}`), '' when none   → box_regex(), official_text()
     (VSI-bench_eval/check_accuracy.py, ViewSpatial_eval/main.py::extract, whatsup_eval/main.py::extract)
-  VLMEvalKit MCQ (utils/matching_util.py can_infer_option/_text)       → can_infer(), score_mcq()
+  CoT instruction on every text segment (vlmeval/vlm/base.py)          → cot_suffix()
+  VLMEvalKit MCQ prompt (ImageMCQDataset.build_prompt)                 → mcq_prompt()
+  VLMEvalKit MCQ (utils/matching_util.py can_infer_option/_text)       → can_infer(), score_mcq_official()
   3DSRBench vanilla / flip / circ / flip-circ (image_mcq.py::_3DSRBench) → dsr_group_scores()
+  Spatial457 prompt (spatial457.py::build_subtask_instruction)         → spatial457_vlmeval_texts()
   Spatial457 `Answer': '…'` parse + is_correct (spatial457.py,
     utils/spatial457.py::Spatial457_utils)                             → spatial457_official_answer(),
                                                                           spatial457_official_correct()
-  Spatial457 prompt (spatial457.py::build_subtask_instruction)         → spatial457_vlmeval_texts()
   QSpatial+ parse_prediction / get_multiplier / δ (image_vqa.py::QSpatial) → qspatial_official_cm(), qspatial_ok()
-  What'sUp `"A" in answer` (whatsup_eval/main.py::evaluate_scores)     → score_whatsup()
+  What'sUp prompt and `"A" in answer` (whatsup_eval/main.py)           → whatsup_prompt(), score_whatsup_official()
   ViewSpatial first \\b[A-D]\\b (ViewSpatial_eval/main.py::extract_pred) → viewspatial_letter()
+  VSI-Bench prompt (vsi_infer.py::fix_prompt)                          → vsi_prompt()
   VSI-Bench single letter or MRA over 20 θ / 10 (check_accuracy.py)    → vsi_official_score(), mra_official()
   VSI-Bench micro (the paper's script) and task macro (official VSI)   → vsi_averages()
-  Default-mode rules                                                    → match_option(), spatial457_correct(),
-                                                                          parse_quantity(), delta_ok(), mra()
+  one scorer pair per benchmark, Options.scoring picks one             → SCORERS, score_item()
+  strict rules                                                          → match_option(), answer_text(),
+                                                                          spatial457_correct(), parse_quantity(),
+                                                                          delta_ok(), mra(), first_number()
 
-Deviations of the DEFAULT mode from the official scoring (each is undone by --paper-quirks)
-  1. CoT answers are the last *balanced* \\boxed{} (tasks.extract_boxed: \\boxed{\\text{B}} → \\text{B}); without a
-     box the whole response is read (VSI/ViewSpatial/What'sUp official: '' → wrong).
-  2. Multiple choice (3DSRBench, SpatialEval, ViewSpatial, What'sUp, VSI-Bench): match_option() — one standalone
-     option letter, or exactly one option text when no letter stands alone; several letters → no answer (VLMEvalKit
-     falls back to option texts), no 'Z'/refusal rule. ViewSpatial: not the first [A-D] word (an article "a"
-     counts officially); VSI-Bench: "B." or "(B)" counts (official: a single letter only).
-  3. What'sUp options are shuffled per item (seeded), the one named letter must be the gold one (official: gold
-     always A, hit = "A" anywhere in the answer).
-  4. Spatial457: case/space/final-period insensitive, number words for any digit answer, 'none' → 'no', shape
-     families with a few more synonyms (bike, motorcycle, airplane); no `'Answer': '…'` parse; our own prompt
-     wording (paper-quirks: VLMEvalKit's instructions).
-  5. QSpatial+: \\scalar{}+\\distance_unit{} first, else the last "number unit" pair anywhere (free text, \\boxed{1.5 m}
-     → 150 cm); \\scalar{.9} = 0.9; δ strict without the +1e-8 (exactly 2× fails); more units (km, yard).
-  6. VSI-Bench numbers: the first number in the answer ("about 3 m" → 3; official: float() of the whole answer,
-     so '3 m' → 0 and '1e1' → 10); MRA with the thresholds as whole numbers (20·|ŷ−y|/y < 10−k): mra(13, 10) = 0.4
-     and mra(0.8, 1.0) = 0.7 where check_accuracy.py's float cuts 1−(0.5+0.05i) give 0.5 and 0.6.
-  7. SpatialEval parquet (HF card, not the paper's TSV): options parsed from the text without the sentence's final
-     period; paper-quirks builds VLMEvalKit's MCQ prompt from the question stem and those options.
-
-Remaining differences of --paper-quirks from the official code (documented, not hidden)
+Remaining differences of the official scoring from the official code (deviations, documented, not hidden)
   Q1. VLMEvalKit benchmarks with CoT: the released fork matches the *whole* response (its CoT numbers need the GPT
       judge it calls when rules fail); we score the last \\boxed{…} (regex `[^}]*`, as the fork's own scripts),
       or the whole response when there is no box. Without CoT the whole response is scored, as officially.
@@ -55,8 +44,31 @@ Remaining differences of --paper-quirks from the official code (documented, not 
   Q4. QSpatial+ ground truth: the float32 value's shortest decimal (the fork's str()/eval() round trip).
   Q5. VLMEvalKit's VERBOSE env quirk in can_infer_option (a lone 'A' in > 3 tokens rejected) is not reproduced.
 
-Other deviations (both modes)
+Strict scoring: what it corrects (same prompts, same outputs; only the reading of the answer changes)
+  S1. The answer is the last *balanced* \\boxed{} (tasks.extract_boxed: \\boxed{\\text{B}} → \\text{B}), and without
+      a box the whole response is read (official: '' → wrong). Without a box: VSI-Bench, ViewSpatial, What'sUp;
+      nested braces: every benchmark.
+  S2. One named option (match_option): one standalone option letter, or exactly one option text when no letter
+      stands alone; two letters name no option (VLMEvalKit then tries option texts); no 'Z'/refusal rule; letters
+      are upper case. 3DSRBench, SpatialEval; ViewSpatial (official: the first A-D word, so an article "a" is
+      option A and "C or B" is C); VSI-Bench ("B." and "(B)" count, "b" does not; official: one bare letter).
+  S3. What'sUp: the one named letter must be the gold one (always A in the official option order), where
+      officially any capital "A" in the answer is a hit ("B. A cup under a table" is right).
+  S4. Spatial457: case, spaces, quotes and a final period ignored; number words for any digit ('zero' answers
+      'No'); '0' answers 'no' in any case; shape families with synonyms (bike, motorcycle, airplane); no
+      `'Answer': '…'` parse (a JSON-like answer is read whole, so it fails).
+  S5. QSpatial+: \\scalar{}+\\distance_unit{} in the boxed answer (then the whole response), else the last
+      "number unit" pair (\\boxed{1.5 m} → 150 cm, "about 1 meter"); \\scalar{.9} = 0.9; no \\unit{} / bare {}
+      fallbacks; δ without the +1e-8 (exactly 2× fails); more units (km, yard).
+  S6. VSI-Bench numbers: the first number in the answer ("about 3 m" → 3; official: float() of the whole answer,
+      so '3 m' → 0 and '1e1' → 10); MRA with the thresholds as whole numbers (20·|ŷ−y|/y < 10−k): mra(13, 10)
+      = 0.4 and mra(0.8, 1.0) = 0.7 where check_accuracy.py's float cuts 1−(0.5+0.05i) give 0.5 and 0.6.
+  S7. 3DSRBench / SpatialEval gold letters are compared stripped (a TSV cell " B" is never matched officially).
+
+Deviations of both scorings (inputs)
   * No GPT judge anywhere; an unreadable answer is wrong. Items whose image cannot be read are skipped and counted.
+  * SpatialEval parquet (HF card, not the paper's TSV): options parsed from the text without the sentence's final
+    period; VLMEvalKit's MCQ prompt is built from the question stem and those options.
   * VSI-Bench: evaluate.py passes one video item of Options.frames (128) frames, as the official script; with
     --vsi-as-images the frames go in as separate images (Options.vsi_input records which), and that row is
     not comparable with the paper's.
@@ -67,7 +79,6 @@ import csv
 import io
 import json
 import math
-import random
 import re
 import sys
 from dataclasses import dataclass, field
@@ -101,24 +112,26 @@ class MissingImage(Exception):
     """One item's image cannot be read: the item is skipped and counted, the run goes on."""
 
 
+SCORINGS = ("official", "strict")
+
+
 @dataclass
 class Options:
     """What the loaders and scorers need to know about a run (evaluate.Config.options() builds one)."""
     cot: bool = True              # reasoning + \boxed{} instruction; False: answer directly
-    paper_quirks: bool = False    # the official prompts and scoring, item by item
-    seed: int = 0                 # What'sUp option shuffle (default mode)
+    scoring: str = "official"     # "official": the paper's scoring code, item by item; "strict": our corrected rules
     limit: int = 0                # first N items per benchmark (0: all)
     frames: int = 128             # VSI-Bench frames sampled per video (official: 128)
     vsi_input: str = "video"      # how VSI-Bench frames reach the model: "video" (one item, official) or "images"
 
-    @property
-    def mode(self) -> str:
-        return "paper-quirks" if self.paper_quirks else "default"
+    def __post_init__(self):
+        if self.scoring not in SCORINGS:
+            raise ValueError(f"scoring must be one of {', '.join(SCORINGS)}, not {self.scoring!r}")
 
 
 # ----------------------------------------------------------------------------- answer extraction
 def answer_text(raw: str, cot: bool) -> str:
-    """Default mode: the last balanced \\boxed{} content for CoT (the whole response when there is none)."""
+    """Strict scoring (S1): the last balanced \\boxed{} content for CoT (the whole response when there is none)."""
     if cot:
         boxed = tasks.extract_boxed(raw)
         if boxed is not None:
@@ -137,8 +150,8 @@ def box_regex(raw: str) -> str | None:
 
 
 def official_text(raw: str, cot: bool) -> str:
-    """What the VLMEvalKit-fork scorers read in --paper-quirks mode: the raw response, or for CoT its last
-    \\boxed{} (box_regex) when there is one (deviation Q1)."""
+    """What the official VLMEvalKit-fork scorers read: the raw response, or for CoT its last \\boxed{} (box_regex)
+    when there is one (deviation Q1)."""
     boxed = box_regex(raw) if cot else None
     return raw if boxed is None else boxed
 
@@ -180,7 +193,7 @@ def can_infer(answer: str, choices: dict) -> str | None:
 
 
 def match_option(text: str, options: dict) -> str | None:
-    """Default mode: the option letter a free-text answer names, or None.
+    """Strict scoring (S2): the option letter a free-text answer names, or None.
 
     1. Punctuation .()[],:;!*#{} becomes spaces; if exactly one option letter stands alone as a token, that
        letter ("B", "(B)", "B. Right", "\\text{B}" → B). Two or more letters name no option ("A or B" → None).
@@ -205,7 +218,7 @@ def viewspatial_letter(text: str) -> str | None:
 
 # ----------------------------------------------------------------------------- Spatial457
 _NUMBER_WORDS = {w: str(i) for i, w in enumerate("zero one two three four five six seven eight nine ten".split())}
-_SHAPE_FAMILY = {  # default mode: Super-CLEVR shapes → super-category, with a few synonyms
+_SHAPE_FAMILY = {  # strict scoring: Super-CLEVR shapes → super-category, with a few synonyms
     **{s: "car" for s in ("car", "sedan", "suv", "wagon", "minivan", "truck")},
     **{s: "bus" for s in ("bus", "school", "articulated", "double", "regular")},
     **{s: "motorbike" for s in ("motorbike", "motorcycle", "chopper", "scooter", "cruiser", "dirtbike")},
@@ -226,7 +239,7 @@ def _s457_norm(s: str) -> str:
 
 
 def spatial457_correct(gt: str, pred: str) -> bool:
-    """Default mode: case-insensitive equality after mapping number words to digits and 'none' to 'no'
+    """Strict scoring (S4): case-insensitive equality after mapping number words to digits and 'none' to 'no'
     (spaces, quotes and a final period ignored); '0' answers a 'No'; a digit 1-9 answers a 'Yes'; vehicle shapes
     count when they share the super-category of their first word ('sedan' vs 'suv': both car)."""
     g, p = _s457_norm(gt), _s457_norm(pred)
@@ -278,15 +291,15 @@ _NUM = r"\d+(?:\.\d+)?|\.\d+"
 
 
 def to_cm(value: float, unit: str) -> float | None:
-    """Default mode: value in unit → centimetres; None for an unknown unit."""
+    """Strict scoring: value in unit → centimetres; None for an unknown unit."""
     factor = _UNIT_CM.get(unit.strip().lower().rstrip("."))
     return None if factor is None else value * factor
 
 
 def parse_quantity(text: str) -> float | None:
-    """Default mode: a distance answer in cm, or None. QSpatial's format first: the mean of the numbers in the last
-    \\scalar{…} (a range "1-2" → 1.5) with the unit in the last \\distance_unit{…}; else the last "number unit"
-    pair in the text (e.g. the content of \\boxed{1.5 meters}, or "about 30 cm")."""
+    """Strict scoring (S5): a distance answer in cm, or None. QSpatial's format first: the mean of the numbers in
+    the last \\scalar{…} (a range "1-2" → 1.5) with the unit in the last \\distance_unit{…}; else the last
+    "number unit" pair in the text (e.g. the content of \\boxed{1.5 meters}, or "about 30 cm")."""
     scal = re.findall(r"scalar\{([^}]*)\}", text)
     unit = re.findall(r"distance_unit\{([^}]*)\}", text)
     if scal and unit:
@@ -302,7 +315,7 @@ def parse_quantity(text: str) -> float | None:
 
 
 def delta_ok(pred_cm: float | None, gt_cm: float, delta: float = 2.0) -> bool:
-    """Default mode QSpatial success: max(pred/gt, gt/pred) < delta (δ₂ = 2, δ₁.₅ = 1.5), strictly: exactly 2×
+    """Strict QSpatial success (S5): max(pred/gt, gt/pred) < delta (δ₂ = 2, δ₁.₅ = 1.5), strictly: exactly 2×
     fails; an unreadable answer fails."""
     if pred_cm is None or pred_cm <= 0 or gt_cm <= 0:
         return False
@@ -366,18 +379,14 @@ def qspatial_ok(pred_cm: float | None, gt_cm: float, delta: float = 2.0) -> bool
     return not (math.isnan(p) or math.isnan(ratio)) and ratio < delta
 
 
-def qspatial_gt_cm(value, unit: str, paper_quirks: bool, where: str) -> float:
-    """Ground truth in cm; DataError for a unit neither mode knows. Paper-quirks reads value as the float32's
-    shortest decimal (the fork's str/eval round trip, deviation Q4) and uses the fork's unit table."""
-    if paper_quirks:
-        factor = qspatial_official_unit_cm(str(unit))
-        cm = float(str(np.float32(value))) * factor if factor else None
-    else:
-        cm = to_cm(float(value), str(unit))
-    if cm is None:
+def qspatial_gt_cm(value, unit: str, where: str) -> float:
+    """Ground truth in cm, as the fork reads it: the float32 value's shortest decimal (its str/eval round trip,
+    deviation Q4) times get_multiplier(unit); DataError for a unit the fork does not know (it would give 0)."""
+    factor = qspatial_official_unit_cm(str(unit))
+    if not factor:
         raise DataError(f"{where}: ground-truth unit {unit!r} is not a known distance unit "
-                        f"(expected one of {sorted(_UNIT_CM_OFFICIAL if paper_quirks else _UNIT_CM)})")
-    return cm
+                        f"(expected one of {sorted(_UNIT_CM_OFFICIAL)})")
+    return float(str(np.float32(value))) * factor
 
 
 # ----------------------------------------------------------------------------- VSI-Bench and 3DSRBench numbers
@@ -385,7 +394,7 @@ MRA_THRESHOLDS = tuple(round(0.50 + 0.05 * i, 2) for i in range(10))   # 0.50, 0
 
 
 def mra(pred: float | None, gt: float) -> float:
-    """Default mode MRA: mean over θ ∈ {0.50, …, 0.95} of 1[|pred − gt| / gt < 1 − θ] at exact 5 % steps."""
+    """Strict MRA (S6): mean over θ ∈ {0.50, …, 0.95} of 1[|pred − gt| / gt < 1 − θ] at exact 5 % steps."""
     if pred is None or gt == 0 or not math.isfinite(pred):
         return 0.0
     r20 = 20 * abs(pred - gt) / abs(gt)   # θ_k = 0.50 + 0.05k: rel < 1 - θ_k ⇔ 20·rel < 10 - k (exact in floats)
@@ -473,19 +482,11 @@ class Item:
         return (len(self.images), len(self.prompt_text()))
 
 
-def cot_suffix(texts: list, cot: bool, paper_quirks: bool, plain: str = "") -> list:
-    """Append the CoT instruction: once, after a space, to the last text (default); to every text with no
-    separator (--paper-quirks, VLMEvalKit's preproc_content). Without CoT, append `plain` (if any) to the last
-    text (--paper-quirks: to every text, as the fork's base-model line does)."""
-    texts = list(texts)
-    if paper_quirks:
-        add = tasks.COT_PROMPT if cot else plain
-        return [t + add for t in texts]
-    if cot:
-        texts[-1] = tasks.with_cot(texts[-1]) if texts[-1].strip() else tasks.COT_PROMPT
-    elif plain:
-        texts[-1] = texts[-1] + plain
-    return texts
+def cot_suffix(texts: list, cot: bool, plain: str = "") -> list:
+    """The CoT instruction appended to every text segment with no separator (VLMEvalKit's preproc_content: 3x on
+    Spatial457); without CoT, `plain` (if any) appended the same way (the fork's base-model line)."""
+    add = tasks.COT_PROMPT if cot else plain
+    return [t + add for t in texts]
 
 
 def mcq_prompt(question: str, options: dict, hint: str = "") -> str:
@@ -496,25 +497,6 @@ def mcq_prompt(question: str, options: dict, hint: str = "") -> str:
         text += "Options:\n" + "".join(f"{k}. {v}\n" for k, v in options.items())
         text += "Please select the correct answer from the options above. \n"
     return text
-
-
-S457_FOCUS = {"L1_single": "the attributes of a single object", "L2_objects": "the attributes of several objects",
-              "L3_2d_spatial": "the 2D spatial relations between objects as seen from the camera",
-              "L4_occ": "which objects occlude or are occluded by others",
-              "L4_pose": "the 3D pose (facing direction) of the objects",
-              "L5_6d_spatial": "the 3D spatial relations between objects from the objects' own viewpoint",
-              "L5_collision": "whether moving objects would collide"}
-
-
-def spatial457_texts(question: str, level: str) -> list:
-    """Default mode: our wording of the Spatial457 prompt: role sentence, [image], question, answer vocabulary."""
-    intro = (f"You answer questions about an image of toy vehicles. Look at the image, work out "
-             f"{S457_FOCUS.get(level, 'the objects and their relations')}, and answer the question.\n")
-    outro = ("\nObjects have a size (small, large), a colour (gray, blue, purple, brown, green, cyan, red, yellow) "
-             "and a shape (a car, bus, motorbike, aeroplane or bicycle type such as sedan, school bus, airliner). "
-             "Answer with (1) a word or phrase naming an attribute or a direction (left, right, front, back), "
-             "or (2) an integer from 0 to 10 for a counting question, or (3) Yes or No.")
-    return [intro, question, outro]
 
 
 # VLMEvalKit Spatial457.build_subtask_instruction: what each level's role sentence asks to identify
@@ -545,7 +527,7 @@ S457_VLMEVAL_OUTRO = (
 
 
 def spatial457_vlmeval_texts(question: str, level: str) -> list:
-    """Paper-quirks: VLMEvalKit's Spatial457 message texts [role sentence, question, instructions] (the image goes
+    """VLMEvalKit's Spatial457 message texts [role sentence, question, instructions] (the image goes
     before the question); the fork comments out the JSON-template line. An unknown level has no role sentence."""
     what = S457_VLMEVAL_WHAT.get(level)
     intro = "" if what is None else (
@@ -653,12 +635,9 @@ PANDAS_NA = {"", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan
              "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null"}
 
 
-def _options(row: dict, paper_quirks: bool = False) -> dict:
-    """Option letter → text of a TSV row. Default: stripped, empty/'nan'/'None' dropped; paper-quirks: cells as
-    pandas keeps them (not stripped, pandas' NA strings dropped)."""
-    if paper_quirks:
-        return {k: row[k] for k in "ABCDEFGHIJKLMNOPQRSTUVWXYZ" if k in row and row[k] not in PANDAS_NA}
-    return {k: str(row[k]).strip() for k in "ABCDEFGH" if row.get(k) not in (None, "", "nan", "None")}
+def _options(row: dict) -> dict:
+    """Option letter → text of a TSV row, cells as pandas keeps them: not stripped, pandas' NA strings dropped."""
+    return {k: row[k] for k in "ABCDEFGHIJKLMNOPQRSTUVWXYZ" if k in row and row[k] not in PANDAS_NA}
 
 
 def _tsv_items(path: Path, required: tuple, make) -> list:
@@ -694,26 +673,22 @@ def _find_file(root: Path, rel: str) -> Path:
 
 # ----------------------------------------------------------------------------- loaders, one per benchmark
 def load_spatial457(path: Path, opts: Options) -> list:
-    """VLMEvalKit Spatial457.tsv (index, image, question, answer, category = level)."""
-    if opts.paper_quirks:
-        build, plain = spatial457_vlmeval_texts, "Please directly give the answer."
-    else:
-        build, plain = spatial457_texts, "\nPlease directly give the answer."
+    """VLMEvalKit Spatial457.tsv (index, image, question, answer, category = level), VLMEvalKit's prompt."""
+    plain = "" if opts.cot else "Please directly give the answer."
 
     def make(r, ims):
-        texts = cot_suffix(build(r["question"], r["category"]), opts.cot, opts.paper_quirks,
-                           plain="" if opts.cot else plain)
+        texts = cot_suffix(spatial457_vlmeval_texts(r["question"], r["category"]), opts.cot, plain)
         return Item(r["index"], r["category"], texts, ims, {"answer": r["answer"]}, image_slots=[1] * len(ims))
     return _tsv_items(path, ("index", "image", "question", "answer", "category"), make)
 
 
 def _mcq_item(r: dict, ims: list, opts: Options, category: str) -> Item:
-    opts_ = _options(r, opts.paper_quirks)
+    options = _options(r)
     hint = r.get("hint", "")
     hint = "" if hint in PANDAS_NA else hint
-    texts = cot_suffix([mcq_prompt(r["question"], opts_, hint)], opts.cot, opts.paper_quirks)
-    answer = r["answer"] if opts.paper_quirks else r["answer"].strip()
-    return Item(r["index"], category, texts, ims, {"answer": answer, "options": opts_, "qid": r.get("qid", "")})
+    texts = cot_suffix([mcq_prompt(r["question"], options, hint)], opts.cot)
+    truth = {"answer": r["answer"], "options": options, "qid": r.get("qid", "")}
+    return Item(r["index"], category, texts, ims, truth)
 
 
 def load_3dsrbench(path: Path, opts: Options) -> list:
@@ -732,7 +707,8 @@ def load_spatialeval(path: Path, opts: Options) -> list:
 
 def spatialeval_options(text: str) -> tuple:
     """(question stem, options) of a SpatialEval card text "…? Available options:\\nA. Northeast\\n…\\nD. Southeast.":
-    the options without the sentence's final period, the stem without the options block (deviation 7)."""
+    the options without the sentence's final period, the stem without the options block
+    (a deviation of both scorings)."""
     opts = {k: v.rstrip(".").strip() for k, v in re.findall(r"^\s*([A-H])\.\s*(.+?)\s*$", text, flags=re.M)}
     first = re.search(r"^\s*A\.", text, flags=re.M)
     stem = text[:first.start()] if first else text
@@ -741,13 +717,12 @@ def spatialeval_options(text: str) -> tuple:
 
 
 def spatialeval_parquet_items(rows: list, opts: Options) -> list:
-    """HF MilaWang/SpatialEval rows (id, text with the options inside, image, oracle_option). Default: the card's
-    text as the prompt; paper-quirks: VLMEvalKit's MCQ prompt from the stem and the options."""
+    """HF MilaWang/SpatialEval rows (id, text with the options inside, image, oracle_option), asked with
+    VLMEvalKit's MCQ prompt built from the stem and the options."""
     items = []
     for r in rows:
         stem, options = spatialeval_options(r.get("text", ""))
-        prompt = mcq_prompt(stem, options) if opts.paper_quirks else r["text"]
-        texts = cot_suffix([prompt], opts.cot, opts.paper_quirks)
+        texts = cot_suffix([mcq_prompt(stem, options)], opts.cot)
         items.append(Item(str(r["id"]), str(r["id"]).split(".")[0], texts, [_parquet_image(r.get("image"))],
                           {"answer": str(r["oracle_option"]).strip(), "options": options}, image_slots=[0]))
     return items
@@ -760,7 +735,7 @@ def load_qspatial_plus(path: Path, opts: Options) -> list:
         if "QSpatial_scannet" in str(r.get("image_path", "")):
             continue
         text = f"{QSPATIAL_SYSTEM}\nQuestion: {r['question']}" + (QSPATIAL_COT if opts.cot else "")
-        gt = qspatial_gt_cm(r["answer_value"], r["answer_unit"], opts.paper_quirks, f"{path} row {k}")
+        gt = qspatial_gt_cm(r["answer_value"], r["answer_unit"], f"{path} row {k}")
         items.append(Item(str(r.get("id", k)), str(r.get("question_type", "all")), [text],
                           [_parquet_image(r.get("image"))], {"answer_cm": gt, "answer": f"{r['answer_value']} "
                                                              f"{r['answer_unit']}"}, image_slots=[0]))
@@ -772,16 +747,15 @@ WHATSUP_HEAD = "Based on the image, choose the correct option from the list belo
 
 
 def whatsup_prompt(caption_text: str, opts: Options) -> str:
-    """whatsup_eval/main.py's prompt (CoT: suffix glued on, no separator, in paper-quirks mode)."""
+    """whatsup_eval/main.py's prompt (CoT: the suffix glued on with no separator, as there)."""
     if not opts.cot:
         return f"{WHATSUP_HEAD} Only respond the corresponding letter (e.g., C).\n\n{caption_text}"
-    if opts.paper_quirks:
-        return WHATSUP_HEAD + tasks.COT_PROMPT + caption_text
-    return f"{WHATSUP_HEAD}\n\n{caption_text}\n{tasks.COT_PROMPT}"
+    return WHATSUP_HEAD + tasks.COT_PROMPT + caption_text
 
 
 def load_whatsup(path: Path, opts: Options) -> list:
-    """What'sUp Controlled_Images_A/B: a folder holding the two JSON files (and the image folders), or one JSON."""
+    """What'sUp Controlled_Images_A/B: a folder holding the two JSON files (and the image folders), or one JSON.
+    Options in the released order, so the gold caption is always A (as the official script)."""
     files = [("A" if "images" in path.name else "B", path)] if path.suffix == ".json" else \
         [(s, path / f) for s, f in WHATSUP_FILES.items() if (path / f).is_file()]
     if not files:
@@ -789,15 +763,11 @@ def load_whatsup(path: Path, opts: Options) -> list:
     items = []
     for subset, f in files:
         for k, r in enumerate(read_json(f, "a JSON list of {image_path, caption_options}")):
-            caps = r["caption_options"]
-            order = list(range(len(caps)))
-            if not opts.paper_quirks:
-                random.Random(f"{opts.seed}:{subset}:{k}").shuffle(order)
-            options = {"ABCD"[i]: caps[j] for i, j in enumerate(order)}
+            options = {"ABCD"[i]: c for i, c in enumerate(r["caption_options"])}
             text = whatsup_prompt("\n".join(f"{L}: {c}" for L, c in options.items()), opts)
             items.append(Item(f"{subset}-{k}", f"Controlled_Images_{subset}", [text],
                               [("path", _find_file(f.parent, r["image_path"]))],
-                              {"answer": "ABCD"[order.index(0)], "options": options}, image_slots=[0]))
+                              {"answer": "A", "options": options}, image_slots=[0]))
     return items
 
 
@@ -839,15 +809,12 @@ def load_vsibench(path: Path, opts: Options) -> list:
 
 
 def vsi_prompt(question: str, options: list, opts: Options) -> str:
-    """Spatial-SSRL's VSI-Bench prompt (vsi_infer.py fix_prompt; its typo and "A. A. …" option bug only with
-    --paper-quirks)."""
+    """Spatial-SSRL's VSI-Bench prompt (vsi_infer.py fix_prompt), its "anser" typo and its option lines included:
+    each option already starts with "A. ", the script prefixes another one ("A. A. …") and joins them with no
+    newline."""
     mc = bool(options)
-    if opts.paper_quirks:
-        text = "Watch the given video and anser the following question.\n\n" + question
-        text += "".join(f"{'ABCD'[i]}. {o}" for i, o in enumerate(options))
-    else:
-        text = "Watch the given video and answer the following question.\n\n" + question
-        text += "".join(f"\n{o}" for o in options)
+    text = "Watch the given video and anser the following question.\n\n" + question
+    text += "".join(f"{'ABCD'[i]}. {o}" for i, o in enumerate(options))
     kind = "the option letter from the given choices" if mc else "a number(integer or decimal)"
     if opts.cot:
         return text + f"\nThe final answer should be {kind}.\n" + tasks.COT_PROMPT
@@ -957,88 +924,91 @@ def load_item_images(item: Item, frames: int) -> tuple:
     return ims, item.image_slots
 
 
-# ----------------------------------------------------------------------------- scoring
-def score_item(bench: str, item: Item, raw: str, opts: Options) -> dict:
-    """{'extracted', 'correct' (0..1), extra fields for the summary} for one model output."""
-    t = item.truth
-    if bench == "pretext":
-        reward, acc, fmt = tasks.reward_terms(raw, t["answer"], t["task"], t.get("problem"))   # as grpo.score
-        return {"extracted": tasks.extract_boxed(raw), "correct": acc, "format": fmt, "reward": reward}
-    if bench == "spatial457":
-        return score_spatial457(raw, t, opts)
-    if bench in ("3dsrbench", "spatialeval"):
-        return {**score_mcq(raw, t, opts), "qid": t.get("qid", "")}
-    if bench == "viewspatial":
-        return score_viewspatial(raw, t, opts)
-    if bench == "qspatial_plus":
-        return score_qspatial(raw, t, opts)
-    if bench == "whatsup":
-        return score_whatsup(raw, t, opts)
-    if bench == "vsibench":
-        return score_vsibench(raw, t, opts)
-    raise ValueError(f"unknown benchmark {bench!r}")
+# ----------------------------------------------------------------------------- scoring: two rules per benchmark
+# Each scorer: (raw model output, item.truth, cot) → {'extracted', 'correct' (0..1), extra summary fields}.
+def score_pretext(raw: str, truth: dict, cot: bool) -> dict:
+    """Both scorings: tasks.py's verifier and reward, as grpo.score (the pretext prompt always asks for CoT)."""
+    reward, acc, fmt = tasks.reward_terms(raw, truth["answer"], truth["task"], truth.get("problem"))
+    return {"extracted": tasks.extract_boxed(raw), "correct": acc, "format": fmt, "reward": reward}
 
 
-def score_spatial457(raw: str, truth: dict, opts: Options) -> dict:
-    """Paper-quirks: VLMEvalKit's `Answer': '…'` parse + is_correct; default: spatial457_correct."""
-    if opts.paper_quirks:
-        pred = spatial457_official_answer(official_text(raw, opts.cot))
-        return {"extracted": pred, "correct": float(spatial457_official_correct(truth["answer"], pred))}
-    ans = answer_text(raw, opts.cot)
+def score_spatial457_official(raw: str, truth: dict, cot: bool) -> dict:
+    """VLMEvalKit: the `Answer': '…'` parse of official_text, then Spatial457_utils.is_correct."""
+    pred = spatial457_official_answer(official_text(raw, cot))
+    return {"extracted": pred, "correct": float(spatial457_official_correct(truth["answer"], pred))}
+
+
+def score_spatial457_strict(raw: str, truth: dict, cot: bool) -> dict:
+    """S1 + S4: the balanced box (or the whole response), spatial457_correct."""
+    ans = answer_text(raw, cot)
     return {"extracted": ans, "correct": float(spatial457_correct(truth["answer"], ans))}
 
 
-def score_mcq(raw: str, truth: dict, opts: Options) -> dict:
-    """3DSRBench / SpatialEval. Paper-quirks: VLMEvalKit can_infer (no letter found or 'Z' → wrong, as the
-    exact_matching policy); default: match_option."""
-    if opts.paper_quirks:
-        letter = can_infer(official_text(raw, opts.cot), dict(truth["options"]))
-    else:
-        letter = match_option(answer_text(raw, opts.cot), truth["options"])
-    return {"extracted": letter, "correct": float(letter is not None and letter == truth["answer"])}
+def score_mcq_official(raw: str, truth: dict, cot: bool) -> dict:
+    """3DSRBench / SpatialEval, VLMEvalKit: can_infer on official_text; no letter found or 'Z' → wrong (the
+    exact_matching policy)."""
+    letter = can_infer(official_text(raw, cot), dict(truth["options"]))
+    hit = letter is not None and letter == truth["answer"]
+    return {"extracted": letter, "correct": float(hit), "qid": truth.get("qid", "")}
 
 
-def score_viewspatial(raw: str, truth: dict, opts: Options) -> dict:
-    """Paper-quirks (ViewSpatial_eval/main.py): CoT → the last regex box ('' without one), then the first
-    \\b[A-D]\\b (case-insensitive) must equal the gold answer's; default: match_option on the answer."""
-    if opts.paper_quirks:
-        text = (box_regex(raw) or "") if opts.cot else raw
-        letter = viewspatial_letter(text)
-        return {"extracted": letter, "correct": float(letter == viewspatial_letter(truth["answer_text"]))}
-    letter = match_option(answer_text(raw, opts.cot), truth["options"])
+def score_mcq_strict(raw: str, truth: dict, cot: bool) -> dict:
+    """3DSRBench / SpatialEval, S1 + S2 + S7: match_option on the balanced box; the gold letter stripped."""
+    letter = match_option(answer_text(raw, cot), truth["options"])
+    hit = letter is not None and letter == str(truth["answer"]).strip()
+    return {"extracted": letter, "correct": float(hit), "qid": truth.get("qid", "")}
+
+
+def score_viewspatial_official(raw: str, truth: dict, cot: bool) -> dict:
+    """ViewSpatial_eval/main.py: CoT → the last regex box ('' without one); the first \\b[A-D]\\b (any case) must
+    equal the gold answer's."""
+    letter = viewspatial_letter((box_regex(raw) or "") if cot else raw)
+    return {"extracted": letter, "correct": float(letter == viewspatial_letter(truth["answer_text"]))}
+
+
+def score_viewspatial_strict(raw: str, truth: dict, cot: bool) -> dict:
+    """S1 + S2: match_option on the balanced box (or the whole response)."""
+    letter = match_option(answer_text(raw, cot), truth["options"])
     return {"extracted": letter, "correct": float(letter == truth["answer"])}
 
 
-def score_qspatial(raw: str, truth: dict, opts: Options) -> dict:
-    """Paper-quirks: QSpatial.parse_prediction on the whole response and the fork's δ (+1e-8); default:
-    parse_quantity on the answer (then the whole response) and the strict δ."""
-    gt = truth["answer_cm"]
-    if opts.paper_quirks:
-        cm = qspatial_official_cm(raw)
-        return {"extracted": cm, "correct": float(qspatial_ok(cm, gt)), "delta_1_5": float(qspatial_ok(cm, gt, 1.5))}
-    cm = parse_quantity(answer_text(raw, opts.cot))
+def score_qspatial_official(raw: str, truth: dict, cot: bool) -> dict:
+    """image_vqa.py QSpatial: parse_prediction on the whole response (CoT or not), the fork's δ (+1e-8)."""
+    cm, gt = qspatial_official_cm(raw), truth["answer_cm"]
+    return {"extracted": cm, "correct": float(qspatial_ok(cm, gt)), "delta_1_5": float(qspatial_ok(cm, gt, 1.5))}
+
+
+def score_qspatial_strict(raw: str, truth: dict, cot: bool) -> dict:
+    """S1 + S5: parse_quantity on the balanced box, then on the whole response; δ without +1e-8."""
+    cm, gt = parse_quantity(answer_text(raw, cot)), truth["answer_cm"]
     cm = parse_quantity(raw) if cm is None else cm
     return {"extracted": cm, "correct": float(delta_ok(cm, gt)), "delta_1_5": float(delta_ok(cm, gt, 1.5))}
 
 
-def score_whatsup(raw: str, truth: dict, opts: Options) -> dict:
-    """Default: the one letter the answer names must be the gold one. Paper-quirks (whatsup_eval/main.py): the
-    gold is always A and any "A" in the answer (last `boxed{…}` for CoT, '' without one) is a hit."""
-    if opts.paper_quirks:
-        ans = (re.findall(r"boxed\{([^}]*)\}", raw) or [""])[-1] if opts.cot else raw
-        return {"extracted": ans, "correct": float("A" in ans)}
-    letter = match_option(answer_text(raw, opts.cot), truth["options"])
+def score_whatsup_official(raw: str, truth: dict, cot: bool) -> dict:
+    """whatsup_eval/main.py: the gold is always A and any "A" in the answer (the last `boxed{…}` for CoT, no
+    backslash needed, '' without one) is a hit."""
+    ans = (re.findall(r"boxed\{([^}]*)\}", raw) or [""])[-1] if cot else raw
+    return {"extracted": ans, "correct": float("A" in ans)}
+
+
+def score_whatsup_strict(raw: str, truth: dict, cot: bool) -> dict:
+    """S1 + S2 + S3: exactly one named option, and it is the gold one."""
+    letter = match_option(answer_text(raw, cot), truth["options"])
     return {"extracted": letter, "correct": float(letter == truth["answer"])}
 
 
-def score_vsibench(raw: str, truth: dict, opts: Options) -> dict:
-    """Paper-quirks (check_accuracy.py): the stripped response, or for CoT its last regex box ('' without one),
-    scored by vsi_official_score. Default: match_option for multiple choice, first number + exact MRA."""
-    if opts.paper_quirks:
-        pred = raw.strip()
-        pred = (box_regex(pred) or "") if opts.cot else pred
-        return {"extracted": pred, "correct": vsi_official_score(pred, truth["answer"])}
-    ans = answer_text(raw, opts.cot)
+def score_vsibench_official(raw: str, truth: dict, cot: bool) -> dict:
+    """check_accuracy.py: the stripped response, or for CoT its last regex box ('' without one), scored by
+    vsi_official_score (one letter, else float() and the float-cut MRA)."""
+    pred = raw.strip()
+    pred = (box_regex(pred) or "") if cot else pred
+    return {"extracted": pred, "correct": vsi_official_score(pred, truth["answer"])}
+
+
+def score_vsibench_strict(raw: str, truth: dict, cot: bool) -> dict:
+    """S1 + S2 for multiple choice (match_option); S6 for numbers (the first number, exact MRA steps)."""
+    ans = answer_text(raw, cot)
     if truth["options"]:
         letter = match_option(ans, truth["options"])
         return {"extracted": letter, "correct": float(letter == truth["answer"].strip().upper())}
@@ -1046,13 +1016,33 @@ def score_vsibench(raw: str, truth: dict, opts: Options) -> dict:
     return {"extracted": pred, "correct": mra(pred, float(truth["answer"]))}
 
 
+SCORERS = {  # benchmark → (official scorer, strict scorer); the pretext split has one rule for both
+    "pretext": (score_pretext, score_pretext),
+    "spatial457": (score_spatial457_official, score_spatial457_strict),
+    "3dsrbench": (score_mcq_official, score_mcq_strict),
+    "spatialeval": (score_mcq_official, score_mcq_strict),
+    "qspatial_plus": (score_qspatial_official, score_qspatial_strict),
+    "whatsup": (score_whatsup_official, score_whatsup_strict),
+    "viewspatial": (score_viewspatial_official, score_viewspatial_strict),
+    "vsibench": (score_vsibench_official, score_vsibench_strict)}
+
+
+def score_item(bench: str, item: Item, raw: str, opts: Options) -> dict:
+    """{'extracted', 'correct' (0..1), extra fields for the summary} for one model output, by the scorer of
+    opts.scoring ("official" or "strict") in SCORERS."""
+    if bench not in SCORERS:
+        raise ValueError(f"unknown benchmark {bench!r}")
+    official, strict = SCORERS[bench]
+    return (strict if opts.scoring == "strict" else official)(raw, item.truth, opts.cot)
+
+
 def comparable_with_paper(bench: str, opts: Options) -> bool:
-    """Whether a row can sit beside the paper's: paper-quirks scoring, and for VSI-Bench the frames as a video."""
-    return bench in PAPER and opts.paper_quirks and (bench != "vsibench" or opts.vsi_input == "video")
+    """Whether a row can sit beside the paper's: official scoring, and for VSI-Bench the frames as a video."""
+    return bench in PAPER and opts.scoring == "official" and (bench != "vsibench" or opts.vsi_input == "video")
 
 
 def summarize(bench: str, records: list, opts: Options | None = None) -> dict:
-    """Overall score (%), counts, per-category scores, the benchmark's extra settings and the run's mode."""
+    """Overall score (%), counts, per-category scores, the benchmark's extra settings and the run's scoring."""
     scored = [r for r in records if not r.get("skipped")]
     mean = lambda xs: 100.0 * sum(xs) / len(xs) if xs else 0.0
     cats = {}
@@ -1062,7 +1052,7 @@ def summarize(bench: str, records: list, opts: Options | None = None) -> dict:
            "skipped": len(records) - len(scored), "categories": {c: mean(v) for c, v in sorted(cats.items())},
            "paper": dict(zip(PAPER_ROWS, PAPER[bench])) if bench in PAPER else {}}
     if opts is not None:
-        out.update(mode=opts.mode, cot=opts.cot, comparable=comparable_with_paper(bench, opts))
+        out.update(scoring=opts.scoring, cot=opts.cot, comparable=comparable_with_paper(bench, opts))
         if bench == "vsibench":
             out.update(vsi_input=opts.vsi_input, frames=opts.frames)
     if bench == "pretext":

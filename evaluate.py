@@ -9,12 +9,12 @@ the paper's numbers printed beside ours. `pretext` scores our own held-out test.
         --data spatial457=bench/Spatial457.tsv 3dsrbench=bench/3DSRBench.tsv spatialeval=bench/SpatialEval.tsv \\
         qspatial_plus=bench/QSpatial_plus-00000-of-00001.parquet whatsup=bench/whatsup \\
         viewspatial=bench/ViewSpatial-Bench/ViewSpatial-Bench.json vsibench=bench/VSI-Bench/test-00000-of-00001.parquet
-    python evaluate.py --model Qwen/Qwen2.5-VL-7B-Instruct --no-cot --paper-quirks ...   # the paper's ✗ rows
+    python evaluate.py --model Qwen/Qwen2.5-VL-7B-Instruct --no-cot ...   # the paper's ✗ rows (official scoring)
     python evaluate.py --help
 
 Rerunning the same command resumes: OUT/<bench>/predictions.jsonl holds one line per item (id, prompt, raw
 output, extracted answer, correct); OUT/results.json, OUT/results.md (+ OUT/results.png with matplotlib). Each
-result row records its mode (paper-quirks or default, CoT or not, VSI-Bench frames as images or a video) and
+result row records its scoring (official or strict, CoT or not, VSI-Bench frames as images or a video) and
 whether it is comparable with the paper's row. `--bench X --data PATH` (one benchmark) takes a plain path.
 
 This file runs the model; benchmarks.py (torch-free) reads the released files, builds the prompts and scores
@@ -23,14 +23,14 @@ the answers (its docstring maps every official scoring rule to a function and li
 Paper → code
   Table 1 benchmarks, released files             → benchmarks.load_bench() (LOADERS, read_tsv, read_parquet)
   greedy decoding (VLMEvalKit T=0.01/top-k 1)    → run_bench() → Generator → generate(do_sample=False)
-  answer extraction and the official scorers     → benchmarks.score_item() (--paper-quirks: item by item)
+  answer extraction and the official scorers     → benchmarks.score_item() (--scoring official: item by item)
   per-benchmark summaries, paper's numbers       → benchmarks.summarize(), results_markdown()
   pixel budgets per benchmark (paper setups)     → BENCH_PIXELS
 
 Deviations (paper / official evaluation code; the scoring ones are listed in benchmarks.py)
   1. No GPT judge: an answer the rules cannot read is wrong (VLMEvalKit asks chatgpt-0125 when it has a key).
-  2. The CoT instruction is appended once, after one space, to the last text segment; --paper-quirks appends it
-     to every text segment with no separator (VLMEvalKit's preproc_content: 3x on Spatial457).
+  2. Prompts are the official ones: the CoT instruction is appended to every text segment with no separator
+     (VLMEvalKit's preproc_content: 3x on Spatial457); --scoring strict changes only how answers are read.
   3. QSpatial+ uses the benchmark's own system prompt and templates (the fork's prompt files are not released).
   4. VSI-Bench goes in as the official script passes it: one Qwen2.5-VL video item of --vsi-frames (128)
      frames sampled uniformly (round(linspace(0, n-1, 128)), all frames of shorter videos), each frame
@@ -39,7 +39,7 @@ Deviations (paper / official evaluation code; the scoring ones are listed in ben
      (the official script uses decord; their frame counts can differ on some files) or a folder of
      pre-extracted frames. --vsi-as-images gives the old frames-as-images input (not comparable with the
      paper; results say vsi_input=images). Qwen3-VL has no video path here (its prompts carry timestamps):
-     use --vsi-as-images. The option-prefix bug "A. A. …" is fixed unless --paper-quirks.
+     use --vsi-as-images. The official prompt's option-prefix bug "A. A. …" is kept.
   5. ViewSpatial images are resized to 420×280 first (as the official script) and then bounded by the processor
      limits.
   6. Items whose image cannot be read are skipped and counted (reported beside the score), not scored as wrong.
@@ -84,7 +84,8 @@ class Config:
                         f"{PRETEXT_DEFAULT} unless given); with one --bench a plain PATH")
     out: str = knob("runs/eval", "output folder: <bench>/predictions.jsonl, results.json, results.md, results.png")
     cot: bool = knob(True, "ask for reasoning + \\boxed{} (the released checkpoints' instruction); --no-cot: answer directly")
-    paper_quirks: bool = knob(False, "reproduce the official scripts' prompts/scoring (What'sUp 'A' substring, ...)")
+    scoring: str = knob("official", "official: the official scripts' scoring, item by item (comparable with the "
+                                    "paper); strict: our corrected rules on the same prompts (benchmarks.py)")
     limit: int = knob(0, "evaluate only the first N items of each benchmark (0: all)")
     batch_size: int = knob(8, "prompts per generate call on one rank")
     max_new_tokens: int = knob(2048, "generation budget per answer (VLMEvalKit: 2048; standalone scripts: 4096)")
@@ -120,6 +121,8 @@ class Config:
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be positive")
         self.pixel_bounds("pretext", (1, 1))
+        if self.scoring not in ("official", "strict"):
+            raise ValueError(f"--scoring must be official or strict, not {self.scoring!r}")
 
     def data_paths(self) -> dict:
         """Benchmark → data path from --data: BENCH=PATH pairs, or one plain PATH when one benchmark is asked."""
@@ -139,7 +142,7 @@ class Config:
 
     def options(self) -> Options:
         """What benchmarks.py's loaders and scorers need from this run."""
-        return Options(cot=self.cot, paper_quirks=self.paper_quirks, seed=self.seed, limit=self.limit,
+        return Options(cot=self.cot, scoring=self.scoring, limit=self.limit,
                        frames=self.vsi_frames, vsi_input=vsi_input(self))
 
     def pixel_bounds(self, bench: str, own: tuple) -> tuple:
@@ -201,7 +204,7 @@ def vsi_input(cfg: Config) -> str:
 def eval_identity(bench: str, path: str, cfg: Config, bounds: tuple) -> dict:
     """Settings that change the predictions; a resumed run must match them."""
     vsi = bench == "vsibench"
-    return {"model": cfg.model, "data": str(path), "cot": cfg.cot, "paper_quirks": cfg.paper_quirks,
+    return {"model": cfg.model, "data": str(path), "cot": cfg.cot, "scoring": cfg.scoring,
             "max_new_tokens": cfg.max_new_tokens, "pixels": list(bounds),
             "vsi_frames": cfg.vsi_frames if vsi else None, "vsi_input": vsi_input(cfg) if vsi else None,
             "vsi_fps": cfg.vsi_fps if vsi and not cfg.vsi_as_images else None, "seed": cfg.seed}
@@ -365,26 +368,27 @@ def run_bench(bench: str, path: str, cfg: Config, gen: Generator, ip, d, own_bou
 
 # ----------------------------------------------------------------------------- reporting
 def mode_label(r: dict) -> str:
-    """How a result row was produced: scoring mode, CoT or not, VSI-Bench frames as images or a video."""
-    if "mode" not in r:   # a row written before modes were recorded
+    """How a result row was produced: scoring (official or strict), CoT or not, VSI-Bench frames as images or a
+    video."""
+    if "scoring" not in r:   # a row written before the scoring was recorded
         return "?"
-    label = f"{r['mode']}, {'CoT' if r['cot'] else 'no CoT'}"
+    label = f"{r['scoring']}, {'CoT' if r['cot'] else 'no CoT'}"
     if "vsi_input" in r:
         label += f", {r['frames']} frames as {r['vsi_input']}"
     return label
 
 
 def results_markdown(results: dict) -> str:
-    """The headline table (ours beside the paper's rows, with the mode that produced each row and whether it
+    """The headline table (ours beside the paper's rows, with the scoring that produced each row and whether it
     is comparable with the paper's) and one per-category table per benchmark."""
-    head = "| benchmark | metric | mode | comparable | ours | n (skipped) | " + " | ".join(PAPER_ROWS) + " |"
+    head = "| benchmark | metric | scoring | comparable | ours | n (skipped) | " + " | ".join(PAPER_ROWS) + " |"
     lines = [head, "|" + "---|" * (6 + len(PAPER_ROWS))]
     for b, r in results.items():
         paper = " | ".join(f"{v:.2f}" for v in r["paper"].values()) if r["paper"] else " | ".join("–" * 6)
         comparable = {True: "yes", False: "no"}.get(r.get("comparable"), "?")
         lines.append(f"| {b} | {r['metric']} | {mode_label(r)} | {comparable} | **{r['score']:.2f}** | "
                      f"{r['n']} ({r['skipped']}) | {paper} |")
-    lines += ["", "comparable = scored exactly as the official code (--paper-quirks; VSI-Bench also needs its "
+    lines += ["", "comparable = scored exactly as the official code (--scoring official; VSI-Bench also needs its "
                   "frames as one video); see README \"Evaluation\"."]
     for b, r in results.items():
         extra = {k: r[k] for k in ("format", "reward", "delta_1_5") if k in r}

@@ -1,13 +1,14 @@
-"""Tests of benchmarks.py's --paper-quirks scorers against the official scoring code, item by item.
+"""Tests of benchmarks.py's two scorers per benchmark: the official one against the official scoring code, item
+by item, and the strict one against its documented corrections (S1-S7 in benchmarks.py's docstring).
 
-Every expected score below was worked out by hand from the official code (read in the public repo
-InternLM/Spatial-SSRL: VSI-bench_eval/check_accuracy.py, ViewSpatial_eval/main.py, whatsup_eval/main.py, and its
-VLMEvalKit fork: utils/matching_util.py can_infer, dataset/spatial457.py + utils/spatial457.py,
+Every expected score below was worked out by hand, the official column from the official code (read in the public
+repo InternLM/Spatial-SSRL: VSI-bench_eval/check_accuracy.py, ViewSpatial_eval/main.py, whatsup_eval/main.py, and
+its VLMEvalKit fork: utils/matching_util.py can_infer, dataset/spatial457.py + utils/spatial457.py,
 dataset/image_vqa.py QSpatial), never by running our own code. Each row goes through the real call path,
-benchmarks.score_item(), in paper-quirks mode; where the default mode differs, that score is checked too.
-Fast, no model, no torch.
+benchmarks.score_item(), once with scoring="official" and once with scoring="strict". Fast, no model, no torch.
 
     python -m pytest -q test_benchmarks.py
+    python test_benchmarks.py        # the official-vs-strict table over these cases (docs/evaluation.md)
 """
 import subprocess
 import sys
@@ -21,15 +22,14 @@ import benchmarks as bm
 HERE = Path(__file__).resolve().parent
 
 
-def score(bench: str, truth: dict, raw: str, quirks: bool = True, cot: bool = True) -> float:
+def score(bench: str, truth: dict, raw: str, scoring: str = "official", cot: bool = True) -> float:
     item = bm.Item("1", "cat", ["q"], [], truth)
-    return bm.score_item(bench, item, raw, bm.Options(cot=cot, paper_quirks=quirks))["correct"]
+    return bm.score_item(bench, item, raw, bm.Options(cot=cot, scoring=scoring))["correct"]
 
 
-def check(bench, truth, raw, official, default, cot=True):
-    assert score(bench, truth, raw, True, cot) == pytest.approx(official), "paper-quirks"
-    if default is not None:
-        assert score(bench, truth, raw, False, cot) == pytest.approx(default), "default"
+def check(bench, truth, raw, official, strict, cot=True):
+    assert score(bench, truth, raw, "official", cot) == pytest.approx(official), "official"
+    assert score(bench, truth, raw, "strict", cot) == pytest.approx(strict), "strict"
 
 
 # ----------------------------------------------------------------------------- VSI-Bench (check_accuracy.py)
@@ -37,7 +37,7 @@ NUM = lambda gt: {"answer": gt, "options": {}}
 MC = {"answer": "B", "options": {"A": "left", "B": "right", "C": "front"}}
 
 
-@pytest.mark.parametrize("truth,raw,official,default", [
+VSI_COT = [   # (truth, raw, official, strict)
     (NUM("10"), "<think>count</think> \\boxed{10}", 1.0, 1.0),
     (NUM("10"), "the answer is 10", 0.0, 1.0),              # CoT without a box: '' → float('') fails
     (NUM("3"), "\\boxed{3 meters}", 0.0, 1.0),              # float() of the whole string
@@ -62,19 +62,23 @@ MC = {"answer": "B", "options": {"A": "left", "B": "right", "C": "front"}}
     (MC, "\\boxed{\\text{B}}", 0.0, 1.0),                    # regex box gives '\\text{B'
     (MC, "\\boxed{A}", 0.0, 0.0),
     (MC, "I pick B", 0.0, 1.0),                              # no box
-])
-def test_vsibench_cot(truth, raw, official, default):
-    check("vsibench", truth, raw, official, default)
-
-
-@pytest.mark.parametrize("truth,raw,official,default", [
+]
+VSI_NO_COT = [
     (MC, " B\n", 1.0, 1.0),          # vsi_infer.py strips the response
     (NUM("10"), "10.0", 1.0, 1.0),
     (NUM("10"), "10 meters", 0.0, 1.0),
     (MC, "B. right", 0.0, 1.0),
-])
-def test_vsibench_no_cot(truth, raw, official, default):
-    check("vsibench", truth, raw, official, default, cot=False)
+]
+
+
+@pytest.mark.parametrize("truth,raw,official,strict", VSI_COT)
+def test_vsibench_cot(truth, raw, official, strict):
+    check("vsibench", truth, raw, official, strict)
+
+
+@pytest.mark.parametrize("truth,raw,official,strict", VSI_NO_COT)
+def test_vsibench_no_cot(truth, raw, official, strict):
+    check("vsibench", truth, raw, official, strict, cot=False)
 
 
 def test_official_mra_float_cuts():
@@ -88,7 +92,7 @@ VS = {"answer": "C", "answer_text": "C. front", "options": {"A": "back", "B": "b
                                                             "D": "back-right"}}
 
 
-@pytest.mark.parametrize("raw,cot,official,default", [
+VIEWSPATIAL = [   # (raw, cot, official, strict)
     ("<think>it faces us</think> \\boxed{C}", True, 1.0, 1.0),
     ("\\boxed{c}", True, 1.0, 0.0),                  # IGNORECASE
     ("\\boxed{C. front}", True, 1.0, 1.0),
@@ -100,9 +104,12 @@ VS = {"answer": "C", "answer_text": "C. front", "options": {"A": "back", "B": "b
     ("\\boxed{B or C}", True, 0.0, 0.0),
     ("The answer is C.", False, 1.0, 1.0),
     ("a person facing us: C", False, 0.0, 1.0),      # first standalone letter: the article a (IGNORECASE)
-])
-def test_viewspatial(raw, cot, official, default):
-    check("viewspatial", VS, raw, official, default, cot=cot)
+]
+
+
+@pytest.mark.parametrize("raw,cot,official,strict", VIEWSPATIAL)
+def test_viewspatial(raw, cot, official, strict):
+    check("viewspatial", VS, raw, official, strict, cot=cot)
 
 
 # ----------------------------------------------------------------------------- What'sUp (main.py)
@@ -110,7 +117,7 @@ WU = {"answer": "A", "options": {"A": "A cup on a table", "B": "A cup under a ta
                                  "D": "A cup right of a table"}}
 
 
-@pytest.mark.parametrize("raw,cot,official,default", [
+WHATSUP = [   # (raw, cot, official, strict); the gold is always A (official option order)
     ("<think>x</think> \\boxed{A}", True, 1.0, 1.0),
     ("\\boxed{(A) A cup on a table}", True, 1.0, 1.0),
     ("\\boxed{B}", True, 0.0, 0.0),
@@ -120,9 +127,12 @@ WU = {"answer": "A", "options": {"A": "A cup on a table", "B": "A cup under a ta
     ("\\boxed{B. A cup under a table}", True, 1.0, 0.0), # any capital A counts
     ("B. A cup under a table", False, 1.0, 0.0),
     ("b", False, 0.0, 0.0),
-])
-def test_whatsup(raw, cot, official, default):
-    check("whatsup", WU, raw, official, default, cot=cot)
+]
+
+
+@pytest.mark.parametrize("raw,cot,official,strict", WHATSUP)
+def test_whatsup(raw, cot, official, strict):
+    check("whatsup", WU, raw, official, strict, cot=cot)
 
 
 # ----------------------------------------------------------------------------- MCQ: VLMEvalKit can_infer
@@ -130,7 +140,7 @@ DSR = {"answer": "B", "options": {"A": "glove", "B": "hat"}, "qid": "VIN6MS3J"}
 LRFB = {"answer": "A", "options": {"A": "left", "B": "right", "C": "front", "D": "back"}}
 
 
-@pytest.mark.parametrize("truth,raw,cot,official,default", [
+MCQ = [   # (truth, raw, cot, official, strict), for 3DSRBench and SpatialEval alike
     (DSR, "<think>x</think> \\boxed{B}", True, 1.0, 1.0),
     (DSR, "\\boxed{A}", True, 0.0, 0.0),
     (DSR, "\\boxed{A or B}", True, 0.0, 0.0),                   # two letters, no option text
@@ -151,10 +161,13 @@ LRFB = {"answer": "A", "options": {"A": "left", "B": "right", "C": "front", "D":
     (DSR, "C", False, 0.0, 0.0),                                 # not a choice of this 2-option item
     (LRFB, "\\boxed{left or right}", True, 0.0, 0.0),
     (LRFB, "\\boxed{Left}", True, 1.0, 1.0),
-])
+]
+
+
+@pytest.mark.parametrize("truth,raw,cot,official,strict", MCQ)
 @pytest.mark.parametrize("bench", ["3dsrbench", "spatialeval"])
-def test_vlmevalkit_mcq(bench, truth, raw, cot, official, default):
-    check(bench, truth, raw, official, default, cot=cot)
+def test_vlmevalkit_mcq(bench, truth, raw, cot, official, strict):
+    check(bench, truth, raw, official, strict, cot=cot)
 
 
 def test_can_infer_rules():
@@ -165,7 +178,7 @@ def test_can_infer_rules():
 
 
 # ----------------------------------------------------------------------------- Spatial457 (VLMEvalKit)
-@pytest.mark.parametrize("gt,raw,cot,official,default", [
+SPATIAL457 = [   # (gold, raw, cot, official, strict)
     ("purple", "\\boxed{Purple}", True, 1.0, 1.0),
     ("purple", "\\boxed{Purple.}", True, 0.0, 1.0),              # nothing is stripped officially
     ("purple", "\\boxed{ purple}", True, 0.0, 1.0),
@@ -189,9 +202,12 @@ def test_can_infer_rules():
     ("red", "The color is red", True, 0.0, 0.0),
     ("red", "Red", False, 1.0, 1.0),
     ("red", "Red\n", False, 0.0, 1.0),
-])
-def test_spatial457(gt, raw, cot, official, default):
-    check("spatial457", {"answer": gt}, raw, official, default, cot=cot)
+]
+
+
+@pytest.mark.parametrize("gt,raw,cot,official,strict", SPATIAL457)
+def test_spatial457(gt, raw, cot, official, strict):
+    check("spatial457", {"answer": gt}, raw, official, strict, cot=cot)
 
 
 def test_spatial457_prompt_is_vlmevalkits():
@@ -208,14 +224,14 @@ def test_spatial457_prompt_is_vlmevalkits():
     assert outro.endswith("choose the best answer that fits the question.\n\n")
     assert "objects\u2019 perspective" in bm.spatial457_vlmeval_texts("q", "L5_6d_spatial")[0]
     assert bm.spatial457_vlmeval_texts("q", "L9")[0] == ""
-    cot = bm.cot_suffix([intro, question, outro], True, True)
+    cot = bm.cot_suffix([intro, question, outro], True)
     assert all(t.endswith(bm.tasks.COT_PROMPT) for t in cot) and cot[1] == question + bm.tasks.COT_PROMPT
-    plain = bm.cot_suffix([intro, question, outro], False, True, plain="Please directly give the answer.")
+    plain = bm.cot_suffix([intro, question, outro], False, plain="Please directly give the answer.")
     assert all(t.endswith("answer.") for t in plain) and plain[1] == "How many buses?Please directly give the answer."
 
 
 # ----------------------------------------------------------------------------- QSpatial+ (image_vqa.py QSpatial)
-@pytest.mark.parametrize("gt,raw,official,default,official15", [
+QSPATIAL = [   # (gold cm, raw, official δ₂, strict δ₂, official δ₁.₅); CoT or not, the same
     (100.0, "\\scalar{1} \\distance_unit{m}", 1.0, 1.0, 1.0),
     (100.0, "\\scalar{2} \\distance_unit{meters}", 1.0, 0.0, 0.0),   # exactly 2×: (200+1e-8)/(100+1e-8) < 2
     (100.0, "\\scalar{50} \\distance_unit{cm}", 1.0, 0.0, 0.0),      # exactly ½×
@@ -231,24 +247,26 @@ def test_spatial457_prompt_is_vlmevalkits():
     (100.0, "\\scalar{1} \\distance_unit{m} or \\scalar{3} \\distance_unit{m}", 0.0, 0.0, 0.0),   # the last
     (100.0, "\\scalar{about} \\distance_unit{m}", 0.0, 0.0, 0.0),    # no number: nan
     (30.48, "\\scalar{1} \\distance_unit{Foot}", 1.0, 1.0, 1.0),
-])
-def test_qspatial(gt, raw, official, default, official15):
-    truth = {"answer_cm": gt}
-    item = bm.Item("1", "cat", ["q"], [], truth)
-    got = bm.score_item("qspatial_plus", item, raw, bm.Options(paper_quirks=True))
+]
+
+
+@pytest.mark.parametrize("gt,raw,official,strict,official15", QSPATIAL)
+def test_qspatial(gt, raw, official, strict, official15):
+    item = bm.Item("1", "cat", ["q"], [], {"answer_cm": gt})
+    got = bm.score_item("qspatial_plus", item, raw, bm.Options(scoring="official"))
     assert (got["correct"], got["delta_1_5"]) == (official, official15)
-    assert bm.score_item("qspatial_plus", item, raw, bm.Options())["correct"] == default
+    assert bm.score_item("qspatial_plus", item, raw, bm.Options(scoring="strict"))["correct"] == strict
 
 
 def test_qspatial_ground_truth():
+    """One ground truth for both scorings, the fork's: float32 → shortest decimal, the fork's unit table."""
     v = float(np.float32(0.3))                     # what pyarrow hands us for the card's 0.3
-    assert bm.qspatial_gt_cm(v, "m", True, "x") == 0.3 * 100          # the fork's str/eval round trip
-    assert bm.qspatial_gt_cm(v, "m", False, "x") == v * 100
+    assert v != 0.3 and bm.qspatial_gt_cm(v, "m", "x") == 0.3 * 100   # the fork's str/eval round trip
     with pytest.raises(bm.DataError, match="row 7: ground-truth unit 'parsec'"):
-        bm.qspatial_gt_cm(1.0, "parsec", True, "q.parquet row 7")
+        bm.qspatial_gt_cm(1.0, "parsec", "q.parquet row 7")
     with pytest.raises(bm.DataError, match="not a known distance unit"):
-        bm.qspatial_gt_cm(1.0, "yard", True, "q.parquet row 7")   # only our default table knows yards
-    assert bm.qspatial_gt_cm(1.0, "yard", False, "x") == pytest.approx(91.44)
+        bm.qspatial_gt_cm(1.0, "yard", "q.parquet row 7")   # get_multiplier knows no yards
+    assert bm.qspatial_gt_cm(1.0, "Feet", "x") == pytest.approx(30.48)
 
 
 # ----------------------------------------------------------------------------- SpatialEval parquet, module
@@ -257,10 +275,11 @@ def test_spatialeval_card_options_lose_the_final_period():
     stem, opts = bm.spatialeval_options(text)
     assert stem == "Where is X relative to Y?" and opts["D"] == "Southeast" and len(opts) == 4
     items = bm.spatialeval_parquet_items([{"id": "spatialmap.vqa.1.0", "text": text, "oracle_option": "D",
-                                           "image": None}], bm.Options(paper_quirks=True))
+                                           "image": None}], bm.Options())
     assert items[0].texts[0].startswith("Question: Where is X relative to Y?\nOptions:\nA. Northeast\n")
     assert "D. Southeast\nPlease select" in items[0].texts[0]
     assert score("spatialeval", items[0].truth, "\\boxed{southeast}") == 1.0
+    assert score("spatialeval", items[0].truth, "\\boxed{southeast}", "strict") == 1.0
 
 
 def test_import_without_torch():
@@ -271,10 +290,61 @@ def test_import_without_torch():
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
 
 
-def test_summary_records_the_mode():
+def test_summary_records_the_scoring():
     recs = [{"id": "1", "category": "object_counting", "correct": 0.5}]
-    s = bm.summarize("vsibench", recs, bm.Options(paper_quirks=True, frames=16, vsi_input="images"))
-    assert (s["mode"], s["vsi_input"], s["frames"], s["comparable"]) == ("paper-quirks", "images", 16, False)
-    assert bm.summarize("vsibench", recs, bm.Options(paper_quirks=True, vsi_input="video"))["comparable"]
-    assert bm.summarize("whatsup", recs, bm.Options(paper_quirks=True))["comparable"]
-    assert not bm.summarize("whatsup", recs, bm.Options())["comparable"]
+    s = bm.summarize("vsibench", recs, bm.Options(frames=16, vsi_input="images"))
+    assert (s["scoring"], s["vsi_input"], s["frames"], s["comparable"]) == ("official", "images", 16, False)
+    assert bm.summarize("vsibench", recs, bm.Options(vsi_input="video"))["comparable"]
+    assert bm.summarize("whatsup", recs, bm.Options())["comparable"]
+    strict = bm.summarize("whatsup", recs, bm.Options(scoring="strict"))
+    assert strict["scoring"] == "strict" and not strict["comparable"]
+    with pytest.raises(ValueError, match="scoring must be one of official, strict"):
+        bm.Options(scoring="paper-quirks")
+
+
+def test_one_table_two_scorers():
+    """Every benchmark has an (official, strict) pair in SCORERS; only the pretext split shares one function."""
+    assert set(bm.SCORERS) == set(bm.BENCH_NAMES)
+    same = sorted(b for b, (official, strict) in bm.SCORERS.items() if official is strict)
+    assert same == ["pretext"]
+
+
+# ----------------------------------------------------------------------------- official vs strict, over the cases
+def all_cases() -> list:
+    """(bench, truth, raw, cot) of every hand-derived case above (the MCQ table once per MCQ benchmark)."""
+    cases = [("vsibench", t, raw, True) for t, raw, *_ in VSI_COT]
+    cases += [("vsibench", t, raw, False) for t, raw, *_ in VSI_NO_COT]
+    cases += [("viewspatial", VS, raw, cot) for raw, cot, *_ in VIEWSPATIAL]
+    cases += [("whatsup", WU, raw, cot) for raw, cot, *_ in WHATSUP]
+    cases += [(b, t, raw, cot) for b in ("3dsrbench", "spatialeval") for t, raw, cot, *_ in MCQ]
+    cases += [("spatial457", {"answer": gt}, raw, cot) for gt, raw, cot, *_ in SPATIAL457]
+    cases += [("qspatial_plus", {"answer_cm": gt}, raw, True) for gt, raw, *_ in QSPATIAL]
+    return cases
+
+
+def official_vs_strict() -> str:
+    """A markdown table: per benchmark, the mean score of the cases under each scoring (through score_item) and
+    how many cases the two scorings score differently."""
+    rows = {}
+    for bench, truth, raw, cot in all_cases():
+        o, s = score(bench, truth, raw, "official", cot), score(bench, truth, raw, "strict", cot)
+        rows.setdefault(bench, []).append((o, s))
+    lines = ["| benchmark | cases | official % | strict % | strict − official | cases scored differently |",
+             "|---|---|---|---|---|---|"]
+    for bench in bm.BENCH_NAMES:
+        if bench in rows:
+            r = rows[bench]
+            o, s = 100 * sum(x for x, _ in r) / len(r), 100 * sum(y for _, y in r) / len(r)
+            diff = sum(abs(x - y) > 1e-9 for x, y in r)
+            lines.append(f"| {bench} | {len(r)} | {o:.1f} | {s:.1f} | {s - o:+.1f} | {diff} |")
+    return "\n".join(lines)
+
+
+def test_official_vs_strict_table_is_the_documented_one():
+    """docs/evaluation.md shows the table this file computes (regenerate it with `python test_benchmarks.py`)."""
+    doc = HERE / "docs" / "evaluation.md"
+    assert official_vs_strict() in doc.read_text(encoding="utf-8"), "docs/evaluation.md: table out of date"
+
+
+if __name__ == "__main__":
+    print(official_vs_strict())

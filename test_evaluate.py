@@ -117,30 +117,28 @@ def test_3dsrbench_circular_and_flip():
     assert got["flip_circular"] == pytest.approx(50.0)         # {all four}✗, {ABCDEFGH}
 
 
-def test_whatsup_both_modes():
-    truth = {"answer": "C", "options": {"A": "a cup under a table", "B": "a cup left of a table",
-                                        "C": "a cup on a table", "D": "a cup right of a table"}}
-    strict, quirks = bm.Options(), bm.Options(paper_quirks=True)
-    assert bm.score_whatsup("<think>x</think> \\boxed{C}", truth, strict)["correct"] == 1.0
-    assert bm.score_whatsup("<think>x</think> \\boxed{A}", truth, strict)["correct"] == 0.0
-    assert bm.score_whatsup("\\boxed{A or C}", truth, strict)["correct"] == 0.0
+def test_whatsup_both_scorings():
+    truth = {"answer": "A", "options": {"A": "a cup on a table", "B": "a cup under a table",
+                                        "C": "a cup left of a table", "D": "a cup right of a table"}}
+    assert bm.score_whatsup_strict("<think>x</think> \\boxed{A}", truth, True)["correct"] == 1.0
+    assert bm.score_whatsup_strict("<think>x</think> \\boxed{C}", truth, True)["correct"] == 0.0
+    assert bm.score_whatsup_strict("\\boxed{A or C}", truth, True)["correct"] == 0.0
     # official scoring: gold is always A, any "A" inside the last boxed{} is a hit; no box → ''
-    assert bm.score_whatsup("<think>x</think> \\boxed{A}", truth, quirks)["correct"] == 1.0
-    assert bm.score_whatsup("\\boxed{(A) a cup}", truth, quirks)["correct"] == 1.0
-    assert bm.score_whatsup("A is my answer", truth, quirks)["correct"] == 0.0
-    no_cot = bm.Options(paper_quirks=True, cot=False)
-    assert bm.score_whatsup("A cup on a table", truth, no_cot)["correct"] == 1.0   # lenient substring
+    assert bm.score_whatsup_official("<think>x</think> \\boxed{A}", truth, True)["correct"] == 1.0
+    assert bm.score_whatsup_official("\\boxed{(A) a cup}", truth, True)["correct"] == 1.0
+    assert bm.score_whatsup_official("A is my answer", truth, True)["correct"] == 0.0
+    assert bm.score_whatsup_official("A cup on a table", truth, False)["correct"] == 1.0   # lenient substring
 
 
-def test_vsibench_scoring_modes():
+def test_vsibench_both_scorings():
     mc = {"answer": "B", "options": {"A": "left", "B": "right"}}
-    assert bm.score_vsibench("B.", mc, bm.Options())["correct"] == 1.0
-    assert bm.score_vsibench("\\boxed{B.}", mc, bm.Options(paper_quirks=True))["correct"] == 0.0
-    assert bm.score_vsibench("\\boxed{b}", mc, bm.Options(paper_quirks=True))["correct"] == 1.0
-    assert bm.score_vsibench("b", mc, bm.Options(paper_quirks=True))["correct"] == 0.0   # CoT without a box: ''
-    assert bm.score_vsibench("b", mc, bm.Options(paper_quirks=True, cot=False))["correct"] == 1.0
+    assert bm.score_vsibench_strict("B.", mc, True)["correct"] == 1.0
+    assert bm.score_vsibench_official("\\boxed{B.}", mc, True)["correct"] == 0.0
+    assert bm.score_vsibench_official("\\boxed{b}", mc, True)["correct"] == 1.0
+    assert bm.score_vsibench_official("b", mc, True)["correct"] == 0.0   # CoT without a box: ''
+    assert bm.score_vsibench_official("b", mc, False)["correct"] == 1.0
     num = {"answer": "10", "options": {}}
-    assert bm.score_vsibench("about 12 m", num, bm.Options())["correct"] == pytest.approx(0.6)
+    assert bm.score_vsibench_strict("about 12 m", num, True)["correct"] == pytest.approx(0.6)
 
 
 def test_sample_indices_uniform():
@@ -235,28 +233,23 @@ def test_loaders_read_the_odd_cases(tmp_path):
     s457 = bm.load_bench("spatial457", str(data["spatial457"]), c)
     assert [it.id for it in s457] == ["0", "1", "2", "3"] and "malformed" in s457[3].error
     assert s457[1].images == s457[0].images                                # index reference resolved
-    assert s457[1].texts[1] == 'Is there a "large" bus?' and s457[0].image_slots == [1]
-    assert s457[0].texts[-1].endswith(bm.tasks.COT_PROMPT) and sum(t.count("MUST BE") for t in s457[0].texts) == 2
-    quirk = bm.load_bench("spatial457", str(data["spatial457"]), bm.Options(paper_quirks=True))
-    assert all(t.endswith(bm.tasks.COT_PROMPT) for t in quirk[0].texts)   # VLMEvalKit: every text segment
+    assert s457[1].texts[1].startswith('Is there a "large" bus?') and s457[0].image_slots == [1]
+    assert all(t.endswith(bm.tasks.COT_PROMPT) for t in s457[0].texts)   # VLMEvalKit: every text segment
+    assert sum(t.count("MUST BE") for t in s457[0].texts) == 6
     dsr = bm.load_bench("3dsrbench", str(data["3dsrbench"]), c)
     assert len(dsr[3].images) == 2 and dsr[0].truth["options"] == {"A": "glove", "B": "hat"}
     assert "C." not in dsr[0].texts[0] and dsr[2].truth["qid"] == "VIN6MS3J-flip"
     wu = bm.load_bench("whatsup", str(data["whatsup"]), c)
     assert len(wu) == 4 and {it.category for it in wu} == {"Controlled_Images_A", "Controlled_Images_B"}
-    again = bm.load_bench("whatsup", str(data["whatsup"]), c)
-    assert [it.truth["answer"] for it in wu] == [it.truth["answer"] for it in again]   # seeded shuffle
-    for it in wu:
-        assert it.truth["options"][it.truth["answer"]] in ("A cup on a table", "a")
-    assert all(it.truth["answer"] == "A" for it in
-               bm.load_bench("whatsup", str(data["whatsup"]), bm.Options(paper_quirks=True)))
+    for it in wu:   # the released option order: the gold caption is always A
+        assert it.truth["answer"] == "A" and it.truth["options"]["A"] in ("A cup on a table", "a")
     vs = bm.load_bench("viewspatial", str(data["viewspatial"]), c)
     ims, slots = bm.load_item_images(vs[1], 32)
     assert [im.size for im in ims] == [(420, 280)] * 2 and vs[0].truth["answer"] == "C"
     vsi = bm.load_bench("vsibench", str(data["vsibench"]), c)
     frames, _ = bm.load_item_images(vsi[0], 4)
     assert len(frames) == 4 and frames[-1].getpixel((0, 0))[0] > 180    # frames 0, 2, 3, 5 of 6
-    assert "A. A." not in vsi[0].texts[0] and "A. front-left" in vsi[0].texts[0]
+    assert "A. A. front-left" in vsi[0].texts[0]   # the official prompt's option prefix, kept
 
 
 def test_end_to_end_all_benchmarks_on_tiny_model(tmp_path, capsys):
@@ -343,7 +336,7 @@ def test_one_bench_takes_a_plain_data_path(tmp_path):
     assert c.data_paths()["pretext"] == str(data["pretext"])
     assert ev.Config(bench=["spatial457"], data=["a=b.tsv"]).data_paths()["spatial457"] == "a=b.tsv"
     results = ev.evaluate(c)
-    assert results["pretext"]["n"] == 2 and results["pretext"]["mode"] == "default"
+    assert results["pretext"]["n"] == 2 and results["pretext"]["scoring"] == "official"
 
 
 def test_video_without_pyav_or_frames(tmp_path):
