@@ -17,12 +17,38 @@ the templated reasoning traces, grpo.py and evaluate.py score responses with rew
 | depth    | image with markers 1-3          | markers from nearest to farthest: "2, 3, 1"     |
 | position | image with markers 1, 2         | letter of the relation option: "B"              |
 
+Layout: shared constants and helpers; then one block per task in the paper's order (shuffle, flip, crop,
+depth, position), each holding its constants, generator, answer parser and reasoning-trace template; then
+the registry TASK_SPECS that every entry point reads; then the shared verifier and reward.
+
 Paper → code
-  §3.1 shuffled patch reordering  → make_shuffle()      §3.1 flipped patch recognition → make_flip()
-  §3.1 cropped patch inpainting   → make_crop()         §3.1 regional depth ordering   → make_depth()
-  §3.1 relative 3D position       → make_position(), relation()
+  §3.1 shuffled patch reordering  → make_shuffle(), parse_shuffle(), trace_shuffle()
+  §3.1 flipped patch recognition  → make_flip(), parse_flip(), trace_flip()
+  §3.1 cropped patch inpainting   → make_crop(), parse_crop(), trace_crop()
+  §3.1 regional depth ordering    → make_depth(), parse_depth(), trace_depth()
+  §3.1 relative 3D position       → make_position(), relation(), parse_position(), trace_position()
+  the five tasks as one table     → tasks.TASK_SPECS, make_example()
   §3.3 reward r = 0.9·acc + 0.1·fmt → reward_terms(), reward(), accuracy(), format_ok(), extract_boxed()
   cold-start CoT data (§3.2)      → reasoning_trace()   CoT instruction → COT_PROMPT, with_cot()
+
+Adding your own pretext task: write one block like the five below and add one Task row to TASK_SPECS
+(its position there is its place in TASKS); nothing else in this file changes.
+  generator  make_<task>(rgb, rng, **options), or make_<task>(rgb, depth, rng, **options) with
+             needs_depth=True. make_example has already checked rgb ((H, W, 3) uint8) and depth ((H, W),
+             NaN / 0 / inf invalid). Returns Example(task, images, problem, answer, meta), problem holding
+             one "<image>" per image in order, or Rejected(reason) with a short stable slug when this
+             image cannot give a unique answer. All randomness comes from rng: same seed, same example.
+  answer     the canonical answer string, exactly what goes inside \\boxed{}; records without a task field
+             are scored by exact match against it, so it must also be the answer's plainest spelling.
+  parser     parse_<task>(content, answer, options) -> a comparable value, or None if content is not a
+             well-formed answer. content is one stripped box content (at most MAX_ANSWER_CHARS long),
+             answer the ground-truth string (e.g. for its length), options the problem's lettered text
+             options {"A": "Left", ...} when reads_options=True, else {}. accuracy is 1 when every
+             committed box parses to a value equal (==) to the parse of the answer; the parse of the
+             answer must not be None (a ValueError says the ground truth is invalid). Never raise.
+  trace      trace_<task>(meta) -> the reasoning text for the cold start, built from the example's meta
+             alone; reasoning_trace wraps it in <think>…</think> and boxes the answer after it.
+  needs_depth  whether make_example passes the depth map; TASKS, RGB_TASKS and DEPTH_TASKS follow it.
 
 Deviations from the paper / official data scripts (data_process/*.py)
   1. Question texts and answer strings are our own (the official ones are not released as code).
@@ -61,51 +87,26 @@ from __future__ import annotations
 import functools
 import re
 import unicodedata
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-# ----------------------------------------------------------------------------- constants
-TASKS = ("shuffle", "flip", "crop", "depth", "position")
-RGB_TASKS = ("shuffle", "flip", "crop")
-DEPTH_TASKS = ("depth", "position")
-
+# -------------------------------------------------------------------------------------------- shared constants
 # The CoT instruction the released Spatial-SSRL checkpoints were trained with (EasyR1 math.jinja).
 COT_PROMPT = ("You FIRST think about the reasoning process as an internal monologue and then provide the final "
               "answer. The reasoning process MUST BE enclosed within <think> </think> tags. The final answer "
               "MUST BE put in \\boxed{}.")
 
 MIN_TILE = 24            # px: smallest tile side for shuffle / flip
-MIN_CROP = 32            # px: smallest masked square for crop
-SAME_THRESHOLD = 3.0     # mean |Δ| on 0..255 below which two patches count as the same picture
-FLIP_DIRECTIONS = ("horizontal", "vertical")   # mirrored left-to-right, mirrored top-to-bottom
-CROP_DISTRACTORS = ("near_shift", "far_shift", "zoom_in", "zoom_out")
-CROP_PATTERN_NAMES = ("cluster", "two-pairs", "scattered")
-CROP_PATTERNS = (0.3, 0.35, 0.35)   # how the four candidate squares relate (see crop_layout)
-CROP_DISPLAY = 0.7       # candidates are shown at this fraction of the hole's side (all downsampled alike)
-DEPTH_BANDS = ((0.0, 0.3), (0.35, 0.65), (0.7, 1.0))   # normalised depth bands: near, middle, far
+SAME_THRESHOLD = 3.0     # mean |Δ| on 0..255 below which two tiles / patches count as the same picture
 REGION_MAX_RANGE = 0.15  # a marked region is flat: normalised depth range below this
-REGION_MIN_GAP = 0.05    # depth regions: gap between their depth intervals above this
-DEPTH_EDGE_TARGETS = (0.35, 0.3, 0.2, 0.15)  # distribution of the "edge = nearer" agreement targets (0..3 pairs)
-DEPTH_TRIES = 128        # random marker triples scored per depth example (pick the one matching the targets)
-POSITION_X_BIG = 0.15    # |Δx| / width above this is a clear left/right offset (official: 150 px)
-POSITION_Z_BIG = 0.25    # |Δz| (normalised) above this is a clear front/back offset (official: 0.25)
-POSITION_SMALL = 0.5     # an offset counts as negligible below POSITION_SMALL · threshold (dead band between)
-FACINGS = ("left", "right", "toward", "away")
-FACING_WEIGHTS = (0.3, 0.3, 0.3, 0.1)
-SIMPLE_RELATIONS = ("Left", "Right", "Front", "Back")
-COMPOUND_RELATIONS = ("Left-Front", "Right-Front", "Right-Back", "Left-Back")
-RELATIONS = SIMPLE_RELATIONS + COMPOUND_RELATIONS
-POSITION_DOMINANCE = 2.0  # simple options: the dominant offset is at least this many times the other (in threshold units)
-POSITION_Y_2D = 0.1      # the 2-D shortcut's unit of "higher in the picture" (fraction of the image height)
-POSITION_TRIES = 2048    # random region pairs scored per position example
-POSITION_DEPTH_SHARE = 0.62  # simple options: share of answers set by the depth offset (the rest by image x)
-POSITION_FOOL = 0.75     # probability of preferring a pair the 2-D shortcuts get wrong
 LETTERS = "ABCD"
 MAX_ANSWER_CHARS = 200   # no valid boxed answer is longer; longer content is rejected without parsing
 
 
+# ----------------------------------------------------------------------------- shared types and the CoT prompt
 @dataclass
 class Example:
     """One question: images shown in order, problem text with one <image> per image, canonical answer."""
@@ -127,222 +128,7 @@ def with_cot(problem: str) -> str:
     return problem.strip() + " " + COT_PROMPT
 
 
-# ----------------------------------------------------------------------------- verification
-_BOX_TOKEN = re.compile(r"\\boxed\{|[{}]")
-_TEXT_WRAP = re.compile(r"\\(?:text|mathrm|textbf|mathbf)\{([^{}]*)\}")
-
-
-class _Boxes:
-    """One linear scan of all \\boxed{…} in a text (see _scan_boxes)."""
-    __slots__ = ("last", "leaves", "open_after_last")
-
-    def __init__(self, last, leaves, open_after_last):
-        self.last, self.leaves, self.open_after_last = last, leaves, open_after_last
-
-
-def _scan_boxes(text: str) -> _Boxes:
-    """Spans (content start, end) of the balanced boxes of `text`, in one linear pass keeping a brace depth
-    and a stack of the open boxes only (megabyte strings and deep nesting stay fast).
-
-    last: the last balanced box (the one that opens last) or None; leaves: every balanced box with no box
-    inside it, in closing order; open_after_last: a box opened after `last` ended never closes (a cut-off
-    answer switch). A stray '}' at depth 0 is ignored. Braces before the first box cannot change which
-    boxes balance, so the scan starts there."""
-    depth, stack, last, leaves = 0, [], None, []    # stack entries: [depth at opening, content start, has child]
-    for m in _BOX_TOKEN.finditer(text, max(0, text.find("\\boxed{"))):
-        tok = m.group()
-        if tok != "}":
-            if tok != "{":
-                if stack:
-                    stack[-1][2] = True
-                stack.append([depth, m.end(), False])
-            depth += 1
-        elif depth > 0:
-            depth -= 1
-            if stack and stack[-1][0] == depth:
-                _, start, has_child = stack.pop()
-                if not has_child:
-                    leaves.append((start, m.start()))
-                if last is None or start > last[0]:
-                    last = (start, m.start())
-    open_after = last is not None and any(start > last[1] for _, start, _ in stack)
-    return _Boxes(last, leaves, open_after)
-
-
-def _last_box(text: str) -> tuple[int, int] | None:
-    """(start, end) of the content of the last balanced \\boxed{…}: the one that opens last."""
-    return _scan_boxes(text).last
-
-
-def extract_boxed(text: str) -> str | None:
-    """Content of the last balanced \\boxed{…}, stripped; None if there is none."""
-    if not isinstance(text, str) or "\\boxed{" not in text:
-        return None
-    span = _last_box(text)
-    return None if span is None else text[span[0]:span[1]].strip()
-
-
-_THINK_TAG = re.compile(r"<\s*(/?)\s*think\s*>")
-
-
-def normalise_tags(text: str) -> str:
-    """`< think >`, `</ think>`, `< /think >` → `<think>` / `</think>`: whitespace inside the think tags does
-    not count against a response (the official img_score strips whitespace around every <, > and /)."""
-    return _THINK_TAG.sub(r"<\1think>", text)
-
-
-def official_boxed(text: str) -> str | None:
-    """The official verifier's prediction (mathruler's extract_boxed_content): the stripped content of the
-    last `\\boxed{` when it closes, else None (an unclosed last box is no answer)."""
-    if not isinstance(text, str) or "\\boxed{" not in text:
-        return None
-    boxes = _scan_boxes(text)
-    if boxes.last is None or boxes.open_after_last:
-        return None
-    return text[boxes.last[0]:boxes.last[1]].strip()
-
-
-def format_ok(response: str) -> bool:
-    """Format reward: the response starts with <think>, closes it, and then gives a balanced \\boxed{}
-    (whitespace inside the think tags ignored, normalise_tags)."""
-    if not isinstance(response, str):
-        return False
-    text = normalise_tags(response.strip())
-    if not text.startswith("<think>"):
-        return False
-    close = text.find("</think>")
-    span = _last_box(text) if close >= 0 else None
-    return span is not None and span[0] > close
-
-
-_WIDE_PUNCT = str.maketrans({"\u3002": ".", "\u3001": ",", "\u2010": "-", "\u2011": "-", "\u2012": "-",
-                             "\u2013": "-", "\u2014": "-", "\u2212": "-", "\u00a0": " "})
-
-
-def _clean(content: str) -> str:
-    """Normalise full-width characters (NFKC: 'Ｂ' -> 'B', '，' -> ','; '。' -> '.'; dashes -> '-') and drop
-    harmless wrappers: \\text{…}, one pair of outer brackets, a trailing full stop."""
-    s = unicodedata.normalize("NFKC", content).translate(_WIDE_PUNCT)
-    s = _TEXT_WRAP.sub(r"\1", s).strip().rstrip(".").strip()
-    if len(s) >= 2 and s[0] + s[-1] in ("[]", "()", "{}"):
-        s = s[1:-1].strip()
-    return s.rstrip(".").strip()
-
-
-def parse_sequence(content: str, n: int) -> tuple | None:
-    """'2, 4, 1, 3' / '[2 4 1 3]' -> (2, 4, 1, 3) if it is exactly a permutation of 1..n, else None."""
-    tokens = [t for t in re.split(r"[\s,;]+", _clean(content)) if t]
-    if len(tokens) != n or not all(t.isascii() and t.isdigit() for t in tokens):
-        return None
-    values = tuple(int(t) for t in tokens)
-    return values if sorted(values) == list(range(1, n + 1)) else None
-
-
-_FLIP_FILLER = {"tile", "patch", "is", "the", "flipped", "flip", "label", "number"}
-
-
-def parse_flip(content: str) -> tuple | None:
-    """'3, horizontal' / 'tile 3 (flipped vertically)' -> (3, 'horizontal'); None unless exactly one tile
-    number and exactly one direction are named."""
-    words = re.findall(r"[a-z]+|\d+|[^\sa-z\d,;:()\[\].]", _clean(content).lower())
-    numbers = [w for w in words if w.isdigit()]
-    dirs = [w.removesuffix("ly") for w in words if w.removesuffix("ly") in FLIP_DIRECTIONS]
-    others = [w for w in words if not w.isdigit() and w.removesuffix("ly") not in FLIP_DIRECTIONS]
-    if len(numbers) != 1 or len(dirs) != 1 or any(w not in _FLIP_FILLER for w in others):
-        return None
-    return int(numbers[0]), dirs[0]
-
-
-_LETTER = re.compile(r"(?:option\s*)?\(?([a-d])\)?(?:\s*[.:)]\s*|\s+)?(.*)", re.IGNORECASE | re.DOTALL)
-_OPTION_LINE = re.compile(r"^([A-D])\. (.+)$", re.MULTILINE)
-
-
-def _option_words(text: str) -> tuple:
-    """'Right-Front' / 'front right' / 'the Right' -> ('front', 'right'): an option text as sorted words."""
-    return tuple(sorted(w for w in re.split(r"[\s\-_/,]+", text.lower()) if w and w != "the"))
-
-
-def options_from_problem(problem: str | None) -> dict:
-    """{'A': 'Left', ...}: the lettered text options listed in a problem ("A. Left" lines); image options
-    ("A. <image>") are not text and are left out."""
-    if not isinstance(problem, str):
-        return {}
-    return {k: v.strip() for k, v in _OPTION_LINE.findall(problem) if "<image>" not in v}
-
-
-def parse_letter(content: str, options: dict | None = None) -> str | None:
-    """'B' / '(B)' / 'B.' / 'Option B' / '\\text{B}' -> 'B'. With the question's text options also
-    'B. Right' / 'B) Right-Front' (the letter followed by its own option text) and 'Right' alone when
-    exactly one option reads so. Anything else (two letters, a letter with another option's text) -> None."""
-    s = _clean(content)
-    options = options or {}
-    m = _LETTER.fullmatch(s)
-    if m:
-        letter, rest = m.group(1).upper(), m.group(2).strip().rstrip(".").strip()
-        if not rest:
-            return letter
-        if letter in options and _option_words(rest) == _option_words(options[letter]):
-            return letter
-    words = _option_words(s)
-    hits = [k for k, v in options.items() if words and _option_words(v) == words]
-    return hits[0] if len(hits) == 1 else None
-
-
-def _parse(task: str, content: str, answer: str, options: dict | None = None):
-    if task in ("shuffle", "depth"):
-        return parse_sequence(content, len(answer.split(",")))
-    if task == "flip":
-        return parse_flip(content)
-    if task in ("crop", "position"):
-        return parse_letter(content, options)
-    raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
-
-
-def accuracy(response: str, answer: str, task: str | None, problem: str | None = None) -> float:
-    """1.0 if the response commits to the ground truth, else 0.0. Committing means: the last balanced
-    \\boxed{} parses to the truth for this task; no \\boxed{ opened after it is left unclosed (a cut-off
-    answer switch); and every box after the last </think> (the whole text if there is none) gives that same
-    answer (several different boxed answers are hedging). `problem` (optional) supplies the text options so
-    that 'B. Right' and 'Right' are read as option B. task None (a record from another source, e.g. the
-    released Spatial-SSRL-81k parquet, which has no task field): the official rule, the stripped content of
-    the last box equals the answer string exactly. Linear time; never raises on any response."""
-    if task is None:
-        return float(official_boxed(response) == str(answer))
-    options = options_from_problem(problem) if task == "position" else {}
-    truth = _parse(task, answer, answer, options)
-    if truth is None:
-        raise ValueError(f"ground truth {answer!r} is not a valid {task} answer")
-    if not isinstance(response, str) or "\\boxed{" not in response:
-        return 0.0
-    response = normalise_tags(response)
-    boxes = _scan_boxes(response)
-    if boxes.last is None or boxes.open_after_last:
-        return 0.0
-    close = response.rfind("</think>")
-    contents = {response[a:b].strip() for a, b in boxes.leaves if a > close}
-    contents.add(response[boxes.last[0]:boxes.last[1]].strip())
-    for content in contents:
-        if len(content) > MAX_ANSWER_CHARS or _parse(task, content, answer, options) != truth:
-            return 0.0
-    return 1.0
-
-
-def reward_terms(response: str, answer: str, task: str | None, problem: str | None = None,
-                 finished: bool = True) -> tuple:
-    """(reward, accuracy, format) of one response: r = 0.9·accuracy + 0.1·format ∈ {0, 0.1, 0.9, 1.0}.
-    finished=False (the completion hit the token budget without an end token) gives format 0: a cut-off
-    response is not well formed, whatever its prefix looks like. grpo.py and evaluate.py call this."""
-    acc = accuracy(response, answer, task, problem)
-    fmt = float(format_ok(response) and finished)
-    return 0.9 * acc + 0.1 * fmt, acc, fmt
-
-
-def reward(response: str, answer: str, task: str | None, problem: str | None = None, finished: bool = True) -> float:
-    """Spatial-SSRL reward: r = 0.9·accuracy + 0.1·format ∈ {0, 0.1, 0.9, 1.0} (reward_terms)."""
-    return reward_terms(response, answer, task, problem, finished)[0]
-
-
-# ----------------------------------------------------------------------------- drawing
+# --------------------------------------------------------------------- shared drawing, tiles and image helpers
 @functools.lru_cache(maxsize=64)
 def font(size: float) -> ImageFont.ImageFont:
     """Pillow's bundled scalable font at `size` px (a fixed bitmap font if Pillow lacks FreeType)."""
@@ -402,7 +188,127 @@ def _has_look_alikes(tiles: list) -> bool:
     return bool((diffs[~np.eye(len(tiles), dtype=bool)] < SAME_THRESHOLD).any())
 
 
-# ----------------------------------------------------------------------------- task 1: shuffle
+# ------------------------------------------------------------------- shared depth regions (depth and position)
+def normalise_depth(depth: np.ndarray) -> np.ndarray | Rejected:
+    """Robust normalisation: dn = (d − P0.5) / (P99.5 − P0.5) over valid pixels (finite, > 0).
+
+    Invalid pixels and pixels outside [P0.5, P99.5] become NaN. Percentiles come from a strided
+    subsample of at most ~100k pixels (exact enough, and fast at any resolution)."""
+    d = np.asarray(depth, dtype=np.float32)
+    with np.errstate(invalid="ignore"):
+        valid = np.isfinite(d) & (d > 0)
+    step = max(1, int(np.sqrt(d.size / 100_000)))
+    sample = d[::step, ::step][valid[::step, ::step]]
+    if sample.size < 64:
+        return Rejected("no-valid-depth")
+    lo, hi = (float(v) for v in np.percentile(sample, [0.5, 99.5]))
+    if hi - lo <= 1e-6 * max(1.0, abs(hi)):
+        return Rejected("constant-depth")
+    dn = (d - lo) / (hi - lo)
+    dn[~valid | (dn < 0) | (dn > 1)] = np.nan
+    return dn
+
+
+def region_size(h: int, w: int) -> int:
+    """Side of a square depth region (grid cell) in pixels: 1/20 of the short side, at least 12."""
+    return max(12, min(h, w) // 20)
+
+
+def flat_regions(dn: np.ndarray, cell: int) -> dict:
+    """All grid cells (except the outer ring) that are fully valid and flat: max − min < REGION_MAX_RANGE.
+
+    Returns arrays x0, y0 (top-left pixel), lo, hi (normalised depth range) of those cells."""
+    gh, gw = dn.shape[0] // cell, dn.shape[1] // cell
+    blocks = dn[:gh * cell, :gw * cell].reshape(gh, cell, gw, cell)
+    lo, hi = blocks.min(axis=(1, 3)), blocks.max(axis=(1, 3))          # NaN where any pixel is invalid
+    with np.errstate(invalid="ignore"):
+        ok = np.isfinite(lo) & np.isfinite(hi) & (hi - lo < REGION_MAX_RANGE)
+    ok[[0, -1], :] = False
+    ok[:, [0, -1]] = False
+    ys, xs = np.nonzero(ok)
+    return {"x0": xs * cell, "y0": ys * cell, "lo": lo[ys, xs], "hi": hi[ys, xs]}
+
+
+def _region_info(depth: np.ndarray, dn: np.ndarray, x0: int, y0: int, cell: int, label: int) -> dict:
+    """Describe one marked region: its box, centre, and median raw / normalised depth."""
+    box = [int(x0), int(y0), int(x0 + cell), int(y0 + cell)]
+    return {"label": int(label), "box": box, "center": [x0 + cell / 2, y0 + cell / 2],
+            "depth": float(np.median(depth[y0:y0 + cell, x0:x0 + cell])),
+            "depth_norm": float(np.median(dn[y0:y0 + cell, x0:x0 + cell]))}
+
+
+def _marked_image(rgb: np.ndarray, regions: list, cell: int) -> Image.Image:
+    img = Image.fromarray(rgb)
+    draw = ImageDraw.Draw(img)
+    for r in regions:
+        _draw_marker(draw, r["center"][0], r["center"][1], str(r["label"]), radius=0.6 * cell)
+    return img
+
+
+# ----------------------------------------------- shared answer parsing (the task parsers below build on these)
+_TEXT_WRAP = re.compile(r"\\(?:text|mathrm|textbf|mathbf)\{([^{}]*)\}")
+_WIDE_PUNCT = str.maketrans({"\u3002": ".", "\u3001": ",", "\u2010": "-", "\u2011": "-", "\u2012": "-",
+                             "\u2013": "-", "\u2014": "-", "\u2212": "-", "\u00a0": " "})
+
+
+def _clean(content: str) -> str:
+    """Normalise full-width characters (NFKC: 'Ｂ' -> 'B', '，' -> ','; '。' -> '.'; dashes -> '-') and drop
+    harmless wrappers: \\text{…}, one pair of outer brackets, a trailing full stop."""
+    s = unicodedata.normalize("NFKC", content).translate(_WIDE_PUNCT)
+    s = _TEXT_WRAP.sub(r"\1", s).strip().rstrip(".").strip()
+    if len(s) >= 2 and s[0] + s[-1] in ("[]", "()", "{}"):
+        s = s[1:-1].strip()
+    return s.rstrip(".").strip()
+
+
+def parse_sequence(content: str, n: int) -> tuple | None:
+    """'2, 4, 1, 3' / '[2 4 1 3]' -> (2, 4, 1, 3) if it is exactly a permutation of 1..n, else None."""
+    tokens = [t for t in re.split(r"[\s,;]+", _clean(content)) if t]
+    if len(tokens) != n or not all(t.isascii() and t.isdigit() for t in tokens):
+        return None
+    values = tuple(int(t) for t in tokens)
+    return values if sorted(values) == list(range(1, n + 1)) else None
+
+
+_LETTER = re.compile(r"(?:option\s*)?\(?([a-d])\)?(?:\s*[.:)]\s*|\s+)?(.*)", re.IGNORECASE | re.DOTALL)
+_OPTION_LINE = re.compile(r"^([A-D])\. (.+)$", re.MULTILINE)
+
+
+def _option_words(text: str) -> tuple:
+    """'Right-Front' / 'front right' / 'the Right' -> ('front', 'right'): an option text as sorted words."""
+    return tuple(sorted(w for w in re.split(r"[\s\-_/,]+", text.lower()) if w and w != "the"))
+
+
+def options_from_problem(problem: str | None) -> dict:
+    """{'A': 'Left', ...}: the lettered text options listed in a problem ("A. Left" lines); image options
+    ("A. <image>") are not text and are left out."""
+    if not isinstance(problem, str):
+        return {}
+    return {k: v.strip() for k, v in _OPTION_LINE.findall(problem) if "<image>" not in v}
+
+
+def parse_letter(content: str, options: dict | None = None) -> str | None:
+    """'B' / '(B)' / 'B.' / 'Option B' / '\\text{B}' -> 'B'. With the question's text options also
+    'B. Right' / 'B) Right-Front' (the letter followed by its own option text) and 'Right' alone when
+    exactly one option reads so. Anything else (two letters, a letter with another option's text) -> None."""
+    s = _clean(content)
+    options = options or {}
+    m = _LETTER.fullmatch(s)
+    if m:
+        letter, rest = m.group(1).upper(), m.group(2).strip().rstrip(".").strip()
+        if not rest:
+            return letter
+        if letter in options and _option_words(rest) == _option_words(options[letter]):
+            return letter
+    words = _option_words(s)
+    hits = [k for k, v in options.items() if words and _option_words(v) == words]
+    return hits[0] if len(hits) == 1 else None
+
+
+# =====================================================================================================
+# Task 1 · shuffled patch reordering (§3.1)
+#   answer: the labels in the original raster order, '2, 4, 1, 3'; RGB only
+# =====================================================================================================
 def make_shuffle(rgb: np.ndarray, rng: np.random.Generator, grid: tuple = (2, 2)) -> Example | Rejected:
     """Shuffled patch reordering: displayed slot k shows original tile perm[k]; one displayed tile is white.
 
@@ -443,7 +349,28 @@ def _worked_example(k: int) -> list:
     return list(range(k, 0, -1))
 
 
-# ----------------------------------------------------------------------------- task 2: flip
+def parse_shuffle(content: str, answer: str, options: dict | None = None) -> tuple | None:
+    """'2, 4, 1, 3' / '[2 4 1 3]' -> (2, 4, 1, 3): the labels, if content is exactly a permutation of 1..k
+    with k the answer's length (parse_sequence), else None."""
+    return parse_sequence(content, len(answer.split(",")))
+
+
+def trace_shuffle(m: dict) -> str:
+    """The shuffle reasoning: place the white tile by elimination, then read the restored rows."""
+    rows, cols = m["grid"]
+    lines = "; ".join(f"row {r + 1}: " + ", ".join(map(str, m["order"][r * cols:(r + 1) * cols])) for r in range(rows))
+    return (f"The picture is a {rows}×{cols} grid of shuffled tiles labelled 1 to {rows * cols}. Tile "
+            f"{m['white_label']} is plain white, so it goes to the one position no other tile fits. Matching the "
+            f"edges and content of the other tiles, the original picture reads {lines}.")
+
+
+# =====================================================================================================
+# Task 2 · flipped patch recognition (§3.1)
+#   answer: the flipped tile and the direction, '3, horizontal'; RGB only
+# =====================================================================================================
+FLIP_DIRECTIONS = ("horizontal", "vertical")   # mirrored left-to-right, mirrored top-to-bottom
+
+
 def make_flip(rgb: np.ndarray, rng: np.random.Generator) -> Example | Rejected:
     """Flipped patch recognition: one tile of a 2×2 grid is mirrored left-to-right (horizontal) or
     top-to-bottom (vertical), each with probability 1/2. Answer = "tile, direction"."""
@@ -466,7 +393,42 @@ def make_flip(rgb: np.ndarray, rng: np.random.Generator) -> Example | Rejected:
     return Example("flip", [img], problem, f"{tile + 1}, {direction}", meta)
 
 
-# ----------------------------------------------------------------------------- task 3: crop
+_FLIP_FILLER = {"tile", "patch", "is", "the", "flipped", "flip", "label", "number"}
+
+
+def parse_flip(content: str, answer: str = "", options: dict | None = None) -> tuple | None:
+    """'3, horizontal' / 'tile 3 (flipped vertically)' -> (3, 'horizontal'); None unless exactly one tile
+    number and exactly one direction are named."""
+    words = re.findall(r"[a-z]+|\d+|[^\sa-z\d,;:()\[\].]", _clean(content).lower())
+    numbers = [w for w in words if w.isdigit()]
+    dirs = [w.removesuffix("ly") for w in words if w.removesuffix("ly") in FLIP_DIRECTIONS]
+    others = [w for w in words if not w.isdigit() and w.removesuffix("ly") not in FLIP_DIRECTIONS]
+    if len(numbers) != 1 or len(dirs) != 1 or any(w not in _FLIP_FILLER for w in others):
+        return None
+    return int(numbers[0]), dirs[0]
+
+
+def trace_flip(m: dict) -> str:
+    """The flip reasoning: the other tiles continue the scene, the flipped one only after mirroring."""
+    others = ", ".join(str(k) for k in range(1, 5) if k != m["tile"])
+    how = ("it is mirrored left-to-right: its content continues the neighbouring tiles only after swapping its "
+           "left and right sides" if m["direction"] == "horizontal" else
+           "it is mirrored top-to-bottom: what belongs at its top edge is at its bottom edge")
+    return (f"I check whether each tile continues the scene naturally. Tiles {others} look right. Tile {m['tile']} "
+            f"does not: {how}. So tile {m['tile']} is flipped {m['direction']}ly.")
+
+
+# =====================================================================================================
+# Task 3 · cropped patch inpainting (§3.1)
+#   answer: the letter of the true patch among four candidates, 'C'; RGB only
+# =====================================================================================================
+MIN_CROP = 32            # px: smallest masked square for crop
+CROP_DISTRACTORS = ("near_shift", "far_shift", "zoom_in", "zoom_out")
+CROP_PATTERN_NAMES = ("cluster", "two-pairs", "scattered")
+CROP_PATTERNS = (0.3, 0.35, 0.35)   # how the four candidate squares relate (see crop_layout)
+CROP_DISPLAY = 0.7       # candidates are shown at this fraction of the hole's side (all downsampled alike)
+
+
 def _far_box(rng: np.random.Generator, h: int, w: int, avoid: list, s: int) -> tuple | None:
     """A same-size square elsewhere: overlapping each square in `avoid` by at most a quarter of its area."""
     for _ in range(30):
@@ -481,8 +443,9 @@ def crop_region(rng: np.random.Generator, h: int, w: int, x: int, y: int, s: int
     """Source square (x, y, side) of one candidate for the hole (x, y, s); None if it cannot be placed.
 
     true: the hole itself. near_shift: the same size, moved 30-60 % of a side (overlaps the hole: a hard
-    negative). far_shift: the same size from elsewhere (also away from the squares in `avoid`). zoom_in: a 3/4-size square inside the hole (shown
-    enlarged). zoom_out: a 4/3-size square containing the hole (shown shrunk). Squares stay inside the image."""
+    negative). far_shift: the same size from elsewhere (also away from the squares in `avoid`). zoom_in: a
+    3/4-size square inside the hole (shown enlarged). zoom_out: a 4/3-size square containing the hole (shown
+    shrunk). Squares stay inside the image."""
     if kind == "true":
         return x, y, s
     if kind == "far_shift":
@@ -580,64 +543,39 @@ def make_crop(rgb: np.ndarray, rng: np.random.Generator) -> Example | Rejected:
     return Example("crop", images, problem, LETTERS[slot], meta)
 
 
-# ----------------------------------------------------------------------------- depth regions (tasks 4, 5)
-def normalise_depth(depth: np.ndarray) -> np.ndarray | Rejected:
-    """Robust normalisation: dn = (d − P0.5) / (P99.5 − P0.5) over valid pixels (finite, > 0).
-
-    Invalid pixels and pixels outside [P0.5, P99.5] become NaN. Percentiles come from a strided
-    subsample of at most ~100k pixels (exact enough, and fast at any resolution)."""
-    d = np.asarray(depth, dtype=np.float32)
-    with np.errstate(invalid="ignore"):
-        valid = np.isfinite(d) & (d > 0)
-    step = max(1, int(np.sqrt(d.size / 100_000)))
-    sample = d[::step, ::step][valid[::step, ::step]]
-    if sample.size < 64:
-        return Rejected("no-valid-depth")
-    lo, hi = (float(v) for v in np.percentile(sample, [0.5, 99.5]))
-    if hi - lo <= 1e-6 * max(1.0, abs(hi)):
-        return Rejected("constant-depth")
-    dn = (d - lo) / (hi - lo)
-    dn[~valid | (dn < 0) | (dn > 1)] = np.nan
-    return dn
+def parse_crop(content: str, answer: str = "", options: dict | None = None) -> str | None:
+    """The candidate's letter: 'C' / '(C)' / 'Option C' -> 'C' (the candidates are images: no option text)."""
+    return parse_letter(content)
 
 
-def region_size(h: int, w: int) -> int:
-    """Side of a square depth region (grid cell) in pixels: 1/20 of the short side, at least 12."""
-    return max(12, min(h, w) // 20)
+_CANDIDATE_TEXT = {
+    "true": "continues the edges and textures around the hole at the same scale and orientation",
+    "near_shift": "shows a neighbouring part of the picture: its content is offset from what the hole's borders need",
+    "far_shift": "comes from another part of the picture and does not continue the hole's borders",
+    "zoom_in": "shows the right area but enlarged: its textures are too coarse for the surroundings",
+    "zoom_out": "shows a wider area shrunk to fit: its textures are too fine and it contains more than the hole",
+    "decoy_near_shift": "comes from another part of the picture and does not continue the hole's borders",
+    "decoy_zoom_in": "comes from another part of the picture, enlarged, and does not continue the hole's borders",
+    "decoy_zoom_out": "comes from another part of the picture, shrunk, and does not continue the hole's borders"}
 
 
-def flat_regions(dn: np.ndarray, cell: int) -> dict:
-    """All grid cells (except the outer ring) that are fully valid and flat: max − min < REGION_MAX_RANGE.
-
-    Returns arrays x0, y0 (top-left pixel), lo, hi (normalised depth range) of those cells."""
-    gh, gw = dn.shape[0] // cell, dn.shape[1] // cell
-    blocks = dn[:gh * cell, :gw * cell].reshape(gh, cell, gw, cell)
-    lo, hi = blocks.min(axis=(1, 3)), blocks.max(axis=(1, 3))          # NaN where any pixel is invalid
-    with np.errstate(invalid="ignore"):
-        ok = np.isfinite(lo) & np.isfinite(hi) & (hi - lo < REGION_MAX_RANGE)
-    ok[[0, -1], :] = False
-    ok[:, [0, -1]] = False
-    ys, xs = np.nonzero(ok)
-    return {"x0": xs * cell, "y0": ys * cell, "lo": lo[ys, xs], "hi": hi[ys, xs]}
+def trace_crop(m: dict) -> str:
+    """The crop reasoning: why each candidate does or does not continue the hole's borders (its kind)."""
+    parts = [f"candidate {LETTERS[k]} {_CANDIDATE_TEXT[kind]}" for k, kind in enumerate(m["candidates"])]
+    return ("Comparing each candidate with the picture around the black square: " + "; ".join(parts)
+            + f". Only candidate {LETTERS[m['slot']]} fits exactly.")
 
 
-def _region_info(depth: np.ndarray, dn: np.ndarray, x0: int, y0: int, cell: int, label: int) -> dict:
-    """Describe one marked region: its box, centre, and median raw / normalised depth."""
-    box = [int(x0), int(y0), int(x0 + cell), int(y0 + cell)]
-    return {"label": int(label), "box": box, "center": [x0 + cell / 2, y0 + cell / 2],
-            "depth": float(np.median(depth[y0:y0 + cell, x0:x0 + cell])),
-            "depth_norm": float(np.median(dn[y0:y0 + cell, x0:x0 + cell]))}
+# =====================================================================================================
+# Task 4 · regional depth ordering (§3.1)
+#   answer: the markers from nearest to farthest, '2, 3, 1'; needs a depth map
+# =====================================================================================================
+DEPTH_BANDS = ((0.0, 0.3), (0.35, 0.65), (0.7, 1.0))   # normalised depth bands: near, middle, far
+REGION_MIN_GAP = 0.05    # depth regions: gap between their depth intervals above this
+DEPTH_EDGE_TARGETS = (0.35, 0.3, 0.2, 0.15)  # distribution of the "edge = nearer" agreement targets (0..3 pairs)
+DEPTH_TRIES = 128        # random marker triples scored per depth example (pick the one matching the targets)
 
 
-def _marked_image(rgb: np.ndarray, regions: list, cell: int) -> Image.Image:
-    img = Image.fromarray(rgb)
-    draw = ImageDraw.Draw(img)
-    for r in regions:
-        _draw_marker(draw, r["center"][0], r["center"][1], str(r["label"]), radius=0.6 * cell)
-    return img
-
-
-# ----------------------------------------------------------------------------- task 4: depth
 def pair_agreement(order_xy: np.ndarray, h: int, w: int) -> tuple:
     """For markers listed near to far with centres (x, y): how many of the 3 pairs the two 2-D rules get
     right: "lower in the picture = nearer" and "farther from the picture centre = nearer". Works on a
@@ -697,7 +635,46 @@ def make_depth(rgb: np.ndarray, depth: np.ndarray, rng: np.random.Generator) -> 
     return Example("depth", [_marked_image(rgb, regions, cell)], problem, ", ".join(map(str, labels)), meta)
 
 
-# ----------------------------------------------------------------------------- task 5: position
+def parse_depth(content: str, answer: str, options: dict | None = None) -> tuple | None:
+    """'2, 3, 1' -> (2, 3, 1): the marker numbers, if content is exactly a permutation of 1..n with n the
+    answer's length (parse_sequence), else None."""
+    return parse_sequence(content, len(answer.split(",")))
+
+
+def trace_depth(m: dict) -> str:
+    """The depth reasoning, with only relative cues a viewer can see: which marked surface is in front of
+    which, and, where the picture's height would mislead, that it does."""
+    regs = m["regions"]                                 # near to far
+    near, mid, far = (r["label"] for r in regs)
+    notes = []
+    for a, b in ((0, 1), (1, 2), (0, 2)):
+        ra, rb = regs[a], regs[b]
+        if ra["center"][1] < rb["center"][1]:           # the nearer one is higher in the picture
+            notes.append(f"marker {ra['label']} is higher in the picture than marker {rb['label']} but its surface "
+                         f"is nearer, so height in the picture is misleading here")
+    return (f"Following the surfaces under the markers and how they recede (their perspective, texture scale and "
+            f"what stands in front of what): marker {near} is on the nearest surface, marker {mid} lies behind it, "
+            f"and marker {far} is the farthest away. " + ("; ".join(notes).capitalize() + ". " if notes else "")
+            + f"From nearest to farthest: {near}, {mid}, {far}.")
+
+
+# =====================================================================================================
+# Task 5 · relative 3D position (§3.1)
+#   answer: the letter of the relation option, 'B' (the problem lists the options); needs a depth map
+# =====================================================================================================
+POSITION_X_BIG = 0.15    # |Δx| / width above this is a clear left/right offset (official: 150 px)
+POSITION_Z_BIG = 0.25    # |Δz| (normalised) above this is a clear front/back offset (official: 0.25)
+POSITION_SMALL = 0.5     # an offset counts as negligible below POSITION_SMALL · threshold (dead band between)
+FACINGS = ("left", "right", "toward", "away")
+FACING_WEIGHTS = (0.3, 0.3, 0.3, 0.1)
+SIMPLE_RELATIONS = ("Left", "Right", "Front", "Back")
+COMPOUND_RELATIONS = ("Left-Front", "Right-Front", "Right-Back", "Left-Back")
+RELATIONS = SIMPLE_RELATIONS + COMPOUND_RELATIONS
+POSITION_DOMINANCE = 2.0  # simple options: the dominant offset ≥ this many times the other (in threshold units)
+POSITION_Y_2D = 0.1      # the 2-D shortcut's unit of "higher in the picture" (fraction of the image height)
+POSITION_TRIES = 2048    # random region pairs scored per position example
+POSITION_DEPTH_SHARE = 0.62  # simple options: share of answers set by the depth offset (the rest by image x)
+POSITION_FOOL = 0.75     # probability of preferring a pair the 2-D shortcuts get wrong
 _FACING_VECTOR = {"left": (-1, 0), "right": (1, 0), "toward": (0, -1), "away": (0, 1)}   # (x right, z away)
 FACING_TEXT = {"left": "the left side of the picture", "right": "the right side of the picture",
                "toward": "the camera that took the picture", "away": "away from the camera, into the scene"}
@@ -768,9 +745,10 @@ def position_x_guess(dx: np.ndarray, facing: str) -> np.ndarray:
 
 
 def _position_target(rng: np.random.Generator, facing: str) -> tuple:
-    """(style, relation index, index of its mirror image: the fallback) to aim for: compound or simple options with probability 1/2; compound
-    relations uniform; simple ones from the depth offset with probability POSITION_DEPTH_SHARE (so the
-    picture's x alone is right less than half the time), each of its two directions alike."""
+    """(style, relation index, index of its mirror image: the fallback) to aim for: compound or simple
+    options with probability 1/2; compound relations uniform; simple ones from the depth offset with
+    probability POSITION_DEPTH_SHARE (so the picture's x alone is right less than half the time), each of
+    its two directions alike."""
     if rng.random() < 0.5:
         sx, sz = (int(v) for v in rng.choice([-1, 1], 2))
         return "compound", RELATIONS.index(turn(sx, sz, facing)), RELATIONS.index(turn(-sx, -sz, facing))
@@ -862,92 +840,25 @@ def _cell_medians(dn: np.ndarray, cells: dict, cell: int) -> np.ndarray:
     return np.median(blocks.reshape(len(blocks), -1), axis=1)
 
 
-# ----------------------------------------------------------------------------- entry point
-GENERATORS = {"shuffle": make_shuffle, "flip": make_flip, "crop": make_crop,
-              "depth": make_depth, "position": make_position}
+def parse_position(content: str, answer: str = "", options: dict | None = None) -> str | None:
+    """The option's letter, also read from 'B. Right' or the option text alone ('Right') given the
+    problem's options (parse_letter)."""
+    return parse_letter(content, options)
 
 
-def make_example(task: str, rgb: np.ndarray, depth: np.ndarray | None = None,
-             rng: np.random.Generator | None = None, **options) -> Example | Rejected:
-    """Make one example of `task` from an RGB image (H, W, 3) uint8 and, for depth tasks, a depth map
-    (H, W) with NaN / 0 / inf marking invalid pixels. Everything random comes from `rng`."""
-    if task not in GENERATORS:
-        raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
-    rgb = np.asarray(rgb)
-    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
-        raise ValueError(f"rgb must be an (H, W, 3) uint8 array, got {rgb.shape} {rgb.dtype}")
-    rng = np.random.default_rng() if rng is None else rng
-    if task in RGB_TASKS:
-        return GENERATORS[task](rgb, rng, **options)
-    if depth is None:
-        raise ValueError(f"task {task!r} needs a depth map")
-    depth = np.asarray(depth)
-    if depth.ndim == 3 and depth.shape[2] == 1:
-        depth = depth[..., 0]
-    if depth.shape != rgb.shape[:2]:
-        return Rejected("depth-size-mismatch")
-    return GENERATORS[task](rgb, depth, rng, **options)
-
-
-# ----------------------------------------------------------------------------- templated reasoning (cold start)
-_CANDIDATE_TEXT = {
-    "true": "continues the edges and textures around the hole at the same scale and orientation",
-    "near_shift": "shows a neighbouring part of the picture: its content is offset from what the hole's borders need",
-    "far_shift": "comes from another part of the picture and does not continue the hole's borders",
-    "zoom_in": "shows the right area but enlarged: its textures are too coarse for the surroundings",
-    "zoom_out": "shows a wider area shrunk to fit: its textures are too fine and it contains more than the hole",
-    "decoy_near_shift": "comes from another part of the picture and does not continue the hole's borders",
-    "decoy_zoom_in": "comes from another part of the picture, enlarged, and does not continue the hole's borders",
-    "decoy_zoom_out": "comes from another part of the picture, shrunk, and does not continue the hole's borders"}
-_SIDE_TEXT = {1: "to the right in the picture", -1: "to the left in the picture", 0: "at about the same left-right place"}
-_DEPTH_TEXT = {1: "farther from the camera", -1: "closer to the camera", 0: "at about the same distance from the camera"}
+_SIDE_TEXT = {1: "to the right in the picture", -1: "to the left in the picture",
+              0: "at about the same left-right place"}
+_DEPTH_TEXT = {1: "farther from the camera", -1: "closer to the camera",
+               0: "at about the same distance from the camera"}
 _FRAME_TEXT = {"left": ("toward the left of the picture", "away from the camera"),
                "right": ("toward the right of the picture", "toward the camera"),
                "toward": ("toward the camera", "toward the left of the picture"),
                "away": ("away from the camera", "toward the right of the picture")}
 
 
-def _trace_shuffle(m: dict) -> str:
-    rows, cols = m["grid"]
-    lines = "; ".join(f"row {r + 1}: " + ", ".join(map(str, m["order"][r * cols:(r + 1) * cols])) for r in range(rows))
-    return (f"The picture is a {rows}×{cols} grid of shuffled tiles labelled 1 to {rows * cols}. Tile "
-            f"{m['white_label']} is plain white, so it goes to the one position no other tile fits. Matching the "
-            f"edges and content of the other tiles, the original picture reads {lines}.")
-
-
-def _trace_flip(m: dict) -> str:
-    others = ", ".join(str(k) for k in range(1, 5) if k != m["tile"])
-    how = ("it is mirrored left-to-right: its content continues the neighbouring tiles only after swapping its "
-           "left and right sides" if m["direction"] == "horizontal" else
-           "it is mirrored top-to-bottom: what belongs at its top edge is at its bottom edge")
-    return (f"I check whether each tile continues the scene naturally. Tiles {others} look right. Tile {m['tile']} "
-            f"does not: {how}. So tile {m['tile']} is flipped {m['direction']}ly.")
-
-
-def _trace_crop(m: dict) -> str:
-    parts = [f"candidate {LETTERS[k]} {_CANDIDATE_TEXT[kind]}" for k, kind in enumerate(m["candidates"])]
-    return ("Comparing each candidate with the picture around the black square: " + "; ".join(parts)
-            + f". Only candidate {LETTERS[m['slot']]} fits exactly.")
-
-
-def _trace_depth(m: dict) -> str:
-    """Only relative cues a viewer can see: which marked surface is in front of which, and, where the
-    picture's height would mislead, that it does."""
-    regs = m["regions"]                                 # near to far
-    near, mid, far = (r["label"] for r in regs)
-    notes = []
-    for a, b in ((0, 1), (1, 2), (0, 2)):
-        ra, rb = regs[a], regs[b]
-        if ra["center"][1] < rb["center"][1]:           # the nearer one is higher in the picture
-            notes.append(f"marker {ra['label']} is higher in the picture than marker {rb['label']} but its surface "
-                         f"is nearer, so height in the picture is misleading here")
-    return (f"Following the surfaces under the markers and how they recede (their perspective, texture scale and "
-            f"what stands in front of what): marker {near} is on the nearest surface, marker {mid} lies behind it, "
-            f"and marker {far} is the farthest away. " + ("; ".join(notes).capitalize() + ". " if notes else "")
-            + f"From nearest to farthest: {near}, {mid}, {far}.")
-
-
-def _trace_position(m: dict) -> str:
+def trace_position(m: dict) -> str:
+    """The position reasoning: the target's offset in the picture and in depth, then turned into the
+    viewer's frame."""
     ux, uz = m["dx"] / POSITION_X_BIG, m["dz"] / POSITION_Z_BIG
     sx = 0 if abs(ux) < POSITION_SMALL else int(np.sign(ux))
     sz = 0 if abs(uz) < POSITION_SMALL else int(np.sign(uz))
@@ -958,16 +869,209 @@ def _trace_position(m: dict) -> str:
     if m.get("style") == "simple" and sx and sz:
         dominant = (" The offset is mostly " + ("sideways" if abs(ux) > abs(uz) else "in depth")
                     + ", so I take that direction.")
-    return (f"Compared with spot {cam}, spot {tgt} is {_SIDE_TEXT[sx]} and {_DEPTH_TEXT[sz]}.{dominant} Standing at spot "
-            f"{cam} facing {FACING_TEXT[m['facing']]}, my front points {front} and my right hand points {right}. "
+    return (f"Compared with spot {cam}, spot {tgt} is {_SIDE_TEXT[sx]} and {_DEPTH_TEXT[sz]}.{dominant} "
+            f"Standing at spot {cam} facing {FACING_TEXT[m['facing']]}, my front points {front} and my right "
+            f"hand points {right}. "
             f"So spot {tgt} is {m['relation']} of me, which is option {letter}.")
 
 
-_TRACES = {"shuffle": _trace_shuffle, "flip": _trace_flip, "crop": _trace_crop,
-           "depth": _trace_depth, "position": _trace_position}
+# =====================================================================================================
+# The registry: one row per task, in the paper's order. make_example, accuracy and reasoning_trace read
+# it; TASKS, RGB_TASKS and DEPTH_TASKS are derived from it.
+# =====================================================================================================
+@dataclass(frozen=True)
+class Task:
+    """One pretext task's entry points (the block contract is in the module docstring).
+
+    make(rgb, rng, **options) or, with needs_depth, make(rgb, depth, rng, **options) -> Example | Rejected;
+    parse(content, answer, options) -> comparable value | None; trace(meta) -> reasoning text.
+    reads_options: the parser gets the problem's lettered text options (options_from_problem), else {}."""
+    name: str
+    make: Callable
+    parse: Callable
+    trace: Callable
+    needs_depth: bool = False
+    reads_options: bool = False
+
+
+TASK_SPECS = {spec.name: spec for spec in (
+    Task("shuffle", make_shuffle, parse_shuffle, trace_shuffle),
+    Task("flip", make_flip, parse_flip, trace_flip),
+    Task("crop", make_crop, parse_crop, trace_crop),
+    Task("depth", make_depth, parse_depth, trace_depth, needs_depth=True),
+    Task("position", make_position, parse_position, trace_position, needs_depth=True, reads_options=True),
+)}
+TASKS = tuple(TASK_SPECS)
+RGB_TASKS = tuple(name for name, spec in TASK_SPECS.items() if not spec.needs_depth)
+DEPTH_TASKS = tuple(name for name, spec in TASK_SPECS.items() if spec.needs_depth)
+
+
+def task_spec(task: str) -> Task:
+    """The registry row of `task`; a ValueError naming the known tasks if there is none."""
+    spec = TASK_SPECS.get(task) if isinstance(task, str) else None
+    if spec is None:
+        raise ValueError(f"unknown task {task!r}; expected one of {tuple(TASK_SPECS)}")
+    return spec
+
+
+def make_example(task: str, rgb: np.ndarray, depth: np.ndarray | None = None,
+                 rng: np.random.Generator | None = None, **options) -> Example | Rejected:
+    """Make one example of `task` from an RGB image (H, W, 3) uint8 and, for depth tasks, a depth map
+    (H, W) with NaN / 0 / inf marking invalid pixels. Everything random comes from `rng`."""
+    spec = task_spec(task)
+    rgb = np.asarray(rgb)
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+        raise ValueError(f"rgb must be an (H, W, 3) uint8 array, got {rgb.shape} {rgb.dtype}")
+    rng = np.random.default_rng() if rng is None else rng
+    if not spec.needs_depth:
+        return spec.make(rgb, rng, **options)
+    if depth is None:
+        raise ValueError(f"task {task!r} needs a depth map")
+    depth = np.asarray(depth)
+    if depth.ndim == 3 and depth.shape[2] == 1:
+        depth = depth[..., 0]
+    if depth.shape != rgb.shape[:2]:
+        return Rejected("depth-size-mismatch")
+    return spec.make(rgb, depth, rng, **options)
 
 
 def reasoning_trace(example: Example) -> str:
     """A short, deterministic, obviously templated cold-start response built from the example's metadata:
     <think>explanation</think> then the answer in \\boxed{}."""
-    return f"<think>{_TRACES[example.task](example.meta)}</think>\nThe answer is \\boxed{{{example.answer}}}."
+    return f"<think>{TASK_SPECS[example.task].trace(example.meta)}</think>\nThe answer is \\boxed{{{example.answer}}}."
+
+
+# =====================================================================================================
+# Shared verifier: the boxed answer, the format check, accuracy and the reward (§3.3)
+#   accuracy dispatches to the task's parser through TASK_SPECS
+# =====================================================================================================
+_BOX_TOKEN = re.compile(r"\\boxed\{|[{}]")
+
+
+class _Boxes:
+    """One linear scan of all \\boxed{…} in a text (see _scan_boxes)."""
+    __slots__ = ("last", "leaves", "open_after_last")
+
+    def __init__(self, last, leaves, open_after_last):
+        self.last, self.leaves, self.open_after_last = last, leaves, open_after_last
+
+
+def _scan_boxes(text: str) -> _Boxes:
+    """Spans (content start, end) of the balanced boxes of `text`, in one linear pass keeping a brace depth
+    and a stack of the open boxes only (megabyte strings and deep nesting stay fast).
+
+    last: the last balanced box (the one that opens last) or None; leaves: every balanced box with no box
+    inside it, in closing order; open_after_last: a box opened after `last` ended never closes (a cut-off
+    answer switch). A stray '}' at depth 0 is ignored. Braces before the first box cannot change which
+    boxes balance, so the scan starts there."""
+    depth, stack, last, leaves = 0, [], None, []    # stack entries: [depth at opening, content start, has child]
+    for m in _BOX_TOKEN.finditer(text, max(0, text.find("\\boxed{"))):
+        tok = m.group()
+        if tok != "}":
+            if tok != "{":
+                if stack:
+                    stack[-1][2] = True
+                stack.append([depth, m.end(), False])
+            depth += 1
+        elif depth > 0:
+            depth -= 1
+            if stack and stack[-1][0] == depth:
+                _, start, has_child = stack.pop()
+                if not has_child:
+                    leaves.append((start, m.start()))
+                if last is None or start > last[0]:
+                    last = (start, m.start())
+    open_after = last is not None and any(start > last[1] for _, start, _ in stack)
+    return _Boxes(last, leaves, open_after)
+
+
+def _last_box(text: str) -> tuple[int, int] | None:
+    """(start, end) of the content of the last balanced \\boxed{…}: the one that opens last."""
+    return _scan_boxes(text).last
+
+
+def extract_boxed(text: str) -> str | None:
+    """Content of the last balanced \\boxed{…}, stripped; None if there is none."""
+    if not isinstance(text, str) or "\\boxed{" not in text:
+        return None
+    span = _last_box(text)
+    return None if span is None else text[span[0]:span[1]].strip()
+
+
+_THINK_TAG = re.compile(r"<\s*(/?)\s*think\s*>")
+
+
+def normalise_tags(text: str) -> str:
+    """`< think >`, `</ think>`, `< /think >` → `<think>` / `</think>`: whitespace inside the think tags does
+    not count against a response (the official img_score strips whitespace around every <, > and /)."""
+    return _THINK_TAG.sub(r"<\1think>", text)
+
+
+def official_boxed(text: str) -> str | None:
+    """The official verifier's prediction (mathruler's extract_boxed_content): the stripped content of the
+    last `\\boxed{` when it closes, else None (an unclosed last box is no answer)."""
+    if not isinstance(text, str) or "\\boxed{" not in text:
+        return None
+    boxes = _scan_boxes(text)
+    if boxes.last is None or boxes.open_after_last:
+        return None
+    return text[boxes.last[0]:boxes.last[1]].strip()
+
+
+def format_ok(response: str) -> bool:
+    """Format reward: the response starts with <think>, closes it, and then gives a balanced \\boxed{}
+    (whitespace inside the think tags ignored, normalise_tags)."""
+    if not isinstance(response, str):
+        return False
+    text = normalise_tags(response.strip())
+    if not text.startswith("<think>"):
+        return False
+    close = text.find("</think>")
+    span = _last_box(text) if close >= 0 else None
+    return span is not None and span[0] > close
+
+
+def accuracy(response: str, answer: str, task: str | None, problem: str | None = None) -> float:
+    """1.0 if the response commits to the ground truth, else 0.0. Committing means: the last balanced
+    \\boxed{} parses to the truth with the task's parser (TASK_SPECS); no \\boxed{ opened after it is left
+    unclosed (a cut-off answer switch); and every box after the last </think> (the whole text if there is
+    none) gives that same answer (several different boxed answers are hedging). `problem` (optional)
+    supplies the text options so that 'B. Right' and 'Right' are read as option B. task None (a record from
+    another source, e.g. the released Spatial-SSRL-81k parquet, which has no task field): the official rule,
+    the stripped content of the last box equals the answer string exactly. Linear time; never raises on
+    any response."""
+    if task is None:
+        return float(official_boxed(response) == str(answer))
+    spec = task_spec(task)
+    options = options_from_problem(problem) if spec.reads_options else {}
+    truth = spec.parse(answer, answer, options)
+    if truth is None:
+        raise ValueError(f"ground truth {answer!r} is not a valid {task} answer")
+    if not isinstance(response, str) or "\\boxed{" not in response:
+        return 0.0
+    response = normalise_tags(response)
+    boxes = _scan_boxes(response)
+    if boxes.last is None or boxes.open_after_last:
+        return 0.0
+    close = response.rfind("</think>")
+    contents = {response[a:b].strip() for a, b in boxes.leaves if a > close}
+    contents.add(response[boxes.last[0]:boxes.last[1]].strip())
+    for content in contents:
+        if len(content) > MAX_ANSWER_CHARS or spec.parse(content, answer, options) != truth:
+            return 0.0
+    return 1.0
+
+
+def reward_terms(response: str, answer: str, task: str | None, problem: str | None = None,
+                 finished: bool = True) -> tuple:
+    """(reward, accuracy, format) of one response: r = 0.9·accuracy + 0.1·format ∈ {0, 0.1, 0.9, 1.0}.
+    finished=False (the completion hit the token budget without an end token) gives format 0: a cut-off
+    response is not well formed, whatever its prefix looks like. grpo.py and evaluate.py call this."""
+    acc = accuracy(response, answer, task, problem)
+    fmt = float(format_ok(response) and finished)
+    return 0.9 * acc + 0.1 * fmt, acc, fmt
+
+
+def reward(response: str, answer: str, task: str | None, problem: str | None = None, finished: bool = True) -> float:
+    """Spatial-SSRL reward: r = 0.9·accuracy + 0.1·format ∈ {0, 0.1, 0.9, 1.0} (reward_terms)."""
+    return reward_terms(response, answer, task, problem, finished)[0]
