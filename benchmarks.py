@@ -101,7 +101,6 @@ PAPER = {  # Table 1 of the paper (official repo assets/exp_result.png), % ; see
 METRIC = {"pretext": "accuracy", "spatial457": "accuracy", "3dsrbench": "accuracy (vanilla)",
           "spatialeval": "accuracy", "qspatial_plus": "δ₂ success", "whatsup": "accuracy",
           "viewspatial": "accuracy", "vsibench": "mean (MC exact, MRA)"}
-VLMEVALKIT_BENCHES = ("spatial457", "3dsrbench", "spatialeval", "qspatial_plus")
 
 
 class DataError(ValueError):
