@@ -2,10 +2,13 @@
 
 Each generator is checked against an independent re-derivation from the pixels or the depth map (on a
 synthetic textured image and on the built-in procedural rooms), each verifier against hand-written accept /
-reject cases and a fuzz of hostile strings. The dataset builder's tests are in test_make_data.py.
+reject cases and a fuzz of hostile strings; the registry TASK_SPECS is checked to be the one table the entry
+points read (a toy sixth task goes through them). The dataset builder's tests are in test_make_data.py.
 Run: python -m pytest -q test_tasks.py
 """
+import dataclasses
 import functools
+import inspect
 import itertools
 import json
 import random
@@ -257,6 +260,79 @@ def test_verifier_accepts_truth_and_rejects_every_other_answer(task, kw, scene):
     for cand in space:
         assert tasks.accuracy(boxed(cand), ex.answer, task) == float(cand == ex.answer)
     assert tasks.reward(tasks.reasoning_trace(ex), ex.answer, task) == pytest.approx(1.0)
+
+
+# ----------------------------------------------------------------------------- the registry
+def test_registry_is_the_single_source_in_paper_order():
+    """TASKS, RGB_TASKS and DEPTH_TASKS come from TASK_SPECS; each row points to its own block's make_,
+    parse_ and trace_ (in that order in the file, blocks in the paper's order); no other table keyed by
+    task, and the entry points name no task."""
+    assert tasks.TASKS == tuple(tasks.TASK_SPECS) == ("shuffle", "flip", "crop", "depth", "position")
+    assert tasks.RGB_TASKS == ("shuffle", "flip", "crop") and tasks.DEPTH_TASKS == ("depth", "position")
+    assert tasks.DEPTH_TASKS == tuple(n for n, spec in tasks.TASK_SPECS.items() if spec.needs_depth)
+    blocks = []
+    for name, spec in tasks.TASK_SPECS.items():
+        fns = (spec.make, spec.parse, spec.trace)
+        assert spec.name == name and all(callable(f) for f in fns)
+        assert [f.__name__ for f in fns] == [f"make_{name}", f"parse_{name}", f"trace_{name}"]
+        lines = [inspect.getsourcelines(f)[1] for f in fns]
+        assert lines == sorted(lines), name
+        blocks.append(lines)
+    assert all(a[-1] < b[0] for a, b in zip(blocks, blocks[1:])), "one contiguous block per task, in order"
+    tables = [k for k, v in vars(tasks).items() if isinstance(v, dict) and set(v) == set(tasks.TASKS)]
+    assert tables == ["TASK_SPECS"]
+    for fn in (tasks.task_spec, tasks.make_example, tasks.reasoning_trace, tasks.accuracy, tasks.reward_terms):
+        assert not any(f'"{t}"' in inspect.getsource(fn) for t in tasks.TASKS), fn.__name__
+
+
+def make_halves(rgb, depth, rng):
+    """A toy sixth task written to the block contract: which half of the picture is nearer to the camera?"""
+    w = depth.shape[1]
+    left, right = (float(np.nanmedian(np.where(d > 0, d, np.nan))) for d in (depth[:, :w // 2], depth[:, w // 2:]))
+    if left == right:
+        return tasks.Rejected("halves-tie")
+    options = [("Left half", "Right half")[k] for k in rng.permutation(2)]
+    truth = "Left half" if left < right else "Right half"
+    listing = "\n".join(f"{tasks.LETTERS[k]}. {o}" for k, o in enumerate(options))
+    problem = f"<image>\nWhich half of this picture is nearer to the camera?\n{listing}\nAnswer with the letter."
+    return tasks.Example("halves", [Image.fromarray(rgb)], problem, tasks.LETTERS[options.index(truth)],
+                         {"options": options, "truth": truth})
+
+
+def parse_halves(content, answer, options):
+    return tasks.parse_letter(content, options)
+
+
+def trace_halves(meta):
+    return f"The surfaces in the {meta['truth'].lower()} are closer, so that half is nearer."
+
+
+def test_a_sixth_task_is_one_block_and_one_registry_row(monkeypatch, scene):
+    """Registering the toy task in a copy of the table is all it takes: make_example generates it (with
+    the depth map, as needs_depth says), accuracy / reward_terms verify it through its parser (with the
+    problem's options, as reads_options says) and reasoning_trace uses its trace."""
+    spec = tasks.Task("halves", make_halves, parse_halves, trace_halves, needs_depth=True, reads_options=True)
+    monkeypatch.setattr(tasks, "TASK_SPECS", {**tasks.TASK_SPECS, "halves": spec})
+    rgb, depth = scene
+    examples = [tasks.make_example("halves", rgb, depth, np.random.default_rng(seed)) for seed in range(8)]
+    assert all(isinstance(ex, tasks.Example) for ex in examples)
+    assert {ex.answer for ex in examples} == {"A", "B"}
+    for ex in examples:
+        wrong = "AB".replace(ex.answer, "")
+        assert tasks.accuracy(boxed(ex.answer), ex.answer, "halves") == 1.0
+        assert tasks.accuracy(boxed(wrong), ex.answer, "halves") == 0.0
+        assert tasks.accuracy(boxed(ex.meta["truth"]), ex.answer, "halves", problem=ex.problem) == 1.0
+        trace = tasks.reasoning_trace(ex)
+        assert trace_halves(ex.meta) in trace
+        assert tasks.reward_terms(trace, ex.answer, "halves") == pytest.approx((1.0, 1.0, 1.0))
+    monkeypatch.setitem(tasks.TASK_SPECS, "halves", dataclasses.replace(spec, reads_options=False))
+    assert tasks.accuracy(boxed(ex.meta["truth"]), ex.answer, "halves", problem=ex.problem) == 0.0
+    with pytest.raises(ValueError, match="needs a depth map"):
+        tasks.make_example("halves", rgb, None)
+    with pytest.raises(ValueError, match="'halves'"):                   # the known tasks come from the table
+        tasks.make_example("seventh", rgb)
+    depth_ex = make("depth", scene, 0)                                 # the five rows still work beside it
+    assert tasks.reward(tasks.reasoning_trace(depth_ex), depth_ex.answer, "depth") == pytest.approx(1.0)
 
 
 # ----------------------------------------------------------------------------- independent re-derivation from pixels
