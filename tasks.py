@@ -106,7 +106,7 @@ LETTERS = "ABCD"
 MAX_ANSWER_CHARS = 200   # no valid boxed answer is longer; longer content is rejected without parsing
 
 
-# ----------------------------------------------------------------------------- shared types and the CoT prompt
+# ----------------------------------------------------------------------------------- shared types and with_cot
 @dataclass
 class Example:
     """One question: images shown in order, problem text with one <image> per image, canonical answer."""
