@@ -5,8 +5,9 @@ self-supervised tasks of tasks.py (shuffle, flip, crop, depth, position) for the
 
     python make_data.py                                  # 500 examples (+ 50 cold-start) from scenes.py -> data/ssrl
     python make_data.py --out data/mine --rgb photos/ --rgbd diode/ --n 81000 --workers 8
+    python make_data.py --out data/mine --rgb photos/ --rgbd diode/ --n 81000 --workers 8 --resume   # after a stop
     python bench.py data                                 # generator / scene / builder speed (not here)
-    python make_data.py --help                           # every knob with its default
+    python make_data.py --help                           # every knob with its default, and examples
 
 RGB-D naming rule (--rgbd DIR, searched recursively): an image <stem>.<jpg|png|...> takes its depth from the
 first of <stem>_depth.npy, <stem>.npy, <stem>_depth.png, <stem>_depth.h5, <stem>.h5, ../depths/<stem>.h5 (the
@@ -17,14 +18,23 @@ The depth map must match the image's stored pixel grid; EXIF rotation is applied
 depth file at all is an error (unless --tasks names only RGB tasks); tasks that fall short are reported.
 
 Output (--out): train.jsonl (GRPO), test.jsonl (held out), sft.jsonl (cold start, with "response"): three
-disjoint sets of source images; images/<task>/<id>_<i>.jpg, stats.json (counts, rejections and the shortcut
-report), config.json, progress.jsonl (resume journal) and preview.png. Records: {"id", "task", "problem",
-"answer", "images", "source", "meta"} (+ "response" in sft.jsonl); `images` are relative to --out.
+disjoint sets of source images; images/<task>/<id>_<i>.jpg, stats.json (counts, rejections, the unusable
+source files by reason, and the shortcut report), run.json (the settings and a fingerprint of the source
+folders: common.start_out_dir), progress.jsonl (resume journal) and preview.png. Records: {"id", "task",
+"problem", "answer", "images", "source", "meta"} (+ "response" in sft.jsonl); `images` are relative to --out.
+
+Output folder (common.out_dir_mode, the rule of every script): a new or empty --out is built; an earlier
+make_data.py build in it is continued with --resume (refused if a setting differs or the source folders
+changed: files added, removed or resized) or deleted and rebuilt with --overwrite; any other folder is refused.
+A resumed build is byte-identical to an uninterrupted one. Exit codes (common.cli_main): 0 done; 2 bad input,
+or a split that was asked for came out empty (too few source images); 130 interrupted (add --resume to go on).
 
 Shortcut report (stats.json "shortcuts", and the end-of-run table): the accuracy of known 2-D heuristics
 that never look at depth or at the hole (depth: "lower = nearer", "edge = nearer"; position: image x +
 "higher = farther", image x alone, text-only priors; crop: a candidate-only classifier, pixel twins, JPEG
-grid), next to chance and a threshold; run it on your own photos to see whether they are shortcut-prone.
+grid), next to chance and a limit (never above 100 %; "n too small to judge" where even a heuristic right on
+every question could not be told from one at the limit); run it on your own photos to see whether they are
+shortcut-prone.
 
 Paper → code
   five pretext tasks from raw RGB / RGB-D images   → tasks.make_example(), called by run_job()
@@ -45,15 +55,12 @@ Deviations from the official data scripts (data_process/*.py)
      per-file factor (jpeg_scale) so the 8×8 block grid carries no signal; images are saved as JPEG q95.
   6. Every build reports its shortcut heuristics (shortcut_report); the paper reports none.
 """
-import argparse
 import dataclasses
 import hashlib
 import io
 import json
 import math
 import os
-import sys
-import tempfile
 import textwrap
 import time
 from collections import Counter, deque
@@ -65,16 +72,22 @@ from PIL import Image, ImageDraw, ImageOps, UnidentifiedImageError
 
 import scenes
 import tasks
+from common import (SetupError, Skipped, append_jsonl, atomic_write, check_identity, cli_main, config_parser, knob,
+                    out_dir_mode, read_jsonl, read_run_info, rewrite_jsonl, start_out_dir)
 
+PROG = "make_data.py"
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 DEPTH_SUFFIXES = ("_depth", "_mask", "_depth_mask")  # stems ending like this are depth/mask files, not images
 SCENE_SALT, SFT_SALT, SPLIT_SALT = 0x5CE7E, 0x5F7, 0x7E57
-# Settings that only change speed or reporting; everything else defines the dataset and must match on resume.
-RUN_ONLY_KEYS = ("out", "workers", "preview", "progress", "sync_seconds")
+# Settings that only change speed, reporting or how --out is used; the rest (and the source fingerprint) is the
+# run's identity in run.json, which a --resume must match.
+RUN_ONLY_KEYS = ("out", "workers", "preview", "progress", "sync_seconds", "resume", "overwrite")
 NAMING_RULE = ("Depth naming rule: an image <stem>.<jpg|png|...> takes its depth from the first of <stem>_depth.npy, "
                "<stem>.npy, <stem>_depth.png (16-bit, millimetres), <stem>_depth.h5, <stem>.h5 or ../depths/<stem>.h5 "
                "next to it.")
 SPLITS = ("train", "test", "sft")  # record files <split>.jsonl; sft.jsonl records also carry "response"
+JOURNAL = "progress.jsonl"         # one line per finished job, written after the records it lists are durable
+NAMED_PER_REASON = 5               # unusable source files named per reason in stats.json (3 in the summary)
 
 
 # --------------------------------------------------------------------------------------------
@@ -82,67 +95,80 @@ SPLITS = ("train", "test", "sft")  # record files <split>.jsonl; sft.jsonl recor
 # --------------------------------------------------------------------------------------------
 @dataclass
 class Config:
-    out: str = "data/ssrl"  # output folder (re-running the same command into it resumes)
-    rgb: str = ""  # folder of RGB images (recursive) for shuffle/flip/crop
-    rgbd: str = ""  # folder of RGB + depth pairs (naming rule in the module docstring) for all five tasks
-    n: int = 500  # total number of examples (train + test), shared between tasks by their weights
-    tasks: str = "auto"  # comma list with optional weights ("shuffle:2,depth"); auto = all five (RGB tasks if no depth)
-    sft_size: int = -1  # cold-start examples (sft.jsonl), from source images not used by train/test; -1 = auto: max(50, 4.4 % of --n)
-    test_fraction: float = 0.1  # fraction of source images whose examples go to test.jsonl
-    seed: int = 0  # the dataset is a pure function of the seed and the settings (not of --workers)
-    workers: int = 0  # worker processes; 0 = all cores
-    preview: str = "auto"  # contact sheet PNG with one example per task; auto = OUT/preview.png, none = off
-    scene_size: str = "512x384"  # WxH of the built-in procedural rooms
-    shuffle_grids: str = "2x2"  # shuffle grids as ROWSxCOLS, comma list drawn uniformly per example ("2x2,3x3")
-    max_side: int = 1024  # down-scale sources whose longer side exceeds this; 0 = keep full size
-    jpeg_rescale: bool = True  # resample JPEG sources by a per-file factor in [0.80, 0.95) (hides the 8x8 block grid)
-    min_side: int = 64  # skip sources whose shorter side is below this
-    per_source: int = 1  # at most this many examples of each task per source image (passes over a folder)
-    depth_png_scale: float = 1000.0  # 16-bit depth PNG units per metre (1000 = millimetres)
-    image_format: str = "jpg"  # jpg or png (lossless, ~8x slower to encode and ~4x larger at 1024x768)
-    jpeg_quality: int = 95  # JPEG quality of the saved task images
-    sync_seconds: float = 2.0  # fsync records and journal at most this often (0 = after every job)
-    progress: bool = True  # tqdm progress bar
+    out: str = knob("data/ssrl", "output folder; a build already in it is continued with --resume or replaced "
+                                 "with --overwrite")
+    rgb: str = knob("", "folder of RGB images (recursive) for shuffle / flip / crop")
+    rgbd: str = knob("", "folder of RGB + depth pairs (naming rule below) for all five tasks")
+    n: int = knob(500, "total number of examples (train + test), shared between tasks by their weights")
+    tasks: str = knob("auto", 'comma list with optional weights ("shuffle:2,depth"); auto = all five (the RGB '
+                              "tasks if there is no depth)")
+    sft_size: int = knob(-1, "cold-start examples (sft.jsonl), from source images not used by train / test; "
+                             "0 = none, -1 = auto: max(50, 4.4 %% of --n)")
+    test_fraction: float = knob(0.1, "fraction of source images whose examples go to test.jsonl (0 = no test split)")
+    seed: int = knob(0, "the dataset is a pure function of the seed and the settings (not of --workers)")
+    workers: int = knob(0, "worker processes; 0 = all cores")
+    preview: str = knob("auto", "contact sheet PNG with one example per task; auto = OUT/preview.png, none = off")
+    scene_size: str = knob("512x384", "WxH of the built-in procedural rooms")
+    shuffle_grids: str = knob("2x2", 'shuffle grids as ROWSxCOLS, comma list drawn uniformly per example ("2x2,3x3")')
+    max_side: int = knob(1024, "down-scale sources whose longer side exceeds this; 0 = keep full size")
+    jpeg_rescale: bool = knob(True, "resample JPEG sources by a per-file factor in [0.80, 0.95) (hides the 8x8 "
+                                    "block grid)")
+    min_side: int = knob(64, "skip sources whose shorter side is below this")
+    per_source: int = knob(1, "at most this many examples of each task per source image (passes over a folder)")
+    depth_png_scale: float = knob(1000.0, "16-bit depth PNG units per metre (1000 = millimetres)")
+    image_format: str = knob("jpg", "jpg or png (lossless, ~8x slower to encode and ~4x larger at 1024x768)")
+    jpeg_quality: int = knob(95, "JPEG quality of the saved task images")
+    sync_seconds: float = knob(2.0, "make records and journal durable (fsync) at most this often (0 = after every "
+                                    "job)")
+    progress: bool = knob(True, "tqdm progress bar")
+    resume: bool = knob(False, "continue the build in --out (refused if a setting differs or the source folders "
+                               "changed since it started)")
+    overwrite: bool = knob(False, "delete the build in --out (a make_data.py output folder) and start over")
+
+
+USAGE_EXAMPLES = f"""examples:
+  python make_data.py                                  # 500 examples + 50 cold-start from built-in scenes -> data/ssrl
+  python make_data.py --out data/photos --rgb photos/ --n 2000 --tasks shuffle,flip,crop
+  python make_data.py --out data/mine --rgbd diode/ --rgb photos/ --n 81000 --workers 8
+  python make_data.py --out data/mine --rgbd diode/ --rgb photos/ --n 81000 --workers 8 --resume   # after a stop
+  python make_data.py --out data/mine ... --overwrite  # delete that build and make it again
+
+An existing build in --out is never mixed with a new one: --resume continues it (same settings, same source
+files; the result is byte-identical to an uninterrupted build), --overwrite starts over.
+{textwrap.fill(NAMING_RULE, 110)}"""
+
+
+def build_parser():
+    return config_parser(Config, PROG, __doc__.split("\n")[0], USAGE_EXAMPLES)
 
 
 def parse_config(argv=None):
-    """argparse generated from Config: --dash-names, defaults shown by --help, --x/--no-x booleans."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    comments = _field_comments()
-    for f in dataclasses.fields(Config):
-        flag = "--" + f.name.replace("_", "-")
-        kind = {"action": argparse.BooleanOptionalAction} if f.type in (bool, "bool") else {"type": type(f.default)}
-        parser.add_argument(flag, default=f.default, help=comments.get(f.name, " "), **kind)
-    return Config(**vars(parser.parse_args(argv)))
+    """A Config from command-line flags (argparse errors: one line, exit 2)."""
+    return Config(**vars(build_parser().parse_args(argv)))
 
 
-def _field_comments():
-    """The `# comment` after each Config field, used as its --help text."""
-    try:
-        import inspect
-        lines = inspect.getsource(Config).splitlines()
-    except (OSError, TypeError):
-        return {}
-    out = {}
-    for line in lines:
-        name, sep, rest = line.strip().partition(":")
-        if sep and "#" in rest and name.isidentifier():
-            out[name] = rest.split("#", 1)[1].strip().replace("%", "%%")
-    return out
+def check_config(cfg):
+    """Every flag value that cannot work, in one SetupError (nothing is read or written before this)."""
+    problems = [msg for bad, msg in [
+        (cfg.n < 1, "--n must be >= 1"), (not 0 <= cfg.test_fraction < 1, "--test-fraction must be in [0, 1)"),
+        (cfg.per_source < 1, "--per-source must be >= 1"), (cfg.workers < 0, "--workers must be >= 0"),
+        (cfg.image_format not in ("jpg", "png"), "--image-format must be jpg or png"),
+        (not 1 <= cfg.jpeg_quality <= 100, "--jpeg-quality must be in 1..100"),
+        (cfg.sft_size < -1, "--sft-size must be >= 0 (or -1 = auto)"),
+        (cfg.depth_png_scale <= 0, "--depth-png-scale must be > 0"), (cfg.min_side < 1, "--min-side must be >= 1"),
+        (cfg.max_side < 0, "--max-side must be >= 0 (0 = keep full size)")] if bad]
+    for parse, spec in ((parse_grids, cfg.shuffle_grids), (parse_size, cfg.scene_size)):
+        try:
+            parse(spec)
+        except SetupError as e:
+            problems.append(str(e))
+    if problems:
+        raise SetupError("; ".join(problems))
 
 
 # --------------------------------------------------------------------------------------------
 # Sources: discovery and robust loading
 # --------------------------------------------------------------------------------------------
-class BadSource(Exception):
-    """A source image (or its depth) that cannot be used; .reason is a short stable slug for stats.json."""
-
-    def __init__(self, reason):
-        super().__init__(reason)
-        self.reason = reason
-
-
 @dataclass(frozen=True)
 class Source:
     key: str  # stable identity: "rgb:<relpath>", "rgbd:<relpath>" or "scene:<seed>" (seeds + split use it)
@@ -190,7 +216,7 @@ def discover_sources(rgb_dir, rgbd_dir):
         if not root:
             continue
         if not os.path.isdir(root):
-            raise SystemExit(f"make_data: --{kind} {root!r} is not a folder")
+            raise SetupError(f"--{kind} {root!r} is not a folder")
         for rel in _image_files(root):
             path = os.path.join(root, rel)
             real = os.path.realpath(path)
@@ -206,11 +232,27 @@ def discover_sources(rgb_dir, rgbd_dir):
     return sources, notes
 
 
+def source_fingerprint(sources):
+    """What a resumed build must find again in its source folders: the number of sources, how many have depth,
+    and a hash of every source's relative path and file size (its depth and mask files too). None for the
+    built-in scenes. A file edited in place at the same size goes unnoticed; anything added, removed, renamed
+    or resized changes the hash."""
+    if sources is None:
+        return None
+    h = hashlib.blake2b(digest_size=12)
+    for src in sorted(sources, key=lambda s: s.key):
+        files = [src.key, os.path.getsize(src.path)]
+        for extra in (src.depth, src.mask):
+            files += [os.path.relpath(extra, os.path.dirname(src.path)), os.path.getsize(extra)] if extra else ["", 0]
+        h.update((json.dumps(files) + "\n").encode("utf-8"))
+    return {"images": len(sources), "with_depth": sum(s.kind == "rgbd" for s in sources), "hash": h.hexdigest()}
+
+
 def _require_h5py():
     try:
         import h5py  # noqa: F401
     except ImportError:
-        raise SystemExit("make_data: MegaDepth .h5 depth files need h5py: pip install h5py") from None
+        raise SetupError("MegaDepth .h5 depth files need h5py: pip install h5py") from None
     return h5py
 
 
@@ -238,7 +280,7 @@ def jpeg_scale(path):
 
 
 def load_image(path, max_side, min_side, jpeg_rescale=True):
-    """(rgb uint8 HxWx3, stored (W, H), EXIF orientation); raises BadSource for unusable files. Sources
+    """(rgb uint8 HxWx3, stored (W, H), EXIF orientation); raises common.Skipped for unusable files. Sources
     larger than max_side are scaled down; JPEG sources are also resampled by jpeg_scale()."""
     try:
         with Image.open(path) as im:
@@ -249,17 +291,17 @@ def load_image(path, max_side, min_side, jpeg_rescale=True):
             im.load()
             im = _to_rgb(ImageOps.exif_transpose(im))
     except UnidentifiedImageError:
-        raise BadSource("not-an-image") from None
+        raise Skipped("not-an-image", str(path)) from None
     except Image.DecompressionBombError:
-        raise BadSource("too-many-pixels") from None
+        raise Skipped("too-many-pixels", str(path)) from None
     except (OSError, SyntaxError, ValueError, EOFError, TypeError) as e:
-        raise BadSource("truncated" if "truncated" in str(e) else "unreadable") from None
+        raise Skipped("truncated" if "truncated" in str(e) else "unreadable", f"{path}: {e}") from None
     scale = min(1.0, max_side / max(im.size)) if max_side else 1.0
     scale *= jpeg_scale(path) if is_jpeg and jpeg_rescale else 1.0
     if scale < 1.0:
         im = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))), Image.Resampling.BICUBIC)
     if min(im.size) < min_side:
-        raise BadSource("too-small")
+        raise Skipped("too-small", f"{path}: {im.width}x{im.height}, --min-side {min_side}")
     return np.asarray(im), stored, orientation
 
 
@@ -275,10 +317,10 @@ def _read_depth_array(path, png_scale):
             if im.mode == "F":
                 return np.asarray(im, np.float32)
             if im.mode not in ("I", "I;16", "I;16B", "I;16L", "I;16N"):
-                raise BadSource("depth-png-not-16-bit")
+                raise Skipped("depth-png-not-16-bit", f"{path}: mode {im.mode}")
             return np.asarray(im, np.float32) / np.float32(png_scale)
     if a.dtype.kind not in "fiu":
-        raise BadSource("depth-bad-dtype")
+        raise Skipped("depth-bad-dtype", f"{path}: {a.dtype}")
     return a
 
 
@@ -287,25 +329,25 @@ def load_depth(path, mask_path, stored_size, orientation, out_size, png_scale=10
     try:
         d = _read_depth_array(path, png_scale)
         m = np.load(mask_path, allow_pickle=False) if mask_path else None
-    except BadSource:
+    except Skipped:
         raise
     except Exception:  # numpy, Pillow and h5py raise many types for corrupt files
-        raise BadSource("depth-unreadable") from None
+        raise Skipped("depth-unreadable", path) from None
     d = np.asarray(d, np.float32)
     if d.ndim == 3 and d.shape[2] == 1:
         d = d[..., 0]
     if d.ndim != 2:
-        raise BadSource("depth-bad-shape")
+        raise Skipped("depth-bad-shape", f"{path}: {d.shape}")
     if d.shape != (stored_size[1], stored_size[0]):
-        raise BadSource("depth-size-mismatch")
+        raise Skipped("depth-size-mismatch", f"{path}: {d.shape[::-1]} vs image {stored_size}")
     valid = np.isfinite(d) & (d > 0)
     if m is not None:
         m = np.squeeze(np.asarray(m))
         if m.shape != d.shape:
-            raise BadSource("mask-size-mismatch")
+            raise Skipped("mask-size-mismatch", mask_path)
         valid &= m != 0
     if not valid.any():
-        raise BadSource("depth-no-valid-pixels")
+        raise Skipped("depth-no-valid-pixels", path)
     im = Image.fromarray(np.where(valid, d, np.nan).astype(np.float32))  # mode "F"
     method = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
               5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
@@ -319,7 +361,7 @@ def load_depth(path, mask_path, stored_size, orientation, out_size, png_scale=10
 
 def load_source(src, need_depth, scene_hw=(384, 512), max_side=1024, min_side=64, png_scale=1000.0,
                 jpeg_rescale=True):
-    """(rgb, depth or None) for one source, the depth resampled onto the RGB grid; raises BadSource."""
+    """(rgb, depth or None) for one source, the depth resampled onto the RGB grid; raises Skipped."""
     if src.kind == "scene":
         return scenes.render_scene(int(src.key.split(":", 1)[1]), *scene_hw)
     rgb, stored, orientation = load_image(src.path, max_side, min_side, jpeg_rescale)
@@ -436,7 +478,7 @@ def _save_images(images, task, index, ctx):
     rels = [f"images/{task}/{task}-{index:07d}_{i}.{ext}" for i in range(len(images))]
     Path(ctx.out_dir, "images", task).mkdir(parents=True, exist_ok=True)
     for rel, data in zip(rels, images):
-        _atomic_write(Path(ctx.out_dir, rel), data)
+        atomic_write(Path(ctx.out_dir, rel), data)
     return rels
 
 
@@ -450,7 +492,7 @@ def run_job(job):
     try:
         rgb, depth = load_source(src, need_depth, ctx.scene_hw, ctx.max_side, ctx.min_side, ctx.png_scale,
                                  ctx.jpeg_rescale)
-    except BadSource as e:
+    except Skipped as e:
         result["skip"] = e.reason
         return result
     except Exception as e:  # anything unexpected in a decoder: skip the source, never crash the build
@@ -473,88 +515,51 @@ def run_job(job):
 
 
 # --------------------------------------------------------------------------------------------
-# Output folder: config check, crash-safe append-only files, resume
+# Output folder: crash-safe append-only files, resume
 # --------------------------------------------------------------------------------------------
 def job_of(record_id):
     """Record ids are "<task>-<job index>"; the job index orders everything in the folder."""
     return int(record_id.rsplit("-", 1)[1])
 
 
-def _read_jsonl(path):
-    """[(raw_line_bytes, obj)] for the complete, parseable lines of a file, stopping at the first bad
-    one (a partial line left by a killed run is never trusted)."""
-    if not path.exists():
-        return []
-    out = []
-    for raw in path.read_bytes().split(b"\n")[:-1]:  # the piece after the last newline is incomplete
-        try:
-            out.append((raw + b"\n", json.loads(raw)))
-        except ValueError:
-            break
-    return out
-
-
-def _atomic_write(path, data):
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
-
-
 class OutputFolder:
     """Append-only record files plus a journal (progress.jsonl, one line per finished job). Workers write
-    images (tmp + rename) before the main process appends the record that references them; journal lines
-    are written only after the records they list are fsync'ed. On resume everything after the first job that is not fully on disk
-    is rolled back, so the folder always holds an exact prefix of the uninterrupted run."""
+    images (common.atomic_write) before the main process takes the record that references them; records wait
+    in memory and are appended per split at each sync (common.append_jsonl: one fsynced write), then the
+    journal lines of the jobs they belong to, so a journal line is written only after the records it lists are
+    durable. On resume everything after the first job that is not fully on disk is rolled back, so the folder
+    always holds an exact prefix of the uninterrupted run. The folder itself (run.json, the lock) is set up
+    by common.start_out_dir before this."""
 
-    def __init__(self, root, dataset_config, sync_seconds=2.0):
+    def __init__(self, root, sync_seconds=2.0):
         self.root, self.sync_seconds = Path(root), sync_seconds
-        self.root.mkdir(parents=True, exist_ok=True)
-        self._check_config(dataset_config)
         self.resume_at, self.journal = self._repair()   # also sets self.records (the kept records)
-        self.files = {name: open(self.root / f"{name}.jsonl", "ab") for name in (*SPLITS, "progress")}
-        self.pending, self.last_sync = [], time.monotonic()
-
-    def _check_config(self, dataset_config):
-        path = self.root / "config.json"
-        text = json.dumps(dataset_config, indent=1, sort_keys=True) + "\n"
-        if path.exists():
-            stored = json.loads(path.read_text())
-            diff = sorted(k for k in set(stored) | set(dataset_config) if stored.get(k) != dataset_config.get(k))
-            if diff:
-                raise SystemExit(f"make_data: {self.root} was built with different settings ({', '.join(diff)}: "
-                                 f"{ {k: stored.get(k) for k in diff} }); use a new --out or the same settings")
-        elif any(p.name != "config.json.tmp" for p in self.root.iterdir()):
-            raise SystemExit(f"make_data: {self.root} is not empty and holds no config.json; refusing to mix datasets")
-        else:
-            _atomic_write(path, text.encode())
+        self.pending = {split: [] for split in SPLITS}
+        self.pending_journal, self.last_sync = [], time.monotonic()
 
     def _repair(self):
         """Find the first job that is not completely on disk, roll every file back to before it, and delete
         images that no kept record references. Sets self.records; returns (resume index, kept journal)."""
-        journal = _read_jsonl(self.root / "progress.jsonl")
-        recs = {s: _read_jsonl(self.root / f"{s}.jsonl") for s in SPLITS}
-        by_id = {obj["id"]: obj for s in recs for _, obj in recs[s]}
-        resume = journal[-1][1]["job"] + 1 if journal else 0
-        for _, entry in journal:
+        journal = read_jsonl(self.root / JOURNAL, torn_tail_ok=True)     # a killed run may have cut a line
+        recs = {s: read_jsonl(self.root / f"{s}.jsonl", torn_tail_ok=True) for s in SPLITS}
+        by_id = {r["id"]: r for s in recs for r in recs[s]}
+        resume = journal[-1]["job"] + 1 if journal else 0
+        for entry in journal:
             if any(i not in by_id or not self._images_ok(by_id[i]) for i in entry["accepted"]):
                 resume = min(resume, entry["job"])
         for rec in by_id.values():
             if not self._images_ok(rec):
                 resume = min(resume, job_of(rec["id"]))
-        kept_journal = [(raw, e) for raw, e in journal if e["job"] < resume]
-        _atomic_write(self.root / "progress.jsonl", b"".join(raw for raw, _ in kept_journal))
-        kept = {}
-        for split, lines in recs.items():
-            lines = [(raw, r) for raw, r in lines if job_of(r["id"]) < resume]
-            _atomic_write(self.root / f"{split}.jsonl", b"".join(raw for raw, _ in lines))
-            kept[split] = [r for _, r in lines]
-        self.records = kept
+        kept_journal = [e for e in journal if e["job"] < resume]
+        rewrite_jsonl(self.root / JOURNAL, kept_journal)
+        self.records = {s: [r for r in rows if job_of(r["id"]) < resume] for s, rows in recs.items()}
+        for split, rows in self.records.items():
+            rewrite_jsonl(self.root / f"{split}.jsonl", rows)
         self.prune_images()
-        return resume, [e for _, e in kept_journal]
+        return resume, kept_journal
 
     def prune_images(self):
-        """Delete every file under images/ that no record references (and any *.tmp)."""
+        """Delete every file under images/ that no record references (and any temporary file)."""
         referenced = {p for split in self.records for r in self.records[split] for p in r["images"]}
         for dirpath, _, names in os.walk(self.root / "images"):
             for name in names:
@@ -566,9 +571,10 @@ class OutputFolder:
         return all((self.root / p).is_file() and (self.root / p).stat().st_size > 0 for p in rec["images"])
 
     def write_record(self, split, record):
-        """Append one complete JSON line (its images are already on disk, written by the worker)."""
+        """Take one complete record (its images are already on disk, written by the worker); it is appended to
+        <split>.jsonl at the next sync."""
         self.records[split].append(record)
-        self.files[split].write((json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8"))
+        self.pending[split].append(record)
 
     def discard(self, example):
         """Delete the images of an example that does not become a record (its task's quota filled up)."""
@@ -576,24 +582,23 @@ class OutputFolder:
             (self.root / rel).unlink(missing_ok=True)
 
     def end_job(self, entry, force_sync=False):
-        self.pending.append((json.dumps(entry, sort_keys=True) + "\n").encode())
+        self.pending_journal.append(entry)
         if force_sync or time.monotonic() - self.last_sync >= self.sync_seconds:
             self.sync()
 
     def sync(self):
-        """fsync the records, then journal the jobs whose records are now durable."""
-        for split in SPLITS:
-            self.files[split].flush()
-            os.fsync(self.files[split].fileno())
-        self.files["progress"].write(b"".join(self.pending))
-        self.files["progress"].flush()
-        os.fsync(self.files["progress"].fileno())
-        self.pending, self.last_sync = [], time.monotonic()
+        """Append the waiting records (fsynced), then journal the jobs whose records are now durable. Cut off
+        halfway (Ctrl-C), it journals nothing more: a resume rolls those jobs back and makes them again."""
+        try:
+            for split in SPLITS:
+                append_jsonl(self.root / f"{split}.jsonl", self.pending[split])
+                self.pending[split] = []
+            append_jsonl(self.root / JOURNAL, self.pending_journal)
+        finally:
+            self.pending_journal, self.last_sync = [], time.monotonic()
 
     def close(self):
         self.sync()
-        for f in self.files.values():
-            f.close()
 
 
 # --------------------------------------------------------------------------------------------
@@ -607,14 +612,14 @@ def parse_tasks(spec, have_depth):
     for item in filter(None, (s.strip() for s in spec.split(","))):
         name, _, w = item.partition(":")
         if name not in tasks.TASKS:
-            raise SystemExit(f"make_data: unknown task {name!r}; choose from {', '.join(tasks.TASKS)}")
+            raise SetupError(f"--tasks: unknown task {name!r}; choose from {', '.join(tasks.TASKS)}")
         weights[name] = float(w) if w else 1.0
         if not weights[name] > 0:
-            raise SystemExit(f"make_data: task weight must be > 0 in {item!r}")
+            raise SetupError(f"--tasks: a task weight must be > 0 in {item!r}")
     if not weights:
-        raise SystemExit("make_data: --tasks selects no task")
+        raise SetupError("--tasks selects no task")
     if not have_depth and set(weights) & set(tasks.DEPTH_TASKS):
-        raise SystemExit("make_data: the depth and position tasks need depth maps: give --rgbd DIR with depth files "
+        raise SetupError("the depth and position tasks need depth maps: give --rgbd DIR with depth files "
                          f"or no source flag at all (built-in RGB-D scenes), or select only shuffle,flip,crop. {NAMING_RULE}")
     return {t: weights[t] for t in tasks.TASKS if t in weights}
 
@@ -635,7 +640,7 @@ def parse_grids(spec):
         if not grids or not all(len(g) == 2 and min(g) >= 1 and g[0] * g[1] >= 2 for g in grids):
             raise ValueError(spec)
     except ValueError:
-        raise SystemExit(f"make_data: --shuffle-grids wants ROWSxCOLS[,ROWSxCOLS...], got {spec!r}") from None
+        raise SetupError(f"--shuffle-grids wants ROWSxCOLS[,ROWSxCOLS...], got {spec!r}") from None
     return grids
 
 
@@ -645,16 +650,37 @@ def parse_size(spec):
         if w < 16 or h < 16:
             raise ValueError(spec)
     except ValueError:
-        raise SystemExit(f"make_data: --scene-size wants WxH (e.g. 512x384), got {spec!r}") from None
+        raise SetupError(f"--scene-size wants WxH (e.g. 512x384), got {spec!r}") from None
     return h, w
 
 
-def dataset_config(cfg):
-    """The settings that define the dataset (stored in config.json; a resume must match them)."""
+def dataset_identity(cfg, sources):
+    """The run's identity saved in run.json: every setting that defines the dataset (source folders as
+    absolute paths) and the fingerprint of the sources; a --resume must match it (check_resume)."""
     d = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in RUN_ONLY_KEYS}
     d["rgb"] = os.path.abspath(cfg.rgb) if cfg.rgb else ""
     d["rgbd"] = os.path.abspath(cfg.rgbd) if cfg.rgbd else ""
+    d["sources"] = source_fingerprint(sources)
     return d
+
+
+def _describe_sources(fp):
+    if not fp:
+        return "none"
+    return f"{fp['images']} images" + (f" ({fp['with_depth']} with depth)" if fp["with_depth"] else "")
+
+
+def check_resume(out, identity):
+    """--resume continues a build only with the settings and the source files it started with: a changed
+    setting is named by common.check_identity; changed source folders (the journal replays job numbers,
+    which index the sorted sources) are one line with the counts then and now."""
+    check_identity(out, {k: v for k, v in identity.items() if k != "sources"})
+    saved = (read_run_info(out) or {}).get("identity", {}).get("sources")
+    if saved != identity["sources"]:
+        raise SetupError(f"--resume: the source folders changed since {out} was started ({_describe_sources(saved)} "
+                         f"then, {_describe_sources(identity['sources'])} now; files added, removed or resized): "
+                         "resuming would skip some images and use others twice. Start over with --overwrite, or "
+                         "build the new images into a new --out")
 
 
 def plan_jobs(cfg, sources, builder, start, ctx):
@@ -718,12 +744,22 @@ class Builder:
         self.counts = Counter(r["task"] for s in ("train", "test") for r in out.records[s])
         self.sft_counts = Counter(r["task"] for r in out.records["sft"])
         self.rejected = {t: Counter() for t in quotas}
-        self.skipped = Counter()
+        self.skipped, self.skipped_files = Counter(), {}
         for entry in out.journal:
-            self.skipped.update([entry["skip"]] if entry["skip"] else [])
+            if entry["skip"]:
+                self._skip(entry["skip"], entry["key"])
             for t, reason in entry["rejected"].items():
                 self.rejected.setdefault(t, Counter())[reason] += 1
         self.bar = None
+
+    def _skip(self, reason, key):
+        """Count an unusable source by its reason and keep the first few file names per reason."""
+        self.skipped[reason] += 1
+        names = self.skipped_files.setdefault(reason, [])
+        if len(names) < NAMED_PER_REASON:
+            kind, rel = key.split(":", 1)
+            root = {"rgb": self.cfg.rgb, "rgbd": self.cfg.rgbd}.get(kind)
+            names.append(os.path.join(root, rel) if root else key)   # the path a record's "source" would show
 
     def split(self, key):
         return split_of(self.cfg.seed, key, self.cfg.test_fraction, self.sft_share)
@@ -750,7 +786,7 @@ class Builder:
         entry = {"job": index, "key": src.key, "skip": None, "rejected": {}, "accepted": []}
         if result["skip"] and k == 0:
             entry["skip"] = result["skip"]
-            self.skipped[result["skip"]] += 1
+            self._skip(result["skip"], src.key)
         for task in live:
             ex = result["examples"].get(task)
             if isinstance(ex, str):
@@ -775,62 +811,77 @@ class Builder:
             self.bar.update(1)
 
 
-def build(cfg):
-    """Build (or resume) the dataset in cfg.out; returns the stats dict written to stats.json."""
-    from tqdm import tqdm
-    t0 = time.time()
-    _check_config(cfg)
+@dataclass
+class Plan:
+    """What prepare() decided before anything is written."""
+    mode: str            # how --out is used: fresh | resume | overwrite (common.out_dir_mode)
+    sources: list        # folder sources, or None for the built-in scenes
+    notes: Counter       # counts about the sources that are not errors (RGB-D images without depth)
+    quotas: dict         # train + test examples per task
+    sft_share: float     # share of the non-test sources reserved for the cold-start set
+    sft_quotas: dict     # cold-start examples per task
+    identity: dict       # run.json "identity" (dataset_identity)
+
+
+def prepare(cfg):
+    """Every check that can fail on the input, read-only: the flag values, how --out may be used, the source
+    folders, the tasks they allow, and (--resume) that the settings and source files are those of the build
+    being continued. Raises SetupError; nothing is written."""
+    check_config(cfg)
+    mode = out_dir_mode(cfg.out, PROG, cfg.resume, cfg.overwrite)
     sources, notes = (None, Counter()) if not (cfg.rgb or cfg.rgbd) else discover_sources(cfg.rgb, cfg.rgbd)
     if sources is not None and not sources:
-        raise SystemExit(f"make_data: no image files ({', '.join(IMAGE_EXTS)}) under {cfg.rgb or ''} {cfg.rgbd or ''}")
+        raise SetupError(f"no image files ({', '.join(IMAGE_EXTS)}) under {' and '.join(filter(None, (cfg.rgb, cfg.rgbd)))}")
     have_depth = sources is None or any(s.kind == "rgbd" for s in sources)
     if cfg.rgbd and not have_depth and cfg.tasks == "auto":
-        raise SystemExit(f"make_data: --rgbd {cfg.rgbd}: none of its images has a depth file, so the depth and "
-                         f"position tasks cannot be built. {NAMING_RULE} To build only the RGB tasks, pass "
-                         f"--tasks shuffle,flip,crop (or use --rgb).")
+        raise SetupError(f"--rgbd {cfg.rgbd}: none of its images has a depth file, so the depth and position tasks "
+                         f"cannot be built. {NAMING_RULE} To build only the RGB tasks, pass --tasks shuffle,flip,crop "
+                         "(or use --rgb).")
     weights = parse_tasks(cfg.tasks, have_depth)
-    quotas = split_quota(cfg.n, weights)
     sft_share, sft_quotas = sft_plan(cfg, weights)
+    identity = dataset_identity(cfg, sources)
+    if mode == "resume":
+        check_resume(cfg.out, identity)
+    return Plan(mode, sources, notes, split_quota(cfg.n, weights), sft_share, sft_quotas, identity)
+
+
+def build(cfg):
+    """Build (or, with --resume, continue) the dataset in cfg.out; returns the stats dict written to
+    stats.json. Ctrl-C makes what is finished durable and re-raises (common.cli_main: exit 130)."""
+    from tqdm import tqdm
+    t0 = time.time()
+    plan = prepare(cfg)
+    start_out_dir(cfg.out, PROG, plan.mode, plan.identity)     # the lock, --overwrite's delete, run.json
     ctx = Context(cfg.seed, parse_size(cfg.scene_size), parse_grids(cfg.shuffle_grids), cfg.max_side,
                   cfg.min_side, cfg.depth_png_scale, cfg.image_format, cfg.jpeg_quality, str(Path(cfg.out).resolve()),
                   cfg.jpeg_rescale)
-    out = OutputFolder(cfg.out, dataset_config(cfg), cfg.sync_seconds)
-    builder = Builder(cfg, out, quotas, sft_share, sft_quotas)
+    out = OutputFolder(cfg.out, cfg.sync_seconds)
+    builder = Builder(cfg, out, plan.quotas, plan.sft_share, plan.sft_quotas)
     workers = cfg.workers or os.cpu_count() or 1
     done = sum(builder.counts.values()) + sum(builder.sft_counts.values())
-    total = cfg.n + sum(sft_quotas.values())
-    what = "built-in RGB-D scenes" if sources is None else \
-        f"{len(sources)} images ({sum(s.kind == 'rgbd' for s in sources)} with depth)"
-    print(f"make_data: {cfg.n} examples ({', '.join(f'{t} {q}' for t, q in quotas.items())}) + "
-          f"{sum(sft_quotas.values())} cold-start examples from {what} -> {cfg.out}")
-    if done:
-        print(f"make_data: resuming {cfg.out} at job {out.resume_at} ({done} examples already there)")
+    announce(cfg, plan, out, done)
     tqdm.monitor_interval = 0  # no monitor thread: the worker pool is forked after the bar exists
-    builder.bar = tqdm(total=total, initial=done, unit="ex", disable=not cfg.progress, desc="examples")
+    builder.bar = tqdm(total=cfg.n + sum(plan.sft_quotas.values()), initial=done, unit="ex",
+                       disable=not cfg.progress, desc="examples")
     try:
-        run_all(plan_jobs(cfg, sources, builder, out.resume_at, ctx), workers, builder.handle)
-    except KeyboardInterrupt:
+        run_all(plan_jobs(cfg, plan.sources, builder, out.resume_at, ctx), workers, builder.handle)
+    finally:
+        builder.bar.close()
         out.close()
-        raise SystemExit("make_data: interrupted; run the same command again to resume") from None
-    builder.bar.close()
-    out.close()
     out.prune_images()  # results of jobs still in flight when the quotas filled up
-    stats = write_stats(cfg, out, builder, sources, notes)
-    _atomic_write(out.root / "stats.json", (json.dumps(stats, indent=1) + "\n").encode())
+    stats = write_stats(cfg, out, builder, plan.sources, plan.notes)
+    atomic_write(out.root / "stats.json", json.dumps(stats, indent=1) + "\n")
     stats["seconds"], stats["workers"] = time.time() - t0, workers
     return stats
 
 
-def _check_config(cfg):
-    problems = [msg for bad, msg in [
-        (cfg.n < 1, "--n must be >= 1"), (not 0 <= cfg.test_fraction < 1, "--test-fraction must be in [0, 1)"),
-        (cfg.per_source < 1, "--per-source must be >= 1"), (cfg.workers < 0, "--workers must be >= 0"),
-        (cfg.image_format not in ("jpg", "png"), "--image-format must be jpg or png"),
-        (not 1 <= cfg.jpeg_quality <= 100, "--jpeg-quality must be in 1..100"),
-        (cfg.sft_size < -1, "--sft-size must be >= 0 (or -1 = auto)"),
-        (cfg.depth_png_scale <= 0, "--depth-png-scale must be > 0")] if bad]
-    if problems:
-        raise SystemExit("make_data: " + "; ".join(problems))
+def announce(cfg, plan, out, done):
+    """The first lines of a build: what it makes from what, and where a resumed build continues."""
+    what = "built-in RGB-D scenes" if plan.sources is None else _describe_sources(plan.identity["sources"])
+    print(f"{PROG}: {cfg.n} examples ({', '.join(f'{t} {q}' for t, q in plan.quotas.items())}) + "
+          f"{sum(plan.sft_quotas.values())} cold-start examples from {what} -> {cfg.out}")
+    if plan.mode == "resume":
+        print(f"{PROG}: resuming {cfg.out} at job {out.resume_at} ({done} examples already there)")
 
 
 def write_stats(cfg, out, builder, sources, notes):
@@ -845,11 +896,12 @@ def write_stats(cfg, out, builder, sources, notes):
         "sources_per_split": {s: len({r["source"] for r in recs[s]}) for s in SPLITS},
         "rejected": {t: dict(sorted(c.items())) for t, c in builder.rejected.items() if c},
         "skipped_sources": dict(sorted(builder.skipped.items())),
+        "skipped_files": {k: builder.skipped_files[k] for k in sorted(builder.skipped_files)},   # the first few
         "sources": {"kind": "scenes" if sources is None else "folders",
                     "found": None if sources is None else len(sources),
                     "rgbd": None if sources is None else sum(s.kind == "rgbd" for s in sources),
                     "used": len({r["source"] for r in everything}), **dict(notes)},
-        "jobs": len(_read_jsonl(out.root / "progress.jsonl")),
+        "jobs": len(read_jsonl(out.root / JOURNAL)),
         "shortcuts": shortcut_report(everything, out.root),
     }
 
@@ -863,13 +915,21 @@ def _trace(rec):
 # --------------------------------------------------------------------------------------------
 # Shortcut report: how far known 2-D heuristics get on this dataset (a dataset card)
 # --------------------------------------------------------------------------------------------
+def _verdict(task, heuristic, n, accuracy, chance, threshold):
+    """One line of the shortcut report. The limit is at most 100 %. A row is judged ("ok") only where n could
+    show a shortcut at all: a heuristic right on every question must lie more than two standard errors (at
+    the limit) above the limit, i.e. n >= 4·limit / (1 - limit); otherwise ok is None and "judged" False
+    (n too small to judge)."""
+    limit = None if threshold is None else min(float(threshold), 1.0)
+    judged = accuracy is not None and limit is not None and limit < 1 and n >= 4 * limit / (1 - limit)
+    return {"task": task, "heuristic": heuristic, "n": int(n), "accuracy": accuracy, "chance": chance,
+            "threshold": limit, "ok": bool(accuracy <= limit) if judged else None, "judged": judged}
+
+
 def _row(task, heuristic, hits, chance, threshold):
-    """One line of the shortcut report: accuracy of a heuristic over len(hits) questions."""
+    """_verdict for the accuracy of a heuristic over len(hits) questions."""
     hits = np.asarray(hits, np.float64)
-    acc = float(hits.mean()) if len(hits) else None
-    ok = None if acc is None or threshold is None else bool(acc <= threshold)
-    return {"task": task, "heuristic": heuristic, "n": int(len(hits)), "accuracy": acc, "chance": chance,
-            "threshold": threshold, "ok": ok}
+    return _verdict(task, heuristic, len(hits), float(hits.mean()) if len(hits) else None, chance, threshold)
 
 
 def depth_shortcuts(records):
@@ -904,8 +964,8 @@ def position_shortcuts(records):
     prior = _held_out_majority(keys)
     return [_row("position", "2-D rule: image x + \"higher = farther\", turned by the facing", two_d, 1 / 4, 0.45),
             _row("position", "simple options answered from image x alone", x_only, 1 / 4, 0.50),
-            {**_row("position", "text only: most common relation given facing and option style (held out)", [], 1 / 4, 0.30),
-             "n": len(records), "accuracy": prior, "ok": bool(prior <= 0.30)}]
+            _verdict("position", "text only: most common relation given facing and option style (held out)",
+                     len(records), prior, 1 / 4, 0.30)]
 
 
 def _held_out_majority(keys):
@@ -993,7 +1053,8 @@ def crop_shortcuts(records, load, limit=2000):
 
 def answer_priors(records):
     """Per task: the share of the most common answer next to 1/(number of possible answers); threshold =
-    chance + 4 standard errors of a uniform draw (a skewed answer distribution is a text-only shortcut)."""
+    chance + 4 standard errors of a uniform draw, at most 100 % (a skewed answer distribution is a text-only
+    shortcut; where chance + 4 SE reaches 100 %, n is too small to judge)."""
     rows = []
     for task in tasks.TASKS:
         answers = Counter(r["answer"] for r in records if r["task"] == task)
@@ -1006,10 +1067,8 @@ def answer_priors(records):
         else:
             space = {"flip": 8, "crop": 4, "depth": 6, "position": 4}[task]
         p = 1 / space
-        row = _row(task, "most common answer (text-only prior)", [], p, round(p + 4 * math.sqrt(p * (1 - p) / n), 3))
-        row.update(n=n, accuracy=answers.most_common(1)[0][1] / n)
-        row["ok"] = row["accuracy"] <= row["threshold"]
-        rows.append(row)
+        rows.append(_verdict(task, "most common answer (text-only prior)", n, answers.most_common(1)[0][1] / n, p,
+                             round(p + 4 * math.sqrt(p * (1 - p) / n), 3)))
     return rows
 
 
@@ -1022,18 +1081,23 @@ def shortcut_report(records, root):
 
 
 def print_shortcuts(rows):
-    """The shortcut report as a table; ±: two standard errors of the accuracy (small builds are noisy)."""
+    """The shortcut report as a table. ±: two standard errors of the accuracy (small builds are noisy); a row
+    is ABOVE LIMIT when its accuracy exceeds the limit by more than two standard errors at the limit."""
     print(f"\n{'task':<10}{'shortcut heuristic (never looks at depth / the hole)':<74}{'n':>6}{'acc':>7}{'±':>6}"
           f"{'chance':>8}{'limit':>7}")
     for r in rows:
-        acc = "-" if r["accuracy"] is None else f"{r['accuracy']:.1%}"
-        two_se = 0.0 if r["accuracy"] is None or not r["n"] else \
-            2 * math.sqrt(max(r["accuracy"] * (1 - r["accuracy"]), 1e-4) / r["n"])
-        se = f"{two_se:.1%}" if r["accuracy"] is not None else ""
-        flag = "" if r["ok"] in (True, None) else \
-            "  ABOVE LIMIT" if r["accuracy"] - two_se > r["threshold"] else "  above limit (within 2 SE: more data?)"
-        limit = "-" if r["threshold"] is None else f"{r['threshold']:.0%}"
-        print(f"{r['task']:<10}{r['heuristic'][:72]:<74}{r['n']:>6}{acc:>7}{se:>6}{r['chance']:>8.1%}{limit:>7}{flag}")
+        acc, limit = r["accuracy"], r["threshold"]
+        se = "" if acc is None else f"{2 * math.sqrt(max(acc * (1 - acc), 1e-4) / max(r['n'], 1)):.1%}"
+        flag = ""
+        if acc is not None and not r.get("judged", True):
+            flag = "  n too small to judge"
+        elif r["ok"] is False:
+            margin = 2 * math.sqrt(limit * (1 - limit) / r["n"])
+            flag = "  ABOVE LIMIT" if acc > limit + margin else "  above limit (within 2 SE: more data?)"
+        shown = "-" if limit is None else f"{limit:.0%}"
+        shown_acc = "-" if acc is None else f"{acc:.1%}"
+        print(f"{r['task']:<10}{r['heuristic'][:72]:<74}{r['n']:>6}{shown_acc:>7}{se:>6}{r['chance']:>8.1%}"
+              f"{shown:>7}{flag}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -1087,7 +1151,7 @@ def print_summary(cfg, stats, preview):
     c, q, sq = stats["counts"], stats["quota"], stats["sft_quota"]
     n = {s: sum(v[s] for v in c.values()) for s in SPLITS}
     per = stats["sources_per_split"]
-    print(f"\nmake_data: {cfg.out}: {n['train']} train + {n['test']} test + {n['sft']} cold-start examples from "
+    print(f"\n{PROG}: {cfg.out}: {n['train']} train + {n['test']} test + {n['sft']} cold-start examples from "
           f"{per['train']} + {per['test']} + {per['sft']} different sources ({stats['jobs']} jobs) in "
           f"{stats['seconds']:.1f} s with {stats['workers']} workers")
     print(f"{'task':<10}{'quota':>7}{'train':>7}{'test':>6}{'sft':>6}  rejected (top reasons)")
@@ -1095,8 +1159,7 @@ def print_summary(cfg, stats, preview):
         rej = sorted(stats["rejected"].get(t, {}).items(), key=lambda kv: -kv[1])[:3]
         print(f"{t:<10}{q[t]:>7}{c[t]['train']:>7}{c[t]['test']:>6}{c[t]['sft']:>6}  "
               + (", ".join(f"{k} {v}" for k, v in rej) or "-"))
-    if stats["skipped_sources"]:
-        print("skipped sources: " + ", ".join(f"{k} {v}" for k, v in stats["skipped_sources"].items()))
+    print_skipped(stats)
     errors = {k: v for t in stats["rejected"].values() for k, v in t.items() if k.startswith("generator-error")}
     if errors:
         print(f"WARNING: tasks.make_example raised or returned a malformed example: {errors} (a bug in tasks.py)")
@@ -1110,26 +1173,67 @@ def print_summary(cfg, stats, preview):
     print("files: train.jsonl test.jsonl sft.jsonl stats.json images/" + (f"  preview: {preview}" if preview else ""))
 
 
+def print_skipped(stats, shown=3):
+    """Unusable source files by reason, each with up to `shown` of its files (stats.json "skipped_files"
+    keeps the first NAMED_PER_REASON)."""
+    skipped = stats["skipped_sources"]
+    if not skipped:
+        return
+    print(f"skipped {sum(skipped.values())} unusable source file(s):")
+    for reason, count in skipped.items():
+        names = stats["skipped_files"].get(reason, [])[:shown]
+        more = ", …" if count > len(names) else ""
+        print(f"  {reason} {count}: {', '.join(names)}{more}")
+
+
+def check_splits(cfg, stats):
+    """A split that was asked for (train always, test with --test-fraction > 0, sft with a cold-start quota)
+    and came out empty is an error, not a result: one SetupError saying which and what to do. A split that
+    is only short of its quota stays a warning (print_summary)."""
+    made = {s: sum(v[s] for v in stats["counts"].values()) for s in SPLITS}
+    if not sum(made.values()):
+        raise SetupError(f"nothing usable: no example could be made from the given sources (skipped: "
+                         f"{stats['skipped_sources'] or 'none'}; rejected: {stats['rejected'] or 'none'})")
+    found = stats["sources"]["found"]
+    have = "the built-in scenes" if found is None else f"{found} source images"
+    advice = {
+        "train": "every usable source went to test / cold start: lower --test-fraction or --sft-size, or add source "
+                 "images",
+        "test": f"no source was drawn for the test split (--test-fraction {cfg.test_fraction}): add source images, "
+                "raise --test-fraction, or pass --test-fraction 0 for no test split",
+        "sft": f"no source was drawn for the cold-start set (--sft-size {cfg.sft_size}): add source images, or pass "
+               "--sft-size 0 for no cold-start set"}
+    asked = ["train"] + ["test"] * (cfg.test_fraction > 0) + ["sft"] * (sum(stats["sft_quota"].values()) > 0)
+    empty = [s for s in asked if not made[s]]
+    if empty:
+        raise SetupError(f"{' and '.join(f'{s}.jsonl' for s in empty)} came out empty from {have}: "
+                         + "; ".join(advice[s] for s in empty) + f". Then build again with --overwrite (the files "
+                         f"in {cfg.out} are kept until then)")
+
+
 # --------------------------------------------------------------------------------------------
 # main
 # --------------------------------------------------------------------------------------------
-def main(argv=None):
-    cfg = parse_config(argv)
+def run(cfg):
+    """Build, write the preview, print the summary; an empty split is an error after the summary."""
     stats = build(cfg)
     preview = None
     if cfg.preview.lower() != "none":
         path = Path(cfg.out) / "preview.png" if cfg.preview == "auto" else Path(cfg.preview)
         root = Path(cfg.out)
-        records = [r for split in ("train", "test") for _, r in _read_jsonl(root / f"{split}.jsonl")]
+        records = [r for split in ("train", "test") for r in read_jsonl(root / f"{split}.jsonl")]
         preview = make_preview(records, root, path, scene_size=parse_size(cfg.scene_size))
     print_summary(cfg, stats, preview)
-    if not sum(sum(v.values()) for v in stats["counts"].values()):
-        print(f"make_data: error: nothing usable: no example could be made from the given sources "
-              f"(skipped: {stats['skipped_sources'] or 'none'}; rejected: {stats['rejected'] or 'none'})",
-              file=sys.stderr)
-        return 1
-    return 0
+    check_splits(cfg, stats)
+    return stats
+
+
+def main(argv=None):
+    """The command line, with every script's exit codes (common.cli_main): 0 built; 2 bad input (one line
+    "make_data.py: error: …"; nothing written when it is about the flags, the sources or --out) or a split
+    that was asked for came out empty; 130 interrupted (run the same command with --resume to continue)."""
+    cli_main(PROG, run, parse_config(argv))
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -1,11 +1,13 @@
 """Tests of the dataset builder (make_data.py) and the procedural renderer (scenes.py).
 
 The builder is run end to end on built-in rooms and on a folder of corrupt and odd files, across worker counts,
-and through interrupted and resumed runs.
+and through interrupted and resumed runs; its command line keeps every script's output-folder rule (--resume,
+--overwrite, run.json) and exit codes (common.cli_main).
 Run: python -m pytest -q test_make_data.py
 """
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -18,6 +20,7 @@ import pytest
 from PIL import Image
 
 import make_data
+from common import SetupError, Skipped
 import scenes
 import tasks
 from test_tasks import ROOM_SEED, depth_friendly_seeds
@@ -31,8 +34,14 @@ SMALL = ["--scene-size", "256x192", "--no-progress", "--preview", "none"]
 
 
 def build(out, *args):
-    """Run the builder in-process; returns main()'s exit code."""
-    return make_data.main(["--out", str(out), *SMALL, *args])
+    """Run the builder in-process (make_data.run: bad input raises SetupError); returns the stats."""
+    return make_data.run(make_data.parse_config(["--out", str(out), *SMALL, *args]))
+
+
+def cli(*args, timeout=120):
+    """Run `python make_data.py ARGS` in a subprocess (exit codes, stderr)."""
+    return subprocess.run([sys.executable, str(HERE / "make_data.py"), *map(str, args)], capture_output=True,
+                          text=True, timeout=timeout)
 
 
 def read_jsonl(path):
@@ -40,7 +49,7 @@ def read_jsonl(path):
 
 
 def folder_bytes(root):
-    """{relative path: bytes} of every file in a folder (config.json included)."""
+    """{relative path: bytes} of every file in a folder (run.json included)."""
     root = Path(root)
     return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
@@ -88,11 +97,13 @@ def test_render_scene_depth_is_z_depth_not_ray_length():
 
 
 # ---------------------------------------------------------------------------------------- built-in scenes
+SCENE_ARGS = ["--n", "40", "--seed", "5", "--test-fraction", "0.3", "--sft-size", "10", "--shuffle-grids", "2x2,3x3"]
+
+
 @pytest.fixture(scope="module")
 def scene_build(tmp_path_factory):
     out = tmp_path_factory.mktemp("scenes") / "ds"
-    assert build(out, "--n", "40", "--workers", "1", "--seed", "5", "--test-fraction", "0.3", "--sft-size", "10",
-                 "--shuffle-grids", "2x2,3x3", "--preview", str(out.parent / "sheet.png")) == 0
+    build(out, *SCENE_ARGS, "--workers", "1", "--preview", str(out.parent / "sheet.png"))
     return out
 
 
@@ -137,8 +148,7 @@ def test_end_to_end_records_images_and_stats(scene_build):
 
 def test_same_output_whatever_the_worker_count(scene_build, tmp_path):
     out = tmp_path / "two_workers"
-    assert build(out, "--n", "40", "--workers", "2", "--seed", "5", "--test-fraction", "0.3", "--sft-size", "10",
-                 "--shuffle-grids", "2x2,3x3") == 0
+    build(out, *SCENE_ARGS, "--workers", "2")
     assert folder_bytes(out) == folder_bytes(scene_build)
 
 
@@ -155,18 +165,26 @@ def test_resume_after_interrupted_run_gives_the_same_output(scene_build, tmp_pat
     (out / "images" / "flip" / "x.jpg.tmp").write_bytes(b"half")
     kept = read_jsonl(scene_build / "test.jsonl")[0]
     (out / kept["images"][0]).unlink()  # an image a record points to went missing: roll back to before it
-    assert build(out, "--n", "40", "--workers", "2", "--seed", "5", "--test-fraction", "0.3", "--sft-size", "10",
-                 "--shuffle-grids", "2x2,3x3") == 0
+    build(out, *SCENE_ARGS, "--workers", "2", "--resume")
     assert folder_bytes(out) == folder_bytes(scene_build)
 
 
-def test_resume_after_sigkill_gives_the_same_output(tmp_path):
-    args = ["--n", "250", "--workers", "2", "--seed", "1", "--sync-seconds", "0"]
-    reference = tmp_path / "reference"
-    assert build(reference, *args) == 0
-    out = tmp_path / "killed"
-    cmd = [sys.executable, str(HERE / "make_data.py"), "--out", str(out), *SMALL, *args]
-    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+KILL_ARGS = ["--n", "250", "--seed", "1", "--sync-seconds", "0"]
+
+
+@pytest.fixture(scope="module")
+def kill_reference(tmp_path_factory):
+    """An uninterrupted build that the killed and interrupted builds must reproduce byte for byte."""
+    out = tmp_path_factory.mktemp("kill") / "reference"
+    build(out, *KILL_ARGS, "--workers", "2")
+    return out
+
+
+def start_and_stop(out, sig, workers):
+    """Start `make_data.py` in a subprocess, send `sig` once its journal has 8 lines; returns (exit code,
+    stderr)."""
+    cmd = [sys.executable, str(HERE / "make_data.py"), "--out", str(out), *SMALL, *KILL_ARGS, "--workers", workers]
+    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and proc.poll() is None:
@@ -176,23 +194,118 @@ def test_resume_after_sigkill_gives_the_same_output(tmp_path):
             time.sleep(0.02)
     finally:
         if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)  # the builder and its pool workers, mid-run
-        proc.wait()
-    assert not (out / "stats.json").exists(), "the run finished before it could be killed"
-    assert build(out, *args) == 0
-    assert folder_bytes(out) == folder_bytes(reference)
+            os.killpg(proc.pid, sig) if sig == signal.SIGKILL else proc.send_signal(sig)
+        _, err = proc.communicate(timeout=60)
+    assert not (out / "stats.json").exists(), "the run finished before it could be stopped"
+    return proc.returncode, err
+
+
+def test_resume_after_sigkill_gives_the_same_output(kill_reference, tmp_path):
+    out = tmp_path / "killed"
+    start_and_stop(out, signal.SIGKILL, "2")   # the builder and its pool workers, mid-run
+    with pytest.raises(SetupError, match="add --resume"):
+        build(out, *KILL_ARGS, "--workers", "2")
+    build(out, *KILL_ARGS, "--workers", "2", "--resume")
+    assert folder_bytes(out) == folder_bytes(kill_reference)
+
+
+def test_ctrl_c_exits_130_with_the_resume_hint_and_resume_is_exact(kill_reference, tmp_path):
+    out = tmp_path / "interrupted"
+    code, err = start_and_stop(out, signal.SIGINT, "1")
+    assert code == 130 and "interrupted; run the same command with --resume" in err and "Traceback" not in err, err
+    build(out, *KILL_ARGS, "--workers", "1", "--resume")
+    assert folder_bytes(out) == folder_bytes(kill_reference)
 
 
 def test_rerun_with_other_settings_is_an_error(scene_build, tmp_path):
     out = tmp_path / "other"
     shutil.copytree(scene_build, out)
-    with pytest.raises(SystemExit, match="different settings.*seed"):
-        build(out, "--n", "40", "--seed", "4", "--test-fraction", "0.3", "--sft-size", "10",
-              "--shuffle-grids", "2x2,3x3")
+    before = folder_bytes(out)
+    with pytest.raises(SetupError, match=r"other settings: --seed 5 \(now 4\)"):
+        build(out, *SCENE_ARGS, "--seed", "4", "--resume")
     (tmp_path / "stranger").mkdir()
     (tmp_path / "stranger" / "notes.txt").write_text("mine")
-    with pytest.raises(SystemExit, match="no config.json"):
+    with pytest.raises(SetupError, match=r"holds files but no make_data.py run \(notes.txt\)"):
         build(tmp_path / "stranger", "--n", "5")
+    assert folder_bytes(out) == before   # refused before anything was written
+
+
+def test_second_run_needs_resume_or_overwrite(scene_build, tmp_path):
+    """Re-running into a finished build is refused (it used to resume silently); --overwrite rebuilds it;
+    --resume and --overwrite together are refused."""
+    out = tmp_path / "again"
+    shutil.copytree(scene_build, out)
+    (out / "images" / "extra.txt").write_text("stale")
+    with pytest.raises(SetupError, match="already holds a make_data.py run: add --resume .* or --overwrite"):
+        build(out, *SCENE_ARGS)
+    with pytest.raises(SetupError, match="exclude each other"):
+        build(out, *SCENE_ARGS, "--resume", "--overwrite")
+    build(out, *SCENE_ARGS, "--workers", "2", "--overwrite")
+    assert folder_bytes(out) == folder_bytes(scene_build)
+    assert json.loads((out / "run.json").read_text())["prog"] == "make_data.py" and not (out / "config.json").exists()
+
+
+def test_model_folder_as_out_is_one_short_line(tmp_path):
+    """--out pointed at a model folder (its own config.json) is refused in one short line, not by listing the
+    model's config as "different settings"; nothing in it is touched."""
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps({f"key_{i}": "x" * 20 for i in range(80)}))
+    (model / "model.safetensors").write_bytes(b"weights")
+    before = folder_bytes(model)
+    run = cli("--out", model, *SMALL, "--n", "5")
+    assert run.returncode == 2 and run.stdout == ""
+    assert run.stderr.count("\n") == 1 and len(run.stderr) < 200, run.stderr
+    assert run.stderr.startswith("make_data.py: error: --out") and "no make_data.py run" in run.stderr
+    assert folder_bytes(model) == before
+
+
+def small_photos(folder, names, size=(160, 120)):
+    """JPEG photos rendered from built-in scenes (one per name) in `folder`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, name in enumerate(names):
+        Image.fromarray(scenes.render_scene(100 + i, size[1], size[0])[0]).save(folder / name, quality=90)
+    return folder
+
+
+def test_resume_refuses_a_changed_source_folder(tmp_path):
+    """The sources are part of the run's identity: adding images (which used to resume, skipping some new
+    images and using old ones twice) or resizing one makes --resume a one-line error with the counts; an
+    unchanged folder resumes."""
+    photos = small_photos(tmp_path / "photos", [f"p{i}.jpg" for i in range(7)])
+    out = tmp_path / "out"
+    args = ["--rgb", str(photos), "--n", "6", "--test-fraction", "0", "--sft-size", "0"]
+    build(out, *args)
+    build(out, *args, "--resume")                       # nothing changed: fine
+    before = folder_bytes(out)
+    small_photos(photos, ["q0.jpg", "q1.jpg", "q2.jpg"])
+    with pytest.raises(SetupError, match=r"source folders changed .*\(7 images then, 10 images now"):
+        build(out, *args, "--resume")
+    for name in ("q0.jpg", "q1.jpg", "q2.jpg"):
+        (photos / name).unlink()
+    (photos / "p3.jpg").write_bytes((photos / "p3.jpg").read_bytes() + b"\0")
+    with pytest.raises(SetupError, match="source folders changed"):
+        build(out, *args, "--resume")
+    assert folder_bytes(out) == before
+
+
+def test_an_empty_split_is_an_error_not_a_result(tmp_path):
+    """A split that was asked for and came out empty (too few photos) exits 2 with what to do; before, 10
+    photos gave 0 test examples with exit 0."""
+    names = ["photo0.jpg", "photo1.jpg", "photo3.jpg", "photo4.jpg"]   # drawn for neither test nor sft below
+    photos = small_photos(tmp_path / "photos", names)
+    assert not any(make_data.is_test(0, f"rgb:{n}", 0.05) for n in names)
+    run = cli("--out", tmp_path / "o1", "--rgb", photos, *SMALL, "--n", "8", "--test-fraction", "0.05",
+              "--sft-size", "0")
+    assert run.returncode == 2, run.stderr
+    assert "test.jsonl came out empty" in run.stderr and "--test-fraction" in run.stderr and "add source images" in run.stderr
+    assert "0 test" in run.stdout and "files: train.jsonl" in run.stdout   # after the summary
+    share, _ = make_data.sft_plan(make_data.parse_config(["--n", "8", "--sft-size", "2", "--test-fraction", "0"]),
+                                  dict.fromkeys(tasks.RGB_TASKS, 1.0))
+    assert not any(make_data.split_of(0, f"rgb:{n}", 0, share) == "sft" for n in names)
+    with pytest.raises(SetupError, match=r"sft.jsonl came out empty.*--sft-size 0"):
+        build(tmp_path / "o2", "--rgb", str(photos), "--n", "8", "--test-fraction", "0", "--sft-size", "2")
+    build(tmp_path / "o3", "--rgb", str(photos), "--n", "40", "--test-fraction", "0", "--sft-size", "0")  # short: ok
 
 
 # ---------------------------------------------------------------------------------------- odd and corrupt inputs
@@ -261,7 +374,7 @@ def test_load_image_handles_every_mode(odd_folders, name):
 @pytest.mark.parametrize("name,reason", [("truncated.jpg", "truncated"), ("text.png", "not-an-image"),
                                          ("tiny.png", "too-small")])
 def test_load_image_rejects_bad_files(odd_folders, name, reason):
-    with pytest.raises(make_data.BadSource) as e:
+    with pytest.raises(Skipped) as e:
         make_data.load_image(odd_folders[0] / name, 1024, 64)
     assert e.value.reason == reason
 
@@ -281,16 +394,21 @@ def test_depth_follows_exif_rotation_and_mask(tmp_path):
     np.testing.assert_array_equal(d, np.rot90(np.where(mask > 0, depth, np.nan)))
 
 
-def test_odd_folder_skips_bad_inputs_by_reason(odd_folders, tmp_path):
+def test_odd_folder_skips_bad_inputs_by_reason(odd_folders, tmp_path, capsys):
     rgb_dir, rgbd_dir, good_rgb, good_rgbd = odd_folders
     out = tmp_path / "odd"
-    assert build(out, "--rgb", str(rgb_dir), "--rgbd", str(rgbd_dir), "--n", "200", "--workers", "2",
-                 "--test-fraction", "0", "--sft-size", "0") == 0
+    build(out, "--rgb", str(rgb_dir), "--rgbd", str(rgbd_dir), "--n", "200", "--workers", "2",
+          "--test-fraction", "0", "--sft-size", "0")
+    text = capsys.readouterr().out
     stats = json.loads((out / "stats.json").read_text())
     skipped = stats["skipped_sources"]
-    for reason in ("truncated", "not-an-image", "too-small", "depth-size-mismatch", "depth-no-valid-pixels",
-                   "depth-bad-shape"):
+    bad = {"truncated": rgb_dir / "truncated.jpg", "not-an-image": rgb_dir / "text.png", "too-small": rgb_dir / "tiny.png",
+           "depth-size-mismatch": rgbd_dir / "wrongsize.png", "depth-no-valid-pixels": rgbd_dir / "zeros.png",
+           "depth-bad-shape": rgbd_dir / "badshape.png"}
+    for reason, path in bad.items():              # counted, and named (stats.json and the summary)
         assert skipped.get(reason) == 1, (reason, skipped)
+        assert stats["skipped_files"][reason] == [str(path)]
+        assert f"  {reason} 1: {path}" in text
     assert stats["sources"]["rgbd-image-without-depth"] == 1 and stats["sources"]["rgbd"] == 6
     records = read_jsonl(out / "train.jsonl")
     used = {r["source"] for r in records}
@@ -326,18 +444,19 @@ def test_rgbd_without_any_depth_is_a_clear_error(odd_folders, tmp_path):
     only_rgb = tmp_path / "only_rgb"
     only_rgb.mkdir()
     shutil.copy(odd_folders[0] / "good.jpg", only_rgb / "good.jpg")
-    with pytest.raises(SystemExit, match="naming rule.*_depth.npy"):
+    with pytest.raises(SetupError, match="naming rule.*_depth.npy"):
         build(tmp_path / "o1", "--rgbd", str(only_rgb), "--n", "5")
-    with pytest.raises(SystemExit, match="naming rule"):
+    with pytest.raises(SetupError, match="naming rule"):
         build(tmp_path / "o2", "--rgbd", str(only_rgb), "--n", "5", "--tasks", "depth")
-    assert build(tmp_path / "o3", "--rgbd", str(only_rgb), "--n", "3", "--tasks", "shuffle,flip,crop",
-                 "--sft-size", "0", "--test-fraction", "0") == 0
+    assert not (tmp_path / "o1").exists() and not (tmp_path / "o2").exists()   # nothing written
+    build(tmp_path / "o3", "--rgbd", str(only_rgb), "--n", "3", "--tasks", "shuffle,flip,crop",
+          "--sft-size", "0", "--test-fraction", "0")
 
 
 def test_partial_depth_says_per_task_how_many_fell_short(odd_folders, tmp_path, capsys):
     rgbd_dir = odd_folders[1]
-    assert build(tmp_path / "p", "--rgbd", str(rgbd_dir), "--n", "40", "--tasks", "depth,position,shuffle",
-                 "--sft-size", "0", "--test-fraction", "0") == 0
+    build(tmp_path / "p", "--rgbd", str(rgbd_dir), "--n", "40", "--tasks", "depth,position,shuffle",
+          "--sft-size", "0", "--test-fraction", "0")
     text = capsys.readouterr().out
     stats = json.loads((tmp_path / "p" / "stats.json").read_text())
     for task in ("depth", "position"):                    # 3 usable depth maps cannot give 13 examples each
@@ -352,14 +471,12 @@ def test_nothing_usable_is_a_clear_error(odd_folders, tmp_path):
     bad.mkdir()
     for name in ("truncated.jpg", "text.png", "tiny.png"):
         shutil.copy(odd_folders[0] / name, bad / name)
-    cmd = [sys.executable, str(HERE / "make_data.py"), "--rgb", str(bad), *SMALL]
-    run = subprocess.run(cmd + ["--out", str(tmp_path / "o1")], capture_output=True, text=True, timeout=120)
-    assert run.returncode != 0 and "nothing usable" in run.stderr
+    run = cli("--rgb", bad, *SMALL, "--out", tmp_path / "o1")
+    assert run.returncode == 2 and "nothing usable" in run.stderr
     empty = tmp_path / "empty"
     empty.mkdir()
-    cmd[3] = str(empty)
-    run = subprocess.run(cmd + ["--out", str(tmp_path / "o2")], capture_output=True, text=True, timeout=120)
-    assert run.returncode != 0 and "no image files" in run.stderr
+    run = cli("--rgb", empty, *SMALL, "--out", tmp_path / "o2")
+    assert run.returncode == 2 and "no image files" in run.stderr and run.stderr.count("\n") == 1
 
 
 def test_h5_depth_without_h5py_says_how_to_install(tmp_path):
@@ -371,19 +488,40 @@ def test_h5_depth_without_h5py_says_how_to_install(tmp_path):
     rgb, _ = scenes.render_scene(0, 96, 128)
     Image.fromarray(rgb).save(tmp_path / "x.jpg")
     (tmp_path / "x.h5").write_bytes(b"not really hdf5")
-    with pytest.raises(SystemExit, match="pip install h5py"):
+    with pytest.raises(SetupError, match="pip install h5py"):
         make_data.discover_sources("", str(tmp_path))
 
 
 # ---------------------------------------------------------------------------------------- command line
-def test_help_lists_every_knob_and_exits_zero():
-    run = subprocess.run([sys.executable, str(HERE / "make_data.py"), "--help"], capture_output=True, text=True,
-                         timeout=120)
-    assert run.returncode == 0
+def test_help_lists_every_knob_with_examples_and_exits_zero(tmp_path):
+    t0 = time.perf_counter()
+    run = cli("--help")
+    assert run.returncode == 0 and time.perf_counter() - t0 < 10
     for flag in ("--out", "--rgb", "--rgbd", "--n", "--tasks", "--sft-size", "--test-fraction", "--seed",
-                 "--workers", "--preview", "--no-jpeg-rescale", "--no-progress"):
+                 "--workers", "--preview", "--no-jpeg-rescale", "--no-progress", "--resume", "--overwrite"):
         assert flag in run.stdout
-    assert "default" in run.stdout
+    assert "(default: 500)" in run.stdout and "4.4 % of --n" in run.stdout
+    examples = run.stdout.split("examples:", 1)[1]
+    assert "python make_data.py --out" in examples and "--resume" in examples and "naming rule" in examples
+    bad = cli("--n", "0", "--test-fraction", "1", "--out", tmp_path / "never_written")
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "--n must be" in bad.stderr
+    assert "--test-fraction must be" in bad.stderr and not (tmp_path / "never_written").exists()
+
+
+def test_shortcut_limits_are_never_above_100_percent(capsys):
+    """On a tiny build the text-only prior's limit (chance + 4 SE) used to print as e.g. 145 %: it is capped,
+    and a row whose n cannot show a shortcut says "n too small to judge" instead of passing or failing."""
+    records = [{"task": "flip", "answer": a} for a in ("1, horizontal", "1, horizontal", "2, vertical")]
+    row, = make_data.answer_priors(records)
+    assert row["threshold"] <= 1.0 and row["ok"] is None and not row["judged"]
+    rows = make_data.depth_shortcuts([{"meta": {"size": [100, 100], "regions": [
+        {"center": [50, 90]}, {"center": [20, 50]}, {"center": [70, 10]}]}}] * 3)
+    assert rows[1]["judged"] is False and rows[0]["judged"] and rows[0]["ok"] is False   # 3 of 3: flagged
+    make_data.print_shortcuts([row] + rows)
+    text = capsys.readouterr().out
+    limits = [float(x) for x in re.findall(r"(\d+)%\s*(?:n too small|ABOVE|above|$)", text, re.M)]
+    assert limits and max(limits) <= 100
+    assert "n too small to judge" in text and "ABOVE LIMIT" in text
 
 
 def test_bench_data_prints_every_task_and_the_renderer(capsys):
@@ -403,9 +541,9 @@ def test_quota_split_and_task_weights():
     assert make_data.split_quota(10, w) == {"shuffle": 7, "depth": 3}
     assert sum(make_data.split_quota(81053, dict.fromkeys(tasks.TASKS, 1.0)).values()) == 81053
     assert tuple(make_data.parse_tasks("auto", have_depth=False)) == tasks.RGB_TASKS
-    with pytest.raises(SystemExit):
+    with pytest.raises(SetupError, match="unknown task 'rotate'"):
         make_data.parse_tasks("rotate", have_depth=True)
-    with pytest.raises(SystemExit, match="need depth maps"):
+    with pytest.raises(SetupError, match="need depth maps"):
         make_data.parse_tasks("shuffle,depth", have_depth=False)
 
 
