@@ -88,6 +88,7 @@ import numpy as np
 from PIL import Image
 
 import tasks
+from common import SetupError, Skipped, read_jsonl
 
 BENCH_NAMES = ("pretext", "spatial457", "3dsrbench", "spatialeval", "qspatial_plus", "whatsup", "viewspatial",
                "vsibench")
@@ -101,14 +102,6 @@ PAPER = {  # Table 1 of the paper (official repo assets/exp_result.png), % ; see
 METRIC = {"pretext": "accuracy", "spatial457": "accuracy", "3dsrbench": "accuracy (vanilla)",
           "spatialeval": "accuracy", "qspatial_plus": "δ₂ success", "whatsup": "accuracy",
           "viewspatial": "accuracy", "vsibench": "mean (MC exact, MRA)"}
-
-
-class DataError(ValueError):
-    """A benchmark file is missing or not in the expected format; the message names the file."""
-
-
-class MissingImage(Exception):
-    """One item's image cannot be read: the item is skipped and counted, the run goes on."""
 
 
 SCORINGS = ("official", "strict")
@@ -383,7 +376,7 @@ def qspatial_gt_cm(value, unit: str, where: str) -> float:
     deviation Q4) times get_multiplier(unit); DataError for a unit the fork does not know (it would give 0)."""
     factor = qspatial_official_unit_cm(str(unit))
     if not factor:
-        raise DataError(f"{where}: ground-truth unit {unit!r} is not a known distance unit "
+        raise SetupError(f"{where}: ground-truth unit {unit!r} is not a known distance unit "
                         f"(expected one of {sorted(_UNIT_CM_OFFICIAL)})")
     return float(str(np.float32(value))) * factor
 
@@ -549,7 +542,7 @@ def _require(module: str, what: str):
     try:
         return importlib.import_module(module)
     except ImportError:
-        raise DataError(f"{what} needs the optional package {module!r}: pip install {module.split('.')[0]}")
+        raise SetupError(f"{what} needs the optional package {module!r}: pip install {module.split('.')[0]}")
 
 
 def read_tsv(path: Path, required: tuple) -> list:
@@ -557,14 +550,14 @@ def read_tsv(path: Path, required: tuple) -> list:
     A row whose field count differs from the header's is returned as {"_error": ...}."""
     csv.field_size_limit(min(sys.maxsize, 2 ** 31 - 1))
     if not path.is_file():
-        raise DataError(f"{path}: no such file (expected a VLMEvalKit TSV with columns {', '.join(required)})")
+        raise SetupError(f"{path}: no such file (expected a VLMEvalKit TSV with columns {', '.join(required)})")
     rows = []
     with open(path, newline="", encoding="utf-8") as f:
         reader = csv.reader(f, delimiter="\t")
         header = next(reader, None)
         missing = [c for c in required if header is None or c not in header]
         if missing:
-            raise DataError(f"{path}: not a VLMEvalKit TSV with columns {', '.join(required)} (missing {missing})")
+            raise SetupError(f"{path}: not a VLMEvalKit TSV with columns {', '.join(required)} (missing {missing})")
         for k, values in enumerate(reader):
             if len(values) != len(header):
                 rows.append({"_error": f"row {k + 2}: {len(values)} fields, header has {len(header)}",
@@ -577,22 +570,22 @@ def read_tsv(path: Path, required: tuple) -> list:
 def read_parquet(path: Path) -> list:
     """Rows of a parquet file as dicts (pyarrow, optional and imported lazily)."""
     if not path.is_file():
-        raise DataError(f"{path}: no such file (expected a Hugging Face parquet file)")
+        raise SetupError(f"{path}: no such file (expected a Hugging Face parquet file)")
     pq = _require("pyarrow.parquet", f"reading {path}")
     try:
         return pq.read_table(path).to_pylist()
     except Exception as e:   # pyarrow raises its own error types for a file that is not parquet
-        raise DataError(f"{path}: not a readable parquet file ({type(e).__name__}: {e})") from None
+        raise SetupError(f"{path}: not a readable parquet file ({type(e).__name__}: {e})") from None
 
 
 def read_json(path: Path, what: str):
     if not path.is_file():
-        raise DataError(f"{path}: no such file (expected {what})")
+        raise SetupError(f"{path}: no such file (expected {what})")
     try:
         with open(path, encoding="utf-8") as f:
             return json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DataError(f"{path}: not valid JSON ({e}); expected {what}") from None
+        raise SetupError(f"{path}: not valid JSON ({e}); expected {what}") from None
 
 
 def tsv_images(row: dict, by_index: dict) -> list:
@@ -610,7 +603,7 @@ def tsv_images(row: dict, by_index: dict) -> list:
 
 
 def open_image(src: tuple) -> Image.Image:
-    """One RGB PIL image from a source tuple; MissingImage when it cannot be read."""
+    """One RGB PIL image from a source tuple; Skipped when it cannot be read."""
     kind, value = src
     try:
         if kind == "b64":
@@ -620,13 +613,13 @@ def open_image(src: tuple) -> Image.Image:
         elif kind == "path":
             data = Path(value).read_bytes()
         else:
-            raise MissingImage(value)
+            raise Skipped("image", value)
         with Image.open(io.BytesIO(data)) as im:
             return im.convert("RGB")
-    except MissingImage:
+    except Skipped:
         raise
     except Exception as e:
-        raise MissingImage(f"{kind} image unreadable ({type(e).__name__}: {e})") from None
+        raise Skipped("image", f"{kind} image unreadable ({type(e).__name__}: {e})") from None
 
 
 # pandas.read_csv's default NA strings: VLMEvalKit drops an option cell holding one of them
@@ -758,7 +751,7 @@ def load_whatsup(path: Path, opts: Options) -> list:
     files = [("A" if "images" in path.name else "B", path)] if path.suffix == ".json" else \
         [(s, path / f) for s, f in WHATSUP_FILES.items() if (path / f).is_file()]
     if not files:
-        raise DataError(f"{path}: expected {' and/or '.join(WHATSUP_FILES.values())} (What'sUp release) in it")
+        raise SetupError(f"{path}: expected {' and/or '.join(WHATSUP_FILES.values())} (What'sUp release) in it")
     items = []
     for subset, f in files:
         for k, r in enumerate(read_json(f, "a JSON list of {image_path, caption_options}")):
@@ -824,21 +817,15 @@ def vsi_prompt(question: str, options: list, opts: Options) -> str:
 def load_pretext(path: Path, opts: Options) -> list:
     """Our held-out test.jsonl (make_data.py); prompts exactly as in training (vlm.build_messages)."""
     if not path.is_file():
-        raise DataError(f"{path}: no such file (expected make_data.py's test.jsonl)")
+        raise SetupError(f"{path}: no such file (expected make_data.py's test.jsonl)")
     items = []
-    with open(path, encoding="utf-8") as f:
-        for k, line in enumerate(f):
-            if not line.strip():
-                continue
-            try:
-                r = json.loads(line)
-                texts = tasks.with_cot(r["problem"]).split("<image>")
-                ims = [("path", path.parent / p) for p in r["images"]]
-                slots = list(range(1, len(texts)))
-                truth = {"answer": r["answer"], "task": r["task"], "problem": r["problem"]}
-                items.append(Item(str(r["id"]), r["task"], texts, ims, truth, image_slots=slots))
-            except (json.JSONDecodeError, KeyError, TypeError) as e:
-                items.append(Item(f"line{k + 1}", "?", [""], [], {}, error=f"malformed record ({e})"))
+    for k, r in enumerate(read_jsonl(path), 1):     # a line that is not JSON: one error naming it
+        if not isinstance(r.get("problem"), str) or not isinstance(r.get("images"), list) or "answer" not in r:
+            raise SetupError(f"{path} record {k}: needs problem, answer and images (make_data.py's test.jsonl)")
+        texts = tasks.with_cot(r["problem"]).split("<image>")
+        truth = {"answer": r["answer"], "task": r.get("task"), "problem": r["problem"]}
+        items.append(Item(str(r.get("id", k)), r.get("task") or "?", texts, [("path", path.parent / p) for p in r["images"]],
+                          truth, image_slots=list(range(1, len(texts)))))
     return items
 
 
@@ -874,10 +861,10 @@ def video_frames(video: Path, k: int) -> list:
     if folder.is_dir():
         files = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".webp"))
         if not files:
-            raise MissingImage(f"{folder}: no frame images")
+            raise Skipped("image", f"{folder}: no frame images")
         return [open_image(("path", files[i])) for i in sample_indices(len(files), k)]
     if not video.is_file():
-        raise MissingImage(f"{video}: no such video (nor a folder {folder} of frames)")
+        raise Skipped("image", f"{video}: no such video (nor a folder {folder} of frames)")
     av = _require("av", f"decoding {video} (or extract its frames into {folder}/)")
     try:
         with av.open(str(video)) as container:
@@ -888,9 +875,9 @@ def video_frames(video: Path, k: int) -> list:
         if decoded < n:   # the header overstated the count: sample from the frames there are
             frames, _ = _decode_frames(av, video, set(sample_indices(decoded, k)))
     except (getattr(getattr(av, "error", None), "FFmpegError", OSError), OSError, ValueError, IndexError) as e:
-        raise MissingImage(f"{video}: cannot decode ({type(e).__name__}: {e})") from None
+        raise Skipped("image", f"{video}: cannot decode ({type(e).__name__}: {e})") from None
     if not frames:
-        raise MissingImage(f"{video}: no frames decoded")
+        raise Skipped("image", f"{video}: no frames decoded")
     return frames
 
 
@@ -913,7 +900,7 @@ def is_video(item: Item) -> bool:
 
 
 def load_item_images(item: Item, frames: int) -> tuple:
-    """(images, image_slots) of one item, a video expanded to `frames` frames; MissingImage if any is unreadable."""
+    """(images, image_slots) of one item, a video expanded to `frames` frames; Skipped if any is unreadable."""
     if is_video(item):
         ims = video_frames(Path(item.images[0][1]), frames)
         return ims, [0] * len(ims)

@@ -1,18 +1,23 @@
-"""Small helpers every stage shares: distributed setup, errors, JSON lines and atomic writes, the
-dataclass → argparse builder, resumable checkpoints and the resume-identity check, the data order.
+"""Small helpers every stage shares (make_data.py, sft.py, grpo.py, evaluate.py): one implementation of each.
 
-Nothing here knows about models: vlm.py is the model plumbing, engine.py the fast rollout engine.
+Nothing here knows about models: vlm.py is the model plumbing, engine.py the decoder. torch is imported only by
+the functions that need it, so the torch-free modules (make_data.py, records.py, benchmarks.py) use the rest.
 
-  distributed   Dist, setup_dist, cleanup_dist, is_main, print0, all_reduce_sum, barrier
-  errors        SetupError (one-line CLI errors), BadRecord (a data record that cannot be used)
-  files         read_jsonl, atomic_write (fsync'd tmp + rename), read_metrics, append_metrics,
-                keep_metrics_until
-  config        knob, config_parser (every dataclass field becomes a --flag, --help shows the defaults)
-  checkpoints   save_state, load_state, latest_checkpoint, publish_step_folder
-  output folder out_dir_mode, start_out_dir; resume: checked_checkpoint (identity_diff), resume_from
-  data order    epoch_order
+  distributed   Dist, dist_session (setup, seeds, CPU threads, teardown), is_main, print0, all_reduce_sum,
+                all_reduce_max, barrier
+  errors        SetupError (bad input: one line "prog: error: …", exit 2, nothing written), BadRecord (a data
+                record that cannot be used), Skipped (one source image or benchmark item skipped and counted);
+                cli_main (the exit-code convention of every script: 2 bad input, 130 Ctrl-C with the resume hint)
+  files         read_jsonl (a data file strictly, or a log whose cut-off last line is dropped), append_jsonl
+                (fsynced), rewrite_jsonl, atomic_write (fsynced temp file + rename)
+  config        knob, config_parser (every dataclass field becomes a --flag; --help shows defaults and examples)
+  output folder out_dir_mode, check_identity, start_out_dir: one rule for all four scripts (run.json names the
+                script and the settings a resumed run must share; a lock refuses a second run into the folder)
+  checkpoints   save_state, load_state, latest_checkpoint, publish_step_folder, resume_from
+  batching      epoch_order, token_micro_batches (the one micro-batch rule of SFT and GRPO: a token budget)
 """
 import argparse
+import contextlib
 import dataclasses
 import datetime
 import json
@@ -24,9 +29,6 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-import torch
-import torch.distributed as dist
 from tqdm import tqdm
 
 
@@ -36,27 +38,41 @@ class Dist:
     rank: int = 0
     local_rank: int = 0
     world_size: int = 1
-    device: torch.device = torch.device("cpu")
+    device: object = "cpu"          # a torch.device after setup_dist
 
     @property
     def is_main(self) -> bool:
         return self.rank == 0
 
 
+def _dist():
+    """torch.distributed when a process group exists, else None (without importing torch: a process that never
+    imported it has no group)."""
+    d = sys.modules.get("torch.distributed")
+    return d if d is not None and d.is_available() and d.is_initialized() else None
+
+
 def use_cuda() -> bool:
     """True when a GPU is visible, unless SPATIAL_SSRL_DEVICE=cpu (the tests set it, so they run the same
     CPU/gloo code on a GPU machine, and a 2-rank launch works on a 1-GPU machine)."""
+    import torch
     return torch.cuda.is_available() and os.environ.get("SPATIAL_SSRL_DEVICE", "").lower() != "cpu"
 
 
 def setup_dist(seed: int = 0) -> Dist:
     """torchrun contract (RANK, LOCAL_RANK, WORLD_SIZE) or one local process; NCCL on GPU, gloo on CPU.
 
-    Seeds python, numpy and torch with seed + rank. Creates the process group once per process and reuses
-    it on later calls (re-creating a group under torchrun after destroying it can race). On GPU the
-    group is bound to this rank's device (device_id), and more local ranks than GPUs is a clear error."""
+    Seeds python, numpy and torch with seed + rank. On CPU a process uses one thread unless OMP_NUM_THREADS
+    says otherwise: the tiny models' small matrices run slower on two threads, and much slower on a shared
+    machine. Creates the process group once per process and reuses it on later calls (re-creating a group
+    under torchrun after destroying it can race). On GPU the group is bound to this rank's device."""
+    import numpy as np
+    import torch
+    import torch.distributed as dist
     cuda = use_cuda()
     d = Dist()
+    if not cuda and "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(1)
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
         d.rank, d.world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
         d.local_rank = int(os.environ.get("LOCAL_RANK", 0))
@@ -75,15 +91,27 @@ def setup_dist(seed: int = 0) -> Dist:
     return d
 
 
-def cleanup_dist() -> None:
-    """Barrier then destroy the process group (if one was created)."""
-    if dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
+@contextlib.contextmanager
+def dist_session(seed: int = 0):
+    """`with dist_session(seed) as d:` setup_dist, then at the end the output folder's lock released, a barrier
+    and the process group destroyed; after an error or Ctrl-C the group is destroyed without the barrier (the
+    other ranks may be gone)."""
+    d = setup_dist(seed)
+    try:
+        yield d
+    except BaseException:
+        release_out_dirs()
+        if _dist():
+            _dist().destroy_process_group()
+        raise
+    release_out_dirs()
+    if _dist():
+        _dist().barrier()
+        _dist().destroy_process_group()
 
 
 def is_main() -> bool:
-    return not dist.is_initialized() or dist.get_rank() == 0
+    return _dist() is None or _dist().get_rank() == 0
 
 
 def print0(*args) -> None:
@@ -93,47 +121,117 @@ def print0(*args) -> None:
         sys.stdout.flush()
 
 
-def all_reduce_sum(x: float, device: torch.device) -> float:
+def all_reduce_sum(x: float, device) -> float:
     """Sum a Python number over ranks (no-op in one process)."""
-    if not dist.is_initialized():
+    if _dist() is None:
         return float(x)
+    import torch
     t = torch.tensor([float(x)], dtype=torch.float64, device=device)
-    dist.all_reduce(t)
+    _dist().all_reduce(t)
     return float(t.item())
 
 
+def all_reduce_max(x: int, device) -> int:
+    """The largest of a Python int over ranks (no-op in one process)."""
+    if _dist() is None:
+        return int(x)
+    import torch
+    t = torch.tensor([int(x)], dtype=torch.long, device=device)
+    _dist().all_reduce(t, op=_dist().ReduceOp.MAX)
+    return int(t.item())
+
+
 def barrier() -> None:
-    if dist.is_initialized():
-        dist.barrier()
+    if _dist():
+        _dist().barrier()
 
 
-# ----------------------------------------------------------------------------- errors and files
+# ----------------------------------------------------------------------------- errors
 class SetupError(ValueError):
-    """A bad command line, model name, data file or output folder: reported in one line, nothing written."""
+    """Bad input (a flag, model name, data file or output folder): one line "prog: error: …", exit 2, nothing
+    written."""
 
 
 class BadRecord(SetupError):
-    """A dataset record that cannot be trained on; the message names the record."""
+    """A dataset record that cannot be used; the message names the file or the record."""
 
 
-def read_jsonl(path: str) -> list:
-    """The JSON objects of a .jsonl file, one a line (blank lines skipped); a line that is not a JSON
-    object raises BadRecord naming the file and line."""
+class Skipped(Exception):
+    """One source image (make_data.py) or benchmark item (evaluate.py) that cannot be used: it is skipped and
+    counted by its reason, and the run goes on. `reason` is a short stable slug for the counts."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+
+
+def cli_main(prog: str, run, *args) -> None:
+    """Run a script's main function with the exit-code convention of every script: bad input (SetupError) is
+    one line "prog: error: …" and exit 2 (as argparse's own errors), Ctrl-C one line saying how to continue
+    and exit 130; anything else is a bug and keeps its traceback. Under torchrun only rank 0 prints."""
+    rank0 = os.environ.get("RANK", "0") == "0"
+    try:
+        run(*args)
+    except SetupError as e:
+        if rank0:
+            print(f"{prog}: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        if rank0:
+            print(f"\n{prog}: interrupted; run the same command with --resume to continue", file=sys.stderr)
+        raise SystemExit(130) from None
+
+
+# ----------------------------------------------------------------------------- files
+def read_jsonl(path, torn_tail_ok: bool = False) -> list:
+    """The JSON objects of a .jsonl file, one a line (blank lines skipped). A line that is not a JSON object
+    is a BadRecord naming the file and the line. With torn_tail_ok (a log that a killed run may have been
+    appending to: metrics, predictions, journals) a missing file is empty and a cut-off last line (no
+    newline, or not JSON) is dropped; an unreadable line before it is still an error."""
+    path = Path(path)
+    if torn_tail_ok and not path.exists():
+        return []
+    data = path.read_bytes()
+    lines = [(i, line) for i, line in enumerate(data.split(b"\n"), 1) if line.strip()]
     out = []
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise BadRecord(f"{path} line {i}: not valid JSON ({e.msg}); a cut-off file?") from None
-            if not isinstance(out[-1], dict):
-                raise BadRecord(f"{path} line {i}: a JSON {type(out[-1]).__name__}, not a record object")
+    for k, (i, line) in enumerate(lines):
+        torn = torn_tail_ok and k == len(lines) - 1            # the last line of a log may be cut off
+        try:
+            row = json.loads(line)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            if torn:
+                break
+            raise BadRecord(f"{path} line {i}: not valid JSON ({getattr(e, 'msg', e)}); a cut-off or edited "
+                            "file?") from None
+        if torn and not data.endswith(b"\n"):
+            break
+        if not isinstance(row, dict):
+            raise BadRecord(f"{path} line {i}: a JSON {type(row).__name__}, not a record object")
+        out.append(row)
     return out
 
 
-def atomic_write(path: Path, data: str | bytes) -> None:
+def _jsonl(rows: list) -> bytes:
+    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode("utf-8")
+
+
+def append_jsonl(path, rows: list) -> None:
+    """Append rows to a JSON-lines file in one write, flushed and fsynced: a kill can cut off at most the last
+    line, which read_jsonl(torn_tail_ok=True) drops."""
+    if not rows:
+        return
+    with open(path, "ab") as f:
+        f.write(_jsonl(rows))
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def rewrite_jsonl(path, rows: list) -> None:
+    """Replace a JSON-lines file by `rows` atomically (a resumed run drops what it will write again)."""
+    atomic_write(Path(path), _jsonl(rows))
+
+
+def atomic_write(path, data: str | bytes) -> None:
     """Write a file that is either complete or absent: the data goes to .NAME.PID.tmp beside it, is flushed
     to disk and renamed over `path` (atomic on POSIX); ranks writing the same file do not collide."""
     path = Path(path)
@@ -143,6 +241,145 @@ def atomic_write(path: Path, data: str | bytes) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------- config
+def knob(default, help, hidden: bool = False):
+    """A dataclass field with a one-line --help text (hidden: a flag for the tests, left out of --help)."""
+    return field(default=default, metadata={"help": argparse.SUPPRESS if hidden else help})
+
+
+class OneLineErrorParser(argparse.ArgumentParser):
+    """argparse whose errors are one line ("sft.py: error: ..."), not the whole usage block."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Shows "(default: X)" only where a default means something (not for "", None or off switches)."""
+
+    def _get_help_string(self, action):
+        if action.help == argparse.SUPPRESS or any(action.default is x for x in ("", None, False, argparse.SUPPRESS)):
+            return action.help
+        return action.help + " (default: %(default)s)"
+
+
+def config_parser(config_cls, prog: str, description: str, epilog: str = "", metavars: dict | None = None):
+    """argparse options generated from a Config dataclass (sft.py, grpo.py, evaluate.py): --dash-names, the
+    field's help, defaults shown where they mean something; switches that are off by default are plain
+    flags (store_true), those on by default get a --no- form; tuples take that many floats, lists any
+    number of strings; errors are one line."""
+    p = OneLineErrorParser(prog=prog, description=description, epilog=epilog, formatter_class=HelpFormatter)
+    for f in dataclasses.fields(config_cls):
+        name, kw = "--" + f.name.replace("_", "-"), {"default": f.default, "help": f.metadata["help"]}
+        typ = next((t for t in getattr(f.type, "__args__", ()) if t is not type(None)), f.type)  # int | None
+        if typ is bool:
+            kw["action"] = argparse.BooleanOptionalAction if f.default else "store_true"
+        elif typ is tuple:
+            kw.update(type=float, nargs=len(f.default))
+        elif typ is list:
+            kw.update(nargs="*", default=list(f.default))
+        else:
+            kw["type"] = typ
+        if f.name in (metavars or {}):
+            kw["metavar"] = metavars[f.name]
+        p.add_argument(name, **kw)
+    return p
+
+
+# ----------------------------------------------------------------------------- output folder and resume
+RUN_FILE = "run.json"      # {"prog", "identity", ...}: which script made the folder and with which settings
+LOCK_FILE = ".lock"        # held by the run writing the folder (fcntl lock, released when the process ends)
+_HELD_LOCKS = {}
+
+
+def read_run_info(folder) -> dict | None:
+    """The run.json of a folder (None when there is none or it cannot be read)."""
+    try:
+        info = json.loads((Path(folder) / RUN_FILE).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return info if isinstance(info, dict) else None
+
+
+def out_dir_mode(out: str, prog: str, resume: bool, overwrite: bool, keep: tuple = ()) -> str:
+    """How a run may use its output folder, decided before anything is loaded or written (read-only):
+    'fresh' (new or empty; also --resume with nothing to resume), 'resume' or 'overwrite'. A folder with
+    files but no run.json of `prog` is never written into; an earlier run of `prog` is continued only with
+    --resume and deleted only with --overwrite. Entries in `keep` (e.g. --smoke's data) are ignored."""
+    path = Path(out)
+    if resume and overwrite:
+        raise SetupError("--resume and --overwrite exclude each other")
+    if path.exists() and not path.is_dir():
+        raise SetupError(f"--out {out} is a file, not a folder")
+    entries = sorted(p.name for p in path.iterdir() if p.name not in keep + (LOCK_FILE,)) if path.is_dir() else []
+    if not entries:
+        return "fresh"
+    info = read_run_info(path)
+    if info is None or info.get("prog") != prog:
+        what = f"a {info['prog']} run" if info and info.get("prog") else f"files but no {prog} run"
+        listing = ", ".join(entries[:4]) + (", …" if len(entries) > 4 else "")
+        raise SetupError(f"--out {out} holds {what} ({listing}): choose a new or empty folder")
+    if resume:
+        return "resume"
+    if overwrite:
+        return "overwrite"
+    raise SetupError(f"--out {out} already holds an earlier {prog} run: add --resume to continue it or --overwrite to "
+                     "delete it and start over")
+
+
+def identity_diff(saved: dict, now: dict, labels: dict | None = None) -> list:
+    """The settings of `now` that differ from `saved`, each as "<flag> <saved> (now <value>)". Values are
+    compared as JSON (a tuple equals the list it was saved as); a setting's label is --name unless `labels`
+    names it otherwise."""
+    now = json.loads(json.dumps(now))
+    labels = labels or {}
+    return [f"{labels.get(k, '--' + k.replace('_', '-'))} {saved.get(k, 'not saved')} (now {v})"
+            for k, v in now.items() if saved.get(k) != v]
+
+
+def check_identity(folder, identity: dict, labels: dict | None = None) -> None:
+    """A resumed run must share the settings saved in folder/run.json ("identity"): otherwise one SetupError
+    naming every setting that differs (resuming would silently mix two runs). No run.json: nothing to check."""
+    info = read_run_info(folder)
+    if info is None:
+        return
+    diff = identity_diff(info.get("identity", {}), identity, labels)
+    if diff:
+        raise SetupError(f"--resume: {folder} was made with other settings: {'; '.join(diff)}. Resume with the "
+                         "same settings, or start over with --overwrite")
+
+
+def release_out_dirs() -> None:
+    """Release the locks this process holds on output folders (its run has ended)."""
+    while _HELD_LOCKS:
+        _HELD_LOCKS.popitem()[1].close()
+
+
+def start_out_dir(out: str, prog: str, mode: str, identity: dict, info: dict | None = None,
+                  keep: tuple = ()) -> None:
+    """Rank 0, after the checks passed: take the folder's lock (a second run into the same folder is refused
+    while this one lives), delete an earlier run with mode 'overwrite', create the folder and write run.json
+    {prog, identity, **info} (a resumed run keeps its own)."""
+    import fcntl
+    path = Path(out)
+    path.mkdir(parents=True, exist_ok=True)
+    if str(path.resolve()) not in _HELD_LOCKS:          # this process may already hold it (tests, notebooks)
+        lock = open(path / LOCK_FILE, "a+")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            lock.close()
+            raise SetupError(f"--out {out} is being written by another run right now; wait for it to end or "
+                             "choose another folder") from None
+        _HELD_LOCKS[str(path.resolve())] = lock
+    if mode == "overwrite":
+        for p in path.iterdir():
+            if p.name not in keep + (LOCK_FILE,):
+                shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+    if mode != "resume" or read_run_info(path) is None:
+        atomic_write(path / RUN_FILE, json.dumps({"prog": prog, "identity": identity, **(info or {})}, indent=1))
 
 
 # ----------------------------------------------------------------------------- resumable checkpoints
@@ -206,163 +443,50 @@ def load_state(model, optimizer, ckpt: Path) -> dict:
         return json.load(f)
 
 
-# ----------------------------------------------------------------------------- config
-def knob(default, help):
-    """A dataclass field with a one-line --help text."""
-    return field(default=default, metadata={"help": help})
+def resume_from(model, optimizer, out: str, logs: tuple = ("metrics.jsonl",)) -> int:
+    """Load the newest complete checkpoint in OUT/checkpoints into the model and optimizer and keep the rows of
+    the `logs` files up to its step (rows logged after it are logged again; a cut-off last row goes). Returns
+    the step to continue from (0 without a checkpoint)."""
+    ckpt = latest_checkpoint(out)
+    step = load_state(model, optimizer, ckpt)["step"] if ckpt is not None else 0
+    if is_main():
+        for name in logs:
+            log = Path(out) / name
+            if log.exists():
+                rewrite_jsonl(log, [r for r in read_jsonl(log, torn_tail_ok=True) if r["step"] <= step])
+    barrier()
+    print0(f"resumed from {ckpt} (step {step})" if ckpt else f"--resume: no complete checkpoint in {out}/checkpoints, "
+           "starting from step 0")
+    return step
 
 
-class OneLineErrorParser(argparse.ArgumentParser):
-    """argparse whose errors are one line ("sft.py: error: ..."), not the whole usage block."""
-
-    def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
-class HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """Shows "(default: X)" only where a default means something (not for "", None or off switches)."""
-
-    def _get_help_string(self, action):
-        if any(action.default is x for x in ("", None, False, argparse.SUPPRESS)):
-            return action.help
-        return action.help + " (default: %(default)s)"
-
-
-def config_parser(config_cls, prog: str, description: str, epilog: str = "", metavars: dict | None = None):
-    """argparse options generated from a Config dataclass (sft.py, grpo.py, evaluate.py): --dash-names, the
-    field's help, defaults shown where they mean something; switches that are off by default are plain
-    flags (store_true), those on by default get a --no- form; tuples take that many floats, lists any
-    number of strings; errors are one line."""
-    p = OneLineErrorParser(prog=prog, description=description, epilog=epilog, formatter_class=HelpFormatter)
-    for f in dataclasses.fields(config_cls):
-        name, kw = "--" + f.name.replace("_", "-"), {"default": f.default, "help": f.metadata["help"]}
-        typ = next((t for t in getattr(f.type, "__args__", ()) if t is not type(None)), f.type)  # int | None
-        if typ is bool:
-            kw["action"] = argparse.BooleanOptionalAction if f.default else "store_true"
-        elif typ is tuple:
-            kw.update(type=float, nargs=len(f.default))
-        elif typ is list:
-            kw.update(nargs="*", default=list(f.default))
-        else:
-            kw["type"] = typ
-        if f.name in (metavars or {}):
-            kw["metavar"] = metavars[f.name]
-        p.add_argument(name, **kw)
-    return p
-
-
-# ----------------------------------------------------------------------------- data order
+# ----------------------------------------------------------------------------- batching
 def epoch_order(n: int, epoch: int, seed: int, shuffle: bool) -> list:
     """Record order of one epoch: a permutation seeded by (seed, epoch), identical on every rank."""
     if not shuffle:
         return list(range(n))
+    import torch
     g = torch.Generator().manual_seed(seed * 100_003 + epoch)
     return torch.randperm(n, generator=g).tolist()
 
 
-# ----------------------------------------------------------------------------- metrics files
-def read_metrics(path: Path) -> list:
-    """The rows of a log like metrics.jsonl; a cut-off last line (a run killed while writing it) is dropped."""
-    rows = []
-    lines = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
-    for i, line in enumerate(lines):
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            if i < len(lines) - 1 and line.strip():
-                raise SetupError(f"{path} line {i + 1} is not JSON (only the last line may be cut off)") from None
-    return rows
-
-
-def append_metrics(path: Path, rows: list) -> None:
-    """Append rows to a JSON-lines log (metrics.jsonl, samples.jsonl, evaluate.py's predictions.jsonl) in one
-    write, flushed and fsynced: a kill can cut off at most the last line, which the readers drop."""
-    if not rows:
-        return
-    with open(path, "a", encoding="utf-8") as f:
-        f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def keep_metrics_until(path: Path, step: int) -> None:
-    """On resume, drop the rows of a log logged after the checkpoint's `step` (and a cut-off last row);
-    the file is rewritten atomically. Rank 0 only."""
-    if path.exists():
-        rows = [r for r in read_metrics(path) if r["step"] <= step]
-        atomic_write(path, "".join(json.dumps(r) + "\n" for r in rows))
-
-
-# ----------------------------------------------------------------------------- output folder and resume
-def out_dir_mode(out: str, prog: str, markers: tuple, resume: bool, overwrite: bool, keep: tuple = ()) -> str:
-    """How a run may use its output folder: 'fresh' (new or empty), 'resume' or 'overwrite'. Read-only;
-    raises a SetupError instead of mixing two runs (an earlier run without --resume / --overwrite) or
-    writing into a non-empty folder that holds no run of `prog` (none of its `markers`). Entries in `keep`
-    (e.g. --smoke's data) are ignored."""
-    path = Path(out)
-    if path.exists() and not path.is_dir():
-        raise SetupError(f"--out {out} is a file, not a folder")
-    entries = sorted(p.name for p in path.iterdir() if p.name not in keep) if path.is_dir() else []
-    ours = [e for e in entries if e in markers]
-    if entries and not ours:
-        raise SetupError(f"--out {out} is not empty and holds no {prog} run ({', '.join(entries[:4])}"
-                         f"{', …' if len(entries) > 4 else ''}): choose a new or empty folder")
-    if resume:
-        return "resume"
-    if not entries:
-        return "fresh"
-    if overwrite:
-        return "overwrite"
-    raise SetupError(f"--out {out} already holds a run ({', '.join(ours)}): add --resume to continue it or "
-                     "--overwrite to delete it and start over")
-
-
-def start_out_dir(out: str, mode: str, keep: tuple = ()) -> None:
-    """Create the output folder; with mode 'overwrite' first delete everything in it but `keep` (rank 0)."""
-    path = Path(out)
-    if mode == "overwrite":
-        for p in path.iterdir():
-            if p.name not in keep:
-                shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
-    path.mkdir(parents=True, exist_ok=True)
-
-
-def identity_diff(saved: dict, now: dict, labels: dict | None = None) -> list:
-    """The settings of `now` that differ from `saved`, each as "<flag> <saved> (now <value>)". Values are
-    compared as JSON (a tuple equals the list it was saved as); a flag's label is --name unless `labels`
-    names it otherwise."""
-    now = json.loads(json.dumps(now))
-    labels = labels or {}
-    return [f"{labels.get(k, '--' + k.replace('_', '-'))} {saved.get(k, 'not saved')} (now {v})"
-            for k, v in now.items() if saved.get(k) != v]
-
-
-def checked_checkpoint(out: str, identity: dict, labels: dict | None = None) -> Path | None:
-    """The newest complete checkpoint in OUT/checkpoints (None: there is none), or a SetupError naming
-    every setting that differs from the run that saved it (resuming would silently change the run)."""
-    ckpt = latest_checkpoint(out)
-    if ckpt is None:
-        return None
-    try:
-        saved = json.loads((ckpt / "trainer_state.json").read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise SetupError(f"--resume: cannot read {ckpt / 'trainer_state.json'}: {e}") from None
-    diff = identity_diff(saved, identity, labels)
-    if diff:
-        raise SetupError(f"--resume: {ckpt} was saved by a run with other settings: {'; '.join(diff)}. "
-                         "Resume with the same settings, or start over with --overwrite")
-    return ckpt
-
-
-def resume_from(model, optimizer, ckpt: Path | None, out: str, logs: tuple = ("metrics.jsonl",)) -> dict:
-    """Load a checked checkpoint (checked_checkpoint) into the model and optimizer and keep the rows of
-    the `logs` files up to its step (rows logged after it will be logged again; a cut-off last row goes);
-    returns its trainer state ({"step": 0} without a checkpoint)."""
-    state = load_state(model, optimizer, ckpt) if ckpt is not None else {"step": 0}
-    if is_main():
-        for name in logs:
-            keep_metrics_until(Path(out) / name, state["step"])
-    barrier()
-    if ckpt is not None:
-        print0(f"resumed from {ckpt} (step {state['step']})")
-    return state
+def token_micro_batches(lengths: list, budget: int, count: int | None = None) -> list:
+    """Row indices cut into micro-batches of at most `budget` padded tokens (rows × longest row) after sorting
+    by length (less padding); a row longer than the budget forms a micro-batch of its own. With `count`, the
+    largest micro-batches are halved until there are `count` of them, then empty ones are appended: under
+    FSDP2 every rank must run the same number of forward / backward passes (an empty one runs a zero-weight
+    dummy). The one micro-batch rule of sft.py and grpo.py."""
+    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
+    packs, cur = [], []
+    for i in order:
+        if cur and (len(cur) + 1) * lengths[i] > budget:
+            packs.append(cur)
+            cur = []
+        cur.append(i)
+    if cur:
+        packs.append(cur)
+    while count is not None and len(packs) < count and any(len(p) > 1 for p in packs):
+        big = max((p for p in packs if len(p) > 1), key=lambda p: len(p) * max(lengths[i] for i in p))
+        k = packs.index(big)
+        packs[k:k + 1] = [big[:len(big) // 2], big[len(big) // 2:]]
+    return packs + [[] for _ in range(max(0, (count or 0) - len(packs)))]

@@ -12,8 +12,9 @@ the paper's numbers printed beside ours. `pretext` scores our own held-out test.
     python evaluate.py --model Qwen/Qwen2.5-VL-7B-Instruct --no-cot ...   # the paper's ✗ rows (official scoring)
     python evaluate.py --help
 
-Rerunning the same command resumes: OUT/<bench>/predictions.jsonl holds one line per item (id, prompt, raw
-output, extracted answer, correct); OUT/results.json, OUT/results.md (+ OUT/results.png with matplotlib). Each
+Rerunning the same command with --resume continues where it stopped: OUT/<bench>/predictions.jsonl holds one
+line per item (id, prompt, raw output, extracted answer, correct); OUT/results.json, OUT/results.md (+
+OUT/results.png with matplotlib); OUT/run.json and OUT/<bench>/run.json the settings a resumed run must share. Each
 result row records its scoring (official or strict, CoT or not, VSI-Bench frames as images or a video) and
 whether it is comparable with the paper's row. `--bench X --data PATH` (one benchmark) takes a plain path.
 
@@ -22,7 +23,7 @@ the answers (its docstring maps every official scoring rule to a function and li
 
 Paper → code
   Table 1 benchmarks, released files             → benchmarks.load_bench() (LOADERS, read_tsv, read_parquet)
-  greedy decoding (VLMEvalKit T=0.01/top-k 1)    → run_bench() → Generator → generate(do_sample=False)
+  greedy decoding (VLMEvalKit T=0.01/top-k 1)    → answer_batch() → engine.Engine.generate(greedy=True)
   answer extraction and the official scorers     → benchmarks.score_item() (--scoring official: item by item)
   per-benchmark summaries, paper's numbers       → benchmarks.summarize(), results_markdown()
   pixel budgets per benchmark (paper setups)     → BENCH_PIXELS
@@ -54,12 +55,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks import (BENCH_NAMES, PAPER_ROWS, DataError, Item, MissingImage, Options, is_video, load_bench,
-                        load_item_images, score_item, summarize)
-
-from common import (all_reduce_sum, append_metrics, atomic_write, barrier, cleanup_dist, config_parser,
-                    identity_diff, knob, print0, setup_dist)
-from engine import ENGINE_CHOICES, ENGINE_HELP, RolloutEngine, generate, use_engine
+from benchmarks import BENCH_NAMES, PAPER_ROWS, SCORINGS, Item, Options, is_video, load_bench, load_item_images, \
+    score_item, summarize
+from common import (SetupError, Skipped, all_reduce_sum, append_jsonl, atomic_write, barrier, check_identity, cli_main,
+                    config_parser, dist_session, knob, out_dir_mode, print0, read_jsonl, read_run_info, rewrite_jsonl,
+                    start_out_dir)
+from engine import Engine
 from vlm import encode, load_model
 
 # (min_pixels, max_pixels) per benchmark, as the paper's setups (VLMEvalKit Qwen2VLChat: 1280..16384 ×28²;
@@ -73,6 +74,12 @@ BENCH_PIXELS = {"pretext": None, "spatial457": (1280 * 784, 16384 * 784),
                 "qspatial_plus": (1280 * 784, 16384 * 784), "whatsup": (56 * 56, 512 * 784),
                 "viewspatial": (256 * 784, 1280 * 784), "vsibench": (4 * 784, 16384 * 784)}
 PRETEXT_DEFAULT = "data/ssrl/test.jsonl"   # make_data.py's default output
+USAGE_EXAMPLES = """examples:
+  python evaluate.py --model runs/grpo-tiny --bench pretext --data data/ssrl/test.jsonl --out runs/eval-tiny
+  python evaluate.py ... --out runs/eval-tiny --resume          # continue after a kill (same settings)
+  torchrun --nproc_per_node 8 evaluate.py --model internlm/Spatial-SSRL-7B --bench all --out runs/eval7b \\
+      --data spatial457=bench/Spatial457.tsv whatsup=bench/whatsup vsibench=bench/VSI-Bench/test.parquet
+  python evaluate.py --model Qwen/Qwen2.5-VL-7B-Instruct --no-cot --bench all --data ...   # the paper's ✗ rows"""
 
 
 # ----------------------------------------------------------------------------- config
@@ -85,9 +92,9 @@ class Config:
     out: str = knob("runs/eval", "output folder: <bench>/predictions.jsonl, results.json, results.md, results.png")
     cot: bool = knob(True, "ask for reasoning + \\boxed{} (the released checkpoints' instruction); --no-cot: answer directly")
     scoring: str = knob("official", "official: the official scripts' scoring, item by item (comparable with the "
-                                    "paper); strict: our corrected rules on the same prompts (benchmarks.py)")
+                                    "paper); strict: our corrected rules (benchmarks.py, 'Strict scoring')")
     limit: int = knob(0, "evaluate only the first N items of each benchmark (0: all)")
-    batch_size: int = knob(8, "prompts per generate call on one rank")
+    batch_size: int = knob(8, "prompts decoded together on one rank")
     max_new_tokens: int = knob(2048, "generation budget per answer (VLMEvalKit: 2048; standalone scripts: 4096)")
     min_pixels: int | None = knob(None, "smallest image area after resizing, for every benchmark (default: each "
                                         "benchmark's own, BENCH_PIXELS; pretext: the checkpoint's)")
@@ -100,29 +107,30 @@ class Config:
                                     "(not the official input; Qwen3-VL needs it)")
     vsi_fps: float = knob(2.0, "frame rate a VSI-Bench video is declared to have: temporal positions spaced by "
                              "2/fps (official: the processor default, 2)")
-    seed: int = knob(0, "seed of the What'sUp option shuffle")
     dtype: str = knob("auto", "model dtype: auto (bf16 on CUDA, fp32 on CPU), bfloat16, float16, float32")
-    rollout_engine: str = knob("auto", ENGINE_HELP)
     plot: bool = knob(True, "write OUT/results.png (needs matplotlib; skipped with a note otherwise)")
     progress: bool = knob(True, "tqdm progress bar")
+    resume: bool = knob(False, "continue the evaluation in OUT (same model and settings): items already answered "
+                             "are kept")
+    overwrite: bool = knob(False, "delete an earlier evaluate.py run in OUT and start over")
 
     def __post_init__(self):
         if self.batch_size < 1 or self.max_new_tokens < 1 or self.vsi_frames < 1 or self.limit < 0 \
                 or not self.vsi_fps > 0:
-            raise ValueError("--batch-size, --max-new-tokens, --vsi-frames and --vsi-fps must be positive, "
+            raise SetupError("--batch-size, --max-new-tokens, --vsi-frames and --vsi-fps must be positive, "
                              "--limit >= 0")
         unknown = [b for b in self.bench if b not in BENCH_NAMES + ("all",)]
         if unknown:
-            raise ValueError(f"unknown --bench {unknown}; expected some of {BENCH_NAMES + ('all',)}")
-        self.data_paths()
-        if self.rollout_engine not in ENGINE_CHOICES:
-            raise ValueError(f"--rollout-engine must be one of {', '.join(ENGINE_CHOICES)}")
+            raise SetupError(f"unknown --bench {unknown}; expected some of {BENCH_NAMES + ('all',)}")
+        if self.scoring not in SCORINGS:
+            raise SetupError(f"--scoring must be one of {', '.join(SCORINGS)}, not {self.scoring!r}")
+        if self.dtype not in ("auto", "bfloat16", "float16", "float32"):
+            raise SetupError("--dtype must be auto, bfloat16, float16 or float32")
         for name in ("min_pixels", "max_pixels"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be positive")
+                raise SetupError(f"--{name.replace('_', '-')} must be positive")
+        self.data_paths()
         self.pixel_bounds("pretext", (1, 1))
-        if self.scoring not in ("official", "strict"):
-            raise ValueError(f"--scoring must be official or strict, not {self.scoring!r}")
 
     def data_paths(self) -> dict:
         """Benchmark → data path from --data: BENCH=PATH pairs, or one plain PATH when one benchmark is asked."""
@@ -135,15 +143,15 @@ class Config:
             elif single and len(self.data) == 1:
                 out[single] = pair
             else:
-                raise ValueError(f"--data {pair!r}: expected BENCH=PATH with BENCH one of {BENCH_NAMES}"
+                raise SetupError(f"--data {pair!r}: expected BENCH=PATH with BENCH one of {BENCH_NAMES}"
                                  " (a plain PATH only with one --bench)")
         out.setdefault("pretext", PRETEXT_DEFAULT)
         return out
 
     def options(self) -> Options:
         """What benchmarks.py's loaders and scorers need from this run."""
-        return Options(cot=self.cot, scoring=self.scoring, limit=self.limit,
-                       frames=self.vsi_frames, vsi_input=vsi_input(self))
+        return Options(cot=self.cot, scoring=self.scoring, limit=self.limit, frames=self.vsi_frames,
+                       vsi_input="images" if self.vsi_as_images else "video")
 
     def pixel_bounds(self, bench: str, own: tuple) -> tuple:
         """(min, max) image pixels for a benchmark, one rule: --pixels BENCH=MIN:MAX if given; else
@@ -154,11 +162,11 @@ class Config:
         for pair in self.pixels:
             m = re.fullmatch(r"([\w]+)=(\d+):(\d+)", pair)
             if not m or m.group(1) not in BENCH_NAMES or int(m.group(2)) > int(m.group(3)):
-                raise ValueError(f"--pixels {pair!r}: expected BENCH=MIN:MAX with MIN <= MAX")
+                raise SetupError(f"--pixels {pair!r}: expected BENCH=MIN:MAX with MIN <= MAX")
             if m.group(1) == bench:
                 lo, hi = int(m.group(2)), int(m.group(3))
         if lo > hi:
-            raise ValueError(f"{bench}: min pixels {lo} > max pixels {hi} (--min-pixels / --max-pixels / --pixels)")
+            raise SetupError(f"{bench}: min pixels {lo} > max pixels {hi} (--min-pixels / --max-pixels / --pixels)")
         return lo, hi
 
     def benches(self) -> list:
@@ -169,96 +177,29 @@ class Config:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """argparse options generated from Config, with sft.py's conventions (config_parser)."""
-    return config_parser(Config, "evaluate.py", __doc__.split("\n")[0])
+    return config_parser(Config, "evaluate.py", __doc__.split("\n")[0], USAGE_EXAMPLES)
 
 
-# ----------------------------------------------------------------------------- predictions file (resumable)
-def read_predictions(path: Path, repair: bool = True) -> dict:
-    """id → record of a predictions.jsonl. A last line cut by a kill (no newline, or not JSON) is not trusted:
-    with repair the file is truncated to the last complete line, so the item is asked again."""
-    if not path.is_file():
-        return {}
-    data = path.read_bytes()
-    done, good_end = {}, 0
-    for line in data.splitlines(keepends=True):
-        if not line.endswith(b"\n"):
-            break
-        try:
-            rec = json.loads(line)
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            break
-        done[rec["id"]] = rec
-        good_end += len(line)
-    if repair and good_end < len(data):
-        with open(path, "r+b") as f:
-            f.truncate(good_end)
-    return done
+# ----------------------------------------------------------------------------- what a resumed run must share
+def eval_identity(cfg: Config) -> dict:
+    """Settings of the whole run that change every prediction (OUT/run.json)."""
+    return {"model": cfg.model, "cot": cfg.cot, "scoring": cfg.scoring, "max_new_tokens": cfg.max_new_tokens,
+            "dtype": cfg.dtype}
 
 
-def vsi_input(cfg: Config) -> str:
-    """How VSI-Bench frames reach the model: "video" (one video item, official) or "images"."""
-    return "images" if cfg.vsi_as_images else "video"
-
-
-def eval_identity(bench: str, path: str, cfg: Config, bounds: tuple) -> dict:
-    """Settings that change the predictions; a resumed run must match them."""
+def bench_identity(bench: str, path: str, cfg: Config, bounds: tuple) -> dict:
+    """Settings of one benchmark that change its predictions (OUT/<bench>/run.json)."""
     vsi = bench == "vsibench"
-    return {"model": cfg.model, "data": str(path), "cot": cfg.cot, "scoring": cfg.scoring,
-            "max_new_tokens": cfg.max_new_tokens, "pixels": list(bounds),
-            "vsi_frames": cfg.vsi_frames if vsi else None, "vsi_input": vsi_input(cfg) if vsi else None,
-            "vsi_fps": cfg.vsi_fps if vsi and not cfg.vsi_as_images else None, "seed": cfg.seed}
+    return {"data": str(path), "pixels": list(bounds), "limit": cfg.limit,
+            "vsi_frames": cfg.vsi_frames if vsi else None, "vsi_as_images": cfg.vsi_as_images if vsi else None,
+            "vsi_fps": cfg.vsi_fps if vsi and not cfg.vsi_as_images else None}
 
 
 IDENTITY_LABELS = {"data": "--data", "pixels": "image bounds (--min-pixels / --max-pixels / --pixels)",
-                   "vsi_input": "VSI-Bench input (--vsi-as-images)", "cot": "--cot / --no-cot"}
+                   "cot": "--cot / --no-cot"}
 
 
-def check_identity(bench_dir: Path, ident: dict) -> None:
-    """Resume OUT/<bench> only with the settings that made its predictions (run.json), else one DataError
-    naming each difference (common.identity_diff, as sft.py / grpo.py --resume)."""
-    f = bench_dir / "run.json"
-    if f.is_file():
-        diff = identity_diff(json.loads(f.read_text()), ident, IDENTITY_LABELS)
-        if diff:
-            raise DataError(f"{bench_dir} holds predictions made with other settings: {'; '.join(diff)}. "
-                            "Use another --out or delete that folder")
-    else:
-        bench_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write(f, json.dumps(ident, indent=1))
-
-
-# ----------------------------------------------------------------------------- generation
-class Generator:
-    """Greedy completions for encode() batches (engine.generate, or engine.RolloutEngine).
-
-    Every sampling field is explicit (do_sample False, temperature 1, top_p 1, top_k 0), so nothing comes from
-    the checkpoint's generation_config. With the engine (--rollout-engine; auto = on CUDA) the batches go
-    through RolloutEngine: the loaded bf16 model decoded in place (no second copy), static KV cache, compiled
-    decode, prompts padded to length buckets and batch_size rows per call, so compilation happens once per
-    bucket. Otherwise engine.generate. engine=True/False overrides the flag (the tests compare the two)."""
-
-    def __init__(self, model, tokenizer, cfg: Config, device, engine: bool | None = None):
-        self.model, self.tok, self.cfg, self.device = model, tokenizer, cfg, device
-        self.model_type = model.config.model_type   # video items: Qwen2.5-VL only
-        use = use_engine(cfg.rollout_engine, device) if engine is None else engine
-        self.engine = RolloutEngine(model, prompts_per_call=cfg.batch_size) if use else None
-        if self.engine is not None:
-            self.model = None   # the engine holds its own copy
-
-    def __call__(self, batch: dict) -> tuple:
-        """(texts, generated token counts) for a left-padded batch."""
-        greedy = dict(max_new_tokens=self.cfg.max_new_tokens, do_sample=False, temperature=1.0, top_p=1.0,
-                      top_k=0)
-        if self.engine is not None:
-            out = self.engine.generate(batch, self.tok, **greedy)
-        else:
-            out = generate(self.model, batch, self.tok, **greedy)
-        ids, mask = (t.cpu() for t in out)
-        texts = [self.tok.decode(ids[i][mask[i]].tolist(), skip_special_tokens=True) for i in range(len(ids))]
-        return texts, [int(m.sum()) for m in mask]
-
-
+# ----------------------------------------------------------------------------- asking the model
 def to_messages(item: Item, n_images_slots: list, video: dict | None = None) -> list:
     """One user turn: item.texts with an image item before texts[i] for each i in n_images_slots; a video
     item ({"type": "video", "video": frames, ...}, vlm.encode) goes first."""
@@ -270,9 +211,9 @@ def to_messages(item: Item, n_images_slots: list, video: dict | None = None) -> 
     return [{"role": "user", "content": content}]
 
 
-def answer_batch(bench: str, items: list, gen: Generator, ip, cfg: Config) -> tuple:
-    """Prediction records for a batch: unreadable items become skipped records; the rest are generated
-    together and scored. Returns (records, generated tokens)."""
+def answer_batch(bench: str, items: list, engine: Engine, tok, ip, cfg: Config) -> tuple:
+    """Prediction records for a batch: unreadable items become skipped records; the rest are decoded
+    greedily together (engine.Engine) and scored. Returns (records, generated tokens)."""
     records, convs, images, asked = [], [], [], []
     for it in items:
         base = {"id": it.id, "category": it.category, "prompt": it.prompt_text()}
@@ -281,8 +222,8 @@ def answer_batch(bench: str, items: list, gen: Generator, ip, cfg: Config) -> tu
             continue
         try:
             ims, slots = load_item_images(it, cfg.vsi_frames)
-        except MissingImage as e:
-            records.append({**base, "skipped": f"image: {e}"})
+        except Skipped as e:
+            records.append({**base, "skipped": str(e)})
             continue
         if is_video(it) and not cfg.vsi_as_images:   # one video item of all the frames (official input)
             convs.append(to_messages(it, [], {"type": "video", "video": ims, "fps": cfg.vsi_fps}))
@@ -293,11 +234,14 @@ def answer_batch(bench: str, items: list, gen: Generator, ip, cfg: Config) -> tu
         asked.append((it, base))
     if not asked:
         return records, 0
-    batch = encode(convs, images, gen.tok, ip, padding_side="left")
-    texts, ntok = gen(batch)
-    for (it, base), raw in zip(asked, texts):
+    batch = encode(convs, images, tok, ip, padding_side="left")
+    batch.pop("labels")
+    ids, mask = engine.generate(batch, tok, max_new_tokens=cfg.max_new_tokens, greedy=True)
+    ids, mask = ids.cpu(), mask.cpu()
+    for (it, base), row, m in zip(asked, ids, mask):
+        raw = tok.decode(row[m].tolist(), skip_special_tokens=True)
         records.append({**base, "raw": raw, **score_item(bench, it, raw, cfg.options())})
-    return records, sum(ntok)
+    return records, int(mask.sum())
 
 
 # ----------------------------------------------------------------------------- one benchmark, all ranks
@@ -323,47 +267,61 @@ def shard_batches(todo: list, rank: int, world: int, batch_size: int) -> tuple:
     return batches, -(-per_rank // batch_size)
 
 
-def run_bench(bench: str, path: str, cfg: Config, gen: Generator, ip, d, own_bounds: tuple) -> dict:
+def open_bench(bench: str, path: str, cfg: Config, own_bounds: tuple, d) -> tuple:
+    """(items, image bounds, answered ids) of a benchmark: its items (none is an error), its folder checked
+    against the settings that made its predictions (common.check_identity) or started, a prediction line cut
+    off by a kill dropped (rank 0)."""
+    bench_dir = Path(cfg.out) / bench
+    items = load_bench(bench, path, cfg.options())
+    if not items:
+        raise SetupError(f"--data {path}: no {bench} items in it (an empty file?)")
+    bounds = cfg.pixel_bounds(bench, own_bounds)
+    ident = bench_identity(bench, path, cfg, bounds)
+    if read_run_info(bench_dir) is not None:
+        check_identity(bench_dir, ident, IDENTITY_LABELS)
+    barrier()
+    if d.is_main:
+        bench_dir.mkdir(parents=True, exist_ok=True)
+        if read_run_info(bench_dir) is None:
+            atomic_write(bench_dir / "run.json", json.dumps({"prog": "evaluate.py", "identity": ident}, indent=1))
+        preds = bench_dir / "predictions.jsonl"
+        rewrite_jsonl(preds, read_jsonl(preds, torn_tail_ok=True))
+    barrier()
+    done = {r["id"] for r in read_jsonl(bench_dir / "predictions.jsonl", torn_tail_ok=True)}
+    return items, bounds, done
+
+
+def run_bench(bench: str, path: str, cfg: Config, engine: Engine, tok, ip, d, own_bounds: tuple) -> dict:
     """Ask every item not yet in OUT/<bench>/predictions.jsonl, append the answers, return the summary."""
     from tqdm import tqdm
-    bench_dir = Path(cfg.out) / bench
-    preds = bench_dir / "predictions.jsonl"
-    items = load_bench(bench, path, cfg.options())
-    bounds = cfg.pixel_bounds(bench, own_bounds)
-    if d.is_main:
-        check_identity(bench_dir, eval_identity(bench, path, cfg, bounds))
-        read_predictions(preds, repair=True)
-    barrier()
-    done = read_predictions(preds, repair=False)
+    items, bounds, done = open_bench(bench, path, cfg, own_bounds, d)
+    if bench == "vsibench" and not cfg.vsi_as_images and engine.config.model_type != "qwen2_5_vl":
+        raise SetupError(f"VSI-Bench as video needs a Qwen2.5-VL model ({cfg.model} is {engine.config.model_type}); "
+                         "use --vsi-as-images")
     todo = [it for it in items if it.id not in done]
-    if bench == "vsibench" and not cfg.vsi_as_images and gen.model_type != "qwen2_5_vl":
-        raise DataError(f"VSI-Bench as video needs a Qwen2.5-VL model ({cfg.model} is {gen.model_type}); "
-                        "use --vsi-as-images")
     batches, rounds = shard_batches(todo, d.rank, d.world_size, cfg.batch_size)
     ip.size = {"shortest_edge": bounds[0], "longest_edge": bounds[1]}   # this benchmark's bounds, said below
-    mode = f", {cfg.vsi_frames} frames as {vsi_input(cfg)}" if bench == "vsibench" else ""
+    mode = f", {cfg.vsi_frames} frames as {cfg.options().vsi_input}" if bench == "vsibench" else ""
     print0(f"{bench}: {len(items)} items{mode}, images {bounds[0]}..{bounds[1]} px, {len(done)} done before, "
            f"{len(todo)} to ask ({d.world_size} rank(s), {rounds} rounds of <= {cfg.batch_size})")
-    t0, ntok, nasked = time.time(), 0, 0
+    preds, t0, ntok, nasked = Path(cfg.out) / bench / "predictions.jsonl", time.time(), 0, 0
     bar = tqdm(total=len(todo), desc=bench, disable=not (d.is_main and cfg.progress), dynamic_ncols=True)
     for k in range(rounds):
-        recs, n = answer_batch(bench, batches[k], gen, ip, cfg) if k < len(batches) else ([], 0)
+        recs, n = answer_batch(bench, batches[k], engine, tok, ip, cfg) if k < len(batches) else ([], 0)
         ntok += n
         recs = gather_records(recs)
         nasked += len(recs)
         if d.is_main:
-            append_metrics(preds, recs)
+            append_jsonl(preds, recs)
         bar.update(len(recs))
     bar.close()
     barrier()
-    ntok = int(all_reduce_sum(ntok, d.device))
-    dt = time.time() - t0
+    ntok, dt = int(all_reduce_sum(ntok, d.device)), time.time() - t0
     if todo:
         print0(f"{bench}: {nasked} items in {dt:.1f} s ({nasked / max(dt, 1e-9):.2f} items/s, "
-                   f"{ntok / max(dt, 1e-9):.0f} generated tokens/s)")
-    records = [r for r in read_predictions(preds, repair=False).values()]
+               f"{ntok / max(dt, 1e-9):.0f} generated tokens/s)")
     ids = {it.id for it in items}
-    return summarize(bench, [r for r in records if r["id"] in ids], cfg.options())
+    return summarize(bench, [r for r in read_jsonl(preds, torn_tail_ok=True) if r["id"] in ids], cfg.options())
 
 
 # ----------------------------------------------------------------------------- reporting
@@ -450,36 +408,32 @@ def load_for_eval(cfg: Config, device):
 
 
 def evaluate(cfg: Config) -> dict:
-    d = setup_dist(cfg.seed)
-    try:
-        paths = cfg.data_paths()
-        benches = cfg.benches()
+    """Check the data and the output folder, load the model once, run every benchmark, write the results."""
+    with dist_session(0) as d:
+        paths, benches = cfg.data_paths(), cfg.benches()
         missing = [b for b in benches if b not in paths]
         if missing or not benches:
-            raise DataError(f"no --data for {missing or 'any benchmark'} (give BENCH=PATH, see --help)")
+            raise SetupError(f"no --data for {missing or 'any benchmark'} (give BENCH=PATH, see --help)")
         absent = [f"{b}={paths[b]}" for b in benches if not Path(paths[b]).exists()]
         if absent:   # before loading a model for minutes
-            raise DataError(f"--data {' '.join(absent)}: no such file or folder")
+            raise SetupError(f"--data {' '.join(absent)}: no such file or folder")
+        mode = out_dir_mode(cfg.out, "evaluate.py", cfg.resume, cfg.overwrite)
+        if mode == "resume":
+            check_identity(cfg.out, eval_identity(cfg), IDENTITY_LABELS)
         model, tok, ip = load_for_eval(cfg, d.device)
-        gen = Generator(model, tok, cfg, d.device)
+        engine = Engine(model, prompts_per_call=cfg.batch_size)   # decodes the loaded model in place
         own_bounds = (ip.size["shortest_edge"], ip.size["longest_edge"])   # the checkpoint's saved bounds
-        del model   # on the fast path the engine holds the only copy
-        results = {b: run_bench(b, paths[b], cfg, gen, ip, d, own_bounds) for b in benches}
+        barrier()
+        if d.is_main:
+            start_out_dir(cfg.out, "evaluate.py", mode, eval_identity(cfg), {"argv": sys.argv})
+        results = {b: run_bench(b, paths[b], cfg, engine, tok, ip, d, own_bounds) for b in benches}
         if d.is_main:
             write_results(results, cfg)
         return results
-    finally:
-        cleanup_dist()
 
 
 def main(argv: list | None = None) -> None:
-    args = build_parser().parse_args(argv)
-    try:
-        cfg = Config(**vars(args))
-        evaluate(cfg)
-    except (DataError, ValueError) as e:
-        print(f"evaluate.py: error: {e}", file=sys.stderr)
-        sys.exit(2)
+    cli_main("evaluate.py", lambda: evaluate(Config(**vars(build_parser().parse_args(argv)))))
 
 
 if __name__ == "__main__":

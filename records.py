@@ -21,6 +21,7 @@ from PIL import Image
 from common import BadRecord, SetupError, read_jsonl
 
 
+IMAGE_PLACEHOLDER = "<image>"        # one per entry of a record's "images", in order
 PRETEXT_FOLDERS = ("crop", "depth", "flip", "position", "shuffle")   # images.zip's folders = tasks.TASKS
 USER_ROLES, ASSISTANT_ROLES = ("user", "human"), ("assistant", "gpt")
 
@@ -194,6 +195,58 @@ class _ImageFinder:
                         for k in range(max(1, len(parts) - 1)):
                             self.zips.setdefault("/".join(parts[k:]), (z.resolve(), name))
         return self.zips
+
+
+# ----------------------------------------------------------------------------- checking a record
+def check_record(record: dict, root: Path, response: bool = False, decode: bool = False) -> list:
+    """Raise BadRecord naming the record when it cannot be trained on (sft.py: response=True, grpo.py: False).
+
+    Every record: a problem string with one <image> per entry of a list "images" (paths relative to root, or the
+    bytes / zip-member entries read_records makes for the release). A cold-start record also needs a non-empty
+    response (the training target); a GRPO prompt an answer its task's verifier can read, and a task of
+    tasks.TASKS or none (the release's records: the official exact-match reward). decode=True reads every image
+    to its last byte (a truncated file has a valid header) and returns their (width, height); otherwise only
+    the files' presence is checked (81k prompts) and [] is returned."""
+    import tasks
+    rid = record.get("id", "?")
+    if response and "response" not in record:
+        raise BadRecord(f'record {rid}: no "response" field; the cold start trains on sft.jsonl from make_data.py '
+                        "(train.jsonl and test.jsonl have no responses: they are for GRPO and evaluation)")
+    if response and (not isinstance(record["response"], str) or not record["response"].strip()):
+        raise BadRecord(f"record {rid}: empty response")
+    if not isinstance(record.get("problem"), str):
+        raise BadRecord(f'record {rid}: "problem" is {json.dumps(record.get("problem"), default=str)[:80]}, not a string')
+    if not response and (record.get("answer") is None or record.get("task") not in (None, *tasks.TASKS)):
+        raise BadRecord(f"record {rid}: needs an answer and a task (one of {', '.join(tasks.TASKS)}, or none for the "
+                        "official exact-match reward)")
+    images = record.get("images")
+    if not isinstance(images, list) or not all(isinstance(x, (str, dict)) for x in images):
+        raise BadRecord(f'record {rid}: "images" is {json.dumps(images, default=str)[:200]}, not a list of paths '
+                        "(use [] for a text-only record)")
+    if record["problem"].count(IMAGE_PLACEHOLDER) != len(images):
+        raise BadRecord(f"record {rid}: {record['problem'].count(IMAGE_PLACEHOLDER)} <image> placeholders but "
+                        f"{len(images)} images")
+    if not response:
+        try:
+            tasks.accuracy("", str(record["answer"]), record.get("task"))
+        except ValueError as e:
+            raise BadRecord(f"record {rid}: {e}") from None
+    return [_checked_image(ref, root, rid, decode) for ref in images]
+
+
+def _checked_image(ref, root: Path, rid, decode: bool):
+    """(width, height) of one image entry read to its last byte (decode), or None once its file is found."""
+    name = Path(root) / ref if isinstance(ref, str) else ref.get("path") or ref.get("member") or "(bytes)"
+    if not decode:
+        if isinstance(ref, str) and not (Path(root) / ref).is_file():
+            raise BadRecord(f"record {rid}: image {name} not found")
+        return None
+    try:
+        with open_image(ref, root) as im:
+            im.load()
+            return im.size
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        raise BadRecord(f"record {rid}: cannot read image {name}: {e}") from None
 
 
 # ----------------------------------------------------------------------------- a record's images

@@ -262,9 +262,9 @@ def test_qspatial_ground_truth():
     """One ground truth for both scorings, the fork's: float32 → shortest decimal, the fork's unit table."""
     v = float(np.float32(0.3))                     # what pyarrow hands us for the card's 0.3
     assert v != 0.3 and bm.qspatial_gt_cm(v, "m", "x") == 0.3 * 100   # the fork's str/eval round trip
-    with pytest.raises(bm.DataError, match="row 7: ground-truth unit 'parsec'"):
+    with pytest.raises(bm.SetupError, match="row 7: ground-truth unit 'parsec'"):
         bm.qspatial_gt_cm(1.0, "parsec", "q.parquet row 7")
-    with pytest.raises(bm.DataError, match="not a known distance unit"):
+    with pytest.raises(bm.SetupError, match="not a known distance unit"):
         bm.qspatial_gt_cm(1.0, "yard", "q.parquet row 7")   # get_multiplier knows no yards
     assert bm.qspatial_gt_cm(1.0, "Feet", "x") == pytest.approx(30.48)
 

@@ -1,6 +1,7 @@
-"""Tests of evaluate.py (and benchmarks.py's default-mode rules): every scoring rule against hand-computed cases,
-each benchmark's released file format (built here: tiny images, a few rows, the odd cases) end to end on the tiny
-model, resume, bad input. The official (--paper-quirks) scorers are tested item by item in test_benchmarks.py.
+"""Tests of evaluate.py (and benchmarks.py's strict rules): every scoring rule against hand-computed cases, each
+benchmark's released file format (built here: tiny images, a few rows, the odd cases) end to end on the tiny
+model, resume, bad input as a new user meets it. The official scorers are tested item by item in
+test_benchmarks.py.
 
     python -m pytest -q test_evaluate.py
 """
@@ -16,8 +17,10 @@ import pytest
 from PIL import Image
 
 import benchmarks as bm
+import common
 import evaluate as ev
 import vlm
+from common import SetupError, Skipped
 
 TINY_PIXELS = [f"{b}=784:3136" for b in ev.BENCH_NAMES]
 
@@ -272,9 +275,9 @@ def test_end_to_end_all_benchmarks_on_tiny_model(tmp_path, capsys):
     saved = json.loads((tmp_path / "out" / "results.json").read_text())
     assert saved["vsibench"]["n"] == 2 and "macro" in saved["vsibench"]["settings"]
     assert "| spatial457 |" in (tmp_path / "out" / "results.md").read_text()
-    # rerun: everything is done, nothing is asked again
+    # rerun with --resume: everything is done, nothing is asked again
     capsys.readouterr()
-    ev.evaluate(c)
+    ev.evaluate(cfg(tmp_path, bench=["all"], data=[f"{k}={v}" for k, v in data.items()], resume=True))
     assert "0 to ask" in capsys.readouterr().out
 
 
@@ -286,14 +289,16 @@ def test_resume_after_kill_drops_half_line(tmp_path, capsys):
     lines = preds.read_text().splitlines(keepends=True)
     assert len(lines) == 3
     preds.write_text("".join(lines[:2]) + lines[2][: len(lines[2]) // 2])     # kill -9 mid-line
-    assert len(ev.read_predictions(preds)) == 2 and preds.read_text() == "".join(lines[:2])
+    assert len(common.read_jsonl(preds, torn_tail_ok=True)) == 2
     preds.write_text("".join(lines[:2]) + lines[2][:-1])                      # complete JSON, no newline
     capsys.readouterr()
-    ev.evaluate(c)
+    with pytest.raises(SetupError, match="add --resume"):
+        ev.evaluate(c)
+    ev.evaluate(cfg(tmp_path, data=[f"pretext={data['pretext']}"], resume=True))
     assert "1 to ask" in capsys.readouterr().out
     assert len(preds.read_text().splitlines()) == 3
-    with pytest.raises(ev.DataError, match="other settings"):
-        ev.evaluate(cfg(tmp_path, data=[f"pretext={data['pretext']}"], cot=False))
+    with pytest.raises(SetupError, match="other settings: --cot / --no-cot True"):
+        ev.evaluate(cfg(tmp_path, data=[f"pretext={data['pretext']}"], cot=False, resume=True))
 
 
 def test_pretext_scored_with_tasks_verifiers(tmp_path):
@@ -308,15 +313,15 @@ def test_pretext_scored_with_tasks_verifiers(tmp_path):
 
 
 def test_bad_files_give_one_line_errors(tmp_path, capsys):
-    with pytest.raises(ev.DataError, match="nope.tsv: no such file"):
+    with pytest.raises(SetupError, match="nope.tsv: no such file"):
         bm.load_bench("spatial457", str(tmp_path / "nope.tsv"), bm.Options())
     bad = write_tsv(tmp_path / "x.tsv", ["index", "question"], [["0", "q"]])
-    with pytest.raises(ev.DataError, match=r"x.tsv: not a VLMEvalKit TSV .*missing \['image'"):
+    with pytest.raises(SetupError, match=r"x.tsv: not a VLMEvalKit TSV .*missing \['image'"):
         bm.load_bench("spatial457", str(bad), bm.Options())
     (tmp_path / "v.json").write_text("{not json")
-    with pytest.raises(ev.DataError, match="v.json: not valid JSON"):
+    with pytest.raises(SetupError, match="v.json: not valid JSON"):
         bm.load_bench("viewspatial", str(tmp_path / "v.json"), bm.Options())
-    with pytest.raises(ev.DataError, match="controlled_images_dataset.json"):
+    with pytest.raises(SetupError, match="controlled_images_dataset.json"):
         bm.load_bench("whatsup", str(tmp_path), bm.Options())
     with pytest.raises(SystemExit) as e:
         ev.main(["--bench", "spatial457", "--data", "pretext=x.jsonl"])
@@ -343,9 +348,9 @@ def test_video_without_pyav_or_frames(tmp_path):
     (tmp_path / "scannet").mkdir()
     (tmp_path / "scannet" / "s.mp4").write_bytes(b"\x00" * 16)
     if importlib.util.find_spec("av") is None:
-        with pytest.raises(ev.DataError, match="pip install av"):
+        with pytest.raises(SetupError, match="pip install av"):
             bm.video_frames(tmp_path / "scannet" / "s.mp4", 4)
-    with pytest.raises(ev.MissingImage):
+    with pytest.raises(Skipped):
         bm.video_frames(tmp_path / "scannet" / "none.mp4", 4)
 
 
@@ -353,7 +358,7 @@ def test_parquet_without_pyarrow_names_the_package(tmp_path, monkeypatch):
     for name in ("pyarrow", "pyarrow.parquet"):
         monkeypatch.setitem(sys.modules, name, None)   # as if it were not installed
     (tmp_path / "q.parquet").write_bytes(b"PAR1")
-    with pytest.raises(ev.DataError, match="pip install pyarrow"):
+    with pytest.raises(SetupError, match="pip install pyarrow"):
         bm.load_bench("qspatial_plus", str(tmp_path / "q.parquet"), bm.Options())
 
 
@@ -388,39 +393,39 @@ def test_two_ranks_shard_and_gather(tmp_path):
     import subprocess
     import sys
     data = make_fixtures(tmp_path / "d")
-    common = ["--bench", "pretext", "spatial457", "--data", f"pretext={data['pretext']}",
+    flags = ["--bench", "pretext", "spatial457", "--data", f"pretext={data['pretext']}",
               f"spatial457={data['spatial457']}", "--max-new-tokens", "3", "--batch-size", "1", "--pixels",
               *TINY_PIXELS, "--no-progress", "--no-plot"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}   # gloo on CPU, also on a GPU box
     here = Path(ev.__file__).parent
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(here / "evaluate.py"), *common, "--out", str(tmp_path / "two")]
+           str(here / "evaluate.py"), *flags, "--out", str(tmp_path / "two")]
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, cwd=here)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
-    r = subprocess.run([sys.executable, str(here / "evaluate.py"), *common, "--out", str(tmp_path / "one")],
+    r = subprocess.run([sys.executable, str(here / "evaluate.py"), *flags, "--out", str(tmp_path / "one")],
                        capture_output=True, text=True, env=env, timeout=300, cwd=here)
     assert r.returncode == 0, r.stderr[-2000:]
     for bench in ("pretext", "spatial457"):
         two = [json.loads(x) for x in (tmp_path / "two" / bench / "predictions.jsonl").read_text().splitlines()]
-        one = ev.read_predictions(tmp_path / "one" / bench / "predictions.jsonl")
+        one = {x["id"]: x for x in common.read_jsonl(tmp_path / "one" / bench / "predictions.jsonl")}
         assert sorted(x["id"] for x in two) == sorted(one)
         assert all(x.get("raw") == one[x["id"]].get("raw") for x in two)
 
 
-def test_fast_path_engine_equals_generate(tmp_path):
-    """The CUDA fast path (engine.RolloutEngine: plain copy, static cache, bucketed prompts; uncompiled CPU twin
-    here) gives the same greedy texts as engine.generate on a bucketed, left-padded batch of mixed lengths."""
+def test_gpu_shapes_answer_like_the_plain_engine(tmp_path, monkeypatch):
+    """The decoder with the GPU's fixed shapes (prompts padded to a bucket, batch_size prompts per call with
+    filler prompts; torch.compile replaced by the identity on CPU) gives the plain engine's greedy answers on
+    a batch of mixed lengths."""
+    from test_train import fixed_shape_engine
     data = make_fixtures(tmp_path / "d")
-    c = ev.Config(bench=["3dsrbench"], max_new_tokens=6, batch_size=4, pixels=TINY_PIXELS)
+    c = ev.Config(bench=["3dsrbench"], max_new_tokens=6, batch_size=3, pixels=TINY_PIXELS)
     items = bm.load_bench("3dsrbench", str(data["3dsrbench"]), c.options())
     model, tok, ip = vlm.load_model("tiny")
     ip.size = {"shortest_edge": 784, "longest_edge": 3136}
-    plain = ev.Generator(model, tok, c, model.device, engine=False)
-    fast = ev.Generator(model, tok, c, model.device, engine=True)
-    assert fast.engine is not None and plain.engine is None
-    recs_plain, n_plain = ev.answer_batch("3dsrbench", items, plain, ip, c)
-    recs_fast, n_fast = ev.answer_batch("3dsrbench", items, fast, ip, c)
-    assert [r["raw"] for r in recs_plain] == [r["raw"] for r in recs_fast] and n_plain == n_fast > 0
+    recs_plain, n_plain = ev.answer_batch("3dsrbench", items, ev.Engine(model), tok, ip, c)
+    fixed = fixed_shape_engine(model, monkeypatch, prompts_per_call=3)
+    recs_fixed, n_fixed = ev.answer_batch("3dsrbench", items, fixed, tok, ip, c)
+    assert len(items) > 3 and [r["raw"] for r in recs_plain] == [r["raw"] for r in recs_fixed] and n_plain == n_fixed > 0
 
 
 def test_plot_is_optional(tmp_path):
@@ -482,16 +487,17 @@ def test_vsibench_video_end_to_end(tmp_path, monkeypatch):
     assert c.vsi_frames == 128 and not c.vsi_as_images and c.vsi_fps == 2.0
     res = ev.evaluate(c)["vsibench"]
     assert res["n"] == 2 and res["skipped"] == 1 and res["vsi_input"] == "video" and res["frames"] == 128
-    run = json.loads((tmp_path / "out" / "vsibench" / "run.json").read_text())
-    assert run["vsi_input"] == "video" and run["vsi_frames"] == 128 and run["vsi_fps"] == 2.0
+    run = json.loads((tmp_path / "out" / "vsibench" / "run.json").read_text())["identity"]
+    assert run["vsi_as_images"] is False and run["vsi_frames"] == 128 and run["vsi_fps"] == 2.0
     saved = json.loads((tmp_path / "out" / "results.json").read_text())["vsibench"]
     assert saved["vsi_input"] == "video"
     b = seen[0]
     assert "pixel_values" not in b and b["video_grid_thw"].tolist() == [[3, 2, 2]] * 2   # 6 frames → 3 patches
     assert b["second_per_grid_ts"].tolist() == [1.0, 1.0]
     assert ((b["mm_token_type_ids"] == 2).sum(1) == 3).all() and (b["mm_token_type_ids"] != 1).all()
-    with pytest.raises(ev.DataError, match=r"--vsi-as-images\) video \(now images\)"):
-        ev.evaluate(cfg(tmp_path, bench=["vsibench"], data=[f"vsibench={data['vsibench']}"], vsi_as_images=True))
+    with pytest.raises(SetupError, match=r"--vsi-as-images False \(now True\)"):
+        ev.evaluate(cfg(tmp_path, bench=["vsibench"], data=[f"vsibench={data['vsibench']}"], vsi_as_images=True,
+                        resume=True))
     seen.clear()
     res = ev.evaluate(cfg(tmp_path, bench=["vsibench"], data=[f"vsibench={data['vsibench']}"], vsi_as_images=True,
                           vsi_frames=4, out=str(tmp_path / "img")))["vsibench"]
@@ -506,7 +512,7 @@ def test_vsibench_video_end_to_end(tmp_path, monkeypatch):
 def test_vsibench_video_needs_qwen25(tmp_path):
     """Qwen3-VL has no video path here (its video prompts carry timestamps): a clear error naming the flag."""
     data = make_fixtures(tmp_path / "d")
-    with pytest.raises(ev.DataError, match="--vsi-as-images"):
+    with pytest.raises(SetupError, match="--vsi-as-images"):
         ev.evaluate(cfg(tmp_path, model="tiny-qwen3", bench=["vsibench"], data=[f"vsibench={data['vsibench']}"]))
 
 
@@ -554,3 +560,61 @@ def test_pyav_decodes_only_the_sampled_frames(tmp_path, monkeypatch):
     decoded = []
     monkeypatch.setitem(sys.modules, "av", fake_av(10, 10, decoded))
     assert len(bm.video_frames(video, 128)) == 10 and len(decoded) == 10   # short video: every frame
+
+
+# ----------------------------------------------------------------------------- as a new user meets it
+def cli(capsys, argv: list) -> tuple:
+    """(exit code, stderr) of evaluate.py's command line."""
+    with pytest.raises(SystemExit) as e:
+        ev.main(argv)
+    return e.value.code, capsys.readouterr().err.strip()
+
+
+def test_bad_input_is_refused_in_one_line_like_sft_and_grpo(tmp_path, capsys):
+    """The lenient cases a user met are errors with exit 2 (sft.py and grpo.py's convention), nothing written:
+    a broken JSON line in the pretext file (it was counted as "skipped", exit 0), an empty test file (it printed
+    accuracy 0.00 for 0 items), --out pointing at a make_data dataset folder (it wrote into it), a typo'd model
+    (exit 2 everywhere now)."""
+    data = make_fixtures(tmp_path / "d")
+    base = ["--bench", "pretext", "--max-new-tokens", "2", "--no-progress", "--no-plot", "--pixels", *TINY_PIXELS]
+    broken = tmp_path / "broken.jsonl"
+    lines = data["pretext"].read_text().splitlines()
+    broken.write_text(lines[0] + "\n" + lines[1][:30] + "\n" + lines[2] + "\n")
+    (tmp_path / "d" / "empty.jsonl").write_text("")
+    dataset = tmp_path / "dataset"
+    dataset.mkdir()
+    (dataset / "train.jsonl").write_text(lines[0] + "\n")
+    cases = [(["--data", str(broken), "--out", str(tmp_path / "o1")], f"{broken} line 2: not valid JSON"),
+             (["--data", str(tmp_path / "d" / "empty.jsonl"), "--out", str(tmp_path / "o2")], "no pretext items"),
+             (["--data", str(data["pretext"]), "--out", str(dataset)], "holds files but no evaluate.py run"),
+             (["--data", str(data["pretext"]), "--out", str(tmp_path / "o3"), "--model", "no-such-model"],
+              "--model no-such-model: not a local folder")]
+    for argv, message in cases:
+        code, err = cli(capsys, base + argv)
+        assert code == 2 and err.startswith("evaluate.py: error: ") and message in err and "\n" not in err, err
+    assert [p.name for p in dataset.iterdir()] == ["train.jsonl"]
+    assert not any((tmp_path / o / "pretext" / "predictions.jsonl").exists() for o in ("o1", "o2", "o3"))
+
+
+def test_a_second_run_into_the_same_out_is_refused_while_the_first_lives(tmp_path, capsys):
+    """Two evaluations into one --out used to interleave their predictions: the folder's lock (held by the
+    run writing it; here by another process) refuses the second one in one line."""
+    import subprocess
+    import sys
+    import time
+    data = make_fixtures(tmp_path / "d")
+    argv = ["--bench", "pretext", "--data", str(data["pretext"]), "--max-new-tokens", "2", "--no-progress",
+            "--no-plot", "--pixels", *TINY_PIXELS, "--out", str(tmp_path / "out")]
+    ev.main(argv)                                             # a finished run: the lock is gone with it
+    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, sys, time; f = open(sys.argv[1], 'a+'); "
+                               "fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB); print('locked', flush=True); time.sleep(60)",
+                               str(tmp_path / "out" / ".lock")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        before = (tmp_path / "out" / "pretext" / "predictions.jsonl").read_text()
+        t0 = time.perf_counter()
+        code, err = cli(capsys, argv + ["--resume"])
+        assert code == 2 and "is being written by another run" in err and time.perf_counter() - t0 < 30
+        assert (tmp_path / "out" / "pretext" / "predictions.jsonl").read_text() == before
+    finally:
+        holder.kill()

@@ -1,5 +1,6 @@
-"""Tests of grpo.py: the GRPO math against hand-computed values, the rollout batch against plain full logits,
-micro-batch and world-size invariance of the update, edge cases, the CLI, resume, and that it learns.
+"""Tests of grpo.py: the GRPO math against hand-computed values, the group log-probs against plain full logits,
+micro-batch and world-size invariance of the update, edge cases, the CLI, resume, that it learns, and the one
+decoder (engine.Engine) against transformers' generate as the oracle.
 
     python -m pytest -q test_grpo.py
 
@@ -9,6 +10,7 @@ with 2 gloo ranks; this file is also that launch's worker (`python test_grpo.py 
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -65,14 +67,15 @@ def data(tmp_path_factory) -> Path:
 
 def cfg_for(data: Path, out: Path, **kw) -> grpo.Config:
     base = dict(model="tiny", data=str(data), out=str(out), max_steps=2, group_size=4, rollout_batch_size=4,
-                update_batch_size=2, micro_batch_size=4, max_new_tokens=12, min_pixels=56 * 56,
-                max_pixels=56 * 84, lr=1e-3, save_every=0, save_dtype="float32", activation_checkpointing=False)
+                update_batch_size=2, max_new_tokens=12, min_pixels=56 * 56, max_pixels=56 * 84, lr=1e-3,
+                save_every=0, save_dtype="float32", activation_checkpointing=False)
     return grpo.Config(**{**base, **kw})
 
 
-def fake_rollout(data: Path, records: list, tok, ip, group_size: int = 3, seed: int = 0) -> grpo.Rollout:
-    """A Rollout with random completions of different lengths (some end with <|im_end|>, some do not)."""
-    prompts, n_images = grpo.encode_prompts(records, data.parent, tok, ip)
+def fake_rollout(data: Path, records: list, tok, ip, group_size: int = 3, seed: int = 0) -> tuple:
+    """(a Rollout with random completions of different lengths (some end with <|im_end|>, some do not),
+    random advantages)."""
+    prompts = grpo.encode_prompts(records, data.parent, tok, ip)
     g = torch.Generator().manual_seed(seed)
     n, width = len(records) * group_size, 7
     ids = torch.randint(20, 400, (n, width), generator=g)
@@ -81,9 +84,7 @@ def fake_rollout(data: Path, records: list, tok, ip, group_size: int = 3, seed: 
     mask = torch.arange(width)[None] < lengths[:, None]
     ids[torch.arange(n), lengths - 1] = torch.where(lengths % 2 == 0, 2, ids[torch.arange(n), lengths - 1])
     ids[~mask] = tok.pad_token_id
-    ro = grpo.Rollout(records, prompts, n_images, group_size, ids, mask)
-    ro.advantages = torch.randn(n, generator=g)
-    return ro
+    return grpo.Rollout(records, prompts, group_size, ids, mask), torch.randn(n, generator=g)
 
 
 # ----------------------------------------------------------------------------- pure math
@@ -192,33 +193,27 @@ def test_batch_sizes_scale_to_data_and_world():
 def plain_logprobs(model, ro: grpo.Rollout, row: int, temperature: float = 1.0) -> torch.Tensor:
     """Log-probs of one completion from full logits of the unpadded prompt + completion, its own images only:
     log_softmax(z / τ) in the model's dtype, at least float32 (test_wiring runs it on a float64 copy)."""
-    p = row // ro.group_size
-    keep = ro.prompts["attention_mask"][p].bool()
-    ids_p, mm_p = ro.prompts["input_ids"][p][keep], ro.prompts["mm_token_type_ids"][p][keep]
+    one = vlm.select_prompts(ro.prompts, [row // ro.group_size])            # one prompt: no padding column
     comp = ro.completions[row][ro.mask[row]]
-    grid = ro.prompts["image_grid_thw"]
-    i0 = sum(ro.images_per_prompt[:p])
-    r0 = int(grid[:i0].prod(-1).sum())
-    r1 = r0 + int(grid[i0:i0 + ro.images_per_prompt[p]].prod(-1).sum())
-    ids = torch.cat([ids_p, comp])[None]
+    ids = torch.cat([one["input_ids"][0], comp])[None]
     dtype = next(model.parameters()).dtype
     logits = model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False,
-                   mm_token_type_ids=torch.cat([mm_p, torch.zeros_like(comp)])[None],
-                   pixel_values=ro.prompts["pixel_values"][r0:r1].to(dtype),
-                   image_grid_thw=grid[i0:i0 + ro.images_per_prompt[p]]).logits[0]
-    lp = F.log_softmax(logits.to(torch.promote_types(dtype, torch.float32)) / temperature, -1)[len(ids_p) - 1:-1]
+                   mm_token_type_ids=torch.cat([one["mm_token_type_ids"][0], torch.zeros_like(comp)])[None],
+                   pixel_values=one["pixel_values"].to(dtype), image_grid_thw=one["image_grid_thw"]).logits[0]
+    n_prompt = one["input_ids"].shape[1]
+    lp = F.log_softmax(logits.to(torch.promote_types(dtype, torch.float32)) / temperature, -1)[n_prompt - 1:-1]
     return lp.gather(-1, comp[:, None])[:, 0]
 
 
 def test_rollout_logprobs_equal_plain_full_logits(data):
-    """The prompt + completion batch (left-padded prompts, right-padded completions, pixels repeated per
-    sample, a two-image prompt, micro-batches sorted by length) gives each completion the log-probs of a
-    plain unpadded forward with full logits; 0 outside the completion mask."""
+    """rollout_logprobs (each group one row: its prompt and images once, the G completions after it; a
+    two-image prompt; several micro-batches) gives each completion the log-probs of a plain unpadded forward
+    of its own prompt + completion with full logits; 0 outside the completion mask."""
     model, tok, ip = vlm.load_model("tiny", max_pixels=56 * 84)
-    recs = common.read_jsonl(data)[:3]
-    ro = fake_rollout(data, recs, tok, ip)
-    assert ro.images_per_prompt == [1, 2, 1] and len(set(ro.mask.sum(1).tolist())) > 2
-    cfg = cfg_for(data, data.parent / "unused", logprob_micro_batch_size=4)
+    ro, _ = fake_rollout(data, common.read_jsonl(data)[:3], tok, ip)
+    assert ro.prompts["image_grid_thw"].shape[0] == 4 and len(set(ro.mask.sum(1).tolist())) > 2
+    cfg = cfg_for(data, data.parent / "unused", micro_batch_tokens=60)          # one group per micro-batch
+    assert len(grpo.micro_batches(ro, [0, 1, 2], cfg, CPU)) == 3
     logp = grpo.rollout_logprobs(model, ro, cfg, CPU)
     with torch.no_grad():
         for row in range(len(ro.completions)):
@@ -227,30 +222,41 @@ def test_rollout_logprobs_equal_plain_full_logits(data):
     assert torch.equal(logp[~ro.mask], torch.zeros(int((~ro.mask).sum())))
 
 
-def sgd_update(ro: grpo.Rollout, micro: int, data: Path) -> tuple:
+def sgd_update(ro: grpo.Rollout, adv: torch.Tensor, budget: int, data: Path) -> tuple:
     """Parameter change of one update() with SGD lr 1 (= −gradient) and the loss metrics."""
     model, tok, ip = vlm.load_model("tiny", max_pixels=56 * 84)
-    cfg = cfg_for(data, data.parent / "unused", micro_batch_size=micro, logprob_micro_batch_size=micro,
-                  max_grad_norm=1e9)
-    ro.old_logp = grpo.rollout_logprobs(model, ro, cfg, CPU) + 0.4 * torch.randn(
+    cfg = cfg_for(data, data.parent / "unused", micro_batch_tokens=budget, max_grad_norm=1e9)
+    old = grpo.rollout_logprobs(model, ro, cfg, CPU) + 0.4 * torch.randn(
         ro.mask.shape, generator=torch.Generator().manual_seed(3)) * ro.mask    # ratios ≠ 1: clipping active
-    ro.ref_logp = ro.old_logp - 0.05 * ro.mask
+    ref = old - 0.05 * ro.mask
     before = [p.detach().clone() for p in model.parameters()]
-    m = grpo.update(model, torch.optim.SGD(model.parameters(), lr=1.0), ro, list(range(len(ro.mask))), cfg, CPU)
+    groups = list(range(len(ro.records)))
+    m = grpo.update(model, torch.optim.SGD(model.parameters(), lr=1.0), ro, groups, adv, old, ref, cfg, CPU)
     return [p.detach() - b for p, b in zip(model.parameters(), before)], m
 
 
 def test_micro_batch_split_gives_the_same_update(data):
-    """One micro-batch or micro-batches of 1 and of 5 sequences: the same gradient (global token mean)."""
+    """All groups in one micro-batch, one group per micro-batch, or two: the same gradient (global token mean)."""
     _, tok, ip = vlm.load_model("tiny", max_pixels=56 * 84)
-    ro = fake_rollout(data, common.read_jsonl(data)[:3], tok, ip)
-    results = [sgd_update(ro, micro, data) for micro in (9, 1, 5)]
+    ro, adv = fake_rollout(data, common.read_jsonl(data)[:3], tok, ip)
+    results = [sgd_update(ro, adv, budget, data) for budget in (10_000, 60, 200)]
     (u0, m0) = results[0]
     for u, m in results[1:]:
         assert max(float((a - b).abs().max()) for a, b in zip(u0, u)) < 1e-6
         assert m["tokens"] == m0["tokens"] and abs(m["pg_loss"] - m0["pg_loss"]) < 1e-5
     assert m0["clip_high"] + m0["clip_low"] > 0 and max(float(a.abs().max()) for a in u0) > 0
     assert m0["entropy"] / m0["tokens"] > 0.1      # token-weighted sum of the policy's entropy
+
+
+def test_micro_batches_same_count_on_every_rank(data, monkeypatch):
+    """Ranks whose groups need fewer micro-batches than another rank's get empty ones (dummies), so every rank
+    runs the same number of FSDP2 forwards: the count is the largest over the ranks (all_reduce_max)."""
+    _, tok, ip = vlm.load_model("tiny", max_pixels=56 * 84)
+    ro, _ = fake_rollout(data, common.read_jsonl(data)[:3], tok, ip)
+    cfg = cfg_for(data, data.parent / "unused", micro_batch_tokens=10_000)
+    monkeypatch.setattr(grpo, "all_reduce_max", lambda x, device: 4)
+    packs = grpo.micro_batches(ro, [0, 1, 2], cfg, CPU)
+    assert len(packs) == 4 and sorted(g for p in packs for g in p) == [0, 1, 2] and [] in packs
 
 
 def test_score_edge_cases(data):
@@ -263,11 +269,11 @@ def test_score_edge_cases(data):
     width = max(map(len, rows))
     ids = torch.tensor([r + [0] * (width - len(r)) for r in rows])
     mask = torch.tensor([[j < len(r) for j in range(width)] for r in rows])
-    ro = grpo.Rollout(common.read_jsonl(data)[:1], {}, [1], 4, ids, mask)
-    grpo.score(ro, tok)
-    assert ro.rewards.tolist() == pytest.approx([1.0, 0.9, 0.0, 0.1])
-    assert ro.truncated.tolist() == [False, True, False, False] and ro.texts[2] == ""
-    adv = grpo.group_advantages(ro.rewards, 4)
+    ro = grpo.Rollout(common.read_jsonl(data)[:1], {}, 4, ids, mask)
+    sc = grpo.score(ro, tok)
+    assert sc.rewards.tolist() == pytest.approx([1.0, 0.9, 0.0, 0.1])
+    assert sc.truncated.tolist() == [False, True, False, False] and sc.texts[2] == ""
+    adv = grpo.group_advantages(sc.rewards, 4)
     assert adv[0] > adv[1] > 0 > adv[3] > adv[2]
 
 
@@ -284,30 +290,37 @@ def test_score_reads_options_through_the_problem_and_stops_at_endoftext(data):
     ids, mask = engine.completion_mask(torch.tensor([body + [endoftext] + junk, body + [2] + junk]),
                                     engine.stop_token_ids(tok), tok.pad_token_id)
     assert mask.sum(1).tolist() == [len(body) + 1] * 2
-    ro = grpo.Rollout([rec], {}, [1], 2, ids, mask)
-    grpo.score(ro, tok)
-    assert ro.texts == [text, text] and ro.truncated.tolist() == [False, False]
-    assert ro.rewards.tolist() == pytest.approx([1.0, 1.0])
+    sc = grpo.score(grpo.Rollout([rec], {}, 2, ids, mask), tok)
+    assert sc.texts == [text, text] and sc.truncated.tolist() == [False, False]
+    assert sc.rewards.tolist() == pytest.approx([1.0, 1.0])
     assert tasks.reward(text, "B", "position") == pytest.approx(0.1)      # without the problem: not option B
 
 
-def test_resume_refuses_other_settings_in_one_line(data, tmp_path):
+def cli_error(capsys, main, argv: list) -> str:
+    """The one stderr line of a command that must fail with exit code 2 (common.cli_main)."""
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2, e.value.code
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "Traceback" not in err, err
+    return err
+
+
+def test_resume_refuses_other_settings_in_one_line(data, tmp_path, capsys):
     """--resume with another lr, KL coefficient, clip, dual clip, group size or image bound is refused
     before anything is written, in one line naming the flag and both values (sft.py does the same)."""
     out = tmp_path / "run"
     grpo.train(cfg_for(data, out, max_steps=2, save_every=1, stop_after_steps=1, exclude="none"))
     before = sorted(p.relative_to(out) for p in out.rglob("*"))
     base = ["--data", str(data), "--out", str(out), "--resume", "--max-steps", "2", "--save-every", "1",
-            "--group-size", "4", "--rollout-batch-size", "4", "--update-batch-size", "2", "--micro-batch-size", "4",
-            "--max-new-tokens", "12", "--min-pixels", str(56 * 56), "--max-pixels", str(56 * 84), "--lr", "1e-3",
-            "--exclude", "none", "--no-activation-checkpointing", "--save-dtype", "float32"]
+            "--group-size", "4", "--rollout-batch-size", "4", "--update-batch-size", "2", "--max-new-tokens", "12",
+            "--min-pixels", str(56 * 56), "--max-pixels", str(56 * 84), "--lr", "1e-3", "--exclude", "none",
+            "--no-activation-checkpointing", "--save-dtype", "float32"]
     changes = [("--lr", "2e-3"), ("--kl-coef", "0.05"), ("--clip-low", "0.1"), ("--clip-high", "0.2"),
                ("--dual-clip", "2.0"), ("--group-size", "2"), ("--max-pixels", str(56 * 112))]
     for flag, value in changes:
-        with pytest.raises(SystemExit) as e:
-            grpo.main(base + [flag, value])
-        msg = str(e.value)
-        assert msg.startswith("grpo.py: error: --resume:") and "\n" not in msg, msg
+        msg = cli_error(capsys, grpo.main, base + [flag, value])
+        assert msg.startswith("grpo.py: error: --resume:"), msg
         assert (flag if flag != "--max-pixels" else "--max-pixels)") in msg and "(now " in msg, (flag, msg)
         assert sorted(p.relative_to(out) for p in out.rglob("*")) == before, flag
 
@@ -319,7 +332,7 @@ def test_non_finite_gradient_skips_the_step():
     for p in model.parameters():
         p.grad = torch.ones_like(p)
     next(model.parameters()).grad[0] = float("nan")
-    m = grpo.optimizer_step(model, opt, 1.0)
+    m = vlm.optimizer_step(model, opt, 1.0)
     assert m["skipped"] == 1 and not math.isfinite(m["grad_norm"])
     assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before))
     assert all(p.grad is None for p in model.parameters()) and not opt.state
@@ -330,38 +343,37 @@ def test_help_lists_every_knob():
     r = subprocess.run([sys.executable, str(HERE / "grpo.py"), "--help"], capture_output=True, text=True)
     assert r.returncode == 0
     for name in ("--group-size", "--rollout-batch-size", "--update-batch-size", "--kl-coef", "--clip-high",
-                 "--max-new-tokens", "--resume", "paper: 5", "paper: 0.3"):
+                 "--max-new-tokens", "--micro-batch-tokens", "--resume", "paper: 5", "paper: 0.3", "examples:"):
         assert name in r.stdout.replace("\n", " "), name
+    assert "--stop-after-steps" not in r.stdout                    # a test switch, hidden
 
 
 def test_bad_input_is_one_line_and_writes_nothing(data, tmp_path, capsys):
     out = tmp_path / "out"
     bad = [([], "--data is required"),
            (["--data", str(tmp_path / "nope.jsonl")], "no such file"),
-           (["--data", str(data), "--model", "no-such-model"], "unknown --model"),
+           (["--data", str(data), "--model", "no-such-model"], "--model no-such-model: not a local folder"),
            (["--data", str(data), "--group-size", "1"], "--group-size"),
            (["--data", str(data), "--min-pixels", "5000", "--max-pixels", "3000"], "--min-pixels")]
     for args, message in bad:
-        with pytest.raises(SystemExit) as e:
-            grpo.main(["--out", str(out)] + args)
-        assert message in str(e.value) and "\n" not in str(e.value), (args, e.value)
+        msg = cli_error(capsys, grpo.main, ["--out", str(out)] + args)
+        assert msg.startswith("grpo.py: error: ") and message in msg, (args, msg)
+        assert msg.count("--model") <= 1, msg
         assert not out.exists()
     missing = write_jsonl(data.parent / "missing.jsonl", [dict(common.read_jsonl(data)[0], id="lost", images=["x.png"])])
-    with pytest.raises(SystemExit, match="record lost: image .*x.png not found"):
-        grpo.main(["--out", str(out), "--data", str(missing)])
+    assert re.search("record lost: image .*x.png not found", cli_error(capsys, grpo.main, ["--out", str(out), "--data", str(missing)]))
     out.mkdir()
     (out / "metrics.jsonl").write_text("")
-    with pytest.raises(SystemExit, match="already holds a run"):
-        grpo.main(["--out", str(out), "--data", str(data)])
+    assert "holds files but no grpo.py run" in cli_error(capsys, grpo.main, ["--out", str(out), "--data", str(data)])
     assert [p.name for p in out.iterdir()] == ["metrics.jsonl"]
 
 
 # ----------------------------------------------------------------------------- runs
 def test_resume_equals_uninterrupted(data, tmp_path):
     """A run stopped after step 2 and resumed ends with the weights of a run that never stopped (same data
-    position and samples: the sampling seed is a function of the step); unfinished .tmp folders are ignored.
-    Sampling goes through engine.RolloutEngine, refreshed from the updated policy before every rollout."""
-    kw = dict(max_steps=3, save_every=2, exclude="none", rollout_engine="engine")   # the CUDA sampler, on CPU
+    position and samples: the sampling seed is a function of the step; the decoder is refreshed from the
+    loaded weights); unfinished .tmp folders and a cut-off metrics row are ignored."""
+    kw = dict(max_steps=3, save_every=2, exclude="none")
     full = grpo.train(cfg_for(data, tmp_path / "full", **kw))
     grpo.train(cfg_for(data, tmp_path / "cut", stop_after_steps=2, **kw))
     cut = tmp_path / "cut"
@@ -388,7 +400,7 @@ def test_grpo_raises_the_reward_after_a_cold_start(tmp_path):
         side, letter = ("left", "A") if i % 2 == 0 else ("right", "B")
         r["response"] = f"<think>{side}</think> \\boxed{{{letter}}}"
     sft.train(sft.Config(model="tiny", data=str(write_jsonl(tmp_path / "sft.jsonl", recs)), out=str(tmp_path / "sft"),
-                         max_steps=60, lr=1e-2, warmup_ratio=0.0, global_batch_size=8, micro_batch_size=8,
+                         max_steps=60, lr=1e-2, warmup_ratio=0.0, global_batch_size=8,
                          activation_checkpointing=False, save_every=0, save_dtype="float32",
                          min_pixels=56 * 56, max_pixels=56 * 84))
     train = write_jsonl(tmp_path / "train.jsonl", [dict(r, id=f"g{i}", answer="A") for i, r in enumerate(recs)])
@@ -400,41 +412,50 @@ def test_grpo_raises_the_reward_after_a_cold_start(tmp_path):
 
 
 # ----------------------------------------------------------------------------- FSDP2 (one torchrun launch)
-def first_update(ro: grpo.Rollout, model, ref, opt, cfg: grpo.Config) -> dict:
-    """Score → advantages (from rewards stored in ro) → old / ref log-probs → one update."""
-    ro.advantages = grpo.group_advantages(ro.rewards, ro.group_size)
-    ro.old_logp = grpo.rollout_logprobs(model, ro, cfg, CPU)
-    ro.ref_logp = grpo.rollout_logprobs(ref, ro, cfg, CPU)
-    return grpo.update(model, opt, ro, list(range(len(ro.mask))), cfg, CPU)
+def first_update(ro: grpo.Rollout, rewards: torch.Tensor, model, ref, opt, cfg: grpo.Config) -> dict:
+    """Advantages from the rewards → old / ref log-probs → one update on all of the rank's groups."""
+    adv = grpo.group_advantages(rewards, ro.group_size)
+    old, ref_lp = grpo.rollout_logprobs(model, ro, cfg, CPU), grpo.rollout_logprobs(ref, ro, cfg, CPU)
+    return grpo.update(model, opt, ro, list(range(len(ro.records))), adv, old, ref_lp, cfg, CPU)
 
 
 def grpo_worker(folder: Path) -> None:
-    """Runs under torchrun with 2 ranks: (a) each rank samples its 2 prompts on the sharded tiny model and
-    makes the first update (SGD lr 1 = −gradient, random rewards so every group has a signal), saving its
-    rollout and the updated weights; (b) the grpo.py training loop: 2 steps with a checkpoint each."""
+    """Runs under torchrun with 2 ranks: (a) each rank samples its 2 prompts with the decoder's copy of the
+    sharded tiny model (checked against the shards after refresh) and makes the first update (SGD lr 1 =
+    −gradient, random rewards so every group has a signal; group log-probs under FSDP2 with activation
+    checkpointing, a token budget that gives the ranks different micro-batch counts), saving its rollout and
+    the updated weights; (b) the grpo.py training loop: 2 steps with a checkpoint each."""
     import faulthandler
     faulthandler.dump_traceback_later(240, exit=True)   # never hang CI
     torch.set_num_threads(1)
     d = common.setup_dist(0)
     data = folder / "train.jsonl"
-    cfg = cfg_for(data, folder / "unused", micro_batch_size=3, logprob_micro_batch_size=5, max_grad_norm=1e9)
-    s = grpo.setup_models(cfg, d)
+    cfg = cfg_for(data, folder / "unused", max_grad_norm=1e9, activation_checkpointing=True,
+                  micro_batch_tokens=150 if d.rank == 0 else 10_000)
+    model, tok, ip, _ = vlm.load_trainable("tiny", d, train_vision=True, checkpointing=True, bf16=False, fsdp=True,
+                                           lr=1.0, weight_decay=0.0, betas=(0.9, 0.999), min_pixels=cfg.min_pixels,
+                                           max_pixels=cfg.max_pixels)
+    ref = vlm.place_model(vlm.load_model("tiny")[0].requires_grad_(False).eval(), d, False, True)
+    dec = engine.Engine(model)
+    assert not dec.shared and all(torch.equal(dict(dec.model.named_parameters())[k], p.full_tensor())
+                                  for k, p in model.named_parameters())
     torch.manual_seed(grpo.step_seed(0, 0, d.rank))
-    ro = grpo.rollout(engine.generate, s["model"], common.read_jsonl(data)[2 * d.rank:2 * d.rank + 2], folder,
-                      s["tok"], s["ip"], cfg)
-    grpo.score(ro, s["tok"])
-    ro.rewards = torch.rand(len(ro.rewards))
-    first_update(ro, s["model"], s["ref"], torch.optim.SGD(s["model"].parameters(), lr=1.0), cfg)
+    ro = grpo.rollout(dec, common.read_jsonl(data)[2 * d.rank:2 * d.rank + 2], folder, tok, ip, cfg)
+    rewards = torch.rand(len(ro.mask))
+    first_update(ro, rewards, model, ref, torch.optim.SGD(model.parameters(), lr=1.0), cfg)
     (folder / f"rollout{d.rank}.json").write_text(json.dumps(
-        {"completions": ro.completions.tolist(), "mask": ro.mask.tolist(), "rewards": ro.rewards.tolist()}))
-    vlm.save_hf(s["model"], s["tok"], s["ip"], str(folder / "two_ranks"), dtype=torch.float32)
+        {"completions": ro.completions.tolist(), "mask": ro.mask.tolist(), "rewards": rewards.tolist()}))
+    vlm.save_hf(model, tok, ip, str(folder / "two_ranks"), dtype=torch.float32)
+    dec.refresh(model)
+    assert all(torch.equal(dict(dec.model.named_parameters())[k], p.full_tensor()) for k, p in model.named_parameters())
     grpo.train(cfg_for(data, folder / "run", max_steps=2, save_every=1, exclude="none"))   # destroys the group
 
 
 def test_two_ranks_first_update_equals_one_process(data, tmp_path):
-    """2 gloo ranks with FSDP2: the first update (each rank its own prompts, token mean over both ranks) equals
-    the update of one process on all 4 prompts with the same completions; the training loop under torchrun
-    completes rollout + update + checkpoint."""
+    """2 gloo ranks with FSDP2: the first update (each rank its own prompts, token mean over both ranks, group
+    log-probs with activation checkpointing, uneven micro-batch counts padded by dummies) equals the update of
+    one plain process on all 4 prompts with the same completions; the training loop under torchrun completes
+    rollout + update + checkpoint."""
     folder = data.parent
     run_two_ranks(HERE / "test_grpo.py", "grpo-worker", str(folder))
     run = folder / "run"
@@ -443,17 +464,17 @@ def test_two_ranks_first_update_equals_one_process(data, tmp_path):
     assert common.latest_checkpoint(str(run)).name == "step_00000002"
     parts = [json.loads((folder / f"rollout{k}.json").read_text()) for k in range(2)]
     width = max(len(p["completions"][0]) for p in parts)
-    pad = lambda rows, v: [row + [v] * (width - len(row)) for row in rows]
+    pad = lambda rows, v: [row + [v] * (width - len(row)) for row in rows]      # noqa: E731
     model, tok, ip = vlm.load_model("tiny", max_pixels=56 * 84)
     ref = vlm.load_model("tiny")[0].requires_grad_(False)
     recs = common.read_jsonl(data)[:4]
-    prompts, n_images = grpo.encode_prompts(recs, folder, tok, ip)
-    ro = grpo.Rollout(recs, prompts, n_images, 4, torch.tensor(sum((pad(p["completions"], 0) for p in parts), [])),
+    ro = grpo.Rollout(recs, grpo.encode_prompts(recs, folder, tok, ip), 4,
+                      torch.tensor(sum((pad(p["completions"], 0) for p in parts), [])),
                       torch.tensor(sum((pad(p["mask"], False) for p in parts), [])))
-    ro.rewards = torch.tensor(sum((p["rewards"] for p in parts), []))
+    rewards = torch.tensor(sum((p["rewards"] for p in parts), []))
     before = {k: v.clone() for k, v in model.state_dict().items()}
     cfg = cfg_for(data, folder / "unused", max_grad_norm=1e9)
-    first_update(ro, model, ref, torch.optim.SGD(model.parameters(), lr=1.0), cfg)
+    first_update(ro, rewards, model, ref, torch.optim.SGD(model.parameters(), lr=1.0), cfg)
     two = load_file(str(folder / "two_ranks" / "model.safetensors"))
     one = model.state_dict()
     deltas = {k: (two[k] - before[k], one[k] - before[k]) for k in two}
@@ -465,75 +486,117 @@ if __name__ == "__main__" and len(sys.argv) == 3 and sys.argv[1] == "grpo-worker
     grpo_worker(Path(sys.argv[2]))
 
 
-# ----------------------------------------------------------------------------- fast paths against the plain ones
+# ----------------------------------------------------------------------------- the one log-prob path, the oracle
+def full_logprobs(model, ro: grpo.Rollout, rows: list, with_entropy: bool = True) -> tuple:
+    """The oracle: vlm.token_logprobs on prompt + completion rows (each sample repeats its prompt and images),
+    the forward group_logprobs replaces. Returns (log-probs, entropies) over the completions' columns."""
+    w = max(1, int(ro.mask[rows].sum(1).max()))
+    p = vlm.select_prompts(ro.prompts, [r // ro.group_size for r in rows])
+    comp, cmask = ro.completions[rows, :w], ro.mask[rows, :w]
+    batch = {"input_ids": torch.cat([p["input_ids"], comp], 1),
+             "attention_mask": torch.cat([p["attention_mask"], cmask.long()], 1),
+             "mm_token_type_ids": torch.cat([p["mm_token_type_ids"], torch.zeros_like(comp)], 1),
+             "pixel_values": p["pixel_values"], "image_grid_thw": p["image_grid_thw"]}
+    labels = torch.cat([torch.full_like(p["input_ids"], -100), torch.where(cmask, comp, -100)], 1)
+    lp, ent = vlm.token_logprobs(model, batch, labels, temperature=TAU, with_entropy=True)
+    return lp[:, -w:], ent[:, -w:]
+
+
+TAU = 0.7
+
+
 @pytest.mark.parametrize("kind", ["tiny", "tiny-qwen3"])
-def test_shared_prompt_logprobs_and_gradients_equal_the_full_forward(data, kind):
-    """vlm.prefix_logprobs (each distinct prompt once, completions on its keys / values; rows out of group
-    order, a two-image prompt, activation checkpointing on) gives the log-probs, entropies and gradients of
-    token_logprobs on the concatenated prompt + completion batch (sequence_batch, vision once per prompt)."""
+def test_group_logprobs_and_gradients_equal_the_full_forward(data, kind):
+    """vlm.group_logprobs (each group one row: the prompt and its images once, each completion seeing the
+    prompt and itself only; a two-image prompt; activation checkpointing on; τ 0.7) gives the log-probs,
+    entropies and gradients of the oracle, the full prompt + completion forward per sample; and a completion
+    never sees another one (changing one changes no other row's log-probs)."""
     model, tok, ip = vlm.load_model(kind, max_pixels=56 * 84)
     vlm.enable_activation_checkpointing(model)
     model.train()
-    ro = fake_rollout(data, common.read_jsonl(data)[:3], tok, ip)
-    rows = [4, 0, 8, 3, 5, 1]
-    w = int(ro.mask[rows].sum(1).max())
-    weight = torch.randn(len(rows), w, generator=torch.Generator().manual_seed(1))
+    ro, _ = fake_rollout(data, common.read_jsonl(data)[:3], tok, ip)
+    rows = list(range(9))
+    weight = torch.randn(9, ro.mask.shape[1], generator=torch.Generator().manual_seed(1))
 
     def run(fn):
         model.zero_grad(set_to_none=True)
         logp, ent = fn()
-        (logp * weight).sum().backward()
+        (logp * weight[:, :logp.shape[1]]).sum().backward()
         return logp.detach(), ent, [p.grad.clone() for p in model.parameters()]
 
-    def full():
-        batch, labels, start = grpo.sequence_batch(ro, rows)
-        logp, ent = vlm.token_logprobs(model, batch, labels, with_entropy=True)
-        return logp[:, start:], ent[:, start:]
-
-    distinct = list(dict.fromkeys(r // ro.group_size for r in rows))
-    shared = lambda: vlm.prefix_logprobs(model, grpo.prompt_batch(ro, distinct),
-                                         [distinct.index(r // ro.group_size) for r in rows], ro.completions[rows, :w],
-                                         ro.mask[rows, :w], with_entropy=True)
-    (lp_a, ent_a, g_a), (lp_b, ent_b, g_b) = run(full), run(shared)
-    assert torch.allclose(lp_a, lp_b, atol=1e-5) and torch.allclose(ent_a, ent_b, atol=1e-4)
-    assert torch.equal(lp_b[~ro.mask[rows, :w]], torch.zeros(int((~ro.mask[rows, :w]).sum())))
+    grouped = lambda: vlm.group_logprobs(model, ro.prompts, ro.completions, ro.mask, 3, TAU, with_entropy=True)  # noqa
+    (lp_a, ent_a, g_a), (lp_b, ent_b, g_b) = run(lambda: full_logprobs(model, ro, rows)), run(grouped)
+    w = lp_a.shape[1]
+    assert torch.allclose(lp_a, lp_b[:, :w], atol=1e-5) and torch.allclose(ent_a, ent_b[:, :w], atol=1e-4)
+    assert torch.equal(lp_b[~ro.mask], torch.zeros(int((~ro.mask).sum())))
     for a, b in zip(g_a, g_b):
         assert torch.allclose(a, b, atol=1e-6, rtol=1e-4)
+    k = next(r for r in range(3, 6) if ro.mask[r].sum() >= 3)          # a sample of group 1 with 3+ tokens
+    other = ro.completions.clone()
+    other[k, 1:] = 7
+    with torch.no_grad():
+        lp_c = vlm.group_logprobs(model, ro.prompts, other, ro.mask, 3, TAU)
+    assert torch.equal(lp_c[torch.arange(9) != k], lp_b[torch.arange(9) != k]) and not torch.equal(lp_c[k], lp_b[k])
+
+
+def test_group_logprobs_of_text_only_prompts(data):
+    """Prompts without images take the same path (text positions) and equal the oracle."""
+    model, tok, ip = vlm.load_model("tiny")
+    prompts = vlm.encode([vlm.build_messages(q) for q in ("Which tile?", "Is the red ball nearer than the box?")],
+                         [[], []], tok, ip, padding_side="left")
+    prompts.pop("labels")
+    comp = torch.randint(20, 400, (4, 5), generator=torch.Generator().manual_seed(0))
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0], [1, 1, 1, 1, 0]], dtype=torch.bool)
+    got = vlm.group_logprobs(model, prompts, comp, mask, 2)
+    for r in range(4):
+        one = vlm.select_prompts(prompts, [r // 2])
+        ids = torch.cat([one["input_ids"], comp[r:r + 1, :int(mask[r].sum())]], 1)
+        with torch.no_grad():
+            logits = model(input_ids=ids, use_cache=False).logits[0]
+        want = F.log_softmax(logits.float(), -1)[one["input_ids"].shape[1] - 1:-1].gather(-1, ids[0, one["input_ids"].shape[1]:, None])[:, 0]
+        assert torch.allclose(got[r, :int(mask[r].sum())], want, atol=1e-5), r
+
+
+# ----------------------------------------------------------------------------- the one decoder, the oracle
+def hf_generate(model, prompts: dict, tok, max_new_tokens: int, greedy: bool, n: int = 1, **sampling) -> tuple:
+    """The oracle: transformers' generate with every decoding field set as the engine's arguments (nothing from
+    the checkpoint's generation_config), cut to the completions and masked through the first stop token."""
+    from transformers import GenerationConfig
+    gc = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=not greedy, num_return_sequences=n,
+                          temperature=sampling.get("temperature", 1.0), top_k=sampling.get("top_k", 0),
+                          top_p=sampling.get("top_p", 1.0), repetition_penalty=1.0, eos_token_id=engine.stop_token_ids(tok),
+                          pad_token_id=tok.pad_token_id, suppress_tokens=tok.convert_tokens_to_ids(list(vlm.VISION_TOKENS)))
+    with torch.no_grad():
+        out = model.eval().generate(**prompts, generation_config=gc)
+    return engine.completion_mask(out[:, prompts["input_ids"].shape[1]:], engine.stop_token_ids(tok), tok.pad_token_id)
 
 
 @pytest.mark.parametrize("kind", ["tiny", "tiny-qwen3"])
-def test_plain_decode_samples_what_transformers_generate_samples(data, kind, monkeypatch):
-    """engine.generate's own decode loop (plain model, image prompts) draws the same tokens as transformers'
-    generate for the same seed, sampling G per prompt and greedy."""
-    calls = []
-    monkeypatch.setattr(engine, "_plain_decode", lambda *a, _f=engine._plain_decode: calls.append(1) or _f(*a))
+def test_engine_samples_what_transformers_generate_samples(data, kind):
+    """engine.Engine (prefill each prompt once, its keys / values copied to its n rows of a static cache, our
+    sampler) draws the same tokens as transformers' generate for the same seed: sampling n per prompt, with
+    τ / top-k / top-p, and greedy."""
     model, tok, ip = vlm.load_model(kind, max_pixels=56 * 84)
-    prompts, _ = grpo.encode_prompts(common.read_jsonl(data)[:3], data.parent, tok, ip)
-    for sample in (dict(do_sample=True, num_return_sequences=3), dict(do_sample=False)):
+    prompts = grpo.encode_prompts(common.read_jsonl(data)[:3], data.parent, tok, ip)
+    dec = engine.Engine(model)
+    assert dec.shared and not dec.compile
+    for greedy, n, sampling in ((False, 3, {}), (True, 1, {}), (False, 2, dict(temperature=0.7, top_k=50, top_p=0.9))):
         torch.manual_seed(0)
-        ours, mask = engine.generate(model, prompts, tok, max_new_tokens=10, **sample)
-        gc = engine.generation_config(tok, 10, **sample)
-        model.generation_config = gc
+        ours = dec.generate(prompts, tok, max_new_tokens=10, greedy=greedy, n=n, **sampling)
         torch.manual_seed(0)
-        with torch.no_grad():
-            theirs = model.eval().generate(**{k: v for k, v in prompts.items()}, generation_config=gc)
-        theirs, _ = engine.completion_mask(theirs[:, prompts["input_ids"].shape[1]:], 2, tok.pad_token_id)
-        assert torch.equal(ours, theirs), sample
-    assert len(calls) == 2
+        theirs = hf_generate(model, prompts, tok, 10, greedy, n, **sampling)
+        assert torch.equal(ours[0], theirs[0]) and torch.equal(ours[1], theirs[1]), (greedy, sampling)
 
 
-def test_plain_decode_stops_at_any_stop_token(data, monkeypatch):
-    """The lean loop ends a row at any of the stop tokens (a list: <|im_end|> and <|endoftext|>) and stops
-    decoding once every row has ended, as transformers' loop does: here the first greedy token is made a stop
-    token, so both return one column."""
+def test_engine_stops_at_any_stop_token(data, monkeypatch):
+    """The loop ends a row at any of the stop tokens (<|im_end|> and <|endoftext|>) and stops decoding once
+    every row has ended, as transformers' loop does: here the first greedy token is made a stop token, so both
+    return one column."""
     model, tok, ip = vlm.load_model("tiny", max_pixels=56 * 84)
-    prompts, _ = grpo.encode_prompts(common.read_jsonl(data)[:1], data.parent, tok, ip)
-    first = int(engine.generate(model, prompts, tok, max_new_tokens=1)[0][0, 0])
+    prompts = grpo.encode_prompts(common.read_jsonl(data)[:1], data.parent, tok, ip)
+    dec = engine.Engine(model)
+    first = int(dec.generate(prompts, tok, max_new_tokens=1)[0][0, 0])
     monkeypatch.setattr(engine, "stop_token_ids", lambda t: [tok.eos_token_id, first])
-    ours, mask = engine.generate(model, prompts, tok, max_new_tokens=40)
-    gc = engine.generation_config(tok, 40)
-    assert gc.eos_token_id == [tok.eos_token_id, first]
-    model.generation_config = gc
-    with torch.no_grad():
-        theirs = model.eval().generate(**prompts, generation_config=gc)[:, prompts["input_ids"].shape[1]:]
+    ours, mask = dec.generate(prompts, tok, max_new_tokens=40)
+    theirs, _ = hf_generate(model, prompts, tok, 40, greedy=True)
     assert ours.shape == theirs.shape == (1, 1) and torch.equal(ours, theirs) and mask.all()

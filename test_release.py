@@ -182,8 +182,8 @@ def test_grpo_load_prompts_and_official_reward_for_task_less_records(release):
     with pytest.raises(common.SetupError, match="--exclude none"):
         grpo.load_prompts(grpo.Config(data=cfg.data, exclude=str(release / "SFT-coldstart.json")))
     _, tok, ip = vlm.load_model("tiny", max_pixels=56 * 84)
-    prompts, n_images = grpo.encode_prompts(records, root, tok, ip)
-    assert n_images == [1, 1, 1, 2] and prompts["image_grid_thw"].shape[0] == 5
+    prompts = grpo.encode_prompts(records, root, tok, ip)
+    assert prompts["image_grid_thw"].shape[0] == 5 and vlm.select_prompts(prompts, [3])["image_grid_thw"].shape[0] == 2
     rec = records[3]                                      # answer "[1 2 0 3]", task None: exact match of the box
     texts = ["<think>t</think> \\boxed{[1 2 0 3]}", "<think>t</think> \\boxed{ [1 2 0 3] }",
              "<think>t</think> \\boxed{1, 2, 0, 3}", "\\boxed{[1 2 0 3]}"]
@@ -191,20 +191,19 @@ def test_grpo_load_prompts_and_official_reward_for_task_less_records(release):
     width = max(map(len, rows))
     ids = torch.tensor([r + [0] * (width - len(r)) for r in rows])
     mask = torch.tensor([[j < len(r) for j in range(width)] for r in rows])
-    ro = grpo.Rollout([rec], {}, [2], 4, ids, mask)
-    grpo.score(ro, tok)
-    assert ro.rewards.tolist() == pytest.approx([1.0, 1.0, 0.1, 0.9])
-    assert ro.accuracy.tolist() == [1.0, 1.0, 0.0, 1.0]
+    sc = grpo.score(grpo.Rollout([rec], {}, 4, ids, mask), tok)
+    assert sc.rewards.tolist() == pytest.approx([1.0, 1.0, 0.1, 0.9])
+    assert sc.accuracy.tolist() == [1.0, 1.0, 0.0, 1.0]
 
 
-def test_check_prompt_record_accepts_task_none_and_rejects_unknown_tasks(release, tmp_path):
+def test_check_record_accepts_task_none_and_rejects_unknown_tasks(release, tmp_path):
     recs, root = records.read_records(str(release / "spatialssrl.parquet"))
     for r in recs:
-        grpo.check_prompt_record(r, root)
+        records.check_record(r, root)
     with pytest.raises(common.BadRecord, match="or none for the official"):
-        grpo.check_prompt_record(dict(recs[0], task="crops"), root)
+        records.check_record(dict(recs[0], task="crops"), root)
     with pytest.raises(common.BadRecord, match="not a valid shuffle answer"):
-        grpo.check_prompt_record(dict(recs[3], task="shuffle"), root)
+        records.check_record(dict(recs[3], task="shuffle"), root)
 
 
 # ----------------------------------------------------------------------------- end to end
@@ -212,13 +211,13 @@ def test_sft_then_grpo_on_the_release_files(release, tmp_path):
     """sft.py on SFT-coldstart.json (2 steps), then grpo.py from that checkpoint on spatialssrl.parquet
     (1 step): both read the release's files directly (zip members, bytes, paths)."""
     sft.train(sft.Config(model="tiny", data=str(release / "SFT-coldstart.json"), out=str(tmp_path / "sft"),
-                         max_steps=2, lr=1e-3, warmup_ratio=0.0, global_batch_size=2, micro_batch_size=2,
+                         max_steps=2, lr=1e-3, warmup_ratio=0.0, global_batch_size=2,
                          save_dtype="float32", save_every=0, max_pixels=56 * 84))
     rows = [json.loads(x) for x in (tmp_path / "sft" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2] and all(r["loss"] > 0 for r in rows)
     out = grpo.train(grpo.Config(model=str(tmp_path / "sft"), data=str(release / "spatialssrl.parquet"),
                                  out=str(tmp_path / "grpo"), max_steps=1, group_size=2, rollout_batch_size=4,
-                                 update_batch_size=4, micro_batch_size=4, max_new_tokens=8, min_pixels=56 * 56,
+                                 update_batch_size=4, max_new_tokens=8, min_pixels=56 * 56,
                                  max_pixels=56 * 84, lr=1e-3, save_every=0, save_dtype="float32",
                                  activation_checkpointing=False))
     assert len(out) == 1 and 0.0 <= out[0]["reward"] <= 1.0

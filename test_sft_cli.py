@@ -26,6 +26,7 @@ from transformers.utils import logging as hf_logging
 
 import common
 import sft
+import tiny
 import vlm
 from test_train import two_colour_records, write_jsonl
 
@@ -46,13 +47,13 @@ def data(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def tiny():
+def tiny_model():
     return vlm.load_model("tiny")
 
 
 def cfg(data: Path, out: Path, **kw) -> sft.Config:
     base = dict(model="tiny", data=str(data), out=str(out), max_steps=3, lr=1e-3, warmup_ratio=0.0,
-                global_batch_size=2, micro_batch_size=2, save_dtype="float32", save_every=1,
+                global_batch_size=2, save_dtype="float32", save_every=1,
                 activation_checkpointing=False)
     return sft.Config(**{**base, **kw})
 
@@ -75,18 +76,18 @@ def snapshot(folder: Path) -> dict:
 
 
 def cli_error(capsys, argv: list) -> str:
-    """Run sft.main(argv), expect a non-zero exit and return its one stderr line."""
+    """Run sft.main(argv), expect exit code 2 (bad input, common.cli_main) and return its one stderr line."""
     with pytest.raises(SystemExit) as e:
         sft.main(argv)
-    assert e.value.code not in (0, None)
+    assert e.value.code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("sft.py: error: "), err
     return err
 
 
 # ----------------------------------------------------------------------------- --model
-def test_model_typo_fails_at_once_with_one_line(monkeypatch, tmp_path, tiny):
-    """An unknown --model fails in well under a second (once transformers is imported: the `tiny` fixture)
+def test_model_typo_fails_at_once_with_one_line(monkeypatch, tmp_path, tiny_model):
+    """An unknown --model fails in well under a second (once transformers is imported: the `tiny_model` fixture)
     with a message saying why, whether the Hub is unreachable, says 'no such model', or HF_HUB_OFFLINE=1;
     no transformers retries."""
     def unreachable(*a, **k):
@@ -121,7 +122,7 @@ def test_unloadable_model_folder_is_one_line(tmp_path):
     """A folder with a config.json that is no image-text model, or one without weights: a SetupError."""
     (tmp_path / "text-only").mkdir()
     (tmp_path / "text-only" / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
-    vlm.build_tiny("tiny")[0].config.save_pretrained(tmp_path / "no-weights")
+    tiny.build_tiny("tiny")[0].config.save_pretrained(tmp_path / "no-weights")
     for name, reason in (("text-only", "Unrecognized configuration class"), ("no-weights", "no file named")):
         with pytest.raises(common.SetupError, match=f"cannot load it as a Qwen-VL model: .*{reason}") as e:
             vlm.load_model(str(tmp_path / name))
@@ -131,7 +132,7 @@ def test_unloadable_model_folder_is_one_line(tmp_path):
 def test_cached_hub_model_loads_without_network(monkeypatch, tmp_path):
     """A real name still works for a user who has it: from the HF cache, offline or with the Hub unreachable."""
     snapshot_dir = tmp_path / "models--someorg--tiny-vl" / "snapshots" / ("a" * 40)
-    vlm.build_tiny("tiny", out_dir=str(snapshot_dir))
+    tiny.build_tiny("tiny", out_dir=str(snapshot_dir))
     (tmp_path / "models--someorg--tiny-vl" / "refs").mkdir()
     (tmp_path / "models--someorg--tiny-vl" / "refs" / "main").write_text("a" * 40)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
@@ -144,14 +145,14 @@ def test_cached_hub_model_loads_without_network(monkeypatch, tmp_path):
 
 def test_cli_model_typo_subprocess(tmp_path, data):
     """The real command line with a typo'd model and the Hub unreachable (online mode, the endpoint a closed
-    local port; no real network use): one line on stderr, exit 1, seconds (not 30–50 s of retries), no
+    local port; no real network use): one line on stderr, exit 2, seconds (not 30–50 s of retries), no
     traceback, no output folder."""
     env = {**{k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}, "HF_ENDPOINT": "http://127.0.0.1:9"}
     t0 = time.perf_counter()
     r = subprocess.run([sys.executable, str(HERE / "sft.py"), "--model", "Qwen/Qwen2.5-VL-7B-Instuct",
                         "--data", str(data), "--out", str(tmp_path / "out")],
                        capture_output=True, text=True, env=env, timeout=120)
-    assert r.returncode == 1 and time.perf_counter() - t0 < 30
+    assert r.returncode == 2 and time.perf_counter() - t0 < 30
     err = r.stderr.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("sft.py: error: --model Qwen/Qwen2.5-VL-7B-Instuct: not a local "
                                                 "folder, not a tiny model"), r.stderr
@@ -176,10 +177,10 @@ def test_data_missing_or_the_grpo_file_is_one_line_and_writes_nothing(capsys, tm
 
 
 # ----------------------------------------------------------------------------- bad records
-def test_bad_records_error_naming_them_or_counted_skip(tmp_path, tiny):
+def test_bad_records_error_naming_them_or_counted_skip(tmp_path, tiny_model):
     """A truncated PNG (valid header, cut data), problem: null, no images, images: null, a non-JSON line:
     each an error that names the record (and the file), or a counted skip with --skip-bad-records."""
-    _, tok, ip = tiny
+    _, tok, ip = tiny_model
     good = records(tmp_path, n=2)
     Image.new("RGB", (56, 56), (90, 20, 200)).save(tmp_path / "whole.png")
     raw = (tmp_path / "whole.png").read_bytes()
@@ -221,17 +222,17 @@ def test_out_never_mixes_two_runs(capsys, data, stopped_run, tmp_path):
     shutil.copytree(stopped_run, out)
     before = snapshot(out)
     err = cli_error(capsys, ["--data", str(data), "--out", str(out)])
-    assert "already holds a run" in err and "--resume" in err and "--overwrite" in err
+    assert "already holds an earlier sft.py run" in err and "--resume" in err and "--overwrite" in err
     assert snapshot(out) == before
     sft.train(cfg(data, out, max_steps=2, save_every=0, overwrite=True))
     assert steps(out) == [1, 2]
-    assert json.loads((out / "sft_config.json").read_text())["config"]["max_steps"] == 2
+    assert json.loads((out / "run.json").read_text())["config"]["max_steps"] == 2
     assert [p.name for p in (out / "checkpoints").iterdir()] == ["step_00000002"]
     other = tmp_path / "other"
     other.mkdir()
     (other / "notes.txt").write_text("mine")
     for flags in ([], ["--overwrite"], ["--resume"]):
-        assert "holds no sft.py run" in cli_error(capsys, ["--data", str(data), "--out", str(other), *flags])
+        assert "holds files but no sft.py run" in cli_error(capsys, ["--data", str(data), "--out", str(other), *flags])
     assert [p.name for p in other.iterdir()] == ["notes.txt"]
 
 
@@ -269,7 +270,7 @@ def test_checkpoint_keeps_its_pixel_bounds(data, tmp_path):
     """load_model(checkpoint) keeps the saved image bounds unless told otherwise; SFT from a base model
     whose processor allows 12.8M px uses the paper's 512², and a checkpoint's smaller bound is kept."""
     for name, bounds in (("small", (3136, 12544)), ("base", (3136, 12845056))):
-        model, tok, ip = vlm.build_tiny("tiny")
+        model, tok, ip = tiny.build_tiny("tiny")
         vlm.set_pixel_bounds(ip, *bounds)
         for x in (model, tok, ip):
             x.save_pretrained(tmp_path / name)
@@ -296,7 +297,7 @@ def test_help_reads_well():
     assert "REQUIRED" in data_help and "sft.jsonl" in data_help
     assert "examples:" in text and "python sft.py --smoke" in text and "torchrun" in text
     smoke_help = " ".join(text[text.index("  --smoke"):].split())
-    for flag in ("--model tiny", "--max-steps 2", "--global-batch-size 4", "--micro-batch-size 2", "--lr 1e-3"):
+    for flag in ("--model tiny", "--max-steps 2", "--global-batch-size 4", "--lr 1e-3"):
         assert flag in smoke_help, flag
     for odd in ("--no-smoke", "--no-benchmark", "--no-resume", "--no-overwrite", "--no-skip-bad-records"):
         assert odd not in text, odd
@@ -305,7 +306,7 @@ def test_help_reads_well():
 
 
 def test_smoke_says_what_it_overrides(capsys, tmp_path):
-    c = sft.smoke_config(sft.Config(out=str(tmp_path), lr=5e-3, global_batch_size=64))
+    c = sft.smoke_config(sft.Config(out=str(tmp_path), lr=5e-3, global_batch_size=64, smoke=True))
     said = capsys.readouterr().out
     assert "--smoke: using --model tiny" in said and "--lr 0.001 (not 0.005)" in said
     assert "--global-batch-size 4 (not 64)" in said and "synthetic records" in said

@@ -51,7 +51,7 @@ import common
 import sft
 import vlm
 from test_grpo import cfg_for, fake_rollout, plain_logprobs, write_jsonl
-from test_grpo import data  # noqa: F401  (a pytest fixture, used by name)
+from test_grpo import data  # noqa: F401,F811  (a pytest fixture, used by name)
 from test_train import two_colour_records
 
 hf_logging.disable_progress_bar()
@@ -89,19 +89,19 @@ def all_logprobs64(model, ro: grpo.Rollout, temperature: float) -> torch.Tensor:
     return out
 
 
-def grpo_loss64(model, ro: grpo.Rollout, rows: list, c: grpo.Config) -> torch.Tensor:
+def grpo_loss64(model, ro: grpo.Rollout, rows: list, adv, old, ref, c: grpo.Config) -> torch.Tensor:
     """Our own GRPO objective in float64: PPO clip (1 − ε_lo, 1 + ε_hi), dual clip for A < 0, k3 KL to
-    ro.ref_logp with β, summed over the completion tokens of `rows` and divided by their count."""
+    `ref` with β, summed over the completion tokens of `rows` and divided by their count."""
     total, n = torch.zeros((), dtype=torch.float64), int(ro.mask[rows].sum())
     for row in rows:
         k = int(ro.mask[row].sum())
         lp = logprobs64(model, ro, row, c.temperature)
-        old, ref, a = ro.old_logp[row, :k].double(), ro.ref_logp[row, :k].double(), float(ro.advantages[row])
-        ratio = torch.exp(torch.clamp(lp - old, -20, 20))
+        o, r, a = old[row, :k].double(), ref[row, :k].double(), float(adv[row])
+        ratio = torch.exp(torch.clamp(lp - o, -20, 20))
         surrogate = torch.maximum(-a * ratio, -a * torch.clamp(ratio, 1 - c.clip_low, 1 + c.clip_high))
         if a < 0:
             surrogate = torch.minimum(surrogate, torch.full_like(surrogate, -a * c.dual_clip))
-        d = torch.clamp(ref - lp, -20, 20)
+        d = torch.clamp(r - lp, -20, 20)
         total = total + (surrogate + c.kl_coef * torch.clamp(torch.exp(d) - d - 1, max=10)).sum()
     return total / n
 
@@ -135,63 +135,76 @@ def perturbed(model, scale: float, seed: int):
     return m.requires_grad_(False)
 
 
+def full(t: torch.Tensor) -> torch.Tensor:
+    """A parameter as a plain tensor (an FSDP2 DTensor gathered)."""
+    return t.full_tensor() if hasattr(t, "full_tensor") else t
+
+
 # ----------------------------------------------------------------------------- update()
 # log r per token: below 1 − ε_lo (0.9) and below 1 − ε_hi (0.5), inside, between 1 + ε_lo and 1 + ε_hi, above
 # 1 + ε_hi (1.5) and above the dual clip 3 (log 1.0986); with the advantages below every case meets both signs
 LOG_RATIOS = (-0.4, 0.25, 1.2, -0.8, 0.6, 0.05, -0.2)
 
 
-def designed_rollout(data: Path, model, tok, ip, c: grpo.Config) -> grpo.Rollout:
-    """A fixed rollout (3 prompts × G 3, ragged completions) whose old log-probs put the per-token ratios
-    cycle through LOG_RATIOS (both PPO clips and the dual clip active), ref log-probs from a separate
-    perturbed model, and advantages of both signs."""
-    ro = fake_rollout(data, common.read_jsonl(data)[:3], tok, ip)
+def designed_rollout(data: Path, model, tok, ip, c: grpo.Config) -> tuple:
+    """A fixed rollout (3 prompts × G 3, ragged completions) and its (advantages, old, ref) log-probs: the old
+    ones put the per-token ratios through LOG_RATIOS (both PPO clips and the dual clip active), ref from a
+    separate perturbed model, advantages of both signs."""
+    ro, _ = fake_rollout(data, common.read_jsonl(data)[:3], tok, ip)
     now = all_logprobs64(f64(model), ro, c.temperature)
     grid = torch.tensor(LOG_RATIOS, dtype=torch.float64)
     rows, cols = torch.meshgrid(torch.arange(ro.mask.shape[0]), torch.arange(ro.mask.shape[1]), indexing="ij")
     log_r = grid[(cols + 2 * rows) % len(grid)] * ro.mask                # row r, token t: LOG_RATIOS[t + 2r]
-    ro.old_logp = ((now - log_r) * ro.mask).float()
-    ro.ref_logp = all_logprobs64(f64(perturbed(model, 0.05, seed=11)), ro, c.temperature).float()
-    ro.advantages = torch.tensor([1.5, -1.2, 0.4, -0.7, 2.0, -2.2, 0.9, -0.3, 0.6])
-    return ro
+    old = ((now - log_r) * ro.mask).float()
+    ref = all_logprobs64(f64(perturbed(model, 0.05, seed=11)), ro, c.temperature).float()
+    adv = torch.tensor([1.5, -1.2, 0.4, -0.7, 2.0, -2.2, 0.9, -0.3, 0.6])
+    return ro, adv, old, ref
 
 
-def test_update_equals_float64_reference(data, monkeypatch):
+@pytest.mark.parametrize("fsdp", [False, True])
+def test_update_equals_float64_reference(data, monkeypatch, fsdp):
     """update() with ratio ≠ 1 (old log-probs given), KL to a separate reference (β 0.5), temperature 0.7,
-    asymmetric clips, uneven micro-batches (4, 4, 1) and a gradient norm 3× the clip threshold moves the
-    weights (SGD lr 1) exactly as −clip(∇L64), L64 our float64 objective over the whole mini-batch. The same
-    rows split over 2 simulated ranks (world 2, all-reduced token count; each rank's update alone, then the
-    FSDP mean of the two) give −∇L64 unclipped."""
+    asymmetric clips, uneven micro-batches (two groups, then one) and a gradient norm 3× the clip threshold
+    moves the weights (SGD lr 1) exactly as −clip(∇L64), L64 our float64 objective over the whole mini-batch;
+    on a plain policy and on an FSDP2-sharded one (one gloo rank, activation checkpointing: the path of every
+    GPU run). The same groups split over 2 simulated ranks (world 2, all-reduced token count; each rank's
+    update alone, then the FSDP mean of the two) give −∇L64 unclipped."""
     model, tok, ip = vlm.load_model("tiny", max_pixels=56 * 84)
     c = cfg_for(data, data.parent / "unused", temperature=TAU, kl_coef=KL, clip_low=0.1, clip_high=0.5,
-                micro_batch_size=4, logprob_micro_batch_size=4)
-    ro = designed_rollout(data, model, tok, ip, c)
+                micro_batch_tokens=230)
+    ro, adv, old, ref = designed_rollout(data, model, tok, ip, c)
+    assert [len(mb) for mb in grpo.micro_batches(ro, [0, 1, 2], c, CPU)] == [2, 1]
     rows = list(range(len(ro.mask)))
     m64 = f64(model)
-    grads = gradient64(m64, lambda: grpo_loss64(m64, ro, rows, c))
+    grads = gradient64(m64, lambda: grpo_loss64(m64, ro, rows, adv, old, ref, c))
     norm = float(torch.sqrt(sum((g ** 2).sum() for g in grads)))
     c.max_grad_norm = norm / 3                                           # the clip is active
     want = clipped_sgd_delta(grads, c.max_grad_norm)
 
     policy = copy.deepcopy(model)
-    before = [p.detach().clone() for p in policy.parameters()]
-    m = grpo.update(policy, torch.optim.SGD(policy.parameters(), lr=1.0), ro, rows, c, CPU)
-    got = [p.detach() - b for p, b in zip(policy.parameters(), before)]
+    if fsdp:
+        vlm.enable_activation_checkpointing(policy)
+        policy = vlm.place_model(policy.train(), common.Dist(), bf16=False, fsdp=True)
+    before = [full(p).detach().clone() for p in policy.parameters()]
+    m = grpo.update(policy, torch.optim.SGD(policy.parameters(), lr=1.0), ro, [0, 1, 2], adv, old, ref, c, CPU)
+    got = [full(p).detach() - b for p, b in zip(policy.parameters(), before)]
     tok_n = m["tokens"]
     assert tok_n == int(ro.mask.sum())
     assert m["clip_high"] > 0 and m["clip_low"] > 0 and m["clip_dual"] > 0 and m["kl"] > 0.01 * tok_n
     assert abs(m["grad_norm"] - norm) < 1e-4 * norm
     assert rel_err(got, want) < 1e-4, rel_err(got, want)
+    if fsdp:
+        return
 
-    # two simulated ranks: rank 0 holds prompts 0-1, rank 1 prompt 2; no clipping (it acts on the mean)
+    # two simulated ranks: rank 0 holds groups 0-1, rank 1 group 2; no clipping (it acts on the mean)
     c.max_grad_norm = 1e9
     n_global = float(ro.mask.sum())
     monkeypatch.setattr(grpo, "dist", SimpleNamespace(is_initialized=lambda: True, get_world_size=lambda: 2))
     monkeypatch.setattr(grpo, "all_reduce_sum", lambda x, device: n_global)
     deltas = []
-    for share in (rows[:6], rows[6:]):
+    for share in ([0, 1], [2]):
         policy = copy.deepcopy(model)
-        grpo.update(policy, torch.optim.SGD(policy.parameters(), lr=1.0), ro, share, c, CPU)
+        grpo.update(policy, torch.optim.SGD(policy.parameters(), lr=1.0), ro, share, adv, old, ref, c, CPU)
         deltas.append([p.detach() - b for p, b in zip(policy.parameters(), before)])
     mean = [(a + b) / 2 for a, b in zip(*deltas)]
     assert rel_err(mean, [-g for g in grads]) < 1e-4, rel_err(mean, [-g for g in grads])
@@ -200,31 +213,32 @@ def test_update_equals_float64_reference(data, monkeypatch):
 # ----------------------------------------------------------------------------- train(): the step schedule
 def test_train_schedule_old_ref_and_minibatches(data, tmp_path, monkeypatch):
     """grpo.train() with 2 updates per rollout, KL on and τ 0.7, for 2 steps, recording every update() call:
-    each rollout feeds 2 updates over disjoint halves of its rows; its old log-probs are computed once,
+    each rollout feeds 2 updates over disjoint halves of its groups; its old log-probs are computed once,
     before the first update, and equal the float64 log-probs (at τ) of the policy at rollout time, so the
     first update has ratio 1 and the second does not; its ref log-probs are those of the initial weights
     (at step 2 they differ from the policy's); the reference is a separate, frozen, unchanged model."""
     c = cfg_for(data, tmp_path / "run", max_steps=2, rollout_batch_size=4, update_batch_size=2, group_size=3,
-                micro_batch_size=4, logprob_micro_batch_size=5, max_new_tokens=8, temperature=TAU, kl_coef=0.1,
-                lr=1e-2, exclude="none")
-    orig_setup, orig_update, seen, calls = grpo.setup_models, grpo.update, {}, []
+                micro_batch_tokens=150, max_new_tokens=8, temperature=TAU, kl_coef=0.1, lr=1e-2, exclude="none")
+    orig_setup, orig_update, seen, calls = grpo.setup_run, grpo.update, {}, []
 
-    def setup_models(cfg, d):
-        seen.update(orig_setup(cfg, d))
-        return seen
+    def setup_run(cfg, d):
+        seen["run"] = orig_setup(cfg, d)
+        return seen["run"]
 
-    def update(model, optimizer, ro, rows, cfg, device):
-        clone = lambda x: None if x is None else x.clone()
-        calls.append(dict(ro=ro, rows=list(rows), old=clone(ro.old_logp), ref=clone(ro.ref_logp),
+    def update(model, optimizer, ro, groups, adv, old, ref, cfg, device):
+        clone = lambda x: None if x is None else x.clone()                  # noqa: E731
+        calls.append(dict(ro=ro, groups=list(groups), old=clone(old), ref=clone(ref),
                           before={k: v.detach().clone() for k, v in model.state_dict().items()}))
-        calls[-1]["m"] = orig_update(model, optimizer, ro, rows, cfg, device)
+        calls[-1]["m"] = orig_update(model, optimizer, ro, groups, adv, old, ref, cfg, device)
         return calls[-1]["m"]
+
     def score(ro, tok):   # the tiny random model never answers right: random rewards give every group a signal
-        orig_score(ro, tok)
-        ro.rewards = torch.rand(len(ro.rewards), generator=rewards_rng)
+        sc = orig_score(ro, tok)
+        sc.rewards = torch.rand(len(sc.rewards), generator=rewards_rng)
+        return sc
     orig_score, rewards_rng = grpo.score, torch.Generator().manual_seed(5)
     monkeypatch.setattr(grpo, "score", score)
-    monkeypatch.setattr(grpo, "setup_models", setup_models)
+    monkeypatch.setattr(grpo, "setup_run", setup_run)
     monkeypatch.setattr(grpo, "update", update)
     grpo.train(c)
 
@@ -234,8 +248,8 @@ def test_train_schedule_old_ref_and_minibatches(data, tmp_path, monkeypatch):
     for first, second in (calls[0:2], calls[2:4]):
         ro, n = first["ro"], len(first["ro"].mask)
         assert second["ro"] is ro and n == 2 * c.group_size * 2
-        assert sorted(first["rows"] + second["rows"]) == list(range(n)), "two distinct halves of the rollout"
-        assert len(first["rows"]) == len(second["rows"]) == n // 2
+        assert sorted(first["groups"] + second["groups"]) == list(range(4)), "two distinct halves of the rollout"
+        assert len(first["groups"]) == len(second["groups"]) == 2
         assert first["old"] is not None, "old log-probs must be computed when a rollout feeds 2 updates"
         assert torch.equal(first["old"], second["old"]), "old log-probs are computed once per rollout"
         policy_then, policy_mid = f64(initial), f64(initial)
@@ -244,13 +258,13 @@ def test_train_schedule_old_ref_and_minibatches(data, tmp_path, monkeypatch):
         at_rollout, mid = all_logprobs64(policy_then, ro, TAU), all_logprobs64(policy_mid, ro, TAU)
         assert float((first["old"].double() - at_rollout).abs().max()) < 1e-5, "old = policy at rollout time"
         assert float((mid - at_rollout).abs().max()) > 1e-3, "the first update changed the policy"
-        ratio = lambda m: m["ratio"] / m["tokens"]
+        ratio = lambda m: m["ratio"] / m["tokens"]                           # noqa: E731
         assert abs(ratio(first["m"]) - 1) < 1e-5 and abs(ratio(second["m"]) - 1) > 1e-4
         assert first["ref"] is not None and torch.equal(first["ref"], second["ref"])
         assert float((first["ref"].double() - all_logprobs64(ref64, ro, TAU)).abs().max()) < 1e-5
     assert float((calls[2]["old"] - calls[2]["ref"]).abs().max()) > 1e-3, "ref ≠ policy after a step"
 
-    policy, ref = seen["model"], seen["ref"]
+    policy, ref = seen["run"].model, seen["run"].ref
     assert ref is not policy and not {p.data_ptr() for p in ref.parameters()} & {p.data_ptr() for p in policy.parameters()}
     assert not any(p.requires_grad for p in ref.parameters())
     assert all(torch.equal(p, q) for p, q in zip(ref.parameters(), initial.parameters())), "ref never changes"
@@ -258,6 +272,9 @@ def test_train_schedule_old_ref_and_minibatches(data, tmp_path, monkeypatch):
 
 
 # ----------------------------------------------------------------------------- sft: global token mean
+SFT_BUDGET = 360   # tokens per micro-batch: the 5 records of sft_data (120-194 tokens) as 2, 2, 1
+
+
 @pytest.fixture(scope="module")
 def sft_data(tmp_path_factory) -> Path:
     """5 records with responses of 5 different lengths (uneven micro-batches of 2, 2, 1)."""
@@ -300,7 +317,7 @@ def test_sft_train_equals_float64_reference(sft_data, tmp_path, monkeypatch):
     want = clipped_sgd_delta(grads, norm / 2)
     monkeypatch.setattr(torch.optim, "AdamW", lambda params, lr, **kw: torch.optim.SGD(params, lr=lr))
     sft.train(sft.Config(model="tiny", data=str(sft_data), out=str(tmp_path / "run"), max_steps=1, lr=1.0,
-                         warmup_ratio=0.0, global_batch_size=5, micro_batch_size=2, max_grad_norm=norm / 2,
+                         warmup_ratio=0.0, global_batch_size=5, micro_batch_tokens=SFT_BUDGET, max_grad_norm=norm / 2,
                          save_dtype="float32", save_every=0))
     saved = load_file(str(tmp_path / "run" / "model.safetensors"))
     names = [k for k, _ in model.named_parameters()]
@@ -310,17 +327,18 @@ def test_sft_train_equals_float64_reference(sft_data, tmp_path, monkeypatch):
 
 
 def test_sft_train_step_two_ranks_equal_float64_mean(sft_data, monkeypatch):
-    """sft.rank_batches + sft.train_step on 2 simulated ranks (world 2, all-reduced token count; rank 1 gets
-    a zero-weight filler micro-batch): the mean of the two ranks' SGD lr 1 updates (FSDP's gradient mean) is
+    """sft.rank_batches + sft.train_step on 2 simulated ranks (world 2, all-reduced token count; rank 1's one
+    pack is split to match rank 0's two micro-batches): the mean of the two ranks' SGD lr 1 updates (FSDP's gradient mean) is
     −∇L64 of the whole batch."""
     model, tok, ip = vlm.load_model("tiny")
     vlm.freeze_vision(model)
     grads, n = sft_gradient64(model, sft_data)
     monkeypatch.setattr(sft, "dist", SimpleNamespace(is_initialized=lambda: True, get_world_size=lambda: 2))
     monkeypatch.setattr(sft, "all_reduce_sum", lambda x, device: float(n))   # only the token count matters
-    recs, deltas = common.read_jsonl(sft_data), []
+    recs, _ = sft.prepare_records(common.read_jsonl(sft_data), sft_data.parent, tok, ip, 4096, False)
+    deltas = []
     for rank in (0, 1):
-        batches = sft.rank_batches(recs, sft_data.parent, tok, ip, common.Dist(rank=rank, world_size=2), 2)
+        batches = sft.rank_batches(recs, sft_data.parent, tok, ip, common.Dist(rank=rank, world_size=2), SFT_BUDGET)
         assert len(batches) == 2
         policy = copy.deepcopy(model)
         sft.train_step(policy, torch.optim.SGD([p for p in policy.parameters() if p.requires_grad], lr=1.0),

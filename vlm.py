@@ -22,7 +22,7 @@ backend), never from AutoProcessor. Decoding (generate, RolloutEngine) is engine
 """
 import copy
 import functools
-import json
+import math
 import os
 import shutil
 import sys
@@ -36,12 +36,13 @@ import torch.nn.functional as F
 
 import tasks
 from common import SetupError, barrier, is_main
+from records import IMAGE_PLACEHOLDER
 
 
 # ----------------------------------------------------------------------------- constants
 IGNORE_INDEX = -100
-IMAGE_PLACEHOLDER = "<image>"
 VISION_TOKENS = ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")
+VISION_INPUTS = ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw", "second_per_grid_ts")
 TINY_MODELS = ("tiny", "tiny-qwen3")
 PAPER_MAX_PIXELS = 512 * 512        # cold-start SFT images ≤ 512² px (official LLaMA-Factory config)
 TINY_PIXELS = (56 * 56, PAPER_MAX_PIXELS)   # the tiny models' own image bounds
@@ -103,7 +104,7 @@ def set_pixel_bounds(image_processor, min_pixels: int | None = None, max_pixels:
 
 
 def load_model(name: str, *, min_pixels: int | None = None, max_pixels: int | None = None,
-               attn_implementation: str = "sdpa", dtype: torch.dtype = torch.float32, meta: bool = False):
+               dtype: torch.dtype = torch.float32, meta: bool = False):
     """(model, tokenizer, image_processor) for 'tiny', 'tiny-qwen3', a HF id or a local HF directory.
 
     The image processor is the PIL backend (identical pixels with or without torchvision). Its smart-resize
@@ -115,6 +116,7 @@ def load_model(name: str, *, min_pixels: int | None = None, max_pixels: int | No
     from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageTextToText, AutoTokenizer
     from transformers import GenerationConfig
     if name in TINY_MODELS:
+        from tiny import build_tiny
         model, tok, ip = build_tiny(name, device="meta" if meta else "cpu")
         model.to(dtype)
         set_pixel_bounds(ip, *TINY_PIXELS)
@@ -124,15 +126,14 @@ def load_model(name: str, *, min_pixels: int | None = None, max_pixels: int | No
             if meta:
                 with torch.device("meta"):
                     model = AutoModelForImageTextToText.from_config(
-                        AutoConfig.from_pretrained(name, **src), dtype=dtype, attn_implementation=attn_implementation)
+                        AutoConfig.from_pretrained(name, **src), dtype=dtype, attn_implementation="sdpa")
                 model.eval()   # as from_pretrained leaves it
                 try:           # from_pretrained reads generation_config.json when there is one
                     model.generation_config = GenerationConfig.from_pretrained(name, **src)
                 except OSError:
                     pass
             else:
-                model = AutoModelForImageTextToText.from_pretrained(name, dtype=dtype, **src,
-                                                                    attn_implementation=attn_implementation)
+                model = AutoModelForImageTextToText.from_pretrained(name, dtype=dtype, **src, attn_implementation="sdpa")
             tok = AutoTokenizer.from_pretrained(name, **src)
             ip = AutoImageProcessor.from_pretrained(name, backend="pil", **src)
         except (OSError, ValueError) as e:
@@ -143,7 +144,8 @@ def load_model(name: str, *, min_pixels: int | None = None, max_pixels: int | No
             raise SetupError(f"--model {name}: the tokenizer has no chat template (need tokenizer_config.json "
                              "or chat_template.jinja with the Qwen-VL template)")
     set_pixel_bounds(ip, min_pixels, max_pixels)
-    fast_vision_attention(model)   # one batched attention call per window size, not a Python loop per window
+    fast_vision_attention(model)      # one batched attention call per window size, not a Python loop per window
+    install_group_attention(model)    # sdpa, which also reads the layout of a GRPO group row
     return model, tok, ip
 
 
@@ -353,9 +355,8 @@ def token_logprobs(model, batch: dict, labels: torch.Tensor, temperature: float 
     and a plain one, and is differentiable when grad is enabled. with_entropy=True also returns the
     (detached) entropy of each of those distributions, (B, T). A batch without supervised tokens still
     runs the head on one position with weight 0 (every rank's backward must reach every FSDP unit).
-    A batch with "image_index" (grpo.sequence_batch) holds each distinct image's pixels once: its image i is
-    distinct image image_index[i]; the vision tower runs once per distinct image and the features are
-    repeated (shared_image_features; same values, gradients summed over the copies)."""
+    Extra batch keys go to the model's forward: a GRPO group batch (group_batch) brings its positions and
+    its `group` layout, which group_attention reads."""
     device = next(model.parameters()).device
     labels = labels.to(device)
     keep = torch.zeros_like(labels, dtype=torch.bool)                      # keep[b, t]: h[b, t] predicts t+1
@@ -370,16 +371,12 @@ def token_logprobs(model, batch: dict, labels: torch.Tensor, temperature: float 
         logp, extra["entropy"] = chunked_head_logprobs(h, head.weight, head.bias, targets, temperature,
                                                        chunk_size, with_entropy)
         return logp
-    inputs = {k: v.to(device) for k, v in batch.items() if k not in ("labels", "image_index")}
-    inner = model.model
+    inputs = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items() if k != "labels"}
     head.forward = head_forward
-    if batch.get("image_index") is not None:
-        inner.get_image_features = shared_image_features(inner, batch["image_index"], inputs["image_grid_thw"])
     try:
         logp = model(**inputs, use_cache=False, logits_to_keep=keep).logits                      # (N,)
     finally:
         del head.forward
-        inner.__dict__.pop("get_image_features", None)
     shifted = torch.zeros_like(keep)
     shifted[:, 1:] = keep[:, :-1]
     if empty:
@@ -391,107 +388,114 @@ def token_logprobs(model, batch: dict, labels: torch.Tensor, temperature: float 
     return out, (ent * 0.0 if empty else ent)
 
 
-@functools.cache
-def _prefix_caches() -> tuple:
-    """(RecordCache, PrefixCache): KV caches for prefix_logprobs that are never written twice, so a layer
-    recomputed by activation checkpointing in the backward sees exactly what its forward saw."""
-    from transformers import DynamicCache
-
-    class RecordCache(DynamicCache):
-        """Keeps each layer's keys / values of the prompt forward (a recompute overwrites them with the same
-        values); reports an empty cache, so the forward runs as without one."""
-        def __init__(self):
-            super().__init__()
-            self.kv = {}
-
-        def update(self, key_states, value_states, layer_idx, *args, **kwargs):
-            self.kv[layer_idx] = (key_states, value_states)
-            return key_states, value_states
-
-    class PrefixCache(DynamicCache):
-        """A prompt's keys / values in front of every layer's new ones, never appended to."""
-        def __init__(self, kv: list):
-            super().__init__()
-            for i, (k, v) in enumerate(kv):
-                super().update(k, v, i)
-
-        def update(self, key_states, value_states, layer_idx, *args, **kwargs):
-            layer = self.layers[layer_idx]
-            return torch.cat([layer.keys, key_states], -2), torch.cat([layer.values, value_states], -2)
-    return RecordCache, PrefixCache
+# ----------------------------------------------------------------------------- GRPO groups: each prompt once
+def select_prompts(batch: dict, rows: list, merge_size: int = 2) -> dict:
+    """Prompts `rows` (in that order) of a left-padded encode() batch, with their images' pixel rows and grids
+    and their videos' (pixel_values_videos, video_grid_thw, second_per_grid_ts); columns that are padding in
+    every selected prompt are cut. Images follow the prompts' order: image j has prod(grid_j) / merge² tokens
+    and belongs to the prompt whose running count of image tokens (mm_token_type_ids 1) it falls in; videos
+    likewise with the video tokens (mm_token_type_ids 2)."""
+    mm = batch["mm_token_type_ids"]
+    start = int(batch["attention_mask"][rows].any(0).nonzero()[0])
+    out = {k: batch[k][rows, start:] for k in ("input_ids", "attention_mask", "mm_token_type_ids")}
+    for mm_type, pixels, grids, extra in ((1, "pixel_values", "image_grid_thw", None),
+                                          (2, "pixel_values_videos", "video_grid_thw", "second_per_grid_ts")):
+        if pixels not in batch:
+            continue
+        patches = batch[grids].prod(-1)                                              # (items,)
+        ends = (patches // merge_size ** 2).cumsum(0)                                # vision tokens so far
+        owner = torch.searchsorted((mm == mm_type).sum(1).cumsum(0), ends).tolist()  # the prompt of each item
+        first = [0] + patches.cumsum(0).tolist()                                     # its first pixel row
+        items = [j for r in rows for j, o in enumerate(owner) if o == r]
+        if items:
+            out[pixels] = torch.cat([batch[pixels][first[j]:first[j + 1]] for j in items])
+            out[grids] = batch[grids][items]
+            if extra in batch:
+                out[extra] = batch[extra][items]
+    return out
 
 
-def prefix_logprobs(model, prompts: dict, which: list, completions: torch.Tensor, completion_mask: torch.Tensor,
-                    temperature: float = 1.0, chunk_size: int = 1024, with_entropy: bool = False):
-    """token_logprobs of completions whose prompts repeat (a GRPO group: G samples of one prompt) without the
-    repeated prompt work: one forward over the distinct prompts (a left-padded encode() batch with their
-    images) keeps their keys and values, then each completion row runs on those of its prompt (`which[r]`),
-    with the M-RoPE positions a full prompt + completion forward gives it (text after the prompt: its largest
-    position + 1, + 2, …). Differentiable when grad is enabled (gradients reach the prompt forward through
-    the keys / values; activation checkpointing recomputes the same values). Returns (R, W) fp32 log p of
-    completions[r, t] (logits / τ, fp32 log-softmax, LM head only where completion_mask is on), 0 elsewhere,
-    and with with_entropy the (detached) entropies too; equal to token_logprobs on the concatenated sequences
-    up to float rounding."""
-    record_cache, prefix_cache = _prefix_caches()
-    device = next(model.parameters()).device
-    inputs = {k: v.to(device) for k, v in prompts.items() if k != "labels"}
-    comp, cmask = completions.to(device), completion_mask.to(device).bool()
-    idx = torch.tensor(which, dtype=torch.long, device=device)
-    inner, head = model.model, model.get_output_embeddings()
-    with torch.no_grad():
-        pos, _ = inner.get_rope_index(inputs["input_ids"], mm_token_type_ids=inputs["mm_token_type_ids"],
-                                      image_grid_thw=inputs.get("image_grid_thw"),
-                                      attention_mask=inputs["attention_mask"])
-    head.forward = lambda h: h                          # the model returns hidden states; the head runs below
-    try:
-        rec = record_cache()
-        h_last = model(**inputs, position_ids=pos, cache=rec, use_cache=True, logits_to_keep=1).logits[:, -1]
-        lp0, ent0 = _head_logprobs(h_last[idx], head.weight, head.bias, comp[:, 0], temperature, with_entropy)
-        logp, ent = [lp0[:, None]], [ent0.detach()[:, None]]
-        keep = torch.zeros_like(cmask)
-        keep[:, :-1] = cmask[:, 1:]                     # h[r, t] predicts completion token t + 1
-        if comp.shape[1] > 1:
-            rest_lp = torch.zeros(comp.shape[0], comp.shape[1] - 1, dtype=torch.float32, device=device)
-            rest_ent = torch.zeros_like(rest_lp)
-            if bool(keep.any()):
-                cache = prefix_cache([(k[idx], v[idx]) for _, (k, v) in sorted(rec.kv.items())])
-                last = pos.amax(dim=(0, 2))[idx]        # (R,) the prompt's largest position
-                cpos = (last[:, None] + 1 + torch.arange(comp.shape[1], device=device)).expand(3, -1, -1)
-                h = model(input_ids=comp, attention_mask=torch.cat([inputs["attention_mask"][idx], cmask.long()], 1),
-                          mm_token_type_ids=torch.zeros_like(comp), position_ids=cpos, cache=cache, use_cache=True,
-                          logits_to_keep=keep).logits
-                lp, e = chunked_head_logprobs(h, head.weight, head.bias, comp[:, 1:][cmask[:, 1:]], temperature,
-                                              chunk_size, with_entropy)
-                rest_lp = rest_lp.masked_scatter(cmask[:, 1:], lp)
-                rest_ent = rest_ent.masked_scatter(cmask[:, 1:], e)
-            logp.append(rest_lp)
-            ent.append(rest_ent)
-    finally:
-        del head.forward
-    logp = torch.cat(logp, 1)
-    return (logp, torch.cat(ent, 1)) if with_entropy else logp
+def rope_positions(model, prompts: dict) -> torch.Tensor:
+    """The M-RoPE positions (3, B, T) of a left-padded encode() batch, as the model's forward computes them."""
+    grids = {k: prompts[k] for k in ("image_grid_thw", "video_grid_thw", "second_per_grid_ts") if k in prompts}
+    pos, _ = model.model.get_rope_index(prompts["input_ids"], mm_token_type_ids=prompts["mm_token_type_ids"],
+                                        attention_mask=prompts["attention_mask"], **grids)
+    return pos
 
 
-def shared_image_features(inner, index: torch.Tensor, grid_thw: torch.Tensor):
-    """A get_image_features for one forward of `inner` (model.model) whose batch holds the pixels of each
-    distinct image once: image i of the batch (grid_thw[i]) is distinct image index[i]. The vision tower runs
-    on the distinct images only; the per-image features (and Qwen3-VL's deepstack features) are returned in
-    the batch's order, repeated where images repeat. Called inside the model's forward (FSDP2 hooks as usual)."""
-    own = type(inner).get_image_features.__get__(inner)
-    idx = index.tolist()
-    first = {}
-    for i, j in enumerate(idx):
-        first.setdefault(j, i)
-    grid_distinct = grid_thw[[first[j] for j in range(len(first))]]
+def group_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, group=None, **kwargs):
+    """transformers' sdpa attention, and with `group` = (prompt_mask (B, P), n) the layout of group_batch's rows
+    [prompt | slot_1 | … | slot_n] (slots of S tokens): prompt tokens attend causally to the prompt's real
+    tokens; a slot's tokens attend to the prompt's real tokens and causally within their slot, never to another
+    slot: the arithmetic of n separate prompt + completion rows, with the prompt computed once. query (B, H, L, d),
+    key / value (B, H_kv, L, d) → (B, L, H, d)."""
+    if group is None:
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      **kwargs)
+    prompt_mask, n = group
+    b, p, dev, gqa = query.shape[0], prompt_mask.shape[1], query.device, query.shape[1] != key.shape[1]
+    s = (query.shape[2] - p) // n
+    causal = lambda k: torch.ones(k, k, dtype=torch.bool, device=dev).tril()                    # noqa: E731
+    mask_p = (causal(p) & prompt_mask[:, None, :]) | torch.eye(p, dtype=torch.bool, device=dev)  # pad rows: self
+    out_p = F.scaled_dot_product_attention(query[:, :, :p], key[:, :, :p], value[:, :, :p], attn_mask=mask_p[:, None],
+                                           scale=scaling, enable_gqa=gqa)
+    slots = lambda x: x[:, :, p:].unflatten(2, (n, s)).transpose(1, 2).flatten(0, 1)           # noqa: E731
+    with_prompt = lambda x: torch.cat([x[:, :, :p].repeat_interleave(n, 0), slots(x)], 2)       # noqa: E731
+    mask_s = torch.cat([prompt_mask.repeat_interleave(n, 0)[:, None, :].expand(-1, s, -1),
+                        causal(s).expand(b * n, -1, -1)], 2)
+    out_s = F.scaled_dot_product_attention(slots(query), with_prompt(key), with_prompt(value), attn_mask=mask_s[:, None],
+                                           scale=scaling, enable_gqa=gqa)
+    out_s = out_s.unflatten(0, (b, n)).transpose(1, 2).flatten(2, 3)                            # (B, H, n·S, d)
+    return torch.cat([out_p, out_s], 2).transpose(1, 2).contiguous(), None
 
-    def get_image_features(pixel_values, image_grid_thw=None, **kwargs):
-        out = own(pixel_values, grid_distinct, **kwargs)
-        out.pooler_output = tuple(out.pooler_output[j] for j in idx)
-        if getattr(out, "deepstack_features", None) is not None:
-            out.deepstack_features = [tuple(f[j] for j in idx) for f in out.deepstack_features]
-        return out
-    return get_image_features
 
+def install_group_attention(model) -> None:
+    """Make the text model's attention group_attention (registered with transformers as "sdpa_groups", with sdpa's
+    mask function): the same as sdpa except in a group_batch forward. load_model() calls it."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
+    AttentionInterface.register("sdpa_groups", group_attention)
+    ALL_MASK_ATTENTION_FUNCTIONS.register("sdpa_groups", sdpa_mask)
+    model.model.language_model.config._attn_implementation = "sdpa_groups"
+
+
+def group_batch(model, prompts: dict, completions: torch.Tensor, completion_mask: torch.Tensor, n: int) -> tuple:
+    """GRPO groups as rows (the layout of PrefixGrouper, arXiv 2506.05433): prompt i and its n completions
+    become one row [prompt_i without its last token | last_i c_i1 | … | last_i c_in], each slot opened by the
+    prompt's last token so that it predicts its completion exactly as a prompt + completion row does. Positions:
+    the prompt's own M-RoPE positions, then slot token k at the prompt's largest position + k. Labels: the
+    completion tokens where completion_mask is on, −100 elsewhere. prompts: left-padded encode() batch of B
+    prompts (images included: the vision tower runs once per prompt); completions, completion_mask: (B·n, W),
+    grouped by prompt. Returns (batch for token_logprobs, labels (B, P − 1 + n·(W + 1)))."""
+    dev = next(model.parameters()).device
+    prompts = {k: v.to(dev) for k, v in prompts.items()}
+    ids, b, w = prompts["input_ids"], prompts["input_ids"].shape[0], completions.shape[1]
+    pos = rope_positions(model, prompts)                                                   # (3, B, P)
+    slots = torch.cat([ids[:, -1:, None].expand(b, n, 1), completions.to(dev).view(b, n, w)], 2)   # (B, n, W+1)
+    slot_pos = (pos[:, :, -1:, None] + torch.arange(w + 1, device=dev)).expand(3, b, n, w + 1).flatten(2)
+    on = torch.cat([torch.zeros(b, n, 1, dtype=torch.bool, device=dev), completion_mask.to(dev).bool().view(b, n, w)], 2)
+    labels = torch.cat([torch.full_like(ids[:, :-1], IGNORE_INDEX), slots.masked_fill(~on, IGNORE_INDEX).flatten(1)], 1)
+    batch = {"input_ids": torch.cat([ids[:, :-1], slots.flatten(1)], 1), "position_ids": torch.cat([pos[:, :, :-1], slot_pos], 2),
+             "group": (prompts["attention_mask"][:, :-1].bool(), n)}
+    batch.update({k: prompts[k] for k in VISION_INPUTS if k in prompts})
+    return batch, labels
+
+
+def group_logprobs(model, prompts: dict, completions: torch.Tensor, completion_mask: torch.Tensor, n: int,
+                   temperature: float = 1.0, chunk_size: int = 1024, with_entropy: bool = False):
+    """Per-token log-probs (B·n, W) fp32 of GRPO completions under `model`, each group's prompt and images run
+    once (group_batch, group_attention): log p(c_t | prompt, c_<t) of logits / τ where completion_mask is on, 0
+    elsewhere; with with_entropy also the (detached) entropies. Equal to token_logprobs on the n·B prompt +
+    completion rows up to float rounding, gradients included (FSDP2 and activation checkpointing as for any
+    forward)."""
+    if model.model.language_model.config._attn_implementation != "sdpa_groups":
+        install_group_attention(model)
+    batch, labels = group_batch(model, prompts, completions, completion_mask, n)
+    out = token_logprobs(model, batch, labels, temperature, chunk_size, with_entropy)
+    b, w, p = prompts["input_ids"].shape[0], completions.shape[1], prompts["input_ids"].shape[1] - 1
+    unpack = lambda x: x[:, p:].view(b, n, w + 1)[:, :, 1:].reshape(b * n, w)             # noqa: E731
+    return (unpack(out[0]), unpack(out[1])) if with_entropy else unpack(out)
 
 # ----------------------------------------------------------------------------- shard
 # vision attention in one call per window size, checkpointing of what trains, FSDP2, micro-batches.
@@ -636,6 +640,52 @@ def is_fsdp(model) -> bool:
     return isinstance(model, FSDPModule)
 
 
+# ----------------------------------------------------------------------------- the trained model
+def load_trainable(name: str, d, *, train_vision: bool, checkpointing: bool, bf16: bool, fsdp: bool, lr: float,
+                   weight_decay: float, betas: tuple, min_pixels: int | None = None,
+                   max_pixels: int | None = None) -> tuple:
+    """(model, tokenizer, image processor, AdamW) for sft.py and grpo.py: load (with several ranks only rank 0
+    reads the weights; the others build on the meta device), freeze the vision tower unless it trains,
+    activation checkpointing on the layers that train, place_model, AdamW over the trainable parameters."""
+    model, tok, ip = load_model(name, min_pixels=min_pixels, max_pixels=max_pixels,
+                                meta=d.world_size > 1 and not d.is_main)
+    if not train_vision:
+        freeze_vision(model)
+    model.config.use_cache = False
+    if checkpointing:
+        enable_activation_checkpointing(model)     # after freeze_vision: only the layers that train
+    model = place_model(model.train(), d, bf16, fsdp)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, betas=tuple(betas),
+                                  weight_decay=weight_decay)
+    return model, tok, ip, optimizer
+
+
+def place_model(model, d, bf16: bool = True, fsdp: bool = False):
+    """FSDP2-sharded (shard_model: bf16 compute on GPU) on GPU, with several ranks, or when fsdp=True (a CPU
+    process run as a GPU run is); otherwise moved to the device as it is."""
+    device = torch.device(d.device)
+    if fsdp or d.world_size > 1 or device.type == "cuda":
+        return shard_model(model, device, bf16, broadcast_from_rank0=d.world_size > 1)
+    return model.to(device)
+
+
+def optimizer_step(model, optimizer, max_grad_norm: float, lr: float | None = None) -> dict:
+    """Clip the gradient norm to max_grad_norm and step (at `lr` when given), unless the norm is not finite:
+    then the step is skipped, the weights stay as they are, and the caller reports it (as EasyR1 does).
+    Gradients are cleared either way. Returns {"grad_norm", "skipped"}."""
+    params = [p for p in model.parameters() if p.grad is not None]
+    norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm) if params else torch.tensor(0.0)
+    norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+    ok = math.isfinite(norm)
+    if lr is not None:
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+    if ok:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return {"grad_norm": norm, "skipped": 0 if ok else 1}
+
+
 # ----------------------------------------------------------------------------- save
 def save_hf(model, tokenizer, image_processor, out_dir: str, dtype: torch.dtype = torch.bfloat16) -> None:
     """Consolidated HF directory from rank 0: model.safetensors, config.json, generation_config.json,
@@ -670,121 +720,3 @@ def save_hf(model, tokenizer, image_processor, out_dir: str, dtype: torch.dtype 
             os.replace(tmp / name, out / name)
         tmp.rmdir()
     barrier()
-
-
-# ----------------------------------------------------------------------------- tiny offline models, 3B shape
-# the tiny offline models (tests, --smoke), the 3B shape and synthetic records (bench.py).
-QWEN_SPECIAL_TOKENS = (  # ids 0..13 in the tiny tokenizer; same order as the real Qwen2.5 vocab (151643 + i)
-    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>", "<|box_start|>",
-    "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>",
-    "<|image_pad|>", "<|video_pad|>")
-# Chat templates of the tiny models: they render exactly like the official Qwen2-VL/2.5-VL template (default
-# system prompt) and the Qwen3-VL template (no default system prompt) for image/text user turns.
-_TEMPLATE_BODY = (
-    "{%- for m in messages -%}"
-    "{{- '<|im_start|>' + m['role'] + '\\n' -}}"
-    "{%- if m['content'] is string -%}{{- m['content'] -}}{%- else -%}{%- for c in m['content'] -%}"
-    "{%- if c['type'] == 'image' -%}{{- '<|vision_start|><|image_pad|><|vision_end|>' -}}"
-    "{%- elif c['type'] == 'video' -%}{{- '<|vision_start|><|video_pad|><|vision_end|>' -}}"
-    "{%- elif 'text' in c -%}{{- c['text'] -}}{%- endif -%}{%- endfor -%}{%- endif -%}"
-    "{{- '<|im_end|>\\n' -}}{%- endfor -%}"
-    "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}")
-QWEN2_VL_TEMPLATE = ("{%- if messages[0]['role'] != 'system' -%}"
-                     "{{- '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' -}}{%- endif -%}"
-                     + _TEMPLATE_BODY)
-QWEN3_VL_TEMPLATE = _TEMPLATE_BODY
-TINY_CORPUS = (  # the tiny tokenizer's BPE training text: the phrases our prompts and answers are made of
-    "Look at the image. The image is split into tiles labelled 1, 2, 3 and 4. Which tile is flipped?",
-    "<think>The top left tile is upside down, so tile 3 is flipped vertically.</think> \\boxed{3, vertical}",
-    "<think>Marker 2 is nearest and marker 1 is farthest from the camera.</think> The answer is \\boxed{2, 3, 1}",
-    "Options: A. Left B. Right C. Front D. Back. Left-Front Right-Front Left-Back Right-Back horizontal",
-    "Which patch fills the black square? Reading the tiles in raster order restores the original picture.",
-    "Assume a camera at region 1 facing the left of the image. Where is region 2? 0 1 2 3 4 5 6 7 8 9",
-    "You are a helpful assistant. <|im_start|>system user assistant The answer is A B C D E.")
-
-
-def build_tiny_tokenizer(chat_template: str = QWEN2_VL_TEMPLATE):
-    """Byte-level BPE (≤ 1024 tokens) trained on TINY_CORPUS, wrapped in transformers' Qwen2Tokenizer.
-
-    The 14 Qwen special tokens get ids 0..13 (<|endoftext|>=0 pad, <|im_end|>=2 eos, <|image_pad|>=12)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import Qwen2Tokenizer
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=1024, special_tokens=list(QWEN_SPECIAL_TOKENS), show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    bpe.train_from_iterator(list(TINY_CORPUS) + [tasks.COT_PROMPT] * 4, trainer)
-    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m)
-              for m in json.loads(bpe.to_str())["model"]["merges"]]
-    return Qwen2Tokenizer(vocab=bpe.get_vocab(), merges=merges, unk_token=None, bos_token=None,
-                          eos_token="<|im_end|>", pad_token="<|endoftext|>",
-                          additional_special_tokens=list(QWEN_SPECIAL_TOKENS[1:]), chat_template=chat_template)
-
-
-def build_tiny(kind: str = "tiny", hidden: int = 64, layers: int = 2, heads: int = 4, vision_hidden: int = 32,
-               vision_depth: int = 2, ffn_mult: int = 2, seed: int = 0, out_dir: str | None = None,
-               device: str = "cpu"):
-    """A randomly initialised tiny Qwen2.5-VL ('tiny') or Qwen3-VL ('tiny-qwen3'), offline, in < 1 s.
-
-    Returns (model, tokenizer, image_processor); the same seed gives the same weights on every rank.
-    With out_dir, it is also saved there as a normal HF directory. device='meta' builds the same
-    architecture without weights (load_model(meta=True))."""
-    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen3VLConfig
-    from transformers import Qwen3VLForConditionalGeneration
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
-    qwen3 = kind == "tiny-qwen3"
-    head_dim = hidden // heads
-    rope = {"rope_type": "default", "rope_theta": 1e6,
-            "mrope_section": [head_dim // 4, head_dim // 8, head_dim // 8]}   # sums to head_dim / 2
-    text = dict(vocab_size=1024, hidden_size=hidden, intermediate_size=ffn_mult * hidden, num_hidden_layers=layers,
-                num_attention_heads=heads, num_key_value_heads=max(1, heads // 2), max_position_embeddings=8192,
-                rope_parameters=rope, pad_token_id=0, bos_token_id=0, eos_token_id=2)
-    vision = dict(depth=vision_depth, hidden_size=vision_hidden, intermediate_size=ffn_mult * vision_hidden,
-                  num_heads=2, out_hidden_size=hidden, spatial_merge_size=2, temporal_patch_size=2)
-    ids = dict(image_token_id=12, video_token_id=13, vision_start_token_id=9, vision_end_token_id=10,
-               tie_word_embeddings=False)
-    if qwen3:
-        text.update(head_dim=head_dim, rope_parameters={**rope, "mrope_interleaved": True})
-        vision.update(patch_size=16, num_position_embeddings=64, deepstack_visual_indexes=[0])
-        cfg, cls = Qwen3VLConfig(text_config=text, vision_config=vision, **ids), Qwen3VLForConditionalGeneration
-        ip = Qwen2VLImageProcessorPil(patch_size=16, image_mean=[0.5] * 3, image_std=[0.5] * 3)
-    else:
-        vision.update(patch_size=14, window_size=112, fullatt_block_indexes=[vision_depth - 1])
-        cfg, cls = Qwen2_5_VLConfig(text_config=text, vision_config=vision, **ids), Qwen2_5_VLForConditionalGeneration
-        ip = Qwen2VLImageProcessorPil()
-    cfg._attn_implementation = "sdpa"
-    with torch.random.fork_rng(devices=[]), torch.device(device):
-        torch.manual_seed(seed)
-        model = cls(cfg)
-    tok = build_tiny_tokenizer(QWEN3_VL_TEMPLATE if qwen3 else QWEN2_VL_TEMPLATE)
-    model.generation_config.pad_token_id, model.generation_config.eos_token_id = 0, 2
-    if out_dir:
-        model.save_pretrained(out_dir)
-        tok.save_pretrained(out_dir)
-        ip.save_pretrained(out_dir)
-    return model, tok, ip
-
-
-QWEN25_VL_3B_SHAPE = {  # published config.json values of Qwen/Qwen2.5-VL-3B-Instruct (weights stay random)
-    "text": dict(vocab_size=151936, hidden_size=2048, intermediate_size=11008, num_hidden_layers=36,
-                 num_attention_heads=16, num_key_value_heads=2, max_position_embeddings=128000, rms_norm_eps=1e-6,
-                 rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [16, 24, 24]}),
-    "vision": dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, out_hidden_size=2048,
-                   patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=112,
-                   fullatt_block_indexes=[7, 15, 23, 31]),
-    "tie_word_embeddings": True}
-
-
-def build_qwen25_vl_shape(shape: dict, device: str = "cpu"):
-    """A random Qwen2.5-VL with the given config values, created directly on `device` ('meta' to count).
-
-    Token ids follow the tiny tokenizer (image 12, video 13, vision start/end 9/10), so it runs with it."""
-    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
-    cfg = Qwen2_5_VLConfig(text_config={**shape["text"], "pad_token_id": 0, "bos_token_id": 0, "eos_token_id": 2},
-                           vision_config=shape["vision"], image_token_id=12, video_token_id=13,
-                           vision_start_token_id=9, vision_end_token_id=10,
-                           tie_word_embeddings=shape["tie_word_embeddings"])
-    cfg._attn_implementation = "sdpa"
-    with torch.device(device):
-        return Qwen2_5_VLForConditionalGeneration(cfg)
