@@ -28,7 +28,7 @@ $PY make_data.py --out "$OUT/data" --n 450 --tasks position,flip,shuffle --scene
     --workers 2 --preview none --no-progress | grep -E "^make_data: .*train|^task +quota|^(position|flip|shuffle) +[0-9]+ +[0-9]+ "
 
 stage "2/5 sft.py: cold start of the tiny model (250 steps of 8)"
-$PY sft.py --model tiny --data "$OUT/data/sft.jsonl" --out "$OUT/sft" --global-batch-size 8 --micro-batch-size 8 \
+$PY sft.py --model tiny --data "$OUT/data/sft.jsonl" --out "$OUT/sft" --global-batch-size 8 \
     --lr 3e-3 --max-steps 250 --min-pixels $PX --max-pixels $PX --save-every 0 --save-dtype float32 \
     | awk '/^step/ && ($2 % 50 == 0 || $2 == 1) {split($0, f, "|"); print f[1] "|" f[3]; fflush()}'
 

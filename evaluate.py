@@ -328,8 +328,6 @@ def run_bench(bench: str, path: str, cfg: Config, engine: Engine, tok, ip, d, ow
 def mode_label(r: dict) -> str:
     """How a result row was produced: scoring (official or strict), CoT or not, VSI-Bench frames as images or a
     video."""
-    if "scoring" not in r:   # a row written before the scoring was recorded
-        return "?"
     label = f"{r['scoring']}, {'CoT' if r['cot'] else 'no CoT'}"
     if "vsi_input" in r:
         label += f", {r['frames']} frames as {r['vsi_input']}"

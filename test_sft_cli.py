@@ -312,3 +312,39 @@ def test_smoke_says_what_it_overrides(capsys, tmp_path):
     assert "--global-batch-size 4 (not 64)" in said and "synthetic records" in said
     assert (c.model, c.lr, c.global_batch_size, c.max_steps) == ("tiny", 1e-3, 4, 2)
     assert Path(c.data).is_file()
+
+
+# ----------------------------------------------------------------------------- Ctrl-C and threads
+def test_ctrl_c_is_one_line_with_the_resume_hint_and_resumes(tmp_path, data):
+    """Ctrl-C in a training run used to print 110–270 lines of traceback and no hint: now one line saying how
+    to continue, exit 130; and --resume continues from the last checkpoint."""
+    import signal
+    out = tmp_path / "run"
+    cmd = [sys.executable, str(HERE / "sft.py"), "--data", str(data), "--out", str(out), "--max-steps", "100000",
+           "--global-batch-size", "2", "--save-every", "1", "--no-activation-checkpointing", "--lr", "1e-3",
+           "--warmup-ratio", "0"]
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in p.stdout:
+        if line.startswith("step 00003"):
+            break
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 130, err
+    lines = [x for x in err.strip().splitlines() if x.strip()]
+    assert lines == ["sft.py: interrupted; run the same command with --resume to continue"], err
+    assert common.latest_checkpoint(str(out)) is not None
+    sft.train(cfg(data, out, resume=True, max_steps=100000, stop_after_steps=common.read_jsonl(
+        out / "metrics.jsonl", torn_tail_ok=True)[-1]["step"] + 1, save_every=1))
+    assert steps(out) == list(range(1, len(steps(out)) + 1))
+
+
+def test_cpu_runs_use_one_thread_unless_told_otherwise():
+    """A shared 2-core machine ran the README's commands 2.5–8× slower on torch's default two threads: setup_dist
+    sets one thread on CPU unless OMP_NUM_THREADS is set."""
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); import torch, common; torch.set_num_threads(2); "
+            "common.setup_dist(0); print(torch.get_num_threads())")
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    one = subprocess.run([sys.executable, "-c", code, str(HERE)], capture_output=True, text=True, env=env, timeout=120)
+    two = subprocess.run([sys.executable, "-c", code, str(HERE)], capture_output=True, text=True,
+                         env={**env, "OMP_NUM_THREADS": "2"}, timeout=120)
+    assert one.stdout.split() == ["1"] and two.stdout.split() == ["2"], (one.stderr, two.stderr)

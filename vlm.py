@@ -582,10 +582,10 @@ def checkpointed_forward(self, *args, **kwargs):
 def shard_model(model, device: torch.device, bf16: bool = True, broadcast_from_rank0: bool = False):
     """FSDP2: fully_shard each vision block, the vision tower, each decoder layer, then the root.
 
-    The vision tower is its own unit because transformers 5.x generate() computes image features outside
-    the root forward (platform-notes §5). bf16 params with fp32 reduction on GPU, fp32 on CPU. A one-token
-    forward right after sharding initialises the FSDP root, so generate() may be the first call; the root is
-    resharded after it, so model.parameters() are the sharded DTensors the optimizer must hold.
+    The vision tower is its own unit so that its weights are gathered once per forward, not with the root's.
+    bf16 params with fp32 reduction on GPU, fp32 on CPU. A one-token forward right after sharding initialises
+    the FSDP root; the root is resharded after it, so model.parameters() are the sharded DTensors the optimizer
+    must hold.
     broadcast_from_rank0: only rank 0's model holds the weights, the others may be on the meta device
     (load_model(meta=True)); every rank ends with its shard of rank 0's weights and rank 0's buffers."""
     from torch.distributed.device_mesh import init_device_mesh
