@@ -121,14 +121,17 @@ def print0(*args) -> None:
         sys.stdout.flush()
 
 
-def all_reduce_sum(x: float, device) -> float:
-    """Sum a Python number over ranks (no-op in one process)."""
-    if _dist() is None:
-        return float(x)
-    import torch
-    t = torch.tensor([float(x)], dtype=torch.float64, device=device)
-    _dist().all_reduce(t)
-    return float(t.item())
+def all_reduce_sum(x, device):
+    """Sum a Python number, or each value of a dict of numbers (every rank passes the same keys), over ranks in
+    one all-reduce; the input as floats in one process."""
+    keys = sorted(x) if isinstance(x, dict) else None
+    values = [float(x[k]) for k in keys] if keys is not None else [float(x)]
+    if _dist() is not None:
+        import torch
+        t = torch.tensor(values, dtype=torch.float64, device=device)
+        _dist().all_reduce(t)
+        values = t.tolist()
+    return dict(zip(keys, values)) if keys is not None else values[0]
 
 
 def all_reduce_max(x: int, device) -> int:
@@ -357,11 +360,21 @@ def release_out_dirs() -> None:
         _HELD_LOCKS.popitem()[1].close()
 
 
+def git_commit() -> str:
+    """The commit of this code (recorded in run.json), '' outside a git checkout."""
+    import subprocess
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
+                              cwd=Path(__file__).parent).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
 def start_out_dir(out: str, prog: str, mode: str, identity: dict, info: dict | None = None,
                   keep: tuple = ()) -> None:
     """Rank 0, after the checks passed: take the folder's lock (a second run into the same folder is refused
     while this one lives), delete an earlier run with mode 'overwrite', create the folder and write run.json
-    {prog, identity, **info} (a resumed run keeps its own)."""
+    {prog, identity, git_commit, **info} (a resumed run keeps its own)."""
     import fcntl
     path = Path(out)
     path.mkdir(parents=True, exist_ok=True)
@@ -379,7 +392,8 @@ def start_out_dir(out: str, prog: str, mode: str, identity: dict, info: dict | N
             if p.name not in keep + (LOCK_FILE,):
                 shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
     if mode != "resume" or read_run_info(path) is None:
-        atomic_write(path / RUN_FILE, json.dumps({"prog": prog, "identity": identity, **(info or {})}, indent=1))
+        atomic_write(path / RUN_FILE, json.dumps({"prog": prog, "identity": identity, "git_commit": git_commit(),
+                                                  **(info or {})}, indent=1))
 
 
 # ----------------------------------------------------------------------------- resumable checkpoints

@@ -61,7 +61,7 @@ from common import (SetupError, Skipped, all_reduce_sum, append_jsonl, atomic_wr
                     config_parser, dist_session, knob, out_dir_mode, print0, read_jsonl, read_run_info, rewrite_jsonl,
                     start_out_dir)
 from engine import Engine
-from vlm import encode, load_model
+from vlm import encode, load_model, set_pixel_bounds
 
 # (min_pixels, max_pixels) per benchmark, as the paper's setups (VLMEvalKit Qwen2VLChat: 1280..16384 ×28²;
 # What'sUp: ≤ 512×28²; ViewSpatial: 256..1280 ×28² after a 420×280 resize; VSI-Bench, per frame: the official
@@ -300,7 +300,7 @@ def run_bench(bench: str, path: str, cfg: Config, engine: Engine, tok, ip, d, ow
                          "use --vsi-as-images")
     todo = [it for it in items if it.id not in done]
     batches, rounds = shard_batches(todo, d.rank, d.world_size, cfg.batch_size)
-    ip.size = {"shortest_edge": bounds[0], "longest_edge": bounds[1]}   # this benchmark's bounds, said below
+    set_pixel_bounds(ip, *bounds)                                        # this benchmark's bounds, said below
     mode = f", {cfg.vsi_frames} frames as {cfg.options().vsi_input}" if bench == "vsibench" else ""
     print0(f"{bench}: {len(items)} items{mode}, images {bounds[0]}..{bounds[1]} px, {len(done)} done before, "
            f"{len(todo)} to ask ({d.world_size} rank(s), {rounds} rounds of <= {cfg.batch_size})")

@@ -68,9 +68,9 @@ from common import (BadRecord, SetupError, all_reduce_max, all_reduce_sum, appen
                     cli_main, config_parser, dist_session, epoch_order, is_main, knob, out_dir_mode, print0,
                     publish_step_folder, read_jsonl, resume_from, save_state, start_out_dir, token_micro_batches)
 from engine import Engine, stop_token_ids
-from records import check_record, load_images, read_records
-from vlm import (build_messages, encode, group_logprobs, load_model, load_trainable, optimizer_step, place_model,
-                 save_hf, select_prompts)
+from records import check_record, read_records
+from vlm import (encode_records, group_logprobs, load_model, load_trainable, optimizer_step, place_model, save_hf,
+                 select_prompts)
 
 
 # ----------------------------------------------------------------------------- config
@@ -269,22 +269,9 @@ class Scores:
     truncated: torch.Tensor         # (N,) bool: no stop token within --max-new-tokens
 
 
-def encode_prompts(records: list, root: Path, tok, ip) -> dict:
-    """The left-padded encode() batch of the records' prompts (problem + CoT instruction, images)."""
-    images = []
-    for r in records:
-        try:
-            images.append(load_images(r, root))
-        except OSError as e:
-            raise BadRecord(f"record {r.get('id', '?')}: cannot read its images: {e}") from None
-    prompts = encode([build_messages(r["problem"]) for r in records], images, tok, ip, padding_side="left")
-    prompts.pop("labels")
-    return prompts
-
-
 def rollout(engine: Engine, records: list, root: Path, tok, ip, cfg: Config) -> Rollout:
     """Sample G completions for each of this rank's prompts with the policy's sampling settings."""
-    prompts = encode_prompts(records, root, tok, ip)
+    prompts = encode_records(records, root, tok, ip, response=False)
     ids, mask = engine.generate(prompts, tok, max_new_tokens=cfg.max_new_tokens, greedy=False,
                                 temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k, n=cfg.group_size)
     return Rollout(records, prompts, cfg.group_size, ids.cpu(), mask.cpu().bool())
@@ -363,16 +350,6 @@ def update(model, optimizer, ro: Rollout, groups: list, adv: torch.Tensor, old: 
 
 
 # ----------------------------------------------------------------------------- metrics
-def reduce_sums(sums: dict, device) -> dict:
-    """Sum a dict of numbers over ranks (every rank passes the same keys)."""
-    keys = sorted(sums)
-    if not dist.is_initialized():
-        return {k: float(sums[k]) for k in keys}
-    t = torch.tensor([float(sums[k]) for k in keys], dtype=torch.float64, device=device)
-    dist.all_reduce(t)
-    return dict(zip(keys, t.tolist()))
-
-
 def rollout_sums(ro: Rollout, sc: Scores) -> dict:
     """This rank's rollout statistics as sums (reward / accuracy / format overall and per task, lengths,
     truncations, groups with all-equal rewards)."""
@@ -540,8 +517,8 @@ def train(cfg: Config) -> list:
                           cfg, dev) for j in range(R // U)]
             t3 = _now(dev)
             step += 1
-            up_sums = reduce_sums({k: sum(u[k] for u in ups) for k in ups[0] if k not in ("grad_norm", "skipped")}, dev)
-            row = log_row(step, epoch, reduce_sums(rollout_sums(ro, sc), dev), up_sums, ups,
+            up_sums = all_reduce_sum({k: sum(u[k] for u in ups) for k in ups[0] if k not in ("grad_norm", "skipped")}, dev)
+            row = log_row(step, epoch, all_reduce_sum(rollout_sums(ro, sc), dev), up_sums, ups,
                           {"gen": t1 - t0, "logprob": t2 - t1, "update": t3 - t2, "step": t3 - t0, "refresh": refresh_s})
             rows_logged.append(row)
             print0(format_row(row))

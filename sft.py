@@ -13,7 +13,7 @@ This file reads top to bottom: config · loss and schedule · data · loop (trai
 
 Paper → code (cold start = official training/SFT-coldstart, LLaMA-Factory configs)
   prompt = problem + " " + CoT prompt, <image> items   → vlm.build_messages() (tasks.with_cot)
-  chat template + image tokens + M-RoPE inputs          → vlm.encode(), encode_records()
+  chat template + image tokens + M-RoPE inputs          → vlm.encode_records(), vlm.encode()
   loss on response tokens only, token mean              → sft_loss(), vlm.token_logprobs(), train_step()
   5 epochs, lr 1e-5, cosine, 10% warmup                 → Config, lr_at()
   global batch 256 = 4 per device × 8 accum × 8 GPUs    → Config, rank_batches()
@@ -44,7 +44,6 @@ import io
 import json
 import math
 import os
-import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -60,8 +59,8 @@ from tqdm import tqdm
 from common import (BadRecord, Dist, SetupError, all_reduce_sum, append_jsonl, atomic_write, barrier, check_identity,
                     cli_main, config_parser, dist_session, epoch_order, knob, out_dir_mode, print0, resume_from,
                     save_state, start_out_dir, token_micro_batches)
-from records import check_record, load_images, read_records
-from vlm import (IGNORE_INDEX, PAPER_MAX_PIXELS, build_messages, encode, image_token_count, load_trainable,
+from records import check_record, read_records
+from vlm import (IGNORE_INDEX, PAPER_MAX_PIXELS, build_messages, encode_records, image_token_count, load_trainable,
                  optimizer_step, save_hf, set_pixel_bounds, token_logprobs, tokenize_conversation)
 
 
@@ -195,12 +194,6 @@ def prepare_records(records: list, root: Path, tokenizer, image_processor, max_l
     return kept, skipped
 
 
-def encode_records(records: list, root: Path, tokenizer, image_processor) -> dict:
-    """SFT batch (right padded, labels on the responses) for a list of records."""
-    convs = [build_messages(r["problem"], r["response"]) for r in records]
-    return encode(convs, [load_images(r, root) for r in records], tokenizer, image_processor, "right")
-
-
 def rank_batches(batch: list, root: Path, tokenizer, image_processor, d: Dist, budget: int) -> list:
     """This rank's encoded micro-batches of one global batch. The batch sorted by length is dealt round-robin
     to the ranks (similar token counts per rank); each share is cut by common.token_micro_batches with the
@@ -213,7 +206,7 @@ def rank_batches(batch: list, root: Path, tokenizer, image_processor, d: Dist, b
     mine = shares[d.rank]
     out = []
     for mb in token_micro_batches([x["num_tokens"] for x in mine], budget, count):
-        enc = encode_records([mine[i] for i in mb] or batch[:1], root, tokenizer, image_processor)
+        enc = encode_records([mine[i] for i in mb] or batch[:1], root, tokenizer, image_processor, response=True)
         if not mb:
             enc["labels"].fill_(IGNORE_INDEX)
         out.append(enc)
@@ -241,15 +234,6 @@ def train_step(model, optimizer, batches: list, lr: float, max_grad_norm: float,
     step = optimizer_step(model, optimizer, max_grad_norm, lr)
     return {"loss": all_reduce_sum(loss_sum, device) / n_global, "grad_norm": step["grad_norm"],
             "skipped": step["skipped"], "tokens": all_reduce_sum(seen, device), "sup_tokens": n_global}
-
-
-def git_commit() -> str:
-    """The commit of this code (recorded in run.json), '' outside a git checkout."""
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent,
-                              timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return ""
 
 
 SMOKE_DATA = "smoke_data"      # --smoke's records, kept across runs
@@ -306,8 +290,8 @@ def train(cfg: Config) -> None:
             check_identity(cfg.out, identity, IDENTITY_LABELS)
         barrier()   # every rank has passed the checks before rank 0 writes anything
         if d.is_main:
-            start_out_dir(cfg.out, "sft.py", mode, identity, {"config": dataclasses.asdict(cfg), "argv": sys.argv,
-                          "git_commit": git_commit()}, keep=(SMOKE_DATA,))
+            start_out_dir(cfg.out, "sft.py", mode, identity, {"config": dataclasses.asdict(cfg), "argv": sys.argv},
+                          keep=(SMOKE_DATA,))
         step = resume_from(model, s["optimizer"], cfg.out) if mode == "resume" else 0
         bar = tqdm(total=total, initial=step, desc="sft", file=sys.stderr, disable=not (d.is_main and sys.stderr.isatty()))
 

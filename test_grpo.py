@@ -75,7 +75,7 @@ def cfg_for(data: Path, out: Path, **kw) -> grpo.Config:
 def fake_rollout(data: Path, records: list, tok, ip, group_size: int = 3, seed: int = 0) -> tuple:
     """(a Rollout with random completions of different lengths (some end with <|im_end|>, some do not),
     random advantages)."""
-    prompts = grpo.encode_prompts(records, data.parent, tok, ip)
+    prompts = vlm.encode_records(records, data.parent, tok, ip, response=False)
     g = torch.Generator().manual_seed(seed)
     n, width = len(records) * group_size, 7
     ids = torch.randint(20, 400, (n, width), generator=g)
@@ -468,7 +468,7 @@ def test_two_ranks_first_update_equals_one_process(data, tmp_path):
     model, tok, ip = vlm.load_model("tiny", max_pixels=56 * 84)
     ref = vlm.load_model("tiny")[0].requires_grad_(False)
     recs = common.read_jsonl(data)[:4]
-    ro = grpo.Rollout(recs, grpo.encode_prompts(recs, folder, tok, ip), 4,
+    ro = grpo.Rollout(recs, vlm.encode_records(recs, folder, tok, ip, response=False), 4,
                       torch.tensor(sum((pad(p["completions"], 0) for p in parts), [])),
                       torch.tensor(sum((pad(p["mask"], False) for p in parts), [])))
     rewards = torch.tensor(sum((p["rewards"] for p in parts), []))
@@ -577,7 +577,7 @@ def test_engine_samples_what_transformers_generate_samples(data, kind):
     sampler) draws the same tokens as transformers' generate for the same seed: sampling n per prompt, with
     τ / top-k / top-p, and greedy."""
     model, tok, ip = vlm.load_model(kind, max_pixels=56 * 84)
-    prompts = grpo.encode_prompts(common.read_jsonl(data)[:3], data.parent, tok, ip)
+    prompts = vlm.encode_records(common.read_jsonl(data)[:3], data.parent, tok, ip, response=False)
     dec = engine.Engine(model)
     assert dec.shared and not dec.compile
     for greedy, n, sampling in ((False, 3, {}), (True, 1, {}), (False, 2, dict(temperature=0.7, top_k=50, top_p=0.9))):
@@ -593,7 +593,7 @@ def test_engine_stops_at_any_stop_token(data, monkeypatch):
     every row has ended, as transformers' loop does: here the first greedy token is made a stop token, so both
     return one column."""
     model, tok, ip = vlm.load_model("tiny", max_pixels=56 * 84)
-    prompts = grpo.encode_prompts(common.read_jsonl(data)[:1], data.parent, tok, ip)
+    prompts = vlm.encode_records(common.read_jsonl(data)[:1], data.parent, tok, ip, response=False)
     dec = engine.Engine(model)
     first = int(dec.generate(prompts, tok, max_new_tokens=1)[0][0, 0])
     monkeypatch.setattr(engine, "stop_token_ids", lambda t: [tok.eos_token_id, first])

@@ -182,7 +182,7 @@ def test_grpo_load_prompts_and_official_reward_for_task_less_records(release):
     with pytest.raises(common.SetupError, match="--exclude none"):
         grpo.load_prompts(grpo.Config(data=cfg.data, exclude=str(release / "SFT-coldstart.json")))
     _, tok, ip = vlm.load_model("tiny", max_pixels=56 * 84)
-    prompts = grpo.encode_prompts(records, root, tok, ip)
+    prompts = vlm.encode_records(records, root, tok, ip, response=False)
     assert prompts["image_grid_thw"].shape[0] == 5 and vlm.select_prompts(prompts, [3])["image_grid_thw"].shape[0] == 2
     rec = records[3]                                      # answer "[1 2 0 3]", task None: exact match of the box
     texts = ["<think>t</think> \\boxed{[1 2 0 3]}", "<think>t</think> \\boxed{ [1 2 0 3] }",

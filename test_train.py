@@ -122,7 +122,7 @@ def test_token_logprobs_equal_full_logits(data, kind):
     model, tok, ip = vlm.load_model(kind)
     recs = common.read_jsonl(data)[:3]
     recs[1] = dict(recs[1], response=recs[1]["response"] + " Done, it is dark indeed.")   # unequal lengths
-    batch = sft.encode_records(recs, data.parent, tok, ip)
+    batch = vlm.encode_records(recs, data.parent, tok, ip, response=True)
     labels = batch["labels"]
     for tau in (1.0, 0.7):
         ref, ref_ent = full_logits_logprobs(model, batch, labels, tau)
@@ -143,7 +143,7 @@ def test_token_logprobs_without_supervised_tokens_is_zero_but_connected(data):
     """A batch without supervised tokens (a zero-weight filler) gives all zeros and still back-propagates to
     the LM head (every FSDP unit must take part in the backward)."""
     model, tok, ip = vlm.load_model("tiny")
-    batch = sft.encode_records(common.read_jsonl(data)[:1], data.parent, tok, ip)
+    batch = vlm.encode_records(common.read_jsonl(data)[:1], data.parent, tok, ip, response=True)
     logp = vlm.token_logprobs(model, batch, torch.full_like(batch["labels"], -100))
     assert bool((logp == 0).all())
     logp.sum().backward()
@@ -557,7 +557,7 @@ def test_activation_checkpointing_only_where_it_trains(data, train_vision):
     for name, m in model.named_modules():
         if name.endswith(".attn") or name.endswith(".self_attn"):
             m.register_forward_hook(lambda mod, i, o, name=name: calls.__setitem__(name, calls.get(name, 0) + 1))
-    batch = sft.encode_records(common.read_jsonl(data)[:2], data.parent, tok, ip)
+    batch = vlm.encode_records(common.read_jsonl(data)[:2], data.parent, tok, ip, response=True)
     labels = batch.pop("labels")
     vlm.token_logprobs(model, batch, labels).sum().backward()
     vision = {n: c for n, c in calls.items() if ".visual." in n}
@@ -677,7 +677,7 @@ def test_micro_batch_invariance(data):
     _, tok, ip = vlm.load_model("tiny")
     recs = common.read_jsonl(data)[:4]
     recs[1] = dict(recs[1], response=recs[1]["response"] + " Done, it is dark indeed.")   # unequal lengths
-    lengths = [len(sft.encode_records([r], data.parent, tok, ip)["input_ids"][0]) for r in recs]
+    lengths = [len(vlm.encode_records([r], data.parent, tok, ip, response=True)["input_ids"][0]) for r in recs]
     by_tokens = [[recs[i] for i in mb] for mb in common.token_micro_batches(lengths, 2 * max(lengths))]
     assert [len(mb) for mb in by_tokens] == [2, 2]
     updates = []
@@ -685,7 +685,7 @@ def test_micro_batch_invariance(data):
         model, _, _ = vlm.load_model("tiny")
         before = [p.detach().clone() for p in model.parameters()]
         opt = torch.optim.SGD(model.parameters(), lr=1.0)
-        batches = [sft.encode_records(mb, data.parent, tok, ip) for mb in split]
+        batches = [vlm.encode_records(mb, data.parent, tok, ip, response=True) for mb in split]
         m = sft.train_step(model, opt, batches, 1.0, 1e9, torch.device("cpu"))
         updates.append(([p.detach() - b for p, b in zip(model.parameters(), before)], m["loss"]))
     (u1, l1) = updates[0]
@@ -803,7 +803,7 @@ def fsdp_worker(folder: Path) -> None:
                        [load_images(r, folder) for r in recs], tok, ip, padding_side="left")
     n_new = 6 if d.rank == 0 else 10                      # the ranks decode different lengths: no collectives
     expected = engine.Engine(ref).generate(batch, tok, max_new_tokens=n_new)
-    train_batch = sft.encode_records(recs, folder, tok, ip)
+    train_batch = vlm.encode_records(recs, folder, tok, ip, response=True)
     ref_logp = vlm.token_logprobs(ref, train_batch, train_batch["labels"], temperature=0.7, chunk_size=5)
     logp = vlm.token_logprobs(model, train_batch, train_batch["labels"], temperature=0.7, chunk_size=5)
     eng = engine.Engine(model)                                                      # a copy gathered from the shards

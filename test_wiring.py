@@ -290,7 +290,7 @@ def sft_gradient64(model, sft_data: Path) -> tuple:
     _, tok, ip = vlm.load_model("tiny")
     m64 = f64(model)
     vlm.freeze_vision(m64)
-    encoded = [sft.encode_records([r], sft_data.parent, tok, ip) for r in common.read_jsonl(sft_data)]
+    encoded = [vlm.encode_records([r], sft_data.parent, tok, ip, response=True) for r in common.read_jsonl(sft_data)]
     n = sum(int((b["labels"][:, 1:] != -100).sum()) for b in encoded)
 
     def loss():

@@ -3,7 +3,8 @@
 One implementation of each step that must never differ between training and evaluation:
   load      load_model (HF id, local folder, or the offline "tiny" / "tiny-qwen3" models), set_pixel_bounds,
             freeze_vision
-  encode    build_messages (problem + CoT prompt → chat messages), encode (chat template + image tokens +
+  encode    encode_records (dataset records → a batch), build_messages (problem + CoT prompt → chat messages),
+            encode (chat template + image tokens +
             mm_token_type_ids, equal to transformers' own processor); Qwen2.5-VL video items (a list of
             PIL frames: video_inputs, pixel_values_videos / video_grid_thw / second_per_grid_ts, the layout
             of transformers' Qwen2VLVideoProcessor, which itself needs torchvision)
@@ -35,8 +36,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 import tasks
-from common import SetupError, barrier, is_main
-from records import IMAGE_PLACEHOLDER
+from common import BadRecord, SetupError, barrier, is_main
+from records import IMAGE_PLACEHOLDER, load_images
 
 
 # ----------------------------------------------------------------------------- constants
@@ -308,6 +309,23 @@ def encode(conversations: list, images: list, tokenizer, image_processor, paddin
     if vid_pix:
         batch.update(pixel_values_videos=torch.cat(vid_pix), video_grid_thw=torch.tensor(vid_grid),
                      second_per_grid_ts=torch.tensor(vid_sec, dtype=torch.float32))
+    return batch
+
+
+def encode_records(records: list, root, tokenizer, image_processor, response: bool) -> dict:
+    """The encode() batch of dataset records: each problem (+ the CoT instruction) with its images, and with
+    response=True its "response" as the target (SFT: right padding, labels on the response), else the prompt
+    alone (rollouts: left padding, no labels). An image that cannot be read is a BadRecord naming the record."""
+    images = []
+    for r in records:
+        try:
+            images.append(load_images(r, root))
+        except OSError as e:
+            raise BadRecord(f"record {r.get('id', '?')}: cannot read its images: {e}") from None
+    convs = [build_messages(r["problem"], r["response"] if response else None) for r in records]
+    batch = encode(convs, images, tokenizer, image_processor, padding_side="right" if response else "left")
+    if not response:
+        batch.pop("labels")
     return batch
 
 
