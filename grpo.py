@@ -12,12 +12,10 @@ FSDP2, AdamW), records (the data files), common (distributed setup, output folde
     torchrun --nproc_per_node 8 grpo.py --model runs/sft7b --data data/ssrl/train.jsonl --out runs/grpo7b
     torchrun --nproc_per_node 8 grpo.py ... --out runs/grpo7b --resume      # continue after a crash / kill
 
-Outputs in --out: the final HF checkpoint (model.safetensors, config, tokenizer, image processor), hf/step_N/
-(HF exports every --save-every steps), checkpoints/step_N/ (resumable state), metrics.jsonl (one row per
-step), samples.jsonl (prompts, completions, parsed answers, rewards), run.json (settings). Log line: reward /
-accuracy / format overall and per task; k3 KL; clip fractions low/high/dual; entropy; response length and
-truncated fraction; groups with all-equal rewards (no signal); grad norm; seconds in generation / log-probs /
-update; generated tokens/s.
+Outputs in --out: the final HF checkpoint, hf/step_N/ (HF exports every --save-every steps), checkpoints/step_N/
+(resumable state), metrics.jsonl (one row per step: format_row() prints it), samples.jsonl (prompts, completions,
+parsed answers, rewards), run.json (settings). Beyond the paper, off by default: --filter-groups (DAPO's
+dynamic sampling, keep_groups_with_signal()).
 
 Paper → code (official code: training/GRPO, an EasyR1 fork; examples/config.yaml + spatial-ssrl_*.sh)
   G = 5 samples per prompt, temperature 1, top-p 1, top-k off    → rollout() → engine.Engine.generate()
@@ -117,6 +115,10 @@ class Config:
     bf16: bool = knob(True, "bf16 compute with fp32 master weights (GPU only; CPU stays fp32)")
     fsdp: bool = knob(False, "shard with FSDP2 in one CPU process too (always on for GPU or >1 rank)")
     rollout_prompts_per_call: int = knob(8, "prompts decoded together on a GPU (its KV cache holds this × G rows)")
+    filter_groups: bool = knob(False, "DAPO's dynamic sampling (arXiv 2503.14476; not in the paper): drop the groups "
+                                      "whose G rewards are all equal and refill from fresh prompts")
+    filter_tries: int = knob(3, "--filter-groups: extra rollouts per step at most; groups still missing are taken "
+                                "from the dropped ones (advantage 0)")
     shuffle: bool = knob(True, "shuffle the prompts every epoch (paper: true)")
     seed: int = knob(1, "seed of the data order and the sampling (paper: 1)")
     save_every: int = knob(5, "HF export + resumable state every N steps, and at the end (paper: 5; 0 = end only)")
@@ -133,6 +135,8 @@ class Config:
                      "keep_checkpoints", "samples_per_log", "rollout_prompts_per_call"):
             if getattr(self, name) < 1:
                 raise SetupError(f"--{name.replace('_', '-')} must be at least 1")
+        if self.filter_tries < 0:
+            raise SetupError("--filter-tries must be 0 or more")
         if self.group_size < 2:
             raise SetupError("--group-size must be at least 2 (a group of one has no baseline)")
         if not (0 <= self.clip_low < 1 and self.clip_high >= 0 and self.dual_clip > 1):
@@ -289,6 +293,43 @@ def score(ro: Rollout, tok) -> Scores:
     return Scores(texts, rewards, accuracy, fmt, truncated)
 
 
+def merge_groups(parts: list, root: Path, tok, ip) -> tuple:
+    """One (Rollout, Scores) from groups of several rollouts: parts = [(rollout, scores, group index), …]; the
+    prompts are encoded again together (encode_records is deterministic), the completions right-padded."""
+    G = parts[0][0].group_size
+    rows = [[ro, sc, range(p * G, (p + 1) * G)] for ro, sc, p in parts]
+    width = max(int(ro.mask[list(r)].sum(1).max()) for ro, _, r in rows)
+    pad = lambda x, v: torch.nn.functional.pad(x[:, :width], (0, max(0, width - x.shape[1])), value=v)  # noqa: E731
+    records = [ro.records[p] for ro, _, p in parts]
+    ro = Rollout(records, encode_records(records, root, tok, ip, response=False), G,
+                 torch.cat([pad(ro.completions[list(r)], tok.pad_token_id) for ro, _, r in rows]),
+                 torch.cat([pad(ro.mask[list(r)], False) for ro, _, r in rows]))
+    cat = lambda field: torch.cat([getattr(sc, field)[list(r)] for _, sc, r in rows])   # noqa: E731
+    texts = [sc.texts[i] for _, sc, r in rows for i in r]
+    return ro, Scores(texts, cat("rewards"), cat("accuracy"), cat("format"), cat("truncated"))
+
+
+def keep_groups_with_signal(engine: Engine, ro: Rollout, sc: Scores, run, cfg: Config, step: int, rank: int) -> tuple:
+    """--filter-groups, DAPO's dynamic sampling (arXiv 2503.14476): the groups whose G rewards are all equal carry
+    no signal (advantage 0); they are dropped and the rank rolls out fresh prompts, drawn from all records by a
+    generator seeded with (seed, step, rank) so that a resumed run draws the same ones, at most cfg.filter_tries
+    more times; groups still missing are taken from the dropped ones, so every update sees its full batch.
+    Returns (rollout, scores, {"drawn": prompts rolled out, "dropped": groups not used})."""
+    need, kept, dropped, drawn = len(ro.records), [], [], len(ro.records)
+    g = torch.Generator().manual_seed(step_seed(cfg.seed + 1, step, rank))
+    for tries in range(cfg.filter_tries + 1):
+        r = sc.rewards.view(-1, ro.group_size)
+        for p, signal in enumerate((r != r[:, :1]).any(1).tolist()):
+            (kept if signal else dropped).append((ro, sc, p))
+        if len(kept) >= need or tries == cfg.filter_tries:
+            break
+        fresh = [run.records[i] for i in torch.randint(len(run.records), (need - len(kept),), generator=g).tolist()]
+        ro = rollout(engine, fresh, run.root, run.tok, run.ip, cfg)
+        sc, drawn = score(ro, run.tok), drawn + len(fresh)
+    chosen = (kept + dropped)[:need]
+    return (*merge_groups(chosen, run.root, run.tok, run.ip), {"drawn": drawn, "dropped": drawn - need})
+
+
 def micro_batches(ro: Rollout, groups: list, cfg: Config, device) -> list:
     """This rank's groups cut by the token budget (common.token_micro_batches, a group's length = its prompt +
     G slots of its longest completion + 1), as many micro-batches on every rank (empty ones: a dummy)."""
@@ -370,7 +411,8 @@ def log_row(step: int, epoch: int, ro_sums: dict, up_sums: dict, ups: list, time
     n, tok = max(1.0, ro_sums["seqs"]), max(1.0, up_sums["tokens"])
     row = {"step": step, "epoch": epoch, "reward": ro_sums["reward"] / n, "accuracy": ro_sums["accuracy"] / n,
            "format": ro_sums["format"] / n, "truncated": ro_sums["truncated"] / n,
-           "response_length": ro_sums["length"] / n, "equal_groups": ro_sums["equal_groups"] / ro_sums["groups"]}
+           "response_length": ro_sums["length"] / n, "equal_groups": ro_sums["equal_groups"] / ro_sums["groups"],
+           "prompts_drawn": int(ro_sums["drawn"]), "groups_dropped": int(ro_sums["dropped"])}
     for k in ("kl", "pg_loss", "ratio", "ppo_kl", "clip_high", "clip_low", "clip_dual", "entropy"):
         row[k] = up_sums[k] / tok
     row.update(grad_norm=sum(u["grad_norm"] for u in ups) / len(ups), skipped_updates=sum(u["skipped"] for u in ups),
@@ -385,10 +427,11 @@ def format_row(r: dict) -> str:
     """The one log line of a step."""
     per_task = " ".join(f"{t} {v['reward']:.2f}/{v['accuracy']:.2f}/{v['format']:.2f}" for t, v in r["tasks"].items())
     skipped = f" | SKIPPED {r['skipped_updates']} non-finite" if r["skipped_updates"] else ""
+    dropped = f" (drew {r['prompts_drawn']}, dropped {r['groups_dropped']})" if r["groups_dropped"] else ""
     return (f"step {r['step']:05d} | reward {r['reward']:.3f} acc {r['accuracy']:.3f} fmt {r['format']:.3f} | "
             f"{per_task} | kl {r['kl']:.4f} | clip {r['clip_low']:.3f}/{r['clip_high']:.3f}/{r['clip_dual']:.3f} | "
             f"ent {r['entropy']:.3f} | len {r['response_length']:.0f} trunc {r['truncated']:.2f} | "
-            f"equal groups {r['equal_groups']:.2f} | gnorm {r['grad_norm']:.3f}{skipped} | "
+            f"equal groups {r['equal_groups']:.2f}{dropped} | gnorm {r['grad_norm']:.3f}{skipped} | "
             f"gen {r['time_gen']:.1f}s lp {r['time_logprob']:.1f}s upd {r['time_update']:.1f}s | "
             f"gen tok/s {r['gen_tok_per_s']:.0f}")
 
@@ -432,7 +475,7 @@ def grpo_identity(cfg: Config, num_records: int, rollout_bs: int, update_bs: int
     batch sizes, G, seed, shuffle, epochs), the sampling, the objective, the optimizer and the image bounds."""
     keys = ("model", "group_size", "seed", "shuffle", "epochs", "max_steps", "max_new_tokens", "temperature",
             "top_p", "top_k", "lr", "weight_decay", "adam_betas", "max_grad_norm", "clip_low", "clip_high",
-            "dual_clip", "kl_coef", "adv_eps", "freeze_vision")
+            "dual_clip", "kl_coef", "adv_eps", "freeze_vision", "filter_groups", "filter_tries")
     size = image_processor.size
     return {**{k: getattr(cfg, k) for k in keys}, "num_records": num_records, "rollout_batch_size": rollout_bs,
             "update_batch_size": update_bs, "pixels": [size["shortest_edge"], size["longest_edge"]]}
@@ -507,6 +550,9 @@ def train(cfg: Config) -> list:
             torch.manual_seed(step_seed(cfg.seed, step, d.rank))
             ro = rollout(run.engine, mine, run.root, run.tok, run.ip, cfg)  # 1. G samples per prompt
             sc = score(ro, run.tok)                                         # 2. rewards
+            filt = {"drawn": len(mine), "dropped": 0}
+            if cfg.filter_groups:                                           #    (DAPO: only groups with signal)
+                ro, sc, filt = keep_groups_with_signal(run.engine, ro, sc, run, cfg, step, d.rank)
             adv = group_advantages(sc.rewards, G, eps=cfg.adv_eps)          # 3. group-normalised advantages
             t1 = _now(dev)
             old = rollout_logprobs(model, ro, cfg, dev) if R > U else None  # 4. old (skipped on-policy) and ref
@@ -518,7 +564,7 @@ def train(cfg: Config) -> list:
             t3 = _now(dev)
             step += 1
             up_sums = all_reduce_sum({k: sum(u[k] for u in ups) for k in ups[0] if k not in ("grad_norm", "skipped")}, dev)
-            row = log_row(step, epoch, all_reduce_sum(rollout_sums(ro, sc), dev), up_sums, ups,
+            row = log_row(step, epoch, all_reduce_sum(rollout_sums(ro, sc) | filt, dev), up_sums, ups,
                           {"gen": t1 - t0, "logprob": t2 - t1, "update": t3 - t2, "step": t3 - t0, "refresh": refresh_s})
             rows_logged.append(row)
             print0(format_row(row))

@@ -14,6 +14,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("SPATIAL_SSRL_DEVICE", "cpu")   # the CPU/gloo path also on a GPU machine (common.use_cuda)
@@ -389,6 +390,64 @@ def test_resume_equals_uninterrupted(data, tmp_path):
     assert resumed[0]["reward"] == full[2]["reward"] and resumed[0]["kl"] == full[2]["kl"]
     rows = [json.loads(x) for x in (cut / "samples.jsonl").read_text().splitlines()]
     assert {r["step"] for r in rows} == {1} and {"completion", "parsed", "reward", "advantage"} <= rows[0].keys()
+
+
+def parity_score(real_score):
+    """score() with the reward replaced by a deterministic function of each completion (its token-sum parity),
+    and every group of record q1 or q3 made all-equal: groups with and without signal, the same on a resumed
+    run (the tiny random model never answers right, so the real rewards are all 0)."""
+    def score(ro, tok):
+        sc = real_score(ro, tok)
+        parity = (ro.completions * ro.mask).sum(1) % 2
+        equal = torch.tensor([ro.records[i // ro.group_size]["id"] in ("q1", "q3") for i in range(len(parity))])
+        sc.rewards = torch.where(equal, torch.zeros_like(sc.rewards), parity.float())
+        return sc
+    return score
+
+
+def test_filter_groups_keeps_the_batch_full_of_groups_with_signal(data, monkeypatch):
+    """--filter-groups (DAPO's dynamic sampling): all-equal groups are dropped and fresh prompts rolled out
+    until the rank has its full share of groups with signal (or the tries run out: then dropped groups fill
+    it); every kept group keeps its own prompt, completions and rewards; the draws are a function of
+    (seed, step, rank), so the same call gives the same groups; drawn − needed = dropped."""
+    monkeypatch.setattr(grpo, "score", parity_score(grpo.score))
+    model, tok, ip = vlm.load_model("tiny", max_pixels=56 * 84)
+    cfg = cfg_for(data, data.parent / "unused", filter_groups=True, filter_tries=3, max_new_tokens=6)
+    recs = common.read_jsonl(data)
+    run = SimpleNamespace(records=recs, root=data.parent, tok=tok, ip=ip)
+    dec = engine.Engine(model)
+
+    def once():
+        torch.manual_seed(0)
+        ro = grpo.rollout(dec, recs[:4], data.parent, tok, ip, cfg)
+        sc = grpo.score(ro, tok)
+        return ro, sc, grpo.keep_groups_with_signal(dec, ro, sc, run, cfg, step=3, rank=0)
+    ro, sc, (kept, ksc, stats) = once()
+    r = ksc.rewards.view(-1, 4)
+    assert len(kept.records) == 4 and (r != r[:, :1]).any(1).all(), r
+    assert stats["drawn"] > 4 and stats["drawn"] - 4 == stats["dropped"]
+    assert torch.equal(kept.prompts["input_ids"], vlm.encode_records(kept.records, data.parent, tok, ip, False)["input_ids"])
+    first = [g for g, rec in enumerate(ro.records) if rec["id"] not in ("q1", "q3") and (sc.rewards.view(-1, 4)[g] != sc.rewards.view(-1, 4)[g, 0]).any()]
+    for j, g in enumerate(first):                       # groups of the first rollout come first, unchanged
+        w = int(ro.mask[g * 4:(g + 1) * 4].sum(1).max())
+        assert kept.records[j] is ro.records[g]
+        assert torch.equal(kept.completions[j * 4:(j + 1) * 4, :w], ro.completions[g * 4:(g + 1) * 4, :w])
+        assert torch.equal(ksc.rewards[j * 4:(j + 1) * 4], sc.rewards[g * 4:(g + 1) * 4])
+    _, _, (again, asc, astats) = once()
+    assert astats == stats and [x["id"] for x in again.records] == [x["id"] for x in kept.records]
+    assert torch.equal(again.completions, kept.completions)
+
+
+def test_resume_equals_uninterrupted_with_filter_groups(data, tmp_path, monkeypatch):
+    """Exact resume holds with --filter-groups: the fresh prompts and their samples are a function of the step."""
+    monkeypatch.setattr(grpo, "score", parity_score(grpo.score))
+    kw = dict(max_steps=3, save_every=2, exclude="none", filter_groups=True, filter_tries=2, max_new_tokens=6)
+    full = grpo.train(cfg_for(data, tmp_path / "full", **kw))
+    grpo.train(cfg_for(data, tmp_path / "cut", stop_after_steps=2, **kw))
+    resumed = grpo.train(cfg_for(data, tmp_path / "cut", resume=True, **kw))
+    a, b = load_file(str(tmp_path / "full" / "model.safetensors")), load_file(str(tmp_path / "cut" / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed[0]["prompts_drawn"] == full[2]["prompts_drawn"] and any(r["groups_dropped"] for r in full)
 
 
 def test_grpo_raises_the_reward_after_a_cold_start(tmp_path):
