@@ -1,4 +1,4 @@
-"""The five Spatial-SSRL pretext tasks: generators, canonical answers, verifiers and the reward.
+"""The five Spatial-SSRL pretext tasks (and one of ours): generators, canonical answers, verifiers and the reward.
 
 Stage 1 of Spatial-SSRL (arXiv 2510.27606, §3): ordinary RGB / RGB-D images are turned into questions
 whose answers are known by construction, so no human labels are needed. This file is the single source
@@ -16,10 +16,12 @@ the templated reasoning traces, grpo.py and evaluate.py score responses with rew
 | crop     | masked image + 4 candidates     | letter of the true patch: "C"                   |
 | depth    | image with markers 1-3          | markers from nearest to farthest: "2, 3, 1"     |
 | position | image with markers 1, 2         | letter of the relation option: "B"              |
+| rotation | a square turned by k·90°        | degrees clockwise: "90" (opt-in, not the paper) |
 
 Layout: shared constants and helpers; then one block per task in the paper's order (shuffle, flip, crop,
-depth, position), each holding its constants, generator, answer parser and reasoning-trace template; then
-the registry TASK_SPECS that every entry point reads; then the shared verifier and reward.
+depth, position), each holding its constants, generator, answer parser and reasoning-trace template, then
+the block of the one task beyond the paper (rotation, docs/beyond-the-paper.md); then the registry
+TASK_SPECS that every entry point reads; then the shared verifier and reward.
 
 Paper → code
   §3.1 shuffled patch reordering  → make_shuffle(), parse_shuffle(), trace_shuffle()
@@ -29,6 +31,8 @@ Paper → code
   §3.1 relative 3D position       → make_position(), relation(), parse_position(), trace_position()
   the five tasks as one table     → tasks.TASK_SPECS, make_example()
   §3.3 reward r = 0.9·acc + 0.1·fmt → reward_terms(), reward(), accuracy(), format_ok(), extract_boxed()
+  beyond: PC-GRPO's Rotation puzzle → make_rotation(), parse_rotation(), trace_rotation() (opt-in: default=False)
+  beyond: Visual Jigsaw partial credit → accuracy(partial=True), reward_terms(partial=True) (Task.ordering)
   cold-start CoT data (§3.2)      → reasoning_trace()   CoT instruction → COT_PROMPT, with_cot()
 
 Adding your own pretext task: write one block like the five below and add one Task row to TASK_SPECS
@@ -49,6 +53,13 @@ Adding your own pretext task: write one block like the five below and add one Ta
   trace      trace_<task>(meta) -> the reasoning text for the cold start, built from the example's meta
              alone; reasoning_trace wraps it in <think>…</think> and boxes the answer after it.
   needs_depth  whether make_example passes the depth map; TASKS, RGB_TASKS and DEPTH_TASKS follow it.
+  flags      ordering (the parse is a label sequence: partial credit), depth_order_only (the answer survives
+             any increasing transform of the depth: a relative depth model may feed it), default (part of
+             make_data.py --tasks auto; a task beyond the paper says False and is built when named).
+  The builder picks a new row up by itself: make_data.py's seeds (a task's index in TASKS: append new rows
+  so the others keep theirs), quotas, split, answer-prior row and per-task counts, and grpo.py's per-task
+  metrics read TASKS. Only a 2-D shortcut heuristic of its own is written by hand (make_data.py's shortcut
+  report); the rotation block is the worked example (docs/beyond-the-paper.md).
 
 Deviations from the paper / official data scripts (data_process/*.py)
   1. Question texts and answer strings are our own (the official ones are not released as code).
@@ -81,6 +92,8 @@ Deviations from the paper / official data scripts (data_process/*.py)
      the official normalisation also strips whitespace around every other <, > and / (inside the box too),
      which no answer of ours contains. Format also needs the box to be balanced and after </think> (official
      regex: any `\\boxed{` … `}` after it).
+ 11. Beyond the paper, off by default: the rotation task (PC-GRPO, arXiv 2512.14944; opt-in) and partial
+     credit for ordering answers (Visual Jigsaw, arXiv 2509.25190; accuracy(partial=True)).
 """
 from __future__ import annotations
 
@@ -876,8 +889,100 @@ def trace_position(m: dict) -> str:
 
 
 # =====================================================================================================
-# The registry: one row per task, in the paper's order. make_example, accuracy and reasoning_trace read
-# it; TASKS, RGB_TASKS and DEPTH_TASKS are derived from it.
+# Task 6 · patch rotation (beyond the paper: the Rotation puzzle of PC-GRPO, arXiv 2512.14944; opt-in, not in
+#   the paper's five that --tasks auto builds)
+#   answer: how far the shown square was turned clockwise, '90'; RGB only
+# =====================================================================================================
+ROTATIONS = (0, 90, 180, 270)           # degrees clockwise; the answer space
+ROTATION_SIDES = ("top", "right", "bottom", "left")   # a clockwise quarter turn moves each edge to the next
+ROTATION_PATCH = (0.6, 0.9)             # the square's side as a fraction of the image's short side
+ROTATION_BAND = 0.25                    # the brightness cue's bands: the outer quarter along each edge
+ROTATION_BRIGHT_TOP = 0.25              # share of questions whose square is brightest along its own top edge
+ROTATION_TRIES = 32                     # random squares scored per rotation example
+
+
+def side_means(gray: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """Mean brightness of the ROTATION_BAND-wide band along each edge (ROTATION_SIDES order) of every
+    square (x, y, side) in boxes (N, 3), from one integral image: the "bright sky at the top" cue.
+    Returns (N, 4)."""
+    ii = np.pad(np.asarray(gray, np.float64).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+    x, y, s = (np.asarray(boxes, np.int64)[:, k] for k in range(3))
+    b = np.maximum(1, np.round(s * ROTATION_BAND).astype(np.int64))
+
+    def mean(x0, y0, x1, y1):
+        return (ii[y1, x1] - ii[y0, x1] - ii[y1, x0] + ii[y0, x0]) / ((x1 - x0) * (y1 - y0))
+    return np.stack([mean(x, y, x + s, y + b), mean(x + s - b, y, x + s, y + s),
+                     mean(x, y + s - b, x + s, y + s), mean(x, y, x + b, y + s)], 1)
+
+
+def _pick_rotation_square(rgb: np.ndarray, rng: np.random.Generator) -> tuple | Rejected:
+    """A random square of side ROTATION_PATCH × the short side. Among ROTATION_TRIES random squares, keep
+    those whose brightest edge band (side_means) is their own top with probability ROTATION_BRIGHT_TOP (any
+    square if none is) and those where it is another edge otherwise; an image whose squares are all
+    brightest at the top (a sky) cannot give the latter and is rejected. So "turn the brightest edge to the
+    top" is right about as often as chance (1/4) over a dataset that mixes such images with others (over
+    sky photos alone it still is always right: the shortcut report shows it). Returns (x, y, side,
+    brightest edge)."""
+    h, w = rgb.shape[:2]
+    side = (rng.uniform(*ROTATION_PATCH, ROTATION_TRIES) * min(h, w)).astype(np.int64)
+    x = (rng.random(ROTATION_TRIES) * (w - side + 1)).astype(np.int64)
+    y = (rng.random(ROTATION_TRIES) * (h - side + 1)).astype(np.int64)
+    boxes = np.stack([x, y, side], 1)
+    means = side_means(rgb.mean(-1), boxes)
+    brightest, top = means.argmax(1), means[:, 0] > means[:, 1:].max(1)     # top: strictly the brightest
+    agree = rng.random() < ROTATION_BRIGHT_TOP
+    pool = np.nonzero(top == agree)[0]
+    if not len(pool) and not agree:
+        return Rejected("bright-top-edge")
+    k = int(rng.choice(pool if len(pool) else np.arange(ROTATION_TRIES)))
+    return int(x[k]), int(y[k]), int(side[k]), int(brightest[k])
+
+
+def make_rotation(rgb: np.ndarray, rng: np.random.Generator) -> Example | Rejected:
+    """Patch rotation: a square cut from the image (_pick_rotation_square) is shown turned clockwise by
+    0, 90, 180 or 270 degrees, each with probability 1/4. Answer = the degrees. Square, so the aspect ratio
+    says nothing; a square whose four turns look alike (_has_look_alikes) is rejected."""
+    if min(rgb.shape[:2]) * ROTATION_PATCH[0] < MIN_CROP:
+        return Rejected("too-small")
+    pick = _pick_rotation_square(rgb, rng)
+    if isinstance(pick, Rejected):
+        return pick
+    x, y, s, brightest = pick
+    square = rgb[y:y + s, x:x + s]
+    if _has_look_alikes([np.rot90(square, -q) for q in range(4)]):
+        return Rejected("rotation-symmetric-square")
+    turn_q = int(rng.integers(4))
+    shown = np.ascontiguousarray(np.rot90(square, -turn_q))          # k = -q: q clockwise quarter turns
+    problem = ("<image>\nThis square picture may have been turned clockwise by 0, 90, 180 or 270 degrees. By how "
+               "many degrees clockwise was it turned? Answer with one number: 0, 90, 180 or 270.")
+    meta = {"rotation": ROTATIONS[turn_q], "box": [x, y, s], "size": [int(rgb.shape[0]), int(rgb.shape[1])],
+            "brightest_side": ROTATION_SIDES[brightest]}
+    return Example("rotation", [Image.fromarray(shown)], problem, str(ROTATIONS[turn_q]), meta)
+
+
+_DEGREES = re.compile(r"(\d{1,3})\s*(?:°|\^\s*\{?\s*\\circ\s*\}?|degrees?|deg)?(?:\s*clockwise)?")
+
+
+def parse_rotation(content: str, answer: str = "", options: dict | None = None) -> int | None:
+    """'90' / '90°' / '90^\\circ' / '90 degrees clockwise' -> 90; None unless exactly one of ROTATIONS."""
+    m = _DEGREES.fullmatch(_clean(content).lower())
+    value = int(m.group(1)) if m else None
+    return value if value in ROTATIONS else None
+
+
+def trace_rotation(m: dict) -> str:
+    """The rotation reasoning: where the picture's own "up" points now, turned into degrees clockwise."""
+    deg = m["rotation"]
+    up = ROTATION_SIDES[ROTATIONS.index(deg)]
+    turn_text = ("so it was not turned" if deg == 0 else
+                 f"and carrying the top edge to the {up} edge is a clockwise turn of {deg} degrees")
+    return ("I look for the picture's own up direction: which way objects stand, where floor, walls, ceiling or "
+            f"sky are, and how the surfaces recede. Its top is now at the {up} edge of the picture, {turn_text}.")
+
+
+# =====================================================================================================
+# The registry: one row per task, the paper's five in its order, then ours. make_example, accuracy and
+# reasoning_trace read it; TASKS, RGB_TASKS, DEPTH_TASKS and DEFAULT_TASKS are derived from it.
 # =====================================================================================================
 @dataclass(frozen=True)
 class Task:
@@ -885,25 +990,36 @@ class Task:
 
     make(rgb, rng, **options) or, with needs_depth, make(rgb, depth, rng, **options) -> Example | Rejected;
     parse(content, answer, options) -> comparable value | None; trace(meta) -> reasoning text.
-    reads_options: the parser gets the problem's lettered text options (options_from_problem), else {}."""
+    reads_options: the parser gets the problem's lettered text options (options_from_problem), else {}.
+    ordering: the parse is a sequence of labels, so accuracy(..., partial=True) can give the fraction of
+      positions right (Visual Jigsaw's partial credit).
+    depth_order_only: (needs_depth) the answer depends only on the order of the depths: any increasing
+      function of the depth map gives the same answer, so a relative (affine-invariant) depth model may feed
+      it (make_data.py --depth-model).
+    default: one of the paper's five, built by make_data.py --tasks auto; False = opt-in by name."""
     name: str
     make: Callable
     parse: Callable
     trace: Callable
     needs_depth: bool = False
     reads_options: bool = False
+    ordering: bool = False
+    depth_order_only: bool = False
+    default: bool = True
 
 
 TASK_SPECS = {spec.name: spec for spec in (
-    Task("shuffle", make_shuffle, parse_shuffle, trace_shuffle),
+    Task("shuffle", make_shuffle, parse_shuffle, trace_shuffle, ordering=True),
     Task("flip", make_flip, parse_flip, trace_flip),
     Task("crop", make_crop, parse_crop, trace_crop),
-    Task("depth", make_depth, parse_depth, trace_depth, needs_depth=True),
+    Task("depth", make_depth, parse_depth, trace_depth, needs_depth=True, ordering=True, depth_order_only=True),
     Task("position", make_position, parse_position, trace_position, needs_depth=True, reads_options=True),
+    Task("rotation", make_rotation, parse_rotation, trace_rotation, default=False),
 )}
 TASKS = tuple(TASK_SPECS)
 RGB_TASKS = tuple(name for name, spec in TASK_SPECS.items() if not spec.needs_depth)
 DEPTH_TASKS = tuple(name for name, spec in TASK_SPECS.items() if spec.needs_depth)
+DEFAULT_TASKS = tuple(name for name, spec in TASK_SPECS.items() if spec.default)        # the paper's five
 
 
 def task_spec(task: str) -> Task:
@@ -1031,15 +1147,39 @@ def format_ok(response: str) -> bool:
     return span is not None and span[0] > close
 
 
-def accuracy(response: str, answer: str, task: str | None, problem: str | None = None) -> float:
-    """1.0 if the response commits to the ground truth, else 0.0. Committing means: the last balanced
-    \\boxed{} parses to the truth with the task's parser (TASK_SPECS); no \\boxed{ opened after it is left
-    unclosed (a cut-off answer switch); and every box after the last </think> (the whole text if there is
-    none) gives that same answer (several different boxed answers are hedging). `problem` (optional)
-    supplies the text options so that 'B. Right' and 'Right' are read as option B. task None (a record from
-    another source, e.g. the released Spatial-SSRL-81k parquet, which has no task field): the official rule,
-    the stripped content of the last box equals the answer string exactly. Linear time; never raises on
-    any response."""
+def _committed(response: str, answer: str, spec: Task, options: dict):
+    """The parsed answer a response commits to, or None: the last balanced \\boxed{} parses with the task's
+    parser, no \\boxed{ opened after it is left unclosed (a cut-off answer switch), and every box after the
+    last </think> (the whole text if there is none) parses to that same value (several different boxed
+    answers are hedging)."""
+    if not isinstance(response, str) or "\\boxed{" not in response:
+        return None
+    response = normalise_tags(response)
+    boxes = _scan_boxes(response)
+    if boxes.last is None or boxes.open_after_last:
+        return None
+    close = response.rfind("</think>")
+    contents = {response[a:b].strip() for a, b in boxes.leaves if a > close}
+    contents.add(response[boxes.last[0]:boxes.last[1]].strip())
+    value = None
+    for k, content in enumerate(contents):            # stops at the first box that does not agree
+        parsed = spec.parse(content, answer, options) if len(content) <= MAX_ANSWER_CHARS else None
+        if parsed is None or (k and parsed != value):
+            return None
+        value = parsed
+    return value
+
+
+def accuracy(response: str, answer: str, task: str | None, problem: str | None = None,
+             partial: bool = False) -> float:
+    """1.0 if the response commits to the ground truth (_committed, with the task's parser from TASK_SPECS),
+    else 0.0. `problem` (optional) supplies the text options so that 'B. Right' and 'Right' are read as
+    option B. partial=True (Visual Jigsaw, arXiv 2509.25190: partial credit for ordering answers): for an
+    `ordering` task (shuffle, depth) the fraction of positions at which the committed order equals the
+    answer's, so 1.0 only when fully right and 0.0 when nothing parses (or the response hedges); other
+    tasks stay 0/1. task None (a record from another source, e.g. the released Spatial-SSRL-81k parquet,
+    which has no task field): the official rule, the stripped content of the last box equals the answer
+    string exactly. Linear time; never raises on any response."""
     if task is None:
         return float(official_boxed(response) == str(answer))
     spec = task_spec(task)
@@ -1047,31 +1187,27 @@ def accuracy(response: str, answer: str, task: str | None, problem: str | None =
     truth = spec.parse(answer, answer, options)
     if truth is None:
         raise ValueError(f"ground truth {answer!r} is not a valid {task} answer")
-    if not isinstance(response, str) or "\\boxed{" not in response:
+    value = _committed(response, answer, spec, options)
+    if value is None:
         return 0.0
-    response = normalise_tags(response)
-    boxes = _scan_boxes(response)
-    if boxes.last is None or boxes.open_after_last:
-        return 0.0
-    close = response.rfind("</think>")
-    contents = {response[a:b].strip() for a, b in boxes.leaves if a > close}
-    contents.add(response[boxes.last[0]:boxes.last[1]].strip())
-    for content in contents:
-        if len(content) > MAX_ANSWER_CHARS or spec.parse(content, answer, options) != truth:
-            return 0.0
-    return 1.0
+    if partial and spec.ordering:
+        return sum(a == b for a, b in zip(value, truth)) / len(truth)
+    return float(value == truth)
 
 
 def reward_terms(response: str, answer: str, task: str | None, problem: str | None = None,
-                 finished: bool = True) -> tuple:
-    """(reward, accuracy, format) of one response: r = 0.9·accuracy + 0.1·format ∈ {0, 0.1, 0.9, 1.0}.
-    finished=False (the completion hit the token budget without an end token) gives format 0: a cut-off
-    response is not well formed, whatever its prefix looks like. grpo.py and evaluate.py call this."""
-    acc = accuracy(response, answer, task, problem)
+                 finished: bool = True, partial: bool = False) -> tuple:
+    """(reward, accuracy, format) of one response: r = 0.9·accuracy + 0.1·format ∈ {0, 0.1, 0.9, 1.0}
+    (with partial=True the accuracy of an ordering task is the fraction of positions right, so r takes the
+    values in between). finished=False (the completion hit the token budget without an end token) gives
+    format 0: a cut-off response is not well formed, whatever its prefix looks like. grpo.py and
+    evaluate.py call this."""
+    acc = accuracy(response, answer, task, problem, partial)
     fmt = float(format_ok(response) and finished)
     return 0.9 * acc + 0.1 * fmt, acc, fmt
 
 
-def reward(response: str, answer: str, task: str | None, problem: str | None = None, finished: bool = True) -> float:
+def reward(response: str, answer: str, task: str | None, problem: str | None = None, finished: bool = True,
+           partial: bool = False) -> float:
     """Spatial-SSRL reward: r = 0.9·accuracy + 0.1·format ∈ {0, 0.1, 0.9, 1.0} (reward_terms)."""
-    return reward_terms(response, answer, task, problem, finished)[0]
+    return reward_terms(response, answer, task, problem, finished, partial)[0]

@@ -140,6 +140,47 @@ def test_reward_values():
         tasks.reward(good, "C", "no-such-task")
 
 
+@pytest.mark.parametrize("response,answer,task,acc", [
+    # shuffle 2x2, answer 2, 4, 1, 3: positions right / 4 (a permutation of 4 is never 3/4 right)
+    (boxed("2, 4, 1, 3"), "2, 4, 1, 3", "shuffle", 1.0),
+    (boxed("2, 4, 3, 1"), "2, 4, 1, 3", "shuffle", 0.5),            # positions 1, 2 right
+    (boxed("3, 4, 1, 2"), "2, 4, 1, 3", "shuffle", 0.5),            # positions 2, 3 right
+    (boxed("2, 1, 3, 4"), "2, 4, 1, 3", "shuffle", 0.25),           # position 1 right
+    (boxed("4, 2, 3, 1"), "2, 4, 1, 3", "shuffle", 0.0),            # a derangement: nothing right
+    (boxed("2, 4, 1"), "2, 4, 1, 3", "shuffle", 0.0),               # not a permutation of 1..4: unparseable
+    (boxed("2, 4, 1, 1"), "2, 4, 1, 3", "shuffle", 0.0),
+    (boxed("2, 4, 1, 3") + " or \\boxed{2, 4, 3, 1}", "2, 4, 1, 3", "shuffle", 0.0),   # hedging
+    ("<think>r</think> \\boxed{2, 4, 3, 1} then \\boxed{2, 4, 1", "2, 4, 1, 3", "shuffle", 0.0),   # cut-off switch
+    ("2, 4, 3, 1", "2, 4, 1, 3", "shuffle", 0.0),                    # no box
+    (boxed("1, 2, 3, 4, 5, 6, 7, 9, 8"), "1, 2, 3, 4, 5, 6, 7, 8, 9", "shuffle", 7 / 9),   # 3x3
+    # depth, answer 2, 3, 1: positions right / 3
+    (boxed("2, 1, 3"), "2, 3, 1", "depth", 1 / 3),
+    (boxed("3, 2, 1"), "2, 3, 1", "depth", 1 / 3),
+    (boxed("1, 2, 3"), "2, 3, 1", "depth", 0.0),
+    (boxed("2, 3, 1"), "2, 3, 1", "depth", 1.0),
+    # not ordering tasks: the usual 0 / 1
+    (boxed("3, vertical"), "3, horizontal", "flip", 0.0),
+    (boxed("C"), "C", "crop", 1.0), (boxed("A"), "C", "crop", 0.0),
+    (boxed("90"), "270", "rotation", 0.0),
+    (boxed("2, 4, 3, 1"), "2, 4, 1, 3", None, 0.0),                 # taskless records: exact match
+])
+def test_partial_credit_is_the_fraction_of_positions_right(response, answer, task, acc):
+    """Visual Jigsaw's partial credit (accuracy(partial=True)), hand-computed; off by default."""
+    assert tasks.accuracy(response, answer, task, partial=True) == pytest.approx(acc)
+    assert tasks.accuracy(response, answer, task) == float(acc == 1.0)
+
+
+def test_partial_credit_keeps_the_reward_formula():
+    """r = 0.9·accuracy + 0.1·format with the partial accuracy; off by default."""
+    text = "<think>r</think> \\boxed{2, 1, 3, 4}"
+    assert tasks.reward_terms(text, "2, 4, 1, 3", "shuffle", partial=True) == pytest.approx((0.325, 0.25, 1.0))
+    assert tasks.reward_terms(text, "2, 4, 1, 3", "shuffle") == pytest.approx((0.1, 0.0, 1.0))
+    assert tasks.reward("\\boxed{2, 1, 3}", "2, 3, 1", "depth", partial=True) == pytest.approx(0.3)
+    assert tasks.reward(text, "2, 4, 1, 3", "shuffle", finished=False, partial=True) == pytest.approx(0.225)
+    assert list(inspect.signature(tasks.reward_terms).parameters) == ["response", "answer", "task", "problem",
+                                                                       "finished", "partial"]
+
+
 @pytest.mark.parametrize("content,ok", [
     ("2, 4, 1, 3", True), ("[2, 4, 1, 3]", True), ("2 4 1 3", True), ("(2,4,1,3).", True),
     ("\\text{2, 4, 1, 3}", True), ("2;4;1;3", True),
@@ -248,11 +289,13 @@ def all_answers(task, ex):
         return list(dict.fromkeys(", ".join(map(str, p)) for p in perms))
     if task == "flip":
         return [f"{t}, {d}" for t in range(1, 5) for d in tasks.FLIP_DIRECTIONS]
+    if task == "rotation":
+        return [str(d) for d in tasks.ROTATIONS]
     return list(tasks.LETTERS)
 
 
 @pytest.mark.parametrize("task,kw", [("shuffle", {}), ("shuffle", {"grid": (3, 3)}), ("flip", {}),
-                                     ("crop", {}), ("depth", {}), ("position", {})])
+                                     ("crop", {}), ("depth", {}), ("position", {}), ("rotation", {})])
 def test_verifier_accepts_truth_and_rejects_every_other_answer(task, kw, scene):
     ex = make(task, scene, 3, **kw)
     space = all_answers(task, ex)
@@ -264,11 +307,14 @@ def test_verifier_accepts_truth_and_rejects_every_other_answer(task, kw, scene):
 
 # ----------------------------------------------------------------------------- the registry
 def test_registry_is_the_single_source_in_paper_order():
-    """TASKS, RGB_TASKS and DEPTH_TASKS come from TASK_SPECS; each row points to its own block's make_,
-    parse_ and trace_ (in that order in the file, blocks in the paper's order); no other table keyed by
-    task, and the entry points name no task."""
-    assert tasks.TASKS == tuple(tasks.TASK_SPECS) == ("shuffle", "flip", "crop", "depth", "position")
-    assert tasks.RGB_TASKS == ("shuffle", "flip", "crop") and tasks.DEPTH_TASKS == ("depth", "position")
+    """TASKS, RGB_TASKS, DEPTH_TASKS and DEFAULT_TASKS come from TASK_SPECS; each row points to its own block's
+    make_, parse_ and trace_ (in that order in the file, blocks in the paper's order, then rotation); no other
+    table keyed by task, and the entry points name no task."""
+    assert tasks.TASKS == tuple(tasks.TASK_SPECS) == ("shuffle", "flip", "crop", "depth", "position", "rotation")
+    assert tasks.DEFAULT_TASKS == ("shuffle", "flip", "crop", "depth", "position")       # the paper's five
+    assert tasks.RGB_TASKS == ("shuffle", "flip", "crop", "rotation") and tasks.DEPTH_TASKS == ("depth", "position")
+    assert [n for n, spec in tasks.TASK_SPECS.items() if spec.ordering] == ["shuffle", "depth"]
+    assert [n for n, spec in tasks.TASK_SPECS.items() if spec.depth_order_only] == ["depth"]
     assert tasks.DEPTH_TASKS == tuple(n for n, spec in tasks.TASK_SPECS.items() if spec.needs_depth)
     blocks = []
     for name, spec in tasks.TASK_SPECS.items():
@@ -568,6 +614,65 @@ def test_relation_table_matches_the_official_one():
     assert tasks.relation(0.8 * tasks.POSITION_X_BIG, 0.5, "away") is None  # dead band: ambiguous
 
 
+@pytest.mark.parametrize("source", ["textured", "room"])
+def test_rotation_turning_back_restores_the_square(source, scene):
+    """Re-derived from the pixels: turning the shown square back by the answer (counter-clockwise) gives the
+    source square exactly, and no other turn does; every answer occurs; the square's side and place are
+    within ROTATION_PATCH of the short side."""
+    rgb = scene[0] if source == "textured" else scenes.render_scene(ROOM_SEED, 240, 320)[0]
+    seen = set()
+    for seed in range(12):
+        ex = tasks.make_example("rotation", rgb, rng=np.random.default_rng(seed))
+        assert isinstance(ex, tasks.Example), ex
+        shown = np.asarray(ex.images[0])
+        x, y, s = ex.meta["box"]
+        assert shown.shape == (s, s, 3) and ex.problem.count("<image>") == 1
+        assert tasks.ROTATION_PATCH[0] * 240 - 1 <= s <= tasks.ROTATION_PATCH[1] * 240
+        source_square = rgb[y:y + s, x:x + s]
+        back = [q for q in range(4) if np.array_equal(np.rot90(shown, q), source_square)]   # q quarter turns back
+        assert back == [int(ex.answer) // 90], (seed, back, ex.answer)
+        assert ex.meta["rotation"] == int(ex.answer)
+        seen.add(ex.answer)
+    assert seen == {"0", "90", "180", "270"}
+
+
+def test_rotation_balances_the_bright_edge_cue(scene):
+    """The square's own brightest edge band (side_means, recomputed here from the pixels) is its top in about
+    a quarter of the questions (ROTATION_BRIGHT_TOP) over varied scenes; an image bright at the top
+    everywhere (a sky) gives only those questions, and is rejected for the other three quarters."""
+    tops = []
+    for seed in range(120):
+        rgb = scenes.render_scene(20_000 + seed, 96, 128)[0]
+        ex = tasks.make_example("rotation", rgb, rng=np.random.default_rng(seed))
+        if isinstance(ex, tasks.Rejected):
+            continue
+        x, y, s = ex.meta["box"]
+        sq = rgb[y:y + s, x:x + s].astype(float).mean(-1)
+        b = max(1, round(s * tasks.ROTATION_BAND))
+        bands = [sq[:b].mean(), sq[:, -b:].mean(), sq[-b:].mean(), sq[:, :b].mean()]
+        assert tasks.ROTATION_SIDES[int(np.argmax(bands))] == ex.meta["brightest_side"]
+        tops.append(int(np.argmax(bands)) == 0)
+    assert len(tops) > 100
+    assert abs(np.mean(tops) - tasks.ROTATION_BRIGHT_TOP) < 0.1, np.mean(tops)
+    rgb = scene[0].copy()
+    rgb[:, :, :] = np.clip(rgb.astype(int) // 3 + np.linspace(255, 0, rgb.shape[0])[:, None, None], 0, 255)
+    got = [tasks.make_example("rotation", rgb, rng=np.random.default_rng(seed)) for seed in range(40)]
+    kept = [ex for ex in got if isinstance(ex, tasks.Example)]
+    assert {ex.meta["brightest_side"] for ex in kept} == {"top"}
+    assert {ex.reason for ex in got if isinstance(ex, tasks.Rejected)} == {"bright-top-edge"}
+    assert 0.05 < len(kept) / len(got) < 0.5
+
+
+@pytest.mark.parametrize("content,ok", [
+    ("90", True), ("90°", True), ("90^\\circ", True), ("90^{\\circ}", True), ("90 degrees", True),
+    ("90 degrees clockwise", True), ("\\text{90}", True), ("９０", True), ("90.", True),
+    ("270", False), ("-90", False), ("450", False), ("90 or 180", False), ("ninety", False), ("9 0", False),
+    ("45", False), ("", False), ("90, 180", False),
+])
+def test_rotation_answers(content, ok):
+    assert (tasks.reward(boxed(content), "90", "rotation") == 1.0) is ok
+
+
 # ----------------------------------------------------------------------------- 2-D shortcuts stay near chance
 SHORTCUT_SCENES = 300
 
@@ -639,6 +744,8 @@ def test_rejections_say_why():
     tiny = np.zeros((30, 30, 3), np.uint8)
     assert tasks.make_example("shuffle", tiny, rng=rng).reason == "too-small"
     assert tasks.make_example("crop", tiny, rng=rng).reason == "too-small"
+    assert tasks.make_example("rotation", tiny, rng=rng).reason == "too-small"
+    assert tasks.make_example("rotation", flat, rng=rng).reason == "rotation-symmetric-square"
     rgb, depth = textured_scene()
     assert tasks.make_example("depth", rgb, np.zeros_like(depth), rng).reason == "no-valid-depth"
     assert tasks.make_example("depth", rgb, np.full_like(depth, 3.0), rng).reason == "constant-depth"
