@@ -345,7 +345,7 @@ def results_markdown(results: dict) -> str:
         lines.append(f"| {b} | {r['metric']} | {mode_label(r)} | {comparable} | **{r['score']:.2f}** | "
                      f"{r['n']} ({r['skipped']}) | {paper} |")
     lines += ["", "comparable = scored exactly as the official code (--scoring official; VSI-Bench also needs its "
-                  "frames as one video); see README \"Evaluation\"."]
+                  "frames as one video); see docs/evaluation.md."]
     for b, r in results.items():
         extra = {k: r[k] for k in ("format", "reward", "delta_1_5") if k in r}
         extra.update(r.get("settings", {}))

@@ -7,7 +7,7 @@ in vlm.py, the data files in records.py, distributed setup, output folder, resum
 This file reads top to bottom: config · loss and schedule · data · loop (train_step, train) · command line.
 
     python sft.py --model tiny --data data/ssrl/sft.jsonl --out runs/sft-tiny --global-batch-size 8 --lr 6e-3 \\
-        --max-steps 200 --max-pixels 12544     # CPU example (README: its time and memory)
+        --max-steps 200 --max-pixels 12544     # CPU example (docs/training.md: its time)
     torchrun --nproc_per_node 8 sft.py --model Qwen/Qwen2.5-VL-7B-Instruct --data data/ssrl/sft.jsonl --out runs/sft7b
     python sft.py --smoke --out runs/smoke   # CPU smoke run: tiny model, synthetic data, 2 steps
 

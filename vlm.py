@@ -1,25 +1,24 @@
-"""The vision-language model plumbing every stage shares (sft.py, grpo.py, evaluate.py, bench.py).
+"""The vision-language model plumbing every stage shares (sft.py, grpo.py, evaluate.py, engine.py, bench.py).
 
 One implementation of each step that must never differ between training and evaluation:
-  load      load_model (HF id, local folder, or the offline "tiny" / "tiny-qwen3" models), set_pixel_bounds,
-            freeze_vision
+  load      load_model (HF id, local folder, or the offline "tiny" / "tiny-qwen3" models of tiny.py),
+            set_pixel_bounds, freeze_vision
   encode    encode_records (dataset records → a batch), build_messages (problem + CoT prompt → chat messages),
-            encode (chat template + image tokens +
-            mm_token_type_ids, equal to transformers' own processor); Qwen2.5-VL video items (a list of
-            PIL frames: video_inputs, pixel_values_videos / video_grid_thw / second_per_grid_ts, the layout
-            of transformers' Qwen2VLVideoProcessor, which itself needs torchvision)
+            encode (chat template + image tokens + mm_token_type_ids, equal to transformers' own processor);
+            Qwen2.5-VL video items (a list of PIL frames: video_inputs, the layout of transformers'
+            Qwen2VLVideoProcessor, which itself needs torchvision)
   log-probs token_logprobs: the LM head applied only at the positions that are scored, in chunks, fp32
-            log-softmax of logits / temperature; no (B, T, V) fp32 tensor. prefix_logprobs: the G
-            completions of a prompt scored on one forward of the prompt (its KV cache), vision tower once
-  shard     fast_vision_attention (one batched attention call instead of a Python loop over windows),
-            enable_activation_checkpointing (only on layers that train), shard_model (FSDP2, multi-rank
-            loads read the weights on rank 0 only)
+            log-softmax of logits / τ; no (B, T, V) fp32 tensor (the SFT loss; the full forward).
+            group_logprobs: GRPO's completions with each group's prompt and images once (group_batch lays a
+            group out as one row, group_attention keeps the completions apart); select_prompts, rope_positions
+  train     load_trainable (load → freeze → activation checkpointing → place_model → AdamW), optimizer_step;
+            fast_vision_attention (one batched attention call instead of a Python loop over windows),
+            enable_activation_checkpointing (only on layers that train), shard_model (FSDP2, multi-rank loads
+            read the weights on rank 0 only)
   save      save_hf: one consolidated Hugging Face folder (safetensors)
-  tiny      build_tiny / build_tiny_tokenizer: the randomly initialised offline models of the tests and
-            --smoke; build_qwen25_vl_shape: the 3B shape with random weights for bench.py
 Built without torchvision: inputs come from the tokenizer's chat template and AutoImageProcessor (PIL
-backend), never from AutoProcessor. Decoding (generate, RolloutEngine) is engine.py; a record's image files
-(load_images, open_image) are records.py.
+backend), never from AutoProcessor. Decoding is engine.py; a record's image files (load_images, open_image)
+are records.py.
 """
 import copy
 import functools
@@ -447,23 +446,25 @@ def group_attention(module, query, key, value, attention_mask, scaling=None, dro
     tokens; a slot's tokens attend to the prompt's real tokens and causally within their slot, never to another
     slot: the arithmetic of n separate prompt + completion rows, with the prompt computed once. query (B, H, L, d),
     key / value (B, H_kv, L, d) → (B, L, H, d)."""
+    from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
     if group is None:
-        from transformers.integrations.sdpa_attention import sdpa_attention_forward
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)
     prompt_mask, n = group
-    b, p, dev, gqa = query.shape[0], prompt_mask.shape[1], query.device, query.shape[1] != key.shape[1]
+    rep = query.shape[1] // key.shape[1]      # GQA: repeated, since CUDA's sdpa takes a mask with GQA only in math
+    key, value = repeat_kv(key, rep), repeat_kv(value, rep)
+    b, p, dev = query.shape[0], prompt_mask.shape[1], query.device
     s = (query.shape[2] - p) // n
     causal = lambda k: torch.ones(k, k, dtype=torch.bool, device=dev).tril()                    # noqa: E731
     mask_p = (causal(p) & prompt_mask[:, None, :]) | torch.eye(p, dtype=torch.bool, device=dev)  # pad rows: self
     out_p = F.scaled_dot_product_attention(query[:, :, :p], key[:, :, :p], value[:, :, :p], attn_mask=mask_p[:, None],
-                                           scale=scaling, enable_gqa=gqa)
+                                           scale=scaling)
     slots = lambda x: x[:, :, p:].unflatten(2, (n, s)).transpose(1, 2).flatten(0, 1)           # noqa: E731
     with_prompt = lambda x: torch.cat([x[:, :, :p].repeat_interleave(n, 0), slots(x)], 2)       # noqa: E731
     mask_s = torch.cat([prompt_mask.repeat_interleave(n, 0)[:, None, :].expand(-1, s, -1),
                         causal(s).expand(b * n, -1, -1)], 2)
     out_s = F.scaled_dot_product_attention(slots(query), with_prompt(key), with_prompt(value), attn_mask=mask_s[:, None],
-                                           scale=scaling, enable_gqa=gqa)
+                                           scale=scaling)
     out_s = out_s.unflatten(0, (b, n)).transpose(1, 2).flatten(2, 3)                            # (B, H, n·S, d)
     return torch.cat([out_p, out_s], 2).transpose(1, 2).contiguous(), None
 
@@ -576,7 +577,7 @@ def enable_activation_checkpointing(model) -> list:
 
     Each layer's forward is wrapped at instance level (checkpointed_forward), so parameter names and state
     dicts stay those of the HF model and FSDP2's hooks stay outside the recomputed region. transformers'
-    own activation_checkpointing_enable is slower on FSDP2 (README, "Performance": the measurements)."""
+    own activation_checkpointing_enable was slower on FSDP2 (docs/performance.md)."""
     from transformers.modeling_layers import GradientCheckpointingLayer
     names = []
     for name, m in model.named_modules():
