@@ -1,12 +1,15 @@
 """Spatial-SSRL dataset builder: image folders (or built-in procedural RGB-D scenes) -> pretext-task dataset.
 
 Stage 0 of Spatial-SSRL (arXiv 2510.27606): turn ordinary RGB or RGB-D images into the five verifiable
-self-supervised tasks of tasks.py (shuffle, flip, crop, depth, position) for the SFT cold start and GRPO.
+self-supervised tasks of tasks.py (shuffle, flip, crop, depth, position) for the SFT cold start and GRPO;
+beyond the paper (docs/beyond-the-paper.md): depth estimated for RGB-only photos (--depth-model, checked
+against depth files with --check-depth) and the opt-in rotation task (--tasks ...,rotation).
 
     python make_data.py                                  # 500 examples (+ 50 cold-start) from scenes.py -> data/ssrl
     python make_data.py --out data/mine --rgb photos/ --rgbd diode/ --n 81000 --workers 8
     python make_data.py --out data/mine --rgb photos/ --rgbd diode/ --n 81000 --workers 8 --resume   # after a stop
     python bench.py data                                 # generator / scene / builder speed (not here)
+    python make_data.py --out data/p --rgb photos/ --depth-model depth-anything/Depth-Anything-V2-Small-hf
     python make_data.py --help                           # every knob with its default, and examples
 
 RGB-D naming rule (--rgbd DIR, searched recursively): an image <stem>.<jpg|png|...> takes its depth from the
@@ -16,6 +19,18 @@ MegaDepth imgs/ + depths/ layout). .npy = metres, HxW or HxWx1; 16-bit PNG = mil
 (DIODE). Depth <= 0, NaN, inf or masked out = invalid. Files named *_depth.* / *_mask.* are never RGB sources.
 The depth map must match the image's stored pixel grid; EXIF rotation is applied to both. --rgbd with no
 depth file at all is an error (unless --tasks names only RGB tasks); tasks that fall short are reported.
+
+Depth from photos (--depth-model NAME_OR_PATH, beyond the paper): a transformers depth-estimation model (Depth
+Anything or DPT; a folder, or an id in the local Hugging Face cache: never downloaded) estimates the depth of
+every image without a depth file; a depth file wins where there is one. It runs in the main process, in fixed
+chunks of --depth-batch images in plan order (DepthEstimates), and each job carries its map to the worker, so
+workers never load the model and the dataset does not depend on --workers. A relative model's output is
+inverse depth up to scale and shift (larger = nearer), read as d = 1 / (x + eps) (depth_from_output): it
+keeps the order of the depths, so it feeds the depth task; position needs depth differences and is fed only
+by a metric model (source_tasks, tasks.Task.depth_order_only). A depth-task record's meta "depth_source" is
+"sensor", "scene" or "model:<name>" (counts in stats.json "depth"). --check-depth --rgbd DIR --depth-model M
+builds nothing: it answers the depth questions of DIR's depth files again from M's estimate and prints how
+often the answer is the same (check_depth): the number to know before trusting M.
 
 Output (--out): train.jsonl (GRPO), test.jsonl (held out), sft.jsonl (cold start, with "response"): three
 disjoint sets of source images; images/<task>/<id>_<i>.jpg, stats.json (counts, rejections, the unusable
@@ -42,6 +57,9 @@ Paper → code
   cold-start SFT set (~3.6k) with reasoning         → Builder._accept() (tasks.reasoning_trace), sft_plan()
   DIODE .npy + mask / MegaDepth .h5 depth sources  → load_depth(), find_depth()
   no source data on a fresh machine                 → scenes.render_scene() (procedural RGB-D scenes)
+  beyond: depth estimated for RGB-only photos       → load_depth_model(), depth_from_output(), DepthEstimates
+  beyond: is the depth model good enough?           → check_depth() (--check-depth)
+  beyond: the rotation task's 2-D shortcuts          → rotation_shortcuts()
 
 Deviations from the official data scripts (data_process/*.py)
   1. One builder for all five tasks, deterministic per --seed whatever --workers, parallel and resumable;
@@ -54,10 +72,14 @@ Deviations from the official data scripts (data_process/*.py)
   5. Sources are down-scaled to --max-side (default 1024) before generation, JPEG sources also by a random
      per-file factor (jpeg_scale) so the 8×8 block grid carries no signal; images are saved as JPEG q95.
   6. Every build reports its shortcut heuristics (shortcut_report); the paper reports none.
+  7. --tasks auto builds the paper's five (tasks.DEFAULT_TASKS); rotation (PC-GRPO) only when named.
+  8. --depth-model (not in the paper, which uses RGB-D datasets for depth and position): photos without depth
+     feed the depth task from a model's estimate, position only from a metric model.
 """
 import dataclasses
 import hashlib
 import io
+import itertools
 import json
 import math
 import os
@@ -73,7 +95,7 @@ from PIL import Image, ImageDraw, ImageOps, UnidentifiedImageError
 import scenes
 import tasks
 from common import (SetupError, Skipped, append_jsonl, atomic_write, check_identity, cli_main, config_parser, knob,
-                    out_dir_mode, read_jsonl, read_run_info, rewrite_jsonl, start_out_dir)
+                    out_dir_mode, read_jsonl, read_run_info, rewrite_jsonl, start_out_dir, use_cuda)
 
 PROG = "make_data.py"
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
@@ -97,11 +119,13 @@ NAMED_PER_REASON = 5               # unusable source files named per reason in s
 class Config:
     out: str = knob("data/ssrl", "output folder; a build already in it is continued with --resume or replaced "
                                  "with --overwrite")
-    rgb: str = knob("", "folder of RGB images (recursive) for shuffle / flip / crop")
+    rgb: str = knob("", "folder of RGB images (recursive) for the RGB tasks (shuffle / flip / crop, rotation), and "
+                        "with --depth-model the depth task")
     rgbd: str = knob("", "folder of RGB + depth pairs (naming rule below) for all five tasks")
     n: int = knob(500, "total number of examples (train + test), shared between tasks by their weights")
-    tasks: str = knob("auto", 'comma list with optional weights ("shuffle:2,depth"); auto = all five (the RGB '
-                              "tasks if there is no depth)")
+    tasks: str = knob("auto", 'comma list with optional weights ("shuffle:2,depth,rotation"); auto = the paper\'s '
+                              "five (those the sources can feed: the RGB tasks if there is no depth); rotation "
+                              "(beyond the paper) only when named")
     sft_size: int = knob(-1, "cold-start examples (sft.jsonl), from source images not used by train / test; "
                              "0 = none, -1 = auto: max(50, 4.4 %% of --n)")
     test_fraction: float = knob(0.1, "fraction of source images whose examples go to test.jsonl (0 = no test split)")
@@ -116,6 +140,14 @@ class Config:
     min_side: int = knob(64, "skip sources whose shorter side is below this")
     per_source: int = knob(1, "at most this many examples of each task per source image (passes over a folder)")
     depth_png_scale: float = knob(1000.0, "16-bit depth PNG units per metre (1000 = millimetres)")
+    depth_model: str = knob("", "a transformers depth-estimation model (Hugging Face id in the local cache, or a "
+                                "folder; never downloaded) that estimates depth for the images without a depth "
+                                "file: --rgb photos then feed the depth task, and position too if the model is "
+                                "metric. A depth file wins where there is one (--rgbd)")
+    depth_batch: int = knob(8, "images per forward pass of --depth-model (run in the main process, not the workers)")
+    check_depth: bool = knob(False, "build nothing: on the --rgbd images with a depth file, report how often the "
+                                    "depth-ordering answer from --depth-model equals the one from the depth file "
+                                    "(up to --n questions; --out is not used)")
     image_format: str = knob("jpg", "jpg or png (lossless, ~8x slower to encode and ~4x larger at 1024x768)")
     jpeg_quality: int = knob(95, "JPEG quality of the saved task images")
     sync_seconds: float = knob(2.0, "make records and journal durable (fsync) at most this often (0 = after every "
@@ -132,6 +164,9 @@ USAGE_EXAMPLES = f"""examples:
   python make_data.py --out data/mine --rgbd diode/ --rgb photos/ --n 81000 --workers 8
   python make_data.py --out data/mine --rgbd diode/ --rgb photos/ --n 81000 --workers 8 --resume   # after a stop
   python make_data.py --out data/mine ... --overwrite  # delete that build and make it again
+  python make_data.py --rgbd diode/ --depth-model depth-anything/Depth-Anything-V2-Small-hf --check-depth
+  python make_data.py --out data/photos --rgb photos/ --depth-model depth-anything/Depth-Anything-V2-Small-hf
+  python make_data.py --out data/rot --rgb photos/ --tasks shuffle,flip,crop,rotation
 
 An existing build in --out is never mixed with a new one: --resume continues it (same settings, same source
 files; the result is byte-identical to an uninterrupted build), --overwrite starts over.
@@ -156,7 +191,12 @@ def check_config(cfg):
         (not 1 <= cfg.jpeg_quality <= 100, "--jpeg-quality must be in 1..100"),
         (cfg.sft_size < -1, "--sft-size must be >= 0 (or -1 = auto)"),
         (cfg.depth_png_scale <= 0, "--depth-png-scale must be > 0"), (cfg.min_side < 1, "--min-side must be >= 1"),
-        (cfg.max_side < 0, "--max-side must be >= 0 (0 = keep full size)")] if bad]
+        (cfg.max_side < 0, "--max-side must be >= 0 (0 = keep full size)"),
+        (cfg.depth_batch < 1, "--depth-batch must be >= 1"),
+        (cfg.depth_model and not (cfg.rgb or cfg.rgbd), "--depth-model estimates depth for photos: give --rgb DIR "
+                                                        "(the built-in scenes have exact depth)"),
+        (cfg.check_depth and not (cfg.depth_model and cfg.rgbd), "--check-depth compares --depth-model with the "
+                                                                 "depth files of --rgbd DIR: give both")] if bad]
     for parse, spec in ((parse_grids, cfg.shuffle_grids), (parse_size, cfg.scene_size)):
         try:
             parse(spec)
@@ -372,6 +412,135 @@ def load_source(src, need_depth, scene_hw=(384, 512), max_side=1024, min_side=64
 
 
 # --------------------------------------------------------------------------------------------
+# Depth from photos: a transformers depth-estimation model (--depth-model), run in the main process
+# --------------------------------------------------------------------------------------------
+RELATIVE_EPS = 1e-3       # relative output x -> depth 1 / (max(x, 0) + RELATIVE_EPS · P99(x))
+
+
+@dataclass
+class DepthModel:
+    """A loaded --depth-model. kind: "relative" (the output is inverse depth up to an unknown scale and shift,
+    larger = nearer) or "metric" (depth in metres, larger = farther)."""
+    name: str
+    kind: str
+    model: object
+    processor: object
+    device: object
+
+    @property
+    def label(self):
+        """Where a record's depth came from (its meta "depth_source", stats.json)."""
+        return f"model:{self.name}"
+
+    def estimate(self, rgbs):
+        """Depth maps (depth_from_output) for RGB arrays of one size, in one forward pass, each on its image's
+        pixel grid (the processor's own post-processing: bicubic for DPT / Depth Anything)."""
+        import torch
+        inputs = self.processor(images=[Image.fromarray(a) for a in rgbs], return_tensors="pt")
+        with torch.inference_mode():
+            out = self.model(pixel_values=inputs["pixel_values"].to(self.device))
+        maps = self.processor.post_process_depth_estimation(out, target_sizes=[a.shape[:2] for a in rgbs])
+        return [depth_from_output(m["predicted_depth"].float().cpu().numpy(), self.kind) for m in maps]
+
+
+def depth_from_output(x, kind):
+    """A depth model's output as the depth map tasks.py reads (larger = farther; NaN = invalid). metric:
+    metres as they are (<= 0 or not finite = invalid). relative: the output is inverse depth (larger = nearer)
+    up to an unknown scale and shift, so d = 1 / (max(x, 0) + ε), ε = RELATIVE_EPS × its 99th percentile,
+    reverses it and keeps the order of the depths exactly (not their differences); outputs <= 0 (the sky,
+    "infinitely far") all become the farthest depth 1/ε."""
+    x = np.asarray(x, np.float32)
+    if kind == "metric":
+        return np.where(np.isfinite(x) & (x > 0), x, np.nan).astype(np.float32)
+    x = np.maximum(np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0), 0)
+    eps = RELATIVE_EPS * float(np.percentile(x, 99)) if x.size else 0.0
+    return (1.0 / (x + (eps if eps > 0 else 1.0))).astype(np.float32)
+
+
+def _depth_output_kind(config):
+    """What a depth-estimation model's predicted_depth is, for the models whose convention we know: DPT / MiDaS
+    v3 (Ranftl et al. 2021) "relative" (inverse depth up to scale and shift); Depth Anything V1/V2 (Yang et al.
+    2024) as its config.depth_estimation_type says, "relative" (the same) or "metric" (metres); else None."""
+    if config.model_type == "depth_anything":
+        return getattr(config, "depth_estimation_type", "relative")
+    return "relative" if config.model_type == "dpt" else None
+
+
+def load_depth_model(name):
+    """--depth-model from a folder or the local Hugging Face cache only (local_files_only: never downloaded,
+    whatever HF_HUB_OFFLINE says), on the GPU when there is one. Raises SetupError (one line) for a model that
+    is not there, not a depth-estimation model, or one whose output convention we do not know."""
+    import transformers
+    from huggingface_hub import constants
+    from transformers.models.auto.modeling_auto import MODEL_FOR_DEPTH_ESTIMATION_MAPPING_NAMES as DEPTH_MODELS
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    try:
+        config = transformers.AutoConfig.from_pretrained(name, local_files_only=True)
+    except (OSError, ValueError):
+        raise SetupError(f"--depth-model {name!r} is neither a model folder nor in the local Hugging Face cache "
+                         f"({constants.HF_HUB_CACHE}); make_data.py never downloads: fetch it first "
+                         f"(hf download {name}) or give its folder") from None
+    if config.model_type not in DEPTH_MODELS:
+        raise SetupError(f"--depth-model {name}: a {config.model_type} model, not a depth-estimation model "
+                         f"(AutoModelForDepthEstimation: {', '.join(DEPTH_MODELS)})")
+    kind = _depth_output_kind(config)
+    if kind not in ("relative", "metric"):
+        raise SetupError(f"--depth-model {name}: a {config.model_type} depth model, whose output make_data.py does "
+                         f"not know how to read; use a Depth Anything (relative or metric) or DPT model")
+    try:
+        model = transformers.AutoModelForDepthEstimation.from_pretrained(name, local_files_only=True)
+        processor = transformers.AutoImageProcessor.from_pretrained(name, local_files_only=True)
+    except (OSError, ValueError) as e:
+        raise SetupError(f"--depth-model {name}: cannot load its weights or image processor ({e})".split("\n")[0]) from None
+    import torch
+    device = torch.device("cuda") if use_cuda() else torch.device("cpu")
+    return DepthModel(name, kind, model.to(device).eval(), processor, device)
+
+
+def estimate_depths(depth_model, rgbs, batch):
+    """Depth maps for a list of RGB arrays, `batch` images of one size per forward pass (images of other sizes
+    go to other passes), in the list's order."""
+    maps, groups = [None] * len(rgbs), {}
+    for i, a in enumerate(rgbs):
+        groups.setdefault(a.shape, []).append(i)
+    for idx in groups.values():
+        for start in range(0, len(idx), batch):
+            part = idx[start:start + batch]
+            for i, m in zip(part, depth_model.estimate([rgbs[i] for i in part])):
+                maps[i] = m
+    return maps
+
+
+class DepthEstimates:
+    """Estimated depth for the photos without a depth file (Source kind "estimated"), made in the main process
+    as the jobs are planned (workers never load the model): the estimated sources in plan order are cut into
+    fixed chunks of --depth-batch, and a chunk is estimated when the first of its jobs is planned. Chunks do
+    not depend on --workers or on where a --resume starts, so the same images always share a forward pass."""
+
+    def __init__(self, depth_model, order, ctx, batch):
+        self.depth_model, self.batch, self.ctx = depth_model, batch, ctx
+        self.sources = [s for s in order if s.kind == "estimated"]
+        self.position = {s.key: i for i, s in enumerate(self.sources)}
+        self.chunk, self.maps = None, {}
+
+    def get(self, src):
+        """The depth map of one estimated source (None if its image cannot be loaded: its job skips it)."""
+        chunk = self.position[src.key] // self.batch
+        if chunk != self.chunk:
+            members = self.sources[chunk * self.batch:(chunk + 1) * self.batch]
+            loaded = {}
+            for s in members:
+                try:
+                    loaded[s.key] = load_image(s.path, self.ctx.max_side, self.ctx.min_side, self.ctx.jpeg_rescale)[0]
+                except Skipped:
+                    continue
+            maps = estimate_depths(self.depth_model, list(loaded.values()), self.batch)
+            self.chunk, self.maps = chunk, dict(zip(loaded, maps))
+        return self.maps.get(src.key)
+
+
+# --------------------------------------------------------------------------------------------
 # Jobs: one job = one source image (or scene) x one pass -> at most one example per task
 # --------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
@@ -387,6 +556,7 @@ class Context:
     jpeg_quality: int
     out_dir: str  # workers write the task images here themselves (in parallel); the main process writes records
     jpeg_rescale: bool = True
+    depth_label: str = ""  # "model:<name>" with --depth-model: the depth_source of records from estimated depth
 
 
 def _key_words(key):
@@ -482,16 +652,22 @@ def _save_images(images, task, index, ctx):
     return rels
 
 
+DEPTH_SOURCE = {"scene": "scene", "rgbd": "sensor"}   # a record's meta "depth_source" by source kind (+ model:<name>)
+
+
 def run_job(job):
-    """Worker entry point. job = (index, source, k, task tuple, Context). Returns a picklable dict with the
-    source-level skip reason (or None) and, per attempted task, a rejection reason or the example (its
-    images already saved by _save_images)."""
-    index, src, k, todo, ctx = job
+    """Worker entry point. job = (index, source, k, task tuple, Context, estimated depth or None). Returns a
+    picklable dict with the source-level skip reason (or None) and, per attempted task, a rejection reason or
+    the example (its images already saved by _save_images; depth-task examples say in meta "depth_source" where
+    their depth came from: "sensor", "scene" or "model:<name>")."""
+    index, src, k, todo, ctx, estimated = job
     result = {"index": index, "key": src.key, "skip": None, "examples": {}}
     need_depth = any(t in tasks.DEPTH_TASKS for t in todo)
     try:
         rgb, depth = load_source(src, need_depth, ctx.scene_hw, ctx.max_side, ctx.min_side, ctx.png_scale,
                                  ctx.jpeg_rescale)
+        if src.kind == "estimated":
+            depth = estimated
     except Skipped as e:
         result["skip"] = e.reason
         return result
@@ -503,6 +679,8 @@ def run_job(job):
         if isinstance(ex, str):
             result["examples"][task] = ex
             continue
+        if task in tasks.DEPTH_TASKS:
+            ex.meta["depth_source"] = DEPTH_SOURCE.get(src.kind, ctx.depth_label)
         try:
             images = [_encode(im, ctx.image_format, ctx.jpeg_quality) for im in ex.images]
             meta = json.loads(json.dumps(_json_safe(ex.meta), allow_nan=False))
@@ -604,10 +782,25 @@ class OutputFolder:
 # --------------------------------------------------------------------------------------------
 # Build loop
 # --------------------------------------------------------------------------------------------
-def parse_tasks(spec, have_depth):
-    """"shuffle:2,depth" -> {"shuffle": 2.0, "depth": 1.0}; "auto" -> all five (RGB tasks only without depth)."""
+def source_tasks(kind, depth_kind=None):
+    """The tasks a source of this kind can feed: built-in scenes and images with a depth file all of them;
+    photos without one the RGB tasks, and with --depth-model (kind "estimated") also the depth tasks its output
+    supports: a metric model all, a relative one only those whose answer depends on the order of the depths
+    alone (tasks.Task.depth_order_only: the depth task; position needs depth differences)."""
+    if kind in ("scene", "rgbd"):
+        return tasks.TASKS
+    if kind == "estimated":
+        return tuple(t for t, spec in tasks.TASK_SPECS.items()
+                     if not spec.needs_depth or spec.depth_order_only or depth_kind == "metric")
+    return tasks.RGB_TASKS
+
+
+def parse_tasks(spec, usable, depth_model=None):
+    """"shuffle:2,depth" -> {"shuffle": 2.0, "depth": 1.0}; "auto" -> the paper's five (tasks.DEFAULT_TASKS) among
+    `usable`, the tasks some source can feed (source_tasks). A task beyond the paper (rotation) is built only
+    when named."""
     if spec == "auto":
-        spec = ",".join(tasks.TASKS if have_depth else tasks.RGB_TASKS)
+        spec = ",".join(t for t in tasks.DEFAULT_TASKS if t in usable)
     weights = {}
     for item in filter(None, (s.strip() for s in spec.split(","))):
         name, _, w = item.partition(":")
@@ -618,9 +811,16 @@ def parse_tasks(spec, have_depth):
             raise SetupError(f"--tasks: a task weight must be > 0 in {item!r}")
     if not weights:
         raise SetupError("--tasks selects no task")
-    if not have_depth and set(weights) & set(tasks.DEPTH_TASKS):
-        raise SetupError("the depth and position tasks need depth maps: give --rgbd DIR with depth files "
-                         f"or no source flag at all (built-in RGB-D scenes), or select only shuffle,flip,crop. {NAMING_RULE}")
+    missing = [t for t in weights if t not in usable]
+    if missing and depth_model is not None and depth_model.kind == "relative":
+        raise SetupError(f"--tasks {','.join(missing)} needs metric depth, and --depth-model {depth_model.name} "
+                         "outputs relative depth (inverse depth up to an unknown scale and shift: it keeps the order "
+                         "of depths, which the depth task needs, not their differences); use a metric model (e.g. "
+                         "depth-anything/Depth-Anything-V2-Metric-Indoor-Small-hf) or --rgbd with depth files")
+    if missing:
+        raise SetupError("the depth and position tasks need depth maps: give --rgbd DIR with depth files, "
+                         "--depth-model for photos, or no source flag at all (built-in RGB-D scenes), or select only "
+                         f"RGB tasks ({','.join(tasks.RGB_TASKS)}). {NAMING_RULE}")
     return {t: weights[t] for t in tasks.TASKS if t in weights}
 
 
@@ -660,6 +860,7 @@ def dataset_identity(cfg, sources):
     d = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in RUN_ONLY_KEYS}
     d["rgb"] = os.path.abspath(cfg.rgb) if cfg.rgb else ""
     d["rgbd"] = os.path.abspath(cfg.rgbd) if cfg.rgbd else ""
+    d["depth_model"] = os.path.abspath(cfg.depth_model) if os.path.isdir(cfg.depth_model) else cfg.depth_model
     d["sources"] = source_fingerprint(sources)
     return d
 
@@ -683,10 +884,17 @@ def check_resume(out, identity):
                          "build the new images into a new --out")
 
 
-def plan_jobs(cfg, sources, builder, start, ctx):
+def source_order(sources, seed):
+    """The order in which a build visits folder sources: a seeded hash of their keys (no folder order bias)."""
+    return sorted(sources, key=lambda s: hashlib.blake2b(f"{seed}:{s.key}".encode()).digest())
+
+
+def plan_jobs(cfg, sources, builder, start, ctx, depth_model=None):
     """Lazily yield jobs in index order, skipping jobs whose tasks are all full already (for the split
     their source belongs to). Folder: job i = source order[i % M], pass i // M. Built-in scenes: job i =
-    scene i."""
+    scene i. A photo without a depth file gets its depth from depth_model (DepthEstimates) when its job has
+    a depth task to do."""
+    estimates = None
     if sources is None:
         share = builder.sft_share * (1 - cfg.test_fraction)
         need = max(max(builder.quotas.values()) / max(1 - share, 1e-3),
@@ -694,17 +902,20 @@ def plan_jobs(cfg, sources, builder, start, ctx):
         limit = int(10 * need) + 50
         plan = lambda i: (scene_source(cfg.seed, i), 0)  # noqa: E731
     else:
-        order = sorted(sources, key=lambda s: hashlib.blake2b(f"{cfg.seed}:{s.key}".encode()).digest())
+        order = source_order(sources, cfg.seed)
         limit = len(order) * cfg.per_source
         plan = lambda i: (order[i % len(order)], i // len(order))  # noqa: E731
+        estimates = depth_model and DepthEstimates(depth_model, order, ctx, cfg.depth_batch)
     for index in range(start, limit):
         if builder.done():
             return
         src, k = plan(index)
-        usable = tasks.TASKS if src.kind in ("scene", "rgbd") else tasks.RGB_TASKS
+        usable = source_tasks(src.kind, depth_model and depth_model.kind)
         todo = tuple(t for t in builder.open_tasks(builder.split(src.key)) if t in usable)
-        if todo:
-            yield index, src, k, todo, ctx
+        if not todo:
+            continue
+        need = src.kind == "estimated" and any(t in tasks.DEPTH_TASKS for t in todo)
+        yield index, src, k, todo, ctx, estimates.get(src) if need else None
 
 
 def run_all(jobs, workers, handle):
@@ -775,7 +986,7 @@ class Builder:
     def handle(self, job, result):
         """Accept one job's results. A task counts (record or rejection) only while its quota is open,
         so the outcome does not depend on how far ahead the workers ran."""
-        index, src, k, todo, _ = job
+        index, src, k, todo = job[:4]
         split = self.split(src.key)
         live = [t for t in todo if t in self.open_tasks(split)]
         for task, ex in result["examples"].items():
@@ -821,28 +1032,34 @@ class Plan:
     sft_share: float     # share of the non-test sources reserved for the cold-start set
     sft_quotas: dict     # cold-start examples per task
     identity: dict       # run.json "identity" (dataset_identity)
+    depth_model: object = None   # DepthModel (--depth-model) or None
 
 
 def prepare(cfg):
     """Every check that can fail on the input, read-only: the flag values, how --out may be used, the source
-    folders, the tasks they allow, and (--resume) that the settings and source files are those of the build
-    being continued. Raises SetupError; nothing is written."""
+    folders, the tasks they allow, the depth model (loaded, from local files only), and (--resume) that the
+    settings and source files are those of the build being continued. Raises SetupError; nothing is written.
+    With --depth-model, the images without a depth file become "estimated" sources (a depth file wins)."""
     check_config(cfg)
     mode = out_dir_mode(cfg.out, PROG, cfg.resume, cfg.overwrite)
     sources, notes = (None, Counter()) if not (cfg.rgb or cfg.rgbd) else discover_sources(cfg.rgb, cfg.rgbd)
     if sources is not None and not sources:
         raise SetupError(f"no image files ({', '.join(IMAGE_EXTS)}) under {' and '.join(filter(None, (cfg.rgb, cfg.rgbd)))}")
-    have_depth = sources is None or any(s.kind == "rgbd" for s in sources)
-    if cfg.rgbd and not have_depth and cfg.tasks == "auto":
+    if cfg.rgbd and not cfg.depth_model and not any(s.kind == "rgbd" for s in sources) and cfg.tasks == "auto":
         raise SetupError(f"--rgbd {cfg.rgbd}: none of its images has a depth file, so the depth and position tasks "
                          f"cannot be built. {NAMING_RULE} To build only the RGB tasks, pass --tasks shuffle,flip,crop "
                          "(or use --rgb).")
-    weights = parse_tasks(cfg.tasks, have_depth)
+    depth_model = load_depth_model(cfg.depth_model) if cfg.depth_model else None
+    if depth_model is not None:
+        sources = [dataclasses.replace(s, kind="estimated") if s.kind == "rgb" else s for s in sources]
+    kinds = {"scene"} if sources is None else {s.kind for s in sources}
+    usable = [t for t in tasks.TASKS if any(t in source_tasks(k, depth_model and depth_model.kind) for k in kinds)]
+    weights = parse_tasks(cfg.tasks, usable, depth_model)
     sft_share, sft_quotas = sft_plan(cfg, weights)
     identity = dataset_identity(cfg, sources)
     if mode == "resume":
         check_resume(cfg.out, identity)
-    return Plan(mode, sources, notes, split_quota(cfg.n, weights), sft_share, sft_quotas, identity)
+    return Plan(mode, sources, notes, split_quota(cfg.n, weights), sft_share, sft_quotas, identity, depth_model)
 
 
 def build(cfg):
@@ -854,7 +1071,7 @@ def build(cfg):
     start_out_dir(cfg.out, PROG, plan.mode, plan.identity)     # the lock, --overwrite's delete, run.json
     ctx = Context(cfg.seed, parse_size(cfg.scene_size), parse_grids(cfg.shuffle_grids), cfg.max_side,
                   cfg.min_side, cfg.depth_png_scale, cfg.image_format, cfg.jpeg_quality, str(Path(cfg.out).resolve()),
-                  cfg.jpeg_rescale)
+                  cfg.jpeg_rescale, plan.depth_model.label if plan.depth_model else "")
     out = OutputFolder(cfg.out, cfg.sync_seconds)
     builder = Builder(cfg, out, plan.quotas, plan.sft_share, plan.sft_quotas)
     workers = cfg.workers or os.cpu_count() or 1
@@ -864,12 +1081,12 @@ def build(cfg):
     builder.bar = tqdm(total=cfg.n + sum(plan.sft_quotas.values()), initial=done, unit="ex",
                        disable=not cfg.progress, desc="examples")
     try:
-        run_all(plan_jobs(cfg, plan.sources, builder, out.resume_at, ctx), workers, builder.handle)
+        run_all(plan_jobs(cfg, plan.sources, builder, out.resume_at, ctx, plan.depth_model), workers, builder.handle)
     finally:
         builder.bar.close()
         out.close()
     out.prune_images()  # results of jobs still in flight when the quotas filled up
-    stats = write_stats(cfg, out, builder, plan.sources, plan.notes)
+    stats = write_stats(cfg, out, builder, plan)
     atomic_write(out.root / "stats.json", json.dumps(stats, indent=1) + "\n")
     stats["seconds"], stats["workers"] = time.time() - t0, workers
     return stats
@@ -880,12 +1097,22 @@ def announce(cfg, plan, out, done):
     what = "built-in RGB-D scenes" if plan.sources is None else _describe_sources(plan.identity["sources"])
     print(f"{PROG}: {cfg.n} examples ({', '.join(f'{t} {q}' for t, q in plan.quotas.items())}) + "
           f"{sum(plan.sft_quotas.values())} cold-start examples from {what} -> {cfg.out}")
+    if plan.depth_model is not None:
+        m = plan.depth_model
+        n = sum(s.kind == "estimated" for s in plan.sources)
+        feeds = [t for t in source_tasks("estimated", m.kind) if t in tasks.DEPTH_TASKS]
+        print(f"{PROG}: depth of {n} images without a depth file from {m.label} ({m.kind} depth"
+              f"{', read as 1 / (x + eps)' if m.kind == 'relative' else ''}; feeds {', '.join(feeds)}) on {m.device}; "
+              f"depth files win for {sum(s.kind == 'rgbd' for s in plan.sources)} images")
     if plan.mode == "resume":
         print(f"{PROG}: resuming {cfg.out} at job {out.resume_at} ({done} examples already there)")
 
 
-def write_stats(cfg, out, builder, sources, notes):
-    recs = out.records
+def write_stats(cfg, out, builder, plan):
+    """stats.json: counts per task and split, shortfalls, rejections, unusable sources, where the depth of the
+    depth-task records came from ("depth": the model and its output kind, records per depth_source), the
+    shortcut report."""
+    recs, sources, notes = out.records, plan.sources, plan.notes
     counts = {t: {s: sum(r["task"] == t for r in recs[s]) for s in SPLITS} for t in builder.quotas}
     made = {t: c["train"] + c["test"] for t, c in counts.items()}
     everything = [r for s in SPLITS for r in recs[s]]
@@ -902,6 +1129,9 @@ def write_stats(cfg, out, builder, sources, notes):
                     "rgbd": None if sources is None else sum(s.kind == "rgbd" for s in sources),
                     "used": len({r["source"] for r in everything}), **dict(notes)},
         "jobs": len(read_jsonl(out.root / JOURNAL)),
+        "depth": {"model": cfg.depth_model or None, "output": plan.depth_model.kind if plan.depth_model else None,
+                  "records": dict(sorted(Counter(r["meta"]["depth_source"] for r in everything
+                                                 if "depth_source" in r["meta"]).items()))},
         "shortcuts": shortcut_report(everything, out.root),
     }
 
@@ -1051,6 +1281,24 @@ def crop_shortcuts(records, load, limit=2000):
             _row("crop", "most JPEG-blocky candidate (8-px grid)", block, 1 / 4, 0.35)]
 
 
+def rotation_shortcuts(records, load, limit=2000):
+    """2-D cues for the rotation task that never look at what the picture shows: "turn the brightest edge
+    band to the top" (a sky or a ceiling light above: tasks.side_means on the shown picture) and "a portrait
+    picture was turned 90°" (aspect ratio; the squares leave it at chance), on the first `limit` questions."""
+    records = records[:limit]
+    if not records:
+        return []
+    bright, aspect = [], []
+    for rec in records:
+        gray = np.asarray(load(rec["images"][0]), np.float32).mean(-1)
+        truth, side = int(rec["answer"]), min(gray.shape)
+        brightest = int(tasks.side_means(gray, np.array([[0, 0, side]]))[0].argmax())
+        bright.append(tasks.ROTATIONS[brightest] == truth)
+        aspect.append((90 if gray.shape[0] > gray.shape[1] else 0) == truth)
+    return [_row("rotation", '"turn the brightest edge to the top" (sky / light above)', bright, 1 / 4, 0.35),
+            _row("rotation", "aspect ratio: a portrait picture was turned 90 degrees", aspect, 1 / 4, 0.35)]
+
+
 def answer_priors(records):
     """Per task: the share of the most common answer next to 1/(number of possible answers); threshold =
     chance + 4 standard errors of a uniform draw, at most 100 % (a skewed answer distribution is a text-only
@@ -1064,8 +1312,9 @@ def answer_priors(records):
         if task in ("shuffle",):
             sizes = Counter(len(a.split(",")) for a in answers.elements())
             space = math.factorial(max(sizes)) - 1
-        else:
-            space = {"flip": 8, "crop": 4, "depth": 6, "position": 4}[task]
+        else:   # a task missing here: the answers seen (a lower bound of its answer space)
+            space = {"flip": 8, "crop": 4, "depth": 6, "position": 4, "rotation": len(tasks.ROTATIONS)}.get(
+                task, len(answers))
         p = 1 / space
         rows.append(_verdict(task, "most common answer (text-only prior)", n, answers.most_common(1)[0][1] / n, p,
                              round(p + 4 * math.sqrt(p * (1 - p) / n), 3)))
@@ -1077,7 +1326,7 @@ def shortcut_report(records, root):
     by = {t: [r for r in records if r["task"] == t] for t in tasks.TASKS}
     load = lambda rel: Image.open(Path(root) / rel).convert("RGB")  # noqa: E731
     return (answer_priors(records) + depth_shortcuts(by["depth"]) + position_shortcuts(by["position"])
-            + crop_shortcuts(by["crop"], load))
+            + crop_shortcuts(by["crop"], load) + rotation_shortcuts(by["rotation"], load))
 
 
 def print_shortcuts(rows):
@@ -1212,10 +1461,91 @@ def check_splits(cfg, stats):
 
 
 # --------------------------------------------------------------------------------------------
+# --check-depth: how far to trust a depth model (its depth-ordering answers against depth files)
+# --------------------------------------------------------------------------------------------
+def region_order(depth, regions):
+    """Marker labels from nearest to farthest by the median of `depth` over each region's box."""
+    med = [float(np.nanmedian(depth[r["box"][1]:r["box"][3], r["box"][0]:r["box"][2]])) for r in regions]
+    return tuple(r["label"] for _, r in sorted(zip(med, regions), key=lambda p: p[0]))
+
+
+def _file_depth_questions(cfg, sources, skipped):
+    """(rgb, depth Example) for each source: the depth-ordering question the builder would make from its
+    depth file (the same seed as its first depth example); unusable images and images with no question are
+    counted in `skipped` by reason."""
+    found = []
+    for src in sources:
+        try:
+            rgb, depth = load_source(src, True, max_side=cfg.max_side, min_side=cfg.min_side,
+                                     png_scale=cfg.depth_png_scale, jpeg_rescale=cfg.jpeg_rescale)
+        except Skipped as e:
+            skipped[e.reason] += 1
+            continue
+        ex = tasks.make_example("depth", rgb, depth, np.random.default_rng(example_seed(cfg.seed, src.key, "depth", 0)))
+        if isinstance(ex, tasks.Rejected):
+            skipped[ex.reason] += 1
+        else:
+            found.append((rgb, ex))
+    return found
+
+
+def check_depth(cfg):
+    """--check-depth: up to --n depth-ordering questions built from the depth files of --rgbd (images in the
+    builder's order), answered again from --depth-model's estimate of the same pixels (the markers' regions,
+    nearest to farthest by median estimated depth). Reports how often the answer is the same and how many of
+    the 3 marker pairs keep their order: the number to know before letting the model feed the depth task.
+    Prints and returns the report; writes nothing (--out is not used)."""
+    check_config(cfg)
+    sources = source_order([s for s in discover_sources("", cfg.rgbd)[0] if s.kind == "rgbd"], cfg.seed)
+    if not sources:
+        raise SetupError(f"--check-depth: no image under --rgbd {cfg.rgbd} has a depth file. {NAMING_RULE}")
+    depth_model = load_depth_model(cfg.depth_model)
+    same, pairs, skipped, tried = [], [], Counter(), 0
+    for start in range(0, len(sources), cfg.depth_batch):
+        chunk = sources[start:start + cfg.depth_batch]
+        tried += len(chunk)
+        found = _file_depth_questions(cfg, chunk, skipped)
+        for (_, ex), est in zip(found, estimate_depths(depth_model, [rgb for rgb, _ in found], cfg.depth_batch)):
+            truth = tuple(r["label"] for r in ex.meta["regions"])          # listed near to far
+            got = region_order(est, ex.meta["regions"])
+            same.append(got == truth)
+            rank = {label: i for i, label in enumerate(got)}
+            pairs.append(np.mean([rank[a] < rank[b] for a, b in itertools.combinations(truth, 2)]))
+        if len(same) >= cfg.n:
+            break
+    if not same:
+        raise SetupError(f"--check-depth: no depth-ordering question could be built from the depth files of "
+                         f"{cfg.rgbd} ({dict(skipped)})")
+    same, pairs = same[:cfg.n], pairs[:cfg.n]
+    report = {"model": depth_model.label, "output": depth_model.kind, "rgbd": cfg.rgbd, "images": tried,
+              "questions": len(same), "same_answer": float(np.mean(same)), "pairs_same_order": float(np.mean(pairs)),
+              "se": [2 * float(np.std(v)) / math.sqrt(len(v)) for v in (same, pairs)],   # two standard errors
+              "no_question": dict(sorted(skipped.items()))}
+    print_check_depth(report)
+    return report
+
+
+def print_check_depth(r):
+    """The --check-depth report: agreement with two standard errors, next to chance and to a map read the
+    wrong way round (which reverses every answer)."""
+    n, (se_same, se_pairs) = r["questions"], r["se"]
+    how = "relative depth, read as 1 / (x + eps)" if r["output"] == "relative" else "metric depth"
+    print(f"{PROG} --check-depth: {r['model']} ({how}) against the depth files of {r['rgbd']}")
+    print(f"  {n} depth-ordering questions from {r['images']} images"
+          + (f" (no question: {', '.join(f'{k} {v}' for k, v in r['no_question'].items())})" if r["no_question"] else ""))
+    print(f"  same answer as the depth file   {r['same_answer']:6.1%} ± {se_same:.1%}   (chance 16.7 %; a map read "
+          f"the wrong way round: 0 %)")
+    print(f"  marker pairs in the same order  {r['pairs_same_order']:6.1%} ± {se_pairs:.1%}   (chance 50 %)")
+
+
+# --------------------------------------------------------------------------------------------
 # main
 # --------------------------------------------------------------------------------------------
 def run(cfg):
-    """Build, write the preview, print the summary; an empty split is an error after the summary."""
+    """Build, write the preview, print the summary; an empty split is an error after the summary.
+    --check-depth: only the depth model's report (check_depth), nothing built."""
+    if cfg.check_depth:
+        return check_depth(cfg)
     stats = build(cfg)
     preview = None
     if cfg.preview.lower() != "none":

@@ -127,13 +127,16 @@ def test_end_to_end_records_images_and_stats(scene_build):
     assert not {r["source"] for r in train} & {r["source"] for r in test}  # split by source image
     assert test, "test fraction 0.3 over 8+ scenes should give some test records"
     stats = json.loads((out / "stats.json").read_text())
-    for t in tasks.TASKS:
+    assert set(stats["counts"]) == set(tasks.DEFAULT_TASKS)          # --tasks auto: the paper's five
+    for t in tasks.DEFAULT_TASKS:
         assert stats["counts"][t]["train"] == sum(r["task"] == t for r in train)
         assert stats["counts"][t]["test"] == sum(r["task"] == t for r in test)
     assert sum(stats["quota"].values()) == 40 and not stats["shortfall"]
+    assert {r["meta"]["depth_source"] for r in records if r["task"] in tasks.DEPTH_TASKS} == {"scene"}
+    assert stats["depth"]["model"] is None and set(stats["depth"]["records"]) == {"scene"}
     # sft: task-balanced cold-start records from their own source images, with a templated trace that
     # earns the full reward and states no metric depth
-    assert len(sft) == 10 and {r["task"] for r in sft} == set(tasks.TASKS)
+    assert len(sft) == 10 and {r["task"] for r in sft} == set(tasks.DEFAULT_TASKS)
     assert not {r["source"] for r in sft} & {r["source"] for r in records}     # SFT and RL/test disjoint
     assert not {r["id"] for r in sft} & {r["id"] for r in records}
     for r in sft:
@@ -536,18 +539,190 @@ def test_bench_data_prints_every_task_and_the_renderer(capsys):
 
 
 def test_quota_split_and_task_weights():
-    w = make_data.parse_tasks("shuffle:2,depth", have_depth=True)
+    w = make_data.parse_tasks("shuffle:2,depth", tasks.TASKS)
     assert w == {"shuffle": 2.0, "depth": 1.0}
     assert make_data.split_quota(10, w) == {"shuffle": 7, "depth": 3}
     assert sum(make_data.split_quota(81053, dict.fromkeys(tasks.TASKS, 1.0)).values()) == 81053
-    assert tuple(make_data.parse_tasks("auto", have_depth=False)) == tasks.RGB_TASKS
+    assert tuple(make_data.parse_tasks("auto", tasks.RGB_TASKS)) == ("shuffle", "flip", "crop")   # no rotation
+    assert tuple(make_data.parse_tasks("auto", tasks.TASKS)) == tasks.DEFAULT_TASKS            # the paper's five
+    assert tuple(make_data.parse_tasks("crop,rotation:2", tasks.RGB_TASKS)) == ("crop", "rotation")  # opt-in
     with pytest.raises(SetupError, match="unknown task 'rotate'"):
-        make_data.parse_tasks("rotate", have_depth=True)
+        make_data.parse_tasks("rotate", tasks.TASKS)
     with pytest.raises(SetupError, match="need depth maps"):
-        make_data.parse_tasks("shuffle,depth", have_depth=False)
+        make_data.parse_tasks("shuffle,depth", tasks.RGB_TASKS)
+    assert make_data.source_tasks("estimated", "relative") == ("shuffle", "flip", "crop", "depth", "rotation")
+    assert make_data.source_tasks("estimated", "metric") == tasks.TASKS
+    assert make_data.source_tasks("rgb") == tasks.RGB_TASKS and make_data.source_tasks("rgbd") == tasks.TASKS
 
 
 def test_import_has_no_side_effects(tmp_path):
-    code = "import sys; sys.path.insert(0, sys.argv[1]); import make_data"
+    """Importing make_data writes nothing and imports no torch (only --depth-model's code path does)."""
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); import make_data; "
+            "assert 'torch' not in sys.modules and 'transformers' not in sys.modules")
     subprocess.run([sys.executable, "-c", code, str(HERE)], cwd=tmp_path, check=True, timeout=120)
     assert not list(tmp_path.iterdir())
+
+
+# ---------------------------------------------------------------------------------------- depth from photos
+@pytest.fixture(scope="module")
+def depth_models(tmp_path_factory):
+    """Tiny random Depth Anything folders (tiny.build_tiny_depth): a relative one and a metric one."""
+    import tiny
+    root = tmp_path_factory.mktemp("depth_models")
+    return {kind: tiny.build_tiny_depth(str(root / kind), metric=kind == "metric", size=238)
+            for kind in ("relative", "metric")}
+
+
+def brightness_forward(self, pixel_values=None, **kwargs):
+    """A fake depth model's forward: the picture's brightness (its normalised channels' mean), scaled and
+    shifted. On the photos of inverse_depth_photos that is the true inverse depth up to scale and shift:
+    exactly what a relative depth model outputs (larger = nearer)."""
+    from transformers.modeling_outputs import DepthEstimatorOutput
+    return DepthEstimatorOutput(predicted_depth=pixel_values.mean(1) * 3.0 + 4.0)
+
+
+@pytest.fixture(scope="module")
+def inverse_depth_photos(tmp_path_factory):
+    """Grey PNG photos whose brightness is the inverse of a built-in scene's depth (the sky, with no depth,
+    black = farthest), and their true depth maps. Half of them also get the depth as <stem>_depth.npy (an
+    --rgbd folder where the depth files win), the other half only as `truth` (their depth must come from
+    the model)."""
+    folder = tmp_path_factory.mktemp("inverse") / "photos"
+    folder.mkdir()
+    truth = {}
+    for i, seed in enumerate(depth_friendly_seeds(6)):
+        _, depth = scenes.render_scene(seed, 240, 320)
+        inv = np.nan_to_num(1 / depth, nan=0.0)
+        lo, hi = np.percentile(inv[inv > 0], [0.5, 99.5])
+        grey = (np.clip((inv - lo) / (hi - lo), 0, 1) * 255).round().astype(np.uint8)
+        Image.fromarray(np.repeat(grey[..., None], 3, -1)).save(folder / f"s{i}.png")
+        truth[f"s{i}.png"] = depth
+        if i % 2:
+            np.save(folder / f"s{i}_depth.npy", depth)
+    return folder, truth
+
+
+def true_order(depth, regions):
+    """Marker labels from nearest to farthest by the true depth (median over each region's box; the sky, with no
+    depth, is the farthest)."""
+    sky_far = np.nan_to_num(depth, nan=np.inf)
+    med = {r["label"]: float(np.median(sky_far[r["box"][1]:r["box"][3], r["box"][0]:r["box"][2]])) for r in regions}
+    return sorted(med, key=med.get), med
+
+
+def test_estimated_depth_is_read_the_right_way_round(depth_models, inverse_depth_photos, tmp_path, monkeypatch):
+    """Re-derived: with a fake model whose output is the photos' true inverse depth (up to scale and shift),
+    every depth-ordering answer built from its estimate is the true near-to-far order of the marked regions;
+    read as a metric model (the same output taken as depth) every answer is reversed. Depth files win
+    where there are some, and each record says where its depth came from (meta and stats.json)."""
+    import transformers
+    monkeypatch.setattr(transformers.DepthAnythingForDepthEstimation, "forward", brightness_forward)
+    folder, truth = inverse_depth_photos
+    args = ["--rgbd", str(folder), "--tasks", "depth", "--n", "12", "--per-source", "6", "--test-fraction", "0",
+            "--sft-size", "0", "--depth-batch", "2"]
+    for kind in ("relative", "metric"):
+        out = tmp_path / kind
+        build(out, *args, "--depth-model", depth_models[kind])
+        records = read_jsonl(out / "train.jsonl")
+        sources = {}
+        for r in records:
+            name = Path(r["source"]).name
+            order, med = true_order(truth[name], r["meta"]["regions"])
+            got = [int(v) for v in r["answer"].split(",")]
+            estimated = not (folder / name.replace(".png", "_depth.npy")).exists()
+            sources.setdefault(r["meta"]["depth_source"], set()).add(name)
+            if estimated and kind == "metric":
+                assert got == order[::-1], (name, got, med)          # the same output read as depth: reversed
+            else:
+                assert got == order, (name, got, med)
+        label = f"model:{depth_models[kind]}"
+        assert set(sources) == {"sensor", label} and all(int(n[1]) % 2 for n in sources["sensor"])
+        assert not any(int(n[1]) % 2 for n in sources[label]) and len(sources[label]) >= 2
+        stats = json.loads((out / "stats.json").read_text())
+        assert stats["depth"]["output"] == kind and stats["depth"]["model"] == depth_models[kind]
+        assert stats["depth"]["records"] == {s: sum(r["meta"]["depth_source"] == s for r in records) for s in sources}
+
+
+def test_depth_model_builds_the_same_whatever_the_worker_count(depth_models, inverse_depth_photos, tmp_path,
+                                                               monkeypatch):
+    """The model runs in the main process in fixed chunks of --depth-batch sources (workers never load it), so
+    a build with 2 workers is byte-identical to one with 1, and a resumed build to an uninterrupted one."""
+    import transformers
+    monkeypatch.setattr(transformers.DepthAnythingForDepthEstimation, "forward", brightness_forward)
+    folder = inverse_depth_photos[0]
+    args = ["--rgb", str(folder), "--tasks", "depth,shuffle", "--n", "10", "--per-source", "3", "--test-fraction", "0",
+            "--sft-size", "0", "--depth-batch", "3", "--depth-model", depth_models["relative"], "--sync-seconds", "0"]
+    build(tmp_path / "one", *args, "--workers", "1")
+    build(tmp_path / "two", *args, "--workers", "2")
+    assert folder_bytes(tmp_path / "one") == folder_bytes(tmp_path / "two")
+    shutil.copytree(tmp_path / "one", tmp_path / "resumed")
+    journal = (tmp_path / "resumed" / "progress.jsonl").read_bytes().splitlines(keepends=True)
+    (tmp_path / "resumed" / "progress.jsonl").write_bytes(b"".join(journal[:len(journal) // 2]))
+    (tmp_path / "resumed" / "stats.json").unlink()
+    build(tmp_path / "resumed", *args, "--workers", "1", "--resume")
+    assert folder_bytes(tmp_path / "resumed") == folder_bytes(tmp_path / "one")
+
+
+def test_check_depth_reports_agreement_with_the_depth_files(depth_models, inverse_depth_photos, tmp_path,
+                                                            monkeypatch, capsys):
+    """--check-depth: the fake inverse-depth model agrees with the depth files on every question when read as
+    relative depth and on none when (wrongly) read as metric depth; the tiny random model gives some number
+    (meaningless by construction). Nothing is written, --out is not touched."""
+    folder = inverse_depth_photos[0]
+    args = ["--rgbd", str(folder), "--check-depth", "--n", "50"]
+    report = build(tmp_path / "never", *args, "--depth-model", depth_models["relative"])
+    assert 0 <= report["same_answer"] <= 1 and report["questions"] == 3      # 3 of the 6 photos have depth files
+    assert "same answer as the depth file" in capsys.readouterr().out
+    import transformers
+    monkeypatch.setattr(transformers.DepthAnythingForDepthEstimation, "forward", brightness_forward)
+    assert build(tmp_path / "never", *args, "--depth-model", depth_models["relative"])["same_answer"] == 1.0
+    wrong = build(tmp_path / "never", *args, "--depth-model", depth_models["metric"])
+    assert wrong["same_answer"] == 0.0 and wrong["pairs_same_order"] == 0.0
+    assert not (tmp_path / "never").exists()
+
+
+def test_depth_model_bad_input_is_one_line_and_writes_nothing(depth_models, tmp_path):
+    """A model not in the cache (offline: never downloaded), a model that is not a depth model, --depth-model
+    on the built-in scenes, --tasks position with a relative model, --check-depth without --rgbd and a
+    misspelt option: each one line, exit 2, nothing written."""
+    photos = small_photos(tmp_path / "photos", ["a.jpg", "b.jpg"])
+    (tmp_path / "gpt2").mkdir()
+    (tmp_path / "gpt2" / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
+    out = tmp_path / "out"
+    cases = [(["--rgb", photos, "--depth-model", "nobody/no-such-depth-model"], "never downloads"),
+             (["--rgb", photos, "--depth-model", tmp_path / "gpt2"], "not a depth-estimation model"),
+             (["--depth-model", depth_models["relative"]], "give --rgb DIR"),
+             (["--rgb", photos, "--depth-model", depth_models["relative"], "--tasks", "depth,position"],
+              "--tasks position needs metric depth"),
+             (["--rgb", photos, "--depth-model", depth_models["relative"], "--check-depth"], "give both"),
+             (["--rgb", photos, "--depth-modle", depth_models["relative"]], "unrecognized arguments")]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    for args, message in cases:
+        run = subprocess.run([sys.executable, str(HERE / "make_data.py"), "--out", str(out), *SMALL, *map(str, args)],
+                             capture_output=True, text=True, timeout=120, env=env)
+        assert run.returncode == 2 and run.stderr.count("\n") == 1, (args, run.stderr)
+        assert run.stderr.startswith("make_data.py: error: ") and message in run.stderr, (args, run.stderr)
+        assert not out.exists()
+    metric = make_data.prepare(make_data.parse_config(["--out", str(out), "--rgb", str(photos), "--depth-model",
+                                                       depth_models["metric"], "--tasks", "depth,position"]))
+    assert metric.quotas == {"depth": 250, "position": 250} and metric.depth_model.kind == "metric"
+
+
+# ---------------------------------------------------------------------------------------- rotation in the builder
+def test_rotation_is_opt_in_and_reported(tmp_path):
+    """rotation is not in --tasks auto (the paper's five) and is built when named: its records are verified by
+    tasks.py, its cold-start traces earn the full reward, and the shortcut report has its rows."""
+    assert "rotation" not in make_data.parse_tasks("auto", tasks.TASKS)
+    out = tmp_path / "rot"
+    stats = build(out, "--tasks", "rotation,shuffle", "--n", "16", "--sft-size", "4", "--test-fraction", "0")
+    records = [r for s in ("train", "test") for r in read_jsonl(out / f"{s}.jsonl")]
+    rotation = [r for r in records if r["task"] == "rotation"]
+    assert len(rotation) == 8 and {r["answer"] for r in rotation} <= {"0", "90", "180", "270"}
+    sft = [r for r in read_jsonl(out / "sft.jsonl") if r["task"] == "rotation"]
+    assert sft
+    for r in rotation + sft:
+        assert Image.open(out / r["images"][0]).size[0] == Image.open(out / r["images"][0]).size[1]
+        if "response" in r:
+            assert tasks.reward(r["response"], r["answer"], r["task"]) == pytest.approx(1.0)
+    heuristics = {row["heuristic"] for row in stats["shortcuts"] if row["task"] == "rotation"}
+    assert len(heuristics) == 3 and any("brightest edge" in h for h in heuristics)

@@ -679,18 +679,18 @@ SHORTCUT_SCENES = 300
 
 @pytest.fixture(scope="module")
 def shortcut_rows():
-    """The shortcut report on a few hundred depth / position / crop examples from built-in scenes (fixed
-    seeds, 256x192), images JPEG-encoded as the builder saves them."""
+    """The shortcut report on a few hundred depth / position / crop / rotation examples from built-in scenes
+    (fixed seeds, 256x192), images JPEG-encoded as the builder saves them."""
     import io
     records, store = [], {}
     for seed in range(SHORTCUT_SCENES):
         rgb, depth = scenes.render_scene(50_000 + seed, 192, 256)
-        for task in ("depth", "position", "crop"):
-            ex = tasks.make_example(task, rgb, depth if task != "crop" else None, np.random.default_rng(seed))
+        for task in ("depth", "position", "crop", "rotation"):
+            ex = tasks.make_example(task, rgb, depth if task in tasks.DEPTH_TASKS else None, np.random.default_rng(seed))
             if isinstance(ex, tasks.Rejected):
                 continue
             keys = []
-            for i, im in enumerate(ex.images if task == "crop" else []):
+            for i, im in enumerate(ex.images if task in ("crop", "rotation") else []):
                 buf = io.BytesIO()
                 im.save(buf, format="JPEG", quality=95)
                 keys.append(f"{task}{seed}_{i}")
@@ -699,7 +699,8 @@ def shortcut_rows():
             records.append({"task": task, "answer": ex.answer, "meta": meta, "images": keys})
     by = {t: [r for r in records if r["task"] == t] for t in tasks.TASKS}
     return (make_data.answer_priors(records) + make_data.depth_shortcuts(by["depth"])
-            + make_data.position_shortcuts(by["position"]) + make_data.crop_shortcuts(by["crop"], store.__getitem__))
+            + make_data.position_shortcuts(by["position"]) + make_data.crop_shortcuts(by["crop"], store.__getitem__)
+            + make_data.rotation_shortcuts(by["rotation"], store.__getitem__))
 
 
 def test_shortcut_heuristics_stay_under_their_thresholds(shortcut_rows):
@@ -707,7 +708,7 @@ def test_shortcut_heuristics_stay_under_their_thresholds(shortcut_rows):
     errors (n ≈ 150-300 per task, so the tolerance is about 5-8 points). Fixed seeds: deterministic."""
     names = {(r["task"], r["heuristic"]) for r in shortcut_rows}
     assert len([n for n in names if n[0] == "depth"]) >= 5 and len([n for n in names if n[0] == "crop"]) >= 4
-    assert len([n for n in names if n[0] == "position"]) >= 4
+    assert len([n for n in names if n[0] == "position"]) >= 4 and len([n for n in names if n[0] == "rotation"]) >= 3
     for r in shortcut_rows:
         assert r["n"] >= 100, r
         se = np.sqrt(max(r["accuracy"] * (1 - r["accuracy"]), 0.01) / r["n"])
