@@ -14,8 +14,8 @@ FSDP2, AdamW), records (the data files), common (distributed setup, output folde
 
 Outputs in --out: the final HF checkpoint, hf/step_N/ (HF exports every --save-every steps), checkpoints/step_N/
 (resumable state), metrics.jsonl (one row per step: format_row() prints it), samples.jsonl (prompts, completions,
-parsed answers, rewards), run.json (settings). Beyond the paper, off by default: --filter-groups (DAPO's
-dynamic sampling, keep_groups_with_signal()).
+parsed answers, rewards), run.json (settings). Beyond the paper, off by default: --partial-credit (score()) and
+--filter-groups (DAPO's dynamic sampling, keep_groups_with_signal()); docs/beyond-the-paper.md.
 
 Paper → code (official code: training/GRPO, an EasyR1 fork; examples/config.yaml + spatial-ssrl_*.sh)
   G = 5 samples per prompt, temperature 1, top-p 1, top-k off    → rollout() → engine.Engine.generate()
@@ -115,6 +115,8 @@ class Config:
     bf16: bool = knob(True, "bf16 compute with fp32 master weights (GPU only; CPU stays fp32)")
     fsdp: bool = knob(False, "shard with FSDP2 in one CPU process too (always on for GPU or >1 rank)")
     rollout_prompts_per_call: int = knob(8, "prompts decoded together on a GPU (its KV cache holds this × G rows)")
+    partial_credit: bool = knob(False, "Visual Jigsaw's partial credit (arXiv 2509.25190; not in the paper): shuffle and "
+                                       "depth answers score the fraction of positions right")
     filter_groups: bool = knob(False, "DAPO's dynamic sampling (arXiv 2503.14476; not in the paper): drop the groups "
                                       "whose G rewards are all equal and refill from fresh prompts")
     filter_tries: int = knob(3, "--filter-groups: extra rollouts per step at most; groups still missing are taken "
@@ -281,13 +283,14 @@ def rollout(engine: Engine, records: list, root: Path, tok, ip, cfg: Config) -> 
     return Rollout(records, prompts, cfg.group_size, ids.cpu(), mask.cpu().bool())
 
 
-def score(ro: Rollout, tok) -> Scores:
+def score(ro: Rollout, tok, partial: bool = False) -> Scores:
     """Rewards of every completion with tasks.reward_terms: r = 0.9·accuracy + 0.1·format, the problem text
-    passed (position options); format is 0 for a completion cut off without a stop token."""
+    passed (position options); format is 0 for a completion cut off without a stop token; partial: accuracy of
+    an ordering answer = the fraction of positions right (--partial-credit)."""
     texts = tok.batch_decode(torch.where(ro.mask, ro.completions, tok.pad_token_id), skip_special_tokens=True)
     truncated = ~(torch.isin(ro.completions, torch.tensor(stop_token_ids(tok))) & ro.mask).any(1)
     terms = [tasks.reward_terms(text, str(rec["answer"]), rec.get("task"), rec.get("problem"),
-                                finished=not bool(truncated[i]))
+                                finished=not bool(truncated[i]), partial=partial)
              for i, text in enumerate(texts) for rec in [ro.records[i // ro.group_size]]]
     rewards, accuracy, fmt = (torch.tensor(t, dtype=torch.float32) for t in zip(*terms))
     return Scores(texts, rewards, accuracy, fmt, truncated)
@@ -325,7 +328,7 @@ def keep_groups_with_signal(engine: Engine, ro: Rollout, sc: Scores, run, cfg: C
             break
         fresh = [run.records[i] for i in torch.randint(len(run.records), (need - len(kept),), generator=g).tolist()]
         ro = rollout(engine, fresh, run.root, run.tok, run.ip, cfg)
-        sc, drawn = score(ro, run.tok), drawn + len(fresh)
+        sc, drawn = score(ro, run.tok, cfg.partial_credit), drawn + len(fresh)
     chosen = (kept + dropped)[:need]
     return (*merge_groups(chosen, run.root, run.tok, run.ip), {"drawn": drawn, "dropped": drawn - need})
 
@@ -475,7 +478,7 @@ def grpo_identity(cfg: Config, num_records: int, rollout_bs: int, update_bs: int
     batch sizes, G, seed, shuffle, epochs), the sampling, the objective, the optimizer and the image bounds."""
     keys = ("model", "group_size", "seed", "shuffle", "epochs", "max_steps", "max_new_tokens", "temperature",
             "top_p", "top_k", "lr", "weight_decay", "adam_betas", "max_grad_norm", "clip_low", "clip_high",
-            "dual_clip", "kl_coef", "adv_eps", "freeze_vision", "filter_groups", "filter_tries")
+            "dual_clip", "kl_coef", "adv_eps", "freeze_vision", "partial_credit", "filter_groups", "filter_tries")
     size = image_processor.size
     return {**{k: getattr(cfg, k) for k in keys}, "num_records": num_records, "rollout_batch_size": rollout_bs,
             "update_batch_size": update_bs, "pixels": [size["shortest_edge"], size["longest_edge"]]}
@@ -549,7 +552,7 @@ def train(cfg: Config) -> list:
             refresh_s = run.engine.refresh(model)                           # the decoder follows the policy
             torch.manual_seed(step_seed(cfg.seed, step, d.rank))
             ro = rollout(run.engine, mine, run.root, run.tok, run.ip, cfg)  # 1. G samples per prompt
-            sc = score(ro, run.tok)                                         # 2. rewards
+            sc = score(ro, run.tok, cfg.partial_credit)                     # 2. rewards
             filt = {"drawn": len(mine), "dropped": 0}
             if cfg.filter_groups:                                           #    (DAPO: only groups with signal)
                 ro, sc, filt = keep_groups_with_signal(run.engine, ro, sc, run, cfg, step, d.rank)

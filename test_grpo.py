@@ -297,6 +297,26 @@ def test_score_reads_options_through_the_problem_and_stops_at_endoftext(data):
     assert tasks.reward(text, "B", "position") == pytest.approx(0.1)      # without the problem: not option B
 
 
+def test_partial_credit_reaches_the_reward(data):
+    """--partial-credit: score() passes partial=True to tasks.reward_terms, so a shuffle answer with 2 of 4
+    positions right scores accuracy 0.5 (reward 0.9·0.5 + 0.1), a depth answer with 1 of 3 right 1/3; off, both
+    score 0 (the paper's reward); a flip answer stays 0/1 either way."""
+    _, tok, _ = vlm.load_model("tiny")
+    recs = [{"id": "s", "task": "shuffle", "answer": "1, 2, 3, 4", "problem": "<image>Order the tiles."},
+            {"id": "d", "task": "depth", "answer": "2, 3, 1", "problem": "<image>Order the marks."},
+            {"id": "f", "task": "flip", "answer": "3, vertical", "problem": "<image>Which tile?"}]
+    texts = ["<think>t</think> \\boxed{2, 1, 3, 4}", "<think>t</think> \\boxed{2, 1, 3}", "<think>t</think> \\boxed{3, horizontal}"]
+    rows = [tok(t, add_special_tokens=False)["input_ids"] + [2] for t in texts for _ in range(2)]
+    width = max(map(len, rows))
+    ids = torch.tensor([r + [0] * (width - len(r)) for r in rows])
+    mask = torch.tensor([[j < len(r) for j in range(width)] for r in rows])
+    ro = grpo.Rollout(recs, {}, 2, ids, mask)
+    on, off = grpo.score(ro, tok, partial=True), grpo.score(ro, tok)
+    assert on.accuracy.tolist() == pytest.approx([0.5, 0.5, 1 / 3, 1 / 3, 0.0, 0.0])
+    assert on.rewards.tolist() == pytest.approx([0.55, 0.55, 0.4, 0.4, 0.1, 0.1])
+    assert off.accuracy.tolist() == [0.0] * 6 and off.rewards.tolist() == pytest.approx([0.1] * 6)
+
+
 def cli_error(capsys, main, argv: list) -> str:
     """The one stderr line of a command that must fail with exit code 2 (common.cli_main)."""
     with pytest.raises(SystemExit) as e:
@@ -396,8 +416,8 @@ def parity_score(real_score):
     """score() with the reward replaced by a deterministic function of each completion (its token-sum parity),
     and every group of record q1 or q3 made all-equal: groups with and without signal, the same on a resumed
     run (the tiny random model never answers right, so the real rewards are all 0)."""
-    def score(ro, tok):
-        sc = real_score(ro, tok)
+    def score(ro, tok, partial=False):
+        sc = real_score(ro, tok, partial)
         parity = (ro.completions * ro.mask).sum(1) % 2
         equal = torch.tensor([ro.records[i // ro.group_size]["id"] in ("q1", "q3") for i in range(len(parity))])
         sc.rewards = torch.where(equal, torch.zeros_like(sc.rewards), parity.float())

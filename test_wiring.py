@@ -232,8 +232,8 @@ def test_train_schedule_old_ref_and_minibatches(data, tmp_path, monkeypatch):
         calls[-1]["m"] = orig_update(model, optimizer, ro, groups, adv, old, ref, cfg, device)
         return calls[-1]["m"]
 
-    def score(ro, tok):   # the tiny random model never answers right: random rewards give every group a signal
-        sc = orig_score(ro, tok)
+    def score(ro, tok, partial=False):   # the tiny random model never answers right: random rewards, signal
+        sc = orig_score(ro, tok, partial)
         sc.rewards = torch.rand(len(sc.rewards), generator=rewards_rng)
         return sc
     orig_score, rewards_rng = grpo.score, torch.Generator().manual_seed(5)
