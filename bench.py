@@ -1239,10 +1239,10 @@ def run_gpu(args) -> Path:
     t0 = time.perf_counter()
     if args.dry_run:
         os.environ["SPATIAL_SSRL_DEVICE"] = "cpu"
-    tests = run_gpu_tests(args)
     device = bench_device()
     if device.type != "cuda" and not args.dry_run:
         raise SystemExit("bench.py gpu: no CUDA GPU visible here; on a CPU run `python bench.py gpu --dry-run`")
+    tests = run_gpu_tests(args)
     from transformers.utils import logging as hf_logging
     hf_logging.disable_progress_bar()
     with common.dist_session(0):
