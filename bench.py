@@ -632,7 +632,7 @@ def grpo_step(s: dict, records: list, root, device) -> dict:
     mark()
     s["engine"].refresh(model)
     ro = grpo.rollout(s["engine"], records, root, s["tok"], s["ip"], cfg)
-    adv = grpo.group_advantages(grpo.score(ro, s["tok"]).rewards, G, eps=cfg.adv_eps)
+    adv = grpo.group_advantages(grpo.score(ro, s["tok"], cfg.partial_credit).rewards, G, eps=cfg.adv_eps)
     mark()
     old = grpo.rollout_logprobs(model, ro, cfg, device) if R > U else None
     ref = grpo.rollout_logprobs(s["ref"], ro, cfg, device) if s["ref"] is not None else None
