@@ -133,23 +133,14 @@ def model_label(name: str, layers: int | None) -> str:
 
 def trainable(model, device, train_vision: bool, ckpt: bool, fsdp: bool, lr: float = 1e-6,
               weight_decay: float = 0.01) -> tuple:
-    """(model, AdamW) arranged as vlm.load_trainable arranges a loaded model: the patches vlm.load_model installs
-    (batched vision attention, the group attention), the vision tower frozen unless it trains, activation
-    checkpointing of what trains, vlm.place_model (FSDP2 with bf16 compute on a GPU; with fsdp=True on a CPU
-    too, gloo, one rank)."""
-    import torch
+    """(model, AdamW) of a built model as sft.py / grpo.py arrange a loaded one: vlm.install_attention (what
+    vlm.load_model installs), vlm.make_trainable (FSDP2 with bf16 compute on a GPU; with fsdp=True on a CPU too,
+    gloo, one rank)."""
     import common
     import vlm
-    vlm.fast_vision_attention(model)
-    vlm.install_group_attention(model)
-    if not train_vision:
-        vlm.freeze_vision(model)
-    model.config.use_cache = False
-    if ckpt:
-        vlm.enable_activation_checkpointing(model)
-    model = vlm.place_model(model.train(), common.Dist(device=device), bf16=True, fsdp=fsdp)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=weight_decay)
-    return model, opt
+    vlm.install_attention(model)
+    return vlm.make_trainable(model, common.Dist(device=device), train_vision=train_vision, checkpointing=ckpt,
+                              bf16=True, fsdp=fsdp, lr=lr, weight_decay=weight_decay)
 
 
 def reference(model, device, fsdp: bool):
@@ -157,8 +148,7 @@ def reference(model, device, fsdp: bool):
     import torch
     import common
     import vlm
-    vlm.fast_vision_attention(model)
-    vlm.install_group_attention(model)
+    vlm.install_attention(model)
     model = model.to(torch.bfloat16 if device.type == "cuda" else torch.float32).requires_grad_(False).eval()
     return vlm.place_model(model, common.Dist(device=device), bf16=True, fsdp=fsdp)
 

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from common import print0
-from vlm import VISION_INPUTS, VISION_TOKENS, fast_vision_attention, is_fsdp, rope_positions, select_prompts
+from vlm import VISION_INPUTS, VISION_TOKENS, install_attention, is_fsdp, rope_positions, select_prompts
 
 
 PROMPT_BUCKETS = (256, 512, 1024, 2048, 4096)
@@ -135,7 +135,7 @@ class Engine:
             plain = self.cls(copy.deepcopy(self.config))
         plain.to(self.dtype).to_empty(device=self.device).eval().requires_grad_(False)
         plain.tie_weights()   # to_empty gives each module its own tensor: re-tie lm_head to the embeddings
-        fast_vision_attention(plain)
+        install_attention(plain)
         src = dict(model.named_buffers())
         for name, _ in list(plain.named_buffers()):
             mod, _, leaf = name.rpartition(".")

@@ -144,9 +144,15 @@ def load_model(name: str, *, min_pixels: int | None = None, max_pixels: int | No
             raise SetupError(f"--model {name}: the tokenizer has no chat template (need tokenizer_config.json "
                              "or chat_template.jinja with the Qwen-VL template)")
     set_pixel_bounds(ip, min_pixels, max_pixels)
-    fast_vision_attention(model)      # one batched attention call per window size, not a Python loop per window
-    install_group_attention(model)    # sdpa, which also reads the layout of a GRPO group row
+    install_attention(model)
     return model, tok, ip
+
+
+def install_attention(model) -> None:
+    """The attention of every stage: the vision tower's in one batched call per window size (not a Python loop
+    per window), the text model's sdpa that also reads a GRPO group row's layout. load_model() calls it."""
+    fast_vision_attention(model)
+    install_group_attention(model)
 
 
 def freeze_vision(model) -> int:
@@ -615,10 +621,9 @@ def shard_model(model, device: torch.device, bf16: bool = True, broadcast_from_r
     # gradients equal a one-process run (test_fsdp2_two_ranks_equal_one_process).
     warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module \(.*\) returned a view tensor")
     world = dist.get_world_size() if dist.is_initialized() else 1
-    if not dist.is_initialized():  # FSDP2 needs a process group even for one rank
-        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", str(29500 + os.getpid() % 1000))
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=0, world_size=1)
+    if not dist.is_initialized():  # FSDP2 needs a process group even for one rank: a local one, on a free port
+        store = dist.TCPStore("127.0.0.1", 0, 1, is_master=True)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", store=store, rank=0, world_size=1)
     mesh = init_device_mesh(device.type, (world,))
     mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) \
         if (bf16 and device.type == "cuda") else MixedPrecisionPolicy()
@@ -660,14 +665,20 @@ def is_fsdp(model) -> bool:
 
 
 # ----------------------------------------------------------------------------- the trained model
-def load_trainable(name: str, d, *, train_vision: bool, checkpointing: bool, bf16: bool, fsdp: bool, lr: float,
-                   weight_decay: float, betas: tuple, min_pixels: int | None = None,
-                   max_pixels: int | None = None) -> tuple:
-    """(model, tokenizer, image processor, AdamW) for sft.py and grpo.py: load (with several ranks only rank 0
-    reads the weights; the others build on the meta device), freeze the vision tower unless it trains,
-    activation checkpointing on the layers that train, place_model, AdamW over the trainable parameters."""
+def load_trainable(name: str, d, *, min_pixels: int | None = None, max_pixels: int | None = None,
+                   **training) -> tuple:
+    """(model, tokenizer, image processor, AdamW) for sft.py and grpo.py: load_model (with several ranks only
+    rank 0 reads the weights; the others build on the meta device), then make_trainable(model, d, **training)."""
     model, tok, ip = load_model(name, min_pixels=min_pixels, max_pixels=max_pixels,
                                 meta=d.world_size > 1 and not d.is_main)
+    model, optimizer = make_trainable(model, d, **training)
+    return model, tok, ip, optimizer
+
+
+def make_trainable(model, d, *, train_vision: bool, checkpointing: bool, bf16: bool, fsdp: bool, lr: float,
+                   weight_decay: float, betas: tuple = (0.9, 0.999)) -> tuple:
+    """(model, AdamW) from a loaded model: the vision tower frozen unless it trains, activation checkpointing on
+    the layers that train, place_model, AdamW over the trainable parameters."""
     if not train_vision:
         freeze_vision(model)
     model.config.use_cache = False
@@ -676,7 +687,7 @@ def load_trainable(name: str, d, *, train_vision: bool, checkpointing: bool, bf1
     model = place_model(model.train(), d, bf16, fsdp)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, betas=tuple(betas),
                                   weight_decay=weight_decay)
-    return model, tok, ip, optimizer
+    return model, optimizer
 
 
 def place_model(model, d, bf16: bool = True, fsdp: bool = False):
@@ -717,12 +728,14 @@ def save_hf(model, tokenizer, image_processor, out_dir: str, dtype: torch.dtype 
     sd = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if is_main():
         out, seen = Path(out_dir), set()
+        tied = getattr(model.config, "tie_word_embeddings", False) or \
+            getattr(model.config.get_text_config(), "tie_word_embeddings", False)
         tmp = out / ".export.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         weights = {}
         for k, v in sd.items():  # tied weights share storage: keep the first name only
-            if v.data_ptr() in seen and model.config.get_text_config().tie_word_embeddings:
+            if v.data_ptr() in seen and tied:
                 continue
             seen.add(v.data_ptr())
             weights[k] = v.detach().to(dtype).contiguous()
