@@ -133,6 +133,9 @@ class Engine:
         """The plain copy, allocated once: parameters in self.dtype, buffers (rotary inv_freq) as the source's."""
         with torch.device("meta"):
             plain = self.cls(copy.deepcopy(self.config))
+            if getattr(self.config, "image_position_table", 0):   # the demo's tiny models (tiny.add_position_table)
+                from tiny import restore_position_table
+                restore_position_table(plain)
         plain.to(self.dtype).to_empty(device=self.device).eval().requires_grad_(False)
         plain.tie_weights()   # to_empty gives each module its own tensor: re-tie lm_head to the embeddings
         install_attention(plain)

@@ -580,6 +580,32 @@ def mixed_prompts(tok, ip) -> tuple:
     return convs, ims, vlm.encode(convs, ims, tok, ip, "left")
 
 
+def test_demo_position_table_is_saved_reloaded_and_decoded(tmp_path, monkeypatch):
+    """tiny.add_position_table (the demo's stand-in for a pretrained tower's positional features): it changes the
+    image features (so it is wired in), save_hf + vlm.load_model bring it back with its values, and the loaded
+    model gives the same log-probs (full and group forward) and, through the decoder's separate copy with the GPU
+    shapes, the same greedy tokens."""
+    model, tok, ip = vlm.load_model("tiny")
+    _, _, batch = mixed_prompts(tok, ip)
+    batch.pop("labels")
+    before = model(**batch).logits
+    tiny.add_position_table(model, 3, std=0.5)
+    assert not torch.allclose(before, model(**batch).logits)
+    vlm.save_hf(model, tok, ip, str(tmp_path / "m"), dtype=torch.float32)
+    loaded, tok2, ip2 = vlm.load_model(str(tmp_path / "m"))
+    table = lambda m: getattr(m.model, tiny.POSITION_TABLE)                       # noqa: E731
+    assert torch.equal(table(loaded), table(model)) and loaded.config.image_position_table == 3
+    comp = torch.randint(20, 400, (8, 5), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones(8, 5, dtype=torch.bool)
+    a, b = (vlm.group_logprobs(m, batch, comp, mask, 2) for m in (model, loaded))
+    assert torch.allclose(a, b, atol=1e-6)
+    ids, _ = engine.Engine(model).generate(batch, tok, max_new_tokens=6)
+    copy = fixed_shape_engine(loaded, monkeypatch, prompts_per_call=3)
+    copy.shared, copy.model = False, None
+    copy.refresh(loaded)
+    assert torch.equal(table(copy.model), table(model)) and torch.equal(copy.generate(batch, tok2, max_new_tokens=6)[0], ids)
+
+
 def test_select_prompts_and_buckets():
     """Selecting prompts out of a batch (any order) keeps exactly their images (pixel rows and grids) and cuts
     the columns that are padding in all of them, as encoding them alone does; prompt lengths round up to the
@@ -749,14 +775,16 @@ def test_resume_equals_uninterrupted(data, tmp_path):
 
 
 # ----------------------------------------------------------------------------- FSDP2 (one torchrun launch)
-def save_tiny_source(folder: Path, kind: str, seed: int, tie: bool) -> Path:
-    """A saved tiny HF directory with non-default random weights (and tied embeddings if `tie`)."""
+def save_tiny_source(folder: Path, kind: str, seed: int, tie: bool, table: int = 0) -> Path:
+    """A saved tiny HF directory with non-default random weights (and tied embeddings if `tie`, the demo's image
+    position table of side `table` if > 0)."""
     model, tok, ip = tiny.build_tiny(kind, seed=seed)
     if tie:
         model.config.tie_word_embeddings = True
         model.tie_weights()
-    for x in (model, tok, ip):
-        x.save_pretrained(folder / f"src-{kind}")
+    if table:
+        tiny.add_position_table(model, table, std=0.5)
+    vlm.save_hf(model, tok, ip, str(folder / f"src-{kind}"), dtype=torch.float32)
     return folder / f"src-{kind}"
 
 
@@ -824,14 +852,15 @@ def fsdp_worker(folder: Path) -> None:
 
 
 def test_fsdp2_two_ranks_equal_one_process(data, tmp_path):
-    """2 gloo ranks with FSDP2 reach the same weights as one process on the same global batches
+    """2 gloo ranks with FSDP2 reach the same weights as one process on the same global batches (the Qwen3-VL source
+    carries the demo's image position table: loaded on rank 0 only, sharded, gathered into the decoder's copy)
     (tolerance FSDP_TOL: only the summation order differs); generation on the sharded Qwen3-VL matches.
     A global batch of 3 gives rank 1 one sample and one zero-weight filler micro-batch. Both runs and the
     sharded Qwen3-VL load the weights on rank 0 only (rank 1 on the meta device), which must give exactly
     the weights, buffers (rotary inv_freq), requires_grad flags and tying of a plain load."""
     folder = data.parent
     save_tiny_source(folder, "tiny", seed=2, tie=False)
-    save_tiny_source(folder, "tiny-qwen3", seed=1, tie=True)
+    save_tiny_source(folder, "tiny-qwen3", seed=1, tie=True, table=3)   # with the demo's position table
     run_two_ranks(HERE / "test_train.py", "fsdp-worker", str(folder))
     for rank in range(2):
         res = json.loads((folder / f"rank{rank}.json").read_text())

@@ -8,7 +8,13 @@ second without a download.
   build_qwen25_vl_shape the published Qwen2.5-VL-3B config with random weights (QWEN25_VL_3B_SHAPE), for timing
   build_tiny_depth      a randomly initialised tiny Depth Anything (relative or metric) with its image processor,
                         saved as a folder, for make_data.py --depth-model (its depth is meaningless)
+  demo stand-ins        what a pretrained Qwen-VL brings and a random tiny model lacks, for demo.sh only:
+                        add_position_table (a learned 2-D position table added to the merged image tokens; saved
+                        and reloaded with the model, vlm.load_model and engine.Engine re-install it) and
+                        warm_up_vision (a short supervised warm-up of the vision tower standing in for its
+                        pretraining); `python tiny.py --out DIR --data sft.jsonl` builds such a starting model
 """
+import functools
 import json
 
 import torch
@@ -154,3 +160,55 @@ def build_tiny_depth(out_dir: str, metric: bool = False, size: int = 56, seed: i
     DPTImageProcessorPil(size={"height": size, "width": size}, keep_aspect_ratio=True, ensure_multiple_of=14,
                          do_pad=False).save_pretrained(out_dir)
     return out_dir
+
+
+# ----------------------------------------------------------------------------- the demo's stand-ins for pretraining
+POSITION_TABLE = "image_position_table"   # config attribute and parameter name: the table's side (0: none)
+
+
+def add_position_table(model, side: int, std: float = 0.1) -> None:
+    """A learned 2-D position table added to the merged image tokens: the token at row r, column c of its image's
+    merged grid gets table[r, c] (side × side × hidden; rows and columns beyond the side share its last entry).
+    Qwen-VL image tokens carry their position only through M-RoPE in the attention scores; a pretrained vision
+    tower also puts it into their features, which a random tiny one does not: this stands in for that. The table
+    is a parameter of model.model (it trains with the language model, also when the vision tower is frozen) and
+    config.image_position_table records its side, so save_hf saves it and vlm.load_model / engine.Engine's copy
+    re-install it (restore_position_table). Idempotent."""
+    if hasattr(model.model, POSITION_TABLE):
+        return
+    hidden = model.config.get_text_config().hidden_size
+    weight = torch.randn(side, side, hidden, device=next(model.parameters()).device) * std
+    setattr(model.model, POSITION_TABLE, torch.nn.Parameter(weight))
+    setattr(model.config, POSITION_TABLE, side)
+    model.model.visual.register_forward_hook(functools.partial(_add_positions, model.model), with_kwargs=True)
+
+
+def _add_positions(owner, visual, args, kwargs, out):
+    """Forward hook of the vision tower: its merged tokens (all images, raster order per image) + the table."""
+    grid = kwargs["grid_thw"] if "grid_thw" in kwargs else args[1]
+    table, merge = getattr(owner, POSITION_TABLE), visual.spatial_merge_size
+    rows, cols = [], []
+    for t, h, w in grid.tolist():
+        i = torch.arange(t * (h // merge) * (w // merge), device=table.device)
+        rows.append((i // (w // merge)) % (h // merge))
+        cols.append(i % (w // merge))
+    side = table.shape[0] - 1
+    extra = table[torch.cat(rows).clamp(max=side), torch.cat(cols).clamp(max=side)]
+    out.pooler_output = out.pooler_output + extra.to(out.pooler_output.dtype)
+    return out
+
+
+def restore_position_table(model, source: str | None = None, **from_pretrained) -> None:
+    """Re-install the table of a model whose config records one (transformers builds the model without it);
+    with `source` (a checkpoint folder or id) load its values from the checkpoint's model.safetensors."""
+    side = getattr(model.config, POSITION_TABLE, 0)
+    if not side:
+        return
+    add_position_table(model, side)
+    if source is not None:
+        from safetensors import safe_open
+        from transformers.utils import cached_file
+        with safe_open(cached_file(source, "model.safetensors", **from_pretrained), "pt") as f:
+            value = f.get_tensor(f"model.{POSITION_TABLE}")
+        with torch.no_grad():
+            getattr(model.model, POSITION_TABLE).copy_(value)

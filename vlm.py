@@ -143,6 +143,9 @@ def load_model(name: str, *, min_pixels: int | None = None, max_pixels: int | No
         if tok.chat_template is None:
             raise SetupError(f"--model {name}: the tokenizer has no chat template (need tokenizer_config.json "
                              "or chat_template.jinja with the Qwen-VL template)")
+        if getattr(model.config, "image_position_table", 0):     # the demo's tiny models (tiny.add_position_table)
+            from tiny import restore_position_table
+            restore_position_table(model, None if meta else name, **src)
     set_pixel_bounds(ip, min_pixels, max_pixels)
     install_attention(model)
     return model, tok, ip
