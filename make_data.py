@@ -148,6 +148,10 @@ class Config:
     check_depth: bool = knob(False, "build nothing: on the --rgbd images with a depth file, report how often the "
                                     "depth-ordering answer from --depth-model equals the one from the depth file "
                                     "(up to --n questions; --out is not used)")
+    short_prompts: bool = knob(False, "demo.sh's tiny model: each task's short problem text (tasks.Task.short: "
+                                      "flip, depth, rotation), the same question in a fraction of the tokens")
+    answer_only_traces: bool = knob(False, "demo.sh's tiny model: cold-start responses '<think></think> "
+                                           "\\boxed{answer}' instead of the templated reasoning")
     image_format: str = knob("jpg", "jpg or png (lossless, ~8x slower to encode and ~4x larger at 1024x768)")
     jpeg_quality: int = knob(95, "JPEG quality of the saved task images")
     sync_seconds: float = knob(2.0, "make records and journal durable (fsync) at most this often (0 = after every "
@@ -1010,10 +1014,12 @@ class Builder:
         return self.done()
 
     def _accept(self, split, task, index, src, ex):
-        record = {"id": f"{task}-{index:07d}", "task": task, "problem": ex["problem"], "answer": ex["answer"],
+        short = tasks.TASK_SPECS[task].short if self.cfg.short_prompts else ""
+        record = {"id": f"{task}-{index:07d}", "task": task, "problem": short or ex["problem"], "answer": ex["answer"],
                   "images": ex["images"], "source": src.label, "meta": ex["meta"]}
         if split == "sft":
-            record["response"] = _trace(record)
+            record["response"] = f"<think></think> \\boxed{{{ex['answer']}}}" if self.cfg.answer_only_traces \
+                else _trace(record)
             self.sft_counts[task] += 1
         else:
             self.counts[task] += 1
@@ -1055,6 +1061,10 @@ def prepare(cfg):
     kinds = {"scene"} if sources is None else {s.kind for s in sources}
     usable = [t for t in tasks.TASKS if any(t in source_tasks(k, depth_model and depth_model.kind) for k in kinds)]
     weights = parse_tasks(cfg.tasks, usable, depth_model)
+    no_short = [t for t in weights if cfg.short_prompts and not tasks.TASK_SPECS[t].short]
+    if no_short:
+        raise SetupError(f"--short-prompts: {', '.join(no_short)} has no short problem text (tasks with one: "
+                         f"{', '.join(t for t, s in tasks.TASK_SPECS.items() if s.short)})")
     sft_share, sft_quotas = sft_plan(cfg, weights)
     identity = dataset_identity(cfg, sources)
     if mode == "resume":

@@ -382,6 +382,7 @@ def trace_shuffle(m: dict) -> str:
 #   answer: the flipped tile and the direction, '3, horizontal'; RGB only
 # =====================================================================================================
 FLIP_DIRECTIONS = ("horizontal", "vertical")   # mirrored left-to-right, mirrored top-to-bottom
+FLIP_SHORT = "<image>\nWhich tile (1 top-left, 2 top-right, 3 bottom-left, 4 bottom-right) is flipped, horizontal or vertical?"
 
 
 def make_flip(rgb: np.ndarray, rng: np.random.Generator) -> Example | Rejected:
@@ -587,6 +588,7 @@ DEPTH_BANDS = ((0.0, 0.3), (0.35, 0.65), (0.7, 1.0))   # normalised depth bands:
 REGION_MIN_GAP = 0.05    # depth regions: gap between their depth intervals above this
 DEPTH_EDGE_TARGETS = (0.35, 0.3, 0.2, 0.15)  # distribution of the "edge = nearer" agreement targets (0..3 pairs)
 DEPTH_TRIES = 128        # random marker triples scored per depth example (pick the one matching the targets)
+DEPTH_SHORT = "<image>\nOrder the marked points 1, 2 and 3 from the nearest to the farthest."
 
 
 def pair_agreement(order_xy: np.ndarray, h: int, w: int) -> tuple:
@@ -899,6 +901,7 @@ ROTATION_PATCH = (0.6, 0.9)             # the square's side as a fraction of the
 ROTATION_BAND = 0.25                    # the brightness cue's bands: the outer quarter along each edge
 ROTATION_BRIGHT_TOP = 0.25              # share of questions whose square is brightest along its own top edge
 ROTATION_TRIES = 32                     # random squares scored per rotation example
+ROTATION_SHORT = "<image>\nBy how many degrees (0, 90, 180 or 270) was this picture turned clockwise?"
 
 
 def side_means(gray: np.ndarray, boxes: np.ndarray) -> np.ndarray:
@@ -996,7 +999,9 @@ class Task:
     depth_order_only: (needs_depth) the answer depends only on the order of the depths: any increasing
       function of the depth map gives the same answer, so a relative (affine-invariant) depth model may feed
       it (make_data.py --depth-model).
-    default: one of the paper's five, built by make_data.py --tasks auto; False = opt-in by name."""
+    default: one of the paper's five, built by make_data.py --tasks auto; False = opt-in by name.
+    short: a short problem text with the same question and answer format, for demo.sh's tiny model (make_data.py
+      --short-prompts; its prompts cost it more than its images); "" = the task has none (its problem varies)."""
     name: str
     make: Callable
     parse: Callable
@@ -1006,15 +1011,17 @@ class Task:
     ordering: bool = False
     depth_order_only: bool = False
     default: bool = True
+    short: str = ""
 
 
 TASK_SPECS = {spec.name: spec for spec in (
     Task("shuffle", make_shuffle, parse_shuffle, trace_shuffle, ordering=True),
-    Task("flip", make_flip, parse_flip, trace_flip),
+    Task("flip", make_flip, parse_flip, trace_flip, short=FLIP_SHORT),
     Task("crop", make_crop, parse_crop, trace_crop),
-    Task("depth", make_depth, parse_depth, trace_depth, needs_depth=True, ordering=True, depth_order_only=True),
+    Task("depth", make_depth, parse_depth, trace_depth, needs_depth=True, ordering=True, depth_order_only=True,
+         short=DEPTH_SHORT),
     Task("position", make_position, parse_position, trace_position, needs_depth=True, reads_options=True),
-    Task("rotation", make_rotation, parse_rotation, trace_rotation, default=False),
+    Task("rotation", make_rotation, parse_rotation, trace_rotation, default=False, short=ROTATION_SHORT),
 )}
 TASKS = tuple(TASK_SPECS)
 RGB_TASKS = tuple(name for name, spec in TASK_SPECS.items() if not spec.needs_depth)

@@ -726,3 +726,21 @@ def test_rotation_is_opt_in_and_reported(tmp_path):
             assert tasks.reward(r["response"], r["answer"], r["task"]) == pytest.approx(1.0)
     heuristics = {row["heuristic"] for row in stats["shortcuts"] if row["task"] == "rotation"}
     assert len(heuristics) == 3 and any("brightest edge" in h for h in heuristics)
+
+
+def test_demo_data_options_short_prompts_and_answer_only_traces(tmp_path, capsys):
+    """demo.sh's data options: --short-prompts writes each task's short problem (tasks.Task.short: the same
+    question and answer format), --answer-only-traces cold-start responses that are only the answer, well formed
+    and right by the task's verifier; a task without a short problem is refused in one line."""
+    out = tmp_path / "d"
+    build(out, "--n", "12", "--tasks", "flip,depth", "--sft-size", "4", "--test-fraction", "0.3", "--short-prompts",
+          "--answer-only-traces")
+    for split in ("train", "test", "sft"):
+        for r in read_jsonl(out / f"{split}.jsonl"):
+            assert r["problem"] == tasks.TASK_SPECS[r["task"]].short and r["problem"].count("<image>") == 1
+    sft = read_jsonl(out / "sft.jsonl")
+    assert sft and all(r["response"] == f"<think></think> \\boxed{{{r['answer']}}}" for r in sft)
+    assert all(tasks.reward_terms(r["response"], r["answer"], r["task"], r["problem"]) == (1.0, 1.0, 1.0) for r in sft)
+    with pytest.raises(make_data.SetupError, match="crop has no short problem text"):
+        build(tmp_path / "e", "--n", "12", "--tasks", "flip,crop", "--short-prompts")
+    assert not (tmp_path / "e").exists()
