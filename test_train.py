@@ -606,6 +606,29 @@ def test_demo_position_table_is_saved_reloaded_and_decoded(tmp_path, monkeypatch
     assert torch.equal(table(copy.model), table(model)) and torch.equal(copy.generate(batch, tok2, max_new_tokens=6)[0], ids)
 
 
+def test_demo_start_model_flip_targets_and_cli(tmp_path):
+    """tiny.flip_token_targets marks the flipped tile's tokens with its direction (hand-checked on a 4×4 grid);
+    `python tiny.py` (demo.sh's starting model) warms the vision tower up on flip questions and saves a model
+    that vlm.load_model loads with its position table; other tasks are refused in one line."""
+    t = tiny.flip_token_targets({"meta": {"tile": 3, "direction": "vertical"}}, 4).view(4, 4)
+    assert t.tolist() == [[0, 0, 0, 0], [0, 0, 0, 0], [2, 2, 0, 0], [2, 2, 0, 0]]
+    import make_data
+    make_data.run(make_data.parse_config(["--out", str(tmp_path / "d"), "--n", "10", "--tasks", "flip", "--sft-size",
+                                          "12", "--scene-size", "112x112", "--test-fraction", "0.2", "--no-progress",
+                                          "--preview", "none", "--short-prompts", "--answer-only-traces"]))
+    r = subprocess.run([sys.executable, str(HERE / "tiny.py"), "--out", str(tmp_path / "m"), "--data",
+                        str(tmp_path / "d" / "sft.jsonl"), "--warm-up-steps", "2"], capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0 and "probe names tile and direction" in r.stdout, r.stderr[-2000:]
+    model, _, ip = vlm.load_model(str(tmp_path / "m"))
+    assert model.config.image_position_table == 16 and ip.size["longest_edge"] == 112 * 112
+    (tmp_path / "other.jsonl").write_text(json.dumps({"id": "x", "task": "depth", "images": [], "problem": "",
+                                                      "answer": "1, 2, 3"}) + "\n")
+    r = subprocess.run([sys.executable, str(HERE / "tiny.py"), "--out", str(tmp_path / "m2"), "--data",
+                        str(tmp_path / "other.jsonl")], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and r.stderr.strip().startswith("tiny.py: error: --data"), r.stderr[-1000:]
+
+
 def test_select_prompts_and_buckets():
     """Selecting prompts out of a batch (any order) keeps exactly their images (pixel rows and grids) and cuts
     the columns that are padding in all of them, as encoding them alone does; prompt lengths round up to the

@@ -20,6 +20,7 @@ Built without torchvision: inputs come from the tokenizer's chat template and Au
 backend), never from AutoProcessor. Decoding is engine.py; a record's image files (load_images, open_image)
 are records.py.
 """
+import contextlib
 import copy
 import functools
 import math
@@ -133,7 +134,10 @@ def load_model(name: str, *, min_pixels: int | None = None, max_pixels: int | No
                 except OSError:
                     pass
             else:
-                model = AutoModelForImageTextToText.from_pretrained(name, dtype=dtype, **src, attn_implementation="sdpa")
+                config = AutoConfig.from_pretrained(name, **src)
+                with quiet_transformers(getattr(config, "image_position_table", 0)):  # its key is restored below
+                    model = AutoModelForImageTextToText.from_pretrained(name, config=config, dtype=dtype, **src,
+                                                                        attn_implementation="sdpa")
             tok = AutoTokenizer.from_pretrained(name, **src)
             ip = AutoImageProcessor.from_pretrained(name, backend="pil", **src)
         except (OSError, ValueError) as e:
@@ -156,6 +160,20 @@ def install_attention(model) -> None:
     per window), the text model's sdpa that also reads a GRPO group row's layout. load_model() calls it."""
     fast_vision_attention(model)
     install_group_attention(model)
+
+
+@contextlib.contextmanager
+def quiet_transformers(quiet: bool = True):
+    """transformers' warnings off inside the block when `quiet` (its load report lists the demo's position table,
+    which tiny.restore_position_table loads, as an unexpected key)."""
+    from transformers.utils import logging as hf_logging
+    level = hf_logging.get_verbosity()
+    if quiet:
+        hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
 
 
 def freeze_vision(model) -> int:
