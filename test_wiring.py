@@ -1,34 +1,64 @@
 """Wiring tests: grpo.update() / grpo.train() / sft.train() through their real call paths on the tiny model,
 against an independent float64 computation (plain unpadded forwards with full logits, log_softmax(z / τ),
 our own clipped objective, k3 KL and token mean), so that an error in the plumbing around the (separately
-tested) GRPO / SFT math fails a test.
+tested) GRPO / SFT math fails a test; and grpo.train()'s rollouts decode the policy's current weights.
 
     python -m pytest -q test_wiring.py
 
-Mutations put into a scratch copy of the code one at a time (all 17 checked to fail here), and the tests
-that catch them (update = test_update_equals_float64_reference, schedule =
-test_train_schedule_old_ref_and_minibatches, sft = test_sft_train_equals_float64_reference, sft-ranks =
-test_sft_train_step_two_ranks_equal_float64_mean):
+Mutations put into a scratch copy of the code (commit 351f9bd) one at a time, all 26 checked to fail here:
+the 17 of the earlier code moved to where that logic lives now, then 9 on the shared-prompt log-prob path
+(each group one row: group_batch, group_attention, select_prompts), the dummy micro-batches and the decoder's
+refresh. "here" are the tests of this file that fail (update = test_update_equals_float64_reference, on the
+plain and on the FSDP2 policy in every row; schedule = test_train_schedule_old_ref_and_minibatches; refresh =
+test_train_rollouts_decode_the_current_policy; sft = test_sft_train_equals_float64_reference; sft-ranks =
+test_sft_train_step_two_ranks_equal_float64_mean); "elsewhere" those of test_grpo.py (g-) and test_train.py
+(t-) that fail too (g-split = test_micro_batch_split_gives_the_same_update, g-2ranks =
+test_two_ranks_first_update_equals_one_process, g-group = test_group_logprobs_and_gradients_equal_the_full_forward
+[tiny, tiny-qwen3], g-text = test_group_logprobs_of_text_only_prompts, g-rollout =
+test_rollout_logprobs_equal_plain_full_logits, g-learns = test_grpo_raises_the_reward_after_a_cold_start, t-mb
+= test_micro_batch_invariance, t-select = test_select_prompts_and_buckets, test_select_prompts_and_engine_with_videos).
 
-  mutation                                                       | failing test(s)
-  ---------------------------------------------------------------+------------------
-  update(): clip_low passed as clip_high (cfg.clip_low twice)    | update
-  update(): clip bounds swapped (clip_high, clip_low)            | update
-  update(): KL term dropped (ref_logp None)                      | update
-  update(): KL term dropped (kl_coef 0)                          | update
-  update(): training log-probs at temperature 1                  | update, schedule
-  optimizer_step(): gradient clipping off                        | update
-  update(): old_logp ignored (old = logp.detach(), ratio 1)      | update, schedule
-  update(): normalizer N_global instead of N_global / world      | update
-  train(): old log-probs never computed (ro.old_logp = None)     | schedule
-  train(): old log-probs recomputed before every update          | schedule
-  train(): every update of a rollout on its first mini-batch     | schedule
-  setup_models(): reference = the trained policy (ref = model)   | schedule
-  train(): ref log-probs computed with the policy                | schedule
-  rollout_logprobs(): old / ref log-probs at temperature 1       | schedule
-  sft.train_step(): gradient clipping off                        | sft
-  sft.train_step(): token mean per micro-batch                   | sft, sft-ranks
-  sft.train_step(): normalizer N_global instead of N_global / world | sft-ranks
+  mutation                                                                 | here             | elsewhere
+  -------------------------------------------------------------------------+------------------+-------------------
+  update(): clip_low passed as clip_high (cfg.clip_low twice)              | update           |
+  update(): clip bounds swapped (clip_high, clip_low)                      | update           |
+  update(): KL term dropped (ref_logp None)                                | update           |
+  update(): KL term dropped (kl_coef 0)                                    | update           |
+  update(): training log-probs at τ 1 (its forward_groups at 1)            | update, schedule |
+  vlm.optimizer_step(): gradient clipping off (max norm ∞)                 | update, sft      | g-learns
+  update(): old_logp ignored (old = logp.detach(), ratio 1)                | update, schedule | g-split
+  update(): normalizer N_global instead of N_global / world                | update           | g-2ranks
+  train(): old log-probs never computed (old = None)                       | schedule         |
+  train(): old log-probs recomputed before every update                    | schedule         |
+  train(): every update of a rollout on its first mini-batch               | schedule         |
+  setup_run(): reference = the trained policy (ref = model)                | schedule         |
+  train(): ref log-probs computed with the policy                          | schedule         |
+  rollout_logprobs(): old / ref log-probs at τ 1 (its forward_groups at 1) | schedule         |
+  sft.train_step(): gradient clipping off (optimizer_step(…, ∞, lr))       | sft              | g-learns
+  sft.train_step(): token mean per micro-batch                             | sft, sft-ranks   | t-mb
+  sft.train_step(): normalizer N_global instead of N_global / world        | sft-ranks        |
+  -------------------------------------------------------------------------+------------------+-------------------
+  forward_groups(): select_prompts(…, groups[::-1]) (each group's          | update           | g-split, g-2ranks
+    completions after another group's prompt)                              |                  |
+  vlm.select_prompts(): the prompts in batch order, not in the order       | update           | g-split, g-2ranks,
+    asked for                                                              |                  | t-select
+  vlm.group_logprobs(): the slots of group b built on prompt b+1 (the      | update           | g-group, g-text,
+    completions rolled by one group, their rows kept)                      |                  | g-split, g-2ranks
+  vlm.group_attention(): slot mask dropped (a slot attends to the          | update, schedule | g-group, g-text,
+    earlier slots of its row too)                                          |                  | g-split, g-rollout
+  vlm.group_batch(): slot positions off by one (the first completion       | update, schedule | g-group, g-text,
+    token at the prompt's largest position, not + 1)                       |                  | g-rollout
+  vlm.group_logprobs(): τ only when with_entropy is False (old / ref       | update, schedule | g-group
+    at τ, the update at 1)                                                 |                  |
+  vlm.group_logprobs(): τ only when with_entropy is True (the update       | schedule         | g-group
+    at τ, old / ref at 1)                                                  |                  |
+  update(): a dummy micro-batch with weight 1 (`& bool(mb)` dropped)       | update (*)       |
+  train(): no run.engine.refresh(model) before a rollout (FSDP2            | refresh (*)      |
+    policy: the engine's copy decodes stale weights)                       |                  |
+
+(*) no test caught these two before this file's simulated ranks ran dummy micro-batches and before the refresh
+test: a CPU policy without FSDP is decoded in place (nothing to refresh), and test_grpo's two ranks never run a
+dummy (token_micro_batches halves a two-group pack before it appends an empty one).
 
 Everything runs on CPU, deterministic (fixed seeds, fp32 code under test, fp64 references).
 """
@@ -164,16 +194,18 @@ def designed_rollout(data: Path, model, tok, ip, c: grpo.Config) -> tuple:
 @pytest.mark.parametrize("fsdp", [False, True])
 def test_update_equals_float64_reference(data, monkeypatch, fsdp):
     """update() with ratio ≠ 1 (old log-probs given), KL to a separate reference (β 0.5), temperature 0.7,
-    asymmetric clips, uneven micro-batches (two groups, then one) and a gradient norm 3× the clip threshold
-    moves the weights (SGD lr 1) exactly as −clip(∇L64), L64 our float64 objective over the whole mini-batch;
-    on a plain policy and on an FSDP2-sharded one (one gloo rank, activation checkpointing: the path of every
-    GPU run). The same groups split over 2 simulated ranks (world 2, all-reduced token count; each rank's
-    update alone, then the FSDP mean of the two) give −∇L64 unclipped."""
+    asymmetric clips, uneven micro-batches ([2, 1]: two groups, not in batch order, then [0]) and a gradient
+    norm 3× the clip threshold moves the weights (SGD lr 1) exactly as −clip(∇L64), L64 our float64 objective
+    over the whole mini-batch. The same groups split over 2 simulated ranks (world 2, all-reduced token count;
+    3 micro-batches on each, as if a third rank needed them: rank 0 runs [1], [0] and a dummy, rank 1 [2] and
+    two dummies, which must weigh 0) give −∇L64 unclipped as the FSDP mean of the two ranks' updates. Both on a
+    plain policy and on an FSDP2-sharded one (one gloo rank, activation checkpointing: the path of every GPU
+    run), so group_logprobs is checked on a sharded policy too."""
     model, tok, ip = vlm.load_model("tiny", max_pixels=56 * 84)
     c = cfg_for(data, data.parent / "unused", temperature=TAU, kl_coef=KL, clip_low=0.1, clip_high=0.5,
                 micro_batch_tokens=230)
     ro, adv, old, ref = designed_rollout(data, model, tok, ip, c)
-    assert [len(mb) for mb in grpo.micro_batches(ro, [0, 1, 2], c, CPU)] == [2, 1]
+    assert grpo.micro_batches(ro, [0, 1, 2], c, CPU) == [[2, 1], [0]]     # group 2's prompt before group 1's
     rows = list(range(len(ro.mask)))
     m64 = f64(model)
     grads = gradient64(m64, lambda: grpo_loss64(m64, ro, rows, adv, old, ref, c))
@@ -181,10 +213,14 @@ def test_update_equals_float64_reference(data, monkeypatch, fsdp):
     c.max_grad_norm = norm / 3                                           # the clip is active
     want = clipped_sgd_delta(grads, c.max_grad_norm)
 
-    policy = copy.deepcopy(model)
-    if fsdp:
-        vlm.enable_activation_checkpointing(policy)
-        policy = vlm.place_model(policy.train(), common.Dist(), bf16=False, fsdp=True)
+    def policy_copy():
+        policy = copy.deepcopy(model)
+        if fsdp:
+            vlm.enable_activation_checkpointing(policy)
+            policy = vlm.place_model(policy.train(), common.Dist(), bf16=False, fsdp=True)
+        return policy
+
+    policy = policy_copy()
     before = [full(p).detach().clone() for p in policy.parameters()]
     m = grpo.update(policy, torch.optim.SGD(policy.parameters(), lr=1.0), ro, [0, 1, 2], adv, old, ref, c, CPU)
     got = [full(p).detach() - b for p, b in zip(policy.parameters(), before)]
@@ -193,19 +229,22 @@ def test_update_equals_float64_reference(data, monkeypatch, fsdp):
     assert m["clip_high"] > 0 and m["clip_low"] > 0 and m["clip_dual"] > 0 and m["kl"] > 0.01 * tok_n
     assert abs(m["grad_norm"] - norm) < 1e-4 * norm
     assert rel_err(got, want) < 1e-4, rel_err(got, want)
-    if fsdp:
-        return
 
-    # two simulated ranks: rank 0 holds groups 0-1, rank 1 group 2; no clipping (it acts on the mean)
+    # two simulated ranks: rank 0 holds groups 0-1, rank 1 group 2, and a third rank is said to need 3
+    # micro-batches, so rank 0 runs [1], [0], a dummy and rank 1 [2], two dummies; no clipping (it acts on the mean)
     c.max_grad_norm = 1e9
     n_global = float(ro.mask.sum())
     monkeypatch.setattr(grpo, "dist", SimpleNamespace(is_initialized=lambda: True, get_world_size=lambda: 2))
     monkeypatch.setattr(grpo, "all_reduce_sum", lambda x, device: n_global)
+    monkeypatch.setattr(grpo, "all_reduce_max", lambda x, device: 3)
+    assert grpo.micro_batches(ro, [0, 1], c, CPU) == [[1], [0], []]
+    assert grpo.micro_batches(ro, [2], c, CPU) == [[2], [], []]
     deltas = []
     for share in ([0, 1], [2]):
-        policy = copy.deepcopy(model)
-        grpo.update(policy, torch.optim.SGD(policy.parameters(), lr=1.0), ro, share, adv, old, ref, c, CPU)
-        deltas.append([p.detach() - b for p, b in zip(policy.parameters(), before)])
+        policy = policy_copy()
+        m = grpo.update(policy, torch.optim.SGD(policy.parameters(), lr=1.0), ro, share, adv, old, ref, c, CPU)
+        assert m["tokens"] == int(ro.mask[[r for g in share for r in range(3 * g, 3 * g + 3)]].sum())
+        deltas.append([full(p).detach() - b for p, b in zip(policy.parameters(), before)])
     mean = [(a + b) / 2 for a, b in zip(*deltas)]
     assert rel_err(mean, [-g for g in grads]) < 1e-4, rel_err(mean, [-g for g in grads])
 
@@ -269,6 +308,42 @@ def test_train_schedule_old_ref_and_minibatches(data, tmp_path, monkeypatch):
     assert not any(p.requires_grad for p in ref.parameters())
     assert all(torch.equal(p, q) for p, q in zip(ref.parameters(), initial.parameters())), "ref never changes"
     assert not all(torch.equal(p, q) for p, q in zip(policy.parameters(), initial.parameters()))
+
+
+# ----------------------------------------------------------------------------- train(): the decoder follows the policy
+def test_train_rollouts_decode_the_current_policy(data, tmp_path, monkeypatch):
+    """grpo.train() with fsdp=True in one process (an FSDP2-sharded policy, so the engine decodes its own plain
+    copy, as on every GPU run) for 2 steps: at each rollout the engine's copy equals the policy's full weights,
+    and the policy at the second rollout is not the one of the first (step 1's update reached the decoder)."""
+    c = cfg_for(data, tmp_path / "run", max_steps=2, rollout_batch_size=2, update_batch_size=2, group_size=2,
+                max_new_tokens=4, kl_coef=0.0, lr=1e-2, fsdp=True, exclude="none")
+    orig_setup, orig_rollout, orig_score, seen, at_rollout = grpo.setup_run, grpo.rollout, grpo.score, {}, []
+
+    def setup_run(cfg, d):
+        seen["run"] = orig_setup(cfg, d)
+        return seen["run"]
+
+    def rollout(engine, records, root, tok, ip, cfg):
+        run = seen["run"]
+        assert engine is run.engine and not engine.shared and vlm.is_fsdp(run.model)
+        policy = {k: full(p).detach().clone() for k, p in run.model.named_parameters()}
+        decoded = dict(engine.model.named_parameters())
+        at_rollout.append((max(float((decoded[k] - v).abs().max()) for k, v in policy.items()), policy))
+        return orig_rollout(engine, records, root, tok, ip, cfg)
+
+    def score(ro, tok, partial=False):   # random rewards: every group has a signal, so step 1 changes the policy
+        sc = orig_score(ro, tok, partial)
+        sc.rewards = torch.rand(len(sc.rewards), generator=rng)
+        return sc
+    rng = torch.Generator().manual_seed(3)
+    monkeypatch.setattr(grpo, "setup_run", setup_run)
+    monkeypatch.setattr(grpo, "rollout", rollout)
+    monkeypatch.setattr(grpo, "score", score)
+    grpo.train(c)
+    assert len(at_rollout) == 2
+    assert [diff for diff, _ in at_rollout] == [0.0, 0.0], "the engine decodes the policy's current weights"
+    (_, first), (_, second) = at_rollout
+    assert max(float((first[k] - second[k]).abs().max()) for k in first) > 1e-3, "step 1 changed the policy"
 
 
 # ----------------------------------------------------------------------------- sft: global token mean
