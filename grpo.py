@@ -334,10 +334,10 @@ def keep_groups_with_signal(engine: Engine, ro: Rollout, sc: Scores, run, cfg: C
 
 
 def micro_batches(ro: Rollout, groups: list, cfg: Config, device) -> list:
-    """This rank's groups cut by the token budget (common.token_micro_batches, a group's length = its prompt +
-    G slots of its longest completion + 1), as many micro-batches on every rank (empty ones: a dummy)."""
-    G, prompt_len = ro.group_size, ro.prompts["attention_mask"].sum(1)
-    lengths = [int(prompt_len[p]) + G * (int(ro.mask[p * G:(p + 1) * G].sum(1).max()) + 1) for p in groups]
+    """This rank's groups cut by the token budget (common.token_micro_batches; a row = the longest prompt + G slots
+    of the group's longest completion + 1: within budget), as many on every rank (empty ones: a dummy)."""
+    G, prompt = ro.group_size, int(ro.prompts["attention_mask"][groups].sum(1).max())
+    lengths = [prompt + G * (int(ro.mask[p * G:(p + 1) * G].sum(1).max()) + 1) for p in groups]
     packs = token_micro_batches(lengths, cfg.micro_batch_tokens)
     packs = token_micro_batches(lengths, cfg.micro_batch_tokens, all_reduce_max(len(packs), device))
     return [[groups[i] for i in mb] for mb in packs]

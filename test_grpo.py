@@ -502,7 +502,7 @@ def grpo_worker(folder: Path) -> None:
     """Runs under torchrun with 2 ranks: (a) each rank samples its 2 prompts with the decoder's copy of the
     sharded tiny model (checked against the shards after refresh) and makes the first update (SGD lr 1 =
     −gradient, random rewards so every group has a signal; group log-probs under FSDP2 with activation
-    checkpointing, a token budget that gives the ranks different micro-batch counts), saving its rollout and
+    checkpointing, token budgets that would give the ranks different micro-batch counts), saving its rollout and
     the updated weights; (b) the grpo.py training loop: 2 steps with a checkpoint each."""
     import faulthandler
     faulthandler.dump_traceback_later(240, exit=True)   # never hang CI
@@ -532,7 +532,7 @@ def grpo_worker(folder: Path) -> None:
 
 def test_two_ranks_first_update_equals_one_process(data, tmp_path):
     """2 gloo ranks with FSDP2: the first update (each rank its own prompts, token mean over both ranks, group
-    log-probs with activation checkpointing, uneven micro-batch counts padded by dummies) equals the update of
+    log-probs with activation checkpointing, the ranks' micro-batch counts made equal) equals the update of
     one plain process on all 4 prompts with the same completions; the training loop under torchrun completes
     rollout + update + checkpoint."""
     folder = data.parent

@@ -40,7 +40,7 @@ test_rollout_logprobs_equal_plain_full_logits, g-learns = test_grpo_raises_the_r
   -------------------------------------------------------------------------+------------------+-------------------
   forward_groups(): select_prompts(…, groups[::-1]) (each group's          | update           | g-split, g-2ranks
     completions after another group's prompt)                              |                  |
-  vlm.select_prompts(): the prompts in batch order, not in the order       | update           | g-split, g-2ranks,
+  vlm.select_prompts(): the prompts in batch order, not in the order       | –                | g-split, g-2ranks,
     asked for                                                              |                  | t-select
   vlm.group_logprobs(): the slots of group b built on prompt b+1 (the      | update           | g-group, g-text,
     completions rolled by one group, their rows kept)                      |                  | g-split, g-2ranks
@@ -194,7 +194,7 @@ def designed_rollout(data: Path, model, tok, ip, c: grpo.Config) -> tuple:
 @pytest.mark.parametrize("fsdp", [False, True])
 def test_update_equals_float64_reference(data, monkeypatch, fsdp):
     """update() with ratio ≠ 1 (old log-probs given), KL to a separate reference (β 0.5), temperature 0.7,
-    asymmetric clips, uneven micro-batches ([2, 1]: two groups, not in batch order, then [0]) and a gradient
+    asymmetric clips, uneven micro-batches ([1, 2]: two groups, then [0]) and a gradient
     norm 3× the clip threshold moves the weights (SGD lr 1) exactly as −clip(∇L64), L64 our float64 objective
     over the whole mini-batch. The same groups split over 2 simulated ranks (world 2, all-reduced token count;
     3 micro-batches on each, as if a third rank needed them: rank 0 runs [1], [0] and a dummy, rank 1 [2] and
@@ -203,9 +203,9 @@ def test_update_equals_float64_reference(data, monkeypatch, fsdp):
     run), so group_logprobs is checked on a sharded policy too."""
     model, tok, ip = vlm.load_model("tiny", max_pixels=56 * 84)
     c = cfg_for(data, data.parent / "unused", temperature=TAU, kl_coef=KL, clip_low=0.1, clip_high=0.5,
-                micro_batch_tokens=230)
+                micro_batch_tokens=240)
     ro, adv, old, ref = designed_rollout(data, model, tok, ip, c)
-    assert grpo.micro_batches(ro, [0, 1, 2], c, CPU) == [[2, 1], [0]]     # group 2's prompt before group 1's
+    assert grpo.micro_batches(ro, [0, 1, 2], c, CPU) == [[1, 2], [0]]     # two groups, then one
     rows = list(range(len(ro.mask)))
     m64 = f64(model)
     grads = gradient64(m64, lambda: grpo_loss64(m64, ro, rows, adv, old, ref, c))

@@ -510,7 +510,8 @@ def group_batch(model, prompts: dict, completions: torch.Tensor, completion_mask
     """GRPO groups as rows (the layout of PrefixGrouper, arXiv 2506.05433): prompt i and its n completions
     become one row [prompt_i without its last token | last_i c_i1 | … | last_i c_in], each slot opened by the
     prompt's last token so that it predicts its completion exactly as a prompt + completion row does. Positions:
-    the prompt's own M-RoPE positions, then slot token k at the prompt's largest position + k. Labels: the
+    the prompt's own M-RoPE positions (also for the last token opening each slot), then completion token k at the
+    prompt's largest position + 1 + k, as in the decoder (engine.Engine). Labels: the
     completion tokens where completion_mask is on, −100 elsewhere. prompts: left-padded encode() batch of B
     prompts (images included: the vision tower runs once per prompt); completions, completion_mask: (B·n, W),
     grouped by prompt. Returns (batch for token_logprobs, labels (B, P − 1 + n·(W + 1)))."""
@@ -519,7 +520,9 @@ def group_batch(model, prompts: dict, completions: torch.Tensor, completion_mask
     ids, b, w = prompts["input_ids"], prompts["input_ids"].shape[0], completions.shape[1]
     pos = rope_positions(model, prompts)                                                   # (3, B, P)
     slots = torch.cat([ids[:, -1:, None].expand(b, n, 1), completions.to(dev).view(b, n, w)], 2)   # (B, n, W+1)
-    slot_pos = (pos[:, :, -1:, None] + torch.arange(w + 1, device=dev)).expand(3, b, n, w + 1).flatten(2)
+    after = pos.amax(dim=(0, 2)).view(1, b, 1, 1) + torch.arange(1, w + 1, device=dev)       # completion tokens
+    slot_pos = torch.cat([pos[:, :, -1:, None].expand(3, b, 1, 1), after.expand(3, b, 1, w)], 3)  # last prompt token
+    slot_pos = slot_pos.expand(3, b, n, w + 1).flatten(2)
     on = torch.cat([torch.zeros(b, n, 1, dtype=torch.bool, device=dev), completion_mask.to(dev).bool().view(b, n, w)], 2)
     labels = torch.cat([torch.full_like(ids[:, :-1], IGNORE_INDEX), slots.masked_fill(~on, IGNORE_INDEX).flatten(1)], 1)
     batch = {"input_ids": torch.cat([ids[:, :-1], slots.flatten(1)], 1), "position_ids": torch.cat([pos[:, :, :-1], slot_pos], 2),
