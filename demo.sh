@@ -4,7 +4,7 @@
 #   -> evaluate.py (held-out split) -> torchrun x2 grpo.py -> evaluate.py; prints the held-out accuracy before and
 #   after GRPO with its standard errors, the sampled reward curve, and writes OUT/results.png.
 #
-#   bash demo.sh                 # DEMO_TIME on a 2-core machine; everything goes to runs/demo (DEMO_OUT=... to move)
+#   bash demo.sh                 # ~4.5 min on a 2-core machine; everything goes to runs/demo (DEMO_OUT=... to move)
 #
 # What stands in for what (each is for the tiny model only; the paper's pipeline is unchanged):
 #   - tiny.py builds a 0.3M-parameter Qwen2.5-VL with a learned 2-D position table added to its image tokens and

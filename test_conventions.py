@@ -17,7 +17,7 @@ HERE = Path(__file__).resolve().parent
 # =============================================================================================
 SCRIPTS = [p for p in ("tasks.py", "make_data.py", "sft.py", "grpo.py", "evaluate.py", "benchmarks.py")
            if (HERE / p).exists()]
-SUPPORT = [p for p in ("vlm.py", "engine.py", "common.py", "records.py", "scenes.py") if (HERE / p).exists()]
+SUPPORT = [p for p in ("vlm.py", "engine.py", "common.py", "records.py", "scenes.py", "tiny.py") if (HERE / p).exists()]
 STAGES = ("make_data", "sft", "grpo", "evaluate")
 
 
