@@ -730,30 +730,16 @@ def add_grpo_parser(sub) -> None:
 # ----------------------------------------------------------------------------- grpo vs TRL
 TRL_PIN = "trl==1.16.0"
 TRL_TAG = "@@trl "     # the worker's result lines on stdout (transformers may print there too)
-
-
-def vs_trl_records(folder, n: int, sides=(56, 70, 84, 98, 112), seed: int = 0) -> list:
-    """n one-image Flip prompts with random-noise images whose sides cycle through `sides` (3,136 … 12,544 px)."""
-    import numpy as np
-    from PIL import Image
-    rng, records = np.random.default_rng(seed), []
-    for i in range(n):
-        side = sides[i % len(sides)]
-        Image.fromarray(rng.integers(0, 256, (side, side, 3), dtype=np.uint8)).save(f"{folder}/img_{i}.png")
-        records.append({"id": f"vs-{i}", "task": "flip", "images": [f"img_{i}.png"], "answer": f"{i % 4 + 1}, vertical",
-                        "problem": "<image>The image is split into tiles labelled 1, 2, 3 and 4. Which tile is "
-                                   "flipped? Answer with the tile and the direction."})
-    return records
+VS_TRL_SIDES = (56, 70, 84, 98, 112)    # image sides the prompts cycle through (3,136 … 12,544 px)
 
 
 def trl_inputs(args, dataset_cls) -> tuple:
     """(processor, dataset) for TRL's side of --vs-trl: Qwen2.5-VL's processor without its video processor
     (which needs torchvision, not a dependency) and one row per prompt (chat prompt, answer, task, image)."""
-    import json
-    import os
-    from PIL import Image
     from transformers import AutoImageProcessor, AutoTokenizer, Qwen2_5_VLProcessor
     from transformers.processing_utils import ProcessorMixin
+    import common
+    import records
     import vlm
 
     class ImageOnlyProcessor(Qwen2_5_VLProcessor):
@@ -765,13 +751,11 @@ def trl_inputs(args, dataset_cls) -> tuple:
 
     tok = AutoTokenizer.from_pretrained(args.model_dir)
     ip = AutoImageProcessor.from_pretrained(args.model_dir, backend="pil")
-    ip.size = {"shortest_edge": args.min_pixels, "longest_edge": args.max_pixels}
+    vlm.set_pixel_bounds(ip, args.min_pixels, args.max_pixels)
     processor = ImageOnlyProcessor(image_processor=ip, tokenizer=tok, chat_template=tok.chat_template)
-    rows = [json.loads(line) for line in open(args.data)]
-    root = os.path.dirname(args.data)
+    rows, root = common.read_jsonl(args.data), Path(args.data).parent
     data = dataset_cls.from_list([{"prompt": vlm.build_messages(r["problem"]), "answer": r["answer"],
-                                   "task": r["task"], "image": Image.open(f"{root}/{r['images'][0]}").convert("RGB")}
-                                  for r in rows])
+                                   "task": r["task"], "image": records.load_images(r, root)[0]} for r in rows])
     return processor, data
 
 
@@ -926,10 +910,11 @@ def grpo_vs_trl(args) -> None:
     load): the tiny Qwen2.5-VL (same weights, saved for TRL), args.prompts prompts 8 per step, G, 48 new tokens,
     β, lr 1e-6, one update per rollout, both fp32 on CPU with args.threads threads (1 when 0). Prints medians
     of wall and CPU seconds per phase over args.steps steps after one warm-up step each."""
-    import json
     import tempfile
     import torch
     from transformers.utils import logging as hf_logging
+    import common
+    import sft
     import tiny
     threads = args.threads or 1
     torch.set_num_threads(threads)
@@ -937,8 +922,8 @@ def grpo_vs_trl(args) -> None:
     hf_logging.disable_progress_bar()
     with tempfile.TemporaryDirectory() as tmp:
         tiny.build_tiny("tiny", out_dir=f"{tmp}/model")
-        records = vs_trl_records(tmp, args.prompts)
-        Path(f"{tmp}/train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+        records = sft.synthetic_records(Path(tmp), args.prompts, VS_TRL_SIDES)   # one-image flip prompts
+        common.rewrite_jsonl(f"{tmp}/train.jsonl", records)
         worker, trl_line = start_trl_worker(args, tmp, threads, P, G, new)
         try:
             info = trl_line()
@@ -992,9 +977,9 @@ def eval_throughput(model, tok, ip, n_items: int, batch_size: int, px: int, new_
     """Greedy evaluation as evaluate.py runs it (evaluate.answer_batch: images read, prompts encoded, the decoder,
     answers scored) over n_items synthetic one-image pretext questions, batch_size per call: items/s and generated
     tokens/s. One warm-up batch first (compilation on a GPU is not timed)."""
-    import json
     import tempfile
     import benchmarks
+    import common
     import engine
     import evaluate as ev
     import sft
@@ -1004,7 +989,7 @@ def eval_throughput(model, tok, ip, n_items: int, batch_size: int, px: int, new_
     eng = engine.Engine(model.eval(), prompts_per_call=batch_size)     # evaluate.py's decoder (in place)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "test.jsonl"
-        path.write_text("".join(json.dumps(r) + "\n" for r in sft.synthetic_records(Path(tmp), batch_size, px)))
+        common.rewrite_jsonl(path, sft.synthetic_records(Path(tmp), batch_size, px))
         cfg = ev.Config(model="bench", data=[f"pretext={path}"], max_new_tokens=new_tokens, batch_size=batch_size,
                         plot=False, progress=False)
         items = benchmarks.load_bench("pretext", str(path), cfg.options())

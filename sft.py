@@ -41,7 +41,6 @@ Deviations
 import argparse
 import dataclasses
 import io
-import json
 import math
 import os
 import sys
@@ -58,7 +57,7 @@ from tqdm import tqdm
 
 from common import (BadRecord, Dist, SetupError, all_reduce_sum, append_jsonl, atomic_write, barrier, check_identity,
                     cli_main, config_parser, dist_session, epoch_order, knob, out_dir_mode, print0, resume_from,
-                    save_state, start_out_dir, token_micro_batches)
+                    rewrite_jsonl, save_state, start_out_dir, token_micro_batches)
 from records import check_record, read_records
 from vlm import (IGNORE_INDEX, PAPER_MAX_PIXELS, build_messages, encode_records, image_token_count, load_trainable,
                  optimizer_step, save_hf, set_pixel_bounds, token_logprobs, tokenize_conversation)
@@ -349,7 +348,7 @@ def smoke_config(cfg: Config) -> Config:
         folder = Path(cfg.out) / SMOKE_DATA
         folder.mkdir(parents=True, exist_ok=True)
         records = synthetic_records(folder, 8, 56)
-        atomic_write(folder / "sft.jsonl", "".join(json.dumps(r) + "\n" for r in records))
+        rewrite_jsonl(folder / "sft.jsonl", records)
         data = str(folder / "sft.jsonl")
     return dataclasses.replace(cfg, data=data, **SMOKE_OVERRIDES)
 
@@ -369,14 +368,16 @@ def main(argv: list | None = None) -> None:
     cli_main("sft.py", run, build_parser().parse_args(argv))
 
 
-def synthetic_records(folder: Path, n: int, image_px: int, seed: int = 0) -> list:
-    """n SFT records with random-noise images of image_px², written to folder (benchmarks and tests)."""
+def synthetic_records(folder: Path, n: int, image_px: int | tuple, seed: int = 0) -> list:
+    """n SFT records with random-noise images of image_px² (a tuple of sides: image i has side
+    image_px[i % len]), written to folder (--smoke, benchmarks and tests)."""
     rng = np.random.default_rng(seed)
+    sides = image_px if isinstance(image_px, tuple) else (image_px,)
     records = []
     for i in range(n):
-        name = f"img_{i}.png"
+        name, side = f"img_{i}.png", sides[i % len(sides)]
         png = io.BytesIO()
-        Image.fromarray(rng.integers(0, 256, (image_px, image_px, 3), dtype=np.uint8)).save(png, format="PNG")
+        Image.fromarray(rng.integers(0, 256, (side, side, 3), dtype=np.uint8)).save(png, format="PNG")
         atomic_write(folder / name, png.getvalue())   # ranks of a --smoke run write the same files
         records.append({"id": f"syn-{i}", "task": "flip", "images": [name], "answer": f"{i % 4 + 1}, vertical",
                         "problem": "<image>The image is split into tiles labelled 1, 2, 3 and 4. Which tile is "
