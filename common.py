@@ -11,8 +11,9 @@ the functions that need it, so the torch-free modules (make_data.py, records.py,
   files         read_jsonl (a data file strictly, or a log whose cut-off last line is dropped), append_jsonl
                 (fsynced), rewrite_jsonl, atomic_write (fsynced temp file + rename)
   config        knob, config_parser (every dataclass field becomes a --flag; --help shows defaults and examples)
-  output folder out_dir_mode, check_identity, start_out_dir: one rule for all four scripts (run.json names the
-                script and the settings a resumed run must share; a lock refuses a second run into the folder)
+  output folder out_dir_mode, check_identity, start_out_dir: one rule for all four scripts (run.json, read with
+                read_run_info and written with write_run_info, names the script and the settings a resumed run
+                must share; a lock refuses a second run into the folder)
   checkpoints   save_state, load_state, latest_checkpoint, publish_step_folder, resume_from
   batching      epoch_order, token_micro_batches (the one micro-batch rule of SFT and GRPO: a token budget)
 """
@@ -306,6 +307,12 @@ def read_run_info(folder) -> dict | None:
     return info if isinstance(info, dict) else None
 
 
+def write_run_info(folder, prog: str, identity: dict, info: dict | None = None) -> None:
+    """Write folder/run.json atomically: {prog, identity, git_commit, **info} (read back by read_run_info)."""
+    atomic_write(Path(folder) / RUN_FILE, json.dumps({"prog": prog, "identity": identity, "git_commit": git_commit(),
+                                                      **(info or {})}, indent=1))
+
+
 def out_dir_mode(out: str, prog: str, resume: bool, overwrite: bool, keep: tuple = ()) -> str:
     """How a run may use its output folder, decided before anything is loaded or written (read-only):
     'fresh' (new or empty; also --resume with nothing to resume), 'resume' or 'overwrite'. A folder with
@@ -392,8 +399,7 @@ def start_out_dir(out: str, prog: str, mode: str, identity: dict, info: dict | N
             if p.name not in keep + (LOCK_FILE,):
                 shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
     if mode != "resume" or read_run_info(path) is None:
-        atomic_write(path / RUN_FILE, json.dumps({"prog": prog, "identity": identity, "git_commit": git_commit(),
-                                                  **(info or {})}, indent=1))
+        write_run_info(path, prog, identity, info)
 
 
 # ----------------------------------------------------------------------------- resumable checkpoints

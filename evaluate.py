@@ -59,7 +59,7 @@ from benchmarks import BENCH_NAMES, PAPER_ROWS, SCORINGS, Item, Options, is_vide
     score_item, summarize
 from common import (SetupError, Skipped, all_reduce_sum, append_jsonl, atomic_write, barrier, check_identity, cli_main,
                     config_parser, dist_session, knob, out_dir_mode, print0, read_jsonl, read_run_info, rewrite_jsonl,
-                    start_out_dir)
+                    start_out_dir, write_run_info)
 from engine import Engine
 from vlm import encode, load_model, set_pixel_bounds
 
@@ -283,7 +283,7 @@ def open_bench(bench: str, path: str, cfg: Config, own_bounds: tuple, d) -> tupl
     if d.is_main:
         bench_dir.mkdir(parents=True, exist_ok=True)
         if read_run_info(bench_dir) is None:
-            atomic_write(bench_dir / "run.json", json.dumps({"prog": "evaluate.py", "identity": ident}, indent=1))
+            write_run_info(bench_dir, "evaluate.py", ident)
         preds = bench_dir / "predictions.jsonl"
         rewrite_jsonl(preds, read_jsonl(preds, torn_tail_ok=True))
     barrier()
@@ -387,9 +387,9 @@ def write_results(results: dict, cfg: Config) -> None:
     f = out / "results.json"
     merged = json.loads(f.read_text()) if f.is_file() else {}
     merged.update(results)
-    f.write_text(json.dumps(merged, indent=1))
+    atomic_write(f, json.dumps(merged, indent=1))       # read back by the next run into this --out
     md = results_markdown(merged)
-    (out / "results.md").write_text(md)
+    atomic_write(out / "results.md", md)
     print(md)
     if cfg.plot:
         print(plot_results(merged, out / "results.png"))
