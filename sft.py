@@ -7,7 +7,7 @@ in vlm.py, the data files in records.py, distributed setup, output folder, resum
 This file reads top to bottom: config · loss and schedule · data · loop (train_step, train) · command line.
 
     python sft.py --model tiny --data data/ssrl/sft.jsonl --out runs/sft-tiny --global-batch-size 8 --lr 6e-3 \\
-        --max-steps 200 --max-pixels 12544     # CPU example (docs/training.md: its time)
+        --max-steps 200 --max-pixels 12544 --lora-rank 0   # CPU example, full fine-tune (docs/training.md)
     torchrun --nproc_per_node 8 sft.py --model Qwen/Qwen2.5-VL-7B-Instruct --data data/ssrl/sft.jsonl --out runs/sft7b
     python sft.py --smoke --out runs/smoke   # CPU smoke run: tiny model, synthetic data, 2 steps
 
@@ -19,21 +19,25 @@ Paper → code (cold start = official training/SFT-coldstart, LLaMA-Factory conf
   global batch 256 = 4 per device × 8 accum × 8 GPUs    → Config, rank_batches()
   cutoff 4096 tokens, images ≤ 512² px                  → Config.max_length, vlm.PAPER_MAX_PIXELS, prepare_records()
   vision tower + projector frozen                       → Config.freeze_vision, vlm.load_trainable()
+  LoRA r=128, α=2r, all linear layers of the LM, drop 0  → Config.lora_rank, lora_alpha(), vlm.add_lora(),
+                                                           vlm.lora_forward()
+  max_samples 4000                                       → Config.max_samples, setup_training()
   bf16 training                                          → vlm.shard_model() (FSDP2 MixedPrecisionPolicy)
-  merged HF checkpoint for GRPO                          → vlm.save_hf()
+  merged HF checkpoint for GRPO (merge_*.yaml)           → vlm.save_hf(), vlm.merge_lora()
 
 Deviations
-  1. Full-parameter fine-tune of the language model (embeddings, decoder, lm_head); the official run trained
-     LoRA r=128 adapters on the language model's linear layers and merged them (peft is not a dependency).
-  2. Images are bounded by the image processor's smart resize (min/max pixels, multiples of 28) instead of
+  1. Images are bounded by the image processor's smart resize (min/max pixels, multiples of 28) instead of
      LLaMA-Factory's PIL pre-resize followed by the processor; sizes can differ by one 28-px step.
-  3. The training target is the response followed by <|im_end|>; LLaMA-Factory also trains the "\\n" after it.
-  4. bf16 parameters with fp32 master weights and fp32 gradient reduction (FSDP2) on GPU, plain fp32 on CPU;
-     the official run used bf16 LoRA through DeepSpeed/accelerate.
-  5. The last, partial global batch of an epoch is kept (like the HF Trainer); ranks left without samples
+  2. The training target is the response followed by <|im_end|>; LLaMA-Factory also trains the "\\n" after it.
+  3. bf16 parameters with fp32 master weights and fp32 gradient reduction (FSDP2) on GPU, plain fp32 on CPU;
+     the official run used bf16 weights through DeepSpeed/accelerate.
+  4. The last, partial global batch of an epoch is kept (like the HF Trainer); ranks left without samples
      run a zero-weight copy so every rank joins the collectives.
-  6. Resumable state (model + optimizer + step) is a torch.distributed.checkpoint folder; there is no RNG
-     state to restore because the data order is a pure function of (seed, epoch) and Qwen has no dropout.
+  5. Resumable state (model with its LoRA adapters + optimizer + step) is a torch.distributed.checkpoint
+     folder; there is no RNG state to restore: the data order is a pure function of (seed, epoch), and
+     neither Qwen nor the adapters have dropout.
+  6. A LoRA rank above a layer's width (only the tiny test models have such layers) is capped there at
+     min(in, out), which spans every update of that layer's shape; the scale stays α / --lora-rank.
   7. Our own run configuration goes to run.json, because config.json is the HF model config.
   8. Micro-batches are cut by a token budget (--micro-batch-tokens, samples sorted by length) instead of 4
      samples per device; the update is the same, because the loss is normalised by the global token count.
@@ -86,7 +90,12 @@ class Config:
     max_pixels: int | None = knob(None, "largest image area after resizing, in pixels (default: the model's own "
                                       "bound, at most 512² = 262144 as in the paper)")
     max_grad_norm: float = knob(1.0, "gradient-norm clip")
-    freeze_vision: bool = knob(True, "freeze the vision tower and projector (paper: frozen)")
+    lora_rank: int = knob(128, "LoRA rank r of the adapters on every linear layer of the language model, merged "
+                               "into the weights at export (paper: 128); 0 = full-parameter fine-tune")
+    lora_alpha: float | None = knob(None, "LoRA α: the adapter's update is scaled by α / r (default: 2 × rank, "
+                                          "256 for rank 128 as in the paper)")
+    max_samples: int = knob(4000, "train on the first N records of --data (paper: 4000); 0 = all")
+    freeze_vision: bool = knob(True, "freeze the vision tower and projector (paper: frozen; with LoRA always)")
     activation_checkpointing: bool = knob(True, "non-reentrant activation checkpointing of every trained block")
     bf16: bool = knob(True, "bf16 compute with fp32 master weights and reduction (GPU only; CPU stays fp32)")
     fsdp: bool = knob(False, "shard with FSDP2 in one CPU process too (always on for GPU or >1 rank)")
@@ -107,6 +116,12 @@ class Config:
     def __post_init__(self):
         if self.global_batch_size < 1 or self.micro_batch_tokens < 1 or self.keep_checkpoints < 1:
             raise SetupError("--global-batch-size, --micro-batch-tokens and --keep-checkpoints must be positive")
+        if self.lora_rank < 0 or self.max_samples < 0 or (self.lora_alpha is not None and self.lora_alpha <= 0):
+            raise SetupError("--lora-rank and --max-samples must be ≥ 0 (0: full fine-tune / all records), "
+                             "--lora-alpha positive")
+        if self.lora_rank and not self.freeze_vision:
+            raise SetupError("--no-freeze-vision trains the vision tower in full, which LoRA does not: "
+                             "add --lora-rank 0 (full-parameter fine-tune) or drop --no-freeze-vision")
         if self.save_dtype not in ("bfloat16", "float32"):
             raise SetupError("--save-dtype must be bfloat16 or float32")
         for name in ("min_pixels", "max_pixels"):
@@ -122,11 +137,12 @@ class Config:
 USAGE_EXAMPLES = """examples:
   python sft.py --smoke --out runs/smoke            # CPU check: tiny model, synthetic data, 2 steps
   python make_data.py && python sft.py --model tiny --data data/ssrl/sft.jsonl --out runs/sft-tiny \\
-      --global-batch-size 8 --lr 6e-3 --max-steps 200 --max-pixels 12544   # learns the answer format
+      --global-batch-size 8 --lr 6e-3 --max-steps 200 --max-pixels 12544 --lora-rank 0   # learns the format
   torchrun --nproc_per_node 8 sft.py --model Qwen/Qwen2.5-VL-7B-Instruct --data data/ssrl/sft.jsonl --out runs/sft7b
   python sft.py ... --out runs/sft7b --resume       # continue a stopped run from OUT/checkpoints
 
---data is the cold-start file (sft.jsonl, records with a "response"); train.jsonl is for GRPO. An existing
+--data is the cold-start file (sft.jsonl, records with a "response"); train.jsonl is for GRPO. The default is
+the paper's LoRA (rank 128, α 256, merged into the exported weights); --lora-rank 0 fine-tunes every weight. An existing
 run in --out is never mixed with a new one: pass --resume to continue it or --overwrite to start over."""
 
 
@@ -248,16 +264,22 @@ def sft_identity(cfg: Config, num_records: int, total_steps: int, image_processo
             "seed": cfg.seed, "shuffle": cfg.shuffle, "total_steps": total_steps, "lr": cfg.lr,
             "warmup_ratio": cfg.warmup_ratio, "weight_decay": cfg.weight_decay, "adam_betas": list(cfg.adam_betas),
             "max_grad_norm": cfg.max_grad_norm, "freeze_vision": cfg.freeze_vision, "max_length": cfg.max_length,
+            "lora_rank": cfg.lora_rank, "lora_alpha": lora_alpha(cfg),
             "pixels": [size["shortest_edge"], size["longest_edge"]]}
 
 
+def lora_alpha(cfg: Config) -> float | None:
+    """α of the LoRA adapters: --lora-alpha, else 2 × rank (LLaMA-Factory's default); None without LoRA."""
+    return None if not cfg.lora_rank else float(cfg.lora_alpha or 2 * cfg.lora_rank)
+
+
 def setup_training(cfg: Config, d: Dist) -> dict:
-    """Model (vlm.load_trainable: frozen vision, checkpointing, FSDP2, AdamW), tokenizer, image processor
-    (bounds said), validated records."""
+    """Model (vlm.load_trainable: frozen vision, LoRA adapters, checkpointing, FSDP2, AdamW), tokenizer, image
+    processor (bounds said), validated records (the first --max-samples)."""
     model, tok, ip, optimizer = load_trainable(
         cfg.model, d, train_vision=not cfg.freeze_vision, checkpointing=cfg.activation_checkpointing, bf16=cfg.bf16,
         fsdp=cfg.fsdp, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=cfg.adam_betas, min_pixels=cfg.min_pixels,
-        max_pixels=cfg.max_pixels)
+        max_pixels=cfg.max_pixels, lora_rank=cfg.lora_rank, lora_alpha=lora_alpha(cfg))
     capped = cfg.max_pixels is None and ip.size["longest_edge"] > PAPER_MAX_PIXELS   # a base model's 12.8M px
     if capped:
         set_pixel_bounds(ip, None, PAPER_MAX_PIXELS)
@@ -267,9 +289,11 @@ def setup_training(cfg: Config, d: Dist) -> dict:
     print0(f"images resized into {ip.size['shortest_edge']}..{ip.size['longest_edge']} px ({origin}"
            f"{', the largest capped at the paper’s 512²' if capped else ''})")
     raw, root = read_records(cfg.data)   # sft.jsonl, or the release's SFT-coldstart.json
+    raw = raw[:cfg.max_samples] if cfg.max_samples else raw   # LLaMA-Factory's max_samples: the first N
     records, skipped = prepare_records(raw, root, tok, ip, cfg.max_length, cfg.skip_bad_records)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    print0(f"model {cfg.model} | trainable params {trainable / 1e6:.2f}M | records {len(records)} "
+    mode = f"LoRA r={cfg.lora_rank} α={lora_alpha(cfg):g}" if cfg.lora_rank else "full fine-tune"
+    print0(f"model {cfg.model} | {mode} | trainable params {trainable / 1e6:.2f}M | records {len(records)} "
            f"(skipped {skipped}) | world {d.world_size} | device {d.device}")
     return dict(model=model, tok=tok, ip=ip, optimizer=optimizer, records=records, root=root, skipped=skipped)
 

@@ -481,7 +481,7 @@ def test_grpo_raises_the_reward_after_a_cold_start(tmp_path):
     sft.train(sft.Config(model="tiny", data=str(write_jsonl(tmp_path / "sft.jsonl", recs)), out=str(tmp_path / "sft"),
                          max_steps=60, lr=1e-2, warmup_ratio=0.0, global_batch_size=8,
                          activation_checkpointing=False, save_every=0, save_dtype="float32",
-                         min_pixels=56 * 56, max_pixels=56 * 84))
+                         min_pixels=56 * 56, max_pixels=56 * 84, lora_rank=0))
     train = write_jsonl(tmp_path / "train.jsonl", [dict(r, id=f"g{i}", answer="A") for i, r in enumerate(recs)])
     rows = grpo.train(cfg_for(train, tmp_path / "grpo", model=str(tmp_path / "sft"), max_steps=15, group_size=4,
                               rollout_batch_size=4, update_batch_size=4, max_new_tokens=16, kl_coef=0.0))

@@ -305,6 +305,16 @@ def test_help_reads_well():
     assert "(default: 0)" in text and "(default: runs/sft)" in text
 
 
+def test_help_shows_the_papers_lora_defaults():
+    """The paper's cold start is the default: LoRA rank 128, α = 2 × rank = 256, the first 4000 records;
+    --lora-rank 0 is named as the full-parameter fine-tune."""
+    text = " ".join(sft.build_parser().format_help().split())
+    lora = text[text.index("--lora-rank LORA_RANK L"):text.index("--freeze-vision, --no")]
+    assert "(paper: 128)" in lora and "(default: 128)" in lora and "0 = full-parameter fine-tune" in lora
+    assert "2 × rank, 256 for rank 128" in lora and "(paper: 4000)" in lora and "(default: 4000)" in lora
+    assert sft.lora_alpha(sft.Config(smoke=True)) == 256.0 and sft.lora_alpha(sft.Config(smoke=True, lora_rank=0)) is None
+
+
 def test_smoke_says_what_it_overrides(capsys, tmp_path):
     c = sft.smoke_config(sft.Config(out=str(tmp_path), lr=5e-3, global_batch_size=64, smoke=True))
     said = capsys.readouterr().out

@@ -80,7 +80,8 @@ def data(tmp_path_factory) -> Path:
 
 def run_cfg(data: Path, out: Path, **kw) -> sft.Config:
     base = dict(model="tiny", data=str(data), out=str(out), max_steps=3, lr=1e-3, warmup_ratio=0.0,
-                global_batch_size=4, micro_batch_tokens=200, save_dtype="float32", save_every=0)
+                global_batch_size=4, micro_batch_tokens=200, save_dtype="float32", save_every=0,
+                lora_rank=0)   # the full-parameter fine-tune; the LoRA tests pass their rank
     return sft.Config(**{**base, **kw})
 
 
@@ -797,6 +798,78 @@ def test_resume_equals_uninterrupted(data, tmp_path):
     assert steps == [1, 2, 3, 4]
 
 
+# ----------------------------------------------------------------------------- LoRA (sft.py's default)
+def logits(model, batch: dict) -> torch.Tensor:
+    with torch.no_grad():
+        return model(**{k: v for k, v in batch.items() if k != "labels"}, use_cache=False).logits
+
+
+@pytest.mark.parametrize("kind", ["tiny", "tiny-qwen3"])
+def test_lora_starts_at_the_base_model_and_exports_merged(data, tmp_path, capsys, kind):
+    """add_lora: adapters on the 7 linear layers of each decoder layer only, rank capped at min(in, out) on the
+    tiny model's narrow layers (said in one line); a fresh adapter's forward is the base model's; after its
+    B is moved off 0, save_hf writes a plain model (no lora keys; transformers loads it with no adapter code)
+    whose logits equal the adapted model's, and whose non-adapted weights are the base ones."""
+    from transformers import AutoModelForImageTextToText
+    model, tok, ip = vlm.load_model(kind)
+    base_sd = {k: v.clone() for k, v in model.state_dict().items()}
+    batch = vlm.encode_records(common.read_jsonl(data)[:2], data.parent, tok, ip, response=True)
+    before = logits(model, batch)
+    names = vlm.add_lora(model, 128, 256.0)
+    assert "LoRA rank 128 capped at min(in, out)" in capsys.readouterr().out
+    layers = len(model.model.language_model.layers)
+    assert len(names) == 7 * layers and all(n.startswith("layers.") for n in names)
+    assert {n.rsplit(".", 1)[-1] for n in names} == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
+                                                     "up_proj", "down_proj"}
+    k = model.model.language_model.layers[0].self_attn.k_proj
+    assert k.lora_A.shape[0] == min(k.in_features, k.out_features) and k.lora_scaling == 2.0
+    trains = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trains and all(n.endswith((".lora_A", ".lora_B")) for n in trains)
+    assert torch.equal(logits(model, batch), before)                             # B = 0: the base model
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if n.endswith(".lora_B"):
+                p.normal_(0, 0.05)
+    adapted = logits(model, batch)
+    assert float((adapted - before).abs().max()) > 1e-3
+    vlm.save_hf(model, tok, ip, str(tmp_path), dtype=torch.float32)
+    saved = weights(tmp_path)
+    assert saved.keys() == base_sd.keys()                                        # no adapter entries
+    changed = {k for k in saved if not torch.equal(saved[k], base_sd[k])}
+    assert changed == {f"model.language_model.{n}.weight" for n in names}
+    merged = AutoModelForImageTextToText.from_pretrained(str(tmp_path))
+    assert torch.allclose(logits(merged, batch), adapted, atol=1e-5, rtol=1e-5)
+
+
+def test_lora_trains_only_the_adapters_and_max_samples(data, tmp_path):
+    """sft.train with LoRA: only the adapter parameters get gradients and change (checked on the model
+    sft.train builds, after its steps), so the export differs from the base exactly in the adapted weights;
+    --max-samples keeps the first N records; run.json records rank and α (a resume must match them)."""
+    model, _, _ = vlm.load_model("tiny")
+    base = {k: v.clone() for k, v in model.state_dict().items()}
+    seen = {}
+    real_step = sft.train_step
+
+    def spy(model, optimizer, batches, *a):
+        out = real_step(model, optimizer, batches, *a)
+        seen.update(model=model, grads={n for n, p in model.named_parameters() if p.requires_grad})
+        return out
+    sft.train_step = spy
+    try:
+        sft.train(run_cfg(data, tmp_path / "run", lora_rank=8, max_steps=3, lr=1e-2, max_samples=5))
+    finally:
+        sft.train_step = real_step
+    trained = {n: p.detach() for n, p in seen["model"].named_parameters()}
+    assert seen["grads"] == {n for n in trained if n.endswith((".lora_A", ".lora_B"))}
+    assert all(torch.equal(trained[n], base[n]) for n in base if n in trained)          # base weights frozen
+    assert all(not torch.equal(p, 0 * p) for n, p in trained.items() if n.endswith(".lora_B"))   # B moved off 0
+    saved = weights(tmp_path / "run")
+    changed = {k for k in saved if not torch.equal(saved[k], base[k])}
+    assert changed == {n[:-len("lora_A")] + "weight" for n in trained if n.endswith(".lora_A")}
+    identity = json.loads((tmp_path / "run" / "run.json").read_text())["identity"]
+    assert identity["num_records"] == 5 and identity["lora_rank"] == 8 and identity["lora_alpha"] == 16.0
+
+
 # ----------------------------------------------------------------------------- FSDP2 (one torchrun launch)
 def save_tiny_source(folder: Path, kind: str, seed: int, tie: bool, table: int = 0) -> Path:
     """A saved tiny HF directory with non-default random weights (and tied embeddings if `tie`, the demo's image
@@ -904,5 +977,23 @@ def test_fsdp2_two_ranks_equal_one_process(data, tmp_path):
     assert max_diff(weights(tmp_path / "fsdp"), weights(tmp_path / "single")) < FSDP_TOL
 
 
+LORA_RUN = dict(TWO_RANK_RUN, lora_rank=8, lr=1e-2)
+
+
+def test_fsdp2_two_ranks_lora_trains_and_resumes_like_one_process(data, tmp_path):
+    """sft.py's LoRA default under FSDP2 on 2 gloo ranks (adapters built on rank 1's meta model, filled from
+    rank 0, sharded with their layers): stopped after 3 steps, its sharded state resumed in one process for
+    the 4th, it ends where an uninterrupted 1-process LoRA run ends (FSDP_TOL), and has trained."""
+    run_two_ranks(HERE / "test_train.py", "lora-worker", str(data), str(tmp_path / "fsdp"))
+    assert not (tmp_path / "fsdp" / "model.safetensors").exists()
+    sft.train(run_cfg(data, tmp_path / "fsdp", **LORA_RUN, resume=True))
+    sft.train(run_cfg(data, tmp_path / "single", **LORA_RUN))
+    assert max_diff(weights(tmp_path / "fsdp"), weights(tmp_path / "single")) < FSDP_TOL
+    base = vlm.load_model("tiny")[0].state_dict()
+    assert max_diff(weights(tmp_path / "single"), base) > 100 * FSDP_TOL
+
+
 if __name__ == "__main__" and sys.argv[1:2] == ["fsdp-worker"]:
     fsdp_worker(Path(sys.argv[2]))
+if __name__ == "__main__" and sys.argv[1:2] == ["lora-worker"]:
+    sft.train(run_cfg(Path(sys.argv[2]), Path(sys.argv[3]), **LORA_RUN, stop_after_steps=3))

@@ -11,7 +11,8 @@ One implementation of each step that must never differ between training and eval
             log-softmax of logits / τ; no (B, T, V) fp32 tensor (the SFT loss; the full forward).
             group_logprobs: GRPO's completions with each group's prompt and images once (group_batch lays a
             group out as one row, group_attention keeps the completions apart); select_prompts, rope_positions
-  train     load_trainable (load → freeze → activation checkpointing → place_model → AdamW), optimizer_step;
+  train     load_trainable (load → freeze → LoRA adapters → activation checkpointing → place_model → AdamW),
+            optimizer_step; add_lora (sft.py's default, plain PyTorch), merged at export by merge_lora;
             fast_vision_attention (one batched attention call instead of a Python loop over windows),
             enable_activation_checkpointing (only on layers that train), shard_model (FSDP2, multi-rank loads
             read the weights on rank 0 only)
@@ -700,11 +701,15 @@ def load_trainable(name: str, d, *, min_pixels: int | None = None, max_pixels: i
 
 
 def make_trainable(model, d, *, train_vision: bool, checkpointing: bool, bf16: bool, fsdp: bool, lr: float,
-                   weight_decay: float, betas: tuple = (0.9, 0.999)) -> tuple:
-    """(model, AdamW) from a loaded model: the vision tower frozen unless it trains, activation checkpointing on
-    the layers that train, place_model, AdamW over the trainable parameters."""
+                   weight_decay: float, betas: tuple = (0.9, 0.999), lora_rank: int = 0,
+                   lora_alpha: float | None = None) -> tuple:
+    """(model, AdamW) from a loaded model: the vision tower frozen unless it trains (lora_rank > 0: every
+    weight frozen and LoRA adapters added, add_lora), activation checkpointing on the layers that train,
+    place_model, AdamW over the trainable parameters."""
     if not train_vision:
         freeze_vision(model)
+    if lora_rank:
+        add_lora(model, lora_rank, 2.0 * lora_rank if lora_alpha is None else lora_alpha)
     model.config.use_cache = False
     if checkpointing:
         enable_activation_checkpointing(model)     # after freeze_vision: only the layers that train
@@ -740,10 +745,61 @@ def optimizer_step(model, optimizer, max_grad_norm: float, lr: float | None = No
     return {"grad_norm": norm, "skipped": 0 if ok else 1}
 
 
+# ----------------------------------------------------------------------------- LoRA (the paper's cold start)
+def lora_forward(self, x: torch.Tensor) -> torch.Tensor:
+    """y = x Wᵀ + b + (α / r) · (x Aᵀ) Bᵀ: the frozen linear layer plus its low-rank adapter (dropout 0).
+    A (r × in) and B (out × r) are parameters of the layer itself, so W keeps its HF name and FSDP2 shards
+    the adapter with its layer."""
+    return F.linear(x, self.weight, self.bias) + self.lora_scaling * F.linear(F.linear(x, self.lora_A), self.lora_B)
+
+
+def add_lora(model, rank: int, alpha: float) -> list:
+    """Freeze the whole model, then give every nn.Linear of the language model (q, k, v, o, gate, up, down of
+    each decoder layer; not the vision tower, its merger, the embeddings or lm_head) a trainable adapter:
+    A ~ nn.Linear's own init (Kaiming uniform), B = 0, so the first forward is the base model's. A layer
+    narrower than the rank gets rank min(in, out), which already spans every update of its shape (said in one
+    line); every layer is scaled by α / rank. Works on the meta device (ranks > 0 fill from rank 0).
+    Returns the adapted layers' names."""
+    model.requires_grad_(False)
+    names, capped = [], set()
+    for name, m in model.model.language_model.named_modules():
+        if not isinstance(m, torch.nn.Linear):
+            continue
+        r = min(rank, m.in_features, m.out_features)
+        if r < rank:
+            capped.add(f"{name.rsplit('.', 1)[-1]} {m.in_features}→{m.out_features}")
+        a = torch.empty(r, m.in_features, device=m.weight.device, dtype=m.weight.dtype)
+        torch.nn.init.kaiming_uniform_(a, a=math.sqrt(5))
+        m.lora_A = torch.nn.Parameter(a)
+        m.lora_B = torch.nn.Parameter(torch.zeros(m.out_features, r, device=m.weight.device, dtype=m.weight.dtype))
+        m.lora_scaling = alpha / rank
+        m.forward = types.MethodType(lora_forward, m)   # bound per instance, like checkpointed_forward
+        names.append(name)
+    if capped and is_main():
+        print(f"LoRA rank {rank} capped at min(in, out) on the layers narrower than it ({', '.join(sorted(capped))})")
+    return names
+
+
+def merge_lora(state_dict: dict, scalings: dict) -> dict:
+    """The plain model's weights: W ← W + (α / r) · B A for each adapted layer (computed in fp32), the lora_A /
+    lora_B entries dropped. scalings = {layer name: α / r} (lora_scalings)."""
+    out = {k: v for k, v in state_dict.items() if not k.endswith((".lora_A", ".lora_B"))}
+    for name, s in scalings.items():
+        w, a, b = (state_dict[f"{name}.{k}"] for k in ("weight", "lora_A", "lora_B"))
+        out[f"{name}.weight"] = (w.float() + s * (b.float() @ a.float())).to(w.dtype)
+    return out
+
+
+def lora_scalings(model) -> dict:
+    """{full layer name: α / r} of the model's LoRA layers ({} without adapters)."""
+    return {name: m.lora_scaling for name, m in model.named_modules() if hasattr(m, "lora_scaling")}
+
+
 # ----------------------------------------------------------------------------- save
 def save_hf(model, tokenizer, image_processor, out_dir: str, dtype: torch.dtype = torch.bfloat16) -> None:
     """Consolidated HF directory from rank 0: model.safetensors, config.json, generation_config.json,
-    tokenizer and image-processor files; loadable with AutoModelForImageTextToText.from_pretrained.
+    tokenizer and image-processor files; loadable with AutoModelForImageTextToText.from_pretrained. LoRA
+    adapters are merged into their weights (merge_lora): no adapter code is needed to load it.
 
     Collective (every rank calls it). Files go to a temporary folder first and are moved in with the
     weights last, so a folder with weights always has its config and tokenizer."""
@@ -751,6 +807,7 @@ def save_hf(model, tokenizer, image_processor, out_dir: str, dtype: torch.dtype 
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
     sd = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if is_main():
+        sd = merge_lora(sd, lora_scalings(model))   # LoRA adapters merged: the export is a plain model
         out, seen = Path(out_dir), set()
         tied = getattr(model.config, "tie_word_embeddings", False) or \
             getattr(model.config.get_text_config(), "tie_word_embeddings", False)
