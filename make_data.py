@@ -37,6 +37,8 @@ disjoint sets of source images; images/<task>/<id>_<i>.jpg, stats.json (counts, 
 source files by reason, and the shortcut report), run.json (the settings and a fingerprint of the source
 folders: common.start_out_dir), progress.jsonl (resume journal) and preview.png. Records: {"id", "task",
 "problem", "answer", "images", "source", "meta"} (+ "response" in sft.jsonl); `images` are relative to --out.
+--release also writes them in the authors' formats, for their EasyR1 / LLaMA-Factory trainers (docs/reproduce.md):
+parquet/train.parquet + parquet/test.parquet, SFT-coldstart.json + dataset_info.json (write_release).
 
 Output folder (common.out_dir_mode, the rule of every script): a new or empty --out is built; an earlier
 make_data.py build in it is continued with --resume (refused if a setting differs or the source folders
@@ -55,6 +57,7 @@ Paper → code
   five pretext tasks from raw RGB / RGB-D images   → tasks.make_example(), called by run_job()
   81k-sample training set, split into tasks        → build() (quotas from --n and --tasks weights)
   cold-start SFT set (~3.6k) with reasoning         → Builder._accept() (tasks.reasoning_trace), sft_plan()
+  the release's spatialssrl.parquet / SFT-coldstart.json → write_release() (records.write_parquet, write_llamafactory)
   DIODE .npy + mask / MegaDepth .h5 depth sources  → load_depth(), find_depth()
   no source data on a fresh machine                 → scenes.render_scene() (procedural RGB-D scenes)
   beyond: depth estimated for RGB-only photos       → load_depth_model(), depth_from_output(), DepthEstimates
@@ -78,6 +81,7 @@ Deviations from the official data scripts (data_process/*.py)
 """
 import dataclasses
 import hashlib
+import importlib.util
 import io
 import itertools
 import json
@@ -92,6 +96,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageOps, UnidentifiedImageError
 
+import records
 import scenes
 import tasks
 from common import (SetupError, Skipped, append_jsonl, atomic_write, check_identity, cli_main, config_parser, knob,
@@ -103,7 +108,7 @@ DEPTH_SUFFIXES = ("_depth", "_mask", "_depth_mask")  # stems ending like this ar
 SCENE_SALT, SFT_SALT, SPLIT_SALT = 0x5CE7E, 0x5F7, 0x7E57
 # Settings that only change speed, reporting or how --out is used; the rest (and the source fingerprint) is the
 # run's identity in run.json, which a --resume must match.
-RUN_ONLY_KEYS = ("out", "workers", "preview", "progress", "sync_seconds", "resume", "overwrite")
+RUN_ONLY_KEYS = ("out", "workers", "preview", "progress", "sync_seconds", "resume", "overwrite", "release")
 NAMING_RULE = ("Depth naming rule: an image <stem>.<jpg|png|...> takes its depth from the first of <stem>_depth.npy, "
                "<stem>.npy, <stem>_depth.png (16-bit, millimetres), <stem>_depth.h5, <stem>.h5 or ../depths/<stem>.h5 "
                "next to it.")
@@ -157,6 +162,11 @@ class Config:
     sync_seconds: float = knob(2.0, "make records and journal durable (fsync) at most this often (0 = after every "
                                     "job)")
     progress: bool = knob(True, "tqdm progress bar")
+    release: bool = knob(False, "also write the authors' formats (from the .jsonl files, so a --resume of a finished "
+                                "build adds them): OUT/parquet/{train,test}.parquet for EasyR1 (data.train_files="
+                                "OUT/parquet@train, data.val_files=OUT/parquet@test; images embedded) and "
+                                "OUT/SFT-coldstart.json + OUT/dataset_info.json for LLaMA-Factory (dataset coldstart, "
+                                "dataset_dir OUT). Needs pyarrow")
     resume: bool = knob(False, "continue the build in --out (refused if a setting differs or the source folders "
                                "changed since it started)")
     overwrite: bool = knob(False, "delete the build in --out (a make_data.py output folder) and start over")
@@ -171,6 +181,7 @@ USAGE_EXAMPLES = f"""examples:
   python make_data.py --rgbd diode/ --depth-model depth-anything/Depth-Anything-V2-Small-hf --check-depth
   python make_data.py --out data/photos --rgb photos/ --depth-model depth-anything/Depth-Anything-V2-Small-hf
   python make_data.py --out data/rot --rgb photos/ --tasks shuffle,flip,crop,rotation
+  python make_data.py --out data/mine ... --release   # + EasyR1 parquet and LLaMA-Factory JSON (docs/reproduce.md)
 
 An existing build in --out is never mixed with a new one: --resume continues it (same settings, same source
 files; the result is byte-identical to an uninterrupted build), --overwrite starts over.
@@ -200,7 +211,9 @@ def check_config(cfg):
         (cfg.depth_model and not (cfg.rgb or cfg.rgbd), "--depth-model estimates depth for photos: give --rgb DIR "
                                                         "(the built-in scenes have exact depth)"),
         (cfg.check_depth and not (cfg.depth_model and cfg.rgbd), "--check-depth compares --depth-model with the "
-                                                                 "depth files of --rgbd DIR: give both")] if bad]
+                                                                 "depth files of --rgbd DIR: give both"),
+        (cfg.release and importlib.util.find_spec("pyarrow") is None, "--release writes parquet files, which needs "
+                                                                      "pyarrow (pip install pyarrow)")] if bad]
     for parse, spec in ((parse_grids, cfg.shuffle_grids), (parse_size, cfg.scene_size)):
         try:
             parse(spec)
@@ -1557,6 +1570,8 @@ def run(cfg):
     if cfg.check_depth:
         return check_depth(cfg)
     stats = build(cfg)
+    if cfg.release:
+        write_release(cfg.out)
     preview = None
     if cfg.preview.lower() != "none":
         path = Path(cfg.out) / "preview.png" if cfg.preview == "auto" else Path(cfg.preview)
@@ -1566,6 +1581,17 @@ def run(cfg):
     print_summary(cfg, stats, preview)
     check_splits(cfg, stats)
     return stats
+
+
+def write_release(out):
+    """--release: the built splits in the authors' formats (records.write_parquet, records.write_llamafactory),
+    read from the .jsonl files; images stay where they are (the cold-start JSON names them relative to OUT)."""
+    root = Path(out)
+    for split in ("train", "test"):
+        n = records.write_parquet(root / "parquet" / f"{split}.parquet", read_jsonl(root / f"{split}.jsonl"), root)
+        print(f"{PROG}: {n} {split} prompts -> {root / 'parquet' / f'{split}.parquet'} (EasyR1 @{split})")
+    path = records.write_llamafactory(root, read_jsonl(root / "sft.jsonl"))
+    print(f"{PROG}: cold-start set -> {path} + dataset_info.json (LLaMA-Factory dataset coldstart)")
 
 
 def main(argv=None):

@@ -7,7 +7,9 @@ members of images.zip / images_coldstart.zip next to the data file (no need to u
 record comes out as {id, task, problem, answer, images[, response]}; the release has no task field, so its
 records keep task None and are scored by the official exact-match rule (tasks.accuracy). records.open_image
 reads any of the image forms. A separate module because the release formats are about 170 lines of code
-that neither the distributed helpers (common.py) nor the model plumbing (vlm.py) should carry.
+that neither the distributed helpers (common.py) nor the model plumbing (vlm.py) should carry. The writers
+(write_parquet, write_llamafactory: make_data.py --release) produce exactly what these readers read, so our
+data trains with the authors' EasyR1 and LLaMA-Factory copies unchanged.
 """
 import functools
 import io
@@ -18,7 +20,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from common import BadRecord, SetupError, read_jsonl
+from common import BadRecord, SetupError, atomic_write, read_jsonl
 
 
 IMAGE_PLACEHOLDER = "<image>"        # one per entry of a record's "images", in order
@@ -195,6 +197,52 @@ class _ImageFinder:
                         for k in range(max(1, len(parts) - 1)):
                             self.zips.setdefault("/".join(parts[k:]), (z.resolve(), name))
         return self.zips
+
+
+# ----------------------------------------------------------------------------- writing the release formats
+LLAMAFACTORY_FILE, LLAMAFACTORY_NAME = "SFT-coldstart.json", "coldstart"   # the release's file and dataset name
+LLAMAFACTORY_ENTRY = {"file_name": LLAMAFACTORY_FILE, "formatting": "alpaca",       # its dataset_info.json entry
+                      "columns": {"prompt": "instruction", "query": "input", "response": "output", "images": "images"}}
+
+
+def write_parquet(path, records: list, root, rows_per_group: int = 256) -> int:
+    """Our records → an EasyR1 parquet that read_records reads back: columns id, problem, answer, images, the
+    images embedded as {"bytes", "path"} structs (the datasets Image storage EasyR1's process_image opens),
+    so the file is self-contained on every node. problem without the CoT instruction (EasyR1's format_prompt
+    appends it), no task column (EasyR1 scores by exact match). Written in row groups: 81k records never sit
+    in memory as images. Needs pyarrow. Returns the number of rows."""
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise SetupError(f"writing {path} needs pyarrow (pip install pyarrow)") from None
+    image = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    schema = pa.schema([("id", pa.string()), ("problem", pa.string()), ("answer", pa.string()),
+                        ("images", pa.list_(image))])
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(f"{path}.tmp")
+    with pq.ParquetWriter(str(tmp), schema) as writer:
+        for i in range(0, max(1, len(records)), rows_per_group):
+            rows = [{"id": str(r["id"]), "problem": r["problem"], "answer": str(r["answer"]),
+                     "images": [{"bytes": (Path(root) / im).read_bytes(), "path": im} for im in r["images"]]}
+                    for r in records[i:i + rows_per_group]]
+            writer.write_table(pa.Table.from_pylist(rows, schema=schema))
+    os.replace(tmp, path)
+    return len(records)
+
+
+def write_llamafactory(root, records: list) -> Path:
+    """Our cold-start records → root/SFT-coldstart.json in LLaMA-Factory's alpaca format (instruction = the
+    problem with the CoT instruction, as the model sees it; output = the response; images = paths relative
+    to root, LLaMA-Factory's media_dir when dataset_dir is root) and root/dataset_info.json registering it
+    as "coldstart" with the release's column mapping, so the official sft_scripts train it with
+    dataset_dir: root. An "id" key is kept (LLaMA-Factory ignores it; read_records reads it)."""
+    import tasks
+    rows = [{"id": str(r["id"]), "instruction": tasks.with_cot(r["problem"]), "input": "", "output": r["response"],
+             "images": list(r["images"])} for r in records]
+    atomic_write(Path(root) / LLAMAFACTORY_FILE, json.dumps(rows, ensure_ascii=False, indent=1) + "\n")
+    atomic_write(Path(root) / "dataset_info.json", json.dumps({LLAMAFACTORY_NAME: LLAMAFACTORY_ENTRY}, indent=1) + "\n")
+    return Path(root) / LLAMAFACTORY_FILE
 
 
 # ----------------------------------------------------------------------------- checking a record

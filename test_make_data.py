@@ -20,6 +20,7 @@ import pytest
 from PIL import Image
 
 import make_data
+import records
 from common import SetupError, Skipped
 import scenes
 import tasks
@@ -744,3 +745,72 @@ def test_demo_data_options_short_prompts_and_answer_only_traces(tmp_path, capsys
     with pytest.raises(make_data.SetupError, match="crop has no short problem text"):
         build(tmp_path / "e", "--n", "12", "--tasks", "flip,crop", "--short-prompts")
     assert not (tmp_path / "e").exists()
+
+
+# =============================================================================================
+# --release: the authors' formats (EasyR1 parquet, LLaMA-Factory JSON), read back by records.read_records
+# =============================================================================================
+@pytest.fixture(scope="module")
+def release_build(scene_build, tmp_path_factory):
+    """scene_build copied, then continued with --resume --release (a finished build adds the release files)."""
+    pytest.importorskip("pyarrow")
+    out = tmp_path_factory.mktemp("release") / "ds"
+    shutil.copytree(scene_build, out)
+    build(out, *SCENE_ARGS, "--workers", "1", "--resume", "--release")
+    return out
+
+
+def test_release_parquet_round_trip_and_official_reward(release_build):
+    """parquet/{train,test}.parquet (EasyR1's @train / @test files) read back through records.read_records as
+    the same records: ids, problem, answer, the image bytes of our files (embedded, with our paths), task
+    None (scored by the official exact match) and the pretext folder; the official reward gives 1.0 to
+    every canonical answer written."""
+    out = release_build
+    assert sorted(p.name for p in (out / "parquet").iterdir()) == ["test.parquet", "train.parquet"]
+    for split in ("train", "test"):
+        ours = read_jsonl(out / f"{split}.jsonl")
+        back, root = records.read_records(str(out / "parquet" / f"{split}.parquet"))
+        assert ours and root == (out / "parquet").resolve()   # the images are embedded: no root needed
+        assert [(r["id"], r["problem"], r["answer"]) for r in back] == [(r["id"], r["problem"], r["answer"])
+                                                                        for r in ours]
+        assert [[im["bytes"] for im in r["images"]] for r in back] == \
+            [[(out / im).read_bytes() for im in r["images"]] for r in ours]
+        assert [[im["path"] for im in r["images"]] for r in back] == [r["images"] for r in ours]
+        assert all(b["task"] is None and b["pretext"] == r["task"] for b, r in zip(back, ours))
+        for r in back:
+            records.check_record(r, root, decode=True)
+            assert tasks.reward_terms(f"<think>.</think> \\boxed{{{r['answer']}}}", r["answer"], None) == (1.0, 1.0, 1.0)
+
+
+def test_release_llamafactory_json_round_trip(release_build):
+    """SFT-coldstart.json + dataset_info.json: LLaMA-Factory's alpaca records with the CoT instruction in the
+    user text and images relative to OUT (its media_dir), registered as "coldstart" with the release's column
+    mapping; read_records gives back our ids, problems, responses and images, and the answer it reads from
+    the response (the official rule's last \\boxed{}) is the canonical answer, so the cold start teaches
+    exactly the strings the exact-match reward compares."""
+    out = release_build
+    info = json.loads((out / "dataset_info.json").read_text())
+    assert info == {"coldstart": {"file_name": "SFT-coldstart.json", "formatting": "alpaca", "columns": {
+        "prompt": "instruction", "query": "input", "response": "output", "images": "images"}}}
+    rows = json.loads((out / "SFT-coldstart.json").read_text())
+    ours = read_jsonl(out / "sft.jsonl")
+    assert [r["instruction"] for r in rows] == [tasks.with_cot(r["problem"]) for r in ours]
+    assert all(r["input"] == "" and all((out / im).is_file() for im in r["images"]) for r in rows)
+    back, root = records.read_records(str(out / "SFT-coldstart.json"))
+    assert [(r["id"], r["problem"], r["response"], r["answer"]) for r in back] == \
+        [(r["id"], r["problem"], r["response"], r["answer"]) for r in ours]
+    assert [[Path(im).read_bytes() for im in r["images"]] for r in back] == \
+        [[(out / im).read_bytes() for im in r["images"]] for r in ours]
+    assert all(tasks.reward_terms(r["response"], r["answer"], None)[1] == 1.0 for r in back)
+
+
+def test_release_without_pyarrow_is_one_line(monkeypatch, tmp_path):
+    """--release without pyarrow: the usual one-line error before anything is built; the writer says the same."""
+    real = make_data.importlib.util.find_spec
+    monkeypatch.setattr(make_data.importlib.util, "find_spec", lambda n, *a: None if n == "pyarrow" else real(n, *a))
+    with pytest.raises(SetupError, match=r"--release .* needs pyarrow \(pip install pyarrow\)"):
+        build(tmp_path / "x", "--n", "4", "--release")
+    assert not (tmp_path / "x").exists()
+    monkeypatch.setitem(sys.modules, "pyarrow", None)
+    with pytest.raises(SetupError, match=r"needs pyarrow \(pip install pyarrow\)"):
+        records.write_parquet(tmp_path / "t.parquet", [], tmp_path)
