@@ -119,6 +119,8 @@ class Config:
         if self.lora_rank < 0 or self.max_samples < 0 or (self.lora_alpha is not None and self.lora_alpha <= 0):
             raise SetupError("--lora-rank and --max-samples must be ≥ 0 (0: full fine-tune / all records), "
                              "--lora-alpha positive")
+        if self.lora_alpha is not None and not self.lora_rank:
+            raise SetupError("--lora-alpha scales LoRA adapters, and --lora-rank 0 trains without them: drop one")
         if self.lora_rank and not self.freeze_vision:
             raise SetupError("--no-freeze-vision trains the vision tower in full, which LoRA does not: "
                              "add --lora-rank 0 (full-parameter fine-tune) or drop --no-freeze-vision")

@@ -305,6 +305,16 @@ def test_help_reads_well():
     assert "(default: 0)" in text and "(default: runs/sft)" in text
 
 
+def test_lora_settings_that_cannot_work_are_one_line(capsys, data, tmp_path):
+    """LoRA leaves the vision tower frozen, and α without adapters means nothing: one line each, nothing written."""
+    out = tmp_path / "o"
+    base = ["--data", str(data), "--out", str(out)]
+    assert "--lora-rank 0" in cli_error(capsys, [*base, "--no-freeze-vision"])
+    assert "--lora-alpha" in cli_error(capsys, [*base, "--lora-rank", "0", "--lora-alpha", "16"])
+    assert "must be ≥ 0" in cli_error(capsys, [*base, "--lora-rank", "-1"])
+    assert not out.exists()
+
+
 def test_help_shows_the_papers_lora_defaults():
     """The paper's cold start is the default: LoRA rank 128, α = 2 × rank = 256, the first 4000 records;
     --lora-rank 0 is named as the full-parameter fine-tune."""
