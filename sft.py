@@ -144,8 +144,9 @@ USAGE_EXAMPLES = """examples:
   python sft.py ... --out runs/sft7b --resume       # continue a stopped run from OUT/checkpoints
 
 --data is the cold-start file (sft.jsonl, records with a "response"); train.jsonl is for GRPO. The default is
-the paper's LoRA (rank 128, α 256, merged into the exported weights); --lora-rank 0 fine-tunes every weight. An existing
-run in --out is never mixed with a new one: pass --resume to continue it or --overwrite to start over."""
+the paper's LoRA (rank 128, α 256, merged into the exported weights); --lora-rank 0 fine-tunes every weight of
+the language model. An existing run in --out is never mixed with a new one: pass --resume to continue it or
+--overwrite to start over."""
 
 
 def build_parser() -> argparse.ArgumentParser:
