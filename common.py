@@ -192,6 +192,11 @@ def read_jsonl(path, torn_tail_ok: bool = False) -> list:
     is a BadRecord naming the file and the line. With torn_tail_ok (a log that a killed run may have been
     appending to: metrics, predictions, journals) a missing file is empty and a cut-off last line (no
     newline, or not JSON) is dropped; an unreadable line before it is still an error."""
+    return [row for _, row in read_jsonl_lines(path, torn_tail_ok)]
+
+
+def read_jsonl_lines(path, torn_tail_ok: bool = False) -> list:
+    """read_jsonl with each object's 1-based line number: [(line, object), ...] (for messages naming lines)."""
     path = Path(path)
     if torn_tail_ok and not path.exists():
         return []
@@ -211,7 +216,7 @@ def read_jsonl(path, torn_tail_ok: bool = False) -> list:
             break
         if not isinstance(row, dict):
             raise BadRecord(f"{path} line {i}: a JSON {type(row).__name__}, not a record object")
-        out.append(row)
+        out.append((i, row))
     return out
 
 

@@ -584,7 +584,11 @@ def test_bad_input_is_refused_in_one_line_like_sft_and_grpo(tmp_path, capsys):
     dataset = tmp_path / "dataset"
     dataset.mkdir()
     (dataset / "train.jsonl").write_text(lines[0] + "\n")
+    dup = tmp_path / "dup.jsonl"
+    dup.write_text(lines[0] + "\n" + lines[0] + "\n")
+    dup_id = json.loads(lines[0])["id"]
     cases = [(["--data", str(broken), "--out", str(tmp_path / "o1")], f"{broken} line 2: not valid JSON"),
+             (["--data", str(dup), "--out", str(tmp_path / "o4")], f"id {dup_id!r} is used twice (line 1 and line 2)"),
              (["--data", str(tmp_path / "d" / "empty.jsonl"), "--out", str(tmp_path / "o2")], "no pretext items"),
              (["--data", str(data["pretext"]), "--out", str(dataset)], "holds files but no evaluate.py run"),
              (["--data", str(data["pretext"]), "--out", str(tmp_path / "o3"), "--model", "no-such-model"],
@@ -593,7 +597,7 @@ def test_bad_input_is_refused_in_one_line_like_sft_and_grpo(tmp_path, capsys):
         code, err = cli(capsys, base + argv)
         assert code == 2 and err.startswith("evaluate.py: error: ") and message in err and "\n" not in err, err
     assert [p.name for p in dataset.iterdir()] == ["train.jsonl"]
-    assert not any((tmp_path / o / "pretext" / "predictions.jsonl").exists() for o in ("o1", "o2", "o3"))
+    assert not any((tmp_path / o / "pretext" / "predictions.jsonl").exists() for o in ("o1", "o2", "o3", "o4"))
 
 
 def test_a_second_run_into_the_same_out_is_refused_while_the_first_lives(tmp_path, capsys):

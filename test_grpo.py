@@ -383,6 +383,11 @@ def test_bad_input_is_one_line_and_writes_nothing(data, tmp_path, capsys):
         assert not out.exists()
     missing = write_jsonl(data.parent / "missing.jsonl", [dict(common.read_jsonl(data)[0], id="lost", images=["x.png"])])
     assert re.search("record lost: image .*x.png not found", cli_error(capsys, grpo.main, ["--out", str(out), "--data", str(missing)]))
+    rows = common.read_jsonl(data)
+    dup = write_jsonl(data.parent / "dup.jsonl", [rows[0], rows[1], dict(rows[2], id=rows[1]["id"])])
+    assert f"id {rows[1]['id']!r} is used twice (line 2 and line 3)" in \
+        cli_error(capsys, grpo.main, ["--out", str(out), "--data", str(dup), "--exclude", "none"])
+    assert not out.exists()
     out.mkdir()
     (out / "metrics.jsonl").write_text("")
     assert "holds files but no grpo.py run" in cli_error(capsys, grpo.main, ["--out", str(out), "--data", str(data)])

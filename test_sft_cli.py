@@ -176,6 +176,15 @@ def test_data_missing_or_the_grpo_file_is_one_line_and_writes_nothing(capsys, tm
     assert not out.exists()
 
 
+def test_an_id_used_twice_is_one_line_naming_it_and_both_lines(capsys, tmp_path, data):
+    rows = common.read_jsonl(data)
+    dup = data.parent / "dup.jsonl"
+    dup.write_text("\n".join(json.dumps(r) for r in [rows[0], rows[1], dict(rows[2], id=rows[0]["id"])]) + "\n\n")
+    err = cli_error(capsys, ["--data", str(dup), "--out", str(tmp_path / "out")])
+    assert f"id {rows[0]['id']!r} is used twice (line 1 and line 3)" in err and "\n" not in err.strip()
+    assert not (tmp_path / "out").exists()
+
+
 # ----------------------------------------------------------------------------- bad records
 def test_bad_records_error_naming_them_or_counted_skip(tmp_path, tiny_model):
     """A truncated PNG (valid header, cut data), problem: null, no images, images: null, a non-JSON line:
