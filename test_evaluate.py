@@ -600,6 +600,20 @@ def test_bad_input_is_refused_in_one_line_like_sft_and_grpo(tmp_path, capsys):
     assert not any((tmp_path / o / "pretext" / "predictions.jsonl").exists() for o in ("o1", "o2", "o3", "o4"))
 
 
+def test_a_bad_benchmark_file_writes_nothing_so_the_fixed_rerun_needs_no_resume(tmp_path, capsys):
+    """Every benchmark file is read before --out is touched: a file missing a column used to leave .lock and
+    run.json behind, and the rerun with the file fixed was refused ("add --resume")."""
+    data = make_fixtures(tmp_path / "d")
+    bad = write_tsv(tmp_path / "bad.tsv", ["index", "question"], [["0", "q"]])
+    out = tmp_path / "out"
+    argv = ["--bench", "pretext", "spatial457", "--max-new-tokens", "2", "--no-progress", "--no-plot", "--pixels",
+            *TINY_PIXELS, "--out", str(out), "--data", f"pretext={data['pretext']}"]
+    code, err = cli(capsys, argv + [f"spatial457={bad}"])
+    assert code == 2 and "missing ['image'" in err and not out.exists(), err
+    ev.main(argv + [f"spatial457={data['spatial457']}"])
+    assert (out / "spatial457" / "predictions.jsonl").is_file()
+
+
 def test_a_second_run_into_the_same_out_is_refused_while_the_first_lives(tmp_path, capsys):
     """Two evaluations into one --out used to interleave their predictions: the folder's lock (held by the
     run writing it; here by another process) refuses the second one in one line."""
