@@ -328,6 +328,7 @@ def out_dir_mode(out: str, prog: str, resume: bool, overwrite: bool, keep: tuple
         raise SetupError("--resume and --overwrite exclude each other")
     if path.exists() and not path.is_dir():
         raise SetupError(f"--out {out} is a file, not a folder")
+    check_writable(out)
     entries = sorted(p.name for p in path.iterdir() if p.name not in keep + (LOCK_FILE,)) if path.is_dir() else []
     if not entries:
         return "fresh"
@@ -342,6 +343,23 @@ def out_dir_mode(out: str, prog: str, resume: bool, overwrite: bool, keep: tuple
         return "overwrite"
     raise SetupError(f"--out {out} already holds an earlier {prog} run: add --resume to continue it or --overwrite to "
                      "delete it and start over")
+
+
+def check_writable(out: str) -> None:
+    """SetupError unless a file can be made in --out (or in the nearest folder above it that exists, where
+    --out will be made): tried with a temporary file that is removed at once, since permission bits say
+    nothing on a read-only mount or to root."""
+    import tempfile
+    folder = Path(out).absolute()
+    while not folder.exists():
+        folder = folder.parent
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise SetupError(f"--out {out}: cannot write in {folder} ({e.strerror}); choose a folder you can write "
+                         "to") from None
 
 
 def identity_diff(saved: dict, now: dict, labels: dict | None = None) -> list:

@@ -149,6 +149,8 @@ class Config:
             raise SetupError(f"need 0 < --min-pixels ({self.min_pixels}) ≤ --max-pixels ({self.max_pixels})")
         if self.save_dtype not in ("bfloat16", "float32"):
             raise SetupError("--save-dtype must be bfloat16 or float32")
+        if not (math.isfinite(self.lr) and self.lr >= 0):          # torch would say so only after loading the model
+            raise SetupError(f"--lr {self.lr}: must be a number ≥ 0 (paper: 1e-6)")
         if not self.data:
             raise SetupError("--data is required (train.jsonl from make_data.py)")
 

@@ -176,6 +176,26 @@ def test_data_missing_or_the_grpo_file_is_one_line_and_writes_nothing(capsys, tm
     assert not out.exists()
 
 
+def test_read_only_out_and_a_bad_lr_are_one_line_before_anything_loads(capsys, read_only_dir, data):
+    """A read-only --out used to be an OSError traceback (make_data, sft, evaluate), a negative or NaN --lr
+    torch's ValueError after the model had loaded."""
+    import evaluate
+    import grpo
+    import make_data
+    out = str(read_only_dir / "out")
+    for main, argv in [(make_data.main, ["--n", "4"]), (sft.main, ["--data", str(data)]),
+                       (grpo.main, ["--data", str(data)]), (evaluate.main, ["--data", f"pretext={data}"])]:
+        with pytest.raises(SystemExit) as e:
+            main(argv + ["--out", out])
+        err = capsys.readouterr().err.strip()
+        assert e.value.code == 2 and f"--out {out}: cannot write in {read_only_dir}" in err and "\n" not in err, err
+    for lr in ("-1e-5", "nan"):
+        for main in (sft.main, grpo.main):
+            with pytest.raises(SystemExit) as e:
+                main(["--data", str(data), f"--lr={lr}", "--out", out])
+            assert e.value.code == 2 and f"--lr {float(lr)}: must be a number ≥ 0" in capsys.readouterr().err
+
+
 def test_an_id_used_twice_is_one_line_naming_it_and_both_lines(capsys, tmp_path, data):
     rows = common.read_jsonl(data)
     dup = data.parent / "dup.jsonl"
