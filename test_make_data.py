@@ -263,12 +263,61 @@ def test_model_folder_as_out_is_one_short_line(tmp_path):
     assert folder_bytes(model) == before
 
 
-def small_photos(folder, names, size=(160, 120)):
-    """JPEG photos rendered from built-in scenes (one per name) in `folder`."""
+def small_photos(folder, names, size=(160, 120), seed0=100):
+    """JPEG photos rendered from built-in scenes (one per name, seeds seed0, seed0 + 1, …) in `folder`."""
     folder.mkdir(parents=True, exist_ok=True)
     for i, name in enumerate(names):
-        Image.fromarray(scenes.render_scene(100 + i, size[1], size[0])[0]).save(folder / name, quality=90)
+        Image.fromarray(scenes.render_scene(seed0 + i, size[1], size[0])[0]).save(folder / name, quality=90)
     return folder
+
+
+def readme_command(section: str, script: str) -> list:
+    """The arguments of the `python <script>` line in the README section `## <section>`, as written."""
+    text = (HERE / "README.md").read_text().split(f"## {section}\n", 1)[1].split("\n## ", 1)[0]
+    line = next(ln for ln in text.splitlines() if ln.startswith(f"python {script} "))
+    return line.split()[2:]
+
+
+def rgbd_folder(folder, n, seed0):
+    """n built-in scenes as <stem>.png + <stem>_depth.npy (the RGB-D naming rule)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        rgb, depth = scenes.render_scene(seed0 + i, 240, 320)
+        Image.fromarray(rgb).save(folder / f"v{i}.png")
+        np.save(folder / f"v{i}_depth.npy", depth)
+
+
+def test_the_readme_own_images_command_runs_as_written(tmp_path):
+    """The README's command takes several --rgbd folders; run as written (the folders it names made small here,
+    fewer workers), every folder feeds the build and the same file name in two folders is two sources."""
+    args = readme_command("Your own images", "make_data.py")
+    assert args.count("--rgbd") == 1 and args[args.index("--rgbd") + 2] == "megadepth/imgs/", args
+    small_photos(tmp_path / "photos", [f"p{i}.jpg" for i in range(8)])
+    rgbd_folder(tmp_path / "diode", 5, 200)
+    rgbd_folder(tmp_path / "megadepth" / "imgs", 5, 300)        # the same names as in diode/, other pictures
+    run = subprocess.run([sys.executable, str(HERE / "make_data.py"), *args, "--workers", "2", "--no-progress",
+                          "--preview", "none"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    sources = {r["source"] for s in ("train", "test", "sft") for r in read_jsonl(tmp_path / "data/mine" / f"{s}.jsonl")}
+    for folder in ("photos", "diode", "megadepth/imgs"):
+        assert any(src.startswith(str(tmp_path / folder) + "/") or src.startswith(folder + "/") for src in sources), \
+            (folder, sorted(sources))
+
+
+def test_byte_identical_images_are_one_source(tmp_path):
+    """scikit-image ships cat.png = chelsea.png: as two sources the split by source could put one picture in
+    train and in test. A copy (also one in --rgb of an --rgbd image, which keeps its depth) is left out and
+    counted."""
+    photos = small_photos(tmp_path / "photos", [f"p{i}.jpg" for i in range(6)])
+    shutil.copy(photos / "p0.jpg", photos / "z-copy-of-p0.jpg")
+    rgbd_folder(tmp_path / "rgbd", 2, 200)
+    shutil.copy(tmp_path / "rgbd" / "v1.png", photos / "v1-again.png")
+    sources, notes = make_data.discover_sources([str(photos)], [str(tmp_path / "rgbd")])
+    names = sorted(Path(s.path).name for s in sources)
+    assert names == ["p0.jpg", "p1.jpg", "p2.jpg", "p3.jpg", "p4.jpg", "p5.jpg", "v0.png", "v1.png"]
+    assert notes["same-content-as-another-image"] == 2 and all(s.depth for s in sources if s.path.endswith(".png"))
+    stats = build(tmp_path / "out", "--rgb", str(photos), "--n", "12", "--test-fraction", "0", "--sft-size", "0")
+    assert stats["sources"]["same-content-as-another-image"] == 1 and stats["sources"]["found"] == 7
 
 
 def test_resume_refuses_a_changed_source_folder(tmp_path):
@@ -281,7 +330,7 @@ def test_resume_refuses_a_changed_source_folder(tmp_path):
     build(out, *args)
     build(out, *args, "--resume")                       # nothing changed: fine
     before = folder_bytes(out)
-    small_photos(photos, ["q0.jpg", "q1.jpg", "q2.jpg"])
+    small_photos(photos, ["q0.jpg", "q1.jpg", "q2.jpg"], seed0=150)     # other pictures (copies are not sources)
     with pytest.raises(SetupError, match=r"source folders changed .*\(7 images then, 10 images now"):
         build(out, *args, "--resume")
     for name in ("q0.jpg", "q1.jpg", "q2.jpg"):
@@ -492,7 +541,7 @@ def test_h5_depth_without_h5py_says_how_to_install(tmp_path):
     Image.fromarray(rgb).save(tmp_path / "x.jpg")
     (tmp_path / "x.h5").write_bytes(b"not really hdf5")
     with pytest.raises(SetupError, match="pip install h5py"):
-        make_data.discover_sources("", str(tmp_path))
+        make_data.discover_sources((), [str(tmp_path)])
 
 
 # ---------------------------------------------------------------------------------------- command line
