@@ -616,19 +616,49 @@ def scene_source(seed, index):
     return Source(f"scene:{scene_seed}", kind="scene")
 
 
+def _split_draw(seed, salt, key):
+    """A source's deterministic uniform draw in [0, 1) for one split decision."""
+    return np.random.SeedSequence([seed, salt, *_key_words(key)]).generate_state(1)[0] / 2.0 ** 32
+
+
 def is_test(seed, key, test_fraction):
     """Split by source: a deterministic per-source uniform draw, so no source feeds both splits."""
-    u = np.random.SeedSequence([seed, SPLIT_SALT, *_key_words(key)]).generate_state(1)[0] / 2.0 ** 32
-    return bool(u < test_fraction)
+    return bool(_split_draw(seed, SPLIT_SALT, key) < test_fraction)
 
 
 def split_of(seed, key, test_fraction, sft_share):
-    """"test", "sft" or "train" for a source: test by is_test, then a second independent per-source draw
-    sends a share of the rest to the cold-start set, so SFT and GRPO never see the same source image."""
+    """"test", "sft" or "train" for a built-in scene: test by is_test, then a second independent per-source
+    draw sends a share of the rest to the cold-start set, so SFT and GRPO never see the same source image."""
     if is_test(seed, key, test_fraction):
         return "test"
-    u = np.random.SeedSequence([seed, SFT_SALT, *_key_words(key)]).generate_state(1)[0] / 2.0 ** 32
-    return "sft" if u < sft_share else "train"
+    return "sft" if _split_draw(seed, SFT_SALT, key) < sft_share else "train"
+
+
+def split_counts(m, test_fraction, sft_share):
+    """(test, sft, train) source counts for a folder of m sources: test = round(test_fraction·m), sft =
+    round(sft_share·(m − test)), each at least 1 when asked for (test_fraction > 0, sft_share > 0), train the
+    rest; SetupError in one line naming the knobs when m cannot give every asked split a source."""
+    asked = {"test": test_fraction > 0, "cold-start": sft_share > 0}
+    if m < 1 + sum(asked.values()):
+        knobs = " or ".join(k for k, a in (("--test-fraction 0", asked["test"]),
+                                           ("--sft-size 0", asked["cold-start"])) if a)
+        raise SetupError(f"{m} source image(s) cannot give a train, {' and '.join(k for k, a in asked.items() if a)} "
+                         f"split each: add images or pass {knobs}")
+    test = max(int(asked["test"]), round(test_fraction * m))
+    test = min(test, m - 1 - int(asked["cold-start"]))
+    sft = min(max(int(asked["cold-start"]), round(sft_share * (m - test))), m - test - 1)
+    return test, sft, m - test - sft
+
+
+def folder_splits(seed, keys, test_fraction, sft_share):
+    """{key: "test" | "sft" | "train"} for folder sources, with split_counts' exact counts (independent draws
+    per source, as for the scenes, can leave a small folder without a test or train source): the sources with
+    the smallest test draws are test, of the rest those with the smallest cold-start draws are sft."""
+    test, sft, _ = split_counts(len(keys), test_fraction, sft_share)
+    by_test = sorted(keys, key=lambda k: _split_draw(seed, SPLIT_SALT, k))
+    rest = sorted(by_test[test:], key=lambda k: _split_draw(seed, SFT_SALT, k))
+    return {**{k: "test" for k in by_test[:test]}, **{k: "sft" for k in rest[:sft]},
+            **{k: "train" for k in rest[sft:]}}
 
 
 def sft_plan(cfg, weights):
@@ -989,8 +1019,9 @@ class Builder:
     """Main-process side of a build: decides, strictly in job order, which results become records.
     Quotas: `quotas` for train + test together, `sft_quotas` for the cold-start set (its own sources)."""
 
-    def __init__(self, cfg, out, quotas, sft_share, sft_quotas):
+    def __init__(self, cfg, out, quotas, sft_share, sft_quotas, splits=None):
         self.cfg, self.out, self.quotas, self.sft_share, self.sft_quotas = cfg, out, quotas, sft_share, sft_quotas
+        self.splits = splits
         self.counts = Counter(r["task"] for s in ("train", "test") for r in out.records[s])
         self.sft_counts = Counter(r["task"] for r in out.records["sft"])
         self.rejected = {t: Counter() for t in quotas}
@@ -1012,6 +1043,8 @@ class Builder:
             names.append(os.path.join(root, rel) if root else key)   # the path a record's "source" would show
 
     def split(self, key):
+        if self.splits is not None:
+            return self.splits[key]
         return split_of(self.cfg.seed, key, self.cfg.test_fraction, self.sft_share)
 
     def open_tasks(self, split):
@@ -1074,6 +1107,7 @@ class Plan:
     sft_quotas: dict     # cold-start examples per task
     identity: dict       # run.json "identity" (dataset_identity)
     depth_model: object = None   # DepthModel (--depth-model) or None
+    splits: dict = None  # folder sources: {key: split} (folder_splits); None for the built-in scenes
 
 
 def prepare(cfg):
@@ -1104,7 +1138,10 @@ def prepare(cfg):
     identity = dataset_identity(cfg, sources)
     if mode == "resume":
         check_resume(cfg.out, identity)
-    return Plan(mode, sources, notes, split_quota(cfg.n, weights), sft_share, sft_quotas, identity, depth_model)
+    splits = None if sources is None else folder_splits(cfg.seed, [s.key for s in sources], cfg.test_fraction,
+                                                         sft_share)
+    return Plan(mode, sources, notes, split_quota(cfg.n, weights), sft_share, sft_quotas, identity, depth_model,
+                splits)
 
 
 def build(cfg):
@@ -1118,7 +1155,7 @@ def build(cfg):
                   cfg.min_side, cfg.depth_png_scale, cfg.image_format, cfg.jpeg_quality, str(Path(cfg.out).resolve()),
                   cfg.jpeg_rescale, plan.depth_model.label if plan.depth_model else "")
     out = OutputFolder(cfg.out, cfg.sync_seconds)
-    builder = Builder(cfg, out, plan.quotas, plan.sft_share, plan.sft_quotas)
+    builder = Builder(cfg, out, plan.quotas, plan.sft_share, plan.sft_quotas, plan.splits)
     workers = cfg.workers or os.cpu_count() or 1
     done = sum(builder.counts.values()) + sum(builder.sft_counts.values())
     announce(cfg, plan, out, done)
@@ -1461,6 +1498,9 @@ def print_summary(cfg, stats, preview):
         if short:
             print(f"SHORT of the request ({name}; sources exhausted or too many rejections): "
                   + ", ".join(f"{t} {quota[t] - k} of {quota[t]} ({k} short)" for t, k in short.items()))
+            if stats["sources"]["kind"] == "folders":
+                print(f"  each image gives at most --per-source {cfg.per_source} example(s) per task: raise it or "
+                      "add images")
     if stats["sources"]["kind"] == "folders" and set(stats["shortfall"]) & set(tasks.DEPTH_TASKS):
         print(f"  only {stats['sources']['rgbd']} of {stats['sources']['found']} images have a depth file. {NAMING_RULE}")
     print_shortcuts(stats["shortcuts"])

@@ -341,22 +341,29 @@ def test_resume_refuses_a_changed_source_folder(tmp_path):
     assert folder_bytes(out) == before
 
 
-def test_an_empty_split_is_an_error_not_a_result(tmp_path):
-    """A split that was asked for and came out empty (too few photos) exits 2 with what to do; before, 10
-    photos gave 0 test examples with exit 0."""
+def test_a_small_folder_gives_every_split_or_one_line_naming_the_knob(tmp_path):
+    """Splits of folder sources have exact counts (at least one source each when asked for): 4 photos whose
+    per-source draws send none to test (independent draws gave 0 test examples, exit 2) now give train, test
+    and cold-start examples; 2 photos cannot give three splits: one line naming the knobs, nothing written.
+    A split short of its quota names --per-source."""
     names = ["photo0.jpg", "photo1.jpg", "photo3.jpg", "photo4.jpg"]   # drawn for neither test nor sft below
     photos = small_photos(tmp_path / "photos", names)
     assert not any(make_data.is_test(0, f"rgb:{n}", 0.05) for n in names)
-    run = cli("--out", tmp_path / "o1", "--rgb", photos, *SMALL, "--n", "8", "--test-fraction", "0.05",
-              "--sft-size", "0")
-    assert run.returncode == 2, run.stderr
-    assert "test.jsonl came out empty" in run.stderr and "--test-fraction" in run.stderr and "add source images" in run.stderr
-    assert "0 test" in run.stdout and "files: train.jsonl" in run.stdout   # after the summary
-    share, _ = make_data.sft_plan(make_data.parse_config(["--n", "8", "--sft-size", "2", "--test-fraction", "0"]),
+    share, _ = make_data.sft_plan(make_data.parse_config(["--n", "8", "--sft-size", "2", "--test-fraction", "0.05"]),
                                   dict.fromkeys(tasks.RGB_TASKS, 1.0))
-    assert not any(make_data.split_of(0, f"rgb:{n}", 0, share) == "sft" for n in names)
-    with pytest.raises(SetupError, match=r"sft.jsonl came out empty.*--sft-size 0"):
-        build(tmp_path / "o2", "--rgb", str(photos), "--n", "8", "--test-fraction", "0", "--sft-size", "2")
+    assert not any(make_data.split_of(0, f"rgb:{n}", 0.05, share) in ("test", "sft") for n in names)
+    run = cli("--out", tmp_path / "o1", "--rgb", photos, *SMALL, "--n", "8", "--test-fraction", "0.05",
+              "--sft-size", "2")
+    assert run.returncode == 0, run.stderr
+    assert re.search(r"\d+ train \+ \d+ test \+ \d+ cold-start examples from 2 \+ 1 \+ 1 different", run.stdout), run.stdout
+    assert "SHORT of the request" in run.stdout and "at most --per-source 1 example(s) per task" in run.stdout
+    for args in (["--test-fraction", "0.05", "--sft-size", "2"], ["--test-fraction", "0.5", "--sft-size", "0"]):
+        two = small_photos(tmp_path / "two", names[:2 - (args[-1] == "0")])
+        with pytest.raises(SetupError, match=r"source image\(s\) cannot give a train, .* split each: add images or "
+                                             r"pass --test-fraction 0"):
+            build(tmp_path / "o2", "--rgb", str(two), "--n", "8", *args)
+        assert not (tmp_path / "o2").exists()
+        shutil.rmtree(two)
     build(tmp_path / "o3", "--rgb", str(photos), "--n", "40", "--test-fraction", "0", "--sft-size", "0")  # short: ok
 
 
@@ -409,7 +416,7 @@ def odd_folders(tmp_path_factory):
             np.save(rgbd_dir / "zeros_depth.npy", np.zeros_like(depth))
         else:
             np.save(rgbd_dir / "badshape_depth.npy", np.stack([depth, depth], -1))
-    Image.fromarray(renders[2][0]).save(rgbd_dir / "nodepth.png")  # no depth file: still an RGB source
+    Image.fromarray(scenes.render_scene(999, 240, 320)[0]).save(rgbd_dir / "nodepth.png")  # no depth file: RGB
     return rgb_dir, rgbd_dir, good_rgb, {"a.png", "b.png", "c.png"}
 
 
@@ -753,7 +760,8 @@ def test_depth_model_bad_input_is_one_line_and_writes_nothing(depth_models, tmp_
         assert run.stderr.startswith("make_data.py: error: ") and message in run.stderr, (args, run.stderr)
         assert not out.exists()
     metric = make_data.prepare(make_data.parse_config(["--out", str(out), "--rgb", str(photos), "--depth-model",
-                                                       depth_models["metric"], "--tasks", "depth,position"]))
+                                                       depth_models["metric"], "--tasks", "depth,position",
+                                                       "--test-fraction", "0", "--sft-size", "0"]))
     assert metric.quotas == {"depth": 250, "position": 250} and metric.depth_model.kind == "metric"
 
 
