@@ -475,6 +475,27 @@ def test_resume_equals_uninterrupted_with_filter_groups(data, tmp_path, monkeypa
     assert resumed[0]["prompts_drawn"] == full[2]["prompts_drawn"] and any(r["groups_dropped"] for r in full)
 
 
+def test_grpo_names_both_bounds_when_they_differ_from_the_cold_starts(tmp_path, capsys):
+    """grpo.py keeps the paper's bounds but says in one line when the cold start (sft.py's run.json) was trained
+    at others (it used to go on without a word: format reward 0.06 instead of 0.27); the same bounds: no line.
+    The two scripts' --help examples use the same bounds."""
+    recs = [dict(r, response="<think>x</think> \\boxed{A}") for r in letter_records(tmp_path, 4)]
+    sft.train(sft.Config(model="tiny", data=str(write_jsonl(tmp_path / "sft.jsonl", recs)), out=str(tmp_path / "sft"),
+                         max_steps=1, global_batch_size=4, save_every=0, save_dtype="float32", max_pixels=56 * 84))
+    train = write_jsonl(tmp_path / "train.jsonl", [dict(r, id=f"g{i}") for i, r in enumerate(recs)])
+    capsys.readouterr()
+    for px, out in (((56 * 56, 56 * 84), "same"), ((56 * 56, 56 * 56), "other")):
+        grpo.train(cfg_for(train, tmp_path / out, model=str(tmp_path / "sft"), max_steps=1, update_batch_size=4,
+                           min_pixels=px[0], max_pixels=px[1], exclude="none"))
+        notes = [ln for ln in capsys.readouterr().out.splitlines() if "was trained by sft.py" in ln]
+        assert notes == ([] if out == "same" else
+                         [f"note: images 3136..3136 px (--min-pixels, --max-pixels), but {tmp_path / 'sft'} was trained "
+                          "by sft.py at 3136..4704 px; pass --min-pixels 3136 --max-pixels 4704 to keep them"]), notes
+    sft_max = int(re.search(r"sft.py --model tiny .*?--max-pixels (\d+)", sft.USAGE_EXAMPLES, re.S)[1])
+    lo, hi = map(int, re.search(r"--min-pixels (\d+) --max-pixels (\d+)", grpo.USAGE_EXAMPLES).groups())
+    assert (lo, hi) == (3136, sft_max)          # 3136: the tiny model's own smallest, which sft.py keeps
+
+
 def test_grpo_raises_the_reward_after_a_cold_start(tmp_path):
     """Cold start: SFT teaches the format with answers A and B half and half (the image does not tell which).
     GRPO on the same questions, where A is always right, must then raise the mean reward clearly within 15
