@@ -169,11 +169,23 @@ class Skipped(Exception):
         self.reason = reason
 
 
+def quiet_progress_bars() -> None:
+    """No Hugging Face download / "Loading weights" progress bars when stderr is not a terminal (a log file, a
+    pipe), where each redraw is a new line; interactive runs keep them."""
+    if sys.stderr.isatty():
+        return
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"       # read when huggingface_hub is imported later
+    if "transformers" in sys.modules:                      # already imported: it read the setting then
+        from transformers.utils import logging as hf_logging
+        hf_logging.disable_progress_bar()
+
+
 def cli_main(prog: str, run, *args) -> None:
     """Run a script's main function with the exit-code convention of every script: bad input (SetupError) is
     one line "prog: error: …" and exit 2 (as argparse's own errors), Ctrl-C one line saying how to continue
     and exit 130; anything else is a bug and keeps its traceback. Under torchrun only rank 0 prints."""
     rank0 = os.environ.get("RANK", "0") == "0"
+    quiet_progress_bars()
     try:
         run(*args)
     except SetupError as e:

@@ -347,13 +347,14 @@ def mode_label(r: dict) -> str:
 def results_markdown(results: dict) -> str:
     """The headline table (ours beside the paper's rows, with the scoring that produced each row and whether it
     is comparable with the paper's) and one per-category table per benchmark."""
-    head = "| benchmark | metric | scoring | comparable | ours | n (skipped) | " + " | ".join(PAPER_ROWS) + " |"
-    lines = [head, "|" + "---|" * (6 + len(PAPER_ROWS))]
+    rows = PAPER_ROWS if any(r["paper"] for r in results.values()) else ()   # the pretext split alone: none
+    head = "| benchmark | metric | scoring | comparable | ours | n (skipped) | " + "".join(f"{p} | " for p in rows)
+    lines = [head.rstrip(), "|" + "---|" * (6 + len(rows))]
     for b, r in results.items():
-        paper = " | ".join(f"{v:.2f}" for v in r["paper"].values()) if r["paper"] else " | ".join("–" * 6)
+        paper = "".join(f"{v:.2f} | " for v in r["paper"].values()) if r["paper"] else "– | " * len(rows)
         comparable = {True: "yes", False: "no"}.get(r.get("comparable"), "?")
         lines.append(f"| {b} | {r['metric']} | {mode_label(r)} | {comparable} | **{r['score']:.2f}** | "
-                     f"{r['n']} ({r['skipped']}) | {paper} |")
+                     f"{r['n']} ({r['skipped']}) | {paper}".rstrip())
     lines += ["", "comparable = scored exactly as the official code (--scoring official; VSI-Bench also needs its "
                   "frames as one video); see docs/evaluation.md."]
     for b, r in results.items():

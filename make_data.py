@@ -913,13 +913,16 @@ def parse_grids(spec):
     return grids
 
 
+MIN_SCENE_SIDE = 16   # px: the smallest --scene-size side accepted
+
+
 def parse_size(spec):
     try:
         w, h = (int(v) for v in spec.lower().split("x"))
-        if w < 16 or h < 16:
-            raise ValueError(spec)
     except ValueError:
         raise SetupError(f"--scene-size wants WxH (e.g. 512x384), got {spec!r}") from None
+    if w < MIN_SCENE_SIDE or h < MIN_SCENE_SIDE:
+        raise SetupError(f"--scene-size {spec}: each side must be at least {MIN_SCENE_SIDE} px (e.g. 512x384)")
     return h, w
 
 

@@ -274,7 +274,8 @@ def test_end_to_end_all_benchmarks_on_tiny_model(tmp_path, capsys):
     assert results["spatial457"]["paper"]["Spatial-SSRL-7B"] == 53.34
     saved = json.loads((tmp_path / "out" / "results.json").read_text())
     assert saved["vsibench"]["n"] == 2 and "macro" in saved["vsibench"]["settings"]
-    assert "| spatial457 |" in (tmp_path / "out" / "results.md").read_text()
+    md = (tmp_path / "out" / "results.md").read_text()
+    assert "| spatial457 |" in md and "| Spatial-SSRL-7B |" in md.splitlines()[0]
     # rerun with --resume: everything is done, nothing is asked again
     capsys.readouterr()
     ev.evaluate(cfg(tmp_path, bench=["all"], data=[f"{k}={v}" for k, v in data.items()], resume=True))
@@ -612,6 +613,14 @@ def test_a_bad_benchmark_file_writes_nothing_so_the_fixed_rerun_needs_no_resume(
     assert code == 2 and "missing ['image'" in err and not out.exists(), err
     ev.main(argv + [f"spatial457={data['spatial457']}"])
     assert (out / "spatial457" / "predictions.jsonl").is_file()
+
+
+def test_results_md_of_the_pretext_split_has_no_empty_paper_columns(tmp_path):
+    data = make_fixtures(tmp_path / "d")
+    ev.evaluate(cfg(tmp_path, data=[f"pretext={data['pretext']}"], max_new_tokens=2))
+    head, rule, row = (tmp_path / "out" / "results.md").read_text().splitlines()[:3]
+    assert head == "| benchmark | metric | scoring | comparable | ours | n (skipped) |" and rule == "|" + "---|" * 6
+    assert row.startswith("| pretext |") and row.count("|") == 7 and "–" not in row
 
 
 def test_a_second_run_into_the_same_out_is_refused_while_the_first_lives(tmp_path, capsys):

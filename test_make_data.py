@@ -320,6 +320,14 @@ def test_byte_identical_images_are_one_source(tmp_path):
     assert stats["sources"]["same-content-as-another-image"] == 1 and stats["sources"]["found"] == 7
 
 
+def test_scene_size_too_small_says_the_minimum(tmp_path):
+    with pytest.raises(SetupError, match=r"--scene-size 10x10: each side must be at least 16 px"):
+        build(tmp_path / "o", "--scene-size", "10x10")
+    with pytest.raises(SetupError, match="--scene-size wants WxH"):
+        build(tmp_path / "o", "--scene-size", "ten")
+    assert not (tmp_path / "o").exists()
+
+
 def test_resume_refuses_a_changed_source_folder(tmp_path):
     """The sources are part of the run's identity: adding images (which used to resume, skipping some new
     images and using old ones twice) or resizing one makes --resume a one-line error with the counts; an

@@ -21,6 +21,7 @@ os.environ.setdefault("SPATIAL_SSRL_DEVICE", "cpu")   # the CPU path also on a G
 import huggingface_hub
 import huggingface_hub.constants
 import pytest
+import torch
 from PIL import Image
 from transformers.utils import logging as hf_logging
 
@@ -194,6 +195,22 @@ def test_read_only_out_and_a_bad_lr_are_one_line_before_anything_loads(capsys, r
             with pytest.raises(SystemExit) as e:
                 main(["--data", str(data), f"--lr={lr}", "--out", out])
             assert e.value.code == 2 and f"--lr {float(lr)}: must be a number ≥ 0" in capsys.readouterr().err
+
+
+def test_no_loading_bars_in_a_log_and_tiny_help_has_examples(tmp_path, tiny_model, capsys):
+    """Every script's cli_main turns Hugging Face's progress bars off when stderr is not a terminal (a log
+    filled with "Loading weights" redraws before); tiny.py --help shows how demo.sh runs it."""
+    vlm.save_hf(*tiny_model[:3], str(tmp_path / "m"), torch.float32)
+    code = ("import common, vlm, sys; common.cli_main('x', lambda: vlm.load_model(sys.argv[1])); "
+            "print('loaded')")
+    run = subprocess.run([sys.executable, "-c", code, str(tmp_path / "m")], capture_output=True, text=True,
+                         cwd=Path(__file__).parent, timeout=120, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert run.returncode == 0 and run.stdout.strip() == "loaded", run.stderr
+    assert "Loading weights" not in run.stderr and "it/s" not in run.stderr, run.stderr
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        tiny.main(["--help"])
+    assert "examples:\n  python make_data.py" in capsys.readouterr().out
 
 
 def test_an_id_used_twice_is_one_line_naming_it_and_both_lines(capsys, tmp_path, data):
