@@ -1501,9 +1501,8 @@ def print_summary(cfg, stats, preview):
         if short:
             print(f"SHORT of the request ({name}; sources exhausted or too many rejections): "
                   + ", ".join(f"{t} {quota[t] - k} of {quota[t]} ({k} short)" for t, k in short.items()))
-            if stats["sources"]["kind"] == "folders":
-                print(f"  each image gives at most --per-source {cfg.per_source} example(s) per task: raise it or "
-                      "add images")
+    if stats["sources"]["kind"] == "folders" and (stats["shortfall"] or stats["sft_shortfall"]):
+        print(f"  each image gives at most --per-source {cfg.per_source} example(s) per task: raise it or add images")
     if stats["sources"]["kind"] == "folders" and set(stats["shortfall"]) & set(tasks.DEPTH_TASKS):
         print(f"  only {stats['sources']['rgbd']} of {stats['sources']['found']} images have a depth file. {NAMING_RULE}")
     print_shortcuts(stats["shortcuts"])
