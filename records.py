@@ -94,7 +94,7 @@ def check_unique_ids(ids: list, path) -> None:
     for rid, where in ids:
         if rid is None:
             continue
-        key = json.dumps(rid)
+        key = json.dumps(rid, default=str)
         if key in first:
             raise BadRecord(f"{path}: id {rid!r} is used twice ({first[key]} and {where}); ids must be unique: "
                             "rename one or drop the duplicate")
