@@ -88,7 +88,8 @@ import numpy as np
 from PIL import Image
 
 import tasks
-from common import SetupError, Skipped, read_jsonl
+from common import SetupError, Skipped, read_jsonl_lines
+from records import check_unique_ids
 
 BENCH_NAMES = ("pretext", "spatial457", "3dsrbench", "spatialeval", "qspatial_plus", "whatsup", "viewspatial",
                "vsibench")
@@ -819,7 +820,9 @@ def load_pretext(path: Path, opts: Options) -> list:
     if not path.is_file():
         raise SetupError(f"{path}: no such file (expected make_data.py's test.jsonl)")
     items = []
-    for k, r in enumerate(read_jsonl(path), 1):     # a line that is not JSON: one error naming it
+    lines = read_jsonl_lines(path)                  # a line that is not JSON: one error naming it
+    check_unique_ids([(r.get("id"), f"line {i}") for i, r in lines], path)
+    for k, (_, r) in enumerate(lines, 1):
         if not isinstance(r.get("problem"), str) or not isinstance(r.get("images"), list) or "answer" not in r:
             raise SetupError(f"{path} record {k}: needs problem, answer and images (make_data.py's test.jsonl)")
         texts = tasks.with_cot(r["problem"]).split("<image>")
@@ -835,7 +838,9 @@ LOADERS = {"pretext": load_pretext, "spatial457": load_spatial457, "3dsrbench": 
 
 
 def load_bench(name: str, path: str, opts: Options) -> list:
-    """The benchmark's items, ids made unique, first opts.limit of them."""
+    """The benchmark's items, first opts.limit of them. Our own test.jsonl with an id twice is refused
+    (load_pretext); a released benchmark file cannot be edited by its user, so an id it repeats gets #1, #2, …
+    (ids only key the resumable predictions)."""
     items = LOADERS[name](Path(path), opts)
     seen = {}
     for it in items:

@@ -169,11 +169,23 @@ class Skipped(Exception):
         self.reason = reason
 
 
+def quiet_progress_bars() -> None:
+    """No Hugging Face download / "Loading weights" progress bars when stderr is not a terminal (a log file, a
+    pipe), where each redraw is a new line; interactive runs keep them."""
+    if sys.stderr.isatty():
+        return
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"       # read when huggingface_hub is imported later
+    if "transformers" in sys.modules:                      # already imported: it read the setting then
+        from transformers.utils import logging as hf_logging
+        hf_logging.disable_progress_bar()
+
+
 def cli_main(prog: str, run, *args) -> None:
     """Run a script's main function with the exit-code convention of every script: bad input (SetupError) is
     one line "prog: error: …" and exit 2 (as argparse's own errors), Ctrl-C one line saying how to continue
     and exit 130; anything else is a bug and keeps its traceback. Under torchrun only rank 0 prints."""
     rank0 = os.environ.get("RANK", "0") == "0"
+    quiet_progress_bars()
     try:
         run(*args)
     except SetupError as e:
@@ -192,6 +204,11 @@ def read_jsonl(path, torn_tail_ok: bool = False) -> list:
     is a BadRecord naming the file and the line. With torn_tail_ok (a log that a killed run may have been
     appending to: metrics, predictions, journals) a missing file is empty and a cut-off last line (no
     newline, or not JSON) is dropped; an unreadable line before it is still an error."""
+    return [row for _, row in read_jsonl_lines(path, torn_tail_ok)]
+
+
+def read_jsonl_lines(path, torn_tail_ok: bool = False) -> list:
+    """read_jsonl with each object's 1-based line number: [(line, object), ...] (for messages naming lines)."""
     path = Path(path)
     if torn_tail_ok and not path.exists():
         return []
@@ -211,7 +228,7 @@ def read_jsonl(path, torn_tail_ok: bool = False) -> list:
             break
         if not isinstance(row, dict):
             raise BadRecord(f"{path} line {i}: a JSON {type(row).__name__}, not a record object")
-        out.append(row)
+        out.append((i, row))
     return out
 
 
@@ -323,6 +340,7 @@ def out_dir_mode(out: str, prog: str, resume: bool, overwrite: bool, keep: tuple
         raise SetupError("--resume and --overwrite exclude each other")
     if path.exists() and not path.is_dir():
         raise SetupError(f"--out {out} is a file, not a folder")
+    check_writable(out)
     entries = sorted(p.name for p in path.iterdir() if p.name not in keep + (LOCK_FILE,)) if path.is_dir() else []
     if not entries:
         return "fresh"
@@ -337,6 +355,23 @@ def out_dir_mode(out: str, prog: str, resume: bool, overwrite: bool, keep: tuple
         return "overwrite"
     raise SetupError(f"--out {out} already holds an earlier {prog} run: add --resume to continue it or --overwrite to "
                      "delete it and start over")
+
+
+def check_writable(out: str) -> None:
+    """SetupError unless a file can be made in --out (or in the nearest folder above it that exists, where
+    --out will be made): tried with a temporary file that is removed at once, since permission bits say
+    nothing on a read-only mount or to root."""
+    import tempfile
+    folder = Path(out).absolute()
+    while not folder.exists():
+        folder = folder.parent
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise SetupError(f"--out {out}: cannot write in {folder} ({e.strerror}); choose a folder you can write "
+                         "to") from None
 
 
 def identity_diff(saved: dict, now: dict, labels: dict | None = None) -> list:

@@ -11,3 +11,24 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture
+def read_only_dir(tmp_path):
+    """A folder this process cannot create files in: a chmod 500 folder, or /sys when running as root (root
+    ignores permission bits; /sys refuses new files to everyone)."""
+    import os
+    import tempfile
+    from pathlib import Path
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    folder.chmod(0o500)
+    for candidate in (folder, Path("/sys")):
+        try:
+            os.close(tempfile.mkstemp(dir=candidate)[0])
+        except OSError:
+            yield candidate
+            break
+    else:
+        pytest.skip("no folder refuses writing here")
+    folder.chmod(0o700)

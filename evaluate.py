@@ -267,37 +267,47 @@ def shard_batches(todo: list, rank: int, world: int, batch_size: int) -> tuple:
     return batches, -(-per_rank // batch_size)
 
 
-def open_bench(bench: str, path: str, cfg: Config, own_bounds: tuple, d) -> tuple:
-    """(items, image bounds, answered ids) of a benchmark: its items (none is an error), its folder checked
-    against the settings that made its predictions (common.check_identity) or started, a prediction line cut
-    off by a kill dropped (rank 0)."""
-    bench_dir = Path(cfg.out) / bench
+def bench_items(bench: str, path: str, cfg: Config) -> list:
+    """A benchmark's items, read before the model loads and before --out is touched; none is an error."""
     items = load_bench(bench, path, cfg.options())
     if not items:
         raise SetupError(f"--data {path}: no {bench} items in it (an empty file?)")
+    return items
+
+
+def check_bench(bench: str, path: str, cfg: Config, own_bounds: tuple, model_type: str, mode: str) -> None:
+    """The checks that need the loaded model, done before --out is written: a resumed benchmark's folder was
+    made with these settings (common.check_identity), VSI-Bench as video has a Qwen2.5-VL model."""
+    bench_dir = Path(cfg.out) / bench
+    if mode == "resume" and read_run_info(bench_dir) is not None:
+        check_identity(bench_dir, bench_identity(bench, path, cfg, cfg.pixel_bounds(bench, own_bounds)),
+                       IDENTITY_LABELS)
+    if bench == "vsibench" and not cfg.vsi_as_images and model_type != "qwen2_5_vl":
+        raise SetupError(f"VSI-Bench as video needs a Qwen2.5-VL model ({cfg.model} is {model_type}); "
+                         "use --vsi-as-images")
+
+
+def open_bench(bench: str, path: str, cfg: Config, own_bounds: tuple, d) -> tuple:
+    """(image bounds, answered ids) of a checked benchmark (check_bench): its folder started, a prediction
+    line cut off by a kill dropped (rank 0)."""
+    bench_dir = Path(cfg.out) / bench
     bounds = cfg.pixel_bounds(bench, own_bounds)
-    ident = bench_identity(bench, path, cfg, bounds)
-    if read_run_info(bench_dir) is not None:
-        check_identity(bench_dir, ident, IDENTITY_LABELS)
     barrier()
     if d.is_main:
         bench_dir.mkdir(parents=True, exist_ok=True)
         if read_run_info(bench_dir) is None:
-            write_run_info(bench_dir, "evaluate.py", ident)
+            write_run_info(bench_dir, "evaluate.py", bench_identity(bench, path, cfg, bounds))
         preds = bench_dir / "predictions.jsonl"
         rewrite_jsonl(preds, read_jsonl(preds, torn_tail_ok=True))
     barrier()
     done = {r["id"] for r in read_jsonl(bench_dir / "predictions.jsonl", torn_tail_ok=True)}
-    return items, bounds, done
+    return bounds, done
 
 
-def run_bench(bench: str, path: str, cfg: Config, engine: Engine, tok, ip, d, own_bounds: tuple) -> dict:
+def run_bench(bench: str, path: str, items: list, cfg: Config, engine: Engine, tok, ip, d, own_bounds: tuple) -> dict:
     """Ask every item not yet in OUT/<bench>/predictions.jsonl, append the answers, return the summary."""
     from tqdm import tqdm
-    items, bounds, done = open_bench(bench, path, cfg, own_bounds, d)
-    if bench == "vsibench" and not cfg.vsi_as_images and engine.config.model_type != "qwen2_5_vl":
-        raise SetupError(f"VSI-Bench as video needs a Qwen2.5-VL model ({cfg.model} is {engine.config.model_type}); "
-                         "use --vsi-as-images")
+    bounds, done = open_bench(bench, path, cfg, own_bounds, d)
     todo = [it for it in items if it.id not in done]
     batches, rounds = shard_batches(todo, d.rank, d.world_size, cfg.batch_size)
     set_pixel_bounds(ip, *bounds)                                        # this benchmark's bounds, said below
@@ -337,13 +347,14 @@ def mode_label(r: dict) -> str:
 def results_markdown(results: dict) -> str:
     """The headline table (ours beside the paper's rows, with the scoring that produced each row and whether it
     is comparable with the paper's) and one per-category table per benchmark."""
-    head = "| benchmark | metric | scoring | comparable | ours | n (skipped) | " + " | ".join(PAPER_ROWS) + " |"
-    lines = [head, "|" + "---|" * (6 + len(PAPER_ROWS))]
+    rows = PAPER_ROWS if any(r["paper"] for r in results.values()) else ()   # the pretext split alone: none
+    head = "| benchmark | metric | scoring | comparable | ours | n (skipped) | " + "".join(f"{p} | " for p in rows)
+    lines = [head.rstrip(), "|" + "---|" * (6 + len(rows))]
     for b, r in results.items():
-        paper = " | ".join(f"{v:.2f}" for v in r["paper"].values()) if r["paper"] else " | ".join("–" * 6)
+        paper = "".join(f"{v:.2f} | " for v in r["paper"].values()) if r["paper"] else "– | " * len(rows)
         comparable = {True: "yes", False: "no"}.get(r.get("comparable"), "?")
         lines.append(f"| {b} | {r['metric']} | {mode_label(r)} | {comparable} | **{r['score']:.2f}** | "
-                     f"{r['n']} ({r['skipped']}) | {paper} |")
+                     f"{r['n']} ({r['skipped']}) | {paper}".rstrip())
     lines += ["", "comparable = scored exactly as the official code (--scoring official; VSI-Bench also needs its "
                   "frames as one video); see docs/evaluation.md."]
     for b, r in results.items():
@@ -418,13 +429,16 @@ def evaluate(cfg: Config) -> dict:
         mode = out_dir_mode(cfg.out, "evaluate.py", cfg.resume, cfg.overwrite)
         if mode == "resume":
             check_identity(cfg.out, eval_identity(cfg), IDENTITY_LABELS)
+        items = {b: bench_items(b, paths[b], cfg) for b in benches}   # every input checked before --out is touched
         model, tok, ip = load_for_eval(cfg, d.device)
         engine = Engine(model, prompts_per_call=cfg.batch_size)   # decodes the loaded model in place
         own_bounds = (ip.size["shortest_edge"], ip.size["longest_edge"])   # the checkpoint's saved bounds
+        for b in benches:
+            check_bench(b, paths[b], cfg, own_bounds, engine.config.model_type, mode)
         barrier()
         if d.is_main:
             start_out_dir(cfg.out, "evaluate.py", mode, eval_identity(cfg), {"argv": sys.argv})
-        results = {b: run_bench(b, paths[b], cfg, engine, tok, ip, d, own_bounds) for b in benches}
+        results = {b: run_bench(b, paths[b], items[b], cfg, engine, tok, ip, d, own_bounds) for b in benches}
         if d.is_main:
             write_results(results, cfg)
         return results

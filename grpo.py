@@ -64,7 +64,8 @@ from tqdm import tqdm
 import tasks
 from common import (BadRecord, SetupError, all_reduce_max, all_reduce_sum, append_jsonl, barrier, check_identity,
                     cli_main, config_parser, dist_session, epoch_order, is_main, knob, out_dir_mode, print0,
-                    publish_step_folder, read_jsonl, resume_from, save_state, start_out_dir, token_micro_batches)
+                    publish_step_folder, read_jsonl, read_run_info, resume_from, save_state, start_out_dir,
+                    token_micro_batches)
 from engine import Engine, stop_token_ids
 from records import check_record, read_records
 from vlm import (encode_records, group_logprobs, load_model, load_trainable, optimizer_step, place_model, save_hf,
@@ -75,7 +76,7 @@ from vlm import (encode_records, group_logprobs, load_model, load_trainable, opt
 USAGE_EXAMPLES = """examples:
   python grpo.py --model runs/sft-tiny --data data/ssrl/train.jsonl --out runs/grpo-tiny --max-steps 30 \\
       --rollout-batch-size 16 --update-batch-size 16 --group-size 4 --max-new-tokens 320 \\
-      --min-pixels 3136 --max-pixels 3136 --lr 1e-4
+      --min-pixels 3136 --max-pixels 12544 --lr 1e-4
   torchrun --nproc_per_node 8 grpo.py --model runs/sft7b --data data/ssrl/train.jsonl --out runs/grpo7b
   torchrun --nproc_per_node 8 grpo.py ... --out runs/grpo7b --resume   # continue from OUT/checkpoints
 
@@ -149,6 +150,8 @@ class Config:
             raise SetupError(f"need 0 < --min-pixels ({self.min_pixels}) ≤ --max-pixels ({self.max_pixels})")
         if self.save_dtype not in ("bfloat16", "float32"):
             raise SetupError("--save-dtype must be bfloat16 or float32")
+        if not (math.isfinite(self.lr) and self.lr >= 0):          # torch would say so only after loading the model
+            raise SetupError(f"--lr {self.lr}: must be a number ≥ 0 (paper: 1e-6)")
         if not self.data:
             raise SetupError("--data is required (train.jsonl from make_data.py)")
 
@@ -484,6 +487,19 @@ def grpo_identity(cfg: Config, num_records: int, rollout_bs: int, update_bs: int
             "update_batch_size": update_bs, "pixels": [size["shortest_edge"], size["longest_edge"]]}
 
 
+def bounds_note(model: str, pixels: list) -> str | None:
+    """One line when this run's image bounds differ from those the cold start in `model` (an sft.py output
+    folder: its run.json) was trained with; the paper's RL bounds differ from its SFT bounds by design, so it
+    is said, not refused. None otherwise."""
+    info = read_run_info(model) if Path(model).is_dir() else None
+    trained = (info or {}).get("identity", {}).get("pixels") if (info or {}).get("prog") == "sft.py" else None
+    if not trained or list(trained) == list(pixels):
+        return None
+    return (f"note: images {pixels[0]}..{pixels[1]} px (--min-pixels, --max-pixels), but {model} was trained by "
+            f"sft.py at {trained[0]}..{trained[1]} px; pass --min-pixels {trained[0]} --max-pixels {trained[1]} "
+            "to keep them")
+
+
 def setup_run(cfg: Config, d) -> Run:
     """Checks (nothing is written before they pass), prompts, policy, reference, decoder, then the output folder
     and the resume point."""
@@ -502,6 +518,9 @@ def setup_run(cfg: Config, d) -> Run:
     identity = grpo_identity(cfg, len(records), rollout_bs, update_bs, ip)
     if mode == "resume":
         check_identity(cfg.out, identity, IDENTITY_LABELS)
+    note = bounds_note(cfg.model, identity["pixels"])
+    if note:
+        print0(note)
     barrier()   # every rank has passed the checks before rank 0 writes anything
     if d.is_main:
         start_out_dir(cfg.out, "grpo.py", mode, identity, {"config": dataclasses.asdict(cfg), "argv": sys.argv,

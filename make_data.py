@@ -6,8 +6,8 @@ beyond the paper (docs/beyond-the-paper.md): depth estimated for RGB-only photos
 against depth files with --check-depth) and the opt-in rotation task (--tasks ...,rotation).
 
     python make_data.py                                  # 500 examples (+ 50 cold-start) from scenes.py -> data/ssrl
-    python make_data.py --out data/mine --rgb photos/ --rgbd diode/ --n 81000 --workers 8
-    python make_data.py --out data/mine --rgb photos/ --rgbd diode/ --n 81000 --workers 8 --resume   # after a stop
+    python make_data.py --out data/mine --rgb photos/ --rgbd diode/ megadepth/imgs/ --n 81000 --workers 8
+    python make_data.py --out data/mine --rgb photos/ --rgbd diode/ megadepth/imgs/ --n 81000 --workers 8 --resume
     python bench.py data                                 # generator / scene / builder speed (not here)
     python make_data.py --out data/p --rgb photos/ --depth-model depth-anything/Depth-Anything-V2-Small-hf
     python make_data.py --help                           # every knob with its default, and examples
@@ -69,9 +69,11 @@ Deviations from the official data scripts (data_process/*.py)
      the official scripts are one-image demos that write no dataset records.
   2. Train/test split by source image (the official validation set is the first 10k training rows); the
      cold-start set also has its own source images (split_of), so GRPO never rewards an SFT example.
+     Byte-identical files under two names are one source (same_content), so a copy cannot cross the split.
   3. Cold-start traces are templates built from each example's metadata (tasks.reasoning_trace), not
      LVLM-written.
-  4. Built-in procedural scenes (scenes.py) replace downloads; real folders are used when --rgb/--rgbd are given.
+  4. Built-in procedural scenes (scenes.py) replace downloads; real folders are used when --rgb/--rgbd are given
+     (each takes several folders).
   5. Sources are down-scaled to --max-side (default 1024) before generation, JPEG sources also by a random
      per-file factor (jpeg_scale) so the 8×8 block grid carries no signal; images are saved as JPEG q95.
   6. Every build reports its shortcut heuristics (shortcut_report); the paper reports none.
@@ -87,6 +89,7 @@ import itertools
 import json
 import math
 import os
+import re
 import textwrap
 import time
 from collections import Counter, deque
@@ -124,9 +127,9 @@ NAMED_PER_REASON = 5               # unusable source files named per reason in s
 class Config:
     out: str = knob("data/ssrl", "output folder; a build already in it is continued with --resume or replaced "
                                  "with --overwrite")
-    rgb: str = knob("", "folder of RGB images (recursive) for the RGB tasks (shuffle / flip / crop, rotation), and "
-                        "with --depth-model the depth task")
-    rgbd: str = knob("", "folder of RGB + depth pairs (naming rule below) for all five tasks")
+    rgb: list = knob((), "folders of RGB images (recursive) for the RGB tasks (shuffle / flip / crop, rotation), "
+                         "and with --depth-model the depth task")
+    rgbd: list = knob((), "folders of RGB + depth pairs (naming rule below) for all five tasks")
     n: int = knob(500, "total number of examples (train + test), shared between tasks by their weights")
     tasks: str = knob("auto", 'comma list with optional weights ("shuffle:2,depth,rotation"); auto = the paper\'s '
                               "five (those the sources can feed: the RGB tasks if there is no depth); rotation "
@@ -175,8 +178,8 @@ class Config:
 USAGE_EXAMPLES = f"""examples:
   python make_data.py                                  # 500 examples + 50 cold-start from built-in scenes -> data/ssrl
   python make_data.py --out data/photos --rgb photos/ --n 2000 --tasks shuffle,flip,crop
-  python make_data.py --out data/mine --rgbd diode/ --rgb photos/ --n 81000 --workers 8
-  python make_data.py --out data/mine --rgbd diode/ --rgb photos/ --n 81000 --workers 8 --resume   # after a stop
+  python make_data.py --out data/mine --rgbd diode/ megadepth/imgs/ --rgb photos/ --n 81000 --workers 8
+  python make_data.py --out data/mine --rgbd diode/ megadepth/imgs/ --rgb photos/ --n 81000 --workers 8 --resume
   python make_data.py --out data/mine ... --overwrite  # delete that build and make it again
   python make_data.py --rgbd diode/ --depth-model depth-anything/Depth-Anything-V2-Small-hf --check-depth
   python make_data.py --out data/photos --rgb photos/ --depth-model depth-anything/Depth-Anything-V2-Small-hf
@@ -228,7 +231,7 @@ def check_config(cfg):
 # --------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Source:
-    key: str  # stable identity: "rgb:<relpath>", "rgbd:<relpath>" or "scene:<seed>" (seeds + split use it)
+    key: str  # stable identity: "rgb:<relpath>", "rgbd:<relpath>" (rgb2:, rgbd2:, … for further folders, folder_prefix) or "scene:<seed>" (seeds + split use it)
     path: str = ""  # image file ("" for scenes)
     depth: str = ""  # depth file ("" = RGB-only)
     mask: str = ""  # optional validity mask (.npy)
@@ -265,28 +268,60 @@ def find_depth(image_path):
     return depth, next((m for m in masks if os.path.isfile(m)), "")
 
 
-def discover_sources(rgb_dir, rgbd_dir):
-    """Folder sources (RGB-D first; an image present in both folders is used once, as RGB-D) and counts of
-    RGB-D images without a depth file (they still feed the RGB tasks)."""
+def folder_prefix(kind, i):
+    """The key prefix of the i-th (0-based) folder given to --rgb / --rgbd: "rgb", "rgb2", "rgb3", … (the first
+    folder keeps the plain prefix, so a one-folder build keeps its keys, seeds and split)."""
+    return kind if i == 0 else f"{kind}{i + 1}"
+
+
+def folder_of(cfg, prefix):
+    """The --rgb / --rgbd folder of a key prefix made by folder_prefix, None for "scene"."""
+    m = re.fullmatch(r"(rgbd?)(\d*)", prefix)
+    return {"rgb": cfg.rgb, "rgbd": cfg.rgbd}[m[1]][int(m[2] or 1) - 1] if m else None
+
+
+def discover_sources(rgb_dirs, rgbd_dirs):
+    """Folder sources (RGB-D first; an image present in two folders is used once, as RGB-D) and counts of
+    RGB-D images without a depth file (they still feed the RGB tasks) and of byte-identical copies left out
+    (same_content: the split is by source, so a copy must not land in a split of its own)."""
     sources, seen, notes = [], set(), Counter()
-    for kind, root in (("rgbd", rgbd_dir), ("rgb", rgb_dir)):
-        if not root:
-            continue
-        if not os.path.isdir(root):
-            raise SetupError(f"--{kind} {root!r} is not a folder")
-        for rel in _image_files(root):
-            path = os.path.join(root, rel)
-            real = os.path.realpath(path)
-            if real in seen:
-                continue
-            seen.add(real)
-            depth, mask = find_depth(path) if kind == "rgbd" else ("", "")
-            if kind == "rgbd" and not depth:
-                notes["rgbd-image-without-depth"] += 1
-            sources.append(Source(f"{kind}:{rel}", path, depth, mask, "rgbd" if depth else "rgb"))
-    if any(s.depth.endswith(".h5") for s in sources):
+    for kind, roots in (("rgbd", rgbd_dirs), ("rgb", rgb_dirs)):
+        for i, root in enumerate(roots):
+            if not os.path.isdir(root):
+                raise SetupError(f"--{kind} {root!r} is not a folder")
+            for rel in _image_files(root):
+                path = os.path.join(root, rel)
+                real = os.path.realpath(path)
+                if real in seen:
+                    continue
+                seen.add(real)
+                depth, mask = find_depth(path) if kind == "rgbd" else ("", "")
+                if kind == "rgbd" and not depth:
+                    notes["rgbd-image-without-depth"] += 1
+                sources.append(Source(f"{folder_prefix(kind, i)}:{rel}", path, depth, mask,
+                                      "rgbd" if depth else "rgb"))
+    kept = same_content(sources)
+    if len(kept) < len(sources):
+        notes["same-content-as-another-image"] += len(sources) - len(kept)
+    if any(s.depth.endswith(".h5") for s in kept):
         _require_h5py()
-    return sources, notes
+    return kept, notes
+
+
+def same_content(sources):
+    """The sources without byte-identical copies of an earlier one (the first, an RGB-D one before an RGB one,
+    is kept). Only files that share their size with another are read and hashed."""
+    by_size = Counter(os.path.getsize(s.path) for s in sources)
+    kept, hashes = [], set()
+    for s in sources:
+        if by_size[os.path.getsize(s.path)] > 1:
+            with open(s.path, "rb") as f:
+                digest = hashlib.file_digest(f, "blake2b").digest()
+            if digest in hashes:
+                continue
+            hashes.add(digest)
+        kept.append(s)
+    return kept
 
 
 def source_fingerprint(sources):
@@ -594,19 +629,49 @@ def scene_source(seed, index):
     return Source(f"scene:{scene_seed}", kind="scene")
 
 
+def _split_draw(seed, salt, key):
+    """A source's deterministic uniform draw in [0, 1) for one split decision."""
+    return np.random.SeedSequence([seed, salt, *_key_words(key)]).generate_state(1)[0] / 2.0 ** 32
+
+
 def is_test(seed, key, test_fraction):
     """Split by source: a deterministic per-source uniform draw, so no source feeds both splits."""
-    u = np.random.SeedSequence([seed, SPLIT_SALT, *_key_words(key)]).generate_state(1)[0] / 2.0 ** 32
-    return bool(u < test_fraction)
+    return bool(_split_draw(seed, SPLIT_SALT, key) < test_fraction)
 
 
 def split_of(seed, key, test_fraction, sft_share):
-    """"test", "sft" or "train" for a source: test by is_test, then a second independent per-source draw
-    sends a share of the rest to the cold-start set, so SFT and GRPO never see the same source image."""
+    """"test", "sft" or "train" for a built-in scene: test by is_test, then a second independent per-source
+    draw sends a share of the rest to the cold-start set, so SFT and GRPO never see the same source image."""
     if is_test(seed, key, test_fraction):
         return "test"
-    u = np.random.SeedSequence([seed, SFT_SALT, *_key_words(key)]).generate_state(1)[0] / 2.0 ** 32
-    return "sft" if u < sft_share else "train"
+    return "sft" if _split_draw(seed, SFT_SALT, key) < sft_share else "train"
+
+
+def split_counts(m, test_fraction, sft_share):
+    """(test, sft, train) source counts for a folder of m sources: test = round(test_fraction·m), sft =
+    round(sft_share·(m − test)), each at least 1 when asked for (test_fraction > 0, sft_share > 0), train the
+    rest; SetupError in one line naming the knobs when m cannot give every asked split a source."""
+    asked = {"test": test_fraction > 0, "cold-start": sft_share > 0}
+    if m < 1 + sum(asked.values()):
+        knobs = " or ".join(k for k, a in (("--test-fraction 0", asked["test"]),
+                                           ("--sft-size 0", asked["cold-start"])) if a)
+        raise SetupError(f"{m} source image(s) cannot give a train, {' and '.join(k for k, a in asked.items() if a)} "
+                         f"split each: add images or pass {knobs}")
+    test = max(int(asked["test"]), round(test_fraction * m))
+    test = min(test, m - 1 - int(asked["cold-start"]))
+    sft = min(max(int(asked["cold-start"]), round(sft_share * (m - test))), m - test - 1)
+    return test, sft, m - test - sft
+
+
+def folder_splits(seed, keys, test_fraction, sft_share):
+    """{key: "test" | "sft" | "train"} for folder sources, with split_counts' exact counts (independent draws
+    per source, as for the scenes, can leave a small folder without a test or train source): the sources with
+    the smallest test draws are test, of the rest those with the smallest cold-start draws are sft."""
+    test, sft, _ = split_counts(len(keys), test_fraction, sft_share)
+    by_test = sorted(keys, key=lambda k: _split_draw(seed, SPLIT_SALT, k))
+    rest = sorted(by_test[test:], key=lambda k: _split_draw(seed, SFT_SALT, k))
+    return {**{k: "test" for k in by_test[:test]}, **{k: "sft" for k in rest[:sft]},
+            **{k: "train" for k in rest[sft:]}}
 
 
 def sft_plan(cfg, weights):
@@ -861,13 +926,16 @@ def parse_grids(spec):
     return grids
 
 
+MIN_SCENE_SIDE = 16   # px: the smallest --scene-size side accepted
+
+
 def parse_size(spec):
     try:
         w, h = (int(v) for v in spec.lower().split("x"))
-        if w < 16 or h < 16:
-            raise ValueError(spec)
     except ValueError:
         raise SetupError(f"--scene-size wants WxH (e.g. 512x384), got {spec!r}") from None
+    if w < MIN_SCENE_SIDE or h < MIN_SCENE_SIDE:
+        raise SetupError(f"--scene-size {spec}: each side must be at least {MIN_SCENE_SIDE} px (e.g. 512x384)")
     return h, w
 
 
@@ -875,8 +943,8 @@ def dataset_identity(cfg, sources):
     """The run's identity saved in run.json: every setting that defines the dataset (source folders as
     absolute paths) and the fingerprint of the sources; a --resume must match it (check_resume)."""
     d = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in RUN_ONLY_KEYS}
-    d["rgb"] = os.path.abspath(cfg.rgb) if cfg.rgb else ""
-    d["rgbd"] = os.path.abspath(cfg.rgbd) if cfg.rgbd else ""
+    d["rgb"] = [os.path.abspath(f) for f in cfg.rgb]
+    d["rgbd"] = [os.path.abspath(f) for f in cfg.rgbd]
     d["depth_model"] = os.path.abspath(cfg.depth_model) if os.path.isdir(cfg.depth_model) else cfg.depth_model
     d["sources"] = source_fingerprint(sources)
     return d
@@ -967,8 +1035,9 @@ class Builder:
     """Main-process side of a build: decides, strictly in job order, which results become records.
     Quotas: `quotas` for train + test together, `sft_quotas` for the cold-start set (its own sources)."""
 
-    def __init__(self, cfg, out, quotas, sft_share, sft_quotas):
+    def __init__(self, cfg, out, quotas, sft_share, sft_quotas, splits=None):
         self.cfg, self.out, self.quotas, self.sft_share, self.sft_quotas = cfg, out, quotas, sft_share, sft_quotas
+        self.splits = splits
         self.counts = Counter(r["task"] for s in ("train", "test") for r in out.records[s])
         self.sft_counts = Counter(r["task"] for r in out.records["sft"])
         self.rejected = {t: Counter() for t in quotas}
@@ -985,11 +1054,13 @@ class Builder:
         self.skipped[reason] += 1
         names = self.skipped_files.setdefault(reason, [])
         if len(names) < NAMED_PER_REASON:
-            kind, rel = key.split(":", 1)
-            root = {"rgb": self.cfg.rgb, "rgbd": self.cfg.rgbd}.get(kind)
+            prefix, rel = key.split(":", 1)
+            root = folder_of(self.cfg, prefix)
             names.append(os.path.join(root, rel) if root else key)   # the path a record's "source" would show
 
     def split(self, key):
+        if self.splits is not None:
+            return self.splits[key]
         return split_of(self.cfg.seed, key, self.cfg.test_fraction, self.sft_share)
 
     def open_tasks(self, split):
@@ -1052,6 +1123,7 @@ class Plan:
     sft_quotas: dict     # cold-start examples per task
     identity: dict       # run.json "identity" (dataset_identity)
     depth_model: object = None   # DepthModel (--depth-model) or None
+    splits: dict = None  # folder sources: {key: split} (folder_splits); None for the built-in scenes
 
 
 def prepare(cfg):
@@ -1063,11 +1135,11 @@ def prepare(cfg):
     mode = out_dir_mode(cfg.out, PROG, cfg.resume, cfg.overwrite)
     sources, notes = (None, Counter()) if not (cfg.rgb or cfg.rgbd) else discover_sources(cfg.rgb, cfg.rgbd)
     if sources is not None and not sources:
-        raise SetupError(f"no image files ({', '.join(IMAGE_EXTS)}) under {' and '.join(filter(None, (cfg.rgb, cfg.rgbd)))}")
+        raise SetupError(f"no image files ({', '.join(IMAGE_EXTS)}) under {' and '.join([*cfg.rgb, *cfg.rgbd])}")
     if cfg.rgbd and not cfg.depth_model and not any(s.kind == "rgbd" for s in sources) and cfg.tasks == "auto":
-        raise SetupError(f"--rgbd {cfg.rgbd}: none of its images has a depth file, so the depth and position tasks "
-                         f"cannot be built. {NAMING_RULE} To build only the RGB tasks, pass --tasks shuffle,flip,crop "
-                         "(or use --rgb).")
+        raise SetupError(f"--rgbd {' '.join(cfg.rgbd)}: none of its images has a depth file, so the depth and "
+                         f"position tasks cannot be built. {NAMING_RULE} To build only the RGB tasks, pass --tasks "
+                         "shuffle,flip,crop (or use --rgb).")
     depth_model = load_depth_model(cfg.depth_model) if cfg.depth_model else None
     if depth_model is not None:
         sources = [dataclasses.replace(s, kind="estimated") if s.kind == "rgb" else s for s in sources]
@@ -1082,7 +1154,10 @@ def prepare(cfg):
     identity = dataset_identity(cfg, sources)
     if mode == "resume":
         check_resume(cfg.out, identity)
-    return Plan(mode, sources, notes, split_quota(cfg.n, weights), sft_share, sft_quotas, identity, depth_model)
+    splits = None if sources is None else folder_splits(cfg.seed, [s.key for s in sources], cfg.test_fraction,
+                                                         sft_share)
+    return Plan(mode, sources, notes, split_quota(cfg.n, weights), sft_share, sft_quotas, identity, depth_model,
+                splits)
 
 
 def build(cfg):
@@ -1096,7 +1171,7 @@ def build(cfg):
                   cfg.min_side, cfg.depth_png_scale, cfg.image_format, cfg.jpeg_quality, str(Path(cfg.out).resolve()),
                   cfg.jpeg_rescale, plan.depth_model.label if plan.depth_model else "")
     out = OutputFolder(cfg.out, cfg.sync_seconds)
-    builder = Builder(cfg, out, plan.quotas, plan.sft_share, plan.sft_quotas)
+    builder = Builder(cfg, out, plan.quotas, plan.sft_share, plan.sft_quotas, plan.splits)
     workers = cfg.workers or os.cpu_count() or 1
     done = sum(builder.counts.values()) + sum(builder.sft_counts.values())
     announce(cfg, plan, out, done)
@@ -1439,6 +1514,8 @@ def print_summary(cfg, stats, preview):
         if short:
             print(f"SHORT of the request ({name}; sources exhausted or too many rejections): "
                   + ", ".join(f"{t} {quota[t] - k} of {quota[t]} ({k} short)" for t, k in short.items()))
+    if stats["sources"]["kind"] == "folders" and (stats["shortfall"] or stats["sft_shortfall"]):
+        print(f"  each image gives at most --per-source {cfg.per_source} example(s) per task: raise it or add images")
     if stats["sources"]["kind"] == "folders" and set(stats["shortfall"]) & set(tasks.DEPTH_TASKS):
         print(f"  only {stats['sources']['rgbd']} of {stats['sources']['found']} images have a depth file. {NAMING_RULE}")
     print_shortcuts(stats["shortcuts"])
@@ -1519,9 +1596,9 @@ def check_depth(cfg):
     the 3 marker pairs keep their order: the number to know before letting the model feed the depth task.
     Prints and returns the report; writes nothing (--out is not used)."""
     check_config(cfg)
-    sources = source_order([s for s in discover_sources("", cfg.rgbd)[0] if s.kind == "rgbd"], cfg.seed)
+    sources = source_order([s for s in discover_sources((), cfg.rgbd)[0] if s.kind == "rgbd"], cfg.seed)
     if not sources:
-        raise SetupError(f"--check-depth: no image under --rgbd {cfg.rgbd} has a depth file. {NAMING_RULE}")
+        raise SetupError(f"--check-depth: no image under --rgbd {' '.join(cfg.rgbd)} has a depth file. {NAMING_RULE}")
     depth_model = load_depth_model(cfg.depth_model)
     same, pairs, skipped, tried = [], [], Counter(), 0
     for start in range(0, len(sources), cfg.depth_batch):
@@ -1538,9 +1615,9 @@ def check_depth(cfg):
             break
     if not same:
         raise SetupError(f"--check-depth: no depth-ordering question could be built from the depth files of "
-                         f"{cfg.rgbd} ({dict(skipped)})")
+                         f"{' '.join(cfg.rgbd)} ({dict(skipped)})")
     same, pairs = same[:cfg.n], pairs[:cfg.n]
-    report = {"model": depth_model.label, "output": depth_model.kind, "rgbd": cfg.rgbd, "images": tried,
+    report = {"model": depth_model.label, "output": depth_model.kind, "rgbd": list(cfg.rgbd), "images": tried,
               "questions": len(same), "same_answer": float(np.mean(same)), "pairs_same_order": float(np.mean(pairs)),
               "se": [2 * float(np.std(v)) / math.sqrt(len(v)) for v in (same, pairs)],   # two standard errors
               "no_question": dict(sorted(skipped.items()))}

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from common import BadRecord, SetupError, atomic_write, read_jsonl
+from common import BadRecord, SetupError, atomic_write, read_jsonl_lines
 
 
 IMAGE_PLACEHOLDER = "<image>"        # one per entry of a record's "images", in order
@@ -67,7 +67,9 @@ def read_records(path: str, image_root: str | None = None) -> tuple:
     root = Path(image_root).resolve() if image_root else p.resolve().parent
     suffix = p.suffix.lower()
     if suffix == ".jsonl":
-        return read_jsonl(str(p)), root
+        lines = read_jsonl_lines(str(p))
+        check_unique_ids([(r.get("id"), f"line {i}") for i, r in lines], path)
+        return [r for _, r in lines], root
     if suffix == ".parquet":
         rows = _read_parquet(p)
     elif suffix == ".json":
@@ -81,7 +83,24 @@ def read_records(path: str, image_root: str | None = None) -> tuple:
         raise SetupError(f"--data {path}: unknown format {suffix or '(no suffix)'}; expected .jsonl (ours), "
                          ".parquet (spatialssrl.parquet) or .json (SFT-coldstart.json)")
     finder = _ImageFinder(root, p.resolve().parent)
-    return [_normalise(r, f"{p.stem}-{i}", finder, f"{path} record {i}") for i, r in enumerate(rows)], root
+    records = [_normalise(r, f"{p.stem}-{i}", finder, f"{path} record {i}") for i, r in enumerate(rows)]
+    check_unique_ids([(r["id"], f"record {i}") for i, r in enumerate(records)], path)
+    return records, root
+
+
+def check_unique_ids(ids: list, path) -> None:
+    """ids = [(id, where), ...] of one file, in order: a BadRecord naming the first id given twice and both
+    places. Ids drive the cold-start exclusion, resume and the samples log, so two records must never share
+    one; records without an id (None) are not compared."""
+    first = {}
+    for rid, where in ids:
+        if rid is None:
+            continue
+        key = json.dumps(rid, default=str)
+        if key in first:
+            raise BadRecord(f"{path}: id {rid!r} is used twice ({first[key]} and {where}); ids must be unique: "
+                            "rename one or drop the duplicate")
+        first[key] = where
 
 
 def _read_parquet(p: Path) -> list:
@@ -264,9 +283,11 @@ def check_record(record: dict, root: Path, response: bool = False, decode: bool 
         raise BadRecord(f"record {rid}: empty response")
     if not isinstance(record.get("problem"), str):
         raise BadRecord(f'record {rid}: "problem" is {json.dumps(record.get("problem"), default=str)[:80]}, not a string')
-    if not response and (record.get("answer") is None or record.get("task") not in (None, *tasks.TASKS)):
-        raise BadRecord(f"record {rid}: needs an answer and a task (one of {', '.join(tasks.TASKS)}, or none for the "
-                        "official exact-match reward)")
+    if not response and record.get("task") not in (None, *tasks.TASKS):
+        raise BadRecord(f"record {rid}: unknown task {json.dumps(record.get('task'), default=str)[:40]}; expected one "
+                        f"of {', '.join(tasks.TASKS)}, or no task for the official exact-match reward")
+    if not response and record.get("answer") is None:
+        raise BadRecord(f"record {rid}: no answer")
     images = record.get("images")
     if not isinstance(images, list) or not all(isinstance(x, (str, dict)) for x in images):
         raise BadRecord(f'record {rid}: "images" is {json.dumps(images, default=str)[:200]}, not a list of paths '

@@ -126,6 +126,8 @@ class Config:
                              "add --lora-rank 0 (full-parameter fine-tune) or drop --no-freeze-vision")
         if self.save_dtype not in ("bfloat16", "float32"):
             raise SetupError("--save-dtype must be bfloat16 or float32")
+        if not (math.isfinite(self.lr) and self.lr >= 0):          # torch would say so only after loading the model
+            raise SetupError(f"--lr {self.lr}: must be a number ≥ 0 (paper: 1e-5)")
         for name in ("min_pixels", "max_pixels"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise SetupError(f"--{name.replace('_', '-')} must be positive")

@@ -274,7 +274,8 @@ def test_end_to_end_all_benchmarks_on_tiny_model(tmp_path, capsys):
     assert results["spatial457"]["paper"]["Spatial-SSRL-7B"] == 53.34
     saved = json.loads((tmp_path / "out" / "results.json").read_text())
     assert saved["vsibench"]["n"] == 2 and "macro" in saved["vsibench"]["settings"]
-    assert "| spatial457 |" in (tmp_path / "out" / "results.md").read_text()
+    md = (tmp_path / "out" / "results.md").read_text()
+    assert "| spatial457 |" in md and "| Spatial-SSRL-7B |" in md.splitlines()[0]
     # rerun with --resume: everything is done, nothing is asked again
     capsys.readouterr()
     ev.evaluate(cfg(tmp_path, bench=["all"], data=[f"{k}={v}" for k, v in data.items()], resume=True))
@@ -584,7 +585,11 @@ def test_bad_input_is_refused_in_one_line_like_sft_and_grpo(tmp_path, capsys):
     dataset = tmp_path / "dataset"
     dataset.mkdir()
     (dataset / "train.jsonl").write_text(lines[0] + "\n")
+    dup = tmp_path / "dup.jsonl"
+    dup.write_text(lines[0] + "\n" + lines[0] + "\n")
+    dup_id = json.loads(lines[0])["id"]
     cases = [(["--data", str(broken), "--out", str(tmp_path / "o1")], f"{broken} line 2: not valid JSON"),
+             (["--data", str(dup), "--out", str(tmp_path / "o4")], f"id {dup_id!r} is used twice (line 1 and line 2)"),
              (["--data", str(tmp_path / "d" / "empty.jsonl"), "--out", str(tmp_path / "o2")], "no pretext items"),
              (["--data", str(data["pretext"]), "--out", str(dataset)], "holds files but no evaluate.py run"),
              (["--data", str(data["pretext"]), "--out", str(tmp_path / "o3"), "--model", "no-such-model"],
@@ -593,7 +598,29 @@ def test_bad_input_is_refused_in_one_line_like_sft_and_grpo(tmp_path, capsys):
         code, err = cli(capsys, base + argv)
         assert code == 2 and err.startswith("evaluate.py: error: ") and message in err and "\n" not in err, err
     assert [p.name for p in dataset.iterdir()] == ["train.jsonl"]
-    assert not any((tmp_path / o / "pretext" / "predictions.jsonl").exists() for o in ("o1", "o2", "o3"))
+    assert not any((tmp_path / o / "pretext" / "predictions.jsonl").exists() for o in ("o1", "o2", "o3", "o4"))
+
+
+def test_a_bad_benchmark_file_writes_nothing_so_the_fixed_rerun_needs_no_resume(tmp_path, capsys):
+    """Every benchmark file is read before --out is touched: a file missing a column used to leave .lock and
+    run.json behind, and the rerun with the file fixed was refused ("add --resume")."""
+    data = make_fixtures(tmp_path / "d")
+    bad = write_tsv(tmp_path / "bad.tsv", ["index", "question"], [["0", "q"]])
+    out = tmp_path / "out"
+    argv = ["--bench", "pretext", "spatial457", "--max-new-tokens", "2", "--no-progress", "--no-plot", "--pixels",
+            *TINY_PIXELS, "--out", str(out), "--data", f"pretext={data['pretext']}"]
+    code, err = cli(capsys, argv + [f"spatial457={bad}"])
+    assert code == 2 and "missing ['image'" in err and not out.exists(), err
+    ev.main(argv + [f"spatial457={data['spatial457']}"])
+    assert (out / "spatial457" / "predictions.jsonl").is_file()
+
+
+def test_results_md_of_the_pretext_split_has_no_empty_paper_columns(tmp_path):
+    data = make_fixtures(tmp_path / "d")
+    ev.evaluate(cfg(tmp_path, data=[f"pretext={data['pretext']}"], max_new_tokens=2))
+    head, rule, row = (tmp_path / "out" / "results.md").read_text().splitlines()[:3]
+    assert head == "| benchmark | metric | scoring | comparable | ours | n (skipped) |" and rule == "|" + "---|" * 6
+    assert row.startswith("| pretext |") and row.count("|") == 7 and "–" not in row
 
 
 def test_a_second_run_into_the_same_out_is_refused_while_the_first_lives(tmp_path, capsys):

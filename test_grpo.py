@@ -383,6 +383,11 @@ def test_bad_input_is_one_line_and_writes_nothing(data, tmp_path, capsys):
         assert not out.exists()
     missing = write_jsonl(data.parent / "missing.jsonl", [dict(common.read_jsonl(data)[0], id="lost", images=["x.png"])])
     assert re.search("record lost: image .*x.png not found", cli_error(capsys, grpo.main, ["--out", str(out), "--data", str(missing)]))
+    rows = common.read_jsonl(data)
+    dup = write_jsonl(data.parent / "dup.jsonl", [rows[0], rows[1], dict(rows[2], id=rows[1]["id"])])
+    assert f"id {rows[1]['id']!r} is used twice (line 2 and line 3)" in \
+        cli_error(capsys, grpo.main, ["--out", str(out), "--data", str(dup), "--exclude", "none"])
+    assert not out.exists()
     out.mkdir()
     (out / "metrics.jsonl").write_text("")
     assert "holds files but no grpo.py run" in cli_error(capsys, grpo.main, ["--out", str(out), "--data", str(data)])
@@ -468,6 +473,27 @@ def test_resume_equals_uninterrupted_with_filter_groups(data, tmp_path, monkeypa
     a, b = load_file(str(tmp_path / "full" / "model.safetensors")), load_file(str(tmp_path / "cut" / "model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert resumed[0]["prompts_drawn"] == full[2]["prompts_drawn"] and any(r["groups_dropped"] for r in full)
+
+
+def test_grpo_names_both_bounds_when_they_differ_from_the_cold_starts(tmp_path, capsys):
+    """grpo.py keeps the paper's bounds but says in one line when the cold start (sft.py's run.json) was trained
+    at others (it used to go on without a word: format reward 0.06 instead of 0.27); the same bounds: no line.
+    The two scripts' --help examples use the same bounds."""
+    recs = [dict(r, response="<think>x</think> \\boxed{A}") for r in letter_records(tmp_path, 4)]
+    sft.train(sft.Config(model="tiny", data=str(write_jsonl(tmp_path / "sft.jsonl", recs)), out=str(tmp_path / "sft"),
+                         max_steps=1, global_batch_size=4, save_every=0, save_dtype="float32", max_pixels=56 * 84))
+    train = write_jsonl(tmp_path / "train.jsonl", [dict(r, id=f"g{i}") for i, r in enumerate(recs)])
+    capsys.readouterr()
+    for px, out in (((56 * 56, 56 * 84), "same"), ((56 * 56, 56 * 56), "other")):
+        grpo.train(cfg_for(train, tmp_path / out, model=str(tmp_path / "sft"), max_steps=1, update_batch_size=4,
+                           min_pixels=px[0], max_pixels=px[1], exclude="none"))
+        notes = [ln for ln in capsys.readouterr().out.splitlines() if "was trained by sft.py" in ln]
+        assert notes == ([] if out == "same" else
+                         [f"note: images 3136..3136 px (--min-pixels, --max-pixels), but {tmp_path / 'sft'} was trained "
+                          "by sft.py at 3136..4704 px; pass --min-pixels 3136 --max-pixels 4704 to keep them"]), notes
+    sft_max = int(re.search(r"sft.py --model tiny .*?--max-pixels (\d+)", sft.USAGE_EXAMPLES, re.S)[1])
+    lo, hi = map(int, re.search(r"--min-pixels (\d+) --max-pixels (\d+)", grpo.USAGE_EXAMPLES).groups())
+    assert (lo, hi) == (3136, sft_max)          # 3136: the tiny model's own smallest, which sft.py keeps
 
 
 def test_grpo_raises_the_reward_after_a_cold_start(tmp_path):

@@ -264,12 +264,69 @@ def test_model_folder_as_out_is_one_short_line(tmp_path):
     assert folder_bytes(model) == before
 
 
-def small_photos(folder, names, size=(160, 120)):
-    """JPEG photos rendered from built-in scenes (one per name) in `folder`."""
+def small_photos(folder, names, size=(160, 120), seed0=100):
+    """JPEG photos rendered from built-in scenes (one per name, seeds seed0, seed0 + 1, …) in `folder`."""
     folder.mkdir(parents=True, exist_ok=True)
     for i, name in enumerate(names):
-        Image.fromarray(scenes.render_scene(100 + i, size[1], size[0])[0]).save(folder / name, quality=90)
+        Image.fromarray(scenes.render_scene(seed0 + i, size[1], size[0])[0]).save(folder / name, quality=90)
     return folder
+
+
+def readme_command(section: str, script: str) -> list:
+    """The arguments of the `python <script>` line in the README section `## <section>`, as written."""
+    text = (HERE / "README.md").read_text().split(f"## {section}\n", 1)[1].split("\n## ", 1)[0]
+    line = next(ln for ln in text.splitlines() if ln.startswith(f"python {script} "))
+    return line.split()[2:]
+
+
+def rgbd_folder(folder, n, seed0):
+    """n built-in scenes as <stem>.png + <stem>_depth.npy (the RGB-D naming rule)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        rgb, depth = scenes.render_scene(seed0 + i, 240, 320)
+        Image.fromarray(rgb).save(folder / f"v{i}.png")
+        np.save(folder / f"v{i}_depth.npy", depth)
+
+
+def test_the_readme_own_images_command_runs_as_written(tmp_path):
+    """The README's command takes several --rgbd folders; run as written (the folders it names made small here,
+    fewer workers), every folder feeds the build and the same file name in two folders is two sources."""
+    args = readme_command("Your own images", "make_data.py")
+    assert args.count("--rgbd") == 1 and args[args.index("--rgbd") + 2] == "megadepth/imgs/", args
+    small_photos(tmp_path / "photos", [f"p{i}.jpg" for i in range(8)])
+    rgbd_folder(tmp_path / "diode", 5, 200)
+    rgbd_folder(tmp_path / "megadepth" / "imgs", 5, 300)        # the same names as in diode/, other pictures
+    run = subprocess.run([sys.executable, str(HERE / "make_data.py"), *args, "--workers", "2", "--no-progress",
+                          "--preview", "none"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    sources = {r["source"] for s in ("train", "test", "sft") for r in read_jsonl(tmp_path / "data/mine" / f"{s}.jsonl")}
+    for folder in ("photos", "diode", "megadepth/imgs"):
+        assert any(src.startswith(str(tmp_path / folder) + "/") or src.startswith(folder + "/") for src in sources), \
+            (folder, sorted(sources))
+
+
+def test_byte_identical_images_are_one_source(tmp_path):
+    """scikit-image ships cat.png = chelsea.png: as two sources the split by source could put one picture in
+    train and in test. A copy (also one in --rgb of an --rgbd image, which keeps its depth) is left out and
+    counted."""
+    photos = small_photos(tmp_path / "photos", [f"p{i}.jpg" for i in range(6)])
+    shutil.copy(photos / "p0.jpg", photos / "z-copy-of-p0.jpg")
+    rgbd_folder(tmp_path / "rgbd", 2, 200)
+    shutil.copy(tmp_path / "rgbd" / "v1.png", photos / "v1-again.png")
+    sources, notes = make_data.discover_sources([str(photos)], [str(tmp_path / "rgbd")])
+    names = sorted(Path(s.path).name for s in sources)
+    assert names == ["p0.jpg", "p1.jpg", "p2.jpg", "p3.jpg", "p4.jpg", "p5.jpg", "v0.png", "v1.png"]
+    assert notes["same-content-as-another-image"] == 2 and all(s.depth for s in sources if s.path.endswith(".png"))
+    stats = build(tmp_path / "out", "--rgb", str(photos), "--n", "12", "--test-fraction", "0", "--sft-size", "0")
+    assert stats["sources"]["same-content-as-another-image"] == 1 and stats["sources"]["found"] == 7
+
+
+def test_scene_size_too_small_says_the_minimum(tmp_path):
+    with pytest.raises(SetupError, match=r"--scene-size 10x10: each side must be at least 16 px"):
+        build(tmp_path / "o", "--scene-size", "10x10")
+    with pytest.raises(SetupError, match="--scene-size wants WxH"):
+        build(tmp_path / "o", "--scene-size", "ten")
+    assert not (tmp_path / "o").exists()
 
 
 def test_resume_refuses_a_changed_source_folder(tmp_path):
@@ -282,7 +339,7 @@ def test_resume_refuses_a_changed_source_folder(tmp_path):
     build(out, *args)
     build(out, *args, "--resume")                       # nothing changed: fine
     before = folder_bytes(out)
-    small_photos(photos, ["q0.jpg", "q1.jpg", "q2.jpg"])
+    small_photos(photos, ["q0.jpg", "q1.jpg", "q2.jpg"], seed0=150)     # other pictures (copies are not sources)
     with pytest.raises(SetupError, match=r"source folders changed .*\(7 images then, 10 images now"):
         build(out, *args, "--resume")
     for name in ("q0.jpg", "q1.jpg", "q2.jpg"):
@@ -293,22 +350,29 @@ def test_resume_refuses_a_changed_source_folder(tmp_path):
     assert folder_bytes(out) == before
 
 
-def test_an_empty_split_is_an_error_not_a_result(tmp_path):
-    """A split that was asked for and came out empty (too few photos) exits 2 with what to do; before, 10
-    photos gave 0 test examples with exit 0."""
+def test_a_small_folder_gives_every_split_or_one_line_naming_the_knob(tmp_path):
+    """Splits of folder sources have exact counts (at least one source each when asked for): 4 photos whose
+    per-source draws send none to test (independent draws gave 0 test examples, exit 2) now give train, test
+    and cold-start examples; 2 photos cannot give three splits: one line naming the knobs, nothing written.
+    A split short of its quota names --per-source."""
     names = ["photo0.jpg", "photo1.jpg", "photo3.jpg", "photo4.jpg"]   # drawn for neither test nor sft below
     photos = small_photos(tmp_path / "photos", names)
     assert not any(make_data.is_test(0, f"rgb:{n}", 0.05) for n in names)
-    run = cli("--out", tmp_path / "o1", "--rgb", photos, *SMALL, "--n", "8", "--test-fraction", "0.05",
-              "--sft-size", "0")
-    assert run.returncode == 2, run.stderr
-    assert "test.jsonl came out empty" in run.stderr and "--test-fraction" in run.stderr and "add source images" in run.stderr
-    assert "0 test" in run.stdout and "files: train.jsonl" in run.stdout   # after the summary
-    share, _ = make_data.sft_plan(make_data.parse_config(["--n", "8", "--sft-size", "2", "--test-fraction", "0"]),
+    share, _ = make_data.sft_plan(make_data.parse_config(["--n", "8", "--sft-size", "2", "--test-fraction", "0.05"]),
                                   dict.fromkeys(tasks.RGB_TASKS, 1.0))
-    assert not any(make_data.split_of(0, f"rgb:{n}", 0, share) == "sft" for n in names)
-    with pytest.raises(SetupError, match=r"sft.jsonl came out empty.*--sft-size 0"):
-        build(tmp_path / "o2", "--rgb", str(photos), "--n", "8", "--test-fraction", "0", "--sft-size", "2")
+    assert not any(make_data.split_of(0, f"rgb:{n}", 0.05, share) in ("test", "sft") for n in names)
+    run = cli("--out", tmp_path / "o1", "--rgb", photos, *SMALL, "--n", "8", "--test-fraction", "0.05",
+              "--sft-size", "2")
+    assert run.returncode == 0, run.stderr
+    assert re.search(r"\d+ train \+ \d+ test \+ \d+ cold-start examples from 2 \+ 1 \+ 1 different", run.stdout), run.stdout
+    assert "SHORT of the request" in run.stdout and "at most --per-source 1 example(s) per task" in run.stdout
+    for args in (["--test-fraction", "0.05", "--sft-size", "2"], ["--test-fraction", "0.5", "--sft-size", "0"]):
+        two = small_photos(tmp_path / "two", names[:2 - (args[-1] == "0")])
+        with pytest.raises(SetupError, match=r"source image\(s\) cannot give a train, .* split each: add images or "
+                                             r"pass --test-fraction 0"):
+            build(tmp_path / "o2", "--rgb", str(two), "--n", "8", *args)
+        assert not (tmp_path / "o2").exists()
+        shutil.rmtree(two)
     build(tmp_path / "o3", "--rgb", str(photos), "--n", "40", "--test-fraction", "0", "--sft-size", "0")  # short: ok
 
 
@@ -361,7 +425,7 @@ def odd_folders(tmp_path_factory):
             np.save(rgbd_dir / "zeros_depth.npy", np.zeros_like(depth))
         else:
             np.save(rgbd_dir / "badshape_depth.npy", np.stack([depth, depth], -1))
-    Image.fromarray(renders[2][0]).save(rgbd_dir / "nodepth.png")  # no depth file: still an RGB source
+    Image.fromarray(scenes.render_scene(999, 240, 320)[0]).save(rgbd_dir / "nodepth.png")  # no depth file: RGB
     return rgb_dir, rgbd_dir, good_rgb, {"a.png", "b.png", "c.png"}
 
 
@@ -493,7 +557,7 @@ def test_h5_depth_without_h5py_says_how_to_install(tmp_path):
     Image.fromarray(rgb).save(tmp_path / "x.jpg")
     (tmp_path / "x.h5").write_bytes(b"not really hdf5")
     with pytest.raises(SetupError, match="pip install h5py"):
-        make_data.discover_sources("", str(tmp_path))
+        make_data.discover_sources((), [str(tmp_path)])
 
 
 # ---------------------------------------------------------------------------------------- command line
@@ -705,7 +769,8 @@ def test_depth_model_bad_input_is_one_line_and_writes_nothing(depth_models, tmp_
         assert run.stderr.startswith("make_data.py: error: ") and message in run.stderr, (args, run.stderr)
         assert not out.exists()
     metric = make_data.prepare(make_data.parse_config(["--out", str(out), "--rgb", str(photos), "--depth-model",
-                                                       depth_models["metric"], "--tasks", "depth,position"]))
+                                                       depth_models["metric"], "--tasks", "depth,position",
+                                                       "--test-fraction", "0", "--sft-size", "0"]))
     assert metric.quotas == {"depth": 250, "position": 250} and metric.depth_model.kind == "metric"
 
 

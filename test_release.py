@@ -160,6 +160,10 @@ def test_missing_images_and_bad_files_are_one_line_errors(release, tmp_path):
     (tmp_path / "x.csv").write_text("a,b\n")
     with pytest.raises(common.SetupError, match="unknown format .csv"):
         records.read_records(str(tmp_path / "x.csv"))
+    pq.write_table(pa.Table.from_pylist([{"problem": "<image>?", "answer": "A", "images": ["crop/c0.png"], "id": i}
+                                         for i in ("a", "b", "a")]), bad)
+    with pytest.raises(common.BadRecord, match=r"id 'a' is used twice \(record 0 and record 2\)"):
+        records.read_records(str(bad), image_root=str(release))
     (tmp_path / "two.json").write_text(json.dumps([{"conversations": [{"from": "human", "value": "a"}]}]))
     with pytest.raises(common.BadRecord, match="one user turn then one assistant turn"):
         records.read_records(str(tmp_path / "two.json"))
@@ -200,8 +204,10 @@ def test_check_record_accepts_task_none_and_rejects_unknown_tasks(release, tmp_p
     recs, root = records.read_records(str(release / "spatialssrl.parquet"))
     for r in recs:
         records.check_record(r, root)
-    with pytest.raises(common.BadRecord, match="or none for the official"):
+    with pytest.raises(common.BadRecord, match="unknown task \"crops\"; expected one of .*or no task for the official"):
         records.check_record(dict(recs[0], task="crops"), root)
+    with pytest.raises(common.BadRecord, match="no answer"):
+        records.check_record(dict(recs[0], answer=None), root)
     with pytest.raises(common.BadRecord, match="not a valid shuffle answer"):
         records.check_record(dict(recs[3], task="shuffle"), root)
 

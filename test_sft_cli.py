@@ -21,6 +21,7 @@ os.environ.setdefault("SPATIAL_SSRL_DEVICE", "cpu")   # the CPU path also on a G
 import huggingface_hub
 import huggingface_hub.constants
 import pytest
+import torch
 from PIL import Image
 from transformers.utils import logging as hf_logging
 
@@ -174,6 +175,51 @@ def test_data_missing_or_the_grpo_file_is_one_line_and_writes_nothing(capsys, tm
     assert "--resume and --overwrite" in cli_error(capsys, ["--data", str(data), "--out", str(out),
                                                             "--resume", "--overwrite"])
     assert not out.exists()
+
+
+def test_read_only_out_and_a_bad_lr_are_one_line_before_anything_loads(capsys, read_only_dir, data):
+    """A read-only --out used to be an OSError traceback (make_data, sft, evaluate), a negative or NaN --lr
+    torch's ValueError after the model had loaded."""
+    import evaluate
+    import grpo
+    import make_data
+    out = str(read_only_dir / "out")
+    for main, argv in [(make_data.main, ["--n", "4"]), (sft.main, ["--data", str(data)]),
+                       (grpo.main, ["--data", str(data)]), (evaluate.main, ["--data", f"pretext={data}"])]:
+        with pytest.raises(SystemExit) as e:
+            main(argv + ["--out", out])
+        err = capsys.readouterr().err.strip()
+        assert e.value.code == 2 and f"--out {out}: cannot write in {read_only_dir}" in err and "\n" not in err, err
+    for lr in ("-1e-5", "nan"):
+        for main in (sft.main, grpo.main):
+            with pytest.raises(SystemExit) as e:
+                main(["--data", str(data), f"--lr={lr}", "--out", out])
+            assert e.value.code == 2 and f"--lr {float(lr)}: must be a number ≥ 0" in capsys.readouterr().err
+
+
+def test_no_loading_bars_in_a_log_and_tiny_help_has_examples(tmp_path, tiny_model, capsys):
+    """Every script's cli_main turns Hugging Face's progress bars off when stderr is not a terminal (a log
+    filled with "Loading weights" redraws before); tiny.py --help shows how demo.sh runs it."""
+    vlm.save_hf(*tiny_model[:3], str(tmp_path / "m"), torch.float32)
+    code = ("import common, vlm, sys; common.cli_main('x', lambda: vlm.load_model(sys.argv[1])); "
+            "print('loaded')")
+    run = subprocess.run([sys.executable, "-c", code, str(tmp_path / "m")], capture_output=True, text=True,
+                         cwd=Path(__file__).parent, timeout=120, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert run.returncode == 0 and run.stdout.strip() == "loaded", run.stderr
+    assert "Loading weights" not in run.stderr and "it/s" not in run.stderr, run.stderr
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        tiny.main(["--help"])
+    assert "examples:\n  python make_data.py" in capsys.readouterr().out
+
+
+def test_an_id_used_twice_is_one_line_naming_it_and_both_lines(capsys, tmp_path, data):
+    rows = common.read_jsonl(data)
+    dup = data.parent / "dup.jsonl"
+    dup.write_text("\n".join(json.dumps(r) for r in [rows[0], rows[1], dict(rows[2], id=rows[0]["id"])]) + "\n\n")
+    err = cli_error(capsys, ["--data", str(dup), "--out", str(tmp_path / "out")])
+    assert f"id {rows[0]['id']!r} is used twice (line 1 and line 3)" in err and "\n" not in err.strip()
+    assert not (tmp_path / "out").exists()
 
 
 # ----------------------------------------------------------------------------- bad records

@@ -388,6 +388,44 @@ def tile_view(img, r, c, th, tw):
     return img[r * th + th // 2:(r + 1) * th - inset, c * tw + tw // 2:(c + 1) * tw - inset]
 
 
+def mirror(tile, direction):
+    return tile[:, ::-1] if direction == "horizontal" else tile[::-1]
+
+
+def test_flip_rejects_a_point_symmetric_tile_whose_two_answers_show_the_same_picture():
+    # every tile is a 2×2 checkerboard: mirrored either way it is the same picture, different from the tile
+    cell = np.kron(np.array([[1, 0], [0, 1]]), np.ones((32, 32)))
+    board = np.kron(np.ones((2, 2)), cell)[..., None] * np.array([200, 120, 40]) + 20
+    rgb = board.astype(np.uint8)
+    tile = tasks._split_tiles(rgb, 2, 2)[0]
+    assert np.array_equal(mirror(tile, "horizontal"), mirror(tile, "vertical"))
+    assert np.abs(mirror(tile, "vertical").astype(int) - tile).mean() > 50
+    reasons = {tasks.make_example("flip", rgb, rng=np.random.default_rng(s)).reason for s in range(8)}
+    assert reasons == {"flip-ambiguous-direction"}
+
+
+def test_flip_answer_is_visible_and_unique_on_the_built_in_scenes():
+    """Re-derived from pixels on the demo's 112 px scenes: the picture the answer describes is the one shown,
+    and it differs (mean |Δ| ≥ FLIP_VISIBLE over the tile) from the unflipped picture and from the picture
+    the other direction would show."""
+    emitted = 0
+    for seed in range(150):
+        rgb = scenes.render_scene(seed, 112, 112)[0]
+        ex = tasks.make_example("flip", rgb, rng=np.random.default_rng(seed))
+        if isinstance(ex, tasks.Rejected):
+            continue
+        emitted += 1
+        k, direction = tasks.parse_flip(ex.answer)
+        r, c = divmod(k - 1, 2)
+        orig = rgb[r * 56:(r + 1) * 56, c * 56:(c + 1) * 56].astype(np.float32)
+        answer = mirror(orig, direction)
+        other = mirror(orig, "vertical" if direction == "horizontal" else "horizontal")
+        assert np.array_equal(tile_view(np.asarray(ex.images[0]), r, c, 56, 56), tile_view(answer, 0, 0, 56, 56))
+        assert np.abs(answer - orig).mean() >= tasks.FLIP_VISIBLE, (seed, "flip barely visible")
+        assert np.abs(answer - other).mean() >= tasks.FLIP_VISIBLE, (seed, "the other direction looks the same")
+    assert emitted > 100
+
+
 @pytest.mark.parametrize("grid", [(2, 2), (3, 3), (2, 3)])
 def test_shuffle_answer_restores_the_original(grid, scene):
     rgb = scene[0]

@@ -314,11 +314,17 @@ class DemoStart:
     seed: int = knob(0, "seed of the weights and the warm-up")
 
 
+TINY_EXAMPLES = """examples:
+  python make_data.py --out runs/demo/data --tasks flip --scene-size 112x112 --sft-size 2000
+  python tiny.py --out runs/demo/start --data runs/demo/data/sft.jsonl --pixels 12544   # as demo.sh runs it
+  python sft.py --model runs/demo/start --data runs/demo/data/sft.jsonl --out runs/demo/sft --max-pixels 12544"""
+
+
 def main(argv: list | None = None) -> None:
     """`python tiny.py --out DIR --data sft.jsonl`: build_demo_start from the command line."""
     from common import SetupError, cli_main, config_parser, setup_dist
     args = config_parser(DemoStart, "tiny.py", "demo.sh's starting model: a tiny Qwen-VL with the stand-ins for "
-                         "pretraining (position table, vision warm-up)").parse_args(argv)
+                         "pretraining (position table, vision warm-up)", TINY_EXAMPLES).parse_args(argv)
 
     def run():
         if not args.data:
