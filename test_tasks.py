@@ -834,7 +834,8 @@ def test_hostile_strings_are_fast(hostile):
     t0 = time.perf_counter()
     for task, answer in [("crop", "C"), ("shuffle", "2, 4, 1, 3"), ("flip", "3, vertical")]:
         tasks.reward(hostile, answer, task)
-    assert time.perf_counter() - t0 < 3.0
+    # linear parsing takes ~1 s on a busy 2-core machine; a quadratic one takes hours on these lengths
+    assert time.perf_counter() - t0 < 10.0
 
 
 def test_deeply_nested_box_is_read_correctly():
