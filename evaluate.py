@@ -86,6 +86,8 @@ USAGE_EXAMPLES = """examples:
 @dataclass
 class Config:
     model: str = knob("tiny", "HF id or local HF dir (Qwen2.5-VL / Qwen3-VL), or 'tiny' / 'tiny-qwen3'")
+    trust_remote_code: bool = knob(False, "run the model folder's own model code (config.json auto_map); off by "
+                                          "default, as in transformers")
     bench: list = knob(("pretext",), f"benchmarks: {', '.join(BENCH_NAMES)}, or all (= every one given a --data)")
     data: list = knob((), "BENCH=PATH pairs: the released file (or folder) per benchmark (pretext: "
                         f"{PRETEXT_DEFAULT} unless given); with one --bench a plain PATH")
@@ -401,7 +403,7 @@ def load_for_eval(cfg: Config, device):
     import torch
     dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}.get(
         cfg.dtype, torch.bfloat16 if device.type == "cuda" else torch.float32)
-    model, tok, ip = load_model(cfg.model, dtype=dtype)
+    model, tok, ip = load_model(cfg.model, dtype=dtype, trust_remote_code=cfg.trust_remote_code)
     return model.to(device).eval(), tok, ip
 
 

@@ -85,6 +85,8 @@ Records whose id is in the cold-start sft.jsonl next to --data are left out (--e
 @dataclass
 class Config:
     model: str = knob("tiny", "cold-start checkpoint: local HF dir, HF id, or 'tiny' / 'tiny-qwen3'")
+    trust_remote_code: bool = knob(False, "run the model folder's own model code (config.json auto_map); off by "
+                                          "default, as in transformers")
     data: str = knob("", "REQUIRED: train.jsonl from make_data.py (id, task, problem, answer, images), or the "
                        "release's spatialssrl.parquet (images from images/ or images.zip beside it; needs pyarrow)")
     out: str = knob("runs/grpo", "output folder (new or empty, unless --resume or --overwrite)")
@@ -493,11 +495,12 @@ def setup_run(cfg: Config, d) -> Run:
     model, tok, ip, optimizer = load_trainable(
         cfg.model, d, train_vision=not cfg.freeze_vision, checkpointing=cfg.activation_checkpointing, bf16=cfg.bf16,
         fsdp=cfg.fsdp, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=cfg.adam_betas, min_pixels=cfg.min_pixels,
-        max_pixels=cfg.max_pixels)
+        max_pixels=cfg.max_pixels, trust_remote_code=cfg.trust_remote_code)
     ref = None
     if cfg.kl_coef > 0:   # bf16 on GPU: it is only ever run forward
         dtype = torch.bfloat16 if cfg.bf16 and d.device.type == "cuda" else torch.float32
-        ref = load_model(cfg.model, dtype=dtype, meta=d.world_size > 1 and not d.is_main)[0]
+        ref = load_model(cfg.model, dtype=dtype, meta=d.world_size > 1 and not d.is_main,
+                         trust_remote_code=cfg.trust_remote_code)[0]
         ref = place_model(ref.requires_grad_(False).eval(), d, cfg.bf16, cfg.fsdp)
     identity = grpo_identity(cfg, len(records), rollout_bs, update_bs, ip)
     if mode == "resume":

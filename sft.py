@@ -67,6 +67,8 @@ from vlm import (IGNORE_INDEX, PAPER_MAX_PIXELS, build_messages, encode_records,
 @dataclass
 class Config:
     model: str = knob("tiny", "HF id or local HF dir (Qwen2.5-VL / Qwen3-VL), or 'tiny' / 'tiny-qwen3'")
+    trust_remote_code: bool = knob(False, "run the model folder's own model code (config.json auto_map); off by "
+                                          "default, as in transformers")
     data: str = knob("", "REQUIRED (except with --smoke): the cold-start file, sft.jsonl from make_data.py "
                        "(records with id, task, problem, answer, images, response) or the release's "
                        "SFT-coldstart.json (LLaMA-Factory format; images from coldstart_SFT_images/ or "
@@ -257,7 +259,7 @@ def setup_training(cfg: Config, d: Dist) -> dict:
     model, tok, ip, optimizer = load_trainable(
         cfg.model, d, train_vision=not cfg.freeze_vision, checkpointing=cfg.activation_checkpointing, bf16=cfg.bf16,
         fsdp=cfg.fsdp, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=cfg.adam_betas, min_pixels=cfg.min_pixels,
-        max_pixels=cfg.max_pixels)
+        max_pixels=cfg.max_pixels, trust_remote_code=cfg.trust_remote_code)
     capped = cfg.max_pixels is None and ip.size["longest_edge"] > PAPER_MAX_PIXELS   # a base model's 12.8M px
     if capped:
         set_pixel_bounds(ip, None, PAPER_MAX_PIXELS)

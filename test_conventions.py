@@ -17,7 +17,7 @@ HERE = Path(__file__).resolve().parent
 # =============================================================================================
 SCRIPTS = [p for p in ("tasks.py", "make_data.py", "sft.py", "grpo.py", "evaluate.py", "benchmarks.py")
            if (HERE / p).exists()]
-SUPPORT = [p for p in ("vlm.py", "engine.py", "common.py", "records.py", "scenes.py", "tiny.py") if (HERE / p).exists()]
+SUPPORT = [p for p in ("vlm.py", "engine.py", "common.py", "records.py", "scenes.py") if (HERE / p).exists()]
 STAGES = ("make_data", "sft", "grpo", "evaluate")
 
 
@@ -50,6 +50,34 @@ def test_script_conventions(script):
 
 
 MODULES = sorted(p.name for p in HERE.glob("*.py") if not p.name.startswith("test_"))
+
+
+def project_imports(path: Path, names: set) -> set:
+    """The modules of `names` that a file imports (anywhere in it, lazily inside functions too)."""
+    import ast
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            found.add(node.module.split(".")[0])
+    return found & names - {path.stem}
+
+
+def test_layers_no_cycle_and_no_workshop_in_the_pipeline():
+    """The top level never imports the workshop (dev/: the benchmarks, the demo's starting model), no two modules
+    import each other through any chain, and the model plumbing (vlm.py, engine.py) has no branch on the demo's
+    model: that model is a class with its own code, loaded and copied like any other."""
+    top = {p[:-3] for p in MODULES}
+    workshop = {p.stem for p in (HERE / "dev").glob("*.py")} - top
+    graph = {m: project_imports(HERE / f"{m}.py", top | workshop) for m in top}
+    assert not {m: g & workshop for m, g in graph.items() if g & workshop}, "the pipeline imports dev/"
+
+    def reaches(start, goal, seen=()):
+        return any(n == goal or (n not in seen and reaches(n, goal, (*seen, n))) for n in graph.get(start, ()))
+    assert not [m for m in top if reaches(m, m)], "an import cycle"
+    for name in ("vlm.py", "engine.py"):
+        assert "position_table" not in (HERE / name).read_text(), f"{name} knows the demo's model"
 
 
 def paper_to_code_names(doc: str) -> list:

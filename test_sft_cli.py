@@ -26,7 +26,6 @@ from transformers.utils import logging as hf_logging
 
 import common
 import sft
-import tiny
 import vlm
 from test_train import two_colour_records, write_jsonl
 
@@ -122,7 +121,7 @@ def test_unloadable_model_folder_is_one_line(tmp_path):
     """A folder with a config.json that is no image-text model, or one without weights: a SetupError."""
     (tmp_path / "text-only").mkdir()
     (tmp_path / "text-only" / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
-    tiny.build_tiny("tiny")[0].config.save_pretrained(tmp_path / "no-weights")
+    vlm.build_tiny("tiny")[0].config.save_pretrained(tmp_path / "no-weights")
     for name, reason in (("text-only", "Unrecognized configuration class"), ("no-weights", "no file named")):
         with pytest.raises(common.SetupError, match=f"cannot load it as a Qwen-VL model: .*{reason}") as e:
             vlm.load_model(str(tmp_path / name))
@@ -132,7 +131,7 @@ def test_unloadable_model_folder_is_one_line(tmp_path):
 def test_cached_hub_model_loads_without_network(monkeypatch, tmp_path):
     """A real name still works for a user who has it: from the HF cache, offline or with the Hub unreachable."""
     snapshot_dir = tmp_path / "models--someorg--tiny-vl" / "snapshots" / ("a" * 40)
-    tiny.build_tiny("tiny", out_dir=str(snapshot_dir))
+    vlm.build_tiny("tiny", out_dir=str(snapshot_dir))
     (tmp_path / "models--someorg--tiny-vl" / "refs").mkdir()
     (tmp_path / "models--someorg--tiny-vl" / "refs" / "main").write_text("a" * 40)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
@@ -270,7 +269,7 @@ def test_checkpoint_keeps_its_pixel_bounds(data, tmp_path):
     """load_model(checkpoint) keeps the saved image bounds unless told otherwise; SFT from a base model
     whose processor allows 12.8M px uses the paper's 512², and a checkpoint's smaller bound is kept."""
     for name, bounds in (("small", (3136, 12544)), ("base", (3136, 12845056))):
-        model, tok, ip = tiny.build_tiny("tiny")
+        model, tok, ip = vlm.build_tiny("tiny")
         vlm.set_pixel_bounds(ip, *bounds)
         for x in (model, tok, ip):
             x.save_pretrained(tmp_path / name)

@@ -1,8 +1,8 @@
 """The vision-language model plumbing every stage shares (sft.py, grpo.py, evaluate.py, engine.py, bench.py).
 
 One implementation of each step that must never differ between training and evaluation:
-  load      load_model (HF id, local folder, or the offline "tiny" / "tiny-qwen3" models of tiny.py),
-            set_pixel_bounds, freeze_vision
+  load      load_model (HF id, local folder, or the offline "tiny" / "tiny-qwen3" models: build_tiny, a random
+            tiny Qwen2.5-VL / Qwen3-VL with its tokenizer, build_tiny_tokenizer), set_pixel_bounds, freeze_vision
   encode    encode_records (dataset records → a batch), build_messages (problem + CoT prompt → chat messages),
             encode (chat template + image tokens + mm_token_type_ids, equal to transformers' own processor);
             Qwen2.5-VL video items (a list of PIL frames: video_inputs, the layout of transformers'
@@ -20,9 +20,9 @@ Built without torchvision: inputs come from the tokenizer's chat template and Au
 backend), never from AutoProcessor. Decoding is engine.py; a record's image files (load_images, open_image)
 are records.py.
 """
-import contextlib
 import copy
 import functools
+import json
 import math
 import os
 import shutil
@@ -104,8 +104,103 @@ def set_pixel_bounds(image_processor, min_pixels: int | None = None, max_pixels:
     image_processor.size = {"shortest_edge": lo, "longest_edge": hi}
 
 
+# ----------------------------------------------------------------------------- the offline tiny models
+# Stand-ins for a pretrained Qwen-VL that build in under a second without a download: the tests, sft.py --smoke
+# and `--model tiny` / `--model tiny-qwen3` use them; they are nothing of the paper's method.
+QWEN_SPECIAL_TOKENS = (  # ids 0..13 in the tiny tokenizer; same order as the real Qwen2.5 vocab (151643 + i)
+    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>", "<|box_start|>",
+    "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>",
+    "<|image_pad|>", "<|video_pad|>")
+# Chat templates of the tiny models: they render exactly like the official Qwen2-VL/2.5-VL template (default
+# system prompt) and the Qwen3-VL template (no default system prompt) for image/text user turns.
+_TEMPLATE_BODY = (
+    "{%- for m in messages -%}"
+    "{{- '<|im_start|>' + m['role'] + '\\n' -}}"
+    "{%- if m['content'] is string -%}{{- m['content'] -}}{%- else -%}{%- for c in m['content'] -%}"
+    "{%- if c['type'] == 'image' -%}{{- '<|vision_start|><|image_pad|><|vision_end|>' -}}"
+    "{%- elif c['type'] == 'video' -%}{{- '<|vision_start|><|video_pad|><|vision_end|>' -}}"
+    "{%- elif 'text' in c -%}{{- c['text'] -}}{%- endif -%}{%- endfor -%}{%- endif -%}"
+    "{{- '<|im_end|>\\n' -}}{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}")
+QWEN2_VL_TEMPLATE = ("{%- if messages[0]['role'] != 'system' -%}"
+                     "{{- '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' -}}{%- endif -%}"
+                     + _TEMPLATE_BODY)
+QWEN3_VL_TEMPLATE = _TEMPLATE_BODY
+TINY_CORPUS = (  # the tiny tokenizer's BPE training text: the phrases our prompts and answers are made of
+    "Look at the image. The image is split into tiles labelled 1, 2, 3 and 4. Which tile is flipped?",
+    "<think>The top left tile is upside down, so tile 3 is flipped vertically.</think> \\boxed{3, vertical}",
+    "<think>Marker 2 is nearest and marker 1 is farthest from the camera.</think> The answer is \\boxed{2, 3, 1}",
+    "Options: A. Left B. Right C. Front D. Back. Left-Front Right-Front Left-Back Right-Back horizontal",
+    "Which patch fills the black square? Reading the tiles in raster order restores the original picture.",
+    "Assume a camera at region 1 facing the left of the image. Where is region 2? 0 1 2 3 4 5 6 7 8 9",
+    "You are a helpful assistant. <|im_start|>system user assistant The answer is A B C D E.")
+
+
+def build_tiny_tokenizer(chat_template: str = QWEN2_VL_TEMPLATE):
+    """Byte-level BPE (≤ 1024 tokens) trained on TINY_CORPUS, wrapped in transformers' Qwen2Tokenizer.
+
+    The 14 Qwen special tokens get ids 0..13 (<|endoftext|>=0 pad, <|im_end|>=2 eos, <|image_pad|>=12)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import Qwen2Tokenizer
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=1024, special_tokens=list(QWEN_SPECIAL_TOKENS), show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    bpe.train_from_iterator(list(TINY_CORPUS) + [tasks.COT_PROMPT] * 4, trainer)
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m)
+              for m in json.loads(bpe.to_str())["model"]["merges"]]
+    return Qwen2Tokenizer(vocab=bpe.get_vocab(), merges=merges, unk_token=None, bos_token=None,
+                          eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                          additional_special_tokens=list(QWEN_SPECIAL_TOKENS[1:]), chat_template=chat_template)
+
+
+def build_tiny(kind: str = "tiny", hidden: int = 64, layers: int = 2, heads: int = 4, vision_hidden: int = 32,
+               vision_depth: int = 2, ffn_mult: int = 2, seed: int = 0, out_dir: str | None = None,
+               device: str = "cpu"):
+    """A randomly initialised tiny Qwen2.5-VL ('tiny') or Qwen3-VL ('tiny-qwen3'), offline, in < 1 s.
+
+    Returns (model, tokenizer, image_processor); the same seed gives the same weights on every rank.
+    With out_dir, it is also saved there as a normal HF directory. device='meta' builds the same
+    architecture without weights (load_model(meta=True))."""
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen3VLConfig
+    from transformers import Qwen3VLForConditionalGeneration
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+    qwen3 = kind == "tiny-qwen3"
+    head_dim = hidden // heads
+    rope = {"rope_type": "default", "rope_theta": 1e6,
+            "mrope_section": [head_dim // 4, head_dim // 8, head_dim // 8]}   # sums to head_dim / 2
+    text = dict(vocab_size=1024, hidden_size=hidden, intermediate_size=ffn_mult * hidden, num_hidden_layers=layers,
+                num_attention_heads=heads, num_key_value_heads=max(1, heads // 2), max_position_embeddings=8192,
+                rope_parameters=rope, pad_token_id=0, bos_token_id=0, eos_token_id=2)
+    vision = dict(depth=vision_depth, hidden_size=vision_hidden, intermediate_size=ffn_mult * vision_hidden,
+                  num_heads=2, out_hidden_size=hidden, spatial_merge_size=2, temporal_patch_size=2)
+    ids = dict(image_token_id=12, video_token_id=13, vision_start_token_id=9, vision_end_token_id=10,
+               tie_word_embeddings=False)
+    if qwen3:
+        text.update(head_dim=head_dim, rope_parameters={**rope, "mrope_interleaved": True})
+        vision.update(patch_size=16, num_position_embeddings=64, deepstack_visual_indexes=[0])
+        cfg, cls = Qwen3VLConfig(text_config=text, vision_config=vision, **ids), Qwen3VLForConditionalGeneration
+        ip = Qwen2VLImageProcessorPil(patch_size=16, image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    else:
+        vision.update(patch_size=14, window_size=112, fullatt_block_indexes=[vision_depth - 1])
+        cfg, cls = Qwen2_5_VLConfig(text_config=text, vision_config=vision, **ids), Qwen2_5_VLForConditionalGeneration
+        ip = Qwen2VLImageProcessorPil()
+    cfg._attn_implementation = "sdpa"
+    with torch.random.fork_rng(devices=[]), torch.device(device):
+        torch.manual_seed(seed)
+        model = cls(cfg)
+    tok = build_tiny_tokenizer(QWEN3_VL_TEMPLATE if qwen3 else QWEN2_VL_TEMPLATE)
+    model.generation_config.pad_token_id, model.generation_config.eos_token_id = 0, 2
+    if out_dir:
+        model.save_pretrained(out_dir)
+        tok.save_pretrained(out_dir)
+        ip.save_pretrained(out_dir)
+    return model, tok, ip
+
+
 def load_model(name: str, *, min_pixels: int | None = None, max_pixels: int | None = None,
-               dtype: torch.dtype = torch.float32, meta: bool = False):
+               dtype: torch.dtype = torch.float32, meta: bool = False, trust_remote_code: bool = False):
     """(model, tokenizer, image_processor) for 'tiny', 'tiny-qwen3', a HF id or a local HF directory.
 
     The image processor is the PIL backend (identical pixels with or without torchvision). Its smart-resize
@@ -113,43 +208,42 @@ def load_model(name: str, *, min_pixels: int | None = None, max_pixels: int | No
     unless min_pixels / max_pixels override them. An unknown name fails at once with a SetupError
     (model_source). meta=True builds the same model from the same config on the meta device and reads no
     weights: the ranks > 0 of a multi-rank run, which shard_model(..., broadcast_from_rank0=True) then fills
-    from rank 0 (no full copy per rank)."""
+    from rank 0 (no full copy per rank). trust_remote_code runs a checkpoint's own model code (its config's
+    auto_map), which transformers refuses by default."""
     from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageTextToText, AutoTokenizer
     from transformers import GenerationConfig
     if name in TINY_MODELS:
-        from tiny import build_tiny
         model, tok, ip = build_tiny(name, device="meta" if meta else "cpu")
         model.to(dtype)
         set_pixel_bounds(ip, *TINY_PIXELS)
     else:
-        src = model_source(name)
-        try:   # a folder without weights, a text-only model, … : one line, not a traceback
+        src = dict(model_source(name), trust_remote_code=trust_remote_code)
+        try:   # a folder without weights, a text-only model, custom code not trusted, … : one line, not a traceback
             if meta:
                 with torch.device("meta"):
                     model = AutoModelForImageTextToText.from_config(
-                        AutoConfig.from_pretrained(name, **src), dtype=dtype, attn_implementation="sdpa")
+                        AutoConfig.from_pretrained(name, **src), dtype=dtype, attn_implementation="sdpa",
+                        trust_remote_code=trust_remote_code)
                 model.eval()   # as from_pretrained leaves it
                 try:           # from_pretrained reads generation_config.json when there is one
                     model.generation_config = GenerationConfig.from_pretrained(name, **src)
                 except OSError:
                     pass
             else:
-                config = AutoConfig.from_pretrained(name, **src)
-                with quiet_transformers(getattr(config, "image_position_table", 0)):  # its key is restored below
-                    model = AutoModelForImageTextToText.from_pretrained(name, config=config, dtype=dtype, **src,
-                                                                        attn_implementation="sdpa")
+                model = AutoModelForImageTextToText.from_pretrained(name, dtype=dtype, **src,
+                                                                    attn_implementation="sdpa")
             tok = AutoTokenizer.from_pretrained(name, **src)
             ip = AutoImageProcessor.from_pretrained(name, backend="pil", **src)
         except (OSError, ValueError) as e:
             reason = " ".join(str(e).split())
+            if "trust_remote_code=True" in reason:
+                raise SetupError(f"--model {name}: the folder brings its own model code (config.json auto_map), "
+                                 "which runs only with --trust-remote-code") from e
             raise SetupError(f"--model {name}: cannot load it as a Qwen-VL model: "
                              f"{reason[:300]}{'…' if len(reason) > 300 else ''}") from e
         if tok.chat_template is None:
             raise SetupError(f"--model {name}: the tokenizer has no chat template (need tokenizer_config.json "
                              "or chat_template.jinja with the Qwen-VL template)")
-        if getattr(model.config, "image_position_table", 0):     # the demo's tiny models (tiny.add_position_table)
-            from tiny import restore_position_table
-            restore_position_table(model, None if meta else name, **src)
     set_pixel_bounds(ip, min_pixels, max_pixels)
     install_attention(model)
     return model, tok, ip
@@ -160,20 +254,6 @@ def install_attention(model) -> None:
     per window), the text model's sdpa that also reads a GRPO group row's layout. load_model() calls it."""
     fast_vision_attention(model)
     install_group_attention(model)
-
-
-@contextlib.contextmanager
-def quiet_transformers(quiet: bool = True):
-    """transformers' warnings off inside the block when `quiet` (its load report lists the demo's position table,
-    which tiny.restore_position_table loads, as an unexpected key)."""
-    from transformers.utils import logging as hf_logging
-    level = hf_logging.get_verbosity()
-    if quiet:
-        hf_logging.set_verbosity_error()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(level)
 
 
 def freeze_vision(model) -> int:
@@ -690,11 +770,11 @@ def is_fsdp(model) -> bool:
 
 # ----------------------------------------------------------------------------- the trained model
 def load_trainable(name: str, d, *, min_pixels: int | None = None, max_pixels: int | None = None,
-                   **training) -> tuple:
+                   trust_remote_code: bool = False, **training) -> tuple:
     """(model, tokenizer, image processor, AdamW) for sft.py and grpo.py: load_model (with several ranks only
     rank 0 reads the weights; the others build on the meta device), then make_trainable(model, d, **training)."""
     model, tok, ip = load_model(name, min_pixels=min_pixels, max_pixels=max_pixels,
-                                meta=d.world_size > 1 and not d.is_main)
+                                meta=d.world_size > 1 and not d.is_main, trust_remote_code=trust_remote_code)
     model, optimizer = make_trainable(model, d, **training)
     return model, tok, ip, optimizer
 
