@@ -1,4 +1,4 @@
-"""Project conventions (README "Standards"), checked rather than promised: docstrings with a paper → code map
+"""Project conventions (docs/ and the design notes), checked rather than promised: docstrings with a paper → code map
 and deviations, short functions, no stage script importing another, no side effects at import, and every name a
 Paper → code map points to exists.
 Run: python -m pytest -q test_conventions.py
@@ -13,7 +13,7 @@ HERE = Path(__file__).resolve().parent
 
 
 # =============================================================================================
-# project conventions (README "Standards"): checked, not just promised
+# project conventions: checked, not just promised
 # =============================================================================================
 SCRIPTS = [p for p in ("tasks.py", "make_data.py", "sft.py", "grpo.py", "evaluate.py", "benchmarks.py")
            if (HERE / p).exists()]
@@ -120,3 +120,35 @@ def test_paper_to_code_map_names_exist(module):
         if obj is None:
             missing.append(name)
     assert not missing, f"{module}: its Paper → code map names {missing}, which do not exist"
+
+
+DOC_PAGES = ["README.md", "requirements.txt", *sorted(f"docs/{p.name}" for p in (HERE / "docs").glob("*.md"))]
+
+
+def doc_code_names(text: str) -> list:
+    """The `module.name[.attr…]` references of a page, module being one of the project's (top level or dev/)."""
+    modules = {p.stem for p in (*HERE.glob("*.py"), *(HERE / "dev").glob("*.py")) if not p.name.startswith("test_")}
+    refs = re.findall(r"\b([a-z_][a-z_0-9]*)\.([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*)", text)
+    files = ("py", "sh", "md", "json", "jsonl", "png", "jpg", "txt", "parquet", "tsv", "h5", "npy", "zip", "log")
+    return sorted({f"{m}.{rest}" for m, rest in refs if m in modules and rest.split(".")[0] not in files})
+
+
+@pytest.mark.parametrize("page", DOC_PAGES)
+def test_doc_code_names_exist(page):
+    """Every `module.name` (or `module.Class.attr`, `Class.field` of a dataclass) the README, requirements.txt or a
+    docs/ page names exists: a renamed or deleted function cannot leave a stale pointer behind."""
+    import dataclasses
+    import importlib
+    sys.path.insert(0, str(HERE / "dev"))
+    missing = []
+    for ref in doc_code_names((HERE / page).read_text()):
+        module, *path = ref.split(".")
+        obj = importlib.import_module(module)
+        for part in path:
+            if dataclasses.is_dataclass(obj) and part in {f.name for f in dataclasses.fields(obj)}:
+                break
+            obj = getattr(obj, part, None)
+            if obj is None:
+                missing.append(ref)
+                break
+    assert not missing, f"{page} names {missing}, which do not exist"
