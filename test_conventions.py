@@ -152,3 +152,18 @@ def test_doc_code_names_exist(page):
                 missing.append(ref)
                 break
     assert not missing, f"{page} names {missing}, which do not exist"
+
+
+@pytest.mark.parametrize("page", DOC_PAGES)
+def test_doc_section_pointers_exist(page):
+    """Every pointer of the form `README, "Section"` or `(docs/page.md, "Section")` names a heading of that page."""
+    text = " ".join((HERE / page).read_text().split())
+    missing = []
+    for target, section in re.findall(r"(README|[\w/.-]+\.md)\)?,? \"([^\"]+)\"", text):
+        path = HERE / "README.md" if target == "README" else (HERE / page).parent / target
+        if not path.exists():
+            path = HERE / target
+        headings = {line.lstrip("#").strip() for line in path.read_text().splitlines() if line.startswith("#")}
+        if section not in headings:
+            missing.append(f"{target}, {section!r}")
+    assert not missing, f"{page} points to sections that do not exist: {missing}"
