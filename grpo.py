@@ -345,15 +345,13 @@ def micro_batches(ro: Rollout, groups: list, cfg: Config, device) -> list:
     return [[groups[i] for i in mb] for mb in packs]
 
 
-def forward_groups(model, ro: Rollout, groups: list, cfg: Config, with_entropy: bool = False) -> tuple:
-    """(vlm.group_logprobs of the groups' completions, their rows, the completions' width): each prompt and its
-    images run once, its G completions after it."""
+def group_rows(ro: Rollout, groups: list) -> tuple:
+    """The groups' sample rows, their completions' width and vlm.group_logprobs' inputs (the groups' prompts, each
+    once, and their completions)."""
     G = ro.group_size
     rows = [p * G + j for p in groups for j in range(G)]
     w = max(1, int(ro.mask[rows].sum(1).max()))
-    out = group_logprobs(model, select_prompts(ro.prompts, groups), ro.completions[rows, :w], ro.mask[rows, :w], G,
-                         cfg.temperature, with_entropy=with_entropy)
-    return out, rows, w
+    return rows, w, (select_prompts(ro.prompts, groups), ro.completions[rows, :w], ro.mask[rows, :w], G)
 
 
 @torch.no_grad()
@@ -362,7 +360,8 @@ def rollout_logprobs(model, ro: Rollout, cfg: Config, device) -> torch.Tensor:
     outside the completion masks."""
     logp = torch.zeros(ro.mask.shape)
     for mb in micro_batches(ro, list(range(len(ro.records))), cfg, device):
-        lp, rows, w = forward_groups(model, ro, mb or [0], cfg)    # an empty micro-batch: a dummy forward
+        rows, w, inputs = group_rows(ro, mb or [0])               # an empty micro-batch: a dummy forward
+        lp = group_logprobs(model, *inputs, cfg.temperature)
         if mb:
             logp[rows, :w] = lp.float().cpu()
     return logp
@@ -382,7 +381,12 @@ def update(model, optimizer, ro: Rollout, groups: list, adv: torch.Tensor, old: 
     n_global = max(1.0, all_reduce_sum(int(sum(ro.mask[p * G:(p + 1) * G].sum() for p in groups)), device))
     sums = {}
     for mb in micro_batches(ro, groups, cfg, device):
-        (logp, ent), rows, w = forward_groups(model, ro, mb or groups[:1], cfg, with_entropy=True)
+        rows, w, inputs = group_rows(ro, mb or groups[:1])
+        # Each group one row, its prompt and images once. The plain equivalent, one row per sample (the tests'
+        # oracle, test_grpo.test_rollout_logprobs_equal_plain_full_logits):
+        #   logits = model(prompt_i + completion_i).logits[P_i - 1:-1] / τ
+        #   logp_i = logits.float().log_softmax(-1).gather(-1, completion_i[:, None]).squeeze(-1)
+        logp, ent = group_logprobs(model, *inputs, cfg.temperature, with_entropy=True)
         on = lambda x: None if x is None else x[rows, :w].to(device)      # noqa: E731
         mask = on(ro.mask) & bool(mb)                                     # a dummy micro-batch weighs 0
         loss, m = policy_loss(logp, logp.detach() if old is None else on(old), on(ref), adv[rows].to(device), mask,
@@ -411,15 +415,24 @@ def rollout_sums(ro: Rollout, sc: Scores) -> dict:
     return {k: float(v) for k, v in s.items()}
 
 
-def log_row(step: int, epoch: int, ro_sums: dict, up_sums: dict, ups: list, times: dict) -> dict:
-    """One metrics.jsonl row from the all-reduced sums of a step."""
-    n, tok = max(1.0, ro_sums["seqs"]), max(1.0, up_sums["tokens"])
+def update_means(ups: list, device) -> dict:
+    """The loss metrics of a step's updates (pg_loss, kl, ratio, ppo_kl, clip fractions, entropy) as token means
+    over all of its mini-batches on all ranks: update() returns token-weighted sums, summed here over the updates
+    and the ranks and divided by the tokens, so no micro-batch split or rank count moves them."""
+    sums = all_reduce_sum({k: sum(u[k] for u in ups) for k in ups[0] if k not in ("grad_norm", "skipped")}, device)
+    tokens = max(1.0, sums["tokens"])
+    return {k: v if k == "tokens" else v / tokens for k, v in sums.items()}
+
+
+def log_row(step: int, epoch: int, ro_sums: dict, up_means: dict, ups: list, times: dict) -> dict:
+    """One metrics.jsonl row from the all-reduced sums of a step's rollouts and update_means."""
+    n = max(1.0, ro_sums["seqs"])
     row = {"step": step, "epoch": epoch, "reward": ro_sums["reward"] / n, "accuracy": ro_sums["accuracy"] / n,
            "format": ro_sums["format"] / n, "truncated": ro_sums["truncated"] / n,
            "response_length": ro_sums["length"] / n, "equal_groups": ro_sums["equal_groups"] / ro_sums["groups"],
            "prompts_drawn": int(ro_sums["drawn"]), "groups_dropped": int(ro_sums["dropped"])}
     for k in ("kl", "pg_loss", "ratio", "ppo_kl", "clip_high", "clip_low", "clip_dual", "entropy"):
-        row[k] = up_sums[k] / tok
+        row[k] = up_means[k]
     row.update(grad_norm=sum(u["grad_norm"] for u in ups) / len(ups), skipped_updates=sum(u["skipped"] for u in ups),
                updates=len(ups), **{f"time_{k}": v for k, v in times.items()})
     row["gen_tok_per_s"] = ro_sums["length"] / max(1e-9, times["gen"])
@@ -569,8 +582,7 @@ def train(cfg: Config) -> list:
                           cfg, dev) for j in range(R // U)]
             t3 = _now(dev)
             step += 1
-            up_sums = all_reduce_sum({k: sum(u[k] for u in ups) for k in ups[0] if k not in ("grad_norm", "skipped")}, dev)
-            row = log_row(step, epoch, all_reduce_sum(rollout_sums(ro, sc) | filt, dev), up_sums, ups,
+            row = log_row(step, epoch, all_reduce_sum(rollout_sums(ro, sc) | filt, dev), update_means(ups, dev), ups,
                           {"gen": t1 - t0, "logprob": t2 - t1, "update": t3 - t2, "step": t3 - t0, "refresh": refresh_s})
             rows_logged.append(row)
             print0(format_row(row))

@@ -236,7 +236,7 @@ def load_model(name: str, *, min_pixels: int | None = None, max_pixels: int | No
             ip = AutoImageProcessor.from_pretrained(name, backend="pil", **src)
         except (OSError, ValueError) as e:
             reason = " ".join(str(e).split())
-            if "trust_remote_code=True" in reason:
+            if "trust_remote_code" in reason:
                 raise SetupError(f"--model {name}: the folder brings its own model code (config.json auto_map), "
                                  "which runs only with --trust-remote-code") from e
             raise SetupError(f"--model {name}: cannot load it as a Qwen-VL model: "
@@ -436,35 +436,30 @@ def encode_records(records: list, root, tokenizer, image_processor, response: bo
 
 
 # ----------------------------------------------------------------------------- log-probs
-def _head_logprobs(h: torch.Tensor, weight: torch.Tensor, bias, targets: torch.Tensor, temperature: float,
-                   with_entropy: bool) -> tuple:
-    """log p(target) and entropy for rows of hidden states h (n, H): z = (h Wᵀ + b) / τ in fp32,
-    log p = z[y] − logsumexp(z), entropy = −Σ softmax(z) log softmax(z) (detached)."""
-    z = F.linear(h, weight, bias).float() / temperature                    # (n, V) fp32
-    logz = torch.logsumexp(z, dim=-1)                                       # (n,)
-    logp = z.gather(-1, targets[:, None]).squeeze(-1) - logz               # (n,)
-    ent = torch.zeros_like(logp)
-    if with_entropy:
-        with torch.no_grad():
-            lsm = z.detach() - logz.detach()[:, None]
-            ent = -(lsm.exp() * lsm).sum(-1)
-    return logp, ent
+def head_logprobs(h: torch.Tensor, weight: torch.Tensor, bias, targets: torch.Tensor, temperature: float = 1.0,
+                  chunk_size: int = 1024, with_entropy: bool = False) -> tuple:
+    """(log p, entropy) of `targets` (n,) under the LM head on hidden rows h (n, H), chunk_size rows at a time:
 
+        z = (h Wᵀ + b) / τ  in fp32,   log p = z[y] − logsumexp(z),   entropy = −Σ softmax(z) · log softmax(z)
 
-def chunked_head_logprobs(h: torch.Tensor, weight: torch.Tensor, bias, targets: torch.Tensor,
-                          temperature: float = 1.0, chunk_size: int = 1024, with_entropy: bool = False) -> tuple:
-    """(log p, entropy) of `targets` (n,) under the LM head applied to hidden rows h (n, H), chunk_size rows
-    at a time, so at most chunk_size × V fp32 logits exist at once. With grad enabled every chunk is
-    activation-checkpointed: its logits are recomputed in the backward instead of kept (n × V never lives)."""
+    At most chunk_size × V fp32 logits exist at once; with grad enabled every chunk is activation-checkpointed
+    (its logits are recomputed in the backward instead of kept). The entropy is detached."""
     from torch.utils.checkpoint import checkpoint
+
+    def chunk(h, y):
+        z = F.linear(h, weight, bias).float() / temperature                    # (n, V) fp32
+        logz = torch.logsumexp(z, dim=-1)
+        logp = z.gather(-1, y[:, None]).squeeze(-1) - logz                     # the log-softmax at y
+        ent = torch.zeros_like(logp)
+        if with_entropy:
+            with torch.no_grad():
+                lsm = z.detach() - logz.detach()[:, None]
+                ent = -(lsm.exp() * lsm).sum(-1)
+        return logp, ent
     grad = torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad)
-    logps, ents = [], []
-    for i in range(0, h.shape[0], chunk_size):
-        args = (h[i:i + chunk_size], weight, bias, targets[i:i + chunk_size], temperature, with_entropy)
-        lp, ent = checkpoint(_head_logprobs, *args, use_reentrant=False) if grad else _head_logprobs(*args)
-        logps.append(lp)
-        ents.append(ent.detach())
-    return torch.cat(logps), torch.cat(ents)
+    parts = [checkpoint(chunk, h[i:i + chunk_size], targets[i:i + chunk_size], use_reentrant=False) if grad
+             else chunk(h[i:i + chunk_size], targets[i:i + chunk_size]) for i in range(0, h.shape[0], chunk_size)]
+    return torch.cat([lp for lp, _ in parts]), torch.cat([ent.detach() for _, ent in parts])
 
 
 def token_logprobs(model, batch: dict, labels: torch.Tensor, temperature: float = 1.0, chunk_size: int = 1024,
@@ -473,10 +468,8 @@ def token_logprobs(model, batch: dict, labels: torch.Tensor, temperature: float 
 
     logp[b, t] = log_softmax(lm_head(h[b, t−1]) / τ)[labels[b, t]], h = the last hidden states of one forward
     of the model body on `batch` (an encode() batch; its "labels" key is ignored). The LM head runs only at
-    the supervised positions (logits_to_keep mask), in chunks (chunked_head_logprobs), with an fp32
-    log-softmax: no (B, T, V) logits tensor. It runs inside the model's own forward (the head's forward is
-    swapped for the call), so it works on an FSDP2-sharded model (root parameters unsharded by its hooks)
-    and a plain one, and is differentiable when grad is enabled. with_entropy=True also returns the
+    the supervised positions (logits_to_keep mask), in chunks (head_logprobs), with an fp32 log-softmax: no
+    (B, T, V) logits tensor. Differentiable when grad is enabled. with_entropy=True also returns the
     (detached) entropy of each of those distributions, (B, T). A batch without supervised tokens still
     runs the head on one position with weight 0 (every rank's backward must reach every FSDP unit).
     Extra batch keys go to the model's forward: a GRPO group batch (group_batch) brings its positions and
@@ -492,10 +485,13 @@ def token_logprobs(model, batch: dict, labels: torch.Tensor, temperature: float 
     head, extra = model.get_output_embeddings(), {}
 
     def head_forward(h):                                                    # h: (N, H) at kept positions
-        logp, extra["entropy"] = chunked_head_logprobs(h, head.weight, head.bias, targets, temperature,
-                                                       chunk_size, with_entropy)
+        logp, extra["entropy"] = head_logprobs(h, head.weight, head.bias, targets, temperature, chunk_size,
+                                               with_entropy)
         return logp
     inputs = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items() if k != "labels"}
+    # FSDP2 unshards the root's parameters (embeddings, final norm, LM head) only inside the root module's own
+    # forward, so the head runs there: its forward is swapped for this call (on a plain model this equals
+    # head_logprobs(model.model(**inputs).last_hidden_state[keep], …)).
     head.forward = head_forward
     try:
         logp = model(**inputs, use_cache=False, logits_to_keep=keep).logits                      # (N,)
