@@ -237,7 +237,8 @@ def sgd_update(ro: grpo.Rollout, adv: torch.Tensor, budget: int, data: Path) -> 
 
 
 def test_micro_batch_split_gives_the_same_update(data):
-    """All groups in one micro-batch, one group per micro-batch, or two: the same gradient (global token mean)."""
+    """All groups in one micro-batch, one group per micro-batch, or two: the same gradient (global token mean) and
+    the same logged loss metrics (update_means: pg loss, KL, ratio, clip fractions, entropy)."""
     _, tok, ip = vlm.load_model("tiny", max_pixels=56 * 84)
     ro, adv = fake_rollout(data, common.read_jsonl(data)[:3], tok, ip)
     results = [sgd_update(ro, adv, budget, data) for budget in (10_000, 60, 200)]
@@ -245,6 +246,8 @@ def test_micro_batch_split_gives_the_same_update(data):
     for u, m in results[1:]:
         assert max(float((a - b).abs().max()) for a, b in zip(u0, u)) < 1e-6
         assert m["tokens"] == m0["tokens"] and abs(m["pg_loss"] - m0["pg_loss"]) < 1e-5
+        logged, logged0 = grpo.update_means([m], CPU), grpo.update_means([m0], CPU)   # what metrics.jsonl shows
+        assert all(abs(logged[k] - logged0[k]) < 1e-6 for k in logged0), (logged, logged0)
     assert m0["clip_high"] + m0["clip_low"] > 0 and max(float(a.abs().max()) for a in u0) > 0
     assert m0["entropy"] / m0["tokens"] > 0.1      # token-weighted sum of the policy's entropy
 
@@ -521,9 +524,10 @@ def grpo_worker(folder: Path) -> None:
     torch.manual_seed(grpo.step_seed(0, 0, d.rank))
     ro = grpo.rollout(dec, common.read_jsonl(data)[2 * d.rank:2 * d.rank + 2], folder, tok, ip, cfg)
     rewards = torch.rand(len(ro.mask))
-    first_update(ro, rewards, model, ref, torch.optim.SGD(model.parameters(), lr=1.0), cfg)
+    sums = first_update(ro, rewards, model, ref, torch.optim.SGD(model.parameters(), lr=1.0), cfg)
     (folder / f"rollout{d.rank}.json").write_text(json.dumps(
-        {"completions": ro.completions.tolist(), "mask": ro.mask.tolist(), "rewards": rewards.tolist()}))
+        {"completions": ro.completions.tolist(), "mask": ro.mask.tolist(), "rewards": rewards.tolist(),
+         "means": grpo.update_means([sums], d.device)}))
     vlm.save_hf(model, tok, ip, str(folder / "two_ranks"), dtype=torch.float32)
     dec.refresh(model)
     assert all(torch.equal(dict(dec.model.named_parameters())[k], p.full_tensor()) for k, p in model.named_parameters())
@@ -533,8 +537,9 @@ def grpo_worker(folder: Path) -> None:
 def test_two_ranks_first_update_equals_one_process(data, tmp_path):
     """2 gloo ranks with FSDP2: the first update (each rank its own prompts, token mean over both ranks, group
     log-probs with activation checkpointing, the ranks' micro-batch counts made equal) equals the update of
-    one plain process on all 4 prompts with the same completions; the training loop under torchrun completes
-    rollout + update + checkpoint."""
+    one plain process on all 4 prompts with the same completions, and logs the same loss metrics (update_means)
+    although the micro-batches differ too; the training loop under torchrun completes rollout + update +
+    checkpoint."""
     folder = data.parent
     run_two_ranks(HERE / "test_grpo.py", "grpo-worker", str(folder))
     run = folder / "run"
@@ -552,8 +557,16 @@ def test_two_ranks_first_update_equals_one_process(data, tmp_path):
                       torch.tensor(sum((pad(p["mask"], False) for p in parts), [])))
     rewards = torch.tensor(sum((p["rewards"] for p in parts), []))
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    cfg = cfg_for(data, folder / "unused", max_grad_norm=1e9)
-    first_update(ro, rewards, model, ref, torch.optim.SGD(model.parameters(), lr=1.0), cfg)
+    cfg = cfg_for(data, folder / "unused", max_grad_norm=1e9, micro_batch_tokens=60)   # one group per micro-batch
+    means = grpo.update_means([first_update(ro, rewards, model, ref, torch.optim.SGD(model.parameters(), lr=1.0),
+                                            cfg)], CPU)
+    # the logged loss metrics are token means over the whole mini-batch: 2 ranks with budgets 150 / 10,000 and
+    # 1 process with one group per micro-batch log the same values
+    assert parts[0]["means"] == parts[1]["means"] and means["tokens"] == parts[0]["means"]["tokens"]
+    assert means.keys() == parts[0]["means"].keys() >= {"pg_loss", "kl", "ratio", "ppo_kl", "clip_high", "clip_low",
+                                                         "clip_dual", "entropy"}
+    assert all(abs(means[k] - parts[0]["means"][k]) < 1e-5 for k in means), (means, parts[0]["means"])
+    assert means["entropy"] > 0.1 and means["ratio"] == pytest.approx(1.0)   # on-policy: the ratio is 1
     two = load_file(str(folder / "two_ranks" / "model.safetensors"))
     one = model.state_dict()
     deltas = {k: (two[k] - before[k], one[k] - before[k]) for k in two}
