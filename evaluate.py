@@ -58,8 +58,8 @@ from pathlib import Path
 from benchmarks import BENCH_NAMES, PAPER_ROWS, SCORINGS, Item, Options, is_video, load_bench, load_item_images, \
     score_item, summarize
 from common import (SetupError, Skipped, all_reduce_sum, append_jsonl, atomic_write, barrier, check_identity, cli_main,
-                    config_parser, dist_session, knob, out_dir_mode, print0, read_jsonl, read_run_info, rewrite_jsonl,
-                    start_out_dir, write_run_info)
+                    config_parser, dist_session, knob, open_run, out_dir_mode, print0, read_jsonl, read_run_info,
+                    rewrite_jsonl, write_run_info)
 from engine import Engine
 from vlm import encode, load_model, set_pixel_bounds
 
@@ -423,9 +423,7 @@ def evaluate(cfg: Config) -> dict:
         model, tok, ip = load_for_eval(cfg, d.device)
         engine = Engine(model, prompts_per_call=cfg.batch_size)   # decodes the loaded model in place
         own_bounds = (ip.size["shortest_edge"], ip.size["longest_edge"])   # the checkpoint's saved bounds
-        barrier()
-        if d.is_main:
-            start_out_dir(cfg.out, "evaluate.py", mode, eval_identity(cfg), {"argv": sys.argv})
+        open_run(cfg.out, "evaluate.py", mode, eval_identity(cfg), {"argv": sys.argv}, labels=IDENTITY_LABELS)
         results = {b: run_bench(b, paths[b], cfg, engine, tok, ip, d, own_bounds) for b in benches}
         if d.is_main:
             write_results(results, cfg)

@@ -62,9 +62,9 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 import tasks
-from common import (BadRecord, SetupError, all_reduce_max, all_reduce_sum, append_jsonl, barrier, check_identity,
-                    cli_main, config_parser, dist_session, epoch_order, is_main, knob, out_dir_mode, print0,
-                    publish_step_folder, read_jsonl, resume_from, save_state, start_out_dir, token_micro_batches)
+from common import (BadRecord, SetupError, all_reduce_max, all_reduce_sum, append_jsonl, cli_main, config_parser,
+                    dist_session, epoch_order, is_main, knob, open_run, out_dir_mode, print0, publish_step_folder,
+                    read_jsonl, save_state, token_micro_batches)
 from engine import Engine, stop_token_ids
 from records import check_record, read_records
 from vlm import (encode_records, group_logprobs, load_model, load_trainable, optimizer_step, place_model, save_hf,
@@ -516,13 +516,9 @@ def setup_run(cfg: Config, d) -> Run:
                          trust_remote_code=cfg.trust_remote_code)[0]
         ref = place_model(ref.requires_grad_(False).eval(), d, cfg.bf16, cfg.fsdp)
     identity = grpo_identity(cfg, len(records), rollout_bs, update_bs, ip)
-    if mode == "resume":
-        check_identity(cfg.out, identity, IDENTITY_LABELS)
-    barrier()   # every rank has passed the checks before rank 0 writes anything
-    if d.is_main:
-        start_out_dir(cfg.out, "grpo.py", mode, identity, {"config": dataclasses.asdict(cfg), "argv": sys.argv,
-                      "world_size": d.world_size, "left_out": left_out})
-    step = resume_from(model, optimizer, cfg.out, logs=("metrics.jsonl", "samples.jsonl")) if mode == "resume" else 0
+    step = open_run(cfg.out, "grpo.py", mode, identity, {"config": dataclasses.asdict(cfg), "argv": sys.argv,
+                    "world_size": d.world_size, "left_out": left_out}, labels=IDENTITY_LABELS,
+                    state=(model, optimizer), logs=("metrics.jsonl", "samples.jsonl"))
     print0(f"model {cfg.model} | prompts {len(records)} (left out {left_out} cold-start ids) | "
            f"rollout {rollout_bs} × G {cfg.group_size} | update {update_bs} prompts | world {d.world_size} | "
            f"images {identity['pixels'][0]}..{identity['pixels'][1]} px | "

@@ -35,7 +35,7 @@ often the answer is the same (check_depth): the number to know before trusting M
 Output (--out): train.jsonl (GRPO), test.jsonl (held out), sft.jsonl (cold start, with "response"): three
 disjoint sets of source images; images/<task>/<id>_<i>.jpg, stats.json (counts, rejections, the unusable
 source files by reason, and the shortcut report), run.json (the settings and a fingerprint of the source
-folders: common.start_out_dir), progress.jsonl (resume journal) and preview.png. Records: {"id", "task",
+folders: common.open_run), progress.jsonl (resume journal) and preview.png. Records: {"id", "task",
 "problem", "answer", "images", "source", "meta"} (+ "response" in sft.jsonl); `images` are relative to --out.
 
 Output folder (common.out_dir_mode, the rule of every script): a new or empty --out is built; an earlier
@@ -95,7 +95,7 @@ from PIL import Image, ImageDraw, ImageOps, UnidentifiedImageError
 import scenes
 import tasks
 from common import (SetupError, Skipped, append_jsonl, atomic_write, check_identity, cli_main, config_parser, knob,
-                    out_dir_mode, read_jsonl, read_run_info, rewrite_jsonl, start_out_dir, use_cuda)
+                    open_run, out_dir_mode, read_jsonl, read_run_info, rewrite_jsonl, use_cuda)
 
 PROG = "make_data.py"
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
@@ -1078,7 +1078,7 @@ def build(cfg):
     from tqdm import tqdm
     t0 = time.time()
     plan = prepare(cfg)
-    start_out_dir(cfg.out, PROG, plan.mode, plan.identity)     # the lock, --overwrite's delete, run.json
+    open_run(cfg.out, PROG, plan.mode, plan.identity)     # the lock, --overwrite's delete, run.json
     ctx = Context(cfg.seed, parse_size(cfg.scene_size), parse_grids(cfg.shuffle_grids), cfg.max_side,
                   cfg.min_side, cfg.depth_png_scale, cfg.image_format, cfg.jpeg_quality, str(Path(cfg.out).resolve()),
                   cfg.jpeg_rescale, plan.depth_model.label if plan.depth_model else "")

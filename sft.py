@@ -55,9 +55,9 @@ import torch.distributed as dist
 from PIL import Image
 from tqdm import tqdm
 
-from common import (BadRecord, Dist, SetupError, all_reduce_sum, append_jsonl, atomic_write, barrier, check_identity,
-                    cli_main, config_parser, dist_session, epoch_order, knob, out_dir_mode, print0, resume_from,
-                    rewrite_jsonl, save_state, start_out_dir, token_micro_batches)
+from common import (BadRecord, Dist, SetupError, all_reduce_sum, append_jsonl, atomic_write, cli_main, config_parser,
+                    dist_session, epoch_order, knob, open_run, out_dir_mode, print0, rewrite_jsonl, save_state,
+                    token_micro_batches)
 from records import check_record, read_records
 from vlm import (IGNORE_INDEX, PAPER_MAX_PIXELS, build_messages, encode_records, image_token_count, load_trainable,
                  optimizer_step, save_hf, set_pixel_bounds, token_logprobs, tokenize_conversation)
@@ -287,13 +287,8 @@ def train(cfg: Config) -> None:
         steps_per_epoch = math.ceil(len(records) / B)
         total = cfg.max_steps if cfg.max_steps > 0 else cfg.epochs * steps_per_epoch
         identity = sft_identity(cfg, len(records), total, s["ip"])
-        if mode == "resume":
-            check_identity(cfg.out, identity, IDENTITY_LABELS)
-        barrier()   # every rank has passed the checks before rank 0 writes anything
-        if d.is_main:
-            start_out_dir(cfg.out, "sft.py", mode, identity, {"config": dataclasses.asdict(cfg), "argv": sys.argv},
-                          keep=(SMOKE_DATA,))
-        step = resume_from(model, s["optimizer"], cfg.out) if mode == "resume" else 0
+        step = open_run(cfg.out, "sft.py", mode, identity, {"config": dataclasses.asdict(cfg), "argv": sys.argv},
+                        labels=IDENTITY_LABELS, keep=(SMOKE_DATA,), state=(model, s["optimizer"]))
         bar = tqdm(total=total, initial=step, desc="sft", file=sys.stderr, disable=not (d.is_main and sys.stderr.isatty()))
 
         def encode_step(i: int) -> list:   # this rank's encoded micro-batches of global step i
