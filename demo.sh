@@ -33,7 +33,7 @@ $PY dev/tiny.py --out "$OUT/start" --data "$OUT/data/sft.jsonl" --pixels $PX
 
 stage "3/6 sft.py: cold start, vision frozen (800 steps of 32)"
 $PY sft.py --model "$OUT/start" --trust-remote-code --data "$OUT/data/sft.jsonl" --out "$OUT/sft" --global-batch-size 32 --lr 5e-3 \
-    --max-steps 800 --save-every 0 --save-dtype float32 | awk '/^step/ && ($2 % 250 == 0 || $2 == 1) {print; fflush()}'
+    --max-steps 800 --save-every 0 | awk '/^step/ && ($2 % 250 == 0 || $2 == 1) {print; fflush()}'
 
 stage "4/6 evaluate.py: the held-out split after the cold start (greedy)"
 $PY evaluate.py --model "$OUT/sft" --trust-remote-code --data "$OUT/data/test.jsonl" --max-new-tokens 16 --batch-size 64 \
@@ -43,7 +43,7 @@ stage "5/6 grpo.py on 2 processes (torchrun): 200 steps of 16 prompts x 8 sample
 $PY -m torch.distributed.run --standalone --nproc_per_node 2 grpo.py --model "$OUT/sft" --trust-remote-code \
     --data "$OUT/data/train.jsonl" --out "$OUT/grpo" --max-steps 200 --rollout-batch-size 16 \
     --update-batch-size 16 --group-size 8 --max-new-tokens 24 --lr 1e-4 --min-pixels $PX --max-pixels $PX \
-    --save-every 0 --save-dtype float32 > "$OUT/grpo.log" 2>&1 || { tail -20 "$OUT/grpo.log"; exit 1; }
+    --save-every 0 > "$OUT/grpo.log" 2>&1 || { tail -20 "$OUT/grpo.log"; exit 1; }
 
 stage "6/6 evaluate.py: the held-out split after GRPO (greedy)"
 $PY evaluate.py --model "$OUT/grpo" --trust-remote-code --data "$OUT/data/test.jsonl" --max-new-tokens 16 --batch-size 64 \

@@ -72,6 +72,13 @@ from vlm import (encode_records, group_logprobs, load_model, load_trainable, opt
 
 
 # ----------------------------------------------------------------------------- config
+# Settings with one right value, fixed here instead of offered as options:
+ADV_EPS = 1e-6                 # ε in A = (r − mean) / (std + ε), the paper's and EasyR1's: it only keeps A finite
+TOP_K = 0                      # rollouts sample the whole distribution (the paper: top-k off, top-p 1, τ 1)
+ROLLOUT_PROMPTS_PER_CALL = 8   # prompts decoded together on a GPU: one compiled shape, a KV cache of 8 × G rows
+FILTER_TRIES = 3               # --filter-groups: extra rollouts per step at most (then the dropped groups fill in)
+SAMPLES_PER_LOG = 10           # completions written to samples.jsonl each time (EasyR1's 10)
+
 USAGE_EXAMPLES = """examples:
   python grpo.py --model runs/sft-tiny --data data/ssrl/train.jsonl --out runs/grpo-tiny --max-steps 30 \\
       --rollout-batch-size 16 --update-batch-size 16 --group-size 4 --max-new-tokens 320 \\
@@ -100,7 +107,6 @@ class Config:
     max_new_tokens: int = knob(2048, "longest completion (paper: 2048)")
     temperature: float = knob(1.0, "sampling temperature, also divides the logits of every log-prob (paper: 1.0)")
     top_p: float = knob(1.0, "nucleus sampling (paper: 1.0 = off)")
-    top_k: int = knob(0, "top-k sampling (paper: off = 0)")
     lr: float = knob(1e-6, "AdamW learning rate, constant (paper: 1e-6)")
     weight_decay: float = knob(0.01, "AdamW weight decay (paper: 0.01)")
     adam_betas: tuple = knob((0.9, 0.999), "AdamW betas (paper: 0.9 0.999)")
@@ -109,48 +115,37 @@ class Config:
     clip_high: float = knob(0.3, "ratio clip above, 1 + ε_high (paper: 0.3)")
     dual_clip: float = knob(3.0, "dual-clip constant c for negative advantages (paper: 3.0)")
     kl_coef: float = knob(0.01, "coefficient of the k3 KL to the reference model; 0 = no reference (paper: 0.01)")
-    adv_eps: float = knob(1e-6, "ε in A = (r − mean) / (std + ε) (paper: 1e-6)")
     min_pixels: int = knob(512 * 512, "smallest image area after resizing (paper: 512²)")
     max_pixels: int = knob(2048 * 2048, "largest image area after resizing (paper: 2048²)")
     freeze_vision: bool = knob(False, "freeze the vision tower (paper: trained during RL)")
     activation_checkpointing: bool = knob(True, "non-reentrant activation checkpointing of the trained blocks")
-    bf16: bool = knob(True, "bf16 compute with fp32 master weights (GPU only; CPU stays fp32)")
     fsdp: bool = knob(False, "shard with FSDP2 in one CPU process too (always on for GPU or >1 rank)")
-    rollout_prompts_per_call: int = knob(8, "prompts decoded together on a GPU (its KV cache holds this × G rows)")
     partial_credit: bool = knob(False, "Visual Jigsaw's partial credit (arXiv 2509.25190; not in the paper): shuffle and "
                                        "depth answers score the fraction of positions right")
     filter_groups: bool = knob(False, "DAPO's dynamic sampling (arXiv 2503.14476; not in the paper): drop the groups "
                                       "whose G rewards are all equal and refill from fresh prompts")
-    filter_tries: int = knob(3, "--filter-groups: extra rollouts per step at most; groups still missing are taken "
-                                "from the dropped ones (advantage 0)")
     shuffle: bool = knob(True, "shuffle the prompts every epoch (paper: true)")
     seed: int = knob(1, "seed of the data order and the sampling (paper: 1)")
     save_every: int = knob(5, "HF export + resumable state every N steps, and at the end (paper: 5; 0 = end only)")
     keep_checkpoints: int = knob(3, "HF exports and resumable states kept on disk (paper: 3)")
     sample_every: int = knob(5, "append rank 0's first prompts and completions to samples.jsonl every N steps")
-    samples_per_log: int = knob(10, "completions written to samples.jsonl each time (paper: 10)")
     resume: bool = knob(False, "continue from the newest complete checkpoint in OUT/checkpoints (same settings)")
     overwrite: bool = knob(False, "delete an earlier grpo.py run in --out and start over")
-    save_dtype: str = knob("bfloat16", "dtype of the exported HF weights (bfloat16 or float32)")
     stop_after_steps: int = knob(0, "stop as if killed after this many steps", hidden=True)
 
     def __post_init__(self):
         for name in ("group_size", "rollout_batch_size", "update_batch_size", "micro_batch_tokens", "max_new_tokens",
-                     "keep_checkpoints", "samples_per_log", "rollout_prompts_per_call"):
+                     "keep_checkpoints"):
             if getattr(self, name) < 1:
                 raise SetupError(f"--{name.replace('_', '-')} must be at least 1")
-        if self.filter_tries < 0:
-            raise SetupError("--filter-tries must be 0 or more")
         if self.group_size < 2:
             raise SetupError("--group-size must be at least 2 (a group of one has no baseline)")
         if not (0 <= self.clip_low < 1 and self.clip_high >= 0 and self.dual_clip > 1):
             raise SetupError("need 0 ≤ --clip-low < 1, --clip-high ≥ 0 and --dual-clip > 1")
-        if self.temperature <= 0 or not 0 < self.top_p <= 1 or self.top_k < 0 or self.kl_coef < 0:
-            raise SetupError("need --temperature > 0, 0 < --top-p ≤ 1, --top-k ≥ 0, --kl-coef ≥ 0")
+        if self.temperature <= 0 or not 0 < self.top_p <= 1 or self.kl_coef < 0:
+            raise SetupError("need --temperature > 0, 0 < --top-p ≤ 1, --kl-coef ≥ 0")
         if not 0 < self.min_pixels <= self.max_pixels:
             raise SetupError(f"need 0 < --min-pixels ({self.min_pixels}) ≤ --max-pixels ({self.max_pixels})")
-        if self.save_dtype not in ("bfloat16", "float32"):
-            raise SetupError("--save-dtype must be bfloat16 or float32")
         if not self.data:
             raise SetupError("--data is required (train.jsonl from make_data.py)")
 
@@ -281,7 +276,7 @@ def rollout(engine: Engine, records: list, root: Path, tok, ip, cfg: Config) -> 
     """Sample G completions for each of this rank's prompts with the policy's sampling settings."""
     prompts = encode_records(records, root, tok, ip, response=False)
     ids, mask = engine.generate(prompts, tok, max_new_tokens=cfg.max_new_tokens, greedy=False,
-                                temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k, n=cfg.group_size)
+                                temperature=cfg.temperature, top_p=cfg.top_p, top_k=TOP_K, n=cfg.group_size)
     return Rollout(records, prompts, cfg.group_size, ids.cpu(), mask.cpu().bool())
 
 
@@ -317,16 +312,16 @@ def merge_groups(parts: list, root: Path, tok, ip) -> tuple:
 def keep_groups_with_signal(engine: Engine, ro: Rollout, sc: Scores, run, cfg: Config, step: int, rank: int) -> tuple:
     """--filter-groups, DAPO's dynamic sampling (arXiv 2503.14476): the groups whose G rewards are all equal carry
     no signal (advantage 0); they are dropped and the rank rolls out fresh prompts, drawn from all records by a
-    generator seeded with (seed, step, rank) so that a resumed run draws the same ones, at most cfg.filter_tries
+    generator seeded with (seed, step, rank) so that a resumed run draws the same ones, at most FILTER_TRIES
     more times; groups still missing are taken from the dropped ones, so every update sees its full batch.
     Returns (rollout, scores, {"drawn": prompts rolled out, "dropped": groups not used})."""
     need, kept, dropped, drawn = len(ro.records), [], [], len(ro.records)
     g = torch.Generator().manual_seed(step_seed(cfg.seed + 1, step, rank))
-    for tries in range(cfg.filter_tries + 1):
+    for tries in range(FILTER_TRIES + 1):
         r = sc.rewards.view(-1, ro.group_size)
         for p, signal in enumerate((r != r[:, :1]).any(1).tolist()):
             (kept if signal else dropped).append((ro, sc, p))
-        if len(kept) >= need or tries == cfg.filter_tries:
+        if len(kept) >= need or tries == FILTER_TRIES:
             break
         fresh = [run.records[i] for i in torch.randint(len(run.records), (need - len(kept),), generator=g).tolist()]
         ro = rollout(engine, fresh, run.root, run.tok, run.ip, cfg)
@@ -492,8 +487,8 @@ def grpo_identity(cfg: Config, num_records: int, rollout_bs: int, update_bs: int
     """What a resumed run must share with the saved one: the step → data position map (model, records,
     batch sizes, G, seed, shuffle, epochs), the sampling, the objective, the optimizer and the image bounds."""
     keys = ("model", "group_size", "seed", "shuffle", "epochs", "max_steps", "max_new_tokens", "temperature",
-            "top_p", "top_k", "lr", "weight_decay", "adam_betas", "max_grad_norm", "clip_low", "clip_high",
-            "dual_clip", "kl_coef", "adv_eps", "freeze_vision", "partial_credit", "filter_groups", "filter_tries")
+            "top_p", "lr", "weight_decay", "adam_betas", "max_grad_norm", "clip_low", "clip_high",
+            "dual_clip", "kl_coef", "freeze_vision", "partial_credit", "filter_groups")
     size = image_processor.size
     return {**{k: getattr(cfg, k) for k in keys}, "num_records": num_records, "rollout_batch_size": rollout_bs,
             "update_batch_size": update_bs, "pixels": [size["shortest_edge"], size["longest_edge"]]}
@@ -506,15 +501,15 @@ def setup_run(cfg: Config, d) -> Run:
     records, root, left_out = load_prompts(cfg)
     rollout_bs, update_bs = batch_sizes(cfg, len(records), d.world_size)
     model, tok, ip, optimizer = load_trainable(
-        cfg.model, d, train_vision=not cfg.freeze_vision, checkpointing=cfg.activation_checkpointing, bf16=cfg.bf16,
+        cfg.model, d, train_vision=not cfg.freeze_vision, checkpointing=cfg.activation_checkpointing, bf16=True,
         fsdp=cfg.fsdp, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=cfg.adam_betas, min_pixels=cfg.min_pixels,
         max_pixels=cfg.max_pixels, trust_remote_code=cfg.trust_remote_code)
     ref = None
     if cfg.kl_coef > 0:   # bf16 on GPU: it is only ever run forward
-        dtype = torch.bfloat16 if cfg.bf16 and d.device.type == "cuda" else torch.float32
+        dtype = torch.bfloat16 if d.device.type == "cuda" else torch.float32
         ref = load_model(cfg.model, dtype=dtype, meta=d.world_size > 1 and not d.is_main,
                          trust_remote_code=cfg.trust_remote_code)[0]
-        ref = place_model(ref.requires_grad_(False).eval(), d, cfg.bf16, cfg.fsdp)
+        ref = place_model(ref.requires_grad_(False).eval(), d, True, cfg.fsdp)
     identity = grpo_identity(cfg, len(records), rollout_bs, update_bs, ip)
     step = open_run(cfg.out, "grpo.py", mode, identity, {"config": dataclasses.asdict(cfg), "argv": sys.argv,
                     "world_size": d.world_size, "left_out": left_out}, labels=IDENTITY_LABELS,
@@ -523,7 +518,7 @@ def setup_run(cfg: Config, d) -> Run:
            f"rollout {rollout_bs} × G {cfg.group_size} | update {update_bs} prompts | world {d.world_size} | "
            f"images {identity['pixels'][0]}..{identity['pixels'][1]} px | "
            f"reference {'yes' if ref is not None else 'no (kl_coef 0)'} | device {d.device}")
-    engine = Engine(model, prompts_per_call=cfg.rollout_prompts_per_call)
+    engine = Engine(model, prompts_per_call=ROLLOUT_PROMPTS_PER_CALL)
     return Run(model, ref, tok, ip, optimizer, engine, records, root, rollout_bs, update_bs, step)
 
 
@@ -534,7 +529,7 @@ def save_checkpoint(run: Run, cfg: Config, state: dict) -> None:
     tmp = final.with_name(final.name + ".tmp")
     if is_main():
         shutil.rmtree(tmp, ignore_errors=True)
-    save_hf(run.model, run.tok, run.ip, str(tmp), getattr(torch, cfg.save_dtype))
+    save_hf(run.model, run.tok, run.ip, str(tmp))
     if is_main():
         publish_step_folder(tmp, final, cfg.keep_checkpoints)
     save_state(run.model, run.optimizer, state, cfg.out, cfg.keep_checkpoints)
@@ -568,7 +563,7 @@ def train(cfg: Config) -> list:
             filt = {"drawn": len(mine), "dropped": 0}
             if cfg.filter_groups:                                           #    (DAPO: only groups with signal)
                 ro, sc, filt = keep_groups_with_signal(run.engine, ro, sc, run, cfg, step, d.rank)
-            adv = group_advantages(sc.rewards, G, eps=cfg.adv_eps)          # 3. group-normalised advantages
+            adv = group_advantages(sc.rewards, G, eps=ADV_EPS)              # 3. group-normalised advantages
             t1 = _now(dev)
             old = rollout_logprobs(model, ro, cfg, dev) if R > U else None  # 4. old (skipped on-policy) and ref
             ref = rollout_logprobs(run.ref, ro, cfg, dev) if run.ref is not None else None
@@ -585,7 +580,7 @@ def train(cfg: Config) -> list:
             if d.is_main:
                 append_jsonl(Path(cfg.out) / "metrics.jsonl", [row])
                 if cfg.sample_every and (step % cfg.sample_every == 0 or step == 1):
-                    append_jsonl(Path(cfg.out) / "samples.jsonl", sample_rows(ro, sc, adv, step, cfg.samples_per_log))
+                    append_jsonl(Path(cfg.out) / "samples.jsonl", sample_rows(ro, sc, adv, step, SAMPLES_PER_LOG))
             bar.update(1)
             if (cfg.save_every and step % cfg.save_every == 0) or step == total:
                 save_checkpoint(run, cfg, {"step": step, "epoch": step // steps_per_epoch})
@@ -593,7 +588,7 @@ def train(cfg: Config) -> list:
         if step < total:
             print0(f"stopping after step {step} (--stop-after-steps)")
             return rows_logged
-        save_hf(model, run.tok, run.ip, cfg.out, getattr(torch, cfg.save_dtype))
+        save_hf(model, run.tok, run.ip, cfg.out)
         print0(f"saved HF checkpoint to {cfg.out}")
         return rows_logged
 

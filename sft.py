@@ -90,7 +90,6 @@ class Config:
     max_grad_norm: float = knob(1.0, "gradient-norm clip")
     freeze_vision: bool = knob(True, "freeze the vision tower and projector (paper: frozen)")
     activation_checkpointing: bool = knob(True, "non-reentrant activation checkpointing of every trained block")
-    bf16: bool = knob(True, "bf16 compute with fp32 master weights and reduction (GPU only; CPU stays fp32)")
     fsdp: bool = knob(False, "shard with FSDP2 in one CPU process too (always on for GPU or >1 rank)")
     shuffle: bool = knob(True, "shuffle the records every epoch (seeded)")
     seed: int = knob(42, "seed for the data order and the per-rank RNGs")
@@ -100,7 +99,6 @@ class Config:
     resume: bool = knob(False, "continue the run in OUT from its newest complete checkpoint (refused when a "
                              "setting that defines the schedule or the data differs)")
     overwrite: bool = knob(False, "delete the earlier run in OUT (an sft.py output folder) and start over")
-    save_dtype: str = knob("bfloat16", "dtype of the exported HF weights (bfloat16 or float32)")
     stop_after_steps: int = knob(0, "stop as if killed after this many steps", hidden=True)
     smoke: bool = knob(False, "CPU smoke run; overrides --model tiny, --max-steps 2, --global-batch-size 4, "
                             "--lr 1e-3, --warmup-ratio 0 and, without --data, uses 8 synthetic records written "
@@ -109,8 +107,6 @@ class Config:
     def __post_init__(self):
         if self.global_batch_size < 1 or self.micro_batch_tokens < 1 or self.keep_checkpoints < 1:
             raise SetupError("--global-batch-size, --micro-batch-tokens and --keep-checkpoints must be positive")
-        if self.save_dtype not in ("bfloat16", "float32"):
-            raise SetupError("--save-dtype must be bfloat16 or float32")
         for name in ("min_pixels", "max_pixels"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise SetupError(f"--{name.replace('_', '-')} must be positive")
@@ -257,7 +253,7 @@ def setup_training(cfg: Config, d: Dist) -> dict:
     """Model (vlm.load_trainable: frozen vision, checkpointing, FSDP2, AdamW), tokenizer, image processor
     (bounds said), validated records."""
     model, tok, ip, optimizer = load_trainable(
-        cfg.model, d, train_vision=not cfg.freeze_vision, checkpointing=cfg.activation_checkpointing, bf16=cfg.bf16,
+        cfg.model, d, train_vision=not cfg.freeze_vision, checkpointing=cfg.activation_checkpointing, bf16=True,
         fsdp=cfg.fsdp, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=cfg.adam_betas, min_pixels=cfg.min_pixels,
         max_pixels=cfg.max_pixels, trust_remote_code=cfg.trust_remote_code)
     capped = cfg.max_pixels is None and ip.size["longest_edge"] > PAPER_MAX_PIXELS   # a base model's 12.8M px
@@ -324,7 +320,7 @@ def train(cfg: Config) -> None:
         if step < total:
             print0(f"stopping after step {step} (--stop-after-steps)")
             return
-        save_hf(model, s["tok"], s["ip"], cfg.out, getattr(torch, cfg.save_dtype))
+        save_hf(model, s["tok"], s["ip"], cfg.out)
         print0(f"saved HF checkpoint to {cfg.out}")
 
 

@@ -110,10 +110,10 @@ def torchrun(script: str, *args: str) -> str:
 
 # ----------------------------------------------------------------------------- 1. the stages end to end
 SFT_ARGS = ("--model", "tiny", "--max-steps", "4", "--global-batch-size", "8", "--micro-batch-tokens", "2048",
-            "--save-every", "2", "--lr", "1e-3", "--max-pixels", "12544", "--save-dtype", "float32")
+            "--save-every", "2", "--lr", "1e-3", "--max-pixels", "12544")
 GRPO_ARGS = ("--max-steps", "2", "--save-every", "1", "--group-size", "4", "--rollout-batch-size", "4",
              "--update-batch-size", "2", "--max-new-tokens", "24", "--min-pixels", "3136", "--max-pixels", "12544",
-             "--exclude", "none", "--lr", "1e-4", "--save-dtype", "float32")
+             "--exclude", "none", "--lr", "1e-4")
 
 
 @pytest.fixture(scope="module")

@@ -69,7 +69,7 @@ def data(tmp_path_factory) -> Path:
 def cfg_for(data: Path, out: Path, **kw) -> grpo.Config:
     base = dict(model="tiny", data=str(data), out=str(out), max_steps=2, group_size=4, rollout_batch_size=4,
                 update_batch_size=2, max_new_tokens=12, min_pixels=56 * 56, max_pixels=56 * 84, lr=1e-3,
-                save_every=0, save_dtype="float32", activation_checkpointing=False)
+                save_every=0, activation_checkpointing=False)
     return grpo.Config(**{**base, **kw})
 
 
@@ -339,7 +339,7 @@ def test_resume_refuses_other_settings_in_one_line(data, tmp_path, capsys):
     base = ["--data", str(data), "--out", str(out), "--resume", "--max-steps", "2", "--save-every", "1",
             "--group-size", "4", "--rollout-batch-size", "4", "--update-batch-size", "2", "--max-new-tokens", "12",
             "--min-pixels", str(56 * 56), "--max-pixels", str(56 * 84), "--lr", "1e-3", "--exclude", "none",
-            "--no-activation-checkpointing", "--save-dtype", "float32"]
+            "--no-activation-checkpointing"]
     changes = [("--lr", "2e-3"), ("--kl-coef", "0.05"), ("--clip-low", "0.1"), ("--clip-high", "0.2"),
                ("--dual-clip", "2.0"), ("--group-size", "2"), ("--max-pixels", str(56 * 112))]
     for flag, value in changes:
@@ -435,7 +435,7 @@ def test_filter_groups_keeps_the_batch_full_of_groups_with_signal(data, monkeypa
     (seed, step, rank), so the same call gives the same groups; drawn − needed = dropped."""
     monkeypatch.setattr(grpo, "score", parity_score(grpo.score))
     model, tok, ip = vlm.load_model("tiny", max_pixels=56 * 84)
-    cfg = cfg_for(data, data.parent / "unused", filter_groups=True, filter_tries=3, max_new_tokens=6)
+    cfg = cfg_for(data, data.parent / "unused", filter_groups=True, max_new_tokens=6)
     recs = common.read_jsonl(data)
     run = SimpleNamespace(records=recs, root=data.parent, tok=tok, ip=ip)
     dec = engine.Engine(model)
@@ -464,7 +464,7 @@ def test_filter_groups_keeps_the_batch_full_of_groups_with_signal(data, monkeypa
 def test_resume_equals_uninterrupted_with_filter_groups(data, tmp_path, monkeypatch):
     """Exact resume holds with --filter-groups: the fresh prompts and their samples are a function of the step."""
     monkeypatch.setattr(grpo, "score", parity_score(grpo.score))
-    kw = dict(max_steps=3, save_every=2, exclude="none", filter_groups=True, filter_tries=2, max_new_tokens=6)
+    kw = dict(max_steps=3, save_every=2, exclude="none", filter_groups=True, max_new_tokens=6)
     full = grpo.train(cfg_for(data, tmp_path / "full", **kw))
     grpo.train(cfg_for(data, tmp_path / "cut", stop_after_steps=2, **kw))
     resumed = grpo.train(cfg_for(data, tmp_path / "cut", resume=True, **kw))
@@ -483,8 +483,7 @@ def test_grpo_raises_the_reward_after_a_cold_start(tmp_path):
         r["response"] = f"<think>{side}</think> \\boxed{{{letter}}}"
     sft.train(sft.Config(model="tiny", data=str(write_jsonl(tmp_path / "sft.jsonl", recs)), out=str(tmp_path / "sft"),
                          max_steps=60, lr=1e-2, warmup_ratio=0.0, global_batch_size=8,
-                         activation_checkpointing=False, save_every=0, save_dtype="float32",
-                         min_pixels=56 * 56, max_pixels=56 * 84))
+                         activation_checkpointing=False, save_every=0, min_pixels=56 * 56, max_pixels=56 * 84))
     train = write_jsonl(tmp_path / "train.jsonl", [dict(r, id=f"g{i}", answer="A") for i, r in enumerate(recs)])
     rows = grpo.train(cfg_for(train, tmp_path / "grpo", model=str(tmp_path / "sft"), max_steps=15, group_size=4,
                               rollout_batch_size=4, update_batch_size=4, max_new_tokens=16, kl_coef=0.0))

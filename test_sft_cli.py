@@ -52,7 +52,7 @@ def tiny_model():
 
 def cfg(data: Path, out: Path, **kw) -> sft.Config:
     base = dict(model="tiny", data=str(data), out=str(out), max_steps=3, lr=1e-3, warmup_ratio=0.0,
-                global_batch_size=2, save_dtype="float32", save_every=1,
+                global_batch_size=2, save_every=1,
                 activation_checkpointing=False)
     return sft.Config(**{**base, **kw})
 

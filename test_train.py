@@ -81,7 +81,7 @@ def data(tmp_path_factory) -> Path:
 
 def run_cfg(data: Path, out: Path, **kw) -> sft.Config:
     base = dict(model="tiny", data=str(data), out=str(out), max_steps=3, lr=1e-3, warmup_ratio=0.0,
-                global_batch_size=4, micro_batch_tokens=200, save_dtype="float32", save_every=0)
+                global_batch_size=4, micro_batch_tokens=200, save_every=0)
     return sft.Config(**{**base, **kw})
 
 

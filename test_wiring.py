@@ -393,7 +393,7 @@ def test_sft_train_equals_float64_reference(sft_data, tmp_path, monkeypatch):
     monkeypatch.setattr(torch.optim, "AdamW", lambda params, lr, **kw: torch.optim.SGD(params, lr=lr))
     sft.train(sft.Config(model="tiny", data=str(sft_data), out=str(tmp_path / "run"), max_steps=1, lr=1.0,
                          warmup_ratio=0.0, global_batch_size=5, micro_batch_tokens=SFT_BUDGET, max_grad_norm=norm / 2,
-                         save_dtype="float32", save_every=0))
+                         save_every=0))
     saved = load_file(str(tmp_path / "run" / "model.safetensors"))
     names = [k for k, _ in model.named_parameters()]
     got = [saved[k] - p.detach() for k, p in zip(names, model.parameters())]

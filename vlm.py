@@ -817,14 +817,16 @@ def optimizer_step(model, optimizer, max_grad_norm: float, lr: float | None = No
 
 
 # ----------------------------------------------------------------------------- save
-def save_hf(model, tokenizer, image_processor, out_dir: str, dtype: torch.dtype = torch.bfloat16) -> None:
+def save_hf(model, tokenizer, image_processor, out_dir: str, dtype: torch.dtype | None = None) -> None:
     """Consolidated HF directory from rank 0: model.safetensors, config.json, generation_config.json,
-    tokenizer and image-processor files; loadable with AutoModelForImageTextToText.from_pretrained.
+    tokenizer and image-processor files; loadable with AutoModelForImageTextToText.from_pretrained. The weights
+    in `dtype`, by default the one the run computed in: bf16 on a GPU (as the released checkpoints), fp32 on CPU.
 
     Collective (every rank calls it). Files go to a temporary folder first and are moved in with the
     weights last, so a folder with weights always has its config and tokenizer."""
     from safetensors.torch import save_file
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    dtype = dtype or (torch.bfloat16 if next(model.parameters()).device.type == "cuda" else torch.float32)
     sd = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if is_main():
         out, seen = Path(out_dir), set()

@@ -613,7 +613,7 @@ def add_rollout_parser(sub) -> None:
 def grpo_setup(build, device, p: dict) -> dict:
     """What grpo.setup_run builds, from a model object: the policy (vision trained, checkpointing as
     p["act_ckpt"], FSDP2 on a GPU or with p["fsdp"]), the frozen reference (β > 0), the decoder (engine.Engine,
-    Config.rollout_prompts_per_call prompts per call; p["mode"] as make_engine) and the grpo.Config of the work
+    all of its prompts in one call; p["mode"] as make_engine) and the grpo.Config of the work
     (p: prompts per rollout, group_size, updates per rollout, new_tokens, px, kl_coef)."""
     import grpo
     import vlm
@@ -623,10 +623,9 @@ def grpo_setup(build, device, p: dict) -> dict:
     ref = reference(build()[0], device, fsdp) if p["kl_coef"] else None
     cfg = grpo.Config(data="bench", group_size=p["group_size"], rollout_batch_size=p["prompts"],
                       update_batch_size=p["prompts"] // p["updates"], max_new_tokens=p["new_tokens"],
-                      kl_coef=p["kl_coef"], min_pixels=56 * 56, max_pixels=p["px"] ** 2,
-                      rollout_prompts_per_call=p["prompts"])
+                      kl_coef=p["kl_coef"], min_pixels=56 * 56, max_pixels=p["px"] ** 2)
     vlm.set_pixel_bounds(ip, cfg.min_pixels, cfg.max_pixels)
-    eng = make_engine(policy, cfg.rollout_prompts_per_call, p.get("mode"))
+    eng = make_engine(policy, p["prompts"], p.get("mode"))
     return {"model": policy, "opt": opt, "ref": ref, "tok": tok, "ip": ip, "engine": eng, "cfg": cfg}
 
 
@@ -649,7 +648,7 @@ def grpo_step(s: dict, records: list, root, device) -> dict:
     mark()
     s["engine"].refresh(model)
     ro = grpo.rollout(s["engine"], records, root, s["tok"], s["ip"], cfg)
-    adv = grpo.group_advantages(grpo.score(ro, s["tok"], cfg.partial_credit).rewards, G, eps=cfg.adv_eps)
+    adv = grpo.group_advantages(grpo.score(ro, s["tok"], cfg.partial_credit).rewards, G, eps=grpo.ADV_EPS)
     mark()
     old = grpo.rollout_logprobs(model, ro, cfg, device) if R > U else None
     ref = grpo.rollout_logprobs(s["ref"], ro, cfg, device) if s["ref"] is not None else None
