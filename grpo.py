@@ -172,12 +172,18 @@ def group_advantages(rewards: torch.Tensor, group_size: int, eps: float = 1e-6) 
 def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, ref_logp: torch.Tensor | None,
                 advantages: torch.Tensor, mask: torch.Tensor, clip_low: float = 0.2, clip_high: float = 0.3,
                 dual_clip: float = 3.0, kl_coef: float = 0.01, normalizer: float | None = None) -> tuple:
-    """Clipped GRPO surrogate + k3 KL per completion token, summed over tokens and divided by `normalizer`.
+    """The paper's objective (§3.3), maximised over the policy π_θ for G completions o_i of each question q:
+
+        J(θ) = E[ 1 / Σ_i |o_i| · Σ_i Σ_t ( min(r_it·A_i, clip(r_it, 1 − ε_lo, 1 + ε_hi)·A_i) − β·KL_t ) ]
+        r_it = π_θ(o_it | q, o_i,<t) / π_old(o_it | q, o_i,<t),   A_i from group_advantages (unbiased std)
+
+    written as a loss to minimise, per completion token: the sign flips, −min(r·A, r̃·A) = max(−A·r, −A·r̃),
+    and β·KL is added. With EasyR1's clamps and its dual clip (c > 1 bounds the loss of a negative advantage):
 
     log r = clamp(logp − old_logp, −20, 20),  r = exp(log r),  r̃ = exp(clamp(log r, ln(1−ε_lo), ln(1+ε_hi)))
     pg    = max(−A·r, −A·r̃);  for A < 0 also pg = min(pg, −A·c)                          (dual clip, c > 1)
-    d     = clamp(ref − logp, −20, 20),  kl = clamp(exp(d) − d − 1, −10, 10)               (k3, EasyR1 clamps)
-    L     = Σ_t mask_t · (pg_t + β·kl_t) / normalizer
+    d     = clamp(ref − logp, −20, 20),  kl = clamp(exp(d) − d − 1, −10, 10)               (k3 estimator of KL)
+    L     = Σ_t mask_t · (pg_t + β·kl_t) / normalizer                       (Σ_i |o_i|: the token mean)
     logp, old_logp, ref_logp, mask: (B, T); advantages: (B,) (one per sequence) or (B, T). normalizer
     defaults to the number of masked tokens (token mean); pass N_global / world_size to get the token mean of
     a mini-batch split over micro-batches and ranks (FSDP averages gradients over ranks). ref_logp None or
@@ -293,41 +299,27 @@ def score(ro: Rollout, tok, partial: bool = False) -> Scores:
     return Scores(texts, rewards, accuracy, fmt, truncated)
 
 
-def merge_groups(parts: list, root: Path, tok, ip) -> tuple:
-    """One (Rollout, Scores) from groups of several rollouts: parts = [(rollout, scores, group index), …]; the
-    prompts are encoded again together (encode_records is deterministic), the completions right-padded."""
-    G = parts[0][0].group_size
-    rows = [[ro, sc, range(p * G, (p + 1) * G)] for ro, sc, p in parts]
-    width = max(int(ro.mask[list(r)].sum(1).max()) for ro, _, r in rows)
-    pad = lambda x, v: torch.nn.functional.pad(x[:, :width], (0, max(0, width - x.shape[1])), value=v)  # noqa: E731
-    records = [ro.records[p] for ro, _, p in parts]
-    ro = Rollout(records, encode_records(records, root, tok, ip, response=False), G,
-                 torch.cat([pad(ro.completions[list(r)], tok.pad_token_id) for ro, _, r in rows]),
-                 torch.cat([pad(ro.mask[list(r)], False) for ro, _, r in rows]))
-    cat = lambda field: torch.cat([getattr(sc, field)[list(r)] for _, sc, r in rows])   # noqa: E731
-    texts = [sc.texts[i] for _, sc, r in rows for i in r]
-    return ro, Scores(texts, cat("rewards"), cat("accuracy"), cat("format"), cat("truncated"))
+def sample_and_score(run, records: list, cfg: Config, step: int, rank: int) -> tuple:
+    """Steps 1-2 of a GRPO step: G completions per prompt (rollout) and their rewards (score); then, beyond the
+    paper and only with --filter-groups, groups without signal replaced (keep_groups_with_signal). Returns
+    (rollout, scores, {"drawn": prompts rolled out, "dropped": groups not used})."""
+    ro = rollout(run.engine, records, run.root, run.tok, run.ip, cfg)
+    sc = score(ro, run.tok, cfg.partial_credit)
+    if cfg.filter_groups:
+        return keep_groups_with_signal(run.engine, ro, sc, run, cfg, step, rank)
+    return ro, sc, {"drawn": len(records), "dropped": 0}
 
 
-def keep_groups_with_signal(engine: Engine, ro: Rollout, sc: Scores, run, cfg: Config, step: int, rank: int) -> tuple:
-    """--filter-groups, DAPO's dynamic sampling (arXiv 2503.14476): the groups whose G rewards are all equal carry
-    no signal (advantage 0); they are dropped and the rank rolls out fresh prompts, drawn from all records by a
-    generator seeded with (seed, step, rank) so that a resumed run draws the same ones, at most FILTER_TRIES
-    more times; groups still missing are taken from the dropped ones, so every update sees its full batch.
-    Returns (rollout, scores, {"drawn": prompts rolled out, "dropped": groups not used})."""
-    need, kept, dropped, drawn = len(ro.records), [], [], len(ro.records)
-    g = torch.Generator().manual_seed(step_seed(cfg.seed + 1, step, rank))
-    for tries in range(FILTER_TRIES + 1):
-        r = sc.rewards.view(-1, ro.group_size)
-        for p, signal in enumerate((r != r[:, :1]).any(1).tolist()):
-            (kept if signal else dropped).append((ro, sc, p))
-        if len(kept) >= need or tries == FILTER_TRIES:
-            break
-        fresh = [run.records[i] for i in torch.randint(len(run.records), (need - len(kept),), generator=g).tolist()]
-        ro = rollout(engine, fresh, run.root, run.tok, run.ip, cfg)
-        sc, drawn = score(ro, run.tok, cfg.partial_credit), drawn + len(fresh)
-    chosen = (kept + dropped)[:need]
-    return (*merge_groups(chosen, run.root, run.tok, run.ip), {"drawn": drawn, "dropped": drawn - need})
+def rank_share(order: list, rank: int, world: int) -> list:
+    """This rank's prompts of a step: rank r of W takes order[r·R/W : (r+1)·R/W] (R = len(order), a multiple of W)."""
+    return order[rank * len(order) // world:(rank + 1) * len(order) // world]
+
+
+def update_shares(rollout_bs: int, update_bs: int, world: int) -> list:
+    """This rank's groups (indices into its share of the rollout) for each of the R / U optimizer steps: every
+    rank holds R / W prompts and gives U / W of them to each step, in order."""
+    per = update_bs // world
+    return [list(range(j * per, (j + 1) * per)) for j in range(rollout_bs // update_bs)]
 
 
 def micro_batches(ro: Rollout, groups: list, cfg: Config, device) -> list:
@@ -392,6 +384,45 @@ def update(model, optimizer, ro: Rollout, groups: list, adv: torch.Tensor, old: 
         for k, v in m.items():  # token-weighted sums, turned into means over the mini-batch in log_row()
             sums[k] = sums.get(k, 0.0) + (v if k == "tokens" else v * m["tokens"])
     return sums | optimizer_step(model, optimizer, cfg.max_grad_norm)
+
+
+# ----------------------------------------------------------------------------- beyond the paper: --filter-groups
+def merge_groups(parts: list, root: Path, tok, ip) -> tuple:
+    """One (Rollout, Scores) from groups of several rollouts: parts = [(rollout, scores, group index), …]; the
+    prompts are encoded again together (encode_records is deterministic), the completions right-padded."""
+    G = parts[0][0].group_size
+    rows = [[ro, sc, range(p * G, (p + 1) * G)] for ro, sc, p in parts]
+    width = max(int(ro.mask[list(r)].sum(1).max()) for ro, _, r in rows)
+    pad = lambda x, v: torch.nn.functional.pad(x[:, :width], (0, max(0, width - x.shape[1])), value=v)  # noqa: E731
+    records = [ro.records[p] for ro, _, p in parts]
+    ro = Rollout(records, encode_records(records, root, tok, ip, response=False), G,
+                 torch.cat([pad(ro.completions[list(r)], tok.pad_token_id) for ro, _, r in rows]),
+                 torch.cat([pad(ro.mask[list(r)], False) for ro, _, r in rows]))
+    cat = lambda field: torch.cat([getattr(sc, field)[list(r)] for _, sc, r in rows])   # noqa: E731
+    texts = [sc.texts[i] for _, sc, r in rows for i in r]
+    return ro, Scores(texts, cat("rewards"), cat("accuracy"), cat("format"), cat("truncated"))
+
+
+def keep_groups_with_signal(engine: Engine, ro: Rollout, sc: Scores, run, cfg: Config, step: int, rank: int) -> tuple:
+    """--filter-groups, DAPO's dynamic sampling (arXiv 2503.14476): the groups whose G rewards are all equal carry
+    no signal (advantage 0); they are dropped and the rank rolls out fresh prompts, drawn from all records by a
+    generator seeded with (seed, step, rank) so that a resumed run draws the same ones, at most FILTER_TRIES
+    more times; groups still missing are taken from the dropped ones, so every update sees its full batch.
+    Returns (rollout, scores, {"drawn": prompts rolled out, "dropped": groups not used})."""
+    need, kept, dropped, drawn = len(ro.records), [], [], len(ro.records)
+    g = torch.Generator().manual_seed(step_seed(cfg.seed + 1, step, rank))
+    for tries in range(FILTER_TRIES + 1):
+        r = sc.rewards.view(-1, ro.group_size)
+        for p, signal in enumerate((r != r[:, :1]).any(1).tolist()):
+            (kept if signal else dropped).append((ro, sc, p))
+        if len(kept) >= need or tries == FILTER_TRIES:
+            break
+        fresh = [run.records[i] for i in torch.randint(len(run.records), (need - len(kept),), generator=g).tolist()]
+        ro = rollout(engine, fresh, run.root, run.tok, run.ip, cfg)
+        sc, drawn = score(ro, run.tok, cfg.partial_credit), drawn + len(fresh)
+    chosen = (kept + dropped)[:need]
+    return (*merge_groups(chosen, run.root, run.tok, run.ip), {"drawn": drawn, "dropped": drawn - need})
+
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -554,23 +585,21 @@ def train(cfg: Config) -> list:
         while step < total and not (cfg.stop_after_steps and step >= cfg.stop_after_steps):
             epoch, k = divmod(step, steps_per_epoch)
             order = epoch_order(len(run.records), epoch, cfg.seed, cfg.shuffle)[k * R:(k + 1) * R]
-            mine = [run.records[i] for i in order[d.rank * R // d.world_size:(d.rank + 1) * R // d.world_size]]
+            mine = [run.records[i] for i in rank_share(order, d.rank, d.world_size)]
             t0 = _now(dev)
             refresh_s = run.engine.refresh(model)                           # the decoder follows the policy
             torch.manual_seed(step_seed(cfg.seed, step, d.rank))
-            ro = rollout(run.engine, mine, run.root, run.tok, run.ip, cfg)  # 1. G samples per prompt
-            sc = score(ro, run.tok, cfg.partial_credit)                     # 2. rewards
-            filt = {"drawn": len(mine), "dropped": 0}
-            if cfg.filter_groups:                                           #    (DAPO: only groups with signal)
-                ro, sc, filt = keep_groups_with_signal(run.engine, ro, sc, run, cfg, step, d.rank)
+            ro, sc, filt = sample_and_score(run, mine, cfg, step, d.rank)   # 1-2. G samples per prompt, rewards
             adv = group_advantages(sc.rewards, G, eps=ADV_EPS)              # 3. group-normalised advantages
             t1 = _now(dev)
-            old = rollout_logprobs(model, ro, cfg, dev) if R > U else None  # 4. old (skipped on-policy) and ref
+            # 4. old log-probs: with one update per rollout (R = U) the policy that sampled is the one updated, so
+            # old = the current log-probs, detached, and the ratio is 1 (on-policy; update() gets None); with
+            # R > U the later updates are off-policy and need the log-probs of the sampling policy, taken now.
+            old = rollout_logprobs(model, ro, cfg, dev) if R > U else None
             ref = rollout_logprobs(run.ref, ro, cfg, dev) if run.ref is not None else None
             t2 = _now(dev)
-            per_update = U // d.world_size                                  # 5. R / U optimizer steps
-            ups = [update(model, run.optimizer, ro, list(range(j * per_update, (j + 1) * per_update)), adv, old, ref,
-                          cfg, dev) for j in range(R // U)]
+            ups = [update(model, run.optimizer, ro, groups, adv, old, ref, cfg, dev)   # 5. R / U optimizer steps
+                   for groups in update_shares(R, U, d.world_size)]
             t3 = _now(dev)
             step += 1
             row = log_row(step, epoch, all_reduce_sum(rollout_sums(ro, sc) | filt, dev), update_means(ups, dev), ups,
