@@ -156,7 +156,8 @@ def test_doc_code_names_exist(page):
 
 @pytest.mark.parametrize("page", DOC_PAGES)
 def test_doc_section_pointers_exist(page):
-    """Every pointer of the form `README, "Section"` or `(docs/page.md, "Section")` names a heading of that page."""
+    """Every pointer of the form `README, "Section"`, `(docs/page.md, "Section")` or a link `(page.md#anchor)` names a
+    heading of that page."""
     text = " ".join((HERE / page).read_text().split())
     missing = []
     for target, section in re.findall(r"(README|[\w/.-]+\.md)\)?,? \"([^\"]+)\"", text):
@@ -166,4 +167,10 @@ def test_doc_section_pointers_exist(page):
         headings = {line.lstrip("#").strip() for line in path.read_text().splitlines() if line.startswith("#")}
         if section not in headings:
             missing.append(f"{target}, {section!r}")
+    for target, anchor in re.findall(r"\]\(([\w/.-]+\.md)#([\w-]+)\)", (HERE / page).read_text()):
+        path = (HERE / page).parent / target
+        slugs = {re.sub(r"[^\w\- ]", "", line.lstrip("#").strip().lower()).replace(" ", "-")
+                 for line in (path.read_text().splitlines() if path.exists() else []) if line.startswith("#")}
+        if anchor not in slugs:
+            missing.append(f"{target}#{anchor}")
     assert not missing, f"{page} points to sections that do not exist: {missing}"
