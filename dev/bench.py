@@ -12,7 +12,7 @@
 
 The stage scripts hold only their stage; the timing code lives here. Speed targets are benchmarks, not tests.
 Timings: wall time after a synchronize on a GPU; on a CPU this process's CPU time (one thread unless said), so a
-busy shared machine still measures one core's work. docs/performance.md says what each row means.
+busy shared machine still measures one core's work. dev/performance.md says what each row means; dev/LOG.md holds the tables measured.
 """
 import argparse
 import platform
@@ -851,7 +851,7 @@ def trl_worker(args) -> None:
         from datasets import Dataset
     except ImportError as e:
         error = (f"no TRL in {sys.executable} ({e}): create a separate venv with the project's requirements and "
-                 f"`pip install {TRL_PIN}`, then pass --trl-python VENV/bin/python (docs/performance.md)")
+                 f"`pip install {TRL_PIN}`, then pass --trl-python VENV/bin/python (dev/performance.md)")
         print(TRL_TAG + json.dumps({"error": error}), flush=True)
         return
     from transformers import TrainerCallback

@@ -116,7 +116,7 @@ class DemoStart:
 
 
 def main(argv: list | None = None) -> None:
-    """`python tiny.py --out DIR --data sft.jsonl`: build_demo_start from the command line."""
+    """`python dev/tiny.py --out DIR --data sft.jsonl`: build_demo_start from the command line."""
     from common import SetupError, cli_main, config_parser, setup_dist
     args = config_parser(DemoStart, "dev/tiny.py", "demo.sh's starting model: a tiny Qwen-VL with the stand-ins for "
                          "pretraining (position table, vision warm-up)").parse_args(argv)
