@@ -12,7 +12,8 @@
 
 The stage scripts hold only their stage; the timing code lives here. Speed targets are benchmarks, not tests.
 Timings: wall time after a synchronize on a GPU; on a CPU this process's CPU time (one thread unless said), so a
-busy shared machine still measures one core's work. dev/performance.md says what each row means; dev/LOG.md holds the tables measured.
+busy shared machine still measures one core's work. dev/performance.md says what each row means; dev/LOG.md
+holds the tables measured.
 """
 import argparse
 import platform
