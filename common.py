@@ -11,7 +11,7 @@ the functions that need it, so the torch-free modules (make_data.py, records.py,
   files         read_jsonl (a data file strictly, or a log whose cut-off last line is dropped), append_jsonl
                 (fsynced), rewrite_jsonl, atomic_write (fsynced temp file + rename)
   config        knob, config_parser (every dataclass field becomes a --flag; --help shows defaults and examples)
-  output folder out_dir_mode, check_identity, start_out_dir: one rule for all four scripts (run.json, read with
+  output folder out_dir_mode (read-only, first), then open_run (check_identity, start_out_dir, resume_from): one rule for all four scripts (run.json, read with
                 read_run_info and written with write_run_info, names the script and the settings a resumed run
                 must share; a lock refuses a second run into the folder)
   checkpoints   save_state, load_state, latest_checkpoint, publish_step_folder, resume_from
@@ -435,6 +435,21 @@ def start_out_dir(out: str, prog: str, mode: str, identity: dict, info: dict | N
                 shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
     if mode != "resume" or read_run_info(path) is None:
         write_run_info(path, prog, identity, info)
+
+
+def open_run(out: str, prog: str, mode: str, identity: dict, info: dict | None = None, *,
+             labels: dict | None = None, keep: tuple = (), state: tuple = (), logs: tuple = ("metrics.jsonl",)) -> int:
+    """Open the output folder of a run whose input checks all passed; `mode` is out_dir_mode's, read before
+    anything was loaded. Every run opens its folder this one way: a resumed run's identity must match run.json
+    (check_identity), every rank waits until all passed their checks, rank 0 takes the folder (start_out_dir:
+    the lock, --overwrite's delete, run.json), and a resumed run with `state` = (model, optimizer) loads its
+    newest checkpoint (resume_from). Returns the step to continue from (0 for a fresh run)."""
+    if mode == "resume":
+        check_identity(out, identity, labels)
+    barrier()
+    if is_main():
+        start_out_dir(out, prog, mode, identity, info, keep)
+    return resume_from(*state, out, logs) if state and mode == "resume" else 0
 
 
 # ----------------------------------------------------------------------------- resumable checkpoints

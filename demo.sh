@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # The whole Spatial-SSRL pipeline in one command, on CPU, offline, with a tiny model that visibly learns:
-#   make_data.py (built-in RGB-D rooms, the flip task) -> tiny.py (the starting model) -> sft.py (cold start)
+#   make_data.py (built-in RGB-D rooms, the flip task) -> dev/tiny.py (the starting model) -> sft.py (cold start)
 #   -> evaluate.py (held-out split) -> torchrun x2 grpo.py -> evaluate.py; prints the held-out accuracy before and
 #   after GRPO with its standard errors, the sampled reward curve, and writes OUT/results.png.
 #
 #   bash demo.sh                 # ~4.5 min on a 2-core machine; everything goes to runs/demo (DEMO_OUT=... to move)
 #
 # What stands in for what (each is for the tiny model only; the paper's pipeline is unchanged):
-#   - tiny.py builds a 0.3M-parameter Qwen2.5-VL with a learned 2-D position table added to its image tokens and
+#   - dev/tiny.py builds a 0.3M-parameter Qwen2.5-VL with a learned 2-D position table added to its image tokens and
 #     warms its vision tower up on the cold-start answers: a pretrained Qwen-VL brings both (positional features,
 #     a vision tower that sees); a random tiny one learns neither in minutes.
 #   - make_data.py --short-prompts --answer-only-traces: the same flip question in ~30 tokens instead of ~200, and
@@ -28,25 +28,25 @@ stage "1/6 make_data: the flip task on built-in RGB-D rooms (held-out split > 80
 $PY make_data.py --out "$OUT/data" --n 3000 --tasks flip --scene-size 112x112 --test-fraction 0.3 --sft-size 2000 \
     --short-prompts --answer-only-traces --workers 2 --preview none --no-progress | grep -E "^make_data.py: .*train"
 
-stage "2/6 tiny.py: the starting model (position table, vision tower warmed up on the cold-start answers)"
-$PY tiny.py --out "$OUT/start" --data "$OUT/data/sft.jsonl" --pixels $PX
+stage "2/6 dev/tiny.py: the starting model (position table, vision tower warmed up on the cold-start answers)"
+$PY dev/tiny.py --out "$OUT/start" --data "$OUT/data/sft.jsonl" --pixels $PX
 
 stage "3/6 sft.py: cold start, vision frozen (800 steps of 32)"
-$PY sft.py --model "$OUT/start" --data "$OUT/data/sft.jsonl" --out "$OUT/sft" --global-batch-size 32 --lr 5e-3 \
-    --max-steps 800 --save-every 0 --save-dtype float32 | awk '/^step/ && ($2 % 250 == 0 || $2 == 1) {print; fflush()}'
+$PY sft.py --model "$OUT/start" --trust-remote-code --data "$OUT/data/sft.jsonl" --out "$OUT/sft" --global-batch-size 32 --lr 5e-3 \
+    --max-steps 800 --save-every 0 | awk '/^step/ && ($2 % 250 == 0 || $2 == 1) {print; fflush()}'
 
 stage "4/6 evaluate.py: the held-out split after the cold start (greedy)"
-$PY evaluate.py --model "$OUT/sft" --data "$OUT/data/test.jsonl" --max-new-tokens 16 --batch-size 64 \
+$PY evaluate.py --model "$OUT/sft" --trust-remote-code --data "$OUT/data/test.jsonl" --max-new-tokens 16 --batch-size 64 \
     --out "$OUT/eval-sft" --no-progress --no-plot > "$OUT/eval-sft.log" 2>&1 || { tail -5 "$OUT/eval-sft.log"; exit 1; }
 
 stage "5/6 grpo.py on 2 processes (torchrun): 200 steps of 16 prompts x 8 samples, temperature 1"
-$PY -m torch.distributed.run --standalone --nproc_per_node 2 grpo.py --model "$OUT/sft" \
+$PY -m torch.distributed.run --standalone --nproc_per_node 2 grpo.py --model "$OUT/sft" --trust-remote-code \
     --data "$OUT/data/train.jsonl" --out "$OUT/grpo" --max-steps 200 --rollout-batch-size 16 \
     --update-batch-size 16 --group-size 8 --max-new-tokens 24 --lr 1e-4 --min-pixels $PX --max-pixels $PX \
-    --save-every 0 --save-dtype float32 > "$OUT/grpo.log" 2>&1 || { tail -20 "$OUT/grpo.log"; exit 1; }
+    --save-every 0 > "$OUT/grpo.log" 2>&1 || { tail -20 "$OUT/grpo.log"; exit 1; }
 
 stage "6/6 evaluate.py: the held-out split after GRPO (greedy)"
-$PY evaluate.py --model "$OUT/grpo" --data "$OUT/data/test.jsonl" --max-new-tokens 16 --batch-size 64 \
+$PY evaluate.py --model "$OUT/grpo" --trust-remote-code --data "$OUT/data/test.jsonl" --max-new-tokens 16 --batch-size 64 \
     --out "$OUT/eval-grpo" --no-progress --no-plot > "$OUT/eval-grpo.log" 2>&1 || { tail -5 "$OUT/eval-grpo.log"; exit 1; }
 
 $PY - "$OUT" <<'EOF'

@@ -108,8 +108,9 @@ def pad_prompts(batch: dict, length: int, rows: int, pad_id: int) -> dict:
 
 # ----------------------------------------------------------------------------- the engine
 def _plain_class(model):
-    """The transformers class under FSDP2's dynamic FSDP<Class> subclass."""
-    return next(c for c in type(model).__mro__ if c.__module__.startswith("transformers.models."))
+    """The model's own class (transformers', or a checkpoint's custom code) under FSDP2's FSDP<Class> subclass."""
+    from torch.distributed.fsdp import FSDPModule
+    return next(c for c in type(model).__mro__ if not issubclass(c, FSDPModule))
 
 
 class Engine:
@@ -133,9 +134,6 @@ class Engine:
         """The plain copy, allocated once: parameters in self.dtype, buffers (rotary inv_freq) as the source's."""
         with torch.device("meta"):
             plain = self.cls(copy.deepcopy(self.config))
-            if getattr(self.config, "image_position_table", 0):   # the demo's tiny models (tiny.add_position_table)
-                from tiny import restore_position_table
-                restore_position_table(plain)
         plain.to(self.dtype).to_empty(device=self.device).eval().requires_grad_(False)
         plain.tie_weights()   # to_empty gives each module its own tensor: re-tie lm_head to the embeddings
         install_attention(plain)

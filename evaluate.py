@@ -58,8 +58,8 @@ from pathlib import Path
 from benchmarks import BENCH_NAMES, PAPER_ROWS, SCORINGS, Item, Options, is_video, load_bench, load_item_images, \
     score_item, summarize
 from common import (SetupError, Skipped, all_reduce_sum, append_jsonl, atomic_write, barrier, check_identity, cli_main,
-                    config_parser, dist_session, knob, out_dir_mode, print0, read_jsonl, read_run_info, rewrite_jsonl,
-                    start_out_dir, write_run_info)
+                    config_parser, dist_session, knob, open_run, out_dir_mode, print0, read_jsonl, read_run_info,
+                    rewrite_jsonl, write_run_info)
 from engine import Engine
 from vlm import encode, load_model, set_pixel_bounds
 
@@ -86,6 +86,8 @@ USAGE_EXAMPLES = """examples:
 @dataclass
 class Config:
     model: str = knob("tiny", "HF id or local HF dir (Qwen2.5-VL / Qwen3-VL), or 'tiny' / 'tiny-qwen3'")
+    trust_remote_code: bool = knob(False, "run the model folder's own model code (config.json auto_map); off by "
+                                          "default, as in transformers")
     bench: list = knob(("pretext",), f"benchmarks: {', '.join(BENCH_NAMES)}, or all (= every one given a --data)")
     data: list = knob((), "BENCH=PATH pairs: the released file (or folder) per benchmark (pretext: "
                         f"{PRETEXT_DEFAULT} unless given); with one --bench a plain PATH")
@@ -412,7 +414,7 @@ def load_for_eval(cfg: Config, device):
     import torch
     dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}.get(
         cfg.dtype, torch.bfloat16 if device.type == "cuda" else torch.float32)
-    model, tok, ip = load_model(cfg.model, dtype=dtype)
+    model, tok, ip = load_model(cfg.model, dtype=dtype, trust_remote_code=cfg.trust_remote_code)
     return model.to(device).eval(), tok, ip
 
 
@@ -435,9 +437,7 @@ def evaluate(cfg: Config) -> dict:
         own_bounds = (ip.size["shortest_edge"], ip.size["longest_edge"])   # the checkpoint's saved bounds
         for b in benches:
             check_bench(b, paths[b], cfg, own_bounds, engine.config.model_type, mode)
-        barrier()
-        if d.is_main:
-            start_out_dir(cfg.out, "evaluate.py", mode, eval_identity(cfg), {"argv": sys.argv})
+        open_run(cfg.out, "evaluate.py", mode, eval_identity(cfg), {"argv": sys.argv}, labels=IDENTITY_LABELS)
         results = {b: run_bench(b, paths[b], items[b], cfg, engine, tok, ip, d, own_bounds) for b in benches}
         if d.is_main:
             write_results(results, cfg)

@@ -62,10 +62,9 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 import tasks
-from common import (BadRecord, SetupError, all_reduce_max, all_reduce_sum, append_jsonl, barrier, check_identity,
-                    cli_main, config_parser, dist_session, epoch_order, is_main, knob, out_dir_mode, print0,
-                    publish_step_folder, read_jsonl, read_run_info, resume_from, save_state, start_out_dir,
-                    token_micro_batches)
+from common import (BadRecord, SetupError, all_reduce_max, all_reduce_sum, append_jsonl, cli_main, config_parser,
+                    dist_session, epoch_order, is_main, knob, open_run, out_dir_mode, print0, publish_step_folder,
+                    read_jsonl, read_run_info, save_state, token_micro_batches)
 from engine import Engine, stop_token_ids
 from records import check_record, read_records
 from vlm import (encode_records, group_logprobs, load_model, load_trainable, optimizer_step, place_model, save_hf,
@@ -73,6 +72,13 @@ from vlm import (encode_records, group_logprobs, load_model, load_trainable, opt
 
 
 # ----------------------------------------------------------------------------- config
+# Settings with one right value, fixed here instead of offered as options:
+ADV_EPS = 1e-6                 # ε in A = (r − mean) / (std + ε), the paper's and EasyR1's: it only keeps A finite
+TOP_K = 0                      # rollouts sample the whole distribution (the paper: top-k off, top-p 1, τ 1)
+ROLLOUT_PROMPTS_PER_CALL = 8   # prompts decoded together on a GPU: one compiled shape, a KV cache of 8 × G rows
+FILTER_TRIES = 3               # --filter-groups: extra rollouts per step at most (then the dropped groups fill in)
+SAMPLES_PER_LOG = 10           # completions written to samples.jsonl each time (EasyR1's 10)
+
 USAGE_EXAMPLES = """examples:
   python grpo.py --model runs/sft-tiny --data data/ssrl/train.jsonl --out runs/grpo-tiny --max-steps 30 \\
       --rollout-batch-size 16 --update-batch-size 16 --group-size 4 --max-new-tokens 320 \\
@@ -86,6 +92,8 @@ Records whose id is in the cold-start sft.jsonl next to --data are left out (--e
 @dataclass
 class Config:
     model: str = knob("tiny", "cold-start checkpoint: local HF dir, HF id, or 'tiny' / 'tiny-qwen3'")
+    trust_remote_code: bool = knob(False, "run the model folder's own model code (config.json auto_map); off by "
+                                          "default, as in transformers")
     data: str = knob("", "REQUIRED: train.jsonl from make_data.py (id, task, problem, answer, images), or the "
                        "release's spatialssrl.parquet (images from images/ or images.zip beside it; needs pyarrow)")
     out: str = knob("runs/grpo", "output folder (new or empty, unless --resume or --overwrite)")
@@ -99,7 +107,6 @@ class Config:
     max_new_tokens: int = knob(2048, "longest completion (paper: 2048)")
     temperature: float = knob(1.0, "sampling temperature, also divides the logits of every log-prob (paper: 1.0)")
     top_p: float = knob(1.0, "nucleus sampling (paper: 1.0 = off)")
-    top_k: int = knob(0, "top-k sampling (paper: off = 0)")
     lr: float = knob(1e-6, "AdamW learning rate, constant (paper: 1e-6)")
     weight_decay: float = knob(0.01, "AdamW weight decay (paper: 0.01)")
     adam_betas: tuple = knob((0.9, 0.999), "AdamW betas (paper: 0.9 0.999)")
@@ -108,48 +115,37 @@ class Config:
     clip_high: float = knob(0.3, "ratio clip above, 1 + ε_high (paper: 0.3)")
     dual_clip: float = knob(3.0, "dual-clip constant c for negative advantages (paper: 3.0)")
     kl_coef: float = knob(0.01, "coefficient of the k3 KL to the reference model; 0 = no reference (paper: 0.01)")
-    adv_eps: float = knob(1e-6, "ε in A = (r − mean) / (std + ε) (paper: 1e-6)")
     min_pixels: int = knob(512 * 512, "smallest image area after resizing (paper: 512²)")
     max_pixels: int = knob(2048 * 2048, "largest image area after resizing (paper: 2048²)")
     freeze_vision: bool = knob(False, "freeze the vision tower (paper: trained during RL)")
     activation_checkpointing: bool = knob(True, "non-reentrant activation checkpointing of the trained blocks")
-    bf16: bool = knob(True, "bf16 compute with fp32 master weights (GPU only; CPU stays fp32)")
     fsdp: bool = knob(False, "shard with FSDP2 in one CPU process too (always on for GPU or >1 rank)")
-    rollout_prompts_per_call: int = knob(8, "prompts decoded together on a GPU (its KV cache holds this × G rows)")
     partial_credit: bool = knob(False, "Visual Jigsaw's partial credit (arXiv 2509.25190; not in the paper): shuffle and "
                                        "depth answers score the fraction of positions right")
     filter_groups: bool = knob(False, "DAPO's dynamic sampling (arXiv 2503.14476; not in the paper): drop the groups "
                                       "whose G rewards are all equal and refill from fresh prompts")
-    filter_tries: int = knob(3, "--filter-groups: extra rollouts per step at most; groups still missing are taken "
-                                "from the dropped ones (advantage 0)")
     shuffle: bool = knob(True, "shuffle the prompts every epoch (paper: true)")
     seed: int = knob(1, "seed of the data order and the sampling (paper: 1)")
     save_every: int = knob(5, "HF export + resumable state every N steps, and at the end (paper: 5; 0 = end only)")
     keep_checkpoints: int = knob(3, "HF exports and resumable states kept on disk (paper: 3)")
     sample_every: int = knob(5, "append rank 0's first prompts and completions to samples.jsonl every N steps")
-    samples_per_log: int = knob(10, "completions written to samples.jsonl each time (paper: 10)")
     resume: bool = knob(False, "continue from the newest complete checkpoint in OUT/checkpoints (same settings)")
     overwrite: bool = knob(False, "delete an earlier grpo.py run in --out and start over")
-    save_dtype: str = knob("bfloat16", "dtype of the exported HF weights (bfloat16 or float32)")
     stop_after_steps: int = knob(0, "stop as if killed after this many steps", hidden=True)
 
     def __post_init__(self):
         for name in ("group_size", "rollout_batch_size", "update_batch_size", "micro_batch_tokens", "max_new_tokens",
-                     "keep_checkpoints", "samples_per_log", "rollout_prompts_per_call"):
+                     "keep_checkpoints"):
             if getattr(self, name) < 1:
                 raise SetupError(f"--{name.replace('_', '-')} must be at least 1")
-        if self.filter_tries < 0:
-            raise SetupError("--filter-tries must be 0 or more")
         if self.group_size < 2:
             raise SetupError("--group-size must be at least 2 (a group of one has no baseline)")
         if not (0 <= self.clip_low < 1 and self.clip_high >= 0 and self.dual_clip > 1):
             raise SetupError("need 0 ≤ --clip-low < 1, --clip-high ≥ 0 and --dual-clip > 1")
-        if self.temperature <= 0 or not 0 < self.top_p <= 1 or self.top_k < 0 or self.kl_coef < 0:
-            raise SetupError("need --temperature > 0, 0 < --top-p ≤ 1, --top-k ≥ 0, --kl-coef ≥ 0")
+        if self.temperature <= 0 or not 0 < self.top_p <= 1 or self.kl_coef < 0:
+            raise SetupError("need --temperature > 0, 0 < --top-p ≤ 1, --kl-coef ≥ 0")
         if not 0 < self.min_pixels <= self.max_pixels:
             raise SetupError(f"need 0 < --min-pixels ({self.min_pixels}) ≤ --max-pixels ({self.max_pixels})")
-        if self.save_dtype not in ("bfloat16", "float32"):
-            raise SetupError("--save-dtype must be bfloat16 or float32")
         if not (math.isfinite(self.lr) and self.lr >= 0):          # torch would say so only after loading the model
             raise SetupError(f"--lr {self.lr}: must be a number ≥ 0 (paper: 1e-6)")
         if not self.data:
@@ -178,12 +174,18 @@ def group_advantages(rewards: torch.Tensor, group_size: int, eps: float = 1e-6) 
 def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, ref_logp: torch.Tensor | None,
                 advantages: torch.Tensor, mask: torch.Tensor, clip_low: float = 0.2, clip_high: float = 0.3,
                 dual_clip: float = 3.0, kl_coef: float = 0.01, normalizer: float | None = None) -> tuple:
-    """Clipped GRPO surrogate + k3 KL per completion token, summed over tokens and divided by `normalizer`.
+    """The paper's objective (§3.3), maximised over the policy π_θ for G completions o_i of each question q:
+
+        J(θ) = E[ 1 / Σ_i |o_i| · Σ_i Σ_t ( min(r_it·A_i, clip(r_it, 1 − ε_lo, 1 + ε_hi)·A_i) − β·KL_t ) ]
+        r_it = π_θ(o_it | q, o_i,<t) / π_old(o_it | q, o_i,<t),   A_i from group_advantages (unbiased std)
+
+    written as a loss to minimise, per completion token: the sign flips, −min(r·A, r̃·A) = max(−A·r, −A·r̃),
+    and β·KL is added. With EasyR1's clamps and its dual clip (c > 1 bounds the loss of a negative advantage):
 
     log r = clamp(logp − old_logp, −20, 20),  r = exp(log r),  r̃ = exp(clamp(log r, ln(1−ε_lo), ln(1+ε_hi)))
     pg    = max(−A·r, −A·r̃);  for A < 0 also pg = min(pg, −A·c)                          (dual clip, c > 1)
-    d     = clamp(ref − logp, −20, 20),  kl = clamp(exp(d) − d − 1, −10, 10)               (k3, EasyR1 clamps)
-    L     = Σ_t mask_t · (pg_t + β·kl_t) / normalizer
+    d     = clamp(ref − logp, −20, 20),  kl = clamp(exp(d) − d − 1, −10, 10)               (k3 estimator of KL)
+    L     = Σ_t mask_t · (pg_t + β·kl_t) / normalizer                       (Σ_i |o_i|: the token mean)
     logp, old_logp, ref_logp, mask: (B, T); advantages: (B,) (one per sequence) or (B, T). normalizer
     defaults to the number of masked tokens (token mean); pass N_global / world_size to get the token mean of
     a mini-batch split over micro-batches and ranks (FSDP averages gradients over ranks). ref_logp None or
@@ -282,7 +284,7 @@ def rollout(engine: Engine, records: list, root: Path, tok, ip, cfg: Config) -> 
     """Sample G completions for each of this rank's prompts with the policy's sampling settings."""
     prompts = encode_records(records, root, tok, ip, response=False)
     ids, mask = engine.generate(prompts, tok, max_new_tokens=cfg.max_new_tokens, greedy=False,
-                                temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k, n=cfg.group_size)
+                                temperature=cfg.temperature, top_p=cfg.top_p, top_k=TOP_K, n=cfg.group_size)
     return Rollout(records, prompts, cfg.group_size, ids.cpu(), mask.cpu().bool())
 
 
@@ -299,41 +301,27 @@ def score(ro: Rollout, tok, partial: bool = False) -> Scores:
     return Scores(texts, rewards, accuracy, fmt, truncated)
 
 
-def merge_groups(parts: list, root: Path, tok, ip) -> tuple:
-    """One (Rollout, Scores) from groups of several rollouts: parts = [(rollout, scores, group index), …]; the
-    prompts are encoded again together (encode_records is deterministic), the completions right-padded."""
-    G = parts[0][0].group_size
-    rows = [[ro, sc, range(p * G, (p + 1) * G)] for ro, sc, p in parts]
-    width = max(int(ro.mask[list(r)].sum(1).max()) for ro, _, r in rows)
-    pad = lambda x, v: torch.nn.functional.pad(x[:, :width], (0, max(0, width - x.shape[1])), value=v)  # noqa: E731
-    records = [ro.records[p] for ro, _, p in parts]
-    ro = Rollout(records, encode_records(records, root, tok, ip, response=False), G,
-                 torch.cat([pad(ro.completions[list(r)], tok.pad_token_id) for ro, _, r in rows]),
-                 torch.cat([pad(ro.mask[list(r)], False) for ro, _, r in rows]))
-    cat = lambda field: torch.cat([getattr(sc, field)[list(r)] for _, sc, r in rows])   # noqa: E731
-    texts = [sc.texts[i] for _, sc, r in rows for i in r]
-    return ro, Scores(texts, cat("rewards"), cat("accuracy"), cat("format"), cat("truncated"))
+def sample_and_score(run, records: list, cfg: Config, step: int, rank: int) -> tuple:
+    """Steps 1-2 of a GRPO step: G completions per prompt (rollout) and their rewards (score); then, beyond the
+    paper and only with --filter-groups, groups without signal replaced (keep_groups_with_signal). Returns
+    (rollout, scores, {"drawn": prompts rolled out, "dropped": groups not used})."""
+    ro = rollout(run.engine, records, run.root, run.tok, run.ip, cfg)
+    sc = score(ro, run.tok, cfg.partial_credit)
+    if cfg.filter_groups:
+        return keep_groups_with_signal(run.engine, ro, sc, run, cfg, step, rank)
+    return ro, sc, {"drawn": len(records), "dropped": 0}
 
 
-def keep_groups_with_signal(engine: Engine, ro: Rollout, sc: Scores, run, cfg: Config, step: int, rank: int) -> tuple:
-    """--filter-groups, DAPO's dynamic sampling (arXiv 2503.14476): the groups whose G rewards are all equal carry
-    no signal (advantage 0); they are dropped and the rank rolls out fresh prompts, drawn from all records by a
-    generator seeded with (seed, step, rank) so that a resumed run draws the same ones, at most cfg.filter_tries
-    more times; groups still missing are taken from the dropped ones, so every update sees its full batch.
-    Returns (rollout, scores, {"drawn": prompts rolled out, "dropped": groups not used})."""
-    need, kept, dropped, drawn = len(ro.records), [], [], len(ro.records)
-    g = torch.Generator().manual_seed(step_seed(cfg.seed + 1, step, rank))
-    for tries in range(cfg.filter_tries + 1):
-        r = sc.rewards.view(-1, ro.group_size)
-        for p, signal in enumerate((r != r[:, :1]).any(1).tolist()):
-            (kept if signal else dropped).append((ro, sc, p))
-        if len(kept) >= need or tries == cfg.filter_tries:
-            break
-        fresh = [run.records[i] for i in torch.randint(len(run.records), (need - len(kept),), generator=g).tolist()]
-        ro = rollout(engine, fresh, run.root, run.tok, run.ip, cfg)
-        sc, drawn = score(ro, run.tok, cfg.partial_credit), drawn + len(fresh)
-    chosen = (kept + dropped)[:need]
-    return (*merge_groups(chosen, run.root, run.tok, run.ip), {"drawn": drawn, "dropped": drawn - need})
+def rank_share(order: list, rank: int, world: int) -> list:
+    """This rank's prompts of a step: rank r of W takes order[r·R/W : (r+1)·R/W] (R = len(order), a multiple of W)."""
+    return order[rank * len(order) // world:(rank + 1) * len(order) // world]
+
+
+def update_shares(rollout_bs: int, update_bs: int, world: int) -> list:
+    """This rank's groups (indices into its share of the rollout) for each of the R / U optimizer steps: every
+    rank holds R / W prompts and gives U / W of them to each step, in order."""
+    per = update_bs // world
+    return [list(range(j * per, (j + 1) * per)) for j in range(rollout_bs // update_bs)]
 
 
 def micro_batches(ro: Rollout, groups: list, cfg: Config, device) -> list:
@@ -346,15 +334,13 @@ def micro_batches(ro: Rollout, groups: list, cfg: Config, device) -> list:
     return [[groups[i] for i in mb] for mb in packs]
 
 
-def forward_groups(model, ro: Rollout, groups: list, cfg: Config, with_entropy: bool = False) -> tuple:
-    """(vlm.group_logprobs of the groups' completions, their rows, the completions' width): each prompt and its
-    images run once, its G completions after it."""
+def group_rows(ro: Rollout, groups: list) -> tuple:
+    """The groups' sample rows, their completions' width and vlm.group_logprobs' inputs (the groups' prompts, each
+    once, and their completions)."""
     G = ro.group_size
     rows = [p * G + j for p in groups for j in range(G)]
     w = max(1, int(ro.mask[rows].sum(1).max()))
-    out = group_logprobs(model, select_prompts(ro.prompts, groups), ro.completions[rows, :w], ro.mask[rows, :w], G,
-                         cfg.temperature, with_entropy=with_entropy)
-    return out, rows, w
+    return rows, w, (select_prompts(ro.prompts, groups), ro.completions[rows, :w], ro.mask[rows, :w], G)
 
 
 @torch.no_grad()
@@ -363,7 +349,8 @@ def rollout_logprobs(model, ro: Rollout, cfg: Config, device) -> torch.Tensor:
     outside the completion masks."""
     logp = torch.zeros(ro.mask.shape)
     for mb in micro_batches(ro, list(range(len(ro.records))), cfg, device):
-        lp, rows, w = forward_groups(model, ro, mb or [0], cfg)    # an empty micro-batch: a dummy forward
+        rows, w, inputs = group_rows(ro, mb or [0])               # an empty micro-batch: a dummy forward
+        lp = group_logprobs(model, *inputs, cfg.temperature)
         if mb:
             logp[rows, :w] = lp.float().cpu()
     return logp
@@ -383,7 +370,12 @@ def update(model, optimizer, ro: Rollout, groups: list, adv: torch.Tensor, old: 
     n_global = max(1.0, all_reduce_sum(int(sum(ro.mask[p * G:(p + 1) * G].sum() for p in groups)), device))
     sums = {}
     for mb in micro_batches(ro, groups, cfg, device):
-        (logp, ent), rows, w = forward_groups(model, ro, mb or groups[:1], cfg, with_entropy=True)
+        rows, w, inputs = group_rows(ro, mb or groups[:1])
+        # Each group one row, its prompt and images once. The plain equivalent, one row per sample (the tests'
+        # oracle, test_grpo.test_rollout_logprobs_equal_plain_full_logits):
+        #   logits = model(prompt_i + completion_i).logits[P_i - 1:-1] / τ
+        #   logp_i = logits.float().log_softmax(-1).gather(-1, completion_i[:, None]).squeeze(-1)
+        logp, ent = group_logprobs(model, *inputs, cfg.temperature, with_entropy=True)
         on = lambda x: None if x is None else x[rows, :w].to(device)      # noqa: E731
         mask = on(ro.mask) & bool(mb)                                     # a dummy micro-batch weighs 0
         loss, m = policy_loss(logp, logp.detach() if old is None else on(old), on(ref), adv[rows].to(device), mask,
@@ -394,6 +386,45 @@ def update(model, optimizer, ro: Rollout, groups: list, adv: torch.Tensor, old: 
         for k, v in m.items():  # token-weighted sums, turned into means over the mini-batch in log_row()
             sums[k] = sums.get(k, 0.0) + (v if k == "tokens" else v * m["tokens"])
     return sums | optimizer_step(model, optimizer, cfg.max_grad_norm)
+
+
+# ----------------------------------------------------------------------------- beyond the paper: --filter-groups
+def merge_groups(parts: list, root: Path, tok, ip) -> tuple:
+    """One (Rollout, Scores) from groups of several rollouts: parts = [(rollout, scores, group index), …]; the
+    prompts are encoded again together (encode_records is deterministic), the completions right-padded."""
+    G = parts[0][0].group_size
+    rows = [[ro, sc, range(p * G, (p + 1) * G)] for ro, sc, p in parts]
+    width = max(int(ro.mask[list(r)].sum(1).max()) for ro, _, r in rows)
+    pad = lambda x, v: torch.nn.functional.pad(x[:, :width], (0, max(0, width - x.shape[1])), value=v)  # noqa: E731
+    records = [ro.records[p] for ro, _, p in parts]
+    ro = Rollout(records, encode_records(records, root, tok, ip, response=False), G,
+                 torch.cat([pad(ro.completions[list(r)], tok.pad_token_id) for ro, _, r in rows]),
+                 torch.cat([pad(ro.mask[list(r)], False) for ro, _, r in rows]))
+    cat = lambda field: torch.cat([getattr(sc, field)[list(r)] for _, sc, r in rows])   # noqa: E731
+    texts = [sc.texts[i] for _, sc, r in rows for i in r]
+    return ro, Scores(texts, cat("rewards"), cat("accuracy"), cat("format"), cat("truncated"))
+
+
+def keep_groups_with_signal(engine: Engine, ro: Rollout, sc: Scores, run, cfg: Config, step: int, rank: int) -> tuple:
+    """--filter-groups, DAPO's dynamic sampling (arXiv 2503.14476): the groups whose G rewards are all equal carry
+    no signal (advantage 0); they are dropped and the rank rolls out fresh prompts, drawn from all records by a
+    generator seeded with (seed, step, rank) so that a resumed run draws the same ones, at most FILTER_TRIES
+    more times; groups still missing are taken from the dropped ones, so every update sees its full batch.
+    Returns (rollout, scores, {"drawn": prompts rolled out, "dropped": groups not used})."""
+    need, kept, dropped, drawn = len(ro.records), [], [], len(ro.records)
+    g = torch.Generator().manual_seed(step_seed(cfg.seed + 1, step, rank))
+    for tries in range(FILTER_TRIES + 1):
+        r = sc.rewards.view(-1, ro.group_size)
+        for p, signal in enumerate((r != r[:, :1]).any(1).tolist()):
+            (kept if signal else dropped).append((ro, sc, p))
+        if len(kept) >= need or tries == FILTER_TRIES:
+            break
+        fresh = [run.records[i] for i in torch.randint(len(run.records), (need - len(kept),), generator=g).tolist()]
+        ro = rollout(engine, fresh, run.root, run.tok, run.ip, cfg)
+        sc, drawn = score(ro, run.tok, cfg.partial_credit), drawn + len(fresh)
+    chosen = (kept + dropped)[:need]
+    return (*merge_groups(chosen, run.root, run.tok, run.ip), {"drawn": drawn, "dropped": drawn - need})
+
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -412,15 +443,24 @@ def rollout_sums(ro: Rollout, sc: Scores) -> dict:
     return {k: float(v) for k, v in s.items()}
 
 
-def log_row(step: int, epoch: int, ro_sums: dict, up_sums: dict, ups: list, times: dict) -> dict:
-    """One metrics.jsonl row from the all-reduced sums of a step."""
-    n, tok = max(1.0, ro_sums["seqs"]), max(1.0, up_sums["tokens"])
+def update_means(ups: list, device) -> dict:
+    """The loss metrics of a step's updates (pg_loss, kl, ratio, ppo_kl, clip fractions, entropy) as token means
+    over all of its mini-batches on all ranks: update() returns token-weighted sums, summed here over the updates
+    and the ranks and divided by the tokens, so no micro-batch split or rank count moves them."""
+    sums = all_reduce_sum({k: sum(u[k] for u in ups) for k in ups[0] if k not in ("grad_norm", "skipped")}, device)
+    tokens = max(1.0, sums["tokens"])
+    return {k: v if k == "tokens" else v / tokens for k, v in sums.items()}
+
+
+def log_row(step: int, epoch: int, ro_sums: dict, up_means: dict, ups: list, times: dict) -> dict:
+    """One metrics.jsonl row from the all-reduced sums of a step's rollouts and update_means."""
+    n = max(1.0, ro_sums["seqs"])
     row = {"step": step, "epoch": epoch, "reward": ro_sums["reward"] / n, "accuracy": ro_sums["accuracy"] / n,
            "format": ro_sums["format"] / n, "truncated": ro_sums["truncated"] / n,
            "response_length": ro_sums["length"] / n, "equal_groups": ro_sums["equal_groups"] / ro_sums["groups"],
            "prompts_drawn": int(ro_sums["drawn"]), "groups_dropped": int(ro_sums["dropped"])}
     for k in ("kl", "pg_loss", "ratio", "ppo_kl", "clip_high", "clip_low", "clip_dual", "entropy"):
-        row[k] = up_sums[k] / tok
+        row[k] = up_means[k]
     row.update(grad_norm=sum(u["grad_norm"] for u in ups) / len(ups), skipped_updates=sum(u["skipped"] for u in ups),
                updates=len(ups), **{f"time_{k}": v for k, v in times.items()})
     row["gen_tok_per_s"] = ro_sums["length"] / max(1e-9, times["gen"])
@@ -480,8 +520,8 @@ def grpo_identity(cfg: Config, num_records: int, rollout_bs: int, update_bs: int
     """What a resumed run must share with the saved one: the step → data position map (model, records,
     batch sizes, G, seed, shuffle, epochs), the sampling, the objective, the optimizer and the image bounds."""
     keys = ("model", "group_size", "seed", "shuffle", "epochs", "max_steps", "max_new_tokens", "temperature",
-            "top_p", "top_k", "lr", "weight_decay", "adam_betas", "max_grad_norm", "clip_low", "clip_high",
-            "dual_clip", "kl_coef", "adv_eps", "freeze_vision", "partial_credit", "filter_groups", "filter_tries")
+            "top_p", "lr", "weight_decay", "adam_betas", "max_grad_norm", "clip_low", "clip_high",
+            "dual_clip", "kl_coef", "freeze_vision", "partial_credit", "filter_groups")
     size = image_processor.size
     return {**{k: getattr(cfg, k) for k in keys}, "num_records": num_records, "rollout_batch_size": rollout_bs,
             "update_batch_size": update_bs, "pixels": [size["shortest_edge"], size["longest_edge"]]}
@@ -507,30 +547,27 @@ def setup_run(cfg: Config, d) -> Run:
     records, root, left_out = load_prompts(cfg)
     rollout_bs, update_bs = batch_sizes(cfg, len(records), d.world_size)
     model, tok, ip, optimizer = load_trainable(
-        cfg.model, d, train_vision=not cfg.freeze_vision, checkpointing=cfg.activation_checkpointing, bf16=cfg.bf16,
+        cfg.model, d, train_vision=not cfg.freeze_vision, checkpointing=cfg.activation_checkpointing, bf16=True,
         fsdp=cfg.fsdp, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=cfg.adam_betas, min_pixels=cfg.min_pixels,
-        max_pixels=cfg.max_pixels)
+        max_pixels=cfg.max_pixels, trust_remote_code=cfg.trust_remote_code)
     ref = None
     if cfg.kl_coef > 0:   # bf16 on GPU: it is only ever run forward
-        dtype = torch.bfloat16 if cfg.bf16 and d.device.type == "cuda" else torch.float32
-        ref = load_model(cfg.model, dtype=dtype, meta=d.world_size > 1 and not d.is_main)[0]
-        ref = place_model(ref.requires_grad_(False).eval(), d, cfg.bf16, cfg.fsdp)
+        dtype = torch.bfloat16 if d.device.type == "cuda" else torch.float32
+        ref = load_model(cfg.model, dtype=dtype, meta=d.world_size > 1 and not d.is_main,
+                         trust_remote_code=cfg.trust_remote_code)[0]
+        ref = place_model(ref.requires_grad_(False).eval(), d, True, cfg.fsdp)
     identity = grpo_identity(cfg, len(records), rollout_bs, update_bs, ip)
-    if mode == "resume":
-        check_identity(cfg.out, identity, IDENTITY_LABELS)
     note = bounds_note(cfg.model, identity["pixels"])
     if note:
         print0(note)
-    barrier()   # every rank has passed the checks before rank 0 writes anything
-    if d.is_main:
-        start_out_dir(cfg.out, "grpo.py", mode, identity, {"config": dataclasses.asdict(cfg), "argv": sys.argv,
-                      "world_size": d.world_size, "left_out": left_out})
-    step = resume_from(model, optimizer, cfg.out, logs=("metrics.jsonl", "samples.jsonl")) if mode == "resume" else 0
+    step = open_run(cfg.out, "grpo.py", mode, identity, {"config": dataclasses.asdict(cfg), "argv": sys.argv,
+                    "world_size": d.world_size, "left_out": left_out}, labels=IDENTITY_LABELS,
+                    state=(model, optimizer), logs=("metrics.jsonl", "samples.jsonl"))
     print0(f"model {cfg.model} | prompts {len(records)} (left out {left_out} cold-start ids) | "
            f"rollout {rollout_bs} × G {cfg.group_size} | update {update_bs} prompts | world {d.world_size} | "
            f"images {identity['pixels'][0]}..{identity['pixels'][1]} px | "
            f"reference {'yes' if ref is not None else 'no (kl_coef 0)'} | device {d.device}")
-    engine = Engine(model, prompts_per_call=cfg.rollout_prompts_per_call)
+    engine = Engine(model, prompts_per_call=ROLLOUT_PROMPTS_PER_CALL)
     return Run(model, ref, tok, ip, optimizer, engine, records, root, rollout_bs, update_bs, step)
 
 
@@ -541,7 +578,7 @@ def save_checkpoint(run: Run, cfg: Config, state: dict) -> None:
     tmp = final.with_name(final.name + ".tmp")
     if is_main():
         shutil.rmtree(tmp, ignore_errors=True)
-    save_hf(run.model, run.tok, run.ip, str(tmp), getattr(torch, cfg.save_dtype))
+    save_hf(run.model, run.tok, run.ip, str(tmp))
     if is_main():
         publish_step_folder(tmp, final, cfg.keep_checkpoints)
     save_state(run.model, run.optimizer, state, cfg.out, cfg.keep_checkpoints)
@@ -566,34 +603,31 @@ def train(cfg: Config) -> list:
         while step < total and not (cfg.stop_after_steps and step >= cfg.stop_after_steps):
             epoch, k = divmod(step, steps_per_epoch)
             order = epoch_order(len(run.records), epoch, cfg.seed, cfg.shuffle)[k * R:(k + 1) * R]
-            mine = [run.records[i] for i in order[d.rank * R // d.world_size:(d.rank + 1) * R // d.world_size]]
+            mine = [run.records[i] for i in rank_share(order, d.rank, d.world_size)]
             t0 = _now(dev)
             refresh_s = run.engine.refresh(model)                           # the decoder follows the policy
             torch.manual_seed(step_seed(cfg.seed, step, d.rank))
-            ro = rollout(run.engine, mine, run.root, run.tok, run.ip, cfg)  # 1. G samples per prompt
-            sc = score(ro, run.tok, cfg.partial_credit)                     # 2. rewards
-            filt = {"drawn": len(mine), "dropped": 0}
-            if cfg.filter_groups:                                           #    (DAPO: only groups with signal)
-                ro, sc, filt = keep_groups_with_signal(run.engine, ro, sc, run, cfg, step, d.rank)
-            adv = group_advantages(sc.rewards, G, eps=cfg.adv_eps)          # 3. group-normalised advantages
+            ro, sc, filt = sample_and_score(run, mine, cfg, step, d.rank)   # 1-2. G samples per prompt, rewards
+            adv = group_advantages(sc.rewards, G, eps=ADV_EPS)              # 3. group-normalised advantages
             t1 = _now(dev)
-            old = rollout_logprobs(model, ro, cfg, dev) if R > U else None  # 4. old (skipped on-policy) and ref
+            # 4. old log-probs: with one update per rollout (R = U) the policy that sampled is the one updated, so
+            # old = the current log-probs, detached, and the ratio is 1 (on-policy; update() gets None); with
+            # R > U the later updates are off-policy and need the log-probs of the sampling policy, taken now.
+            old = rollout_logprobs(model, ro, cfg, dev) if R > U else None
             ref = rollout_logprobs(run.ref, ro, cfg, dev) if run.ref is not None else None
             t2 = _now(dev)
-            per_update = U // d.world_size                                  # 5. R / U optimizer steps
-            ups = [update(model, run.optimizer, ro, list(range(j * per_update, (j + 1) * per_update)), adv, old, ref,
-                          cfg, dev) for j in range(R // U)]
+            ups = [update(model, run.optimizer, ro, groups, adv, old, ref, cfg, dev)   # 5. R / U optimizer steps
+                   for groups in update_shares(R, U, d.world_size)]
             t3 = _now(dev)
             step += 1
-            up_sums = all_reduce_sum({k: sum(u[k] for u in ups) for k in ups[0] if k not in ("grad_norm", "skipped")}, dev)
-            row = log_row(step, epoch, all_reduce_sum(rollout_sums(ro, sc) | filt, dev), up_sums, ups,
+            row = log_row(step, epoch, all_reduce_sum(rollout_sums(ro, sc) | filt, dev), update_means(ups, dev), ups,
                           {"gen": t1 - t0, "logprob": t2 - t1, "update": t3 - t2, "step": t3 - t0, "refresh": refresh_s})
             rows_logged.append(row)
             print0(format_row(row))
             if d.is_main:
                 append_jsonl(Path(cfg.out) / "metrics.jsonl", [row])
                 if cfg.sample_every and (step % cfg.sample_every == 0 or step == 1):
-                    append_jsonl(Path(cfg.out) / "samples.jsonl", sample_rows(ro, sc, adv, step, cfg.samples_per_log))
+                    append_jsonl(Path(cfg.out) / "samples.jsonl", sample_rows(ro, sc, adv, step, SAMPLES_PER_LOG))
             bar.update(1)
             if (cfg.save_every and step % cfg.save_every == 0) or step == total:
                 save_checkpoint(run, cfg, {"step": step, "epoch": step // steps_per_epoch})
@@ -601,7 +635,7 @@ def train(cfg: Config) -> list:
         if step < total:
             print0(f"stopping after step {step} (--stop-after-steps)")
             return rows_logged
-        save_hf(model, run.tok, run.ip, cfg.out, getattr(torch, cfg.save_dtype))
+        save_hf(model, run.tok, run.ip, cfg.out)
         print0(f"saved HF checkpoint to {cfg.out}")
         return rows_logged
 

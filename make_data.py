@@ -8,7 +8,7 @@ against depth files with --check-depth) and the opt-in rotation task (--tasks ..
     python make_data.py                                  # 500 examples (+ 50 cold-start) from scenes.py -> data/ssrl
     python make_data.py --out data/mine --rgb photos/ --rgbd diode/ megadepth/imgs/ --n 81000 --workers 8
     python make_data.py --out data/mine --rgb photos/ --rgbd diode/ megadepth/imgs/ --n 81000 --workers 8 --resume
-    python bench.py data                                 # generator / scene / builder speed (not here)
+    python dev/bench.py data                               # generator / scene / builder speed (not here)
     python make_data.py --out data/p --rgb photos/ --depth-model depth-anything/Depth-Anything-V2-Small-hf
     python make_data.py --help                           # every knob with its default, and examples
 
@@ -35,7 +35,7 @@ often the answer is the same (check_depth): the number to know before trusting M
 Output (--out): train.jsonl (GRPO), test.jsonl (held out), sft.jsonl (cold start, with "response"): three
 disjoint sets of source images; images/<task>/<id>_<i>.jpg, stats.json (counts, rejections, the unusable
 source files by reason, and the shortcut report), run.json (the settings and a fingerprint of the source
-folders: common.start_out_dir), progress.jsonl (resume journal) and preview.png. Records: {"id", "task",
+folders: common.open_run), progress.jsonl (resume journal) and preview.png. Records: {"id", "task",
 "problem", "answer", "images", "source", "meta"} (+ "response" in sft.jsonl); `images` are relative to --out.
 --release also writes them in the authors' formats, for their EasyR1 / LLaMA-Factory trainers (docs/reproduce.md):
 parquet/train.parquet + parquet/test.parquet, SFT-coldstart.json + dataset_info.json (write_release).
@@ -103,7 +103,7 @@ import records
 import scenes
 import tasks
 from common import (SetupError, Skipped, append_jsonl, atomic_write, check_identity, cli_main, config_parser, knob,
-                    out_dir_mode, read_jsonl, read_run_info, rewrite_jsonl, start_out_dir, use_cuda)
+                    open_run, out_dir_mode, read_jsonl, read_run_info, rewrite_jsonl, use_cuda)
 
 PROG = "make_data.py"
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
@@ -1166,7 +1166,7 @@ def build(cfg):
     from tqdm import tqdm
     t0 = time.time()
     plan = prepare(cfg)
-    start_out_dir(cfg.out, PROG, plan.mode, plan.identity)     # the lock, --overwrite's delete, run.json
+    open_run(cfg.out, PROG, plan.mode, plan.identity)     # the lock, --overwrite's delete, run.json
     ctx = Context(cfg.seed, parse_size(cfg.scene_size), parse_grids(cfg.shuffle_grids), cfg.max_side,
                   cfg.min_side, cfg.depth_png_scale, cfg.image_format, cfg.jpeg_quality, str(Path(cfg.out).resolve()),
                   cfg.jpeg_rescale, plan.depth_model.label if plan.depth_model else "")

@@ -5,7 +5,7 @@ these pictures and their depth maps into the five pretext tasks when no --rgb / 
 Copy this file as one unit to reuse the renderer.
 
     rgb, depth = scenes.render_scene(seed, height=384, width=512)   # uint8 (H, W, 3), float32 z-depth (m)
-    python bench.py data                                            # scenes/s (target >= 30 at 512x384, one core)
+    python dev/bench.py data                                          # scenes/s (target >= 30 at 512x384, one core)
 
 Scene kinds (SCENE_KINDS, drawn per seed with SCENE_WEIGHTS), chosen so that image height and depth decouple:
   room      box room seen from any wall, corner or the middle; camera from near the floor to near the ceiling,

@@ -59,9 +59,9 @@ import torch.distributed as dist
 from PIL import Image
 from tqdm import tqdm
 
-from common import (BadRecord, Dist, SetupError, all_reduce_sum, append_jsonl, atomic_write, barrier, check_identity,
-                    cli_main, config_parser, dist_session, epoch_order, knob, out_dir_mode, print0, resume_from,
-                    rewrite_jsonl, save_state, start_out_dir, token_micro_batches)
+from common import (BadRecord, Dist, SetupError, all_reduce_sum, append_jsonl, atomic_write, cli_main, config_parser,
+                    dist_session, epoch_order, knob, open_run, out_dir_mode, print0, rewrite_jsonl, save_state,
+                    token_micro_batches)
 from records import check_record, read_records
 from vlm import (IGNORE_INDEX, PAPER_MAX_PIXELS, build_messages, encode_records, image_token_count, load_trainable,
                  optimizer_step, save_hf, set_pixel_bounds, token_logprobs, tokenize_conversation)
@@ -71,6 +71,8 @@ from vlm import (IGNORE_INDEX, PAPER_MAX_PIXELS, build_messages, encode_records,
 @dataclass
 class Config:
     model: str = knob("tiny", "HF id or local HF dir (Qwen2.5-VL / Qwen3-VL), or 'tiny' / 'tiny-qwen3'")
+    trust_remote_code: bool = knob(False, "run the model folder's own model code (config.json auto_map); off by "
+                                          "default, as in transformers")
     data: str = knob("", "REQUIRED (except with --smoke): the cold-start file, sft.jsonl from make_data.py "
                        "(records with id, task, problem, answer, images, response) or the release's "
                        "SFT-coldstart.json (LLaMA-Factory format; images from coldstart_SFT_images/ or "
@@ -97,7 +99,6 @@ class Config:
     max_samples: int = knob(4000, "train on the first N records of --data (paper: 4000); 0 = all")
     freeze_vision: bool = knob(True, "freeze the vision tower and projector (paper: frozen; with LoRA always)")
     activation_checkpointing: bool = knob(True, "non-reentrant activation checkpointing of every trained block")
-    bf16: bool = knob(True, "bf16 compute with fp32 master weights and reduction (GPU only; CPU stays fp32)")
     fsdp: bool = knob(False, "shard with FSDP2 in one CPU process too (always on for GPU or >1 rank)")
     shuffle: bool = knob(True, "shuffle the records every epoch (seeded)")
     seed: int = knob(42, "seed for the data order and the per-rank RNGs")
@@ -107,7 +108,6 @@ class Config:
     resume: bool = knob(False, "continue the run in OUT from its newest complete checkpoint (refused when a "
                              "setting that defines the schedule or the data differs)")
     overwrite: bool = knob(False, "delete the earlier run in OUT (an sft.py output folder) and start over")
-    save_dtype: str = knob("bfloat16", "dtype of the exported HF weights (bfloat16 or float32)")
     stop_after_steps: int = knob(0, "stop as if killed after this many steps", hidden=True)
     smoke: bool = knob(False, "CPU smoke run; overrides --model tiny, --max-steps 2, --global-batch-size 4, "
                             "--lr 1e-3, --warmup-ratio 0 and, without --data, uses 8 synthetic records written "
@@ -124,8 +124,6 @@ class Config:
         if self.lora_rank and not self.freeze_vision:
             raise SetupError("--no-freeze-vision trains the vision tower in full, which LoRA does not: "
                              "add --lora-rank 0 (full-parameter fine-tune) or drop --no-freeze-vision")
-        if self.save_dtype not in ("bfloat16", "float32"):
-            raise SetupError("--save-dtype must be bfloat16 or float32")
         if not (math.isfinite(self.lr) and self.lr >= 0):          # torch would say so only after loading the model
             raise SetupError(f"--lr {self.lr}: must be a number ≥ 0 (paper: 1e-5)")
         for name in ("min_pixels", "max_pixels"):
@@ -282,9 +280,10 @@ def setup_training(cfg: Config, d: Dist) -> dict:
     """Model (vlm.load_trainable: frozen vision, LoRA adapters, checkpointing, FSDP2, AdamW), tokenizer, image
     processor (bounds said), validated records (the first --max-samples)."""
     model, tok, ip, optimizer = load_trainable(
-        cfg.model, d, train_vision=not cfg.freeze_vision, checkpointing=cfg.activation_checkpointing, bf16=cfg.bf16,
+        cfg.model, d, train_vision=not cfg.freeze_vision, checkpointing=cfg.activation_checkpointing, bf16=True,
         fsdp=cfg.fsdp, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=cfg.adam_betas, min_pixels=cfg.min_pixels,
-        max_pixels=cfg.max_pixels, lora_rank=cfg.lora_rank, lora_alpha=lora_alpha(cfg))
+        max_pixels=cfg.max_pixels, lora_rank=cfg.lora_rank, lora_alpha=lora_alpha(cfg),
+        trust_remote_code=cfg.trust_remote_code)
     capped = cfg.max_pixels is None and ip.size["longest_edge"] > PAPER_MAX_PIXELS   # a base model's 12.8M px
     if capped:
         set_pixel_bounds(ip, None, PAPER_MAX_PIXELS)
@@ -314,13 +313,8 @@ def train(cfg: Config) -> None:
         steps_per_epoch = math.ceil(len(records) / B)
         total = cfg.max_steps if cfg.max_steps > 0 else cfg.epochs * steps_per_epoch
         identity = sft_identity(cfg, len(records), total, s["ip"])
-        if mode == "resume":
-            check_identity(cfg.out, identity, IDENTITY_LABELS)
-        barrier()   # every rank has passed the checks before rank 0 writes anything
-        if d.is_main:
-            start_out_dir(cfg.out, "sft.py", mode, identity, {"config": dataclasses.asdict(cfg), "argv": sys.argv},
-                          keep=(SMOKE_DATA,))
-        step = resume_from(model, s["optimizer"], cfg.out) if mode == "resume" else 0
+        step = open_run(cfg.out, "sft.py", mode, identity, {"config": dataclasses.asdict(cfg), "argv": sys.argv},
+                        labels=IDENTITY_LABELS, keep=(SMOKE_DATA,), state=(model, s["optimizer"]))
         bar = tqdm(total=total, initial=step, desc="sft", file=sys.stderr, disable=not (d.is_main and sys.stderr.isatty()))
 
         def encode_step(i: int) -> list:   # this rank's encoded micro-batches of global step i
@@ -356,7 +350,7 @@ def train(cfg: Config) -> None:
         if step < total:
             print0(f"stopping after step {step} (--stop-after-steps)")
             return
-        save_hf(model, s["tok"], s["ip"], cfg.out, getattr(torch, cfg.save_dtype))
+        save_hf(model, s["tok"], s["ip"], cfg.out)
         print0(f"saved HF checkpoint to {cfg.out}")
 
 

@@ -1,7 +1,7 @@
 """GPU checks: every CUDA path the stages take, on one GPU. Skipped where there is no CUDA GPU (CI, the CPU suite).
 
     python -m pytest -q test_gpu.py      # one H100 or H200: a few minutes
-    python bench.py gpu                  # runs this file first, then the performance table (docs/performance.md)
+    python dev/bench.py gpu                  # runs this file first, then the performance table (docs/performance.md)
 
   1. sft.py, grpo.py and evaluate.py end to end under torchrun with one NCCL rank (FSDP2, bf16 compute, the
      compiled decoder) on the tiny model and a pretext split made by `make_data.py --n 40`: SFT stopped after
@@ -45,13 +45,14 @@ import common   # noqa: E402
 import engine   # noqa: E402
 import grpo     # noqa: E402
 import sft      # noqa: E402
-import tiny     # noqa: E402
 import vlm      # noqa: E402
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE / "dev"))
+import bench    # noqa: E402  (the 3B shape with random weights)
 DEVICE = torch.device("cpu" if TWIN else "cuda")
 GAP = 1e-3
-_3B = tiny.QWEN25_VL_3B_SHAPE
+_3B = bench.QWEN25_VL_3B_SHAPE
 SHAPE_05B = {"text": {**_3B["text"], "hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 8,
                       "num_attention_heads": 8, "num_key_value_heads": 2},          # head_dim 128: mrope 16+24+24
              "vision": {**_3B["vision"], "depth": 8, "out_hidden_size": 1024, "fullatt_block_indexes": [3, 7]},
@@ -109,10 +110,10 @@ def torchrun(script: str, *args: str) -> str:
 
 # ----------------------------------------------------------------------------- 1. the stages end to end
 SFT_ARGS = ("--model", "tiny", "--max-steps", "4", "--global-batch-size", "8", "--micro-batch-tokens", "2048",
-            "--save-every", "2", "--lr", "1e-3", "--max-pixels", "12544", "--save-dtype", "float32")
+            "--save-every", "2", "--lr", "1e-3", "--max-pixels", "12544")
 GRPO_ARGS = ("--max-steps", "2", "--save-every", "1", "--group-size", "4", "--rollout-batch-size", "4",
              "--update-batch-size", "2", "--max-new-tokens", "24", "--min-pixels", "3136", "--max-pixels", "12544",
-             "--exclude", "none", "--lr", "1e-4", "--save-dtype", "float32")
+             "--exclude", "none", "--lr", "1e-4")
 
 
 @pytest.fixture(scope="module")
@@ -274,7 +275,7 @@ def test_compiled_decoder_gives_the_cpu_decoders_greedy_tokens(monkeypatch):
 def shape_model(seed: int = 0):
     """A random model of SHAPE as load_model arranges one (batched vision attention, group attention)."""
     torch.manual_seed(seed)
-    model = tiny.build_qwen25_vl_shape(SHAPE, DEVICE.type)
+    model = bench.build_qwen25_vl_shape(SHAPE, DEVICE.type)
     vlm.fast_vision_attention(model)
     vlm.install_group_attention(model)
     return model
@@ -298,7 +299,7 @@ def test_group_logprobs_equal_the_full_forward_under_fsdp2(one_rank, monkeypatch
     model = shape_model()
     vlm.enable_activation_checkpointing(model)
     model = vlm.shard_model(model.train(), DEVICE, bf16=precision == "bf16")
-    tok, ip = tiny.build_tiny("tiny")[1:]
+    tok, ip = vlm.build_tiny("tiny")[1:]
     vlm.set_pixel_bounds(ip, 56 * 56, 112 * 112)
     prompts = make_prompts(tok, ip, [((56, 56), "Which tile is flipped?"), ((112, 84), "Where is region 2?")])
     g = torch.Generator().manual_seed(0)
@@ -334,7 +335,7 @@ def test_grpo_step_peak_memory(tmp_path):
     after it, before any save) below GRPO_BYTES_PER_PARAM · parameters + GRPO_RESERVE."""
     model = shape_model()
     n_params = sum(p.numel() for p in model.parameters())
-    tok, ip = tiny.build_tiny("tiny")[1:]
+    tok, ip = vlm.build_tiny("tiny")[1:]
     model.to(torch.bfloat16).save_pretrained(tmp_path / "model")
     tok.save_pretrained(tmp_path / "model")
     ip.save_pretrained(tmp_path / "model")

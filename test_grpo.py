@@ -69,7 +69,7 @@ def data(tmp_path_factory) -> Path:
 def cfg_for(data: Path, out: Path, **kw) -> grpo.Config:
     base = dict(model="tiny", data=str(data), out=str(out), max_steps=2, group_size=4, rollout_batch_size=4,
                 update_batch_size=2, max_new_tokens=12, min_pixels=56 * 56, max_pixels=56 * 84, lr=1e-3,
-                save_every=0, save_dtype="float32", activation_checkpointing=False)
+                save_every=0, activation_checkpointing=False)
     return grpo.Config(**{**base, **kw})
 
 
@@ -237,7 +237,8 @@ def sgd_update(ro: grpo.Rollout, adv: torch.Tensor, budget: int, data: Path) -> 
 
 
 def test_micro_batch_split_gives_the_same_update(data):
-    """All groups in one micro-batch, one group per micro-batch, or two: the same gradient (global token mean)."""
+    """All groups in one micro-batch, one group per micro-batch, or two: the same gradient (global token mean) and
+    the same logged loss metrics (update_means: pg loss, KL, ratio, clip fractions, entropy)."""
     _, tok, ip = vlm.load_model("tiny", max_pixels=56 * 84)
     ro, adv = fake_rollout(data, common.read_jsonl(data)[:3], tok, ip)
     results = [sgd_update(ro, adv, budget, data) for budget in (10_000, 60, 200)]
@@ -245,6 +246,8 @@ def test_micro_batch_split_gives_the_same_update(data):
     for u, m in results[1:]:
         assert max(float((a - b).abs().max()) for a, b in zip(u0, u)) < 1e-6
         assert m["tokens"] == m0["tokens"] and abs(m["pg_loss"] - m0["pg_loss"]) < 1e-5
+        logged, logged0 = grpo.update_means([m], CPU), grpo.update_means([m0], CPU)   # what metrics.jsonl shows
+        assert all(abs(logged[k] - logged0[k]) < 1e-6 for k in logged0), (logged, logged0)
     assert m0["clip_high"] + m0["clip_low"] > 0 and max(float(a.abs().max()) for a in u0) > 0
     assert m0["entropy"] / m0["tokens"] > 0.1      # token-weighted sum of the policy's entropy
 
@@ -336,7 +339,7 @@ def test_resume_refuses_other_settings_in_one_line(data, tmp_path, capsys):
     base = ["--data", str(data), "--out", str(out), "--resume", "--max-steps", "2", "--save-every", "1",
             "--group-size", "4", "--rollout-batch-size", "4", "--update-batch-size", "2", "--max-new-tokens", "12",
             "--min-pixels", str(56 * 56), "--max-pixels", str(56 * 84), "--lr", "1e-3", "--exclude", "none",
-            "--no-activation-checkpointing", "--save-dtype", "float32"]
+            "--no-activation-checkpointing"]
     changes = [("--lr", "2e-3"), ("--kl-coef", "0.05"), ("--clip-low", "0.1"), ("--clip-high", "0.2"),
                ("--dual-clip", "2.0"), ("--group-size", "2"), ("--max-pixels", str(56 * 112))]
     for flag, value in changes:
@@ -437,7 +440,7 @@ def test_filter_groups_keeps_the_batch_full_of_groups_with_signal(data, monkeypa
     (seed, step, rank), so the same call gives the same groups; drawn − needed = dropped."""
     monkeypatch.setattr(grpo, "score", parity_score(grpo.score))
     model, tok, ip = vlm.load_model("tiny", max_pixels=56 * 84)
-    cfg = cfg_for(data, data.parent / "unused", filter_groups=True, filter_tries=3, max_new_tokens=6)
+    cfg = cfg_for(data, data.parent / "unused", filter_groups=True, max_new_tokens=6)
     recs = common.read_jsonl(data)
     run = SimpleNamespace(records=recs, root=data.parent, tok=tok, ip=ip)
     dec = engine.Engine(model)
@@ -466,7 +469,7 @@ def test_filter_groups_keeps_the_batch_full_of_groups_with_signal(data, monkeypa
 def test_resume_equals_uninterrupted_with_filter_groups(data, tmp_path, monkeypatch):
     """Exact resume holds with --filter-groups: the fresh prompts and their samples are a function of the step."""
     monkeypatch.setattr(grpo, "score", parity_score(grpo.score))
-    kw = dict(max_steps=3, save_every=2, exclude="none", filter_groups=True, filter_tries=2, max_new_tokens=6)
+    kw = dict(max_steps=3, save_every=2, exclude="none", filter_groups=True, max_new_tokens=6)
     full = grpo.train(cfg_for(data, tmp_path / "full", **kw))
     grpo.train(cfg_for(data, tmp_path / "cut", stop_after_steps=2, **kw))
     resumed = grpo.train(cfg_for(data, tmp_path / "cut", resume=True, **kw))
@@ -481,7 +484,7 @@ def test_grpo_names_both_bounds_when_they_differ_from_the_cold_starts(tmp_path, 
     The two scripts' --help examples use the same bounds."""
     recs = [dict(r, response="<think>x</think> \\boxed{A}") for r in letter_records(tmp_path, 4)]
     sft.train(sft.Config(model="tiny", data=str(write_jsonl(tmp_path / "sft.jsonl", recs)), out=str(tmp_path / "sft"),
-                         max_steps=1, global_batch_size=4, save_every=0, save_dtype="float32", max_pixels=56 * 84))
+                         max_steps=1, global_batch_size=4, save_every=0, max_pixels=56 * 84))
     train = write_jsonl(tmp_path / "train.jsonl", [dict(r, id=f"g{i}") for i, r in enumerate(recs)])
     capsys.readouterr()
     for px, out in (((56 * 56, 56 * 84), "same"), ((56 * 56, 56 * 56), "other")):
@@ -506,8 +509,8 @@ def test_grpo_raises_the_reward_after_a_cold_start(tmp_path):
         r["response"] = f"<think>{side}</think> \\boxed{{{letter}}}"
     sft.train(sft.Config(model="tiny", data=str(write_jsonl(tmp_path / "sft.jsonl", recs)), out=str(tmp_path / "sft"),
                          max_steps=60, lr=1e-2, warmup_ratio=0.0, global_batch_size=8,
-                         activation_checkpointing=False, save_every=0, save_dtype="float32",
-                         min_pixels=56 * 56, max_pixels=56 * 84, lora_rank=0))
+                         activation_checkpointing=False, save_every=0, min_pixels=56 * 56, max_pixels=56 * 84,
+                         lora_rank=0))
     train = write_jsonl(tmp_path / "train.jsonl", [dict(r, id=f"g{i}", answer="A") for i, r in enumerate(recs)])
     rows = grpo.train(cfg_for(train, tmp_path / "grpo", model=str(tmp_path / "sft"), max_steps=15, group_size=4,
                               rollout_batch_size=4, update_batch_size=4, max_new_tokens=16, kl_coef=0.0))
@@ -547,9 +550,10 @@ def grpo_worker(folder: Path) -> None:
     torch.manual_seed(grpo.step_seed(0, 0, d.rank))
     ro = grpo.rollout(dec, common.read_jsonl(data)[2 * d.rank:2 * d.rank + 2], folder, tok, ip, cfg)
     rewards = torch.rand(len(ro.mask))
-    first_update(ro, rewards, model, ref, torch.optim.SGD(model.parameters(), lr=1.0), cfg)
+    sums = first_update(ro, rewards, model, ref, torch.optim.SGD(model.parameters(), lr=1.0), cfg)
     (folder / f"rollout{d.rank}.json").write_text(json.dumps(
-        {"completions": ro.completions.tolist(), "mask": ro.mask.tolist(), "rewards": rewards.tolist()}))
+        {"completions": ro.completions.tolist(), "mask": ro.mask.tolist(), "rewards": rewards.tolist(),
+         "means": grpo.update_means([sums], d.device)}))
     vlm.save_hf(model, tok, ip, str(folder / "two_ranks"), dtype=torch.float32)
     dec.refresh(model)
     assert all(torch.equal(dict(dec.model.named_parameters())[k], p.full_tensor()) for k, p in model.named_parameters())
@@ -559,8 +563,9 @@ def grpo_worker(folder: Path) -> None:
 def test_two_ranks_first_update_equals_one_process(data, tmp_path):
     """2 gloo ranks with FSDP2: the first update (each rank its own prompts, token mean over both ranks, group
     log-probs with activation checkpointing, the ranks' micro-batch counts made equal) equals the update of
-    one plain process on all 4 prompts with the same completions; the training loop under torchrun completes
-    rollout + update + checkpoint."""
+    one plain process on all 4 prompts with the same completions, and logs the same loss metrics (update_means)
+    although the micro-batches differ too; the training loop under torchrun completes rollout + update +
+    checkpoint."""
     folder = data.parent
     run_two_ranks(HERE / "test_grpo.py", "grpo-worker", str(folder))
     run = folder / "run"
@@ -578,8 +583,16 @@ def test_two_ranks_first_update_equals_one_process(data, tmp_path):
                       torch.tensor(sum((pad(p["mask"], False) for p in parts), [])))
     rewards = torch.tensor(sum((p["rewards"] for p in parts), []))
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    cfg = cfg_for(data, folder / "unused", max_grad_norm=1e9)
-    first_update(ro, rewards, model, ref, torch.optim.SGD(model.parameters(), lr=1.0), cfg)
+    cfg = cfg_for(data, folder / "unused", max_grad_norm=1e9, micro_batch_tokens=60)   # one group per micro-batch
+    means = grpo.update_means([first_update(ro, rewards, model, ref, torch.optim.SGD(model.parameters(), lr=1.0),
+                                            cfg)], CPU)
+    # the logged loss metrics are token means over the whole mini-batch: 2 ranks with budgets 150 / 10,000 and
+    # 1 process with one group per micro-batch log the same values
+    assert parts[0]["means"] == parts[1]["means"] and means["tokens"] == parts[0]["means"]["tokens"]
+    assert means.keys() == parts[0]["means"].keys() >= {"pg_loss", "kl", "ratio", "ppo_kl", "clip_high", "clip_low",
+                                                         "clip_dual", "entropy"}
+    assert all(abs(means[k] - parts[0]["means"][k]) < 1e-5 for k in means), (means, parts[0]["means"])
+    assert means["entropy"] > 0.1 and means["ratio"] == pytest.approx(1.0)   # on-policy: the ratio is 1
     two = load_file(str(folder / "two_ranks" / "model.safetensors"))
     one = model.state_dict()
     deltas = {k: (two[k] - before[k], one[k] - before[k]) for k in two}

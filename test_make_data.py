@@ -629,12 +629,36 @@ def test_import_has_no_side_effects(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------- depth from photos
+def build_tiny_depth(out_dir: str, metric: bool = False, size: int = 56, seed: int = 0):
+    """A randomly initialised tiny Depth Anything (a 2-layer, 16-wide DINOv2 backbone; ~24k parameters) saved to
+    out_dir with its DPT image processor (PIL backend, images resized to about size x size), in well under a
+    second. metric=False: a "relative" model (its output is read as inverse depth, as Depth Anything V2 Small's);
+    metric=True: depth_estimation_type "metric" (sigmoid x max_depth metres). initializer_range 0.2 so the
+    random output varies across the image instead of sitting at the head's ReLU floor. Returns out_dir."""
+    import torch
+    from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation, Dinov2Config
+    from transformers.models.dpt.image_processing_pil_dpt import DPTImageProcessorPil
+    backbone = Dinov2Config(image_size=size, patch_size=14, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                            intermediate_size=32, out_indices=[1, 2], reshape_hidden_states=False,
+                            initializer_range=0.2)
+    cfg = DepthAnythingConfig(backbone_config=backbone, reassemble_hidden_size=16, reassemble_factors=[2, 1],
+                              neck_hidden_sizes=[8, 16], fusion_hidden_size=8, head_hidden_size=4,
+                              initializer_range=0.2, depth_estimation_type="metric" if metric else "relative",
+                              max_depth=20 if metric else 1)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = DepthAnythingForDepthEstimation(cfg)
+    model.save_pretrained(out_dir)
+    DPTImageProcessorPil(size={"height": size, "width": size}, keep_aspect_ratio=True, ensure_multiple_of=14,
+                         do_pad=False).save_pretrained(out_dir)
+    return out_dir
+
+
 @pytest.fixture(scope="module")
 def depth_models(tmp_path_factory):
-    """Tiny random Depth Anything folders (tiny.build_tiny_depth): a relative one and a metric one."""
-    import tiny
+    """Tiny random Depth Anything folders (build_tiny_depth): a relative one and a metric one."""
     root = tmp_path_factory.mktemp("depth_models")
-    return {kind: tiny.build_tiny_depth(str(root / kind), metric=kind == "metric", size=238)
+    return {kind: build_tiny_depth(str(root / kind), metric=kind == "metric", size=238)
             for kind in ("relative", "metric")}
 
 

@@ -218,14 +218,13 @@ def test_sft_then_grpo_on_the_release_files(release, tmp_path):
     (1 step): both read the release's files directly (zip members, bytes, paths)."""
     sft.train(sft.Config(model="tiny", data=str(release / "SFT-coldstart.json"), out=str(tmp_path / "sft"),
                          max_steps=2, lr=1e-3, warmup_ratio=0.0, global_batch_size=2,
-                         save_dtype="float32", save_every=0, max_pixels=56 * 84))
+                         save_every=0, max_pixels=56 * 84))
     rows = [json.loads(x) for x in (tmp_path / "sft" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2] and all(r["loss"] > 0 for r in rows)
     out = grpo.train(grpo.Config(model=str(tmp_path / "sft"), data=str(release / "spatialssrl.parquet"),
                                  out=str(tmp_path / "grpo"), max_steps=1, group_size=2, rollout_batch_size=4,
                                  update_batch_size=4, max_new_tokens=8, min_pixels=56 * 56,
-                                 max_pixels=56 * 84, lr=1e-3, save_every=0, save_dtype="float32",
-                                 activation_checkpointing=False))
+                                 max_pixels=56 * 84, lr=1e-3, save_every=0, activation_checkpointing=False))
     assert len(out) == 1 and 0.0 <= out[0]["reward"] <= 1.0
     assert (tmp_path / "grpo" / "model.safetensors").exists()
     samples = [json.loads(x) for x in (tmp_path / "grpo" / "samples.jsonl").read_text().splitlines()]

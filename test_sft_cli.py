@@ -27,7 +27,6 @@ from transformers.utils import logging as hf_logging
 
 import common
 import sft
-import tiny
 import vlm
 from test_train import two_colour_records, write_jsonl
 
@@ -54,7 +53,7 @@ def tiny_model():
 
 def cfg(data: Path, out: Path, **kw) -> sft.Config:
     base = dict(model="tiny", data=str(data), out=str(out), max_steps=3, lr=1e-3, warmup_ratio=0.0,
-                global_batch_size=2, save_dtype="float32", save_every=1,
+                global_batch_size=2, save_every=1,
                 activation_checkpointing=False)
     return sft.Config(**{**base, **kw})
 
@@ -123,7 +122,7 @@ def test_unloadable_model_folder_is_one_line(tmp_path):
     """A folder with a config.json that is no image-text model, or one without weights: a SetupError."""
     (tmp_path / "text-only").mkdir()
     (tmp_path / "text-only" / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
-    tiny.build_tiny("tiny")[0].config.save_pretrained(tmp_path / "no-weights")
+    vlm.build_tiny("tiny")[0].config.save_pretrained(tmp_path / "no-weights")
     for name, reason in (("text-only", "Unrecognized configuration class"), ("no-weights", "no file named")):
         with pytest.raises(common.SetupError, match=f"cannot load it as a Qwen-VL model: .*{reason}") as e:
             vlm.load_model(str(tmp_path / name))
@@ -133,7 +132,7 @@ def test_unloadable_model_folder_is_one_line(tmp_path):
 def test_cached_hub_model_loads_without_network(monkeypatch, tmp_path):
     """A real name still works for a user who has it: from the HF cache, offline or with the Hub unreachable."""
     snapshot_dir = tmp_path / "models--someorg--tiny-vl" / "snapshots" / ("a" * 40)
-    tiny.build_tiny("tiny", out_dir=str(snapshot_dir))
+    vlm.build_tiny("tiny", out_dir=str(snapshot_dir))
     (tmp_path / "models--someorg--tiny-vl" / "refs").mkdir()
     (tmp_path / "models--someorg--tiny-vl" / "refs" / "main").write_text("a" * 40)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
@@ -197,9 +196,9 @@ def test_read_only_out_and_a_bad_lr_are_one_line_before_anything_loads(capsys, r
             assert e.value.code == 2 and f"--lr {float(lr)}: must be a number ≥ 0" in capsys.readouterr().err
 
 
-def test_no_loading_bars_in_a_log_and_tiny_help_has_examples(tmp_path, tiny_model, capsys):
+def test_no_loading_bars_in_a_log(tmp_path, tiny_model):
     """Every script's cli_main turns Hugging Face's progress bars off when stderr is not a terminal (a log
-    filled with "Loading weights" redraws before); tiny.py --help shows how demo.sh runs it."""
+    filled with "Loading weights" redraws before)."""
     vlm.save_hf(*tiny_model[:3], str(tmp_path / "m"), torch.float32)
     code = ("import common, vlm, sys; common.cli_main('x', lambda: vlm.load_model(sys.argv[1])); "
             "print('loaded')")
@@ -207,10 +206,6 @@ def test_no_loading_bars_in_a_log_and_tiny_help_has_examples(tmp_path, tiny_mode
                          cwd=Path(__file__).parent, timeout=120, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert run.returncode == 0 and run.stdout.strip() == "loaded", run.stderr
     assert "Loading weights" not in run.stderr and "it/s" not in run.stderr, run.stderr
-    capsys.readouterr()
-    with pytest.raises(SystemExit):
-        tiny.main(["--help"])
-    assert "examples:\n  python make_data.py" in capsys.readouterr().out
 
 
 def test_an_id_used_twice_is_one_line_naming_it_and_both_lines(capsys, tmp_path, data):
@@ -316,7 +311,7 @@ def test_checkpoint_keeps_its_pixel_bounds(data, tmp_path):
     """load_model(checkpoint) keeps the saved image bounds unless told otherwise; SFT from a base model
     whose processor allows 12.8M px uses the paper's 512², and a checkpoint's smaller bound is kept."""
     for name, bounds in (("small", (3136, 12544)), ("base", (3136, 12845056))):
-        model, tok, ip = tiny.build_tiny("tiny")
+        model, tok, ip = vlm.build_tiny("tiny")
         vlm.set_pixel_bounds(ip, *bounds)
         for x in (model, tok, ip):
             x.save_pretrained(tmp_path / name)

@@ -31,11 +31,12 @@ import engine
 import sft
 import vlm
 import tasks
-import tiny
 from records import load_images
 
 hf_logging.disable_progress_bar()
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE / "dev"))
+from position_table import POSITION_TABLE, with_position_table   # noqa: E402  (a model class with its own code)
 TWO_RANK_RUN = dict(global_batch_size=3, micro_batch_tokens=64, max_steps=4, save_every=3)
 FSDP_TOL = 1e-5   # max |Δw| between 2-rank FSDP2 and 1 process after 4 AdamW steps at lr 1e-3 (fp32)
 
@@ -80,7 +81,7 @@ def data(tmp_path_factory) -> Path:
 
 def run_cfg(data: Path, out: Path, **kw) -> sft.Config:
     base = dict(model="tiny", data=str(data), out=str(out), max_steps=3, lr=1e-3, warmup_ratio=0.0,
-                global_batch_size=4, micro_batch_tokens=200, save_dtype="float32", save_every=0,
+                global_batch_size=4, micro_batch_tokens=200, save_every=0,
                 lora_rank=0)   # the full-parameter fine-tune; the LoRA tests pass their rank
     return sft.Config(**{**base, **kw})
 
@@ -412,7 +413,7 @@ def test_video_forward_matches_image_path():
         video_t = pos[0, 0][four["mm_token_type_ids"][0] == 2]
         step = model.config.vision_config.tokens_per_second * 2 / 1.0
         assert video_t.unique().tolist() == [int(video_t[0]), int(video_t[0] + step)]
-        plain, _, _ = tiny.build_tiny("tiny")          # transformers' per-window attention loop
+        plain, _, _ = vlm.build_tiny("tiny")          # transformers' per-window attention loop
         torch.testing.assert_close(run(model, four), run(plain, four), atol=1e-5, rtol=1e-5)
         two_fps = vlm.encode([video_conv(noise_frames(4), fps=2.0)], [[]], tok, ip)
         assert not torch.allclose(run(model, four), run(model, two_fps))   # fps moves the temporal positions
@@ -511,7 +512,7 @@ def test_fast_vision_attention_equals_transformers_loop(kind):
     tower's output and input gradient of transformers' per-window loop within 1e-5 (fp32), on images whose
     sizes make windows of several lengths; load_model installs it on every vision attention module."""
     fast, _, ip = vlm.load_model(kind)
-    plain = tiny.build_tiny(kind)[0]                                  # same seed, transformers' own forward
+    plain = vlm.build_tiny(kind)[0]                                  # same seed, transformers' own forward
     assert all("forward" in vars(b.attn) for b in fast.model.visual.blocks)
     assert not any("forward" in vars(b.attn) for b in plain.model.visual.blocks)
     rng = np.random.default_rng(0)
@@ -579,55 +580,6 @@ def mixed_prompts(tok, ip) -> tuple:
              vlm.build_messages("Text only?"), vlm.build_messages("<image>Last?")]
     ims = [[noise(56, 56)], [noise(84, 56), noise(56, 112)], [], [noise(112, 84)]]
     return convs, ims, vlm.encode(convs, ims, tok, ip, "left")
-
-
-def test_demo_position_table_is_saved_reloaded_and_decoded(tmp_path, monkeypatch):
-    """tiny.add_position_table (the demo's stand-in for a pretrained tower's positional features): it changes the
-    image features (so it is wired in), save_hf + vlm.load_model bring it back with its values, and the loaded
-    model gives the same log-probs (full and group forward) and, through the decoder's separate copy with the GPU
-    shapes, the same greedy tokens."""
-    model, tok, ip = vlm.load_model("tiny")
-    _, _, batch = mixed_prompts(tok, ip)
-    batch.pop("labels")
-    before = model(**batch).logits
-    tiny.add_position_table(model, 3, std=0.5)
-    assert not torch.allclose(before, model(**batch).logits)
-    vlm.save_hf(model, tok, ip, str(tmp_path / "m"), dtype=torch.float32)
-    loaded, tok2, ip2 = vlm.load_model(str(tmp_path / "m"))
-    table = lambda m: getattr(m.model, tiny.POSITION_TABLE)                       # noqa: E731
-    assert torch.equal(table(loaded), table(model)) and loaded.config.image_position_table == 3
-    comp = torch.randint(20, 400, (8, 5), generator=torch.Generator().manual_seed(0))
-    mask = torch.ones(8, 5, dtype=torch.bool)
-    a, b = (vlm.group_logprobs(m, batch, comp, mask, 2) for m in (model, loaded))
-    assert torch.allclose(a, b, atol=1e-6)
-    ids, _ = engine.Engine(model).generate(batch, tok, max_new_tokens=6)
-    copy = fixed_shape_engine(loaded, monkeypatch, prompts_per_call=3)
-    copy.shared, copy.model = False, None
-    copy.refresh(loaded)
-    assert torch.equal(table(copy.model), table(model)) and torch.equal(copy.generate(batch, tok2, max_new_tokens=6)[0], ids)
-
-
-def test_demo_start_model_flip_targets_and_cli(tmp_path):
-    """tiny.flip_token_targets marks the flipped tile's tokens with its direction (hand-checked on a 4×4 grid);
-    `python tiny.py` (demo.sh's starting model) warms the vision tower up on flip questions and saves a model
-    that vlm.load_model loads with its position table; other tasks are refused in one line."""
-    t = tiny.flip_token_targets({"meta": {"tile": 3, "direction": "vertical"}}, 4).view(4, 4)
-    assert t.tolist() == [[0, 0, 0, 0], [0, 0, 0, 0], [2, 2, 0, 0], [2, 2, 0, 0]]
-    import make_data
-    make_data.run(make_data.parse_config(["--out", str(tmp_path / "d"), "--n", "10", "--tasks", "flip", "--sft-size",
-                                          "12", "--scene-size", "112x112", "--test-fraction", "0.2", "--no-progress",
-                                          "--preview", "none", "--short-prompts", "--answer-only-traces"]))
-    r = subprocess.run([sys.executable, str(HERE / "tiny.py"), "--out", str(tmp_path / "m"), "--data",
-                        str(tmp_path / "d" / "sft.jsonl"), "--warm-up-steps", "2"], capture_output=True, text=True,
-                       timeout=300)
-    assert r.returncode == 0 and "probe names tile and direction" in r.stdout, r.stderr[-2000:]
-    model, _, ip = vlm.load_model(str(tmp_path / "m"))
-    assert model.config.image_position_table == 16 and ip.size["longest_edge"] == 112 * 112
-    (tmp_path / "other.jsonl").write_text(json.dumps({"id": "x", "task": "depth", "images": [], "problem": "",
-                                                      "answer": "1, 2, 3"}) + "\n")
-    r = subprocess.run([sys.executable, str(HERE / "tiny.py"), "--out", str(tmp_path / "m2"), "--data",
-                        str(tmp_path / "other.jsonl")], capture_output=True, text=True, timeout=300)
-    assert r.returncode == 2 and r.stderr.strip().startswith("tiny.py: error: --data"), r.stderr[-1000:]
 
 
 def test_select_prompts_and_buckets():
@@ -709,15 +661,6 @@ def test_fixed_shape_engine_equals_the_plain_one(monkeypatch):
     fixed.step_fn = flaky
     assert torch.equal(fixed.generate(batch, tok, max_new_tokens=6)[0], ids) and calls == [1]
     assert fixed.step_fn == fixed._step
-
-
-def test_benchmark_3b_shape_has_the_published_size():
-    """The GPU benchmark's random Qwen2.5-VL-3B is built from the published config: 3.75B parameters,
-    0.67B of them in the vision tower (counted on the meta device, no memory used)."""
-    model = tiny.build_qwen25_vl_shape(tiny.QWEN25_VL_3B_SHAPE, "meta")
-    total = sum(p.numel() for p in model.parameters())
-    vision = sum(p.numel() for p in model.model.visual.parameters())
-    assert abs(total / 1e9 - 3.75) < 0.01 and abs(vision / 1e9 - 0.67) < 0.01
 
 
 # ----------------------------------------------------------------------------- training
@@ -870,14 +813,14 @@ def test_lora_trains_only_the_adapters_and_max_samples(data, tmp_path, monkeypat
 
 # ----------------------------------------------------------------------------- FSDP2 (one torchrun launch)
 def save_tiny_source(folder: Path, kind: str, seed: int, tie: bool, table: int = 0) -> Path:
-    """A saved tiny HF directory with non-default random weights (and tied embeddings if `tie`, the demo's image
-    position table of side `table` if > 0)."""
-    model, tok, ip = tiny.build_tiny(kind, seed=seed)
+    """A saved tiny HF directory with non-default random weights (and tied embeddings if `tie`; if table > 0, a
+    model class with its own code: the demo's image position table of side `table`)."""
+    model, tok, ip = vlm.build_tiny(kind, seed=seed)
     if tie:
         model.config.tie_word_embeddings = True
         model.tie_weights()
     if table:
-        tiny.add_position_table(model, table, std=0.5)
+        model = with_position_table(model, table, std=0.5)
     vlm.save_hf(model, tok, ip, str(folder / f"src-{kind}"), dtype=torch.float32)
     return folder / f"src-{kind}"
 
@@ -886,8 +829,8 @@ def load_through_rank0(src: Path, d) -> tuple:
     """(plain 1-process load, the same loaded the multi-rank way: rank 0 reads the weights, rank 1 builds on
     the meta device, fully_shard, fill from rank 0) and a dict of checks that they are the same model."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-    ref, tok, ip = vlm.load_model(str(src))
-    model, _, _ = vlm.load_model(str(src), meta=d.rank > 0)
+    ref, tok, ip = vlm.load_model(str(src), trust_remote_code=True)
+    model, _, _ = vlm.load_model(str(src), meta=d.rank > 0, trust_remote_code=True)
     on_meta = all(p.is_meta for p in model.parameters()) == (d.rank > 0)
     for m in (ref, model):
         vlm.freeze_vision(m)
@@ -964,8 +907,8 @@ def test_fsdp2_two_ranks_equal_one_process(data, tmp_path):
         assert res["units"] == 2 + 1 + 2 + 1   # vision blocks, vision tower, decoder layers, root
     sft.train(run_cfg(data, tmp_path / "single", **TWO_RANK_RUN, stop_after_steps=3))
     from transformers import AutoModelForImageTextToText
-    qwen3 = AutoModelForImageTextToText.from_pretrained(str(folder / "qwen3"))
-    assert type(qwen3).__name__ == "Qwen3VLForConditionalGeneration"
+    qwen3 = AutoModelForImageTextToText.from_pretrained(str(folder / "qwen3"), trust_remote_code=True)
+    assert type(qwen3).__name__ == "PositionTableQwen3VL" and getattr(qwen3.model, POSITION_TABLE).shape[0] == 3
     assert qwen3.lm_head.weight is qwen3.model.language_model.embed_tokens.weight   # its source was tied
     # the sharded 2-rank state after 3 steps resumes in one process (resharding) for the 4th step and ends
     # where the 1-process run does (any difference in the 2-rank steps would show here)

@@ -24,7 +24,7 @@ test_rollout_logprobs_equal_plain_full_logits, g-learns = test_grpo_raises_the_r
   update(): clip bounds swapped (clip_high, clip_low)                      | update           |
   update(): KL term dropped (ref_logp None)                                | update           |
   update(): KL term dropped (kl_coef 0)                                    | update           |
-  update(): training log-probs at τ 1 (its forward_groups at 1)            | update, schedule |
+  update(): training log-probs at τ 1 (its group_logprobs call at 1)       | update, schedule |
   vlm.optimizer_step(): gradient clipping off (max norm ∞)                 | update, sft      | g-learns
   update(): old_logp ignored (old = logp.detach(), ratio 1)                | update, schedule | g-split
   update(): normalizer N_global instead of N_global / world                | update           | g-2ranks
@@ -33,12 +33,12 @@ test_rollout_logprobs_equal_plain_full_logits, g-learns = test_grpo_raises_the_r
   train(): every update of a rollout on its first mini-batch               | schedule         |
   setup_run(): reference = the trained policy (ref = model)                | schedule         |
   train(): ref log-probs computed with the policy                          | schedule         |
-  rollout_logprobs(): old / ref log-probs at τ 1 (its forward_groups at 1) | schedule         |
+  rollout_logprobs(): old / ref log-probs at τ 1 (its group_logprobs at 1) | schedule         |
   sft.train_step(): gradient clipping off (optimizer_step(…, ∞, lr))       | sft              | g-learns
   sft.train_step(): token mean per micro-batch                             | sft, sft-ranks   | t-mb
   sft.train_step(): normalizer N_global instead of N_global / world        | sft-ranks        |
   -------------------------------------------------------------------------+------------------+-------------------
-  forward_groups(): select_prompts(…, groups[::-1]) (each group's          | update           | g-split, g-2ranks
+  group_rows(): select_prompts(…, groups[::-1]) (each group's              | update           | g-split, g-2ranks
     completions after another group's prompt)                              |                  |
   vlm.select_prompts(): the prompts in batch order, not in the order       | –                | g-split, g-2ranks,
     asked for                                                              |                  | t-select
@@ -393,7 +393,7 @@ def test_sft_train_equals_float64_reference(sft_data, tmp_path, monkeypatch):
     monkeypatch.setattr(torch.optim, "AdamW", lambda params, lr, **kw: torch.optim.SGD(params, lr=lr))
     sft.train(sft.Config(model="tiny", data=str(sft_data), out=str(tmp_path / "run"), max_steps=1, lr=1.0,
                          warmup_ratio=0.0, global_batch_size=5, micro_batch_tokens=SFT_BUDGET, max_grad_norm=norm / 2,
-                         save_dtype="float32", save_every=0, lora_rank=0))   # --lora-rank 0: every LM weight
+                         save_every=0, lora_rank=0))   # --lora-rank 0: every LM weight
     saved = load_file(str(tmp_path / "run" / "model.safetensors"))
     names = [k for k, _ in model.named_parameters()]
     got = [saved[k] - p.detach() for k, p in zip(names, model.parameters())]

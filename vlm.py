@@ -1,8 +1,8 @@
-"""The vision-language model plumbing every stage shares (sft.py, grpo.py, evaluate.py, engine.py, bench.py).
+"""The vision-language model plumbing every stage shares (sft.py, grpo.py, evaluate.py, engine.py, dev/bench.py).
 
 One implementation of each step that must never differ between training and evaluation:
-  load      load_model (HF id, local folder, or the offline "tiny" / "tiny-qwen3" models of tiny.py),
-            set_pixel_bounds, freeze_vision
+  load      load_model (HF id, local folder, or the offline "tiny" / "tiny-qwen3" models: build_tiny, a random
+            tiny Qwen2.5-VL / Qwen3-VL with its tokenizer, build_tiny_tokenizer), set_pixel_bounds, freeze_vision
   encode    encode_records (dataset records → a batch), build_messages (problem + CoT prompt → chat messages),
             encode (chat template + image tokens + mm_token_type_ids, equal to transformers' own processor);
             Qwen2.5-VL video items (a list of PIL frames: video_inputs, the layout of transformers'
@@ -21,9 +21,9 @@ Built without torchvision: inputs come from the tokenizer's chat template and Au
 backend), never from AutoProcessor. Decoding is engine.py; a record's image files (load_images, open_image)
 are records.py.
 """
-import contextlib
 import copy
 import functools
+import json
 import math
 import os
 import shutil
@@ -105,8 +105,103 @@ def set_pixel_bounds(image_processor, min_pixels: int | None = None, max_pixels:
     image_processor.size = {"shortest_edge": lo, "longest_edge": hi}
 
 
+# ----------------------------------------------------------------------------- the offline tiny models
+# Stand-ins for a pretrained Qwen-VL that build in under a second without a download: the tests, sft.py --smoke
+# and `--model tiny` / `--model tiny-qwen3` use them; they are nothing of the paper's method.
+QWEN_SPECIAL_TOKENS = (  # ids 0..13 in the tiny tokenizer; same order as the real Qwen2.5 vocab (151643 + i)
+    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>", "<|box_start|>",
+    "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>",
+    "<|image_pad|>", "<|video_pad|>")
+# Chat templates of the tiny models: they render exactly like the official Qwen2-VL/2.5-VL template (default
+# system prompt) and the Qwen3-VL template (no default system prompt) for image/text user turns.
+_TEMPLATE_BODY = (
+    "{%- for m in messages -%}"
+    "{{- '<|im_start|>' + m['role'] + '\\n' -}}"
+    "{%- if m['content'] is string -%}{{- m['content'] -}}{%- else -%}{%- for c in m['content'] -%}"
+    "{%- if c['type'] == 'image' -%}{{- '<|vision_start|><|image_pad|><|vision_end|>' -}}"
+    "{%- elif c['type'] == 'video' -%}{{- '<|vision_start|><|video_pad|><|vision_end|>' -}}"
+    "{%- elif 'text' in c -%}{{- c['text'] -}}{%- endif -%}{%- endfor -%}{%- endif -%}"
+    "{{- '<|im_end|>\\n' -}}{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}")
+QWEN2_VL_TEMPLATE = ("{%- if messages[0]['role'] != 'system' -%}"
+                     "{{- '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' -}}{%- endif -%}"
+                     + _TEMPLATE_BODY)
+QWEN3_VL_TEMPLATE = _TEMPLATE_BODY
+TINY_CORPUS = (  # the tiny tokenizer's BPE training text: the phrases our prompts and answers are made of
+    "Look at the image. The image is split into tiles labelled 1, 2, 3 and 4. Which tile is flipped?",
+    "<think>The top left tile is upside down, so tile 3 is flipped vertically.</think> \\boxed{3, vertical}",
+    "<think>Marker 2 is nearest and marker 1 is farthest from the camera.</think> The answer is \\boxed{2, 3, 1}",
+    "Options: A. Left B. Right C. Front D. Back. Left-Front Right-Front Left-Back Right-Back horizontal",
+    "Which patch fills the black square? Reading the tiles in raster order restores the original picture.",
+    "Assume a camera at region 1 facing the left of the image. Where is region 2? 0 1 2 3 4 5 6 7 8 9",
+    "You are a helpful assistant. <|im_start|>system user assistant The answer is A B C D E.")
+
+
+def build_tiny_tokenizer(chat_template: str = QWEN2_VL_TEMPLATE):
+    """Byte-level BPE (≤ 1024 tokens) trained on TINY_CORPUS, wrapped in transformers' Qwen2Tokenizer.
+
+    The 14 Qwen special tokens get ids 0..13 (<|endoftext|>=0 pad, <|im_end|>=2 eos, <|image_pad|>=12)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import Qwen2Tokenizer
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=1024, special_tokens=list(QWEN_SPECIAL_TOKENS), show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    bpe.train_from_iterator(list(TINY_CORPUS) + [tasks.COT_PROMPT] * 4, trainer)
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m)
+              for m in json.loads(bpe.to_str())["model"]["merges"]]
+    return Qwen2Tokenizer(vocab=bpe.get_vocab(), merges=merges, unk_token=None, bos_token=None,
+                          eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                          additional_special_tokens=list(QWEN_SPECIAL_TOKENS[1:]), chat_template=chat_template)
+
+
+def build_tiny(kind: str = "tiny", hidden: int = 64, layers: int = 2, heads: int = 4, vision_hidden: int = 32,
+               vision_depth: int = 2, ffn_mult: int = 2, seed: int = 0, out_dir: str | None = None,
+               device: str = "cpu"):
+    """A randomly initialised tiny Qwen2.5-VL ('tiny') or Qwen3-VL ('tiny-qwen3'), offline, in < 1 s.
+
+    Returns (model, tokenizer, image_processor); the same seed gives the same weights on every rank.
+    With out_dir, it is also saved there as a normal HF directory. device='meta' builds the same
+    architecture without weights (load_model(meta=True))."""
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen3VLConfig
+    from transformers import Qwen3VLForConditionalGeneration
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+    qwen3 = kind == "tiny-qwen3"
+    head_dim = hidden // heads
+    rope = {"rope_type": "default", "rope_theta": 1e6,
+            "mrope_section": [head_dim // 4, head_dim // 8, head_dim // 8]}   # sums to head_dim / 2
+    text = dict(vocab_size=1024, hidden_size=hidden, intermediate_size=ffn_mult * hidden, num_hidden_layers=layers,
+                num_attention_heads=heads, num_key_value_heads=max(1, heads // 2), max_position_embeddings=8192,
+                rope_parameters=rope, pad_token_id=0, bos_token_id=0, eos_token_id=2)
+    vision = dict(depth=vision_depth, hidden_size=vision_hidden, intermediate_size=ffn_mult * vision_hidden,
+                  num_heads=2, out_hidden_size=hidden, spatial_merge_size=2, temporal_patch_size=2)
+    ids = dict(image_token_id=12, video_token_id=13, vision_start_token_id=9, vision_end_token_id=10,
+               tie_word_embeddings=False)
+    if qwen3:
+        text.update(head_dim=head_dim, rope_parameters={**rope, "mrope_interleaved": True})
+        vision.update(patch_size=16, num_position_embeddings=64, deepstack_visual_indexes=[0])
+        cfg, cls = Qwen3VLConfig(text_config=text, vision_config=vision, **ids), Qwen3VLForConditionalGeneration
+        ip = Qwen2VLImageProcessorPil(patch_size=16, image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    else:
+        vision.update(patch_size=14, window_size=112, fullatt_block_indexes=[vision_depth - 1])
+        cfg, cls = Qwen2_5_VLConfig(text_config=text, vision_config=vision, **ids), Qwen2_5_VLForConditionalGeneration
+        ip = Qwen2VLImageProcessorPil()
+    cfg._attn_implementation = "sdpa"
+    with torch.random.fork_rng(devices=[]), torch.device(device):
+        torch.manual_seed(seed)
+        model = cls(cfg)
+    tok = build_tiny_tokenizer(QWEN3_VL_TEMPLATE if qwen3 else QWEN2_VL_TEMPLATE)
+    model.generation_config.pad_token_id, model.generation_config.eos_token_id = 0, 2
+    if out_dir:
+        model.save_pretrained(out_dir)
+        tok.save_pretrained(out_dir)
+        ip.save_pretrained(out_dir)
+    return model, tok, ip
+
+
 def load_model(name: str, *, min_pixels: int | None = None, max_pixels: int | None = None,
-               dtype: torch.dtype = torch.float32, meta: bool = False):
+               dtype: torch.dtype = torch.float32, meta: bool = False, trust_remote_code: bool = False):
     """(model, tokenizer, image_processor) for 'tiny', 'tiny-qwen3', a HF id or a local HF directory.
 
     The image processor is the PIL backend (identical pixels with or without torchvision). Its smart-resize
@@ -114,43 +209,42 @@ def load_model(name: str, *, min_pixels: int | None = None, max_pixels: int | No
     unless min_pixels / max_pixels override them. An unknown name fails at once with a SetupError
     (model_source). meta=True builds the same model from the same config on the meta device and reads no
     weights: the ranks > 0 of a multi-rank run, which shard_model(..., broadcast_from_rank0=True) then fills
-    from rank 0 (no full copy per rank)."""
+    from rank 0 (no full copy per rank). trust_remote_code runs a checkpoint's own model code (its config's
+    auto_map), which transformers refuses by default."""
     from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageTextToText, AutoTokenizer
     from transformers import GenerationConfig
     if name in TINY_MODELS:
-        from tiny import build_tiny
         model, tok, ip = build_tiny(name, device="meta" if meta else "cpu")
         model.to(dtype)
         set_pixel_bounds(ip, *TINY_PIXELS)
     else:
-        src = model_source(name)
-        try:   # a folder without weights, a text-only model, … : one line, not a traceback
+        src = dict(model_source(name), trust_remote_code=trust_remote_code)
+        try:   # a folder without weights, a text-only model, custom code not trusted, … : one line, not a traceback
             if meta:
                 with torch.device("meta"):
                     model = AutoModelForImageTextToText.from_config(
-                        AutoConfig.from_pretrained(name, **src), dtype=dtype, attn_implementation="sdpa")
+                        AutoConfig.from_pretrained(name, **src), dtype=dtype, attn_implementation="sdpa",
+                        trust_remote_code=trust_remote_code)
                 model.eval()   # as from_pretrained leaves it
                 try:           # from_pretrained reads generation_config.json when there is one
                     model.generation_config = GenerationConfig.from_pretrained(name, **src)
                 except OSError:
                     pass
             else:
-                config = AutoConfig.from_pretrained(name, **src)
-                with quiet_transformers(getattr(config, "image_position_table", 0)):  # its key is restored below
-                    model = AutoModelForImageTextToText.from_pretrained(name, config=config, dtype=dtype, **src,
-                                                                        attn_implementation="sdpa")
+                model = AutoModelForImageTextToText.from_pretrained(name, dtype=dtype, **src,
+                                                                    attn_implementation="sdpa")
             tok = AutoTokenizer.from_pretrained(name, **src)
             ip = AutoImageProcessor.from_pretrained(name, backend="pil", **src)
         except (OSError, ValueError) as e:
             reason = " ".join(str(e).split())
+            if "trust_remote_code" in reason:
+                raise SetupError(f"--model {name}: the folder brings its own model code (config.json auto_map), "
+                                 "which runs only with --trust-remote-code") from e
             raise SetupError(f"--model {name}: cannot load it as a Qwen-VL model: "
                              f"{reason[:300]}{'…' if len(reason) > 300 else ''}") from e
         if tok.chat_template is None:
             raise SetupError(f"--model {name}: the tokenizer has no chat template (need tokenizer_config.json "
                              "or chat_template.jinja with the Qwen-VL template)")
-        if getattr(model.config, "image_position_table", 0):     # the demo's tiny models (tiny.add_position_table)
-            from tiny import restore_position_table
-            restore_position_table(model, None if meta else name, **src)
     set_pixel_bounds(ip, min_pixels, max_pixels)
     install_attention(model)
     return model, tok, ip
@@ -161,20 +255,6 @@ def install_attention(model) -> None:
     per window), the text model's sdpa that also reads a GRPO group row's layout. load_model() calls it."""
     fast_vision_attention(model)
     install_group_attention(model)
-
-
-@contextlib.contextmanager
-def quiet_transformers(quiet: bool = True):
-    """transformers' warnings off inside the block when `quiet` (its load report lists the demo's position table,
-    which tiny.restore_position_table loads, as an unexpected key)."""
-    from transformers.utils import logging as hf_logging
-    level = hf_logging.get_verbosity()
-    if quiet:
-        hf_logging.set_verbosity_error()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(level)
 
 
 def freeze_vision(model) -> int:
@@ -357,35 +437,30 @@ def encode_records(records: list, root, tokenizer, image_processor, response: bo
 
 
 # ----------------------------------------------------------------------------- log-probs
-def _head_logprobs(h: torch.Tensor, weight: torch.Tensor, bias, targets: torch.Tensor, temperature: float,
-                   with_entropy: bool) -> tuple:
-    """log p(target) and entropy for rows of hidden states h (n, H): z = (h Wᵀ + b) / τ in fp32,
-    log p = z[y] − logsumexp(z), entropy = −Σ softmax(z) log softmax(z) (detached)."""
-    z = F.linear(h, weight, bias).float() / temperature                    # (n, V) fp32
-    logz = torch.logsumexp(z, dim=-1)                                       # (n,)
-    logp = z.gather(-1, targets[:, None]).squeeze(-1) - logz               # (n,)
-    ent = torch.zeros_like(logp)
-    if with_entropy:
-        with torch.no_grad():
-            lsm = z.detach() - logz.detach()[:, None]
-            ent = -(lsm.exp() * lsm).sum(-1)
-    return logp, ent
+def head_logprobs(h: torch.Tensor, weight: torch.Tensor, bias, targets: torch.Tensor, temperature: float = 1.0,
+                  chunk_size: int = 1024, with_entropy: bool = False) -> tuple:
+    """(log p, entropy) of `targets` (n,) under the LM head on hidden rows h (n, H), chunk_size rows at a time:
 
+        z = (h Wᵀ + b) / τ  in fp32,   log p = z[y] − logsumexp(z),   entropy = −Σ softmax(z) · log softmax(z)
 
-def chunked_head_logprobs(h: torch.Tensor, weight: torch.Tensor, bias, targets: torch.Tensor,
-                          temperature: float = 1.0, chunk_size: int = 1024, with_entropy: bool = False) -> tuple:
-    """(log p, entropy) of `targets` (n,) under the LM head applied to hidden rows h (n, H), chunk_size rows
-    at a time, so at most chunk_size × V fp32 logits exist at once. With grad enabled every chunk is
-    activation-checkpointed: its logits are recomputed in the backward instead of kept (n × V never lives)."""
+    At most chunk_size × V fp32 logits exist at once; with grad enabled every chunk is activation-checkpointed
+    (its logits are recomputed in the backward instead of kept). The entropy is detached."""
     from torch.utils.checkpoint import checkpoint
+
+    def chunk(h, y):
+        z = F.linear(h, weight, bias).float() / temperature                    # (n, V) fp32
+        logz = torch.logsumexp(z, dim=-1)
+        logp = z.gather(-1, y[:, None]).squeeze(-1) - logz                     # the log-softmax at y
+        ent = torch.zeros_like(logp)
+        if with_entropy:
+            with torch.no_grad():
+                lsm = z.detach() - logz.detach()[:, None]
+                ent = -(lsm.exp() * lsm).sum(-1)
+        return logp, ent
     grad = torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad)
-    logps, ents = [], []
-    for i in range(0, h.shape[0], chunk_size):
-        args = (h[i:i + chunk_size], weight, bias, targets[i:i + chunk_size], temperature, with_entropy)
-        lp, ent = checkpoint(_head_logprobs, *args, use_reentrant=False) if grad else _head_logprobs(*args)
-        logps.append(lp)
-        ents.append(ent.detach())
-    return torch.cat(logps), torch.cat(ents)
+    parts = [checkpoint(chunk, h[i:i + chunk_size], targets[i:i + chunk_size], use_reentrant=False) if grad
+             else chunk(h[i:i + chunk_size], targets[i:i + chunk_size]) for i in range(0, h.shape[0], chunk_size)]
+    return torch.cat([lp for lp, _ in parts]), torch.cat([ent.detach() for _, ent in parts])
 
 
 def token_logprobs(model, batch: dict, labels: torch.Tensor, temperature: float = 1.0, chunk_size: int = 1024,
@@ -394,10 +469,8 @@ def token_logprobs(model, batch: dict, labels: torch.Tensor, temperature: float 
 
     logp[b, t] = log_softmax(lm_head(h[b, t−1]) / τ)[labels[b, t]], h = the last hidden states of one forward
     of the model body on `batch` (an encode() batch; its "labels" key is ignored). The LM head runs only at
-    the supervised positions (logits_to_keep mask), in chunks (chunked_head_logprobs), with an fp32
-    log-softmax: no (B, T, V) logits tensor. It runs inside the model's own forward (the head's forward is
-    swapped for the call), so it works on an FSDP2-sharded model (root parameters unsharded by its hooks)
-    and a plain one, and is differentiable when grad is enabled. with_entropy=True also returns the
+    the supervised positions (logits_to_keep mask), in chunks (head_logprobs), with an fp32 log-softmax: no
+    (B, T, V) logits tensor. Differentiable when grad is enabled. with_entropy=True also returns the
     (detached) entropy of each of those distributions, (B, T). A batch without supervised tokens still
     runs the head on one position with weight 0 (every rank's backward must reach every FSDP unit).
     Extra batch keys go to the model's forward: a GRPO group batch (group_batch) brings its positions and
@@ -413,10 +486,13 @@ def token_logprobs(model, batch: dict, labels: torch.Tensor, temperature: float 
     head, extra = model.get_output_embeddings(), {}
 
     def head_forward(h):                                                    # h: (N, H) at kept positions
-        logp, extra["entropy"] = chunked_head_logprobs(h, head.weight, head.bias, targets, temperature,
-                                                       chunk_size, with_entropy)
+        logp, extra["entropy"] = head_logprobs(h, head.weight, head.bias, targets, temperature, chunk_size,
+                                               with_entropy)
         return logp
     inputs = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items() if k != "labels"}
+    # FSDP2 unshards the root's parameters (embeddings, final norm, LM head) only inside the root module's own
+    # forward, so the head runs there: its forward is swapped for this call (on a plain model this equals
+    # head_logprobs(model.model(**inputs).last_hidden_state[keep], …)).
     head.forward = head_forward
     try:
         logp = model(**inputs, use_cache=False, logits_to_keep=keep).logits                      # (N,)
@@ -691,11 +767,11 @@ def is_fsdp(model) -> bool:
 
 # ----------------------------------------------------------------------------- the trained model
 def load_trainable(name: str, d, *, min_pixels: int | None = None, max_pixels: int | None = None,
-                   **training) -> tuple:
+                   trust_remote_code: bool = False, **training) -> tuple:
     """(model, tokenizer, image processor, AdamW) for sft.py and grpo.py: load_model (with several ranks only
     rank 0 reads the weights; the others build on the meta device), then make_trainable(model, d, **training)."""
     model, tok, ip = load_model(name, min_pixels=min_pixels, max_pixels=max_pixels,
-                                meta=d.world_size > 1 and not d.is_main)
+                                meta=d.world_size > 1 and not d.is_main, trust_remote_code=trust_remote_code)
     model, optimizer = make_trainable(model, d, **training)
     return model, tok, ip, optimizer
 
@@ -796,15 +872,17 @@ def lora_scalings(model) -> dict:
 
 
 # ----------------------------------------------------------------------------- save
-def save_hf(model, tokenizer, image_processor, out_dir: str, dtype: torch.dtype = torch.bfloat16) -> None:
+def save_hf(model, tokenizer, image_processor, out_dir: str, dtype: torch.dtype | None = None) -> None:
     """Consolidated HF directory from rank 0: model.safetensors, config.json, generation_config.json,
     tokenizer and image-processor files; loadable with AutoModelForImageTextToText.from_pretrained. LoRA
-    adapters are merged into their weights (merge_lora): no adapter code is needed to load it.
+    adapters are merged into their weights (merge_lora): no adapter code is needed to load it. The weights
+    in `dtype`, by default the one the run computed in: bf16 on a GPU (as the released checkpoints), fp32 on CPU.
 
     Collective (every rank calls it). Files go to a temporary folder first and are moved in with the
     weights last, so a folder with weights always has its config and tokenizer."""
     from safetensors.torch import save_file
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    dtype = dtype or (torch.bfloat16 if next(model.parameters()).device.type == "cuda" else torch.float32)
     sd = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if is_main():
         sd = merge_lora(sd, lora_scalings(model))   # LoRA adapters merged: the export is a plain model

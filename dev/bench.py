@@ -1,18 +1,19 @@
 """Every benchmark table of Spatial-SSRL, one subcommand per stage; each prints the markdown table README.md shows.
 
-    python bench.py data     # pretext generators (ms/sample at 1024x768), scene renders/s, builder throughput
-    python bench.py sft      # SFT step: time, tokens/s, MFU, peak memory (tiny, ~6M on CPU; 3B shape on a GPU)
-    python bench.py rollout  # the one decoder (engine.Engine): ms per decode step, tokens/s, refresh and first-call
+    python dev/bench.py data     # pretext generators (ms/sample at 1024x768), scene renders/s, builder throughput
+    python dev/bench.py sft      # SFT step: time, tokens/s, MFU, peak memory (tiny, ~6M on CPU; 3B shape on a GPU)
+    python dev/bench.py rollout  # the one decoder (engine.Engine): ms per decode step, tokens/s, refresh and first-call
                              # (compile) seconds; on a GPU against the HBM bound (weight bytes / memory bandwidth)
-    python bench.py grpo     # GRPO step through grpo.py's own functions: generation / log-probs / update, tokens/s
-    python bench.py grpo --vs-trl --trl-python VENV/bin/python   # the same step side by side with TRL's GRPOTrainer
-    python bench.py eval     # greedy evaluation throughput (evaluate.answer_batch)
-    python bench.py gpu      # a new GPU machine: pytest test_gpu.py, then one table against the targets (< 8 min)
-    python bench.py gpu --dry-run   # the same script on CPU with the tiny model (what CI runs, < 1 min)
+    python dev/bench.py grpo     # GRPO step through grpo.py's own functions: generation / log-probs / update, tokens/s
+    python dev/bench.py grpo --vs-trl --trl-python VENV/bin/python   # the same step side by side with TRL's GRPOTrainer
+    python dev/bench.py eval     # greedy evaluation throughput (evaluate.answer_batch)
+    python dev/bench.py gpu      # a new GPU machine: pytest test_gpu.py, then one table against the targets (< 8 min)
+    python dev/bench.py gpu --dry-run   # the same script on CPU with the tiny model (what CI runs, < 1 min)
 
 The stage scripts hold only their stage; the timing code lives here. Speed targets are benchmarks, not tests.
 Timings: wall time after a synchronize on a GPU; on a CPU this process's CPU time (one thread unless said), so a
-busy shared machine still measures one core's work. docs/performance.md says what each row means.
+busy shared machine still measures one core's work. dev/performance.md says what each row means; dev/LOG.md
+holds the tables measured.
 """
 import argparse
 import platform
@@ -20,6 +21,33 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent                        # the project's modules and test files
+sys.path.insert(0, str(ROOT))
+
+
+QWEN25_VL_3B_SHAPE = {  # published config.json values of Qwen/Qwen2.5-VL-3B-Instruct (weights stay random)
+    "text": dict(vocab_size=151936, hidden_size=2048, intermediate_size=11008, num_hidden_layers=36,
+                 num_attention_heads=16, num_key_value_heads=2, max_position_embeddings=128000, rms_norm_eps=1e-6,
+                 rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [16, 24, 24]}),
+    "vision": dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, out_hidden_size=2048,
+                   patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=112,
+                   fullatt_block_indexes=[7, 15, 23, 31]),
+    "tie_word_embeddings": True}
+
+
+def build_qwen25_vl_shape(shape: dict, device: str = "cpu"):
+    """A random Qwen2.5-VL with the given config values, created directly on `device` ('meta' to count).
+
+    Token ids follow the tiny tokenizer (image 12, video 13, vision start/end 9/10), so it runs with it."""
+    import torch
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+    cfg = Qwen2_5_VLConfig(text_config={**shape["text"], "pad_token_id": 0, "bos_token_id": 0, "eos_token_id": 2},
+                           vision_config=shape["vision"], image_token_id=12, video_token_id=13,
+                           vision_start_token_id=9, vision_end_token_id=10,
+                           tie_word_embeddings=shape["tie_word_embeddings"])
+    cfg._attn_implementation = "sdpa"
+    with torch.device(device):
+        return Qwen2_5_VLForConditionalGeneration(cfg)
 
 
 def machine() -> str:
@@ -101,9 +129,9 @@ SMALL_MODELS = {"tiny": {}, "~6M": dict(hidden=256, layers=4, heads=4, vision_hi
 
 
 def shape_with_layers(layers: int | None) -> dict:
-    """The Qwen2.5-VL-3B shape (tiny.QWEN25_VL_3B_SHAPE) with `layers` text layers (None: all 36)."""
-    import tiny
-    shape = tiny.QWEN25_VL_3B_SHAPE
+    """The Qwen2.5-VL-3B shape (QWEN25_VL_3B_SHAPE) with `layers` text layers (None: all 36)."""
+    import vlm
+    shape = QWEN25_VL_3B_SHAPE
     return {**shape, "text": {**shape["text"], "num_hidden_layers": layers or shape["text"]["num_hidden_layers"]}}
 
 
@@ -112,19 +140,19 @@ def model_builder(name: str, device, layers: int | None = None):
     published Qwen2.5-VL-3B config with random weights, `layers` text layers, created on `device`, the tiny
     tokenizer). Seeded: two builds hold the same weights (a policy and its reference)."""
     import torch
-    import tiny
+    import vlm
     if name == "3B":
         def build():
             torch.manual_seed(0)
-            return (tiny.build_qwen25_vl_shape(shape_with_layers(layers), str(device)), *tiny.build_tiny("tiny")[1:])
+            return (build_qwen25_vl_shape(shape_with_layers(layers), str(device)), *vlm.build_tiny("tiny")[1:])
         return build
-    return lambda: tiny.build_tiny("tiny", **SMALL_MODELS[name])
+    return lambda: vlm.build_tiny("tiny", **SMALL_MODELS[name])
 
 
 def model_label(name: str, layers: int | None) -> str:
     """How a table names a model: the 3B shape says when it has fewer text layers than the published 36."""
-    import tiny
-    full = tiny.QWEN25_VL_3B_SHAPE["text"]["num_hidden_layers"]
+    import vlm
+    full = QWEN25_VL_3B_SHAPE["text"]["num_hidden_layers"]
     if name != "3B":
         return name
     return "Qwen2.5-VL-3B shape" if layers in (None, full) else \
@@ -356,19 +384,19 @@ SFT_BYTES_PER_PARAM, GRPO_BYTES_PER_PARAM, MEMORY_RESERVE = 16, 20, 16 * 2**30
 def fit_layers(total_bytes: int, bytes_per_param: int, reserve: int = MEMORY_RESERVE) -> int:
     """The most text layers of the 3B shape (same width) whose state fits a card of total_bytes:
     bytes_per_param · N(layers) + reserve ≤ 95 % of the card (parameters counted on the meta device)."""
-    import tiny
-    count = lambda n: sum(p.numel() for p in tiny.build_qwen25_vl_shape(shape_with_layers(n), "meta").parameters())
+    import vlm
+    count = lambda n: sum(p.numel() for p in build_qwen25_vl_shape(shape_with_layers(n), "meta").parameters())
     one, two = count(1), count(2)
     per_layer, rest = two - one, one - (two - one)
     layers = int((0.95 * total_bytes - reserve) / bytes_per_param - rest) // per_layer
-    return max(1, min(tiny.QWEN25_VL_3B_SHAPE["text"]["num_hidden_layers"], layers))
+    return max(1, min(QWEN25_VL_3B_SHAPE["text"]["num_hidden_layers"], layers))
 
 
 def sft_cases(device, args) -> list:
     """(label, build() -> model, tok, ip, records, image px, [(train_vision, ckpt), ...]) per measured model."""
     import torch
-    import tiny
-    tok, ip = tiny.build_tiny("tiny")[1:]
+    import vlm
+    tok, ip = vlm.build_tiny("tiny")[1:]
     if device.type == "cuda":
         layers = fit_layers(torch.cuda.get_device_properties(device).total_memory, SFT_BYTES_PER_PARAM)
         build = model_builder("3B", device, layers)
@@ -586,7 +614,7 @@ def add_rollout_parser(sub) -> None:
 def grpo_setup(build, device, p: dict) -> dict:
     """What grpo.setup_run builds, from a model object: the policy (vision trained, checkpointing as
     p["act_ckpt"], FSDP2 on a GPU or with p["fsdp"]), the frozen reference (β > 0), the decoder (engine.Engine,
-    Config.rollout_prompts_per_call prompts per call; p["mode"] as make_engine) and the grpo.Config of the work
+    all of its prompts in one call; p["mode"] as make_engine) and the grpo.Config of the work
     (p: prompts per rollout, group_size, updates per rollout, new_tokens, px, kl_coef)."""
     import grpo
     import vlm
@@ -596,10 +624,9 @@ def grpo_setup(build, device, p: dict) -> dict:
     ref = reference(build()[0], device, fsdp) if p["kl_coef"] else None
     cfg = grpo.Config(data="bench", group_size=p["group_size"], rollout_batch_size=p["prompts"],
                       update_batch_size=p["prompts"] // p["updates"], max_new_tokens=p["new_tokens"],
-                      kl_coef=p["kl_coef"], min_pixels=56 * 56, max_pixels=p["px"] ** 2,
-                      rollout_prompts_per_call=p["prompts"])
+                      kl_coef=p["kl_coef"], min_pixels=56 * 56, max_pixels=p["px"] ** 2)
     vlm.set_pixel_bounds(ip, cfg.min_pixels, cfg.max_pixels)
-    eng = make_engine(policy, cfg.rollout_prompts_per_call, p.get("mode"))
+    eng = make_engine(policy, p["prompts"], p.get("mode"))
     return {"model": policy, "opt": opt, "ref": ref, "tok": tok, "ip": ip, "engine": eng, "cfg": cfg}
 
 
@@ -622,7 +649,7 @@ def grpo_step(s: dict, records: list, root, device) -> dict:
     mark()
     s["engine"].refresh(model)
     ro = grpo.rollout(s["engine"], records, root, s["tok"], s["ip"], cfg)
-    adv = grpo.group_advantages(grpo.score(ro, s["tok"], cfg.partial_credit).rewards, G, eps=cfg.adv_eps)
+    adv = grpo.group_advantages(grpo.score(ro, s["tok"], cfg.partial_credit).rewards, G, eps=grpo.ADV_EPS)
     mark()
     old = grpo.rollout_logprobs(model, ro, cfg, device) if R > U else None
     ref = grpo.rollout_logprobs(s["ref"], ro, cfg, device) if s["ref"] is not None else None
@@ -703,7 +730,7 @@ def run_grpo(args) -> None:
                   f"{p['px']}² | {p['new_tokens']} | {r['t_gen']:.3f} | {r['t_logprob']:.3f} | {r['t_update']:.3f} | "
                   f"{r['t_step']:.3f} | {r['seq_tokens']:,.0f} | {r['tok_s_gpu']:,.0f} | {r['gen_tok_s']:,.0f} | "
                   f"{r['gen_peak_gb']:.1f} / {r['logprob_peak_gb']:.1f} / {r['update_peak_gb']:.1f} |")
-    print("\nTRL's GRPOTrainer on the same work, side by side: python bench.py grpo --vs-trl --trl-python VENV/bin/python")
+    print("\nTRL's GRPOTrainer on the same work, side by side: python dev/bench.py grpo --vs-trl --trl-python VENV/bin/python")
 
 
 def add_grpo_parser(sub) -> None:
@@ -825,7 +852,7 @@ def trl_worker(args) -> None:
         from datasets import Dataset
     except ImportError as e:
         error = (f"no TRL in {sys.executable} ({e}): create a separate venv with the project's requirements and "
-                 f"`pip install {TRL_PIN}`, then pass --trl-python VENV/bin/python (docs/performance.md)")
+                 f"`pip install {TRL_PIN}`, then pass --trl-python VENV/bin/python (dev/performance.md)")
         print(TRL_TAG + json.dumps({"error": error}), flush=True)
         return
     from transformers import TrainerCallback
@@ -915,13 +942,13 @@ def grpo_vs_trl(args) -> None:
     from transformers.utils import logging as hf_logging
     import common
     import sft
-    import tiny
+    import vlm
     threads = args.threads or 1
     torch.set_num_threads(threads)
     device, P, G, new = torch.device("cpu"), 8, args.group_size, args.new_tokens or 48
     hf_logging.disable_progress_bar()
     with tempfile.TemporaryDirectory() as tmp:
-        tiny.build_tiny("tiny", out_dir=f"{tmp}/model")
+        vlm.build_tiny("tiny", out_dir=f"{tmp}/model")
         records = sft.synthetic_records(Path(tmp), args.prompts, VS_TRL_SIDES)   # one-image flip prompts
         common.rewrite_jsonl(f"{tmp}/train.jsonl", records)
         worker, trl_line = start_trl_worker(args, tmp, threads, P, G, new)
@@ -1055,9 +1082,9 @@ def gpu_plan(device, args) -> dict:
 
 def gpu_sft(p: dict, device) -> dict:
     """The SFT step with the vision tower frozen and trained (activation checkpointing on, as sft.py and grpo.py)."""
-    import tiny
+    import vlm
     build = model_builder(p["model"], device, p["layers"])
-    batch = synthetic_batch(*tiny.build_tiny("tiny")[1:], p["records"], p["px"], p["px"] ** 2)
+    batch = synthetic_batch(*vlm.build_tiny("tiny")[1:], p["records"], p["px"], p["px"] ** 2)
     rows = {tv: sft_step_row(lambda: build()[0], batch, device, tv, True, p["steps"], fsdp=True) for tv in (False, True)}
     return {"frozen": rows[False], "trained": rows[True], "tokens": int(batch["attention_mask"].sum())}
 
@@ -1192,7 +1219,7 @@ def run_gpu_tests(args) -> tuple:
     if args.dry_run:
         env["CUDA_VISIBLE_DEVICES"] = ""
     print("$ python -m pytest -q test_gpu.py", flush=True)
-    proc = subprocess.Popen([sys.executable, "-m", "pytest", "-q", "test_gpu.py"], cwd=HERE, env=env, text=True,
+    proc = subprocess.Popen([sys.executable, "-m", "pytest", "-q", "test_gpu.py"], cwd=ROOT, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     last = ""
     for line in proc.stdout:
@@ -1216,7 +1243,7 @@ def run_gpu(args) -> Path:
         os.environ["SPATIAL_SSRL_DEVICE"] = "cpu"
     device = bench_device()
     if device.type != "cuda" and not args.dry_run:
-        raise SystemExit("bench.py gpu: no CUDA GPU visible here; on a CPU run `python bench.py gpu --dry-run`")
+        raise SystemExit("bench.py gpu: no CUDA GPU visible here; on a CPU run `python dev/bench.py gpu --dry-run`")
     tests = run_gpu_tests(args)
     from transformers.utils import logging as hf_logging
     hf_logging.disable_progress_bar()
@@ -1260,7 +1287,7 @@ def main(argv: list | None = None) -> None:
         add_parser(sub)
     argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
-    args.command = "python bench.py " + " ".join(shlex.quote(a) for a in argv)
+    args.command = "python dev/bench.py " + " ".join(shlex.quote(a) for a in argv)
     args.run(args)
 
 

@@ -1,8 +1,8 @@
 """Tests of bench.py: its FLOP count and memory rule, that every table's rows run on the tiny model (the GPU rows
-run the same functions at other sizes), and that `python bench.py gpu --dry-run` (what CI runs of the GPU
+run the same functions at other sizes), and that `python dev/bench.py gpu --dry-run` (what CI runs of the GPU
 command) writes its one table with every row.
 
-    python -m pytest -q test_bench.py        # CPU, well under a minute
+    python -m pytest -q dev/test_bench.py        # CPU, well under a minute
 """
 import os
 import subprocess
@@ -18,7 +18,7 @@ from transformers.utils import logging as hf_logging
 
 import bench
 import common
-import tiny
+import vlm
 
 hf_logging.disable_progress_bar()
 HERE = Path(__file__).resolve().parent
@@ -33,12 +33,12 @@ pytestmark = pytest.mark.usefixtures("one_thread")   # conftest.py
 def test_sft_flops_add_the_vision_backward_only_when_it_trains():
     """bench.py's SFT FLOP count adds the vision backward (2 → 6 FLOPs per parameter and patch) only when the
     tower trains; the SFT row runs (train_step on the tiny model, two warm-up steps) and has no MFU on CPU."""
-    model, tok, ip = tiny.build_tiny("tiny")
+    model, tok, ip = vlm.build_tiny("tiny")
     batch = bench.synthetic_batch(tok, ip, 2, 56, 56 * 56)
     n_vis = sum(p.numel() for p in model.model.visual.parameters())
     patches = int(batch["image_grid_thw"].prod(-1).sum())
     assert bench.sft_step_flops(model, batch, True) - bench.sft_step_flops(model, batch, False) == 4 * n_vis * patches
-    row = bench.sft_step_row(lambda: tiny.build_tiny("tiny")[0], batch, CPU, False, True, steps=1)
+    row = bench.sft_step_row(lambda: vlm.build_tiny("tiny")[0], batch, CPU, False, True, steps=1)
     assert row["step_s"] > 0 and row["tok_per_s"] > 0 and not row["oom"] and row["mfu"] is None
 
 
@@ -62,7 +62,7 @@ def test_rollout_row_on_a_sharded_policy():
     shards, the fixed shapes run (torch.compile as the identity, so nothing is compiled), tokens are counted,
     the decode weight bytes are the text model's and there is no HBM bound on CPU."""
     with common.dist_session(0):
-        model, tok, ip = tiny.build_tiny("tiny")
+        model, tok, ip = vlm.build_tiny("tiny")
         policy, _ = bench.trainable(model, CPU, train_vision=True, ckpt=True, fsdp=True)
         r = bench.rollout_row(policy, tok, ip, CPU, 2, 2, 3, 56, mode="identity")
     assert r["sequences"] == 4 and r["tok_per_s"] > 0 and 1 <= r["steps"] <= 3 and r["refresh_s"] >= 0
@@ -85,13 +85,13 @@ def test_grpo_step_through_grpo_functions():
 
 def test_eval_row_runs_evaluates_own_path():
     """The evaluation row goes through evaluate.answer_batch (images read, decoded, scored)."""
-    model, tok, ip = tiny.build_tiny("tiny")
+    model, tok, ip = vlm.build_tiny("tiny")
     r = bench.eval_throughput(model, tok, ip, 4, 2, 56, 4)
     assert r["items_s"] > 0 and r["tok_s"] > 0 and 0 < r["new_per_item"] <= 4 and not r["compiled"]
 
 
 def test_gpu_dry_run_writes_one_table_with_every_row(tmp_path):
-    """`python bench.py gpu --dry-run` (the GPU command's code on CPU with the tiny model): test_gpu.py runs first
+    """`python dev/bench.py gpu --dry-run` (the GPU command's code on CPU with the tiny model): test_gpu.py runs first
     and is skipped (no CUDA), then one markdown table is printed and written to --out/cpu-dry-run-<commit>.md
     with every row and the targets beside the numbers."""
     env = {k: v for k, v in os.environ.items() if k not in ("MASTER_ADDR", "MASTER_PORT")}   # set by vlm.shard_model
@@ -107,3 +107,12 @@ def test_gpu_dry_run_writes_one_table_with_every_row(tmp_path):
         assert f"| {row} |" in table, row
     assert "skipped" in table and "MFU ≥ 35%" in table and "≥ 3,600" in table and "≤ 1.4×" in table
     assert "--dry-run" in table and "tokens/s per GPU" in table
+
+
+def test_benchmark_3b_shape_has_the_published_size():
+    """The GPU benchmark's random Qwen2.5-VL-3B is built from the published config: 3.75B parameters,
+    0.67B of them in the vision tower (counted on the meta device, no memory used)."""
+    model = bench.build_qwen25_vl_shape(bench.QWEN25_VL_3B_SHAPE, "meta")
+    total = sum(p.numel() for p in model.parameters())
+    vision = sum(p.numel() for p in model.model.visual.parameters())
+    assert abs(total / 1e9 - 3.75) < 0.01 and abs(vision / 1e9 - 0.67) < 0.01
