@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The whole Spatial-SSRL pipeline in one command, on CPU, offline, with a tiny model, shaped like the paper: a small,
-# short cold start, then GRPO on a larger stream of fresh questions from images the cold start never saw.
+# The whole Spatial-SSRL pipeline in one command, on CPU, offline, with a tiny model, shaped like the paper: a cold
+# start on a small fixed set, then GRPO on more questions, fresh ones from rooms the cold start never saw.
 #   make_data.py (built-in RGB-D rooms, the flip task) -> tiny.py (the starting model) -> sft.py (cold start)
 #   -> evaluate.py --samples 8 (held-out split) -> torchrun x2 grpo.py -> evaluate.py --samples 8; prints greedy
 #   accuracy, mean@8 and pass@8 before and after GRPO with their standard errors, the paired differences (McNemar's
@@ -44,8 +44,8 @@ mkdir -p "$OUT"
 echo "made by demo.sh: the next demo.sh run into this folder deletes it" > "$MARK"
 PX=12544       # 112x112 pixels per image: 16 image tokens after the 2x2 merge
 K=8            # sampled answers per held-out question
-SFT_STEPS=120  # the cold start's length, chosen by pass@8 on fresh questions (docs/training.md, "The CPU demo")
-GRPO=(--max-steps 200 --rollout-batch-size 16 --update-batch-size 16 --group-size 8 --lr 3e-4 --kl-coef 0)
+SFT_STEPS=800  # the cold start's length, chosen by pass@8 on fresh questions (docs/training.md, "The CPU demo")
+GRPO=(--max-steps 200 --rollout-batch-size 16 --update-batch-size 16 --group-size 8 --lr 1e-4 --kl-coef 0)
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false OMP_NUM_THREADS=1
 stage() { printf '\n== %s  (%ds)\n' "$1" "$SECONDS"; }
 evaluate() {   # evaluate MODEL NAME: greedy and K sampled answers on the held-out split, 2 processes
@@ -60,18 +60,18 @@ grpo() {       # grpo SCRIPT NAME: GRPO from the cold start on the fresh questio
         --max-pixels $PX --save-every 0 --save-dtype float32 > "$OUT/$2.log" 2>&1 || { tail -20 "$OUT/$2.log"; exit 1; }
 }
 
-stage "1/6 make_data: 1,000 cold-start questions; fresh questions for GRPO and the held-out split from other rooms"
-$PY make_data.py --out "$OUT/data" --n 10000 --tasks flip --scene-size 112x112 --test-fraction 0.45 --sft-size 1000 \
+stage "1/6 make_data: 2,000 cold-start questions; fresh questions for GRPO and the held-out split from other rooms"
+$PY make_data.py --out "$OUT/data" --n 10000 --tasks flip --scene-size 112x112 --test-fraction 0.45 --sft-size 2000 \
     --seed 1 --short-prompts --answer-only-traces --workers 2 --preview none --no-progress \
     | grep -E "^make_data.py: .*train|^flip +most common"
 
 stage "2/6 tiny.py: the starting model (position table, vision tower warmed up on the cold-start questions)"
 $PY tiny.py --out "$OUT/start" --data "$OUT/data/sft.jsonl" --pixels $PX
 
-stage "3/6 sft.py: a short cold start, vision frozen ($SFT_STEPS steps of 32)"
+stage "3/6 sft.py: the cold start, vision frozen ($SFT_STEPS steps of 32 on the 2,000 questions)"
 T0=$SECONDS
 $PY sft.py --model "$OUT/start" --data "$OUT/data/sft.jsonl" --out "$OUT/sft" --global-batch-size 32 --lr 5e-3 \
-    --max-steps $SFT_STEPS --save-every 0 --save-dtype float32 | awk '/^step/ && ($2 % 40 == 0 || $2 == 1) {print; fflush()}'
+    --max-steps $SFT_STEPS --save-every 0 --save-dtype float32 | awk '/^step/ && ($2 % 200 == 0 || $2 == 1) {print; fflush()}'
 SFT_S=$((SECONDS - T0))
 
 stage "4/6 evaluate.py: the held-out split after the cold start (greedy and $K samples at temperature 1)"
@@ -89,8 +89,9 @@ RUNS=(sft grpo)
 if [ "${CONTROLS:-0}" = 1 ]; then
     STEPS=$((SFT_STEPS * GRPO_S / (SFT_S > 0 ? SFT_S : 1)))
     stage "control (a): the cold start trained on with SFT for GRPO's ${GRPO_S}s ($STEPS more steps on its own data)"
+    # a fifth of the cold start's peak lr: restarting its schedule at 5e-3 would jolt the converged model
     $PY sft.py --model "$OUT/sft" --data "$OUT/data/sft.jsonl" --out "$OUT/sft-more" --global-batch-size 32 \
-        --lr 5e-3 --max-steps $STEPS --save-every 0 --save-dtype float32 | awk '/^step/ && $2 % 200 == 0'
+        --lr 1e-3 --max-steps $STEPS --save-every 0 --save-dtype float32 | awk '/^step/ && $2 % 200 == 0'
     evaluate "$OUT/sft-more" sft-more
     stage "control (b): GRPO with a random reward of the same mean (rewards permuted across each step's samples)"
     grpo dev/random_reward.py grpo-random
