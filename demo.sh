@@ -45,7 +45,7 @@ echo "made by demo.sh: the next demo.sh run into this folder deletes it" > "$MAR
 PX=12544       # 112x112 pixels per image: 16 image tokens after the 2x2 merge
 K=8            # sampled answers per held-out question
 SFT_STEPS=800  # the cold start's length, chosen by pass@8 on fresh questions (docs/training.md, "The CPU demo")
-GRPO=(--max-steps 200 --rollout-batch-size 16 --update-batch-size 16 --group-size 8 --lr 1e-4 --kl-coef 0)
+GRPO=(--max-steps 200 --rollout-batch-size 16 --update-batch-size 16 --group-size 8 --lr 3e-4 --kl-coef 0)
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false OMP_NUM_THREADS=1
 stage() { printf '\n== %s  (%ds)\n' "$1" "$SECONDS"; }
 evaluate() {   # evaluate MODEL NAME: greedy and K sampled answers on the held-out split, 2 processes

@@ -83,3 +83,32 @@ def test_report_table_and_figure(tmp_path):
     assert "McNemar's exact p, greedy, grpo vs sft: 0.5" in r.stdout
     assert "50.0 % of items with 0 of 2 samples right, 50.0 % with 1–1, 0.0 % with 2" in r.stdout
     assert Image.open(out / "results.png").size == (1000, 420)
+
+
+def test_random_reward_control_permutes_the_real_rewards():
+    """dev/random_reward.py (CONTROLS=1): the step's rewards are grpo.score's, permuted across the samples: the same
+    values (so the same mean), another order; the logged accuracy stays the real one."""
+    import importlib.util
+    import torch
+    import grpo
+    import vlm
+    spec = importlib.util.spec_from_file_location("random_reward", HERE / "dev" / "random_reward.py")
+    rr = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(rr)
+    _, tok, _ = vlm.load_model("tiny", max_pixels=56 * 84)
+    rec = {"id": "f", "task": "flip", "answer": "1, vertical", "problem": "<image>\nWhich tile?"}
+    texts = [f"<think></think> \\boxed{{{a}}}" for a in ["1, vertical"] * 3 + ["2, vertical"] * 5 + ["x"] * 8]
+    rows = [tok(t, add_special_tokens=False)["input_ids"] + [tok.eos_token_id] for t in texts]
+    width = max(map(len, rows))
+    ids = torch.tensor([r + [tok.pad_token_id] * (width - len(r)) for r in rows])
+    mask = torch.tensor([[j < len(r) for j in range(width)] for r in rows])
+    ro = grpo.Rollout([rec, rec], {}, 8, ids, mask)
+    real = grpo.score(ro, tok)
+    torch.manual_seed(0)
+    fake = rr.permuted_score(ro, tok)
+    assert sorted(fake.rewards.tolist()) == sorted(real.rewards.tolist())
+    assert fake.rewards.tolist() != real.rewards.tolist()
+    assert fake.accuracy.tolist() == real.accuracy.tolist() == [1.0] * 3 + [0.0] * 13
+    r = subprocess.run([sys.executable, str(HERE / "dev" / "random_reward.py"), "--help"], capture_output=True,
+                       text=True, timeout=120, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert r.returncode == 0 and "--group-size" in r.stdout
