@@ -89,6 +89,8 @@ PRETEXT_DEFAULT = "data/ssrl/test.jsonl"   # make_data.py's default output
 USAGE_EXAMPLES = """examples:
   python evaluate.py --model runs/grpo-tiny --bench pretext --data data/ssrl/test.jsonl --out runs/eval-tiny
   python evaluate.py ... --out runs/eval-tiny --resume          # continue after a kill (same settings)
+  python evaluate.py --model runs/sft-tiny --data data/ssrl/test.jsonl --samples 8 --out runs/eval-sft-k8
+                                                    # + mean@8, maj@8, pass@8 and the headroom report
   torchrun --nproc_per_node 8 evaluate.py --model internlm/Spatial-SSRL-7B --bench all --out runs/eval7b \\
       --data spatial457=bench/Spatial457.tsv whatsup=bench/whatsup vsibench=bench/VSI-Bench/test.parquet
   python evaluate.py --model Qwen/Qwen2.5-VL-7B-Instruct --no-cot --bench all --data ...   # the paper's ✗ rows"""
