@@ -18,6 +18,12 @@ OUT/results.png with matplotlib); OUT/run.json and OUT/<bench>/run.json the sett
 result row records its scoring (official or strict, CoT or not, VSI-Bench frames as images or a video) and
 whether it is comparable with the paper's row. `--bench X --data PATH` (one benchmark) takes a plain path.
 
+`--samples K` adds K answers per item sampled at --temperature / --top-p (seeded by --seed) beside the greedy one:
+each prediction line keeps every sample's extracted answer and score; results give greedy accuracy, mean@K (the
+average score of the K samples), maj@K (majority vote) and pass@K with their standard errors, overall and per
+category, and for the pretext split the headroom report (items with 0, 1…K−1, K samples right; answer entropy),
+the check to run on a cold-start checkpoint before spending GPUs on RL (docs/training.md).
+
 This file runs the model; benchmarks.py (torch-free) reads the released files, builds the prompts and scores
 the answers (its docstring maps every official scoring rule to a function and lists the deviations).
 
@@ -27,6 +33,10 @@ Paper → code
   answer extraction and the official scorers     → benchmarks.score_item() (--scoring official: item by item)
   per-benchmark summaries, paper's numbers       → benchmarks.summarize(), results_markdown()
   pixel budgets per benchmark (paper setups)     → BENCH_PIXELS
+  (ours, not in the paper) --samples K            → sample_answers() → engine.Engine.generate(greedy=False, n=K)
+    mean@K, maj@K, pass@K and their SEs          → mean_at_k(), maj_at_k(), pass_at_k(), standard_error(), score_table()
+    headroom report (before spending on RL)      → headroom(), answer_entropy()
+    paired before / after, McNemar's p           → paired_comparison(), paired_se(), mcnemar_p()
 
 Deviations (paper / official evaluation code; the scoring ones are listed in benchmarks.py)
   1. No GPT judge: an answer the rules cannot read is wrong (VLMEvalKit asks chatgpt-0125 when it has a key).
@@ -49,10 +59,12 @@ Deviations (paper / official evaluation code; the scoring ones are listed in ben
 """
 import argparse
 import json
+import math
 import re
 import sys
 import time
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 
 from benchmarks import BENCH_NAMES, PAPER_ROWS, SCORINGS, Item, Options, is_video, load_bench, load_item_images, \
@@ -77,6 +89,8 @@ PRETEXT_DEFAULT = "data/ssrl/test.jsonl"   # make_data.py's default output
 USAGE_EXAMPLES = """examples:
   python evaluate.py --model runs/grpo-tiny --bench pretext --data data/ssrl/test.jsonl --out runs/eval-tiny
   python evaluate.py ... --out runs/eval-tiny --resume          # continue after a kill (same settings)
+  python evaluate.py --model runs/sft-tiny --data data/ssrl/test.jsonl --samples 8 --out runs/eval-sft-k8
+                                                    # + mean@8, maj@8, pass@8 and the headroom report
   torchrun --nproc_per_node 8 evaluate.py --model internlm/Spatial-SSRL-7B --bench all --out runs/eval7b \\
       --data spatial457=bench/Spatial457.tsv whatsup=bench/whatsup vsibench=bench/VSI-Bench/test.parquet
   python evaluate.py --model Qwen/Qwen2.5-VL-7B-Instruct --no-cot --bench all --data ...   # the paper's ✗ rows"""
@@ -109,6 +123,11 @@ class Config:
                                     "(not the official input; Qwen3-VL needs it)")
     vsi_fps: float = knob(2.0, "frame rate a VSI-Bench video is declared to have: temporal positions spaced by "
                              "2/fps (official: the processor default, 2)")
+    samples: int = knob(0, "also draw K sampled answers per item beside the greedy one: mean@K, maj@K, pass@K with "
+                           "their SEs and, for the pretext split, the headroom report (0: greedy only)")
+    temperature: float = knob(1.0, "sampling temperature of the --samples answers")
+    top_p: float = knob(1.0, "nucleus sampling of the --samples answers (1.0 = off)")
+    seed: int = knob(0, "seed of the --samples draws (each batch seeded from it and its item ids)")
     dtype: str = knob("auto", "model dtype: auto (bf16 on CUDA, fp32 on CPU), bfloat16, float16, float32")
     plot: bool = knob(True, "write OUT/results.png (needs matplotlib; skipped with a note otherwise)")
     progress: bool = knob(True, "tqdm progress bar")
@@ -121,6 +140,8 @@ class Config:
                 or not self.vsi_fps > 0:
             raise SetupError("--batch-size, --max-new-tokens, --vsi-frames and --vsi-fps must be positive, "
                              "--limit >= 0")
+        if self.samples < 0 or not self.temperature > 0 or not 0 < self.top_p <= 1:
+            raise SetupError("need --samples >= 0, --temperature > 0 and 0 < --top-p <= 1")
         unknown = [b for b in self.bench if b not in BENCH_NAMES + ("all",)]
         if unknown:
             raise SetupError(f"unknown --bench {unknown}; expected some of {BENCH_NAMES + ('all',)}")
@@ -185,8 +206,10 @@ def build_parser() -> argparse.ArgumentParser:
 # ----------------------------------------------------------------------------- what a resumed run must share
 def eval_identity(cfg: Config) -> dict:
     """Settings of the whole run that change every prediction (OUT/run.json)."""
+    sampled = cfg.samples > 0
     return {"model": cfg.model, "cot": cfg.cot, "scoring": cfg.scoring, "max_new_tokens": cfg.max_new_tokens,
-            "dtype": cfg.dtype}
+            "dtype": cfg.dtype, "samples": cfg.samples, "temperature": cfg.temperature if sampled else None,
+            "top_p": cfg.top_p if sampled else None, "seed": cfg.seed if sampled else None}
 
 
 def bench_identity(bench: str, path: str, cfg: Config, bounds: tuple) -> dict:
@@ -239,11 +262,172 @@ def answer_batch(bench: str, items: list, engine: Engine, tok, ip, cfg: Config) 
     batch = encode(convs, images, tok, ip, padding_side="left")
     batch.pop("labels")
     ids, mask = engine.generate(batch, tok, max_new_tokens=cfg.max_new_tokens, greedy=True)
-    ids, mask = ids.cpu(), mask.cpu()
-    for (it, base), row, m in zip(asked, ids, mask):
-        raw = tok.decode(row[m].tolist(), skip_special_tokens=True)
+    texts = [tok.decode(row[m].tolist(), skip_special_tokens=True) for row, m in zip(ids.cpu(), mask.cpu())]
+    ntok = int(mask.sum())
+    for (it, base), raw in zip(asked, texts):
         records.append({**base, "raw": raw, **score_item(bench, it, raw, cfg.options())})
-    return records, int(mask.sum())
+    if cfg.samples:
+        samples, n = sample_answers(bench, [it for it, _ in asked], batch, engine, tok, cfg)
+        ntok += n
+        for rec, sampled in zip(records[-len(asked):], samples):
+            rec["samples"] = sampled
+    return records, ntok
+
+
+def batch_seed(seed: int, ids: list) -> int:
+    """The seed of one batch's sampled answers: a hash of --seed and its item ids (the same batch of the same run
+    draws the same answers; a resumed run forms other batches and so draws other, equally valid, ones)."""
+    import hashlib
+    return int.from_bytes(hashlib.blake2b(json.dumps([seed, ids]).encode(), digest_size=8).digest(), "little") >> 1
+
+
+def sample_answers(bench: str, items: list, batch: dict, engine: Engine, tok, cfg: Config) -> tuple:
+    """cfg.samples answers per item at --temperature / --top-p through the one decoder (engine.Engine, n = K),
+    each kept as {'raw', 'extracted', 'correct'}. Returns (per-item lists of K answers, generated tokens)."""
+    import torch
+    torch.manual_seed(batch_seed(cfg.seed, [it.id for it in items]))
+    ids, mask = engine.generate(batch, tok, max_new_tokens=cfg.max_new_tokens, greedy=False,
+                                temperature=cfg.temperature, top_p=cfg.top_p, n=cfg.samples)
+    out, k = [], cfg.samples
+    for i, it in enumerate(items):
+        rows = zip(ids[i * k:(i + 1) * k].cpu(), mask[i * k:(i + 1) * k].cpu())
+        raws = [tok.decode(r[m].tolist(), skip_special_tokens=True) for r, m in rows]
+        scored = [score_item(bench, it, raw, cfg.options()) for raw in raws]
+        out.append([{"raw": raw, "extracted": sc["extracted"], "correct": sc["correct"]}
+                    for raw, sc in zip(raws, scored)])
+    return out, int(mask.sum())
+
+
+# ----------------------------------------------------------------------------- statistics of greedy and sampled answers
+def standard_error(xs: list) -> float:
+    """SE of a mean over n items, SE = sqrt(Σ(x_i − x̄)² / n) / √n: for 0/1 scores the binomial sqrt(p(1 − p) / n)
+    (greedy accuracy, pass@K, maj@K); for mean@K, x_i is item i's mean over its K samples."""
+    n = len(xs)
+    if n == 0:
+        return 0.0
+    m = sum(xs) / n
+    return math.sqrt(sum((x - m) ** 2 for x in xs) / n / n)
+
+
+def paired_se(diffs: list) -> float:
+    """SE of a mean paired difference d_i = after_i − before_i on the same items: sqrt(Σ(d_i − d̄)² / (n − 1)) / √n."""
+    n = len(diffs)
+    if n < 2:
+        return 0.0
+    m = sum(diffs) / n
+    return math.sqrt(sum((d - m) ** 2 for d in diffs) / (n - 1) / n)
+
+
+def mcnemar_p(before: list, after: list) -> float:
+    """McNemar's exact two-sided test of paired right/wrong answers: with b items wrong before and right after, c the
+    reverse, p = min(1, 2 · Σ_{i ≤ min(b, c)} C(b + c, i) / 2^(b + c)) (1 when no item changed)."""
+    b = sum(1 for x, y in zip(before, after) if x < 1 <= y)
+    c = sum(1 for x, y in zip(before, after) if y < 1 <= x)
+    if b + c == 0:
+        return 1.0
+    tail = Fraction(sum(math.comb(b + c, i) for i in range(min(b, c) + 1)), 2 ** (b + c))
+    return float(min(Fraction(1), 2 * tail))
+
+
+def mean_at_k(samples: list) -> float:
+    """One item's mean@K: (1/K) Σ_j c_j, the average score of its K sampled answers."""
+    return sum(s["correct"] for s in samples) / len(samples)
+
+
+def pass_at_k(samples: list) -> float:
+    """One item's pass@K: max_j c_j (1 when any of its K sampled answers is right)."""
+    return max(s["correct"] for s in samples)
+
+
+def maj_at_k(samples: list) -> float:
+    """One item's maj@K: the score of the answer drawn most often (ties: the one drawn first); answers the rules
+    cannot read do not vote, and an item with none scores 0."""
+    votes = [s for s in samples if s["extracted"] not in (None, "")]
+    if not votes:
+        return 0.0
+    counts = {}
+    for s in votes:
+        counts[json.dumps(s["extracted"])] = counts.get(json.dumps(s["extracted"]), 0) + 1
+    top = max(counts.values())
+    return next(s["correct"] for s in votes if counts[json.dumps(s["extracted"])] == top)
+
+
+def answer_entropy(samples: list) -> float:
+    """Entropy of one item's K sampled answers in bits, H = −Σ_a p_a log2 p_a with p_a the share of samples giving
+    answer a (an unreadable answer counts as one more answer): 0 when all K agree, log2 K when all differ."""
+    counts = {}
+    for s in samples:
+        counts[json.dumps(s["extracted"])] = counts.get(json.dumps(s["extracted"]), 0) + 1
+    k = len(samples)
+    return -sum(c / k * math.log2(c / k) for c in counts.values())
+
+
+def item_scores(record: dict) -> dict:
+    """greedy, mean@K, maj@K and pass@K of one prediction record (the last three only with samples)."""
+    out = {"greedy": record["correct"]}
+    if record.get("samples"):
+        s = record["samples"]
+        out.update({"mean@K": mean_at_k(s), "maj@K": maj_at_k(s), "pass@K": pass_at_k(s)})
+    return out
+
+
+def score_table(records: list) -> dict:
+    """Metric → {'score', 'se'} in %, over the scored records (greedy accuracy; with samples mean@K, maj@K,
+    pass@K), and n."""
+    per_item = [item_scores(r) for r in records if not r.get("skipped")]
+    out = {"n": len(per_item)}
+    for metric in (per_item[0] if per_item else {}):
+        xs = [x[metric] for x in per_item]
+        out[metric] = {"score": 100.0 * sum(xs) / len(xs), "se": 100.0 * standard_error(xs)}
+    return out
+
+
+def headroom(records: list) -> dict:
+    """What RL can convert (the check to run on a cold start before RL): the share of items with c of K sampled
+    answers right for c = 0 … K, the shares with none, some (1 … K − 1) and all right, the mean answer entropy
+    (bits) and pass@K − greedy (percentage points)."""
+    scored = [r for r in records if not r.get("skipped") and r.get("samples")]
+    if not scored:
+        return {}
+    k, n = len(scored[0]["samples"]), len(scored)
+    right = [sum(1 for s in r["samples"] if s["correct"] >= 1) for r in scored]
+    shares = [100.0 * right.count(c) / n for c in range(k + 1)]
+    return {"k": k, "n": n, "right_of_k": shares, "none": shares[0], "some": sum(shares[1:k]), "all": shares[k],
+            "entropy_bits": sum(answer_entropy(r["samples"]) for r in scored) / n,
+            "pass_minus_greedy": 100.0 * sum(pass_at_k(r["samples"]) - r["correct"] for r in scored) / n}
+
+
+def sampled_summary(records: list) -> dict:
+    """The benchmark's score table (greedy and, with samples, mean@K / maj@K / pass@K, each with its SE) overall
+    and per category, and the headroom report when there are samples."""
+    scored = [r for r in records if not r.get("skipped")]
+    cats = {}
+    for r in scored:
+        cats.setdefault(r["category"], []).append(r)
+    out = {"table": score_table(scored), "table_categories": {c: score_table(v) for c, v in sorted(cats.items())}}
+    if any(r.get("samples") for r in scored):
+        out["headroom"] = headroom(scored)
+    return out
+
+
+def paired_comparison(before: list, after: list) -> dict:
+    """Two evaluations of the same items (prediction records, matched by id): per metric the two scores and the
+    paired difference after − before with its SE (paired_se) and z = d / SE, in %; McNemar's p for greedy."""
+    a = {r["id"]: item_scores(r) for r in before if not r.get("skipped")}
+    b = {r["id"]: item_scores(r) for r in after if not r.get("skipped")}
+    ids = sorted(set(a) & set(b))
+    out = {"n": len(ids)}
+    for metric in (a[ids[0]] if ids else {}):
+        if metric not in b[ids[0]]:
+            continue
+        x, y = [a[i][metric] for i in ids], [b[i][metric] for i in ids]
+        d = [q - p for p, q in zip(x, y)]
+        diff, se = 100.0 * sum(d) / len(d), 100.0 * paired_se(d)
+        out[metric] = {"before": 100.0 * sum(x) / len(x), "after": 100.0 * sum(y) / len(y), "diff": diff, "se": se,
+                       "z": diff / se if se else 0.0}
+    if ids:
+        out["greedy"]["mcnemar_p"] = mcnemar_p([a[i]["greedy"] for i in ids], [b[i]["greedy"] for i in ids])
+    return out
 
 
 # ----------------------------------------------------------------------------- one benchmark, all ranks
@@ -333,7 +517,11 @@ def run_bench(bench: str, path: str, items: list, cfg: Config, engine: Engine, t
         print0(f"{bench}: {nasked} items in {dt:.1f} s ({nasked / max(dt, 1e-9):.2f} items/s, "
                f"{ntok / max(dt, 1e-9):.0f} generated tokens/s)")
     ids = {it.id for it in items}
-    return summarize(bench, [r for r in read_jsonl(preds, torn_tail_ok=True) if r["id"] in ids], cfg.options())
+    records = [r for r in read_jsonl(preds, torn_tail_ok=True) if r["id"] in ids]
+    out = {**summarize(bench, records, cfg.options()), **sampled_summary(records)}
+    if cfg.samples:
+        out["sampling"] = {"k": cfg.samples, "temperature": cfg.temperature, "top_p": cfg.top_p, "seed": cfg.seed}
+    return out
 
 
 # ----------------------------------------------------------------------------- reporting
@@ -365,7 +553,29 @@ def results_markdown(results: dict) -> str:
         lines += ["", f"**{b}** per category" + "".join(f"; {k} {v:.2f}" for k, v in extra.items()), "",
                   "| category | score |", "|---|---|"]
         lines += [f"| {c} | {v:.2f} |" for c, v in r["categories"].items()]
+    for b, r in results.items():
+        if "sampling" in r:
+            lines += ["", *sampled_markdown(b, r)]
     return "\n".join(lines) + "\n"
+
+
+def sampled_markdown(bench: str, r: dict) -> list:
+    """Greedy, mean@K, maj@K and pass@K (± SE, %) overall and per category, and the headroom report."""
+    sp = r["sampling"]
+    metrics = ("greedy", "mean@K", "maj@K", "pass@K")
+    cell = lambda t, m: f"{t[m]['score']:.2f} ± {t[m]['se']:.2f}" if m in t else "–"   # noqa: E731
+    lines = [f"**{bench}** greedy and {sp['k']} sampled answers per item (temperature {sp['temperature']}, top-p "
+             f"{sp['top_p']}, seed {sp['seed']}), % ± SE", "",
+             "| category | n | " + " | ".join(m.replace("K", str(sp["k"])) for m in metrics) + " |", "|---" * 6 + "|"]
+    for name, t in (("all", r["table"]), *r["table_categories"].items()):
+        lines.append(f"| {name} | {t['n']} | " + " | ".join(cell(t, m) for m in metrics) + " |")
+    h = r.get("headroom")
+    if h:
+        k = h["k"]
+        lines += ["", f"headroom: items with 0 of {k} samples right {h['none']:.1f} %, 1–{k - 1} of {k} {h['some']:.1f} %, "
+                      f"{k} of {k} {h['all']:.1f} %; answer entropy {h['entropy_bits']:.2f} bits (max "
+                      f"{math.log2(k):.2f}); pass@{k} − greedy {h['pass_minus_greedy']:+.1f} pp"]
+    return lines
 
 
 def plot_results(results: dict, path: Path) -> str:

@@ -645,3 +645,101 @@ def test_a_second_run_into_the_same_out_is_refused_while_the_first_lives(tmp_pat
         assert (tmp_path / "out" / "pretext" / "predictions.jsonl").read_text() == before
     finally:
         holder.kill()
+
+
+# ----------------------------------------------------------------------------- --samples: mean@K, maj@K, pass@K
+def sampled_records():
+    """Four items, K = 4, hand-made: per item (greedy, the K answers and their scores)."""
+    def rec(i, greedy, answers, right):
+        return {"id": f"q{i}", "category": "flip" if i < 2 else "depth", "correct": float(greedy),
+                "samples": [{"raw": str(a), "extracted": a, "correct": float(c)} for a, c in zip(answers, right)]}
+    return [rec(0, 1, ["A", "A", "B", None], [1, 1, 0, 0]),    # mean .5, pass 1, maj A → 1, H 1.5 bits
+            rec(1, 0, ["B", "C", "C", "B"], [0, 1, 1, 0]),     # mean .5, pass 1, maj tie → B (drawn first) → 0
+            rec(2, 0, ["B"] * 4, [0] * 4),                     # mean 0, pass 0, maj 0, H 0
+            rec(3, 1, ["A"] * 4, [1] * 4)]                     # mean 1, pass 1, maj 1, H 0
+
+
+def test_sampled_metrics_and_their_ses_by_hand():
+    recs = sampled_records()
+    assert [ev.mean_at_k(r["samples"]) for r in recs] == [0.5, 0.5, 0.0, 1.0]
+    assert [ev.pass_at_k(r["samples"]) for r in recs] == [1.0, 1.0, 0.0, 1.0]
+    assert [ev.maj_at_k(r["samples"]) for r in recs] == [1.0, 0.0, 0.0, 1.0]
+    assert [ev.answer_entropy(r["samples"]) for r in recs] == [1.5, 1.0, 0.0, 0.0]
+    assert ev.maj_at_k([{"extracted": None, "correct": 0.0}] * 3) == 0.0
+    t = ev.score_table(recs)
+    assert t["n"] == 4
+    # greedy [1,0,0,1]: 50 ± sqrt(.25/4); mean@K [.5,.5,0,1]: 50 ± sqrt(.125/4); pass [1,1,0,1]: 75 ± sqrt(.1875/4)
+    for metric, score, se in (("greedy", 50, 25.0), ("mean@K", 50, 100 * (0.125 / 4) ** 0.5),
+                              ("maj@K", 50, 25.0), ("pass@K", 75, 100 * (0.1875 / 4) ** 0.5)):
+        assert t[metric]["score"] == pytest.approx(score) and t[metric]["se"] == pytest.approx(se), metric
+    assert ev.score_table([{"id": "g", "category": "c", "correct": 1.0}]) == {
+        "n": 1, "greedy": {"score": 100.0, "se": 0.0}}             # greedy-only runs: no sampled metrics
+
+
+def test_headroom_report_by_hand():
+    h = ev.headroom(sampled_records())
+    # right of 4: [2, 2, 0, 4] → shares of c = 0..4: 25, 0, 50, 0, 25
+    assert h["right_of_k"] == [25.0, 0.0, 50.0, 0.0, 25.0]
+    assert (h["k"], h["n"], h["none"], h["some"], h["all"]) == (4, 4, 25.0, 50.0, 25.0)
+    assert h["entropy_bits"] == pytest.approx(0.625)            # (1.5 + 1 + 0 + 0) / 4
+    assert h["pass_minus_greedy"] == pytest.approx(25.0)         # item q1: pass 1, greedy 0
+    s = ev.sampled_summary(sampled_records())
+    assert set(s["table_categories"]) == {"flip", "depth"} and s["table_categories"]["depth"]["pass@K"]["score"] == 50
+    md = "\n".join(ev.sampled_markdown("pretext", {**s, "sampling": {"k": 4, "temperature": 1.0, "top_p": 1.0,
+                                                                        "seed": 0}}))
+    assert "| all | 4 | 50.00 ± 25.00 | 50.00 ± 17.68 | 50.00 ± 25.00 | 75.00 ± 21.65 |" in md
+    assert "0 of 4 samples right 25.0 %, 1–3 of 4 50.0 %, 4 of 4 25.0 %; answer entropy 0.62 bits" in md
+
+
+def test_paired_comparison_and_mcnemar_by_hand():
+    before = sampled_records()
+    after = [dict(r, correct=float(g)) for r, g in zip(sampled_records(), [1, 1, 1, 0])]
+    c = ev.paired_comparison(before, after + [{"id": "only-after", "category": "flip", "correct": 1.0}])
+    assert c["n"] == 4
+    g = c["greedy"]
+    # d = [0, 1, 1, −1]: mean .25, Σ(d − d̄)² = .0625 + .5625 + .5625 + 1.5625 = 2.75, SE = sqrt(2.75 / 3 / 4)
+    assert (g["before"], g["after"], g["diff"]) == (50.0, 75.0, 25.0)
+    assert g["se"] == pytest.approx(100 * (2.75 / 3 / 4) ** 0.5)
+    assert g["mcnemar_p"] == 1.0                                   # b = 2, c = 1: 2 · (1 + 3) / 8 capped at 1
+    assert c["mean@K"]["diff"] == 0.0 and c["mean@K"]["se"] == 0.0
+    assert ev.mcnemar_p([0] * 10, [1] * 10) == pytest.approx(2 / 1024)
+    assert ev.mcnemar_p([0] * 5 + [1], [1] * 5 + [0]) == pytest.approx(2 * 7 / 64)
+    assert ev.mcnemar_p([1, 0], [1, 0]) == 1.0
+    big = ev.mcnemar_p([0] * 1000 + [1] * 800, [1] * 1000 + [0] * 800)    # 2^1800: exact, no overflow
+    assert 1e-6 < big < 1e-5                                        # normal approximation: z = 200 / sqrt(1800)
+    assert ev.standard_error([]) == 0.0 and ev.paired_se([1.0]) == 0.0
+
+
+def test_sampled_evaluation_end_to_end_seeded_and_resumable(tmp_path, capsys):
+    """--samples through the real path (engine.Engine): K answers per item kept in predictions.jsonl, the same
+    seed gives the same answers, another seed other ones, a near-zero temperature the greedy answer; a kill
+    mid-line resumes asking only the lost item, and a resume with other sampling settings is refused."""
+    data = make_fixtures(tmp_path / "d")
+    flags = dict(data=[f"pretext={data['pretext']}"], samples=3, max_new_tokens=6)
+    res = ev.evaluate(cfg(tmp_path, **flags))["pretext"]
+    preds = tmp_path / "out" / "pretext" / "predictions.jsonl"
+    recs = common.read_jsonl(preds)
+    scored = [r for r in recs if not r.get("skipped")]
+    assert len(scored) == 2 and all(len(r["samples"]) == 3 for r in scored)
+    assert res["table"]["n"] == 2 and {"mean@K", "maj@K", "pass@K"} <= set(res["table"])
+    assert res["headroom"]["k"] == 3 and res["sampling"]["k"] == 3
+    assert "greedy and 3 sampled answers" in (tmp_path / "out" / "results.md").read_text()
+    raws = lambda p: [[s["raw"] for s in r["samples"]] for r in common.read_jsonl(p) if "samples" in r]  # noqa: E731
+    ev.evaluate(cfg(tmp_path, **flags, out=str(tmp_path / "again")))
+    assert raws(tmp_path / "again" / "pretext" / "predictions.jsonl") == raws(preds)
+    ev.evaluate(cfg(tmp_path, **flags, seed=1, out=str(tmp_path / "seed1")))
+    assert raws(tmp_path / "seed1" / "pretext" / "predictions.jsonl") != raws(preds)
+    ev.evaluate(cfg(tmp_path, **flags, temperature=1e-4, out=str(tmp_path / "cold")))
+    cold = [r for r in common.read_jsonl(tmp_path / "cold" / "pretext" / "predictions.jsonl") if "samples" in r]
+    assert all(s["raw"] == r["raw"] for r in cold for s in r["samples"])
+    lines = preds.read_text().splitlines(keepends=True)
+    preds.write_text("".join(lines[:-1]) + lines[-1][: len(lines[-1]) // 2])          # kill -9 mid-line
+    capsys.readouterr()
+    ev.evaluate(cfg(tmp_path, **flags, resume=True))
+    assert "1 to ask" in capsys.readouterr().out
+    assert sorted(r["id"] for r in common.read_jsonl(preds)) == sorted(r["id"] for r in recs)
+    for other in (dict(samples=4), dict(temperature=0.5), dict(seed=3)):
+        with pytest.raises(SetupError, match="other settings"):
+            ev.evaluate(cfg(tmp_path, **{**flags, **other}, resume=True))
+    with pytest.raises(SetupError, match="--samples >= 0"):
+        cfg(tmp_path, samples=-1)
