@@ -6,7 +6,7 @@
 #   accuracy, mean@8 and pass@8 before and after GRPO with their standard errors, the paired differences (McNemar's
 #   p for greedy), the cold start's headroom and the sampled reward curve, and writes OUT/results.png.
 #
-#   bash demo.sh                 # ~10 min on a 2-core machine; everything goes to runs/demo (DEMO_OUT=... to move)
+#   bash demo.sh                 # ~6½ min on a 2-core machine; everything goes to runs/demo (DEMO_OUT=... to move)
 #   CONTROLS=1 bash demo.sh      # also the two controls: (a) the cold start trained on with SFT for GRPO's wall
 #                                # time, (b) GRPO with a random reward of the same mean (dev/random_reward.py)
 #   bash demo.sh --help          # this text
