@@ -265,9 +265,9 @@ def atomic_write(path, data: str | bytes) -> None:
 
 
 # ----------------------------------------------------------------------------- config
-def knob(default, help, hidden: bool = False):
-    """A dataclass field with a one-line --help text (hidden: a flag for the tests, left out of --help)."""
-    return field(default=default, metadata={"help": argparse.SUPPRESS if hidden else help})
+def knob(default, help):
+    """A dataclass field with a one-line --help text."""
+    return field(default=default, metadata={"help": help})
 
 
 class OneLineErrorParser(argparse.ArgumentParser):

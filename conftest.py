@@ -32,3 +32,18 @@ def read_only_dir(tmp_path):
     else:
         pytest.skip("no folder refuses writing here")
     folder.chmod(0o700)
+
+
+class Killed(Exception):
+    """A test's stand-in for a kill −9 right after a checkpoint was written."""
+
+
+def killed_after(save, step: int):
+    """`save` (sft.save_state, grpo.save_checkpoint), raising Killed once the checkpoint of `step` is written: a
+    run stopped there, with nothing in the training loop that knows about tests."""
+    def save_then_kill(*args, **kwargs):
+        save(*args, **kwargs)
+        state = next(a for a in list(args) + list(kwargs.values()) if isinstance(a, dict) and "step" in a)
+        if state["step"] == step:
+            raise Killed(f"killed after the checkpoint of step {step}")
+    return save_then_kill

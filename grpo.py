@@ -131,7 +131,6 @@ class Config:
     sample_every: int = knob(5, "append rank 0's first prompts and completions to samples.jsonl every N steps")
     resume: bool = knob(False, "continue from the newest complete checkpoint in OUT/checkpoints (same settings)")
     overwrite: bool = knob(False, "delete an earlier grpo.py run in --out and start over")
-    stop_after_steps: int = knob(0, "stop as if killed after this many steps", hidden=True)
 
     def __post_init__(self):
         for name in ("group_size", "rollout_batch_size", "update_batch_size", "micro_batch_tokens", "max_new_tokens",
@@ -600,7 +599,7 @@ def train(cfg: Config) -> list:
         total = cfg.max_steps if cfg.max_steps > 0 else cfg.epochs * steps_per_epoch
         bar = tqdm(total=total, initial=step, desc="grpo", file=sys.stderr, disable=not (d.is_main and sys.stderr.isatty()))
         rows_logged = []
-        while step < total and not (cfg.stop_after_steps and step >= cfg.stop_after_steps):
+        while step < total:
             epoch, k = divmod(step, steps_per_epoch)
             order = epoch_order(len(run.records), epoch, cfg.seed, cfg.shuffle)[k * R:(k + 1) * R]
             mine = [run.records[i] for i in rank_share(order, d.rank, d.world_size)]
@@ -632,9 +631,6 @@ def train(cfg: Config) -> list:
             if (cfg.save_every and step % cfg.save_every == 0) or step == total:
                 save_checkpoint(run, cfg, {"step": step, "epoch": step // steps_per_epoch})
         bar.close()
-        if step < total:
-            print0(f"stopping after step {step} (--stop-after-steps)")
-            return rows_logged
         save_hf(model, run.tok, run.ip, cfg.out)
         print0(f"saved HF checkpoint to {cfg.out}")
         return rows_logged

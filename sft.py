@@ -108,7 +108,6 @@ class Config:
     resume: bool = knob(False, "continue the run in OUT from its newest complete checkpoint (refused when a "
                              "setting that defines the schedule or the data differs)")
     overwrite: bool = knob(False, "delete the earlier run in OUT (an sft.py output folder) and start over")
-    stop_after_steps: int = knob(0, "stop as if killed after this many steps", hidden=True)
     smoke: bool = knob(False, "CPU smoke run; overrides --model tiny, --max-steps 2, --global-batch-size 4, "
                             "--lr 1e-3, --warmup-ratio 0 and, without --data, uses 8 synthetic records written "
                             "to OUT/smoke_data")
@@ -324,7 +323,7 @@ def train(cfg: Config) -> None:
                                 cfg.micro_batch_tokens)
         prefetch = ThreadPoolExecutor(max_workers=1)   # decodes and encodes step i+1 while step i trains
         next_enc = prefetch.submit(encode_step, step)
-        while step < total and not (cfg.stop_after_steps and step >= cfg.stop_after_steps):
+        while step < total:
             epoch = step // steps_per_epoch
             t0 = time.perf_counter()
             enc = next_enc.result()
@@ -347,9 +346,6 @@ def train(cfg: Config) -> None:
                            cfg.keep_checkpoints)
         bar.close()
         prefetch.shutdown(cancel_futures=True)
-        if step < total:
-            print0(f"stopping after step {step} (--stop-after-steps)")
-            return
         save_hf(model, s["tok"], s["ip"], cfg.out)
         print0(f"saved HF checkpoint to {cfg.out}")
 

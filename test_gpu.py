@@ -130,7 +130,8 @@ def sft_run(pretext) -> tuple:
     """sft.py on the cold-start split: stopped after 2 of 4 steps (checkpoint at 2), then --resume to the end."""
     out = pretext.parent / "sft"
     common_args = ("--data", str(pretext / "sft.jsonl"), "--out", str(out), *SFT_ARGS)
-    return out, torchrun("sft.py", *common_args, "--stop-after-steps", "2") + torchrun("sft.py", *common_args, "--resume")
+    return out, torchrun("test_gpu.py", "killed-after", "sft", "2", *common_args) + torchrun("sft.py", *common_args,
+                                                                                          "--resume")
 
 
 @pytest.fixture(scope="module")
@@ -138,8 +139,8 @@ def grpo_run(sft_run, pretext) -> tuple:
     """grpo.py from the SFT checkpoint: stopped after 1 of 2 steps (checkpoint at 1), then --resume to the end."""
     out = pretext.parent / "grpo"
     common_args = ("--model", str(sft_run[0]), "--data", str(pretext / "train.jsonl"), "--out", str(out), *GRPO_ARGS)
-    return out, torchrun("grpo.py", *common_args, "--stop-after-steps", "1") + torchrun("grpo.py", *common_args,
-                                                                                         "--resume")
+    return out, torchrun("test_gpu.py", "killed-after", "grpo", "1", *common_args) + torchrun("grpo.py", *common_args,
+                                                                                            "--resume")
 
 
 def test_sft_trains_saves_and_resumes(sft_run):
@@ -329,7 +330,7 @@ def test_group_logprobs_equal_the_full_forward_under_fsdp2(one_rank, monkeypatch
     assert total <= grad_tol and each <= each_tol, (total, each)
 
 
-def test_grpo_step_peak_memory(tmp_path):
+def test_grpo_step_peak_memory(tmp_path, monkeypatch):
     """One step of grpo.train (vision trained, activation checkpointing, reference, 2 updates per rollout, the
     compiled decoder) on the ~0.5B shape saved as a checkpoint: peak GPU memory (setup and the step; the run stops
     after it, before any save) below GRPO_BYTES_PER_PARAM · parameters + GRPO_RESERVE."""
@@ -344,14 +345,31 @@ def test_grpo_step_peak_memory(tmp_path):
     data.mkdir()
     (data / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in sft.synthetic_records(data, 4, 112)))
     cfg = grpo.Config(model=str(tmp_path / "model"), data=str(data / "train.jsonl"), out=str(tmp_path / "out"),
-                      max_steps=2, stop_after_steps=1, group_size=4, rollout_batch_size=4, update_batch_size=2, max_new_tokens=32,
+                      max_steps=1, group_size=4, rollout_batch_size=4, update_batch_size=2, max_new_tokens=32,
                       min_pixels=56 * 56, max_pixels=112 * 112, save_every=0, exclude="none")
     if not TWIN:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
+    monkeypatch.setattr(grpo, "save_checkpoint", lambda *a: None)   # the step alone: no checkpoint or export
+    monkeypatch.setattr(grpo, "save_hf", lambda *a, **k: None)
     rows = grpo.train(cfg)
     assert len(rows) == 1 and rows[0]["updates"] == 2 and math.isfinite(rows[0]["kl"])
     if TWIN:
         return                                   # CPU: no allocator statistics to bound
     peak, bound = torch.cuda.max_memory_allocated(), GRPO_BYTES_PER_PARAM * n_params + GRPO_RESERVE
     assert peak <= bound, f"peak {peak / 2**30:.2f} GiB > bound {bound / 2**30:.2f} GiB ({n_params / 1e6:.0f}M params)"
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["killed-after"]:
+    # `torchrun test_gpu.py killed-after sft|grpo STEP ARGS…`: the stage's own command line, killed right after
+    # the checkpoint of STEP is written (conftest.killed_after), as a kill −9 would leave the run
+    from conftest import Killed, killed_after
+    stage, step, argv = sys.argv[2], int(sys.argv[3]), sys.argv[4:]
+    if stage == "sft":
+        sft.save_state = killed_after(sft.save_state, step)
+    else:
+        grpo.save_checkpoint = killed_after(grpo.save_checkpoint, step)
+    try:
+        (sft if stage == "sft" else grpo).main(argv)
+    except Killed:
+        pass

@@ -33,6 +33,7 @@ import sft
 import vlm
 import tasks
 from test_train import run_two_ranks
+from conftest import Killed, killed_after
 
 hf_logging.disable_progress_bar()
 HERE = Path(__file__).resolve().parent
@@ -330,11 +331,14 @@ def cli_error(capsys, main, argv: list) -> str:
     return err
 
 
-def test_resume_refuses_other_settings_in_one_line(data, tmp_path, capsys):
+def test_resume_refuses_other_settings_in_one_line(data, tmp_path, capsys, monkeypatch):
     """--resume with another lr, KL coefficient, clip, dual clip, group size or image bound is refused
     before anything is written, in one line naming the flag and both values (sft.py does the same)."""
     out = tmp_path / "run"
-    grpo.train(cfg_for(data, out, max_steps=2, save_every=1, stop_after_steps=1, exclude="none"))
+    monkeypatch.setattr(grpo, "save_checkpoint", killed_after(grpo.save_checkpoint, 1))
+    with pytest.raises(Killed):
+        grpo.train(cfg_for(data, out, max_steps=2, save_every=1, exclude="none"))
+    monkeypatch.undo()
     before = sorted(p.relative_to(out) for p in out.rglob("*"))
     base = ["--data", str(data), "--out", str(out), "--resume", "--max-steps", "2", "--save-every", "1",
             "--group-size", "4", "--rollout-batch-size", "4", "--update-batch-size", "2", "--max-new-tokens", "12",
@@ -369,7 +373,6 @@ def test_help_lists_every_knob():
     for name in ("--group-size", "--rollout-batch-size", "--update-batch-size", "--kl-coef", "--clip-high",
                  "--max-new-tokens", "--micro-batch-tokens", "--resume", "paper: 5", "paper: 0.3", "examples:"):
         assert name in r.stdout.replace("\n", " "), name
-    assert "--stop-after-steps" not in r.stdout                    # a test switch, hidden
 
 
 def test_bad_input_is_one_line_and_writes_nothing(data, tmp_path, capsys):
@@ -398,13 +401,15 @@ def test_bad_input_is_one_line_and_writes_nothing(data, tmp_path, capsys):
 
 
 # ----------------------------------------------------------------------------- runs
-def test_resume_equals_uninterrupted(data, tmp_path):
+def test_resume_equals_uninterrupted(data, tmp_path, monkeypatch):
     """A run stopped after step 2 and resumed ends with the weights of a run that never stopped (same data
     position and samples: the sampling seed is a function of the step; the decoder is refreshed from the
     loaded weights); unfinished .tmp folders and a cut-off metrics row are ignored."""
     kw = dict(max_steps=3, save_every=2, exclude="none")
     full = grpo.train(cfg_for(data, tmp_path / "full", **kw))
-    grpo.train(cfg_for(data, tmp_path / "cut", stop_after_steps=2, **kw))
+    with monkeypatch.context() as m, pytest.raises(Killed):
+        m.setattr(grpo, "save_checkpoint", killed_after(grpo.save_checkpoint, 2))
+        grpo.train(cfg_for(data, tmp_path / "cut", **kw))
     cut = tmp_path / "cut"
     assert not (cut / "model.safetensors").exists() and (cut / "hf" / "step_00000002" / "model.safetensors").exists()
     (cut / "checkpoints" / "step_00000003.tmp").mkdir()                  # a kill −9 in the middle of a save
@@ -471,7 +476,9 @@ def test_resume_equals_uninterrupted_with_filter_groups(data, tmp_path, monkeypa
     monkeypatch.setattr(grpo, "score", parity_score(grpo.score))
     kw = dict(max_steps=3, save_every=2, exclude="none", filter_groups=True, max_new_tokens=6)
     full = grpo.train(cfg_for(data, tmp_path / "full", **kw))
-    grpo.train(cfg_for(data, tmp_path / "cut", stop_after_steps=2, **kw))
+    with monkeypatch.context() as m, pytest.raises(Killed):
+        m.setattr(grpo, "save_checkpoint", killed_after(grpo.save_checkpoint, 2))
+        grpo.train(cfg_for(data, tmp_path / "cut", **kw))
     resumed = grpo.train(cfg_for(data, tmp_path / "cut", resume=True, **kw))
     a, b = load_file(str(tmp_path / "full" / "model.safetensors")), load_file(str(tmp_path / "cut" / "model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)

@@ -29,6 +29,7 @@ import common
 import sft
 import vlm
 from test_train import two_colour_records, write_jsonl
+from conftest import Killed, killed_after
 
 hf_logging.disable_progress_bar()
 HERE = Path(__file__).resolve().parent
@@ -62,7 +63,9 @@ def cfg(data: Path, out: Path, **kw) -> sft.Config:
 def stopped_run(data, tmp_path_factory) -> Path:
     """A 3-step run stopped after step 2 (checkpoint step_00000002, metrics rows 1 and 2)."""
     out = tmp_path_factory.mktemp("runs") / "stopped"
-    sft.train(cfg(data, out, stop_after_steps=2))
+    with pytest.MonkeyPatch.context() as m, pytest.raises(Killed):
+        m.setattr(sft, "save_state", killed_after(sft.save_state, 2))
+        sft.train(cfg(data, out))
     return out
 
 
@@ -394,8 +397,10 @@ def test_ctrl_c_is_one_line_with_the_resume_hint_and_resumes(tmp_path, data):
     lines = [x for x in err.strip().splitlines() if x.strip()]
     assert lines == ["sft.py: interrupted; run the same command with --resume to continue"], err
     assert common.latest_checkpoint(str(out)) is not None
-    sft.train(cfg(data, out, resume=True, max_steps=100000, stop_after_steps=common.read_jsonl(
-        out / "metrics.jsonl", torn_tail_ok=True)[-1]["step"] + 1, save_every=1))
+    last = common.read_jsonl(out / "metrics.jsonl", torn_tail_ok=True)[-1]["step"]
+    with pytest.MonkeyPatch.context() as m, pytest.raises(Killed):
+        m.setattr(sft, "save_state", killed_after(sft.save_state, last + 1))
+        sft.train(cfg(data, out, resume=True, max_steps=100000, save_every=1))
     assert steps(out) == list(range(1, len(steps(out)) + 1))
 
 

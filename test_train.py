@@ -37,6 +37,7 @@ hf_logging.disable_progress_bar()
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE / "dev"))
 from position_table import POSITION_TABLE, with_position_table   # noqa: E402  (a model class with its own code)
+from conftest import Killed, killed_after   # noqa: E402
 TWO_RANK_RUN = dict(global_batch_size=3, micro_batch_tokens=64, max_steps=4, save_every=3)
 FSDP_TOL = 1e-5   # max |Δw| between 2-rank FSDP2 and 1 process after 4 AdamW steps at lr 1e-3 (fp32)
 
@@ -731,7 +732,9 @@ def test_resume_equals_uninterrupted(data, tmp_path):
     unfinished (.tmp) checkpoint folders are ignored."""
     kw = dict(max_steps=4, save_every=2, global_batch_size=3, micro_batch_tokens=150, warmup_ratio=0.5)
     sft.train(run_cfg(data, tmp_path / "full", **kw))
-    sft.train(run_cfg(data, tmp_path / "cut", stop_after_steps=2, **kw))
+    with pytest.MonkeyPatch.context() as m, pytest.raises(Killed):
+        m.setattr(sft, "save_state", killed_after(sft.save_state, 2))
+        sft.train(run_cfg(data, tmp_path / "cut", **kw))
     assert not (tmp_path / "cut" / "model.safetensors").exists()
     (tmp_path / "cut" / "checkpoints" / "step_00000004.tmp").mkdir()      # a crash mid-save
     assert common.latest_checkpoint(str(tmp_path / "cut")).name == "step_00000002"
@@ -885,7 +888,11 @@ def fsdp_worker(folder: Path) -> None:
               "loss": m["loss"], "checks": checks,
               "units": sum(vlm.is_fsdp(x) for x in model.modules())}
     (folder / f"rank{d.rank}.json").write_text(json.dumps(result))
-    sft.train(run_cfg(data, folder / "fsdp", **TWO_RANK_RUN, stop_after_steps=3))   # destroys the group
+    sft.save_state = killed_after(sft.save_state, 3)    # this worker process ends after it (no undo needed)
+    try:
+        sft.train(run_cfg(data, folder / "fsdp", **TWO_RANK_RUN))   # destroys the group
+    except Killed:
+        pass
 
 
 def test_fsdp2_two_ranks_equal_one_process(data, tmp_path):
@@ -905,7 +912,9 @@ def test_fsdp2_two_ranks_equal_one_process(data, tmp_path):
         assert res["logprobs_equal"] and math.isfinite(res["loss"])
         assert all(res["engine_equal"].values()), res["engine_equal"]
         assert res["units"] == 2 + 1 + 2 + 1   # vision blocks, vision tower, decoder layers, root
-    sft.train(run_cfg(data, tmp_path / "single", **TWO_RANK_RUN, stop_after_steps=3))
+    with pytest.MonkeyPatch.context() as m, pytest.raises(Killed):
+        m.setattr(sft, "save_state", killed_after(sft.save_state, 3))
+        sft.train(run_cfg(data, tmp_path / "single", **TWO_RANK_RUN))
     from transformers import AutoModelForImageTextToText
     qwen3 = AutoModelForImageTextToText.from_pretrained(str(folder / "qwen3"), trust_remote_code=True)
     assert type(qwen3).__name__ == "PositionTableQwen3VL" and getattr(qwen3.model, POSITION_TABLE).shape[0] == 3
@@ -937,4 +946,8 @@ def test_fsdp2_two_ranks_lora_trains_and_resumes_like_one_process(data, tmp_path
 if __name__ == "__main__" and sys.argv[1:2] == ["fsdp-worker"]:
     fsdp_worker(Path(sys.argv[2]))
 if __name__ == "__main__" and sys.argv[1:2] == ["lora-worker"]:
-    sft.train(run_cfg(Path(sys.argv[2]), Path(sys.argv[3]), **LORA_RUN, stop_after_steps=3))
+    sft.save_state = killed_after(sft.save_state, 3)
+    try:
+        sft.train(run_cfg(Path(sys.argv[2]), Path(sys.argv[3]), **LORA_RUN))
+    except Killed:
+        pass
