@@ -63,6 +63,7 @@ import math
 import re
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -345,21 +346,26 @@ def maj_at_k(samples: list) -> float:
     votes = [s for s in samples if s["extracted"] not in (None, "")]
     if not votes:
         return 0.0
-    counts = {}
-    for s in votes:
-        counts[json.dumps(s["extracted"])] = counts.get(json.dumps(s["extracted"]), 0) + 1
+    counts = answer_counts(votes)
     top = max(counts.values())
-    return next(s["correct"] for s in votes if counts[json.dumps(s["extracted"])] == top)
+    return next(s["correct"] for s in votes if counts[answer_key(s)] == top)
 
 
 def answer_entropy(samples: list) -> float:
     """Entropy of one item's K sampled answers in bits, H = −Σ_a p_a log2 p_a with p_a the share of samples giving
     answer a (an unreadable answer counts as one more answer): 0 when all K agree, log2 K when all differ."""
-    counts = {}
-    for s in samples:
-        counts[json.dumps(s["extracted"])] = counts.get(json.dumps(s["extracted"]), 0) + 1
     k = len(samples)
-    return -sum(c / k * math.log2(c / k) for c in counts.values())
+    return -sum(c / k * math.log2(c / k) for c in answer_counts(samples).values())
+
+
+def answer_key(sample: dict) -> str:
+    """A sampled answer's extracted value as a comparable key (lists and numbers included)."""
+    return json.dumps(sample["extracted"])
+
+
+def answer_counts(samples: list) -> Counter:
+    """How many of the samples gave each answer (answer_key)."""
+    return Counter(answer_key(s) for s in samples)
 
 
 def item_scores(record: dict) -> dict:

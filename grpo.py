@@ -546,7 +546,7 @@ def setup_run(cfg: Config, d) -> Run:
     records, root, left_out = load_prompts(cfg)
     rollout_bs, update_bs = batch_sizes(cfg, len(records), d.world_size)
     model, tok, ip, optimizer = load_trainable(
-        cfg.model, d, train_vision=not cfg.freeze_vision, checkpointing=cfg.activation_checkpointing, bf16=True,
+        cfg.model, d, train_vision=not cfg.freeze_vision, checkpointing=cfg.activation_checkpointing,
         fsdp=cfg.fsdp, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=cfg.adam_betas, min_pixels=cfg.min_pixels,
         max_pixels=cfg.max_pixels, trust_remote_code=cfg.trust_remote_code)
     ref = None
@@ -554,7 +554,7 @@ def setup_run(cfg: Config, d) -> Run:
         dtype = torch.bfloat16 if d.device.type == "cuda" else torch.float32
         ref = load_model(cfg.model, dtype=dtype, meta=d.world_size > 1 and not d.is_main,
                          trust_remote_code=cfg.trust_remote_code)[0]
-        ref = place_model(ref.requires_grad_(False).eval(), d, True, cfg.fsdp)
+        ref = place_model(ref.requires_grad_(False).eval(), d, cfg.fsdp)
     identity = grpo_identity(cfg, len(records), rollout_bs, update_bs, ip)
     note = bounds_note(cfg.model, identity["pixels"])
     if note:

@@ -279,7 +279,7 @@ def setup_training(cfg: Config, d: Dist) -> dict:
     """Model (vlm.load_trainable: frozen vision, LoRA adapters, checkpointing, FSDP2, AdamW), tokenizer, image
     processor (bounds said), validated records (the first --max-samples)."""
     model, tok, ip, optimizer = load_trainable(
-        cfg.model, d, train_vision=not cfg.freeze_vision, checkpointing=cfg.activation_checkpointing, bf16=True,
+        cfg.model, d, train_vision=not cfg.freeze_vision, checkpointing=cfg.activation_checkpointing,
         fsdp=cfg.fsdp, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=cfg.adam_betas, min_pixels=cfg.min_pixels,
         max_pixels=cfg.max_pixels, lora_rank=cfg.lora_rank, lora_alpha=lora_alpha(cfg),
         trust_remote_code=cfg.trust_remote_code)

@@ -207,7 +207,7 @@ def assert_completions(ids, mask, tok) -> None:
 def test_decoder_on_the_device(one_rank, monkeypatch, tmp_path):
     from torch._dynamo.utils import counters
     model, tok, ip, opt = vlm.load_trainable("tiny", common.Dist(device=DEVICE), train_vision=True, checkpointing=True,
-                                             bf16=True, fsdp=True, lr=1e-3, weight_decay=0.0, betas=(0.9, 0.999),
+                                             fsdp=True, lr=1e-3, weight_decay=0.0, betas=(0.9, 0.999),
                                              min_pixels=56 * 56, max_pixels=140 * 140)
     eng = engine.Engine(model, prompts_per_call=4, compile=True)       # compile=True: the default on CUDA
     assert eng.compile and not eng.shared and eng.dtype == (torch.float32 if TWIN else torch.bfloat16)

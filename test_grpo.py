@@ -547,10 +547,10 @@ def grpo_worker(folder: Path) -> None:
     data = folder / "train.jsonl"
     cfg = cfg_for(data, folder / "unused", max_grad_norm=1e9, activation_checkpointing=True,
                   micro_batch_tokens=150 if d.rank == 0 else 10_000)
-    model, tok, ip, _ = vlm.load_trainable("tiny", d, train_vision=True, checkpointing=True, bf16=False, fsdp=True,
+    model, tok, ip, _ = vlm.load_trainable("tiny", d, train_vision=True, checkpointing=True, fsdp=True,
                                            lr=1.0, weight_decay=0.0, betas=(0.9, 0.999), min_pixels=cfg.min_pixels,
                                            max_pixels=cfg.max_pixels)
-    ref = vlm.place_model(vlm.load_model("tiny")[0].requires_grad_(False).eval(), d, False, True)
+    ref = vlm.place_model(vlm.load_model("tiny")[0].requires_grad_(False).eval(), d, True)
     dec = engine.Engine(model)
     assert not dec.shared and all(torch.equal(dict(dec.model.named_parameters())[k], p.full_tensor())
                                   for k, p in model.named_parameters())

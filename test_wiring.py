@@ -217,7 +217,7 @@ def test_update_equals_float64_reference(data, monkeypatch, fsdp):
         policy = copy.deepcopy(model)
         if fsdp:
             vlm.enable_activation_checkpointing(policy)
-            policy = vlm.place_model(policy.train(), common.Dist(), bf16=False, fsdp=True)
+            policy = vlm.place_model(policy.train(), common.Dist(), fsdp=True)
         return policy
 
     policy = policy_copy()

@@ -776,7 +776,7 @@ def load_trainable(name: str, d, *, min_pixels: int | None = None, max_pixels: i
     return model, tok, ip, optimizer
 
 
-def make_trainable(model, d, *, train_vision: bool, checkpointing: bool, bf16: bool, fsdp: bool, lr: float,
+def make_trainable(model, d, *, train_vision: bool, checkpointing: bool, fsdp: bool, lr: float,
                    weight_decay: float, betas: tuple = (0.9, 0.999), lora_rank: int = 0,
                    lora_alpha: float | None = None) -> tuple:
     """(model, AdamW) from a loaded model: the vision tower frozen unless it trains (lora_rank > 0: every
@@ -789,18 +789,18 @@ def make_trainable(model, d, *, train_vision: bool, checkpointing: bool, bf16: b
     model.config.use_cache = False
     if checkpointing:
         enable_activation_checkpointing(model)     # after freeze_vision: only the layers that train
-    model = place_model(model.train(), d, bf16, fsdp)
+    model = place_model(model.train(), d, fsdp)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, betas=tuple(betas),
                                   weight_decay=weight_decay)
     return model, optimizer
 
 
-def place_model(model, d, bf16: bool = True, fsdp: bool = False):
+def place_model(model, d, fsdp: bool = False):
     """FSDP2-sharded (shard_model: bf16 compute on GPU) on GPU, with several ranks, or when fsdp=True (a CPU
     process run as a GPU run is); otherwise moved to the device as it is."""
     device = torch.device(d.device)
     if fsdp or d.world_size > 1 or device.type == "cuda":
-        return shard_model(model, device, bf16, broadcast_from_rank0=d.world_size > 1)
+        return shard_model(model, device, broadcast_from_rank0=d.world_size > 1)
     return model.to(device)
 
 

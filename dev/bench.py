@@ -168,7 +168,7 @@ def trainable(model, device, train_vision: bool, ckpt: bool, fsdp: bool, lr: flo
     import vlm
     vlm.install_attention(model)
     return vlm.make_trainable(model, common.Dist(device=device), train_vision=train_vision, checkpointing=ckpt,
-                              bf16=True, fsdp=fsdp, lr=lr, weight_decay=weight_decay)
+                              fsdp=fsdp, lr=lr, weight_decay=weight_decay)
 
 
 def reference(model, device, fsdp: bool):
@@ -178,7 +178,7 @@ def reference(model, device, fsdp: bool):
     import vlm
     vlm.install_attention(model)
     model = model.to(torch.bfloat16 if device.type == "cuda" else torch.float32).requires_grad_(False).eval()
-    return vlm.place_model(model, common.Dist(device=device), bf16=True, fsdp=fsdp)
+    return vlm.place_model(model, common.Dist(device=device), fsdp=fsdp)
 
 
 def fixed_shape_engine(model, prompts_per_call: int):
